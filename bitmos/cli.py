@@ -1,0 +1,54 @@
+"""The `bitmos` command line: the one place that joins the pipeline.
+
+Each area (model, compiler, sim, rtl) owns a ``cli`` module with ``add_commands(subparsers)``;
+this file only collects them, so a subcommand exists exactly when its capability has landed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Areas that contribute subcommands, in the order they appear in --help.
+_AREAS = ("bitmos.corecli", "bitmos.model.cli", "bitmos.compiler.cli", "bitmos.sim.cli",
+          "bitmos.rtl.cli", "bitmos.pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bitmos",
+        description="Co-design toolkit for 1-bit LLM accelerators: binarized transformer, "
+                    "compiler, cycle-accurate simulator with energy model, Amaranth RTL.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _AREAS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # this area has no commands yet
+                continue
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BitmosUserError as exc:
+        print(f"bitmos {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+from bitmos.errors import BitmosUserError  # noqa: E402  (kept below main for readability)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Number formats of every value that crosses the accelerator, and their reference arithmetic.
+
+Each format is defined here once, with the reason for its choice. The functions in this module are the
+*specification*: plain Python integers, written for clarity, not speed. The golden model (PyTorch), the
+simulator (NumPy) and the RTL (Amaranth) are independent, fast implementations that tests compare
+against these definitions. docs/architecture.md explains the datapath they describe.
+
+Conventions
+-----------
+* Every buffer line is a little-endian integer; element 0 of a line occupies its least significant bits.
+* ``rshift_round(v, s)`` is the only rounding rule: add half an LSB, then arithmetic shift right
+  (round half up, toward +inf). Cheap in hardware (one adder), and identical on negative numbers in
+  Python, NumPy and Verilog ``>>>``.
+* ``sat(v, bits)`` clamps to the signed two's complement range of ``bits``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, getcontext
+
+# ---- integer helpers ---------------------------------------------------------------------------
+
+
+def rshift_round(v: int, s: int) -> int:
+    """Round-half-up arithmetic right shift: floor((v + 2^(s-1)) / 2^s); identity for s = 0."""
+    if s < 0:
+        raise ValueError(f"shift must be >= 0, got {s}")
+    return v if s == 0 else (v + (1 << (s - 1))) >> s
+
+
+def sat(v: int, bits: int) -> int:
+    """Clamp ``v`` to the signed range of a ``bits``-bit two's complement number."""
+    hi = (1 << (bits - 1)) - 1
+    return max(-hi - 1, min(hi, v))
+
+
+def to_unsigned(v: int, bits: int) -> int:
+    """Two's complement bit pattern of ``v`` in ``bits`` bits."""
+    return v & ((1 << bits) - 1)
+
+
+def to_signed(u: int, bits: int) -> int:
+    """Signed value of a ``bits``-bit two's complement pattern."""
+    u &= (1 << bits) - 1
+    return u - (1 << bits) if u >> (bits - 1) else u
+
+
+# ---- formats (width, reason) --------------------------------------------------------------------
+
+#: Layer input x: int16 with ``cfg.x_frac_bits`` fraction bits (Q7.8 by default). 16 bits keep the
+#: pre-quantization product x*s_in precise; the per-token quantizer then picks the k-bit scale.
+X_BITS = 16
+#: Packed sign weights: 1 bit each, 1 -> +1, 0 -> -1; lane l of a word is input c*L + l (LSB first).
+#: One bit per weight is the point of the design: decode reads weights once, so bits = traffic.
+WEIGHT_BITS = 1
+#: Router weights and scale experts: int16 in SBUF, each tensor with a per-layer power-of-two exponent
+#: chosen by the compiler so the largest magnitude uses the full range (the exponent never reaches the
+#: hardware: it is folded into RSHIFT / OSHIFT).
+SCALE_BITS = 16
+#: Router logits: int16 with 8 fraction bits (Q7.8), saturating; a logit difference beyond 128 already
+#: gives a gate below 2^-184, far under the gate LSB.
+LOGIT_BITS = 16
+LOGIT_FRAC = 8
+#: Gates: unsigned Q1.15 in 16 bits (1.0 = 32768 fits), normalized so they sum to 32768 within E LSBs.
+GATE_BITS = 16
+GATE_FRAC = 15
+GATE_ONE = 1 << GATE_FRAC
+#: Mixed scales s_in, s_out: int16, saturating after the gate-weighted sum.
+#: v = x * s_in: 32-bit signed product (|v| <= 2^30).
+V_BITS = 32
+#: D, the per-token dequantization factor ~ max|v| / Q: unsigned 32-bit, in the units of v.
+D_BITS = 32
+#: Router accumulator: 48-bit signed (|x*w| < 2^30, K < 2^16 terms -> < 2^46).
+ROUTER_ACC_BITS = 48
+#: Layer output y: int32 with ``cfg.out_frac_bits`` fraction bits (Q15.16 by default), saturating.
+OUT_BITS = 32
+
+#: log2(e) in Q.10 for the softmax approximation: 1477 / 1024 = 1.44238 (true 1.44270, -0.02 %).
+LOG2E_Q10 = 1477
+
+
+def _exp2_table() -> tuple[int, ...]:
+    # Exact decimal arithmetic makes the table identical on every platform (no libm rounding).
+    getcontext().prec = 40
+    return tuple(int((Decimal(GATE_ONE) * (Decimal(2) ** (Decimal(-f) / 256))).to_integral_value(
+        rounding="ROUND_HALF_UP")) for f in range(256))
+
+
+#: EXP2_LUT[f] = round(2^15 * 2^(-f/256)): the fraction part of 2^(-u) for u in Q.8; 256 x 16-bit ROM.
+EXP2_LUT: tuple[int, ...] = _exp2_table()
+
+
+def act_qmax(bits: int) -> int:
+    """Q, the largest quantized activation magnitude: 2^(k-1)-1 for k >= 2 (symmetric), 1 for k = 1."""
+    if bits not in (1, 2, 4, 8):
+        raise ValueError(f"activation bits must be 1, 2, 4 or 8, got {bits}")
+    return 1 if bits == 1 else (1 << (bits - 1)) - 1
+
+
+def inv_q(bits: int) -> int:
+    """INVQ_k = round(2^16 / Q): turns max|v| into D ~ max|v| / Q with one multiply."""
+    q = act_qmax(bits)
+    return (2 * 65536 + q) // (2 * q)  # round half up of 65536 / q
+
+
+# ---- the scale-expert unit, per token ------------------------------------------------------------
+
+
+def router_logits(x: list[int], router: list[list[int]], rshift: int) -> list[int]:
+    """l_e = sat16(rshift_round(sum_i x_i * WR[e][i], RSHIFT)) in Q7.8."""
+    out = []
+    for row in router:
+        acc = sum(xi * wi for xi, wi in zip(x, row, strict=True))
+        out.append(sat(rshift_round(acc, rshift), LOGIT_BITS))
+    return out
+
+
+def softmax_gates(logits: list[int]) -> list[int]:
+    """The hardware softmax: base-2 exponent from a 256-entry table, one reciprocal per token.
+
+    d_e = max(l) - l_e (clamped to 16 bits); u_e = rshift_round(d_e * LOG2E_Q10, 10) (Q.8 of
+    d_e * log2 e); p_e = EXP2_LUT[u_e & 255] >> (u_e >> 8) (zero past 15 shifts);
+    RCP = floor(2^30 / sum p); g_e = rshift_round(p_e * RCP, 15). The largest gate's p is exactly
+    2^15, so sum p >= 2^15 and RCP <= 2^15; each g_e <= 2^15 and the gates sum to 2^15 within E LSBs.
+    """
+    m = max(logits)
+    p = []
+    for l in logits:
+        d = min(m - l, 0xFFFF)
+        u = rshift_round(d * LOG2E_Q10, 10)
+        n, f = u >> 8, u & 0xFF
+        p.append(EXP2_LUT[f] >> n if n < 16 else 0)
+    rcp = (1 << 30) // sum(p)
+    return [rshift_round(pe * rcp, 15) for pe in p]
+
+
+def mix_scale(gates: list[int], experts: list[int]) -> int:
+    """s = sat16(rshift_round(sum_e g_e * S_e, 15)): one element of s_in or s_out."""
+    return sat(rshift_round(sum(g * s for g, s in zip(gates, experts, strict=True)), GATE_FRAC), SCALE_BITS)
+
+
+def quantize_token(v: list[int], bits: int) -> tuple[list[int], int]:
+    """Per-token symmetric quantization of v (int32) to k bits; returns (q, D).
+
+    m = max|v|. If m = 0: q = 0, D = 0. Otherwise RQ = floor(Q * 2^32 / m) and
+    k >= 2: q_i = clamp(rshift_round(v_i * RQ, 32), -Q, Q)   (round half up of v_i * Q / m)
+    k = 1 : q_i = +1 if v_i >= 0 else -1
+    D = rshift_round(m * INVQ_k, 16)  (~ m / Q, so that q_i * D ~ v_i).
+    """
+    q_max = act_qmax(bits)
+    m = max((abs(t) for t in v), default=0)
+    if m == 0:
+        return ([1] * len(v) if bits == 1 else [0] * len(v)), 0
+    d = rshift_round(m * inv_q(bits), 16)
+    if bits == 1:
+        return [1 if t >= 0 else -1 for t in v], d
+    rq = (q_max << 32) // m
+    return [max(-q_max, min(q_max, rshift_round(t * rq, 32))) for t in v], d
+
+
+def scale_output(acc: int, d: int, s_out: int, oshift: int) -> int:
+    """y = sat32(rshift_round(acc * D * s_out, OSHIFT)): the output stage, per element."""
+    return sat(rshift_round(acc * d * s_out, oshift), OUT_BITS)
+
+
+# ---- the XNOR-popcount PE ------------------------------------------------------------------------
+
+
+def plane_weight(b: int, bits: int) -> int:
+    """Significance of activation plane b: -2^(k-1) for the two's complement sign plane, else 2^b."""
+    if bits == 1:
+        return 1
+    return -(1 << b) if b == bits - 1 else (1 << b)
+
+
+def plane_dot(a_word: int, w_word: int, mask: int, bits: int) -> int:
+    """One PE step over one lanes-wide word: the +-1-weighted sum of one activation plane.
+
+    k >= 2 (AND form, bits of a two's complement plane): 2*popcount(a & w & m) - popcount(a & m).
+    k = 1  (XNOR form, a bit 1 = +1):                 2*popcount(~(a ^ w) & m) - popcount(m).
+    """
+    if bits == 1:
+        return 2 * bin(~(a_word ^ w_word) & mask).count("1") - bin(mask).count("1")
+    return 2 * bin(a_word & w_word & mask).count("1") - bin(a_word & mask).count("1")
+
+
+def activation_planes(q: list[int], bits: int) -> list[int]:
+    """Bit b of every element as one integer per plane (element i -> bit i). k = 1: bit = (q == +1)."""
+    if bits == 1:
+        return [sum(1 << i for i, t in enumerate(q) if t > 0)]
+    return [sum(((to_unsigned(t, bits) >> b) & 1) << i for i, t in enumerate(q)) for b in range(bits)]
+
+
+def binary_dot(q: list[int], signs: list[int], bits: int) -> int:
+    """Reference dot product of k-bit activations with +-1 weights, via planes and popcounts.
+
+    Equal to sum(q_i * sign_i) exactly; this is the identity the PE relies on.
+    """
+    w = sum(1 << i for i, s in enumerate(signs) if s > 0)
+    mask = (1 << len(q)) - 1
+    planes = activation_planes(q, bits)
+    return sum(plane_weight(b, bits) * plane_dot(p, w, mask, bits) for b, p in enumerate(planes))
+
+
+# ---- host <-> accelerator conversions -------------------------------------------------------------
+
+
+def float_to_fixed(value: float, frac_bits: int, bits: int) -> int:
+    """Host-side conversion of a float to a saturating fixed-point integer: round half up."""
+    import math
+    return sat(math.floor(value * (1 << frac_bits) + 0.5), bits)
+
+
+def fixed_to_float(value: int, frac_bits: int) -> float:
+    return value / (1 << frac_bits)
