@@ -1,0 +1,137 @@
+"""Checkpoints: one ``.safetensors`` file whose header metadata holds the JSON config; nothing is unpickled.
+
+Metadata keys (all strings): ``format`` = "bitmos-model", ``version``, ``config`` (ModelConfig JSON),
+``train_args`` (JSON), ``step``. With ``compact=True`` large tensors (>= 4096 elements) are stored as bfloat16:
+the sign of every latent weight is preserved exactly, so a binarized model's bits do not change.
+
+Resumable training state (optimizer, data RNG) goes beside it in ``<name>.trainer.pt`` via :func:`save_trainer_state`,
+read back with ``torch.load(weights_only=True)`` (tensors, numbers and containers only).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from bitmos.errors import FormatError
+from bitmos.model.config import ModelConfig
+
+try:
+    from bitmos.fileio import write_bytes_atomic
+except ImportError:  # pragma: no cover
+    from bitmos.model.data import write_bytes_atomic
+
+FORMAT = "bitmos-model"
+VERSION = "1"
+
+
+def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False) -> None:
+    """Atomically write ``model`` (a Transformer) and its config to ``path``."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().contiguous().cpu()
+        if compact and v.is_floating_point() and v.numel() >= 4096:
+            v = v.to(torch.bfloat16)
+        sd[k] = v.clone()
+    meta = {"format": FORMAT, "version": VERSION, "config": json.dumps(model.config.to_dict()),
+            "train_args": json.dumps(train_args or {}), "step": str(int(step))}
+    write_bytes_atomic(path, st_save(sd, metadata=meta))
+
+
+def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata with parsed ``config``/``train_args``/``step``, float32 state dict). Raises FormatError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FormatError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    if len(data) < 8:
+        raise FormatError(f"checkpoint {path} is truncated ({len(data)} bytes)")
+    try:
+        hlen = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + hlen])
+        meta = header.get("__metadata__") or {}
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise FormatError(f"checkpoint {path} is not a valid safetensors file: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise FormatError(f"checkpoint {path} is not a bitmos model (format={meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise FormatError(f"checkpoint {path} has version {meta.get('version')!r}, this bitmos reads {VERSION!r}")
+    try:
+        out = {"config": json.loads(meta["config"]), "train_args": json.loads(meta.get("train_args", "{}")),
+               "step": int(meta.get("step", "0"))}
+    except (KeyError, ValueError) as exc:
+        raise FormatError(f"checkpoint {path} has corrupt metadata: {exc}") from exc
+    sd = {k: (v.float() if v.dtype == torch.bfloat16 else v) for k, v in tensors.items()}
+    return out, sd
+
+
+def load_checkpoint(path, map_location: str = "cpu"):
+    """Rebuild the Transformer stored in ``path``: returns ``(model, meta)`` (model in eval mode)."""
+    from bitmos.model.transformer import Transformer
+    meta, sd = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"checkpoint {path} has an invalid model config: {exc}") from exc
+    model = Transformer(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise FormatError(f"checkpoint {path} does not match its config: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+    for k, v in sd.items():
+        if v.shape != expected[k].shape:
+            raise FormatError(f"checkpoint {path}: tensor {k} has shape {tuple(v.shape)}, "
+                              f"config needs {tuple(expected[k].shape)}")
+    model.load_state_dict(sd)
+    model.eval()
+    return model.to(map_location), meta
+
+
+def save_trainer_state(path, optimizer, step: int, rng_state: torch.Tensor, extra: dict | None = None) -> None:
+    buf = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "step": int(step), "rng": rng_state,
+                "extra": extra or {}}, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_trainer_state(path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise FormatError(f"trainer state {path} not found") from exc
+    except Exception as exc:  # pickle errors, truncation, disallowed globals
+        raise FormatError(f"trainer state {path} is corrupt or unsafe: {exc}") from exc
+
+
+def trainer_state_path(ckpt_path) -> Path:
+    p = Path(ckpt_path)
+    return p.with_name(p.name.removesuffix(".safetensors") + ".trainer.pt")
+
+
+# -- shipped checkpoints ---------------------------------------------------------------------------------------
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED = {"teacher": "teacher.safetensors", "student": "student-mos4-a8.safetensors"}
+
+
+def shipped_path(name: str = "student") -> Path:
+    """Path of a checkpoint shipped in ``bitmos/model/assets`` (``"teacher"`` or ``"student"``)."""
+    if name not in SHIPPED:
+        raise FormatError(f"no shipped checkpoint {name!r}; have {sorted(SHIPPED)}")
+    return ASSETS / SHIPPED[name]
+
+
+def load_shipped(name: str = "student"):
+    """``(model, meta)`` of a shipped checkpoint (eval mode)."""
+    return load_checkpoint(shipped_path(name))

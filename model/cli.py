@@ -1,0 +1,201 @@
+"""``bitmos train | distill | eval | generate``: the model area's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from bitmos.errors import BitmosUserError
+
+
+def _threads(args):
+    import torch
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+def _common_train(p):
+    p.add_argument("--out", required=True, help="checkpoint path (.safetensors); <out>.trainer.pt for resuming")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--eval-interval", type=int, default=250)
+    p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--ckpt-interval", type=int, default=250)
+    p.add_argument("--corpus", default="builtin", help="builtin | files:<a.txt,b.txt> | hf:<name>[:<config>]")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--compact", action="store_true", help="store large tensors as bfloat16 (signs kept exactly)")
+    p.add_argument("--resume", action="store_true", help="continue from --out and its .trainer.pt")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_args(args, **extra):
+    from bitmos.model.train import TrainArgs
+    return TrainArgs(out=args.out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                     min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed,
+                     eval_interval=args.eval_interval, eval_tokens=args.eval_tokens,
+                     ckpt_interval=args.ckpt_interval, corpus=args.corpus, cache_dir=args.cache_dir,
+                     compact=args.compact, progress=not args.no_progress, **extra)
+
+
+def _act_bits(s):
+    if s.lower() in ("off", "none", "16"):
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"act bits must be 1..16 or 'off', got {s!r}")
+
+
+def _report(result, args):
+    v = result.get("val")
+    if v is not None:
+        print(f"{args.out}: step {result['step']}, {result['seconds']:.0f} s, val ppl {v['ppl']:.3f}, "
+              f"bpb {v['bpb']:.4f}, acc {v['acc']:.4f}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from bitmos.model.config import ModelConfig
+    from bitmos.model.train import train
+    _threads(args)
+    config = ModelConfig(vocab_size=args.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                         hidden_dim=args.hidden_dim, max_seq_len=args.max_seq_len, scheme=args.scheme,
+                         experts=args.experts, act_bits=args.act_bits, pb_fraction=args.pb_fraction)
+    return _report(train(config, _train_args(args), resume=args.resume), args)
+
+
+def _load_teacher(args):
+    from bitmos.model.checkpoint import load_checkpoint
+    if args.hf_teacher:
+        from bitmos.model.hf import load_hf_llama
+        return load_hf_llama(args.hf_teacher)
+    model, _ = load_checkpoint(args.teacher)
+    return model
+
+
+def cmd_distill(args) -> int:
+    from bitmos.model.train import train
+    _threads(args)
+    if not (args.teacher or args.hf_teacher):
+        raise BitmosUserError("distill needs --teacher CHECKPOINT or --hf-teacher DIR")
+    teacher = _load_teacher(args)
+    config = teacher.config.replace(scheme=args.scheme, experts=args.experts, act_bits=args.act_bits,
+                                    pb_fraction=args.pb_fraction)
+    targs = _train_args(args, teacher=args.teacher or args.hf_teacher, from_teacher=not args.from_scratch,
+                        gt_weight=args.gt_weight, hidden_weight=args.hidden_weight)
+    return _report(train(config, targs, teacher=teacher, resume=args.resume), args)
+
+
+def _eval_targets(args):
+    from bitmos.model.checkpoint import SHIPPED, shipped_path
+    if args.checkpoints:
+        return [(c, Path(c)) for c in args.checkpoints]
+    return [(name, shipped_path(name)) for name in SHIPPED]
+
+
+def cmd_eval(args) -> int:
+    from bitmos.model.checkpoint import load_checkpoint
+    from bitmos.model.data import encode_corpus, get_tokenizer, load_corpus
+    from bitmos.model.train import evaluate
+    _threads(args)
+    _, val_text = load_corpus(args.corpus, args.cache_dir)
+    rows = []
+    for name, path in _eval_targets(args):
+        model, meta = load_checkpoint(path)
+        if args.act_bits is not None:
+            for _, m in model.binarized_linears():
+                m.act_bits = None if args.act_bits == "off" else args.act_bits
+        tok = get_tokenizer(model.config.tokenizer, Path(path).parent)
+        val = encode_corpus(val_text, tok)
+        seq = min(args.seq_len, model.config.max_seq_len)
+        ev = evaluate(model, val, seq, args.max_tokens, bytes_per_token=len(val_text.encode()) / val.numel())
+        rows.append({"name": str(name), "path": str(path), "scheme": model.config.scheme,
+                     "experts": model.config.experts, "act_bits": model.config.act_bits
+                     if args.act_bits is None else args.act_bits, "step": meta["step"], **ev})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']}: scheme {r['scheme']}, ppl {r['ppl']:.3f}, bpb {r['bpb']:.4f}, "
+                  f"acc {r['acc']:.4f} ({r['tokens']} tokens)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+    from bitmos.model.checkpoint import load_checkpoint, shipped_path
+    from bitmos.model.data import get_tokenizer
+    _threads(args)
+    path = Path(args.checkpoint) if args.checkpoint else shipped_path("student")
+    model, _ = load_checkpoint(path)
+    tok = get_tokenizer(model.config.tokenizer, path.parent)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise BitmosUserError("--prompt must not be empty")
+    g = torch.Generator().manual_seed(args.seed)
+    out = model.generate(torch.tensor([ids]), args.max_new_tokens, args.temperature,
+                         args.top_k if args.top_k > 0 else None, generator=g)
+    print(tok.decode(out[0].tolist()))
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    from bitmos.model.config import SCHEMES
+
+    p = subparsers.add_parser("train", help="train a model (the float teacher, or a binarized model from scratch)")
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--hidden-dim", type=int, default=384)
+    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--scheme", choices=SCHEMES, default="float")
+    p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--act-bits", type=_act_bits, default=8)
+    p.add_argument("--pb-fraction", type=float, default=0.1)
+    _common_train(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("distill", help="distill a binarized student from a teacher (FBI-LLM style)")
+    p.add_argument("--teacher", help="teacher checkpoint (.safetensors)")
+    p.add_argument("--hf-teacher", help="local Hugging Face LLaMA directory (needs transformers)")
+    p.add_argument("--scheme", choices=[s for s in SCHEMES if s != "float"], default="mos")
+    p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--act-bits", type=_act_bits, default=8)
+    p.add_argument("--pb-fraction", type=float, default=0.1)
+    p.add_argument("--from-scratch", action="store_true", help="random student instead of the teacher's weights")
+    p.add_argument("--gt-weight", type=float, default=0.0, help="weight of the ground-truth CE (0..1)")
+    p.add_argument("--hidden-weight", type=float, default=0.0, help="weight of sum of per-layer hidden MSE")
+    _common_train(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = subparsers.add_parser("eval", help="perplexity, bits per byte, next-token accuracy on held-out text")
+    p.add_argument("checkpoints", nargs="*", help="checkpoints (default: the shipped teacher and student)")
+    p.add_argument("--corpus", default="builtin")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate on at most this many tokens")
+    p.add_argument("--act-bits", type=_act_bits, default=None, help="override every binarized linear's act bits")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("generate", help="sample text (greedy with --temperature 0, else top-k)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped student)")
+    p.add_argument("--prompt", default="def ")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_generate)

@@ -1,0 +1,77 @@
+"""ModelConfig: the shape and the binarization scheme of a bitmos transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from bitmos.errors import ConfigError
+
+# "float" is the teacher (plain nn.Linear); every other scheme binarizes the seven linears of each decoder block.
+SCHEMES = ("float", "sign", "fbi", "onebit", "bitnet", "pb", "mos")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256          # byte-level tokenizer by default
+    dim: int = 128                 # model (hidden) width; a multiple of 64 maps cleanly onto the array
+    n_layers: int = 4
+    n_heads: int = 4               # multi-head attention; head_dim = dim // n_heads
+    hidden_dim: int = 384          # SwiGLU intermediate width (gate/up out, down in)
+    max_seq_len: int = 256         # longest context the rotary table covers
+    norm_eps: float = 1e-5         # RMSNorm epsilon
+    rope_theta: float = 10000.0    # rotary base
+    scheme: str = "float"          # one of SCHEMES
+    experts: int = 4               # scale experts per linear (scheme "mos"); E=1 means no router
+    act_bits: int | None = 8       # per-token activation bits of every binarized matmul; None or 16 = off (W1A16)
+    pb_fraction: float = 0.1       # scheme "pb": fraction of weights (by magnitude) kept in 8 bit
+    tokenizer: str = "byte"        # "byte" or "bpe:<name>" (BPE vocab stored beside the checkpoint)
+
+    def __post_init__(self):
+        def need(ok, field, why):
+            if not ok:
+                raise ConfigError(f"ModelConfig.{field} {why}, got {getattr(self, field)!r}")
+
+        for f in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len", "experts"):
+            v = getattr(self, f)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f, "must be a positive int")
+        need(self.dim % self.n_heads == 0, "dim", f"must be divisible by n_heads={self.n_heads}")
+        need((self.dim // self.n_heads) % 2 == 0, "n_heads", f"must leave an even head_dim (dim={self.dim})")
+        need(isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0, "norm_eps", "must be > 0")
+        need(isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0, "rope_theta", "must be > 0")
+        need(self.scheme in SCHEMES, "scheme", f"must be one of {SCHEMES}")
+        if isinstance(self.act_bits, str) and self.act_bits.lower() in ("off", "none"):
+            self.act_bits = None
+        need(self.act_bits is None or (isinstance(self.act_bits, int) and not isinstance(self.act_bits, bool)
+                                       and 1 <= self.act_bits <= 16),
+             "act_bits", "must be an int in 1..16, or None/'off'")
+        if self.act_bits == 16:
+            self.act_bits = None  # 16 means unquantized (W1A16), stored canonically as None
+        need(isinstance(self.pb_fraction, (int, float)) and 0.0 <= self.pb_fraction < 1.0,
+             "pb_fraction", "must be in [0, 1)")
+        need(isinstance(self.tokenizer, str) and (self.tokenizer == "byte" or self.tokenizer.startswith("bpe:")),
+             "tokenizer", "must be 'byte' or 'bpe:<name>'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def binarized(self) -> bool:
+        return self.scheme != "float"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"ModelConfig.from_dict needs a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"ModelConfig: unknown field(s) {unknown}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,235 @@
+"""A LLaMA-style decoder (RMSNorm, rotary embeddings, SwiGLU MLP, causal multi-head attention), nanoGPT style.
+
+The float teacher uses plain ``nn.Linear``; a student (``config.scheme != "float"``) replaces the seven linears
+inside each decoder block -- ``layers.<i>.attn.{q,k,v,o}_proj`` and ``layers.<i>.mlp.{gate,up,down}_proj`` -- by a
+:class:`~bitmos.model.binarize.BinarizedLinear`. Embeddings, norms and the LM head stay in full precision.
+Names and the rotary convention (rotate-half) match Hugging Face ``LlamaForCausalLM``, so its weights load directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bitmos.model.binarize import BinarizedLinear, make_linear, packed_bytes
+from bitmos.model.config import ModelConfig
+
+LINEAR_NAMES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (max_seq_len, head_dim) in the rotate-half layout of Hugging Face LLaMA."""
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))   # (hd/2,)
+    t = torch.arange(config.max_seq_len, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)                                     # (T, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)                              # (T, hd)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, H, T, hd); cos/sin: (T, hd)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        d = config.dim
+        self.q_proj = make_linear(config, d, d)
+        self.k_proj = make_linear(config, d, d)
+        self.v_proj = make_linear(config, d, d)
+        self.o_proj = make_linear(config, d, d)
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)                   # (B, H, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                               # (B, T, C)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = make_linear(config, config.dim, config.hidden_dim)
+        self.up_proj = make_linear(config, config.dim, config.hidden_dim)
+        self.down_proj = make_linear(config, config.hidden_dim, config.dim)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))    # (B, T, hidden) -> (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert isinstance(config, ModelConfig), f"config must be a ModelConfig, got {type(config).__name__}"
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        cos, sin = rope_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, m in self.named_modules():
+            if isinstance(m, BinarizedLinear):
+                m.path = name
+                m.init_from_weight(m.weight.detach().clone())   # scales follow the (re-initialised) latent W
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, BinarizedLinear)) and not getattr(m, "_is_router", False):
+            torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        elif isinstance(m, nn.Embedding):
+            torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def forward(self, idx, targets=None, return_hidden: bool = False, linear_override=None):
+        """idx (B, T) int64 -> (logits (B, T, V), loss or None[, hidden]).
+
+        ``return_hidden``: also return the list of each block's output (n_layers tensors (B, T, C)).
+        ``linear_override``: callable(path, module, x) -> y used instead of every binarized linear's forward.
+        """
+        B, T = idx.shape
+        assert T <= self.config.max_seq_len, f"sequence length {T} > max_seq_len {self.config.max_seq_len}"
+        ctx = self.overridden(linear_override) if linear_override is not None else contextlib.nullcontext()
+        with ctx:
+            x = self.tok_embeddings(idx)                                      # (B, T, C)
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]                   # (T, hd)
+            hidden = []
+            for block in self.layers:
+                x = block(x, cos, sin)                                        # (B, T, C)
+                hidden.append(x)
+            logits = self.lm_head(self.norm(x)).float()                       # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        if return_hidden:
+            return logits, loss, hidden
+        return logits, loss
+
+    @contextlib.contextmanager
+    def overridden(self, fn):
+        """Within the block, every binarized linear's forward is ``fn(path, module, x)``."""
+        mods = [m for _, m in self.binarized_linears()]
+        old = [m.override for m in mods]
+        for m in mods:
+            m.override = fn
+        try:
+            yield self
+        finally:
+            for m, o in zip(mods, old):
+                m.override = o
+
+    # -- introspection -------------------------------------------------------------------------------------------
+
+    def binarized_linears(self):
+        """[(path, BinarizedLinear)] in execution order: layers.0.attn.q_proj, ..., layers.<L-1>.mlp.down_proj."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, BinarizedLinear)]
+
+    def block_linears(self):
+        """[(path, module)] of the seven projections of every block (nn.Linear for the teacher)."""
+        return [(f"layers.{i}.{n}", self.get_submodule(f"layers.{i}.{n}"))
+                for i in range(self.config.n_layers) for n in LINEAR_NAMES]
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def packed_bytes(self) -> int:
+        """Deployed size: block linears packed (see binarize.packed_bytes), everything else fp16."""
+        lin = sum(packed_bytes(m) for _, m in self.block_linears())
+        lin_params = sum(p.numel() for _, m in self.block_linears() for p in m.parameters())
+        return lin + (sum(p.numel() for p in self.parameters()) - lin_params) * 2
+
+    # -- teacher -> student --------------------------------------------------------------------------------------
+
+    def load_from_teacher(self, teacher: "Transformer") -> None:
+        """Copy embeddings, norms and head, and init every block linear from the teacher's float weight."""
+        tc, sc = teacher.config, self.config
+        for f in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim"):
+            assert getattr(tc, f) == getattr(sc, f), f"teacher {f}={getattr(tc, f)} != student {getattr(sc, f)}"
+        with torch.no_grad():
+            self.tok_embeddings.weight.copy_(teacher.tok_embeddings.weight)
+            self.norm.weight.copy_(teacher.norm.weight)
+            self.lm_head.weight.copy_(teacher.lm_head.weight)
+            for i in range(sc.n_layers):
+                self.layers[i].attn_norm.weight.copy_(teacher.layers[i].attn_norm.weight)
+                self.layers[i].mlp_norm.weight.copy_(teacher.layers[i].mlp_norm.weight)
+            for (path, m), (_, t) in zip(self.block_linears(), teacher.block_linears()):
+                if isinstance(m, BinarizedLinear):
+                    m.init_from_weight(t.weight.detach())
+                else:
+                    m.weight.copy_(t.weight)
+
+    # -- training helpers ----------------------------------------------------------------------------------------
+
+    def configure_optimizer(self, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95)):
+        """AdamW; weight decay on 2-D weights only (matrices, embeddings), not on norms/scales/experts."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_scale = any(name.endswith(s) for s in (".s_in", ".s_out", ".alpha", ".beta", ".g", ".h"))
+            (decay if p.dim() >= 2 and not is_scale else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Greedy when temperature == 0, else top-k sampling. idx (B, T) -> (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.config.max_seq_len:]
+            logits, _ = self(ctx)
+            logits = logits[:, -1, :]                                         # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
