@@ -1,0 +1,106 @@
+import json
+import unittest
+
+import pytest
+
+from bitmos.config import PRESETS, AcceleratorConfig, preset_config
+from bitmos.errors import ConfigError
+
+
+class TestAcceleratorConfig(unittest.TestCase):
+    def test_presets_load_and_have_sane_depths(self):
+        self.assertEqual(set(PRESETS), {"tiny", "small", "medium", "asic32"})
+        for name in PRESETS:
+            with self.subTest(name=name):
+                c = preset_config(name)
+                self.assertEqual(c.name, name)
+                for b in "XWSQO":
+                    self.assertGreaterEqual(c.depth(b), 2)
+                self.assertEqual(c.lanes % c.cols, 0)
+
+    def test_derived_quantities(self):
+        c = AcceleratorConfig(rows=4, cols=4, lanes=32, act_bits=8, experts=4)
+        self.assertEqual(c.act_qmax, 127)
+        self.assertEqual(c.nchunks(70), 3)
+        self.assertEqual(c.xlines(70), 3 * 8)
+        self.assertEqual(c.sbuf_line_bits, 4 * 4 * 16)
+        self.assertEqual(c.plane_rows, 4)
+        self.assertEqual(c.planes_per_row, 2)
+        self.assertEqual(AcceleratorConfig(act_bits=1, experts=0).act_qmax, 1)
+        self.assertEqual(AcceleratorConfig(act_bits=2).act_qmax, 1)
+        self.assertEqual(c.binary_ops_per_cycle(), 2 * 4 * 4 * 32)
+
+    def test_errors_name_field_value_and_range(self):
+        cases = [
+            (dict(rows=0), r"field 'rows' = 0 is out of range; allowed 1\.\.64"),
+            (dict(cols=65), r"field 'cols' = 65 is out of range"),
+            (dict(lanes=12), r"'lanes' = 12 must be a multiple of 8"),
+            (dict(lanes=40, cols=16), r"'lanes' = 40 must be a multiple of 'cols' = 16"),
+            (dict(act_bits=3), r"'act_bits' = 3 is not supported; allowed 1, 2, 4, 8"),
+            (dict(acc_bits=40), r"field 'acc_bits' = 40 is out of range"),
+            (dict(experts=9), r"field 'experts' = 9 is out of range; allowed 0\.\.8"),
+            (dict(wbuf_kib=0), r"field 'wbuf_kib' = 0 is out of range"),
+            (dict(qbuf_kib=1, rows=64, lanes=1024, cols=8), r"'qbuf_kib' = 1 gives 0 lines"),
+            (dict(meta_tokens=2, rows=4), r"'meta_tokens' = 2 must be at least 'rows' = 4"),
+            (dict(ext_bw_bits=12), r"'ext_bw_bits' = 12 must be a multiple of 8"),
+            (dict(ext_latency=-1), r"field 'ext_latency' = -1 is out of range"),
+            (dict(x_frac_bits=16), r"field 'x_frac_bits' = 16 is out of range"),
+            (dict(clock_mhz=0.0), r"field 'clock_mhz' = 0.0 is out of range"),
+            (dict(rows=2.5), r"field 'rows' must be an integer, got 2.5"),
+            (dict(imem_words=8), r"field 'imem_words' = 8 is out of range"),
+        ]
+        for kwargs, pattern in cases:
+            with self.subTest(kwargs=kwargs):
+                with self.assertRaisesRegex(ConfigError, pattern):
+                    AcceleratorConfig(**kwargs)
+
+    def test_frozen(self):
+        c = AcceleratorConfig()
+        with self.assertRaises(Exception):
+            c.rows = 3  # type: ignore[misc]
+
+
+def test_toml_and_json_round_trip(tmp_path):
+    c = preset_config("medium")
+    p = tmp_path / "c.toml"
+    p.write_text(c.to_toml())
+    assert AcceleratorConfig.load(p) == c
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps(c.to_dict()))
+    assert AcceleratorConfig.load(j) == c
+    assert AcceleratorConfig.load("medium") == c
+
+
+def test_preset_with_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[accelerator]\npreset = "small"\nact_bits = 4\n')
+    c = AcceleratorConfig.load(p)
+    assert c.act_bits == 4 and c.rows == 4 and c.name == "small"
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ('[accelerator]\nrowz = 3\n', r"unknown field 'rowz'"),
+    ('[accelerator]\nrows = "4"\n', r"field 'rows' must be an integer, got '4'"),
+    ('[accelerator]\nrows = true\n', r"field 'rows' must be an integer, got True"),
+    ('rows = 3\n[accelerator]\ncols = 2\n', r"unknown top-level key\(s\) \['rows'\]"),
+    ('[accelerator\nrows = 3\n', r"cannot parse"),
+    ('[accelerator]\npreset = "huge"\n', r"unknown preset 'huge'"),
+    ('[accelerator]\nrows = 100\n', r"field 'rows' = 100 is out of range"),
+])
+def test_bad_files(tmp_path, text, pattern):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
+        AcceleratorConfig.load(p)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match=r"does not exist \(and is not a preset"):
+        AcceleratorConfig.load("/nonexistent/cfg.toml")
+
+
+def test_fingerprint_changes_with_any_field():
+    a = preset_config("small")
+    b = AcceleratorConfig.from_dict(dict(a.to_dict(), ext_latency=a.ext_latency + 1))
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint() == AcceleratorConfig.from_dict(a.to_dict()).fingerprint()
