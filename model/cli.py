@@ -59,7 +59,7 @@ def _act_bits(s):
 def _report(result, args):
     v = result.get("val")
     if v is not None:
-        print(f"{args.out}: step {result['step']}, {result['seconds']:.0f} s, val ppl {v['ppl']:.3f}, "
+        print(f"{args.out}: step {result['step']}, world {result['world']}, {result['seconds']:.0f} s, val ppl {v['ppl']:.3f}, "
               f"bpb {v['bpb']:.4f}, acc {v['acc']:.4f}")
     return 0
 

@@ -152,6 +152,7 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
     model.train()
     hidden = teacher is not None and args.hidden_weight > 0
     record = {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"}
+    record["world_size"] = world
     history = []
 
     def save(final: bool):
@@ -197,7 +198,7 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
             save(final=False)
     bar.close()
     elapsed = time.time() - t0
-    result = {"step": step, "train": last, "seconds": elapsed, "history": history}
+    result = {"step": step, "train": last, "seconds": elapsed, "history": history, "world": world}
     if rank == 0:
         result["val"] = evaluate(model, val_tok, args.seq_len, args.eval_tokens, bytes_per_token=bpt)
         save(final=True)

@@ -1,0 +1,138 @@
+"""Trained student -> integer export (:class:`bitmos.export.ModelExport`): what the compiler and the golden model read.
+
+Per binarized linear (module path, e.g. ``layers.0.attn.q_proj``), in the accelerator's number formats:
+
+==========  ===  ==========================================================================================
+scheme      E    exported
+==========  ===  ==========================================================================================
+``sign``    0    signs; ``smul``/``smul_exp`` = int16 of the single scale mean|W|
+``onebit``  1    signs; ``s_in`` = g [1, d_in], ``s_out`` = h [1, d_out] (int16 + one exponent each)
+``mos``     E    signs; ``s_in`` [E, d_in], ``s_out`` [E, d_out]; ``router`` [E, d_in] when E >= 2
+other       --   :class:`bitmos.errors.UnsupportedError` naming the layer and the scheme
+==========  ===  ==========================================================================================
+
+Signs follow :meth:`BinarizedLinear.sign_bits` (latent W >= 0 is +1, so sign(0) = sign(-0.0) = +1). Every float tensor
+that is not part of a binarized linear (embeddings, norms, LM head) goes to ``host`` unchanged (float32). The header
+carries the model config and the provenance (source checkpoint, training step, target accelerator and its fingerprint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bitmos import __version__
+from bitmos.config import AcceleratorConfig
+from bitmos.errors import UnsupportedError
+from bitmos.export import EXPORT_VERSION, BinaryLinearExport, ModelExport, quantize_to_int16
+
+#: schemes with a hardware path, and the experts count each one exports with
+SUPPORTED_SCHEMES = ("sign", "onebit", "mos")
+#: activation widths the accelerator's quantizer produces
+HW_ACT_BITS = (1, 2, 4, 8)
+
+
+def resolve_accel(accel: AcceleratorConfig | str | Path | None) -> AcceleratorConfig:
+    """An AcceleratorConfig from a config, a preset name, a .toml/.json path, or None (the default config)."""
+    if accel is None:
+        return AcceleratorConfig()
+    if isinstance(accel, AcceleratorConfig):
+        return accel
+    return AcceleratorConfig.load(accel)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+def _int16(values: np.ndarray, where: str, what: str) -> tuple[np.ndarray, int]:
+    if not np.all(np.isfinite(values)):
+        raise UnsupportedError(f"layer {where!r}: {what} has non-finite values; cannot export")
+    return quantize_to_int16(values)
+
+
+def export_linear(path: str, module) -> BinaryLinearExport:
+    """One binarized linear -> :class:`BinaryLinearExport` (raises UnsupportedError for schemes without hardware)."""
+    info = module.export()
+    scheme = info["scheme"]
+    if scheme not in SUPPORTED_SCHEMES:
+        raise UnsupportedError(f"layer {path!r}: scheme {scheme!r} has no hardware path yet "
+                               f"(exportable schemes: {', '.join(SUPPORTED_SCHEMES)})")
+    act_bits = info["act_bits"]
+    if act_bits not in HW_ACT_BITS:
+        raise UnsupportedError(f"layer {path!r}: act_bits = {act_bits!r}; the accelerator quantizes activations "
+                               f"to {', '.join(map(str, HW_ACT_BITS))} bits (W1A16 has no hardware path)")
+    signs = info["sign"].cpu().numpy().astype(bool)
+    d_out, d_in = signs.shape
+    lin = BinaryLinearExport(name=path, d_in=d_in, d_out=d_out, experts=0, act_bits=int(act_bits),
+                             signs=np.ascontiguousarray(signs), scheme=scheme)
+    if scheme == "sign":
+        smul, smul_exp = _int16(np.array([info["scale"]], dtype=np.float64), path, "scale")
+        lin.smul, lin.smul_exp = int(smul[0]), int(smul_exp)
+    else:
+        s_in = _np(info["s_in"]).reshape(-1, d_in)      # onebit: g (d_in,) -> (1, d_in); mos: (E, d_in)
+        s_out = _np(info["s_out"]).reshape(-1, d_out)
+        lin.experts = s_in.shape[0]
+        lin.s_in, lin.s_in_exp = _int16(s_in, path, "s_in")
+        lin.s_out, lin.s_out_exp = _int16(s_out, path, "s_out")
+        if lin.experts >= 2:
+            router = info.get("router")
+            if router is None:
+                raise UnsupportedError(f"layer {path!r}: {lin.experts} experts but no router")
+            lin.router, lin.router_exp = _int16(_np(router), path, "router")
+        if not 1 <= lin.experts <= 8:
+            raise UnsupportedError(f"layer {path!r}: {lin.experts} scale experts; the export format allows 1..8")
+    lin.validate()
+    return lin
+
+
+def export_model(model, accel: AcceleratorConfig | str | None = None, *, info: dict[str, Any] | None = None
+                 ) -> ModelExport:
+    """A trained student (``bitmos.model.transformer.Transformer``) -> :class:`ModelExport`.
+
+    ``accel`` is the target accelerator: its name and fingerprint (and number formats) are recorded in the header
+    so the golden model and the compiler can check they run the export as intended; the integer parameters
+    themselves do not depend on it (the compiler adapts the layer to the hardware).
+    """
+    accel = resolve_accel(accel)
+    config = model.config
+    if not config.binarized:
+        raise UnsupportedError("the float teacher has no binarized linears to export; export a student")
+    linears, prefixes = [], []
+    for path, module in model.binarized_linears():
+        linears.append(export_linear(path, module))
+        prefixes.append(path + ".")
+    host = {}
+    for key, value in model.state_dict().items():
+        if any(key.startswith(p) for p in prefixes):
+            continue
+        if not value.is_floating_point():
+            raise UnsupportedError(f"host tensor {key!r} is {value.dtype}, the export stores float32 only")
+        host[key] = value.detach().to(torch.float32).cpu().numpy()
+    prov = {"exporter": "bitmos.model.export", "bitmos_version": __version__, "export_version": EXPORT_VERSION,
+            "accelerator": accel.name, "accelerator_fingerprint": accel.fingerprint(),
+            "accelerator_config": accel.to_dict()}
+    prov.update(info or {})
+    return ModelExport(model_config=config.to_dict(), linears=linears, host=host, info=prov)
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
+                      accel: AcceleratorConfig | str | None = None) -> ModelExport:
+    """Load a student checkpoint, export it, and write the export to ``out`` (if given). Returns the export."""
+    from bitmos.model.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    exp = export_model(model, accel, info={"source": str(checkpoint), "step": meta.get("step", 0),
+                                           "teacher": meta.get("train_args", {}).get("teacher")})
+    if out is not None:
+        exp.save(out)
+    return exp
+
+
+def accel_from_export(exp: ModelExport) -> AcceleratorConfig | None:
+    """The target accelerator recorded in an export's header (None if the header has none)."""
+    data = exp.info.get("accelerator_config")
+    return AcceleratorConfig.from_dict(data, source="export header") if isinstance(data, dict) else None

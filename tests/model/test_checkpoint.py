@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from bitmos.errors import FormatError
+from bitmos.model.checkpoint import (load_checkpoint, load_trainer_state, read_checkpoint, save_checkpoint,
+                                     save_trainer_state)
+from bitmos.model.transformer import Transformer
+
+from .model_helpers import tiny_config
+
+
+@pytest.mark.parametrize("scheme", ["float", "mos", "pb", "fbi"])
+def test_round_trip(tmp_path, scheme):
+    m = Transformer(tiny_config(scheme=scheme, experts=2, act_bits=4))
+    p = tmp_path / "m.safetensors"
+    save_checkpoint(p, m, {"lr": 1e-3}, step=7)
+    m2, meta = load_checkpoint(p)
+    assert meta["step"] == 7 and meta["train_args"] == {"lr": 1e-3} and m2.config == m.config
+    idx = torch.randint(0, 64, (2, 10))
+    assert torch.equal(m.eval()(idx)[0], m2(idx)[0])
+
+
+def test_compact_keeps_every_sign(tmp_path):
+    m = Transformer(tiny_config(scheme="mos", dim=64, hidden_dim=128))
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, m, compact=True)
+    m2, _ = load_checkpoint(p)
+    for (path, a), (_, b) in zip(m.binarized_linears(), m2.binarized_linears()):
+        assert torch.equal(a.sign_bits(), b.sign_bits()), path
+    assert p.stat().st_size < 0.7 * sum(v.numel() * 4 for v in m.state_dict().values())
+
+
+def test_corrupt_truncated_and_foreign_files(tmp_path):
+    m = Transformer(tiny_config())
+    p = tmp_path / "m.safetensors"
+    save_checkpoint(p, m)
+    data = p.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="not a valid safetensors file"):
+        load_checkpoint(bad)
+    bad.write_bytes(b"abc")
+    with pytest.raises(FormatError, match=r"is truncated \(3 bytes\)"):
+        load_checkpoint(bad)
+    with pytest.raises(FormatError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, str(bad))
+    with pytest.raises(FormatError, match="is not a bitmos model"):
+        load_checkpoint(bad)
+
+
+def test_mismatched_config_is_a_format_error(tmp_path):
+    m = Transformer(tiny_config())
+    p = tmp_path / "m.safetensors"
+    save_checkpoint(p, m)
+    meta, sd = read_checkpoint(p)
+    from safetensors.torch import save_file
+    cfg = dict(meta["config"], n_layers=3)
+    save_file(sd, str(p), metadata={"format": "bitmos-model", "version": "1", "config": json.dumps(cfg)})
+    with pytest.raises(FormatError, match="does not match its config: missing"):
+        load_checkpoint(p)
+    cfg = dict(meta["config"], dim=-1)
+    save_file(sd, str(p), metadata={"format": "bitmos-model", "version": "1", "config": json.dumps(cfg)})
+    with pytest.raises(FormatError, match="invalid model config: ModelConfig.dim"):
+        load_checkpoint(p)
+    save_file(sd, str(p), metadata={"format": "bitmos-model", "version": "9", "config": "{}"})
+    with pytest.raises(FormatError, match="has version '9'"):
+        load_checkpoint(p)
+
+
+def test_trainer_state_round_trip_and_corrupt(tmp_path):
+    m = Transformer(tiny_config())
+    opt = m.configure_optimizer(1e-3)
+    m(torch.randint(0, 64, (1, 4)), torch.randint(0, 64, (1, 4)))[1].backward()
+    opt.step()
+    p = tmp_path / "m.trainer.pt"
+    save_trainer_state(p, opt, 5, torch.get_rng_state())
+    st = load_trainer_state(p)
+    assert st["step"] == 5
+    opt.load_state_dict(st["optimizer"])
+    p.write_bytes(b"garbage")
+    with pytest.raises(FormatError, match="corrupt or unsafe"):
+        load_trainer_state(p)
