@@ -1,0 +1,463 @@
+"""The compiler's Python API: compile_linear, compile_model, host I/O helpers.
+
+See docs/compiler.md for the schedule and the memory layout. Nothing here imports bitmos.sim,
+bitmos.rtl or bitmos.model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitmos.config import AcceleratorConfig
+from bitmos.container import MemoryImage, Program
+from bitmos.errors import ConfigError, FormatError, UnsupportedError
+from bitmos.export import BinaryLinearExport, ModelExport
+from bitmos.fileio import write_json_atomic, write_text_atomic
+from bitmos.isa import disassemble
+
+from bitmos.compiler.lower import LayerSpec, ceil_div, lower_linear, synthetic_spec
+from bitmos.compiler.schedule import Regions, Schedule, Tiling, build_program, make_tiling
+
+MANIFEST_VERSION = 1
+ALIGN = 64                      # region alignment: one EBASE unit
+#: Shape-only models whose memory image would exceed this are compiled timing-only automatically.
+AUTO_TIMING_ONLY_BYTES = 256 << 20
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+# ---- tiling choice -------------------------------------------------------------------------------
+
+def region_sizes(til: Tiling, cfg: AcceleratorConfig) -> dict[str, int]:
+    """Bytes of each external region of a layer with tiling ``til``."""
+    wb, sb, xb, ob = (cfg.line_bits(b) // 8 for b in "WSXO")
+    sizes = {"weights": til.NT * til.nch * wb,
+             "sbuf": (til.sout_line + til.NT) * sb if cfg.experts >= 1 else 0,
+             "input": til.T * til.XL * xb,
+             "output": (til.ngroups * til.NT * cfg.rows if til.mode == "token" else til.NT) * ob}
+    return sizes
+
+
+def _layout(til: Tiling, cfg: AcceleratorConfig, base: int) -> tuple[Regions, dict[str, int]]:
+    sizes = region_sizes(til, cfg)
+    addr = {}
+    at = _align(base)
+    for key in ("weights", "sbuf", "input", "output"):
+        addr[key] = at
+        at = _align(at + sizes[key])
+    return Regions(**addr), sizes
+
+
+def _split_programs(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions: Regions,
+                    groups: range, tiles: range) -> list[tuple[range, range, Schedule]]:
+    """One schedule per part; parts are split (tokens first, then tiles) until each fits IMEM."""
+    sch = build_program(spec, cfg, til, regions, groups, tiles)
+    if len(sch.words) <= cfg.imem_words:
+        return [(groups, tiles, sch)]
+    if len(groups) > 1:
+        # keep token blocks whole where possible
+        gpb = til.groups_per_block
+        half = max(1, (len(groups) // 2 // gpb) * gpb) if len(groups) > gpb else len(groups) // 2
+        a, b = range(groups.start, groups.start + half), range(groups.start + half, groups.stop)
+        return _split_programs(spec, cfg, til, regions, a, tiles) + _split_programs(spec, cfg, til, regions, b, tiles)
+    if len(tiles) > 1:
+        half = len(tiles) // 2
+        a, b = range(tiles.start, tiles.start + half), range(tiles.start + half, tiles.stop)
+        return _split_programs(spec, cfg, til, regions, groups, a) + _split_programs(spec, cfg, til, regions, groups, b)
+    raise UnsupportedError(f"layer {spec.name!r}: the program for one token group and one output tile needs "
+                           f"{len(sch.words)} instruction words; imem_words = {cfg.imem_words}")
+
+
+def _candidates(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> list[Tiling]:
+    modes = ["token"] if tokens > 1 else ["plane", "token"]
+    out, errors = [], []
+    for mode in modes:
+        try:
+            top = make_tiling(spec, cfg, tokens, mode)
+        except UnsupportedError as exc:
+            errors.append(exc)
+            continue
+        tpbs, t = [], top.tpb
+        while t >= 1 and len(tpbs) < 8:
+            tpbs.append(t)
+            t //= 2
+        for t in tpbs:
+            out.append(make_tiling(spec, cfg, tokens, mode, tpb=t))
+    if not out:
+        raise errors[0]
+    return out
+
+
+_TILING_CACHE: dict[tuple, Tiling] = {}
+
+
+def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tiling:
+    """The candidate (mode x weight-block size) with the fewest Timeline cycles; cached per shape."""
+    key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens)
+    if key in _TILING_CACHE:
+        return _TILING_CACHE[key]
+    best, best_cycles = None, None
+    for til in _candidates(spec, cfg, tokens):
+        regions, _ = _layout(til, cfg, 0)
+        parts = _split_programs(spec, cfg, til, regions, range(til.ngroups), range(til.NT))
+        cycles = sum(p[2].cycles for p in parts)
+        if best_cycles is None or cycles < best_cycles:
+            best, best_cycles = til, cycles
+    _TILING_CACHE[key] = best
+    return best
+
+
+# ---- compiled objects ----------------------------------------------------------------------------
+
+@dataclass
+class CompiledLinear:
+    """One binarized linear: its program(s), its memory regions and its manifest entry."""
+    name: str
+    spec: LayerSpec
+    tiling: Tiling
+    regions: Regions
+    sizes: dict[str, int]
+    programs: list[Schedule]
+    parts: list[tuple[range, range]]
+    config: AcceleratorConfig
+    base: int = 0
+    memory: bytearray | None = None   # bytes [base, end) of this layer's regions (None: timing-only)
+
+    @property
+    def words(self) -> list[int]:
+        """The instruction words (of the only program; see ``programs`` when split)."""
+        if len(self.programs) != 1:
+            raise ValueError(f"layer {self.name!r} was split into {len(self.programs)} programs; use .programs")
+        return self.programs[0].words
+
+    @property
+    def cycles(self) -> int:
+        return sum(p.cycles for p in self.programs)
+
+    @property
+    def end(self) -> int:
+        return _align(self.regions.output + self.sizes["output"])
+
+    def program_files(self) -> list[str]:
+        if len(self.programs) == 1:
+            return [f"{self.name}.bmprog"]
+        return [f"{self.name}.p{i}.bmprog" for i in range(len(self.programs))]
+
+    def listing(self) -> str:
+        out = []
+        for i, p in enumerate(self.programs):
+            (g, t) = self.parts[i]
+            out.append(f"; {self.name} part {i}: groups {g.start}..{g.stop - 1}, tiles {t.start}..{t.stop - 1}, "
+                       f"{p.cycles} cycles ({p.stall_cycles} stalled)\n")
+            out.append(disassemble(p.words, p.comments))
+        return "".join(out)
+
+    def program_objects(self) -> list[Program]:
+        return [Program(p.words, self.config, {"layer": self.name, "part": i,
+                                               "comments": {str(k): v for k, v in p.comments.items()}})
+                for i, p in enumerate(self.programs)]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        cfg, til, s = self.config, self.tiling, self.spec
+        E = cfg.experts
+        regs = {"K": til.K, "OSHIFT": s.oshift}
+        if E >= 2:
+            regs.update(RSHIFT=s.rshift, ROUTER=til.router_line)
+        if E >= 1:
+            regs["SIN"] = til.sin_line
+        else:
+            regs["SMUL"] = s.smul
+        r = self.regions
+        return {
+            "name": self.name, "d_in": s.d_in, "d_out": s.d_out, "tokens": til.T, "mode": til.mode,
+            "layer_experts": s.layer_experts, "expert_mapping": s.expert_mapping,
+            "registers": regs,
+            "programs": [{"file": f, "words": len(p.words), "cycles": p.cycles, "stall_cycles": p.stall_cycles,
+                          "compute_cycles": p.compute_cycles, "dma_busy_cycles": p.dma_busy_cycles,
+                          "groups": [g.start, g.stop], "tiles": [t.start, t.stop], "counts": p.counts}
+                         for f, p, (g, t) in zip(self.program_files(), self.programs, self.parts)],
+            "cycles": self.cycles,
+            "tiling": til.to_dict(),
+            "regions": {
+                "weights": {"addr": r.weights, "bytes": self.sizes["weights"],
+                            "layout": "WBUF lines, tile-major then chunk: line n*nch + c holds output tile n, "
+                                      "input chunk c"},
+                "sbuf": {"addr": r.sbuf, "bytes": self.sizes["sbuf"],
+                         "layout": "SBUF lines: router (XL lines, E>=2), S_in (XL lines), S_out (one line per tile)"},
+                "input": {"addr": r.input, "bytes": self.sizes["input"], "layout": "xbuf", "dtype": "int16",
+                          "tokens": til.T, "K": til.K, "lines_per_token": til.XL, "values_per_line": cfg.cols},
+                "output": {"addr": r.output, "bytes": self.sizes["output"],
+                           "layout": "obuf_token" if til.mode == "token" else "obuf_plane", "dtype": "int32",
+                           "tokens": til.T, "N": til.N, "group": til.g, "groups": til.ngroups,
+                           "rows": cfg.rows, "tiles": til.NT, "values_per_line": cfg.cols},
+            },
+        }
+
+
+def _pack_layer(spec: LayerSpec, til: Tiling, cfg: AcceleratorConfig, regions: Regions, base: int,
+                end: int) -> bytearray:
+    """The bytes [base, end) of a layer: packed weights and SBUF lines (input/output regions zero)."""
+    mem = bytearray(end - base)
+    C, L, E = cfg.cols, cfg.lanes, cfg.experts
+    K, N, NT, nch, XL = til.K, til.N, til.NT, til.nch, til.XL
+    signs = np.zeros((NT * C, nch * L), dtype=bool)       # padded outputs: 0 bits; padded inputs: masked
+    signs[:N, :K] = spec.signs
+    w = signs.reshape(NT, C, nch, L).transpose(0, 2, 1, 3)   # (tile, chunk, col, lane)
+    wbytes = np.packbits(w, axis=-1, bitorder="little").tobytes()
+    mem[regions.weights - base: regions.weights - base + len(wbytes)] = wbytes
+    if E >= 1:
+        def lines(t: np.ndarray, nlines: int) -> bytes:          # [E, n] -> nlines SBUF lines
+            pad = np.zeros((E, nlines * C), dtype="<i2")
+            pad[:, :t.shape[1]] = t
+            return pad.reshape(E, nlines, C).transpose(1, 0, 2).tobytes()
+        blob = b""
+        if E >= 2:
+            blob += lines(spec.router, XL)
+        blob += lines(spec.s_in, XL) + lines(spec.s_out, NT)
+        assert len(blob) == region_sizes(til, cfg)["sbuf"]
+        mem[regions.sbuf - base: regions.sbuf - base + len(blob)] = blob
+    return mem
+
+
+def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: int = 0) -> CompiledLinear:
+    til = choose_tiling(spec, cfg, tokens)
+    regions, sizes = _layout(til, cfg, base)
+    parts = _split_programs(spec, cfg, til, regions, range(til.ngroups), range(til.NT))
+    cl = CompiledLinear(spec.name, spec, til, regions, sizes, [p[2] for p in parts], [(p[0], p[1]) for p in parts],
+                        cfg, base)
+    if cl.end > cfg.ext_mem_bytes:
+        raise UnsupportedError(f"layer {spec.name!r}: its memory regions end at byte {cl.end}, beyond the "
+                               f"external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)")
+    if spec.materialized:
+        cl.memory = _pack_layer(spec, til, cfg, regions, base, cl.end)
+    return cl
+
+
+def compile_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, tokens: int, *, base: int = 0) -> CompiledLinear:
+    """Compile one exported binarized linear for ``tokens`` tokens; regions start at byte ``base``."""
+    lin.validate()
+    return compile_spec(lower_linear(lin, cfg), cfg, tokens, base=base)
+
+
+# ---- host I/O -------------------------------------------------------------------------------------
+
+def _buffer(memory) -> bytearray:
+    data = getattr(memory, "data", memory)
+    if isinstance(data, CompiledModel):
+        data = data.memory
+    if not isinstance(data, (bytearray, memoryview)):
+        raise TypeError(f"memory must be a bytearray or MemoryImage, got {type(memory).__name__}")
+    return data
+
+
+def _layer_manifest(m) -> dict:
+    return m.manifest if isinstance(m, CompiledLinear) else m
+
+
+def write_layer_input(memory, layer_manifest, x_int16: np.ndarray) -> None:
+    """Write x (int16 [T, K]) into the layer's input region in XBUF line layout (zero padded)."""
+    man = _layer_manifest(layer_manifest)
+    reg = man["regions"]["input"]
+    T, K = reg["tokens"], reg["K"]
+    x = np.asarray(x_int16)
+    if x.shape != (T, K):
+        raise ValueError(f"layer {man['name']!r}: x must be [{T}, {K}], got {tuple(x.shape)}")
+    if x.dtype != np.int16:
+        if x.min(initial=0) < -32768 or x.max(initial=0) > 32767:
+            raise ValueError(f"layer {man['name']!r}: x values do not fit int16")
+    width = reg["lines_per_token"] * reg["values_per_line"]
+    pad = np.zeros((T, width), dtype="<i2")
+    pad[:, :K] = x
+    buf = _buffer(memory)
+    buf[reg["addr"]: reg["addr"] + reg["bytes"]] = pad.tobytes()
+
+
+def read_layer_output(memory, layer_manifest) -> np.ndarray:
+    """The layer's outputs y (int32 [T, N], out_frac_bits fraction bits) from its output region."""
+    man = _layer_manifest(layer_manifest)
+    reg = man["regions"]["output"]
+    buf = _buffer(memory)
+    raw = np.frombuffer(bytes(buf[reg["addr"]: reg["addr"] + reg["bytes"]]), dtype="<i4")
+    T, N, C, NT = reg["tokens"], reg["N"], reg["values_per_line"], reg["tiles"]
+    if reg["layout"] == "obuf_plane":
+        return raw.reshape(NT * C)[:N].reshape(1, N).astype(np.int32)
+    R, G, g = reg["rows"], reg["groups"], reg["group"]
+    arr = raw.reshape(G, NT, R, C).transpose(0, 2, 1, 3)[:, :g].reshape(G * g, NT * C)
+    return np.ascontiguousarray(arr[:T, :N]).astype(np.int32)
+
+
+# ---- whole models -----------------------------------------------------------------------------------
+
+def llama_linears(shape: dict) -> list[tuple[str, int, int]]:
+    """(module path, d_in, d_out) of every binarized linear, in execution order, from a model config.
+
+    Accepts a Hugging Face LLaMA-family ``config.json`` dict (hidden_size, intermediate_size,
+    num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim) or a bitmos model config dict
+    (dim, n_layers, n_heads, hidden_dim, optional n_kv_heads). Names follow bitmos' module paths
+    (``layers.<i>.attn.q_proj`` ... ``layers.<i>.mlp.down_proj``).
+    """
+    def need(key: str, src: str):
+        if key not in shape:
+            raise ConfigError(f"{src} model config is missing {key!r}")
+        v = shape[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{src} model config field {key!r} must be a positive integer, got {v!r}")
+        return v
+
+    if "hidden_size" in shape:
+        d = need("hidden_size", "Hugging Face")
+        hid = need("intermediate_size", "Hugging Face")
+        nl = need("num_hidden_layers", "Hugging Face")
+        nh = need("num_attention_heads", "Hugging Face")
+        kvh = shape.get("num_key_value_heads") or nh
+        hd = shape.get("head_dim") or d // nh
+        mt = shape.get("model_type", "llama")
+        if mt not in ("llama", "mistral", "qwen2", "tinyllama"):
+            raise UnsupportedError(f"model_type {mt!r} is not a LLaMA-family model; the module walk covers "
+                                   "q/k/v/o projections and a SwiGLU MLP")
+    elif "dim" in shape:
+        d = need("dim", "bitmos")
+        hid = need("hidden_dim", "bitmos")
+        nl = need("n_layers", "bitmos")
+        nh = need("n_heads", "bitmos")
+        kvh = shape.get("n_kv_heads") or nh
+        hd = d // nh
+    else:
+        raise ConfigError("model config has neither 'hidden_size' (Hugging Face) nor 'dim' (bitmos)")
+    out = []
+    for i in range(nl):
+        p = f"layers.{i}"
+        out += [(f"{p}.attn.q_proj", d, nh * hd), (f"{p}.attn.k_proj", d, kvh * hd),
+                (f"{p}.attn.v_proj", d, kvh * hd), (f"{p}.attn.o_proj", nh * hd, d),
+                (f"{p}.mlp.gate_proj", d, hid), (f"{p}.mlp.up_proj", d, hid), (f"{p}.mlp.down_proj", hid, d)]
+    return out
+
+
+@dataclass
+class CompiledModel:
+    config: AcceleratorConfig
+    layers: list[CompiledLinear]
+    memory: bytearray | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def layer(self, name: str) -> CompiledLinear:
+        for l in self.layers:
+            if l.name == name:
+                return l
+        raise KeyError(f"no compiled layer {name!r}")
+
+    @property
+    def cycles(self) -> int:
+        return sum(l.cycles for l in self.layers)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return {"version": MANIFEST_VERSION, "config": self.config.to_dict(),
+                "config_fingerprint": self.config.fingerprint(),
+                "memory_image": None if self.memory is None else "memory.bmmem",
+                "memory_bytes": self.layers[-1].end if self.layers else 0,
+                "timing_only": self.memory is None, "tokens": self.info.get("tokens"),
+                "cycles": self.cycles, "info": self.info,
+                "layers": [l.manifest for l in self.layers]}
+
+    def memory_image(self) -> MemoryImage:
+        if self.memory is None:
+            raise UnsupportedError("timing-only compile: there is no memory image")
+        return MemoryImage(self.memory, self.config.fingerprint(),
+                           {"layers": [l.name for l in self.layers], "tokens": self.info.get("tokens")})
+
+    def save(self, out_dir: str | Path, *, listings: bool = True) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for l in self.layers:
+            for f, prog in zip(l.program_files(), l.program_objects()):
+                prog.save(out / f)
+            if listings:
+                write_text_atomic(out / f"{l.name}.lst", l.listing())
+        if self.memory is not None:
+            self.memory_image().save(out / "memory.bmmem")
+        write_json_atomic(out / "manifest.json", self.manifest)
+        return out
+
+
+def load_model_input(source) -> tuple[str, Any]:
+    """('export', ModelExport) or ('shape', dict) from a path, a ModelExport or a config dict."""
+    if isinstance(source, ModelExport):
+        return "export", source
+    if isinstance(source, dict):
+        if "model_config" in source and isinstance(source["model_config"], dict):
+            return "shape", source["model_config"]
+        return "shape", source
+    p = Path(source)
+    if not p.is_file():
+        raise FormatError(f"model file {str(p)!r} does not exist")
+    head = p.read_bytes()[:1].lstrip()
+    if p.suffix.lower() == ".json" or head == b"{":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FormatError(f"{p}: not a readable JSON model config ({exc})") from None
+        if not isinstance(data, dict):
+            raise FormatError(f"{p}: expected a JSON object")
+        return load_model_input(data)
+    return "export", ModelExport.load(p)
+
+
+def compile_model(export_or_shape, cfg: AcceleratorConfig, tokens: int, *, timing_only: bool | None = None,
+                  seed: int = 0) -> CompiledModel:
+    """Compile every binarized linear of a model for ``tokens`` tokens.
+
+    ``export_or_shape``: a ModelExport, an export file path, a HF/bitmos config dict or JSON path. Shape-only
+    inputs get seeded synthetic weights; ``timing_only`` (default: automatic for shape-only models whose
+    image would exceed 256 MiB; always False for exports) skips materializing weights and the image.
+    """
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ConfigError(f"tokens must be a positive integer, got {tokens!r}")
+    t0 = time.perf_counter()
+    kind, obj = load_model_input(export_or_shape)
+    if kind == "export":
+        if timing_only:
+            specs_src = [(lin, False) for lin in obj.linears]
+        else:
+            specs_src = [(lin, True) for lin in obj.linears]
+        if not specs_src:
+            raise UnsupportedError("the export has no binarized linears (a float teacher?)")
+        make = [lambda lin=lin, mat=mat: lower_linear(lin, cfg, materialize=mat) for lin, mat in specs_src]
+        names = [lin.name for lin, _ in specs_src]
+        model_info = {"source": "export", "model_config": obj.model_config}
+        timing = bool(timing_only)
+    else:
+        walk = llama_linears(obj)
+        if timing_only is None:
+            est = sum(ceil_div(dout, cfg.cols) * cfg.cols * cfg.nchunks(din) * cfg.lanes // 8 for _, din, dout in walk)
+            timing = est > AUTO_TIMING_ONLY_BYTES
+        else:
+            timing = bool(timing_only)
+        make = [lambda n=n, a=a, b=b, i=i: synthetic_spec(n, a, b, cfg, seed=seed + i, materialize=not timing)
+                for i, (n, a, b) in enumerate(walk)]
+        names = [n for n, _, _ in walk]
+        model_info = {"source": "shape", "model_config": obj, "seed": seed}
+    layers: list[CompiledLinear] = []
+    base = 0
+    for mk in make:
+        spec = mk()
+        cl = compile_spec(spec, cfg, tokens, base=base)
+        layers.append(cl)
+        base = cl.end
+    memory = None
+    if not timing:
+        memory = bytearray(base)
+        for cl in layers:
+            memory[cl.base: cl.base + len(cl.memory)] = cl.memory
+            cl.memory = None  # the model image holds the bytes now
+    info = dict(model_info, tokens=tokens, layers=len(names), compile_seconds=round(time.perf_counter() - t0, 3))
+    return CompiledModel(cfg, layers, memory, info)
