@@ -1,0 +1,122 @@
+"""Train every binarization scheme on the same data, steps and seed; write a table into docs/model.md.
+
+Each student starts from the same float teacher's weights and is distilled (FBI-LLM autoregressive distillation)
+with identical hyper-parameters; only ``scheme``/``experts`` differ. Reported: parameters, deployed bytes
+(1 bit per sign weight, fp16 for everything else, see ``Transformer.packed_bytes``) and validation perplexity on
+the built-in corpus's held-out split, with the activation bits given by ``--act-bits`` (default 8).
+
+    python benchmarks/bench_schemes.py --teacher bitmos/model/assets/teacher.safetensors --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bitmos.model.checkpoint import load_checkpoint, shipped_path
+from bitmos.model.data import encode_corpus, get_tokenizer, load_corpus
+from bitmos.model.distill import make_student
+from bitmos.model.train import TrainArgs, evaluate, train
+
+RUNS = [("sign", 1), ("bitnet", 1), ("fbi", 1), ("onebit", 1), ("pb", 1),
+        ("mos", 1), ("mos", 2), ("mos", 4), ("mos", 8)]
+BEGIN, END = "<!-- bench_schemes:begin -->", "<!-- bench_schemes:end -->"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--act-bits", default="8", help="1..15 or off")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the whole split)")
+    ap.add_argument("--only", default=None, help="comma list of run names to do, e.g. mos4,sign")
+    ap.add_argument("--work", default="runs/bench", help="folder for the students' checkpoints")
+    ap.add_argument("--doc", default="docs/model.md", help="markdown file to update between the bench markers")
+    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    act_bits = None if args.act_bits == "off" else int(args.act_bits)
+
+    teacher_path = Path(args.teacher) if args.teacher else shipped_path("teacher")
+    teacher, _ = load_checkpoint(teacher_path)
+    _, val_text = load_corpus("builtin")
+    val = encode_corpus(val_text, get_tokenizer(teacher.config.tokenizer))
+    t_eval = evaluate(teacher, val, args.seq_len, args.eval_tokens)
+    rows = [{"run": "teacher", "scheme": "float", "experts": "-", "params": teacher.num_params(False),
+             "packed_bytes": teacher.packed_bytes(), "ppl": t_eval["ppl"], "acc": t_eval["acc"], "seconds": 0.0}]
+    print(f"teacher: ppl {t_eval['ppl']:.3f}", flush=True)
+    only = set(args.only.split(",")) if args.only else None
+    for scheme, experts in RUNS:
+        name = f"{scheme}{experts}" if scheme == "mos" else scheme
+        if only and name not in only:
+            continue
+        student = make_student(teacher, scheme, experts=experts, act_bits=act_bits)
+        targs = TrainArgs(out=f"{args.work}/{name}.safetensors", steps=args.steps, batch_size=args.batch_size,
+                          seq_len=args.seq_len, lr=args.lr, warmup=max(1, args.steps // 20), seed=args.seed,
+                          eval_interval=0, ckpt_interval=0, eval_tokens=args.eval_tokens or 10**9,
+                          teacher=str(teacher_path), progress=False)
+        t0 = time.time()
+        torch.manual_seed(args.seed)
+        res = train(student.config, targs, teacher=teacher, model=student)
+        m = res["model"]
+        rows.append({"run": name, "scheme": scheme, "experts": experts if scheme == "mos" else "-",
+                     "params": m.num_params(False), "packed_bytes": m.packed_bytes(), "ppl": res["val"]["ppl"],
+                     "acc": res["val"]["acc"], "seconds": time.time() - t0})
+        print(f"{name}: ppl {res['val']['ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+
+    table = render(rows, args, teacher_path, act_bits)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.doc:
+        update_doc(Path(args.doc), table)
+    return 0
+
+
+def render(rows, args, teacher_path, act_bits) -> str:
+    t_ppl = rows[0]["ppl"]
+    single = [r["ppl"] for r in rows if r["scheme"] in ("sign", "bitnet", "fbi", "onebit") or r["run"] == "mos1"]
+    best_single = min(single) if single else float("nan")
+    act = "off (W1A16)" if act_bits is None else f"{act_bits}"
+    lines = [f"Setup: teacher `{teacher_path.name}`, every student initialised from it and distilled for "
+             f"{args.steps} steps (batch {args.batch_size} x {args.seq_len} tokens, lr {args.lr}, seed {args.seed}),"
+             f" activation bits {act}; validation = the built-in corpus's held-out split.",
+             "",
+             "| run | experts | params | packed bytes | val ppl | ppl / teacher | vs best single-scale | "
+             "next-token acc | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = r["ppl"] / t_ppl
+        vs = "" if r["run"] == "teacher" else f"{100 * (best_single - r['ppl']) / best_single:+.1f}%"
+        lines.append(f"| {r['run']} | {r['experts']} | {r['params']:,} | {r['packed_bytes']:,} | {r['ppl']:.3f} | "
+                     f"{rel:.3f} | {vs} | {r['acc']:.4f} | {r['seconds']:.0f} |")
+    lines.append("")
+    lines.append(f"Best single-scale scheme (sign, bitnet, fbi, onebit, mos E=1): ppl {best_single:.3f}. "
+                 "'vs best single-scale' is the relative ppl improvement (positive = better).")
+    return "\n".join(lines)
+
+
+def update_doc(path: Path, table: str) -> None:
+    text = path.read_text("utf-8") if path.exists() else ""
+    block = f"{BEGIN}\n{table}\n{END}"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text, "utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
