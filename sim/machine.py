@@ -1,0 +1,529 @@
+"""The cycle-accurate simulator of docs/isa.md.
+
+``Simulator(cfg).run(words_or_program, memory, functional=True, trace=False) -> RunResult``.
+
+* Functional mode executes every instruction on the machine state (buffers as byte arrays, one row
+  per line), bit-exact with :mod:`bitmos.formats`: the array works on bit-packed ``uint64`` words with
+  ``np.bitwise_count``; the scale unit runs vectorized over tokens, chunks and columns in int64 (every
+  intermediate is bounded below 2^62, see docs/simulator.md) and falls back to exact Python integers
+  in the one place (``scaleout`` on DMA-loaded accumulators) where a product can exceed that.
+  Timing comes from :class:`bitmos.isa.Timeline`, stepped once per instruction.
+* Timing-only mode (``functional=False``) never touches data: :func:`bitmos.sim.analysis.analyze`
+  decodes, checks and times the whole program with NumPy. Both modes give identical cycles, errors,
+  traces and action counts (tests check this on random programs).
+
+Errors a program causes are reported in the result (``error``, ``cause``, ``error_pc``), as the
+hardware would; a DMA hazard (a simulator-only check) raises :class:`DMAHazardError`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bitmos import formats
+from bitmos.config import AcceleratorConfig
+from bitmos.container import MemoryImage, Program
+from bitmos.errors import ConfigError, DecodeError, FormatError
+from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD,
+                        CAUSE_ILLEGAL_OPCODE, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op,
+                        Reg, Timeline, decode, format_instruction, reg_value)
+from bitmos.sim.analysis import (UNIT, UNIT_CODES, Analysis, DMAHazardError, Decoded, _strided_overlap,
+                                 analyze, decode_all, hazard_message, touched_lines)
+from bitmos.sim.energy import count_actions
+
+_REG_DEPENDENT = (Op.QUANT, Op.MATMUL, Op.SCALEOUT, Op.LOAD, Op.STORE)
+
+assert sys.byteorder == "little", "the simulator views buffer bytes as little-endian words"
+
+
+@dataclass
+class Trace:
+    """Per-instruction timeline of a run (numpy arrays, one entry per issued instruction)."""
+    pc: np.ndarray      # int64
+    op: np.ndarray      # int64 opcode
+    issue: np.ndarray   # int64: cycle the instruction issued (after any DMA wait)
+    busy: np.ndarray    # int64: cycles its unit stays busy after the issue cycle
+    unit: np.ndarray    # int8: index into UNIT_CODES ("ctrl", "dma", "scale", "array")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"pc": int(p), "op": Op(int(o)).name.lower(), "issue": int(i), "busy": int(b),
+                 "unit": UNIT_CODES[int(u)]} for p, o, i, b, u in
+                zip(self.pc, self.op, self.issue, self.busy, self.unit)]
+
+
+@dataclass
+class MachineState:
+    """On-chip state: each buffer is a uint8 array [depth, line_bytes]; META as int64 arrays."""
+    cfg: AcceleratorConfig
+    buf: dict[str, np.ndarray] = field(default_factory=dict)
+    meta_d: np.ndarray | None = None      # int64 [meta_tokens]
+    meta_g: np.ndarray | None = None      # int64 [meta_tokens, max(E,1)]
+    regs: dict[Reg, int] = field(default_factory=dict)
+
+    @classmethod
+    def reset(cls, cfg: AcceleratorConfig) -> "MachineState":
+        st = cls(cfg)
+        for b in "XWSQO":
+            st.buf[b] = np.zeros((cfg.depth(b), cfg.line_bits(b) // 8), dtype=np.uint8)
+        st.meta_d = np.zeros(cfg.meta_tokens, dtype=np.int64)
+        st.meta_g = np.zeros((cfg.meta_tokens, max(cfg.experts, 1)), dtype=np.int64)
+        st.regs = {r: 0 for r in Reg}
+        return st
+
+    # typed views -----------------------------------------------------------------------------
+    def xbuf(self) -> np.ndarray:
+        return self.buf["X"].view("<i2")                       # [depth, C]
+
+    def sbuf(self) -> np.ndarray:
+        c, e = self.cfg.cols, max(self.cfg.experts, 1)
+        return self.buf["S"].view("<i2").reshape(-1, e, c)      # [depth, E, C]
+
+    def obuf(self) -> np.ndarray:
+        return self.buf["O"].view("<i4")                       # [depth, C]
+
+
+@dataclass
+class RunResult:
+    cycles: int
+    done: bool
+    error: bool
+    cause: int
+    error_pc: int | None
+    error_message: str
+    instructions: int               # instructions that issued (including halt and implicit tail nops)
+    stall_cycles: int               # controller cycles spent waiting for the DMA engine
+    dma_bytes_read: int             # external bytes read by loads
+    dma_bytes_written: int          # external bytes written by stores
+    counts: dict[str, int]          # per-action counts (bitmos.sim.energy.COUNT_KEYS)
+    config: AcceleratorConfig
+    functional: bool
+    memory: bytearray | None = None  # final external memory (functional mode)
+    state: MachineState | None = None
+    trace: Trace | None = None
+
+    @property
+    def cause_name(self) -> str:
+        return CAUSE_NAMES[self.cause]
+
+    def seconds(self) -> float:
+        return self.cycles / (self.config.clock_mhz * 1e6)
+
+
+def _as_words(program) -> tuple[list[int], AcceleratorConfig | None]:
+    if isinstance(program, Program):
+        return list(program.words), program.config
+    return [int(w) for w in program], None
+
+
+class Simulator:
+    """Simulates programs on one :class:`AcceleratorConfig` (see module docstring)."""
+
+    def __init__(self, cfg: AcceleratorConfig, *, check_hazards: bool = True):
+        if not isinstance(cfg, AcceleratorConfig):
+            raise TypeError(f"cfg must be an AcceleratorConfig, got {cfg!r}")
+        self.cfg = cfg
+        self.check_hazards = check_hazards
+
+    # ---- entry point ---------------------------------------------------------------------------
+    def run(self, program, memory=None, *, functional: bool = True, trace: bool = False) -> RunResult:
+        cfg = self.cfg
+        words, pcfg = _as_words(program)
+        if pcfg is not None and pcfg.fingerprint() != cfg.fingerprint():
+            raise ConfigError(f"program was compiled for config {pcfg.name!r} ({pcfg.fingerprint()}), "
+                              f"simulator runs {cfg.name!r} ({cfg.fingerprint()})")
+        if len(words) > cfg.imem_words:
+            raise FormatError(f"program has {len(words)} words; instruction memory holds "
+                              f"{cfg.imem_words} (imem_words)")
+        for pc, w in enumerate(words):
+            if not 0 <= w < (1 << 64):
+                raise FormatError(f"word {w!r} at pc {pc} is not a 64-bit value")
+        if isinstance(memory, MemoryImage):
+            if memory.config_fingerprint != cfg.fingerprint():
+                raise ConfigError(f"memory image was built for config fingerprint "
+                                  f"{memory.config_fingerprint}, simulator runs {cfg.name!r} "
+                                  f"({cfg.fingerprint()})")
+            memory = memory.data
+        if functional:
+            return self._run_functional(words, bytearray(memory or b""), trace)
+        an = analyze(words, cfg, check_hazards=self.check_hazards)
+        return self._result_from_analysis(an, trace)
+
+    def _result_from_analysis(self, an: Analysis, trace: bool) -> RunResult:
+        dec, n = an.decoded, an.n_issued
+        counts = count_actions(self.cfg, dec, n, nop_tail=an.nop_tail, faulted=an.error_pc is not None
+                               and an.cause != CAUSE_PC_RANGE)
+        tr = None
+        if trace:
+            pcs = np.arange(n, dtype=np.int64)
+            tr = Trace(pcs, dec.op[:n].copy(), an.timing.issue, an.timing.busy,
+                       _unit_codes(dec.op[:n]))
+        return RunResult(cycles=an.cycles, done=True, error=an.cause != CAUSE_NONE, cause=an.cause,
+                         error_pc=an.error_pc, error_message=an.error_message,
+                         instructions=counts["instructions"], stall_cycles=an.timing.stall_cycles,
+                         dma_bytes_read=counts["ext_read_bits"] // 8,
+                         dma_bytes_written=counts["ext_write_bits"] // 8, counts=counts,
+                         config=self.cfg, functional=False, trace=tr)
+
+    # ---- functional mode -----------------------------------------------------------------------
+    def _check(self, w: int, pc: int, regs: dict[Reg, int]) -> tuple[int, str, Instruction | None]:
+        """Legality at issue (docs/isa.md, Errors): (cause, message, decoded instruction)."""
+        cfg = self.cfg
+        code = w >> 58
+        if code not in Op._value2member_map_:
+            return CAUSE_ILLEGAL_OPCODE, f"pc {pc}: illegal opcode: opcode {code:#04x} in word {w:#018x}", None
+        try:
+            ins = decode(w, pc=pc)
+        except DecodeError as exc:
+            return CAUSE_ILLEGAL_FIELD, f"pc {pc}: illegal field: {exc}", None
+        op = ins.op
+        if op in (Op.QUANT, Op.SCALEOUT):
+            ntok, mode = ins["ntok"], ins["mode"]
+            if (mode == 1 and ntok != 1) or (mode == 0 and ntok > cfg.rows):
+                return CAUSE_ILLEGAL_FIELD, (f"pc {pc}: illegal field: {ins}: mode "
+                                             f"{'plane' if mode else 'token'} with ntok={ntok} (token mode "
+                                             f"allows 1..{cfg.rows}, plane mode exactly 1)"), ins
+        bad = self._range_fault(ins, regs)
+        if bad:
+            return CAUSE_BUFFER_RANGE, f"pc {pc}: buffer address out of range: {ins}: {bad}", ins
+        if op in (Op.LOAD, Op.STORE):
+            nbytes = ins["nlines"] * cfg.line_bits(BUFFERS[ins["buf"]]) // 8
+            end = regs[Reg.EBASE] * 64 + ins["ext"] + nbytes
+            if end > cfg.ext_mem_bytes:
+                return CAUSE_EXT_RANGE, (f"pc {pc}: external address out of range: {ins}: bytes up to "
+                                         f"{end} with EBASE={regs[Reg.EBASE]}, memory has "
+                                         f"{cfg.ext_mem_bytes}"), ins
+        return CAUSE_NONE, "", ins
+
+    def _range_fault(self, ins: Instruction, regs: dict[Reg, int]) -> str:
+        cfg = self.cfg
+        op = ins.op
+        K = regs[Reg.K]
+        nch = cfg.nchunks(K)
+        xl = cfg.xlines(K)
+        R, E = cfg.rows, cfg.experts
+        checks: list[tuple[str, int, int]] = []  # (what, end, limit)
+        if op in (Op.LOAD, Op.STORE):
+            b = BUFFERS[ins["buf"]]
+            checks.append((f"{b}BUF lines", ins["line"] + ins["nlines"], cfg.depth(b)))
+        elif op in (Op.QUANT, Op.MATMUL):
+            planes = nch * (cfg.act_bits if ins["mode"] == 0 else cfg.planes_per_row)
+            checks.append(("QBUF lines", ins["q"] + planes, cfg.depth("Q")))
+            if op is Op.QUANT:
+                checks.append(("XBUF lines", ins["x"] + ins["ntok"] * xl, cfg.depth("X")))
+                checks.append(("META records", ins["meta"] + ins["ntok"], cfg.meta_tokens))
+                if E >= 2:
+                    checks.append(("SBUF router lines", regs[Reg.ROUTER] + xl, cfg.depth("S")))
+                if E >= 1:
+                    checks.append(("SBUF s_in lines", regs[Reg.SIN] + xl, cfg.depth("S")))
+            else:
+                checks.append(("WBUF lines", ins["w"] + ins["ntiles"] * nch, cfg.depth("W")))
+                o_end = ins["o"] + ins["ntiles"] * (R if ins["mode"] == 0 else 1)
+                checks.append(("OBUF lines", o_end, cfg.depth("O")))
+        elif op is Op.SCALEOUT:
+            if ins["mode"] == 0:
+                o_end = ins["o"] + (ins["ntiles"] - 1) * R + ins["ntok"]
+            else:
+                o_end = ins["o"] + ins["ntiles"]
+            checks.append(("OBUF lines", o_end, cfg.depth("O")))
+            if E >= 1:
+                checks.append(("SBUF s_out lines", ins["s"] + ins["ntiles"], cfg.depth("S")))
+            checks.append(("META records", ins["meta"] + ins["ntok"], cfg.meta_tokens))
+        for what, end, limit in checks:
+            if end > limit:
+                return f"{what} up to {end - 1}, depth {limit} (K={K})"
+        return ""
+
+    def _run_functional(self, words: list[int], mem: bytearray, want_trace: bool) -> RunResult:
+        cfg = self.cfg
+        st = MachineState.reset(cfg)
+        regs = st.regs
+        tl = Timeline()
+        inflight: tuple[int, Instruction] | None = None
+        tr_pc, tr_issue, tr_busy = [], [], []
+        cache: dict[int, Instruction] = {}
+        cause, err_pc, msg, done = CAUSE_NONE, None, "", False
+        n_words = len(words)
+        pc = 0
+        nop_tail = 0
+        while True:
+            if pc >= n_words:
+                # the rest of IMEM holds zeros (= nop); each issues in one cycle, then the pc runs out
+                nop_tail = cfg.imem_words - n_words
+                tl.now += nop_tail
+                cause, err_pc = CAUSE_PC_RANGE, cfg.imem_words
+                msg = (f"pc {cfg.imem_words}: program counter ran past instruction memory "
+                       f"({cfg.imem_words} words) without halt")
+                break
+            w = words[pc]
+            ins = cache.get(w)
+            if ins is None or ins.op in _REG_DEPENDENT:
+                c, m, ins = self._check(w, pc, regs)
+                if c != CAUSE_NONE:
+                    cause, err_pc, msg = c, pc, m
+                    break
+                cache[w] = ins
+            op = ins.op
+            # DMA hazard check (simulator only)
+            if op in (Op.LOAD, Op.STORE):
+                inflight = (pc, ins)
+            elif op in (Op.WAIT, Op.HALT):
+                inflight = None
+            elif inflight is not None and op in (Op.QUANT, Op.MATMUL, Op.SCALEOUT) and self.check_hazards:
+                dpc, dins = inflight
+                buf = BUFFERS[dins["buf"]]
+                a, b = dins["line"], dins["line"] + dins["nlines"]
+                fields = dict(ins.args)
+                for tb, base, stride, width, count in touched_lines(cfg, op, fields, regs):
+                    if tb == buf and _strided_overlap(base, stride, width, count, a, b):
+                        raise DMAHazardError(hazard_message(pc, op, dpc, dins.op, buf, a, b), pc, dpc)
+            issue, busy = tl.step(ins, cfg, regs[Reg.K])
+            if want_trace:
+                tr_pc.append(pc)
+                tr_issue.append(issue)
+                tr_busy.append(busy)
+            self._execute(st, ins, mem)
+            pc += 1
+            if op is Op.HALT:
+                done = True
+                break
+        cycles = tl.now if done else tl.now + 1
+        n_exec = pc if cause in (CAUSE_NONE, CAUSE_PC_RANGE) else err_pc
+        dec = decode_all(words[:n_exec], cfg)
+        counts = count_actions(cfg, dec, n_exec, nop_tail=nop_tail,
+                               faulted=cause not in (CAUSE_NONE, CAUSE_PC_RANGE))
+        tr = None
+        if want_trace:
+            ops = dec.op[:len(tr_pc)]
+            tr = Trace(np.array(tr_pc, dtype=np.int64), ops.copy(), np.array(tr_issue, dtype=np.int64),
+                       np.array(tr_busy, dtype=np.int64), _unit_codes(ops))
+        return RunResult(cycles=cycles, done=True, error=cause != CAUSE_NONE, cause=cause, error_pc=err_pc,
+                         error_message=msg, instructions=counts["instructions"],
+                         stall_cycles=tl.stall_cycles, dma_bytes_read=counts["ext_read_bits"] // 8,
+                         dma_bytes_written=counts["ext_write_bits"] // 8, counts=counts, config=cfg,
+                         functional=True, memory=mem, state=st, trace=tr)
+
+    # ---- instruction semantics -------------------------------------------------------------------
+    def _execute(self, st: MachineState, ins: Instruction, mem: bytearray) -> None:
+        op = ins.op
+        if op is Op.SETR:
+            reg = Reg(ins["reg"])
+            st.regs[reg] = reg_value(reg, ins["value"])
+        elif op is Op.LOAD:
+            self._dma(st, ins, mem, load=True)
+        elif op is Op.STORE:
+            self._dma(st, ins, mem, load=False)
+        elif op is Op.QUANT:
+            self._quant(st, ins)
+        elif op is Op.MATMUL:
+            self._matmul(st, ins)
+        elif op is Op.SCALEOUT:
+            self._scaleout(st, ins)
+
+    def _dma(self, st: MachineState, ins: Instruction, mem: bytearray, *, load: bool) -> None:
+        b = BUFFERS[ins["buf"]]
+        arr = st.buf[b]
+        line, nl = ins["line"], ins["nlines"]
+        lb = arr.shape[1]
+        a = st.regs[Reg.EBASE] * 64 + ins["ext"]
+        nbytes = nl * lb
+        if load:
+            chunk = bytes(mem[a:a + nbytes])
+            if len(chunk) < nbytes:  # bytes past the image are zero
+                chunk += bytes(nbytes - len(chunk))
+            arr[line:line + nl] = np.frombuffer(chunk, dtype=np.uint8).reshape(nl, lb)
+        else:
+            if len(mem) < a + nbytes:
+                mem.extend(bytes(a + nbytes - len(mem)))
+            mem[a:a + nbytes] = arr[line:line + nl].tobytes()
+
+    def _quant(self, st: MachineState, ins: Instruction) -> None:
+        cfg = self.cfg
+        C, L, R, E, k = cfg.cols, cfg.lanes, cfg.rows, cfg.experts, cfg.act_bits
+        K = st.regs[Reg.K]
+        nch, xl = cfg.nchunks(K), cfg.xlines(K)
+        ntok, x0 = ins["ntok"], ins["x"]
+        xs = st.xbuf()[x0:x0 + ntok * xl].astype(np.int64).reshape(ntok, xl * C)[:, :K]   # [T, K]
+        gates = None
+        if E >= 2:
+            r0 = st.regs[Reg.ROUTER]
+            wr = st.sbuf()[r0:r0 + xl].astype(np.int64).transpose(1, 0, 2).reshape(E, xl * C)[:, :K]
+            acc = xs @ wr.T                                                                  # [T, E]
+            logits = _sat(_rshift_round(acc, st.regs[Reg.RSHIFT]), formats.LOGIT_BITS)
+            gates = softmax_gates(logits)                                                    # [T, E]
+        elif E == 1:
+            gates = np.full((ntok, 1), formats.GATE_ONE, dtype=np.int64)
+        if E >= 1:
+            s0 = st.regs[Reg.SIN]
+            sin_e = st.sbuf()[s0:s0 + xl].astype(np.int64).transpose(1, 0, 2).reshape(E, xl * C)[:, :K]
+            s_in = _sat(_rshift_round(gates @ sin_e, formats.GATE_FRAC), formats.SCALE_BITS)  # [T, K]
+            v = xs * s_in
+        else:
+            v = xs
+        q, d = quantize(v, k)                                                                # [T, K], [T]
+        # bit planes [T, k', nch*L] -> packed bytes [T, k', nch, L/8]
+        if k == 1:
+            bits = (q == 1)[:, None, :]
+        else:
+            u = q & ((1 << k) - 1)
+            bits = ((u[:, None, :] >> np.arange(k)[None, :, None]) & 1).astype(bool)
+        full = np.zeros((ntok, bits.shape[1], nch * L), dtype=bool)
+        full[:, :, :K] = bits
+        packed = np.packbits(full, axis=2, bitorder="little").reshape(ntok, bits.shape[1], nch, L // 8)
+        Lb = L // 8
+        qb = st.buf["Q"]
+        q0 = ins["q"]
+        if ins["mode"] == 0:
+            lines = q0 + np.arange(nch)[:, None] * k + np.arange(k)[None, :]                # [nch, k]
+            for t in range(ntok):
+                qb[lines, t * Lb:(t + 1) * Lb] = packed[t].transpose(1, 0, 2)
+        else:
+            P = cfg.planes_per_row
+            block = np.zeros((nch, P, R, Lb), dtype=np.uint8)
+            for b in range(k):
+                block[:, b // R, b % R] = packed[0, b]
+            qb[q0:q0 + nch * P] = block.reshape(nch * P, R * Lb)
+        m0 = ins["meta"]
+        st.meta_d[m0:m0 + ntok] = d
+        if gates is not None:
+            st.meta_g[m0:m0 + ntok, :E] = gates
+
+    def _matmul(self, st: MachineState, ins: Instruction) -> None:
+        cfg = self.cfg
+        C, L, R, k = cfg.cols, cfg.lanes, cfg.rows, cfg.act_bits
+        K = st.regs[Reg.K]
+        nch = cfg.nchunks(K)
+        Lb = L // 8
+        ntiles, q0, w0, o0, mode = ins["ntiles"], ins["q"], ins["w"], ins["o"], ins["mode"]
+        nb = nch * Lb
+        nw = -(-nb // 8)
+        # lane mask over the concatenated chunks: bit c*L + l is valid when < K
+        maskbits = np.zeros(nw * 64, dtype=bool)
+        maskbits[:K] = True
+        mask = np.packbits(maskbits, bitorder="little").view(np.uint64)                   # [nw]
+        qb = st.buf["Q"]
+        if mode == 0:
+            a = qb[q0:q0 + nch * k].reshape(nch, k, R, Lb).transpose(1, 2, 0, 3).reshape(k, R, nb)
+            pw = np.array([formats.plane_weight(b, k) for b in range(k)], dtype=np.int64)
+        else:
+            P = cfg.planes_per_row
+            blk = qb[q0:q0 + nch * P].reshape(nch, P, R, Lb)
+            a = np.stack([blk[:, b // R, b % R] for b in range(k)]).reshape(k, 1, nb)
+            pw = np.array([formats.plane_weight(b, k) for b in range(k)], dtype=np.int64)
+        a64 = _to_u64(a, nw) & mask                                                       # [k, rows, nw]
+        wb = st.buf["W"][w0:w0 + ntiles * nch].reshape(ntiles, nch, C, Lb).transpose(0, 2, 1, 3)
+        w64 = _to_u64(np.ascontiguousarray(wb).reshape(ntiles, C, nb), nw)                # [T, C, nw]
+        rows = a64.shape[1]
+        acc = np.zeros((ntiles, rows, C), dtype=np.int64)
+        if k == 1:
+            nmask = int(np.bitwise_count(mask).sum())
+        else:
+            pa_sum = np.bitwise_count(a64).sum(axis=-1, dtype=np.int64)                   # [k, rows]
+        for n in range(ntiles):
+            wn = w64[n][None, None, :, :]                                                 # [1,1,C,nw]
+            if k == 1:
+                x = ~(a64[:, :, None, :] ^ wn) & mask
+                dot = 2 * np.bitwise_count(x).sum(axis=-1, dtype=np.int64) - nmask        # [1, rows, C]
+            else:
+                x = a64[:, :, None, :] & wn
+                dot = 2 * np.bitwise_count(x).sum(axis=-1, dtype=np.int64) - pa_sum[:, :, None]
+            acc[n] = np.tensordot(pw, dot, axes=(0, 0))
+        bits = cfg.acc_bits
+        acc = ((acc + (1 << (bits - 1))) & ((1 << bits) - 1)) - (1 << (bits - 1))      # wrap to acc_bits
+        ob = st.obuf()
+        if mode == 0:
+            ob[o0:o0 + ntiles * R] = acc.reshape(ntiles * R, C).astype(np.int32)
+        else:
+            ob[o0:o0 + ntiles] = acc[:, 0, :].astype(np.int32)
+
+    def _scaleout(self, st: MachineState, ins: Instruction) -> None:
+        cfg = self.cfg
+        C, R, E = cfg.cols, cfg.rows, cfg.experts
+        ntiles, ntok, o0, s0, m0 = ins["ntiles"], ins["ntok"], ins["o"], ins["s"], ins["meta"]
+        if ins["mode"] == 0:
+            lines = o0 + np.arange(ntiles)[:, None] * R + np.arange(ntok)[None, :]          # [N, T]
+        else:
+            lines = (o0 + np.arange(ntiles))[:, None]
+        ob = st.obuf()
+        acc = ob[lines].astype(np.int64)                                                  # [N, T, C]
+        d = st.meta_d[m0:m0 + ntok]                                                       # [T]
+        if E == 0:
+            s_out = np.full((1, 1, 1), st.regs[Reg.SMUL], dtype=np.int64)
+        else:
+            g = st.meta_g[m0:m0 + ntok, :E]                                               # [T, E]
+            so = st.sbuf()[s0:s0 + ntiles].astype(np.int64)                              # [N, E, C]
+            s_out = _sat(_rshift_round(np.einsum("te,nec->ntc", g, so), formats.GATE_FRAC),
+                         formats.SCALE_BITS)                                              # [N, T, C]
+        mult = d[None, :, None] * s_out                                                   # |.| < 2^47
+        y = scale_exact(acc, mult, st.regs[Reg.OSHIFT])
+        ob[lines] = y.astype(np.int32)
+
+
+# ---- vectorized reference arithmetic (bit-exact with bitmos.formats) --------------------------------
+
+def _rshift_round(v: np.ndarray, s: int) -> np.ndarray:
+    """formats.rshift_round on int64 arrays (floor-based, so exact for negative values)."""
+    return v if s == 0 else (v + (1 << (s - 1))) >> s
+
+
+def _sat(v: np.ndarray, bits: int) -> np.ndarray:
+    return np.clip(v, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+def softmax_gates(logits: np.ndarray) -> np.ndarray:
+    """formats.softmax_gates for each row of an int64 [T, E] array."""
+    lut = np.array(formats.EXP2_LUT, dtype=np.int64)
+    m = logits.max(axis=1, keepdims=True)
+    d = np.minimum(m - logits, 0xFFFF)
+    u = _rshift_round(d * formats.LOG2E_Q10, 10)
+    n, f = u >> 8, u & 0xFF
+    p = np.where(n < 16, lut[f] >> np.minimum(n, 15), 0)
+    rcp = (1 << 30) // p.sum(axis=1, keepdims=True)
+    return _rshift_round(p * rcp, 15)
+
+
+def quantize(v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """formats.quantize_token for each row of an int64 [T, K] array; returns (q [T, K], D [T]).
+
+    |v_i| <= m, so |v_i * RQ| <= m * floor(Q * 2^32 / m) <= Q * 2^32 < 2^39: exact in int64.
+    """
+    qmax = formats.act_qmax(k)
+    m = np.abs(v).max(axis=1) if v.shape[1] else np.zeros(v.shape[0], dtype=np.int64)
+    d = np.where(m > 0, _rshift_round(m * formats.inv_q(k), 16), 0)
+    if k == 1:
+        return np.where(v >= 0, 1, -1).astype(np.int64), d
+    rq = (qmax << 32) // np.maximum(m, 1)
+    q = np.clip(_rshift_round(v * rq[:, None], 32), -qmax, qmax)
+    q[m == 0] = 0
+    return q, d
+
+
+def scale_exact(acc: np.ndarray, mult: np.ndarray, oshift: int) -> np.ndarray:
+    """sat32(rshift_round(acc * mult, oshift)) exactly: int64 when the product stays below 2^62,
+    Python integers otherwise (only possible when OBUF holds DMA-loaded values)."""
+    amax = int(np.abs(acc).max(initial=0))
+    mmax = int(np.abs(mult).max(initial=0))
+    if amax * mmax < (1 << 62):
+        return _sat(_rshift_round(acc * mult, oshift), formats.OUT_BITS)
+    p = np.broadcast_arrays(acc.astype(object), mult.astype(object))
+    prod = p[0] * p[1]
+    r = (prod + (1 << (oshift - 1))) >> oshift if oshift else prod
+    lo, hi = -(1 << 31), (1 << 31) - 1
+    return np.vectorize(lambda t: max(lo, min(hi, t)), otypes=[np.int64])(r)
+
+
+def _to_u64(a: np.ndarray, nw: int) -> np.ndarray:
+    """Bytes [..., nb] -> uint64 words [..., nw] (zero padded)."""
+    nb = a.shape[-1]
+    if nb != nw * 8:
+        pad = np.zeros(a.shape[:-1] + (nw * 8 - nb,), dtype=np.uint8)
+        a = np.concatenate([a, pad], axis=-1)
+    return np.ascontiguousarray(a).view(np.uint64)
+
+
+def _unit_codes(op: np.ndarray) -> np.ndarray:
+    from bitmos.sim.analysis import _UNIT_OF_OP
+    return _UNIT_OF_OP[op].copy()

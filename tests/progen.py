@@ -1,0 +1,164 @@
+"""Random LEGAL bitmos programs and memory images for any AcceleratorConfig (a test helper).
+
+Shared by the simulator tests (tests/sim) and the RTL differential tests (tests/rtl): it imports only
+the ``bitmos`` contract. ``random_program(cfg, seed)`` returns ``(words, memory)``: a program that
+sets registers, moves data with load/store, runs quant/matmul/scaleout in both modes and halts,
+never faults and never touches the lines of an in-flight DMA transfer (it inserts a ``wait`` when an
+instruction would). ``faults=True`` may additionally plant one faulting instruction or drop the halt.
+"""
+
+from __future__ import annotations
+
+import random
+
+from bitmos.config import AcceleratorConfig
+from bitmos.isa import BUFFERS, Instruction, Op, Reg, encode, setr
+
+
+def _k_max(cfg: AcceleratorConfig) -> int:
+    """Largest K for which one token fits every buffer in both modes."""
+    best = 0
+    for K in range(1, 65536, max(1, cfg.lanes // 2)):
+        nch, xl = cfg.nchunks(K), cfg.xlines(K)
+        if (xl <= cfg.depth("X") and xl <= cfg.depth("S") // 2 and nch * cfg.act_bits <= cfg.depth("Q")
+                and nch <= cfg.depth("W")):
+            best = K
+        else:
+            break
+    return max(best, 1)
+
+
+def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, mem_bytes: int = 1 << 15,
+                   faults: bool = False, k_max: int | None = None) -> tuple[list[int], bytearray]:
+    rng = random.Random(seed)
+    mem = bytearray(rng.getrandbits(8) for _ in range(mem_bytes))
+    R, E = cfg.rows, cfg.experts
+    dep = {b: cfg.depth(b) for b in "XWSQO"}
+    lb = {b: cfg.line_bits(b) // 8 for b in BUFFERS}
+    kmax = min(k_max or 4 * cfg.lanes, _k_max(cfg))
+    prog: list[Instruction] = []
+    regs = {r: 0 for r in Reg}
+    inflight: tuple[str, int, int] | None = None
+
+    def emit(ins: Instruction) -> None:
+        nonlocal inflight
+        if ins.op in (Op.LOAD, Op.STORE):
+            inflight = (BUFFERS[ins["buf"]], ins["line"], ins["line"] + ins["nlines"])
+        elif ins.op in (Op.WAIT, Op.HALT):
+            inflight = None
+        elif inflight is not None and _touches(cfg, ins, regs, inflight):
+            prog.append(Instruction.make(Op.WAIT))
+            inflight = None
+        if ins.op is Op.SETR:
+            r = Reg(ins["reg"])
+            v = ins["value"]
+            regs[r] = v - (1 << 32) if r is Reg.SMUL and v >> 31 else v
+        prog.append(ins)
+
+    def set_k(K: int) -> None:
+        xl = cfg.xlines(K)
+        emit(setr(Reg.K, K))
+        emit(setr(Reg.ROUTER, rng.randrange(0, dep["S"] - xl + 1)))
+        emit(setr(Reg.SIN, rng.randrange(0, dep["S"] - xl + 1)))
+
+    emit(setr(Reg.EBASE, rng.choice([0, 0, 1, 3])))
+    emit(setr(Reg.RSHIFT, rng.choice([0, 4, 8, 12, 16, 20, rng.randrange(64)])))
+    emit(setr(Reg.OSHIFT, rng.choice([0, 8, 16, 24, 32, 40, rng.randrange(64)])))
+    emit(setr(Reg.SMUL, rng.randrange(-32768, 32768)))
+    set_k(rng.choice([1, kmax, rng.randrange(1, kmax + 1), rng.randrange(1, kmax + 1)]))
+    base = regs[Reg.EBASE] * 64
+    for _ in range(length):
+        K = regs[Reg.K]
+        nch, xl = cfg.nchunks(K), cfg.xlines(K)
+        kind = rng.choices(["load", "store", "wait", "nop", "setk", "quant", "matmul", "scaleout"],
+                           [6, 2, 1, 1, 1, 4, 4, 3])[0]
+        if kind in ("load", "store"):
+            b = rng.choice(BUFFERS)
+            nl = rng.randrange(1, min(dep[b], max(1, (mem_bytes - base) // lb[b]), 64) + 1)
+            line = rng.randrange(0, dep[b] - nl + 1)
+            ext = rng.randrange(0, mem_bytes - base - nl * lb[b] + 1)
+            emit(Instruction.make(Op.LOAD if kind == "load" else Op.STORE, buf=b, line=line, nlines=nl,
+                                  ext=ext))
+        elif kind == "wait":
+            emit(Instruction.make(Op.WAIT))
+        elif kind == "nop":
+            emit(Instruction.make(Op.NOP))
+        elif kind == "setk":
+            set_k(rng.randrange(1, kmax + 1))
+        elif kind == "quant":
+            mode = rng.randrange(2)
+            planes = nch * (cfg.act_bits if mode == 0 else cfg.planes_per_row)
+            tmax = 1 if mode else max(1, min(R, dep["X"] // xl, cfg.meta_tokens))
+            ntok = rng.randrange(1, tmax + 1)
+            emit(Instruction.make(Op.QUANT, mode=mode, x=rng.randrange(0, dep["X"] - ntok * xl + 1),
+                                  q=rng.randrange(0, dep["Q"] - planes + 1),
+                                  meta=rng.randrange(0, cfg.meta_tokens - ntok + 1), ntok=ntok))
+        elif kind == "matmul":
+            mode = rng.randrange(2)
+            planes = nch * (cfg.act_bits if mode == 0 else cfg.planes_per_row)
+            per_o = R if mode == 0 else 1
+            nt_max = max(1, min(dep["W"] // nch, dep["O"] // per_o, 4))
+            nt = rng.randrange(1, nt_max + 1)
+            emit(Instruction.make(Op.MATMUL, mode=mode, q=rng.randrange(0, dep["Q"] - planes + 1),
+                                  w=rng.randrange(0, dep["W"] - nt * nch + 1),
+                                  o=rng.randrange(0, dep["O"] - nt * per_o + 1), ntiles=nt))
+        else:
+            mode = rng.randrange(2)
+            ntok = 1 if mode else rng.randrange(1, min(R, cfg.meta_tokens) + 1)
+            stride = R if mode == 0 else 1
+            nt_max = max(1, min(4, (dep["O"] - ntok) // stride + 1 if mode == 0 else dep["O"], dep["S"]))
+            nt = rng.randrange(1, nt_max + 1)
+            o_span = (nt - 1) * R + ntok if mode == 0 else nt
+            emit(Instruction.make(Op.SCALEOUT, mode=mode, o=rng.randrange(0, dep["O"] - o_span + 1),
+                                  s=rng.randrange(0, dep["S"] - nt + 1),
+                                  meta=rng.randrange(0, cfg.meta_tokens - ntok + 1), ntok=ntok, ntiles=nt))
+    emit(Instruction.make(Op.HALT))
+    words = [encode(i) for i in prog]
+    if faults:
+        words = plant_fault(cfg, words, rng)
+    return words, mem
+
+
+def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) -> list[int]:
+    """Replace one word by a faulting one (each cause), or drop the halt."""
+    words = list(words)
+    pc = rng.randrange(len(words))
+    choice = rng.randrange(6)
+    if choice == 0:
+        words[pc] = rng.randrange(0x09, 0x40) << 58                                   # illegal opcode
+    elif choice == 1:
+        words[pc] = (int(Op.NOP) << 58) | (1 << rng.randrange(58))                    # reserved bit
+    elif choice == 2:
+        words[pc] = encode(Instruction.make(Op.QUANT, mode=1, ntok=2))                # plane, ntok != 1
+    elif choice == 3:
+        words[pc] = encode(Instruction.make(Op.LOAD, buf="O", line=cfg.depth("O") - 1, nlines=2))
+    elif choice == 4:
+        words[pc] = encode(setr(Reg.EBASE, (cfg.ext_mem_bytes // 64) - 1))
+        words.insert(pc + 1, encode(Instruction.make(Op.LOAD, buf="X", line=0, nlines=2)))
+    else:
+        words = [w for w in words if w >> 58 != Op.HALT][:cfg.imem_words]
+    return words[:cfg.imem_words]
+
+
+def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
+    """Conservative: does a compute instruction's line hull meet the in-flight transfer's lines?"""
+    buf, a, b = inflight
+    K = regs[Reg.K]
+    nch, xl = cfg.nchunks(K), cfg.xlines(K)
+    R, E = cfg.rows, cfg.experts
+    ranges = []
+    if ins.op is Op.QUANT:
+        ranges.append(("X", ins["x"], ins["x"] + ins["ntok"] * xl))
+        if E >= 2:
+            ranges.append(("S", regs[Reg.ROUTER], regs[Reg.ROUTER] + xl))
+        if E >= 1:
+            ranges.append(("S", regs[Reg.SIN], regs[Reg.SIN] + xl))
+    elif ins.op is Op.MATMUL:
+        ranges.append(("W", ins["w"], ins["w"] + ins["ntiles"] * nch))
+        ranges.append(("O", ins["o"], ins["o"] + ins["ntiles"] * (R if ins["mode"] == 0 else 1)))
+    elif ins.op is Op.SCALEOUT:
+        end = ins["o"] + ((ins["ntiles"] - 1) * R + ins["ntok"] if ins["mode"] == 0 else ins["ntiles"])
+        ranges.append(("O", ins["o"], end))
+        if E >= 1:
+            ranges.append(("S", ins["s"], ins["s"] + ins["ntiles"]))
+    return any(rb == buf and lo < b and hi > a for rb, lo, hi in ranges)
