@@ -18,9 +18,12 @@ class WithMemories(Elaboratable):
         m = Module()
         m.submodules.dut = self.dut
         shared = {}
+        added = set()
         for name, (kind, depth, width, init, gran) in self._ports.items():
             mem = self.mems[name]
-            m.submodules[f"mem_{name}"] = mem
+            if id(mem) not in added:
+                m.submodules[f"mem_{name}"] = mem
+                added.add(id(mem))
             bus = getattr(self.dut, name)
             if kind == "r":
                 port = mem.read_port()
