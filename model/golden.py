@@ -455,12 +455,14 @@ def greedy_agreement(golden: GoldenModel, student, prompts: torch.Tensor, max_ne
 
 def evaluate_golden(source, accel: AcceleratorConfig | str | None = None, *, corpus: str = "builtin",
                     cache_dir=None, seq_len: int = 128, max_tokens: int | None = 32768, batch_size: int = 16,
-                    student=None, tokens: torch.Tensor | None = None, bytes_per_token: float | None = None) -> dict:
+                    student=None, tokens: torch.Tensor | None = None, bytes_per_token: float | None = None,
+                    compare_float: bool = True) -> dict:
     """Validation figures of the integer golden model beside the float student's.
 
     ``source``: a student Transformer, a ModelExport, or a path (student checkpoint or export file). The float
     student is compared when it is available (``source`` is a model or a checkpoint, or ``student`` is given); an
-    export alone gives the golden figures only. Returns ``{"golden": {loss, ppl, bpb, acc, tokens}, "float": {...},
+    export alone gives the golden figures only (as does ``compare_float=False``). ``tokens``/``bytes_per_token``:
+    an already encoded validation stream (else ``corpus`` is loaded and encoded). Returns ``{"golden": {loss, ppl, bpb, acc, tokens}, "float": {...},
     "ppl_rel_diff", "argmax_agreement", "accelerator", "saturation": {...}}``.
     """
     from bitmos.model.checkpoint import load_checkpoint
@@ -482,6 +484,8 @@ def evaluate_golden(source, accel: AcceleratorConfig | str | None = None, *, cor
             student = model if student is None else student
             export = export_model(model, accel, info={"source": str(p), "step": meta.get("step", 0)})
     golden = GoldenModel(export, accel)
+    if not compare_float:
+        student = None
     if tokens is None:
         _, val_text = load_corpus(corpus, cache_dir)
         tok = get_tokenizer(golden.config.tokenizer, directory)

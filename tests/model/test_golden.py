@@ -321,3 +321,22 @@ def test_host_side_has_no_float_path_to_binarized_weights():
         assert all(torch.isnan(p).all() for p in m.parameters())
     assert torch.equal(golden.host.transformer.lm_head.weight, model.lm_head.weight)
     assert math.isfinite(float(golden(torch.randint(0, 64, (1, 8)))[0].abs().max()))
+
+
+def test_evaluate_golden_reports_both_models():
+    from bitmos.model.golden import evaluate_golden, greedy_agreement
+    from bitmos.model.train import evaluate
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(scheme="mos", experts=2, act_bits=8)).eval()
+    tokens = torch.randint(0, 64, (400,))
+    res = evaluate_golden(model, tokens=tokens, seq_len=16, max_tokens=256)
+    assert res["golden"]["tokens"] == res["float"]["tokens"] == 256
+    assert res["float"]["ppl"] == pytest.approx(evaluate(model, tokens, 16, 256)["ppl"], rel=1e-5)
+    assert res["ppl_rel_diff"] == pytest.approx(res["golden"]["ppl"] / res["float"]["ppl"] - 1)
+    assert 0 <= res["argmax_agreement"] <= 1 and res["saturation"]["x_values"] > 0
+    only = evaluate_golden(model, tokens=tokens, seq_len=16, max_tokens=256, compare_float=False)
+    assert "float" not in only and only["golden"] == res["golden"]
+    golden = GoldenModel.from_model(model)
+    assert evaluate(golden, tokens, 16, 256)["ppl"] == pytest.approx(res["golden"]["ppl"], rel=1e-9)
+    g = greedy_agreement(golden, model, tokens[:24].view(3, 8), 4)
+    assert g["prompts"] == 3 and 0 <= g["token_agreement"] <= 1
