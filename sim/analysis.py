@@ -220,16 +220,43 @@ def find_hazard(dec: Decoded, cfg: AcceleratorConfig, stop: int) -> tuple[int, i
     if not cand.any():
         return None
     f = dec.f
-    for pc in np.nonzero(cand)[0].tolist():
-        d = int(last_dma[pc])
-        buf = BUFFERS[int(f["buf"][d])]
-        a = int(f["line"][d])
-        b = a + int(f["nlines"][d])
+    pcs = np.nonzero(cand)[0]
+    d = last_dma[pcs]
+    dbuf, da = f["buf"][d], f["line"][d]
+    db = da + f["nlines"][d]
+    K = dec.regs[Reg.K][pcs]
+    nch, xl = _geometry(cfg, K)
+    o = {name: v[pcs] for name, v in f.items()}
+    cop = op[pcs]
+    R, E = cfg.rows, cfg.experts
+    bX, bW, bS, bO = (BUFFERS.index(b) for b in "XWSO")
+    isq, ism, iss = cop == int(Op.QUANT), cop == int(Op.MATMUL), cop == int(Op.SCALEOUT)
+    # line hulls of everything a compute instruction touches: (mask, buffer, lo, hi)
+    hulls = [
+        (isq, bX, o["x"], o["x"] + o["ntok"] * xl),
+        (ism, bW, o["w"], o["w"] + o["ntiles"] * nch),
+        (ism, bO, o["o"], o["o"] + o["ntiles"] * np.where(o["mode"] == 0, R, 1)),
+        (iss, bO, o["o"], o["o"] + np.where(o["mode"] == 0, (o["ntiles"] - 1) * R + o["ntok"], o["ntiles"])),
+    ]
+    if E >= 2:
+        r0 = dec.regs[Reg.ROUTER][pcs]
+        hulls.append((isq, bS, r0, r0 + xl))
+    if E >= 1:
+        s0 = dec.regs[Reg.SIN][pcs]
+        hulls.append((isq, bS, s0, s0 + xl))
+        hulls.append((iss, bS, o["s"], o["s"] + o["ntiles"]))
+    hit = np.zeros(len(pcs), dtype=bool)
+    for m, b, lo, hi in hulls:
+        hit |= m & (dbuf == b) & (lo < db) & (hi > da)
+    for i in np.nonzero(hit)[0].tolist():   # exact check (scaleout's token rows are strided)
+        pc, dd = int(pcs[i]), int(d[i])
+        buf = BUFFERS[int(dbuf[i])]
+        a, b = int(da[i]), int(db[i])
         fields = {k: int(v[pc]) for k, v in f.items()}
         regs = {r: int(v[pc]) for r, v in dec.regs.items()}
         for tb, base, stride, width, count in touched_lines(cfg, int(op[pc]), fields, regs):
             if tb == buf and _strided_overlap(base, stride, width, count, a, b):
-                return pc, d, hazard_message(pc, int(op[pc]), d, int(op[d]), buf, a, b)
+                return pc, dd, hazard_message(pc, int(op[pc]), dd, int(op[dd]), buf, a, b)
     return None
 
 
