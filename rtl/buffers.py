@@ -1,0 +1,127 @@
+"""On-chip buffers: XBUF, WBUF, SBUF, QBUF, OBUF, META and IMEM as ``amaranth.lib.memory.Memory``.
+
+Widths and depths come from the config (``AcceleratorConfig.line_bits``/``depth``). Each buffer has
+the ports its users need, all synchronous (one cycle read latency, reads not transparent):
+
+| buffer | compute ports | DMA ports | other |
+|---|---|---|---|
+| X | read (scale unit) | read, write | |
+| W | read (array) | read, write | |
+| S | read (scale unit) | read, write | |
+| Q | read (array), write with L-bit granularity (scale unit) | | |
+| O | read, write (array drain / scaleout) | read, write | |
+| META | read, write (scale unit) | | |
+| IMEM | read (controller) | | write (host) |
+
+``clear`` (a pulse) zeroes every row of every memory, one row per cycle in all memories at once;
+``clearing`` is high meanwhile and the write ports of the users are ignored.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory, ReadPort, WritePort
+from amaranth.lib.wiring import In, Out, connect, flipped
+
+from bitmos.config import AcceleratorConfig
+from bitmos.rtl.common import addr_bits, check_config
+
+__all__ = ["Buffers", "buffer_shapes"]
+
+
+def buffer_shapes(cfg: AcceleratorConfig) -> dict[str, tuple[int, int]]:
+    """(width, depth) of every on-chip memory."""
+    shapes = {b: (cfg.line_bits(b), cfg.depth(b)) for b in "XWSQO"}
+    shapes["META"] = (cfg.meta_bits, cfg.meta_tokens)
+    shapes["IMEM"] = (64, cfg.imem_words)
+    return shapes
+
+
+# (port name, buffer, kind): "r" read, "w" write, "wg" write with lanes granularity
+_PORTS = (
+    ("x_rd", "X", "r"), ("x_dma_rd", "X", "r"), ("x_dma_wr", "X", "w"),
+    ("w_rd", "W", "r"), ("w_dma_rd", "W", "r"), ("w_dma_wr", "W", "w"),
+    ("s_rd", "S", "r"), ("s_dma_rd", "S", "r"), ("s_dma_wr", "S", "w"),
+    ("q_rd", "Q", "r"), ("q_wr", "Q", "wg"),
+    ("o_rd", "O", "r"), ("o_wr", "O", "w"), ("o_dma_rd", "O", "r"), ("o_dma_wr", "O", "w"),
+    ("meta_rd", "META", "r"), ("meta_wr", "META", "w"),
+    ("imem_rd", "IMEM", "r"), ("imem_wr", "IMEM", "w"),
+)
+
+
+class Buffers(wiring.Component):
+    """Every on-chip memory of the accelerator.
+
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+
+    Attributes
+    ----------
+    x_rd, x_dma_rd, ... : Out(ReadPort.Signature) / Out(WritePort.Signature)
+        One member per port (see the module docstring); names end in ``_rd`` or ``_wr``.
+    clear : In(1)
+        Pulse: zero every memory.
+    clearing : Out(1)
+        High while clearing.
+
+    Raises
+    ------
+    TypeError, ValueError
+        See :func:`bitmos.rtl.common.check_config`.
+    """
+
+    def __init__(self, cfg: AcceleratorConfig):
+        self._cfg = cfg = check_config(cfg)
+        self._shapes = buffer_shapes(cfg)
+        members = {"clear": In(1), "clearing": Out(1)}
+        for name, buf, kind in _PORTS:
+            width, depth = self._shapes[buf]
+            aw = addr_bits(depth)
+            if kind == "r":
+                members[name] = Out(ReadPort.Signature(addr_width=aw, shape=width))
+            else:
+                members[name] = Out(WritePort.Signature(addr_width=aw, shape=width,
+                                                        granularity=cfg.lanes if kind == "wg" else None))
+        super().__init__(members)
+
+    @property
+    def cfg(self) -> AcceleratorConfig:
+        return self._cfg
+
+    def elaborate(self, platform):
+        m = Module()
+        maxdepth = max(d for _, d in self._shapes.values())
+        crow = Signal(range(maxdepth + 1))
+        m.d.comb += self.clearing.eq(crow != 0)
+        with m.If(self.clear & ~self.clearing):
+            m.d.sync += crow.eq(maxdepth)
+        with m.Elif(self.clearing):
+            m.d.sync += crow.eq(crow - 1)
+        row = crow - 1
+
+        mems = {}
+        for buf, (width, depth) in self._shapes.items():
+            mems[buf] = Memory(shape=width, depth=depth, init=[])
+            m.submodules[buf.lower()] = mems[buf]
+        cleared = set()
+        for name, buf, kind in _PORTS:
+            mem = mems[buf]
+            bus = getattr(self, name)
+            if kind == "r":
+                connect(m, flipped(bus), mem.read_port())
+                continue
+            port = mem.write_port(granularity=self._cfg.lanes if kind == "wg" else None)
+            if buf in cleared:  # one port per memory does the clearing; the others are muted
+                m.d.comb += [port.addr.eq(bus.addr), port.data.eq(bus.data),
+                             port.en.eq(Mux(self.clearing, 0, bus.en))]
+                continue
+            cleared.add(buf)
+            depth = self._shapes[buf][1]
+            m.d.comb += [
+                port.addr.eq(Mux(self.clearing, row, bus.addr)),
+                port.data.eq(Mux(self.clearing, 0, bus.data)),
+                port.en.eq(Mux(self.clearing, Mux(row < depth, (1 << len(port.en)) - 1, 0), bus.en)),
+            ]
+        return m
