@@ -134,7 +134,7 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
         words[pc] = encode(Instruction.make(Op.LOAD, buf="O", line=cfg.depth("O") - 1, nlines=2))
     elif choice == 4:
         words[pc] = encode(setr(Reg.EBASE, (cfg.ext_mem_bytes // 64) - 1))
-        words.insert(pc + 1, encode(Instruction.make(Op.LOAD, buf="X", line=0, nlines=2)))
+        words.insert(pc + 1, encode(Instruction.make(Op.LOAD, buf="X", line=0, nlines=65)))
     else:
         words = [w for w in words if w >> 58 != Op.HALT][:cfg.imem_words]
     return words[:cfg.imem_words]

@@ -1,0 +1,353 @@
+"""Simulator tests: hand-computed timing, functional results vs the naive model, errors, hazards."""
+
+import itertools
+import struct
+import unittest
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from bitmos import formats as F
+from bitmos.config import AcceleratorConfig, preset_config
+from bitmos.container import MemoryImage, Program
+from bitmos.errors import ConfigError, FormatError
+from bitmos.isa import (CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE,
+                        CAUSE_PC_RANGE, Op, Timeline, assemble, decode)
+from bitmos.sim import DMAHazardError, Simulator
+
+from tests.progen import random_program
+from .naive import NaiveMachine
+
+SMALL = preset_config("small")   # R = C = 4, L = 32, k = 8, E = 4, ext_bw 64, latency 20
+
+
+def run_both(cfg, words, mem=b"", **kw):
+    a = Simulator(cfg, **kw).run(words, bytearray(mem), trace=True)
+    b = Simulator(cfg, **kw).run(words, bytearray(mem), functional=False, trace=True)
+    for f in ("cycles", "error", "cause", "error_pc", "stall_cycles", "counts", "instructions",
+              "dma_bytes_read", "dma_bytes_written"):
+        assert getattr(a, f) == getattr(b, f), (f, getattr(a, f), getattr(b, f))
+    for f in ("issue", "busy", "unit", "op", "pc"):
+        np.testing.assert_array_equal(getattr(a.trace, f), getattr(b.trace, f), err_msg=f)
+    return a
+
+
+def assert_matches_naive(tc, cfg, words, mem):
+    r = run_both(cfg, words, mem)
+    tc.assertFalse(r.error, r.error_message)
+    nm = NaiveMachine(cfg, mem)
+    nm.run(words)
+    for b in "XWSQO":
+        for i, line in enumerate(nm.buf[b]):
+            got = int.from_bytes(r.state.buf[b][i].tobytes(), "little")
+            if got != line:
+                tc.fail(f"{b}BUF line {i}: simulator {got:#x}, naive {line:#x}")
+    for i, (d, g) in enumerate(nm.meta):
+        tc.assertEqual(int(r.state.meta_d[i]), d, f"META {i} D")
+        tc.assertEqual([int(v) for v in r.state.meta_g[i, :cfg.experts]], g[:cfg.experts], f"META {i} gates")
+    tc.assertEqual(bytes(r.memory), bytes(nm.mem))
+    return r
+
+
+class TestTiming(unittest.TestCase):
+    def test_overlap_and_stall(self):
+        words = assemble("""
+            setr K 64                                   ; issue 0, now 1
+            load buf=W line=0 nlines=2 ext=0            ; issue 1: busy 20 + ceil(2*128/64) = 24, free at 1+1+24 = 26
+            matmul mode=token q=0 w=8 o=0 ntiles=1      ; issue 2: 1 + (2*8 + (4+4-1) + 4) = 28 cycles, now 30
+            wait                                        ; 30 >= 26: no stall, issue 30, now 31
+            load buf=O line=0 nlines=4 ext=0            ; issue 31: busy 20 + 4*128/64 = 28, free at 60
+            halt                                        ; waits 60 - 32 = 28 cycles, issue 60, run ends at 61
+        """)
+        r = run_both(SMALL, words, bytes(4096))
+        self.assertEqual(r.cycles, 61)
+        self.assertEqual(r.stall_cycles, 28)
+        self.assertEqual(list(r.trace.issue), [0, 1, 2, 30, 31, 60])
+        self.assertEqual(list(r.trace.busy), [0, 24, 27, 0, 28, 0])
+        self.assertTrue(r.done and not r.error)
+
+    def test_back_to_back_dma_stalls(self):
+        words = assemble("""
+            load buf=X line=0 nlines=4 ext=0    ; issue 0: busy 20 + 4*64/64 = 24, free at 25
+            load buf=X line=4 nlines=4 ext=64   ; waits until 25 (stall 24), busy 24, free at 50
+            nop                                 ; issue 26
+            halt                                ; waits 50 - 27 = 23, ends at 51
+        """)
+        r = run_both(SMALL, words, bytes(4096))
+        self.assertEqual(r.cycles, 51)
+        self.assertEqual(r.stall_cycles, 24 + 23)
+
+    def test_compute_cycle_formulas(self):
+        # K = 64 on small: nch = 2, XL = 2*32/4 = 16, P = ceil(8/4) = 2, Ra = 4
+        # T_quant token = (XL+E+4) + XL + 1 + nch*(L/C + k) + 1 = 24 + 16 + 1 + 2*(8+8) + 1 = 74
+        # T_quant plane = 24 + 16 + 1 + 2*(8+2) + 1 = 62
+        # T_tile plane = nch*P + (Ra + C - 1) + 1 = 4 + 7 + 1 = 12
+        words = assemble("""
+            setr K 64
+            quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*74 = 149
+            quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 62 = 63
+            matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*12 = 37
+            scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 2 = 9
+            halt
+        """)
+        r = run_both(SMALL, words)
+        self.assertEqual(list(r.trace.issue), [0, 1, 150, 213, 250, 259])
+        self.assertEqual(r.cycles, 260)
+
+    def test_timeline_class_agrees(self):
+        for seed in range(5):
+            words, mem = random_program(SMALL, seed)
+            tl = Timeline()
+            k = 0
+            for w in words:
+                ins = decode(w)
+                if ins.op is Op.SETR and ins["reg"] == 0:
+                    k = ins["value"]
+                tl.step(ins, SMALL, k)
+                if ins.op is Op.HALT:
+                    break
+            r = Simulator(SMALL).run(words, mem, functional=False)
+            self.assertEqual(r.cycles, tl.now)
+            self.assertEqual(r.stall_cycles, tl.stall_cycles)
+
+
+class TestErrors(unittest.TestCase):
+    def check(self, text_or_words, cause, pc, cycles, cfg=SMALL, match=""):
+        words = assemble(text_or_words) if isinstance(text_or_words, str) else text_or_words
+        r = run_both(cfg, words, bytes(1024))
+        self.assertTrue(r.error and r.done)
+        self.assertEqual((r.cause, r.error_pc, r.cycles), (cause, pc, cycles), r.error_message)
+        if match:
+            self.assertRegex(r.error_message, match)
+        return r
+
+    def test_illegal_opcode(self):
+        words = assemble("nop\nnop") + [0x3F << 58]
+        self.check(words, CAUSE_ILLEGAL_OPCODE, 2, 3, match=r"pc 2: illegal opcode.*0x3f")
+
+    def test_reserved_bit(self):
+        words = assemble("nop") + [(int(Op.WAIT) << 58) | 1]
+        self.check(words, CAUSE_ILLEGAL_FIELD, 1, 2, match=r"reserved bit\(s\) \[0\]")
+
+    def test_zero_count_and_bad_register(self):
+        self.check([int(Op.LOAD) << 58], CAUSE_ILLEGAL_FIELD, 0, 1, match="nlines")
+        self.check([(int(Op.SETR) << 58) | (7 << 52)], CAUSE_ILLEGAL_FIELD, 0, 1, match="reg")
+        self.check([(int(Op.SETR) << 58) | (1 << 52) | 64], CAUSE_ILLEGAL_FIELD, 0, 1, match="RSHIFT")
+
+    def test_mode_ntok(self):
+        self.check("setr K 8\nquant mode=plane ntok=2", CAUSE_ILLEGAL_FIELD, 1, 2, match="plane.*ntok=2")
+        self.check("scaleout mode=token ntok=5 ntiles=1", CAUSE_ILLEGAL_FIELD, 0, 1, match="ntok=5")
+
+    def test_buffer_range(self):
+        dO = SMALL.depth("O")
+        self.check(f"load buf=O line={dO - 1} nlines=2", CAUSE_BUFFER_RANGE, 0, 1, match="OBUF")
+        # matmul w + ntiles*nch > depth(W): K = 1024 -> nch = 32
+        dW = SMALL.depth("W")
+        self.check(f"setr K 1024\nmatmul mode=plane w={dW - 32} ntiles=2", CAUSE_BUFFER_RANGE, 1, 2,
+                   match="WBUF")
+        self.check(f"scaleout mode=token o={dO - 4} ntok=4 ntiles=1\n"
+                   f"scaleout mode=token o={dO - 4} ntok=4 ntiles=2", CAUSE_BUFFER_RANGE, 1, (1 + 1 * 4 + 2) + 1)
+        self.check(f"setr K 32\nsetr SIN {SMALL.depth('S') - 1}\nquant x=0 ntok=1", CAUSE_BUFFER_RANGE, 2,
+                   3, match="s_in")
+        self.check(f"setr K 32\nquant meta={SMALL.meta_tokens - 1} ntok=2", CAUSE_BUFFER_RANGE, 1, 2,
+                   match="META")
+
+    def test_ext_range_does_not_wait_for_dma(self):
+        last = SMALL.ext_mem_bytes // 64 - 1
+        # EBASE*64 + 9 lines * 8 bytes = ext_mem_bytes - 64 + 72 > ext_mem_bytes.
+        # the first load keeps the DMA busy until cycle 25; the faulting load is refused at its issue
+        # cycle 2 without waiting: the run ends at 2 + 1 = 3
+        self.check(f"load buf=X line=0 nlines=4 ext=0\nsetr EBASE {last}\nload buf=X line=0 nlines=9 ext=0",
+                   CAUSE_EXT_RANGE, 2, 3, match="external")
+
+    def test_pc_range(self):
+        cfg = preset_config("tiny")
+        # setr issues at 0, nops at 1..imem_words-1 (implicit zeros), pc reaches imem_words at cycle 1024
+        r = self.check("setr K 16", CAUSE_PC_RANGE, cfg.imem_words, cfg.imem_words + 1, cfg=cfg)
+        self.assertEqual(r.instructions, cfg.imem_words)
+
+    def test_program_too_long(self):
+        cfg = preset_config("tiny")
+        with self.assertRaisesRegex(FormatError, "instruction memory holds 1024"):
+            Simulator(cfg).run([0] * 1025)
+
+    def test_config_mismatch(self):
+        with self.assertRaisesRegex(ConfigError, "compiled for config 'tiny'"):
+            Simulator(SMALL).run(Program([0], preset_config("tiny")))
+        with self.assertRaisesRegex(ConfigError, "memory image was built"):
+            Simulator(SMALL).run(assemble("halt"), MemoryImage(bytearray(8), "0123"))
+
+
+class TestHazards(unittest.TestCase):
+    def test_load_then_quant(self):
+        words = assemble("setr K 32\nload buf=X line=0 nlines=8 ext=0\nquant x=4 ntok=1\nhalt")
+        for functional in (True, False):
+            with self.assertRaisesRegex(DMAHazardError, r"quant at pc 2 .* load at pc 1 \(lines 0..7\)"):
+                Simulator(SMALL).run(words, bytearray(4096), functional=functional)
+        r = Simulator(SMALL, check_hazards=False).run(words, bytearray(4096))
+        self.assertFalse(r.error)
+        ok = assemble("setr K 32\nload buf=X line=0 nlines=8 ext=0\nwait\nquant x=4 ntok=1\nhalt")
+        self.assertFalse(run_both(SMALL, ok, bytes(4096)).error)
+
+    def test_strided_scaleout(self):
+        # token scaleout with ntok=1, R=4 touches OBUF lines 0 and 4 only; a store of line 1 is no hazard
+        free = assemble("store buf=O line=1 nlines=2 ext=0\nscaleout o=0 ntok=1 ntiles=2\nhalt")
+        run_both(SMALL, free, bytes(4096))
+        bad = assemble("store buf=O line=1 nlines=2 ext=0\nscaleout o=0 ntok=2 ntiles=2\nhalt")
+        with self.assertRaisesRegex(DMAHazardError, "scaleout at pc 1"):
+            Simulator(SMALL).run(bad, bytearray(4096), functional=False)
+        with self.assertRaisesRegex(DMAHazardError, "store at pc 0"):
+            Simulator(SMALL).run(bad, bytearray(4096))
+
+    def test_random_programs_without_waits_agree(self):
+        for seed in range(20):
+            words, mem = random_program(SMALL, seed, length=30)
+            words = [w for w in words if w >> 58 != Op.WAIT]
+            res = []
+            for functional in (True, False):
+                try:
+                    Simulator(SMALL).run(words, bytearray(mem), functional=functional)
+                    res.append(None)
+                except DMAHazardError as exc:
+                    res.append((exc.pc, exc.dma_pc, str(exc)))
+            self.assertEqual(res[0], res[1], f"seed {seed}")
+
+
+def small_cfg(k, E, R=4, C=4, L=32, **kw):
+    return AcceleratorConfig(rows=R, cols=C, lanes=L, act_bits=k, experts=E, xbuf_kib=2, wbuf_kib=2,
+                             sbuf_kib=2, qbuf_kib=2, obuf_kib=2, meta_tokens=16, imem_words=1024, **kw)
+
+
+class TestFunctional(unittest.TestCase):
+    def test_random_programs_every_mode(self):
+        """quant/matmul/scaleout in both modes for k in {1,2,4,8} and E in {0,1,4}, vs the naive model."""
+        for k, E in itertools.product([1, 2, 4, 8], [0, 1, 4]):
+            for geom in ((4, 4, 32), (3, 2, 16)):
+                cfg = small_cfg(k, E, *geom)
+                with self.subTest(k=k, E=E, geom=geom):
+                    words, mem = random_program(cfg, seed=7 * k + E, length=25, mem_bytes=1 << 12)
+                    assert_matches_naive(self, cfg, words, mem)
+
+    def test_presets(self):
+        for name in ("tiny", "small", "medium"):
+            cfg = preset_config(name)
+            words, mem = random_program(cfg, seed=1, length=30, mem_bytes=1 << 13)
+            assert_matches_naive(self, cfg, words, mem)
+
+    def layer(self, cfg, K, x, signs, s=None, ntok=1, mode="token", smul=3, oshift=8):
+        """A directed one-layer program: x [ntok][K] int16, signs [C][K] (+1/-1), S lines (E>=1)."""
+        C, L = cfg.cols, cfg.lanes
+        nch, XL = cfg.nchunks(K), cfg.xlines(K)
+        mem = bytearray(1 << 14)
+        xb = np.zeros((ntok, XL * C), dtype="<i2")
+        xb[:, :K] = x
+        mem[0:xb.nbytes] = xb.tobytes()
+        wbits = np.zeros((nch, C, L), dtype=bool)
+        for j in range(C):
+            for i in range(K):
+                wbits[i // L, j, i % L] = signs[j][i] > 0
+        wb = np.packbits(wbits, axis=2, bitorder="little").tobytes()
+        mem[4096:4096 + len(wb)] = wb
+        if s is not None:
+            mem[8192:8192 + len(s)] = s
+        E = cfg.experts
+        sl = (2 * XL + 1) if E else 0
+        text = f"""
+            setr K {K}
+            setr RSHIFT 8
+            setr OSHIFT {oshift}
+            setr SMUL {smul}
+            setr ROUTER 0
+            setr SIN {XL}
+            load buf=X line=0 nlines={ntok * XL} ext=0
+            load buf=W line=0 nlines={nch} ext=4096
+            {f'load buf=S line=0 nlines={sl} ext=8192' if E else 'nop'}
+            wait
+            quant mode={mode} x=0 q=0 meta=0 ntok={ntok}
+            matmul mode={mode} q=0 w=0 o=0 ntiles=1
+            store buf=O line=0 nlines={cfg.rows if mode == 'token' else 1} ext=12288
+            wait
+            scaleout mode={mode} o=0 s={2 * XL if E else 0} meta=0 ntok={ntok} ntiles=1
+            halt
+        """
+        words = assemble(text)
+        r = assert_matches_naive(self, cfg, words, mem)
+        raw = np.frombuffer(bytes(r.memory[12288:12288 + 4 * C * ntok]), dtype="<i4").reshape(ntok, C)
+        return r, raw
+
+    def test_edge_cases(self):
+        rng = np.random.default_rng(0)
+        for k, E in itertools.product([1, 2, 4, 8], [0, 1, 4]):
+            cfg = small_cfg(k, E)
+            C = cfg.cols
+            K = 45                           # not a multiple of lanes (32)
+            Sbytes = rng.integers(-2 ** 15, 2 ** 15, size=(2 * cfg.xlines(K) + 1) * max(E, 1) * C,
+                                  dtype=np.int64).astype("<i2").tobytes() if E else None
+            with self.subTest(k=k, E=E):
+                x = rng.integers(-300, 300, size=(2, K))
+                # all +1 weights in column 0, all -1 in column 1, random in the others
+                signs = [[1] * K, [-1] * K] + [list(rng.choice([-1, 1], size=K)) for _ in range(C - 2)]
+                r, raw = self.layer(cfg, K, x, signs, Sbytes, ntok=2)
+                q_sum = raw[:, 0]
+                np.testing.assert_array_equal(raw[:, 1], -q_sum)   # all -1 column = -(all +1 column)
+                # saturating activations and a zero token (m = 0: q = 0, or +1 when k = 1)
+                x2 = np.array([[32767] * K, [0] * K])
+                r, raw = self.layer(cfg, K, x2, signs, Sbytes, ntok=2)
+                self.assertEqual(int(r.state.meta_d[1]), 0)
+                self.assertEqual(raw[1, 0], K if k == 1 else 0)
+                if E == 0:
+                    q = cfg.act_qmax
+                    self.assertEqual(raw[0, 0], K * q)              # every lane quantizes to +Q
+                r, raw = self.layer(cfg, K, x[:1], signs, Sbytes, ntok=1, mode="plane")
+
+    def test_acc_wrap(self):
+        """acc_bits = 16 with K*(2^k-1) beyond range wraps (two's complement), as docs/isa.md says."""
+        cfg = AcceleratorConfig(rows=1, cols=1, lanes=512, act_bits=8, acc_bits=16, experts=0, xbuf_kib=1,
+                                wbuf_kib=64, sbuf_kib=1, qbuf_kib=64, obuf_kib=1, meta_tokens=1,
+                                imem_words=64)
+        K = 320                                  # 320 * 127 = 40640 > 2^15 - 1
+        x = np.full((1, K), 1000)
+        r, raw = self.layer(cfg, K, x, [[1] * K], None, ntok=1, smul=1, oshift=0)
+        self.assertEqual(raw[0, 0], F.to_signed(K * 127, 16))
+
+    def test_scaleout_exact_big_products(self):
+        """OBUF values loaded by DMA make acc*D*s_out exceed 2^63: exact big-int path."""
+        cfg = small_cfg(8, 0)
+        acc = [2 ** 31 - 1, -2 ** 31, 123456789, -1]
+        mem = bytearray(struct.pack("<4i", *acc))
+        x = [0] * cfg.xlines(32) * cfg.cols
+        x[0] = 32767
+        mem += bytearray(64 - len(mem)) + struct.pack(f"<{len(x)}h", *x)
+        words = assemble("""
+            setr K 32
+            setr SMUL -32768
+            setr OSHIFT 20
+            load buf=O line=0 nlines=1 ext=0
+            load buf=X line=0 nlines=8 ext=64
+            wait
+            quant x=0 q=0 meta=0 ntok=1
+            scaleout o=0 s=0 meta=0 ntok=1 ntiles=1
+            halt
+        """)
+        r = assert_matches_naive(self, cfg, words, bytes(mem))
+        d = int(r.state.meta_d[0])
+        got = [int(v) for v in r.state.obuf()[0]]
+        self.assertEqual(got, [F.scale_output(a, d, -32768, 20) for a in acc])
+
+
+class TestModesAgree(unittest.TestCase):
+    @settings(max_examples=40, deadline=None)
+    @given(seed=st.integers(0, 2 ** 31), faults=st.booleans(), preset=st.sampled_from(["tiny", "small", "medium"]))
+    def test_functional_equals_timing(self, seed, faults, preset):
+        cfg = preset_config(preset)
+        words, mem = random_program(cfg, seed, length=20, mem_bytes=1 << 12, faults=faults)
+        try:
+            run_both(cfg, words, mem)
+        except DMAHazardError:   # a planted fault can move a load next to a compute instruction
+            for functional in (True, False):
+                with self.assertRaises(DMAHazardError):
+                    Simulator(cfg).run(words, bytearray(mem), functional=functional)
+
+
+if __name__ == "__main__":
+    unittest.main()
