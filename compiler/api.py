@@ -19,7 +19,7 @@ from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError, UnsupportedError
 from bitmos.export import BinaryLinearExport, ModelExport
 from bitmos.fileio import write_json_atomic, write_text_atomic
-from bitmos.isa import disassemble
+from bitmos.isa import Op, Reg, disassemble, encode, setr
 
 from bitmos.compiler.lower import LayerSpec, ceil_div, lower_linear, synthetic_spec
 from bitmos.compiler.schedule import Regions, Schedule, Tiling, build_program, make_tiling
@@ -107,7 +107,9 @@ def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tilin
     best, best_cycles = None, None
     for til in _candidates(spec, cfg, tokens):
         regions, _ = _layout(til, cfg, 0)
-        parts = _split_programs(spec, cfg, til, regions, range(til.ngroups), range(til.NT))
+        # Judge on at most two token blocks: the schedule repeats per token block.
+        groups = range(min(til.ngroups, 2 * til.groups_per_block))
+        parts = _split_programs(spec, cfg, til, regions, groups, range(til.NT))
         cycles = sum(p[2].cycles for p in parts)
         if best_cycles is None or cycles < best_cycles:
             best, best_cycles = til, cycles
@@ -228,10 +230,35 @@ def _pack_layer(spec: LayerSpec, til: Tiling, cfg: AcceleratorConfig, regions: R
     return mem
 
 
+_SCHEDULE_CACHE: dict[tuple, tuple[Tiling, list]] = {}
+
+
+def _relocate(sch: Schedule, units: int) -> Schedule:
+    """The same schedule with every region moved up by ``units`` * 64 bytes (patches setr EBASE)."""
+    if units == 0:
+        return sch
+    words = list(sch.words)
+    for i, w in enumerate(words):
+        if w >> 58 == Op.SETR and (w >> 52) & 0x3F == Reg.EBASE:
+            value = (w & 0xFFFFFFFF) + units
+            words[i] = encode(setr(Reg.EBASE, value))
+    return Schedule(words, sch.comments, sch.cycles, sch.stall_cycles, sch.compute_cycles, sch.dma_busy_cycles,
+                    sch.counts)
+
+
 def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: int = 0) -> CompiledLinear:
-    til = choose_tiling(spec, cfg, tokens)
+    """Compile a lowered layer; identical shapes reuse one schedule, relocated to this layer's regions."""
+    base = _align(base)
+    key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul)
+    if key not in _SCHEDULE_CACHE:
+        til = choose_tiling(spec, cfg, tokens)
+        regions0, _ = _layout(til, cfg, 0)
+        if len(_SCHEDULE_CACHE) > 64:
+            _SCHEDULE_CACHE.clear()
+        _SCHEDULE_CACHE[key] = (til, _split_programs(spec, cfg, til, regions0, range(til.ngroups), range(til.NT)))
+    til, parts0 = _SCHEDULE_CACHE[key]
     regions, sizes = _layout(til, cfg, base)
-    parts = _split_programs(spec, cfg, til, regions, range(til.ngroups), range(til.NT))
+    parts = [(g, t, _relocate(sch, base // ALIGN)) for g, t, sch in parts0]
     cl = CompiledLinear(spec.name, spec, til, regions, sizes, [p[2] for p in parts], [(p[0], p[1]) for p in parts],
                         cfg, base)
     if cl.end > cfg.ext_mem_bytes:

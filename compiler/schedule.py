@@ -308,7 +308,10 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
         lst = touches.get(d.res, [])
         k = bisect.bisect_left(lst, d.pos)
         d.deadline = lst[k] if k < len(lst) else n
-        d.earliest = (lst[k - 1] + 1) if (k > 0 and not d.store) else d.pos
+        if d.store:
+            d.earliest = d.pos
+        else:
+            d.earliest = lst[k - 1] + 1 if k > 0 else 0
         d.seq = s
     order = sorted(dmas, key=lambda d: (d.earliest, d.seq))
     ready: list[tuple[int, int, _Dma]] = []
@@ -356,23 +359,27 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
             d = order[nxt]
             heapq.heappush(ready, (d.deadline, d.seq, d))
             nxt += 1
-        if i < n:
-            ins = compute[i][0]
-            c_i = compute_cycles(ins, cfg, K)
-        while ready:
-            d = ready[0][2]
-            if i < n and d.deadline > i:
-                stall = tl.dma_free - tl.now
-                if stall > 0 and stall >= tl.now + c_i - tl.dma_free:
-                    break
-            heapq.heappop(ready)
-            issue(d)
         if i == n:
+            while ready:
+                issue(heapq.heappop(ready)[2])
             break
         ins, res, note = compute[i]
+        c_i = compute_cycles(ins, cfg, K)
+        # (a) transfers whose deadline is this instruction: issue now, whatever the stall
+        while ready and ready[0][0] <= i:
+            issue(heapq.heappop(ready)[2])
+        # (b) drain transfers this instruction depends on (before issuing more, or the wait would
+        #     also drain those)
         if since_wait and any(r in since_wait for r in res):
             emit(Instruction.make(Op.WAIT))
             since_wait.clear()
+        # (c) prefetch / write back while it pays: the DMA is idle, or the stall is shorter than the idle
+        #     gap the DMA engine would otherwise have during this instruction
+        while ready:
+            stall = tl.dma_free - tl.now
+            if stall > 0 and stall >= tl.now + c_i - tl.dma_free:
+                break
+            issue(heapq.heappop(ready)[2])
         emit(ins, note)
     assert nxt == len(order) and not ready
     emit(Instruction.make(Op.HALT), "end of program")
