@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     print(f"teacher-forced argmax agreement: {100 * ev['argmax_agreement']:.2f} %")
     print(f"greedy generation, {gen['prompts']} prompts x {gen['new_tokens']} tokens: token agreement "
           f"{100 * gen['token_agreement']:.2f} %, identical prefix {100 * gen['prefix_agreement']:.2f} %, "
-          f"identical continuations {100 * gen['exact']:.1f} %")
+          f"identical continuations {100 * gen['exact']:.1f} %, per-step agreement on the float student's "
+          f"greedy sequences {100 * gen['forced_agreement']:.2f} %")
     print(f"saturation over all runs (eval + generation): {sat}")
     print(f"time: {res['seconds']}")
     if args.json:

@@ -441,16 +441,22 @@ def compare_on_windows(golden: GoldenModel, student, tokens: torch.Tensor, seq_l
 def greedy_agreement(golden: GoldenModel, student, prompts: torch.Tensor, max_new_tokens: int = 32) -> dict:
     """Greedy generation from the same prompts (B, P) by both models. ``token_agreement``: fraction of generated
     positions with the same token; ``prefix_agreement``: mean fraction generated identically before the first
-    divergence; ``exact``: fraction of prompts whose whole continuation is identical."""
+    divergence; ``exact``: fraction of prompts whose whole continuation is identical; ``forced_agreement``: on the
+    float student's own greedy sequences, the fraction of generated positions where the golden model's argmax is
+    the same token (per-step agreement, free of the compounding after a first divergence)."""
     student.eval()
-    out_s = student.generate(prompts, max_new_tokens, temperature=0)[:, prompts.size(1):]
-    out_g = golden.generate(prompts, max_new_tokens)[:, prompts.size(1):]
+    P = prompts.size(1)
+    full_s = student.generate(prompts, max_new_tokens, temperature=0)
+    out_s = full_s[:, P:]
+    out_g = golden.generate(prompts, max_new_tokens)[:, P:]
+    forced = golden(full_s[:, :-1][:, -golden.config.max_seq_len:])[0][:, -max_new_tokens:].argmax(-1)
     same = out_s == out_g
     first = torch.where(same.all(1), torch.full((same.size(0),), max_new_tokens),
                         (~same).int().argmax(1))
     return {"prompts": prompts.size(0), "prompt_len": prompts.size(1), "new_tokens": max_new_tokens,
             "token_agreement": same.float().mean().item(), "prefix_agreement": (first.float() / max_new_tokens).mean().item(),
-            "exact": same.all(1).float().mean().item()}
+            "exact": same.all(1).float().mean().item(),
+            "forced_agreement": (forced == out_s).float().mean().item()}
 
 
 def evaluate_golden(source, accel: AcceleratorConfig | str | None = None, *, corpus: str = "builtin",
