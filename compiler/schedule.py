@@ -314,6 +314,10 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
             d.earliest = lst[k - 1] + 1 if k > 0 else 0
         d.seq = s
     order = sorted(dmas, key=lambda d: (d.earliest, d.seq))
+    # Compute-bound programs never stall the controller for a transfer that could still wait; DMA-bound
+    # ones may, when the stall is shorter than the DMA idle time it avoids.
+    dma_total = sum(1 + cfg.ext_latency + -(-d.nlines * cfg.line_bits(d.buf) // cfg.ext_bw_bits) for d in dmas)
+    dma_bound = dma_total > sum(compute_cycles(c[0], cfg, K) for c in compute)
     ready: list[tuple[int, int, _Dma]] = []
     nxt = 0
     tl = Timeline()
@@ -339,6 +343,11 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
 
     def issue(d: _Dma) -> None:
         nonlocal ebase
+        if since_wait:
+            # A DMA instruction waits for the engine anyway; an explicit wait first costs one cycle and
+            # retires the outstanding transfer for the hazard rule's strictest reading too.
+            emit(Instruction.make(Op.WAIT))
+            since_wait.clear()
         lb = cfg.line_bits(d.buf) // 8
         done = 0
         while done < d.nlines:
@@ -377,7 +386,7 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
         #     gap the DMA engine would otherwise have during this instruction
         while ready:
             stall = tl.dma_free - tl.now
-            if stall > 0 and stall >= tl.now + c_i - tl.dma_free:
+            if stall > 0 and (not dma_bound or stall >= tl.now + c_i - tl.dma_free):
                 break
             issue(heapq.heappop(ready)[2])
         emit(ins, note)
