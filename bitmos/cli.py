@@ -12,7 +12,7 @@ import sys
 
 # Areas that contribute subcommands, in the order they appear in --help.
 _AREAS = ("bitmos.corecli", "bitmos.model.cli", "bitmos.compiler.cli", "bitmos.sim.cli",
-          "bitmos.rtl.cli", "bitmos.pipeline")
+          "bitmos.rtl.cli", "bitmos.explore.cli", "bitmos.pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:
