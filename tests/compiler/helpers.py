@@ -14,13 +14,8 @@ from tests.compiler import refsim
 
 
 def sim_module():
-    """bitmos.sim when it exists (the tests then execute on it and cross-check the reference interpreter)."""
-    try:
-        return importlib.import_module("bitmos.sim")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("bitmos.sim",):
-            return None
-        raise
+    """bitmos.sim: every compiled program in these tests runs on it (and on the reference interpreter)."""
+    return importlib.import_module("bitmos.sim")
 
 
 def random_layer(rng, K: int, N: int, experts: int, act_bits: int, *, name: str = "layers.0.mlp.up_proj",
@@ -37,7 +32,7 @@ def random_layer(rng, K: int, N: int, experts: int, act_bits: int, *, name: str 
 
 def run_programs(cfg: AcceleratorConfig, programs, memory: bytearray, *, use_sim: bool = True) -> tuple[bytearray, int]:
     """Run a layer's programs in order on one memory; returns (memory, cycles). Checks each program's
-    cycle count against the compiler's Timeline figure and (when bitmos.sim exists) sim vs refsim."""
+    cycle count against the compiler's Timeline figure, and bitmos.sim against the reference interpreter."""
     sim = sim_module() if use_sim else None
     total = 0
     for p in programs:

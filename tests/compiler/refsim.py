@@ -3,7 +3,7 @@
 Written straight from docs/isa.md with the reference arithmetic of bitmos.formats (slow; small shapes
 only). It enforces the hazard rule in its strictest reading: after a load/store, until the next
 `wait` (or `halt`), no instruction may touch the lines that transfer reads or writes.
-Used when bitmos.sim is not importable; the tests also cross-check it against bitmos.sim when it is.
+The tests run every compiled program on both this interpreter and bitmos.sim and compare them.
 """
 
 from __future__ import annotations

@@ -84,6 +84,12 @@ def test_hf_shape_small_materialized_and_7b_timing_only():
     assert all(l["cycles"] > 0 for l in man["layers"])
     with pytest.raises(UnsupportedError, match="timing-only"):
         big.memory_image()
+    # the simulator's timing-only analysis agrees with the compiler's Timeline figures
+    from bitmos.sim import Simulator
+    sim = Simulator(big.config)
+    for lay in big.layers[:7]:
+        res = sim.run(lay.programs[0].words, functional=False)
+        assert not res.error and res.cycles == lay.cycles
 
 
 def test_cli_compile_and_disasm(tmp_path, capsys):
