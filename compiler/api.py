@@ -57,9 +57,9 @@ def _layout(til: Tiling, cfg: AcceleratorConfig, base: int) -> tuple[Regions, di
 
 
 def _split_programs(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions: Regions,
-                    groups: range, tiles: range) -> list[tuple[range, range, Schedule]]:
+                    groups: range, tiles: range, label: str = "") -> list[tuple[range, range, Schedule]]:
     """One schedule per part; parts are split (tokens first, then tiles) until each fits IMEM."""
-    sch = build_program(spec, cfg, til, regions, groups, tiles)
+    sch = build_program(spec, cfg, til, regions, groups, tiles, label=label)
     if len(sch.words) <= cfg.imem_words:
         return [(groups, tiles, sch)]
     if len(groups) > 1:
@@ -67,11 +67,11 @@ def _split_programs(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, region
         gpb = til.groups_per_block
         half = max(1, (len(groups) // 2 // gpb) * gpb) if len(groups) > gpb else len(groups) // 2
         a, b = range(groups.start, groups.start + half), range(groups.start + half, groups.stop)
-        return _split_programs(spec, cfg, til, regions, a, tiles) + _split_programs(spec, cfg, til, regions, b, tiles)
+        return _split_programs(spec, cfg, til, regions, a, tiles, label) + _split_programs(spec, cfg, til, regions, b, tiles, label)
     if len(tiles) > 1:
         half = len(tiles) // 2
         a, b = range(tiles.start, tiles.start + half), range(tiles.start + half, tiles.stop)
-        return _split_programs(spec, cfg, til, regions, groups, a) + _split_programs(spec, cfg, til, regions, groups, b)
+        return _split_programs(spec, cfg, til, regions, groups, a, label) + _split_programs(spec, cfg, til, regions, groups, b, label)
     raise UnsupportedError(f"layer {spec.name!r}: the program for one token group and one output tile needs "
                            f"{len(sch.words)} instruction words; imem_words = {cfg.imem_words}")
 
@@ -233,16 +233,19 @@ def _pack_layer(spec: LayerSpec, til: Tiling, cfg: AcceleratorConfig, regions: R
 _SCHEDULE_CACHE: dict[tuple, tuple[Tiling, list]] = {}
 
 
-def _relocate(sch: Schedule, units: int) -> Schedule:
-    """The same schedule with every region moved up by ``units`` * 64 bytes (patches setr EBASE)."""
-    if units == 0:
-        return sch
+_LAYER = "<layer>"   # placeholder for the layer name in cached listing comments
+
+
+def _relocate(sch: Schedule, units: int, name: str) -> Schedule:
+    """The same schedule with every region moved up by ``units`` * 64 bytes (patches setr EBASE) and the
+    listing comments naming layer ``name``."""
+    comments = {pc: c.replace(_LAYER, name) for pc, c in sch.comments.items()}
     words = list(sch.words)
     for i, w in enumerate(words):
         if w >> 58 == Op.SETR and (w >> 52) & 0x3F == Reg.EBASE:
             value = (w & 0xFFFFFFFF) + units
             words[i] = encode(setr(Reg.EBASE, value))
-    return Schedule(words, sch.comments, sch.cycles, sch.stall_cycles, sch.compute_cycles, sch.dma_busy_cycles,
+    return Schedule(words, comments, sch.cycles, sch.stall_cycles, sch.compute_cycles, sch.dma_busy_cycles,
                     sch.counts)
 
 
@@ -255,10 +258,11 @@ def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: 
         regions0, _ = _layout(til, cfg, 0)
         if len(_SCHEDULE_CACHE) > 64:
             _SCHEDULE_CACHE.clear()
-        _SCHEDULE_CACHE[key] = (til, _split_programs(spec, cfg, til, regions0, range(til.ngroups), range(til.NT)))
+        _SCHEDULE_CACHE[key] = (til, _split_programs(spec, cfg, til, regions0, range(til.ngroups), range(til.NT),
+                                                     label=_LAYER))
     til, parts0 = _SCHEDULE_CACHE[key]
     regions, sizes = _layout(til, cfg, base)
-    parts = [(g, t, _relocate(sch, base // ALIGN)) for g, t, sch in parts0]
+    parts = [(g, t, _relocate(sch, base // ALIGN, spec.name)) for g, t, sch in parts0]
     cl = CompiledLinear(spec.name, spec, til, regions, sizes, [p[2] for p in parts], [(p[0], p[1]) for p in parts],
                         cfg, base)
     if cl.end > cfg.ext_mem_bytes:

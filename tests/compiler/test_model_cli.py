@@ -106,6 +106,11 @@ def test_cli_compile_and_disasm(tmp_path, capsys):
     assert main(["disasm", str(prog)]) == 0
     text = capsys.readouterr().out
     assert "quant mode=token" in text and "layers.0.attn.q_proj" in text and "halt" in text
+    # same-shaped layers share one cached schedule; each listing still names its own layer
+    up = next(l for l in man["layers"] if l["name"] == "layers.1.mlp.up_proj")
+    assert main(["disasm", str(tmp_path / "p" / up["programs"][0]["file"])]) == 0
+    text = capsys.readouterr().out
+    assert "layers.1.mlp.up_proj: matmul" in text and "gate_proj" not in text
     # user errors: one line, exit status 2
     assert main(["compile", str(tmp_path / "missing.json"), "--config", "tiny", "-o", str(tmp_path / "q")]) == 2
     assert "does not exist" in capsys.readouterr().err
