@@ -141,7 +141,7 @@ def cmd_estimate(args) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
+def _add_estimate(sub) -> None:
     p = sub.add_parser("estimate", help="whole-model prefill/decode throughput and energy of a model shape "
                        "(e.g. LLaMA-2-7B) on a config, in timing-only simulation")
     p.add_argument("--model", default="llama-2-7b",
@@ -153,3 +153,238 @@ def add_commands(sub) -> None:
     p.add_argument("--plots", metavar="DIR", help="write estimate.json and roofline/energy plots per phase")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_estimate)
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+
+DEFAULT_PROMPT = "def main():\n    "
+
+
+class SimulatedAccelerator:
+    """Runs every binarized linear on the cycle-accurate simulator and checks it against the golden model.
+
+    Per call: the host's int16 input goes into the layer's input region of its memory image, the
+    layer's compiled program(s) run in functional mode, and the int32 output region is read back.
+    Programs are compiled once per (layer, token count). Every output is compared bit for bit with
+    ``golden_linear`` on the same input; mismatches are counted, never tolerated silently.
+    """
+
+    def __init__(self, export, cfg: AcceleratorConfig):
+        from bitmos.sim import Simulator
+        self.cfg = cfg
+        self.layers = {lin.name: lin for lin in export.linears}
+        self.sim = Simulator(cfg)
+        self._compiled: dict[tuple[str, int], Any] = {}
+        self.runs: list[tuple[str, int, Any]] = []      # (layer, tokens, RunResult)
+        self.mismatches: list[str] = []
+        self.compile_seconds = 0.0
+        self.sim_seconds = 0.0
+
+    def compiled(self, name: str, tokens: int):
+        from bitmos.compiler import compile_linear
+        key = (name, tokens)
+        if key not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[key] = compile_linear(self.layers[name], self.cfg, tokens)
+            self.compile_seconds += time.perf_counter() - t0
+        return self._compiled[key]
+
+    def __call__(self, name: str, x_int16):
+        import numpy as np
+        import torch
+
+        from bitmos.compiler import read_layer_output, write_layer_input
+        from bitmos.model.golden import golden_linear
+
+        x = x_int16.detach().cpu().numpy().astype(np.int16)
+        cl = self.compiled(name, x.shape[0])
+        mem = bytearray(cl.memory)
+        write_layer_input(mem, cl.manifest, x)
+        t0 = time.perf_counter()
+        for prog in cl.programs:
+            r = self.sim.run(prog.words, mem)
+            if r.error:
+                raise BitmosUserError(f"{name}: the simulated accelerator faulted: {r.error_message}")
+            mem = r.memory
+            self.runs.append((name, x.shape[0], r))
+        self.sim_seconds += time.perf_counter() - t0
+        y = read_layer_output(mem, cl.manifest)
+        want = golden_linear(self.layers[name], torch.from_numpy(x.astype(np.int64)), self.cfg).numpy()
+        if not np.array_equal(y.astype(np.int64), want.astype(np.int64)):
+            bad = int((y.astype(np.int64) != want.astype(np.int64)).sum())
+            self.mismatches.append(f"{name} (T={x.shape[0]}): {bad} of {y.size} outputs differ from golden")
+        return torch.from_numpy(y.astype(np.int64))
+
+
+def _boundary(host, accel_fn, cfg: AcceleratorConfig):
+    """A linear_override hook: host float x -> int16 -> accel_fn(name, x_int) -> int32 -> host float."""
+    def hook(path, module, x):
+        lead, k = x.shape[:-1], x.shape[-1]
+        xi = host.to_accelerator(x.reshape(-1, k))
+        y = accel_fn(path, xi)
+        return host.from_accelerator(y).reshape(*lead, y.shape[-1])
+    return hook
+
+
+def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=None) -> list[int]:
+    """Greedy generation with a KV cache: one prefill over the prompt, then one-token decode steps."""
+    import torch
+
+    from bitmos.model.transformer import KVCache
+
+    cache = KVCache(transformer.config)
+    idx = torch.tensor([prompt_ids], dtype=torch.long)
+    out = list(prompt_ids)
+    with torch.no_grad():
+        if on_phase:
+            on_phase("prefill")
+        logits, _ = transformer(idx, linear_override=hook, cache=cache)
+        for step in range(n_new):
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            if step == n_new - 1 or cache.length >= transformer.config.max_seq_len:
+                break
+            if on_phase:
+                on_phase("decode")
+            logits, _ = transformer(torch.tensor([[nxt]]), linear_override=hook, cache=cache)
+    return out
+
+
+def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: str = DEFAULT_PROMPT,
+             tokens: int = 24, out_dir: str | None = "bitmos-demo", energy_table: str | None = None,
+             progress=print) -> dict[str, Any]:
+    """Generate text with every binarized linear on the simulated accelerator; check it against golden."""
+    import torch
+
+    from bitmos.model.checkpoint import load_checkpoint, shipped_path
+    from bitmos.model.data import ByteTokenizer
+    from bitmos.model.export import export_model
+    from bitmos.model.golden import AcceleratorSide, HostSide
+    from bitmos.sim.energy import EnergyTable
+    from bitmos.sim.report import summarize
+
+    t_start = time.perf_counter()
+    cfg = AcceleratorConfig.load(config)
+    path = Path(checkpoint) if checkpoint else shipped_path("student")
+    model, meta = load_checkpoint(path)
+    if model.config.vocab_size != 256:
+        raise BitmosUserError(f"{path}: the demo uses the byte tokenizer (vocab 256); this model has "
+                              f"vocab {model.config.vocab_size}")
+    if tokens < 1:
+        raise BitmosUserError(f"--tokens must be at least 1, got {tokens}")
+    tok = ByteTokenizer()
+    ids = tok.encode(prompt)
+    if not ids:
+        raise BitmosUserError("the prompt is empty")
+    if len(ids) + tokens > model.config.max_seq_len:
+        raise BitmosUserError(f"prompt ({len(ids)} tokens) + {tokens} new tokens exceeds the model's context "
+                              f"of {model.config.max_seq_len}")
+    export = export_model(model, cfg, info={"source": str(path)})
+    host = HostSide(export, cfg)
+    progress(f"model {path.name}: {len(export.linears)} binarized linears; accelerator {cfg.name} "
+             f"({cfg.rows}x{cfg.cols} PEs x {cfg.lanes} lanes, A{cfg.act_bits}, {cfg.experts} experts)")
+
+    # 1. the integer golden model, on the host
+    golden = AcceleratorSide(export, cfg)
+    golden_ids = _generate(host.transformer, _boundary(host, golden, cfg), ids, tokens)
+    # 2. the same generation with every binarized linear on the simulated accelerator
+    accel = SimulatedAccelerator(export, cfg)
+    phase = {"name": "prefill", "marks": []}
+
+    def on_phase(name):
+        phase["marks"].append((name, len(accel.runs)))
+    sim_ids = _generate(host.transformer, _boundary(host, accel, cfg), ids, tokens, on_phase=on_phase)
+    # 3. the float student for reference
+    with torch.no_grad():
+        float_ids = model.generate(torch.tensor([ids]), len(golden_ids) - len(ids), temperature=0)[0].tolist()
+
+    marks = phase["marks"] + [("end", len(accel.runs))]
+    prefill_runs = [r for _, _, r in accel.runs[marks[0][1]:marks[1][1]]]
+    decode_runs = [r for _, _, r in accel.runs[marks[1][1]:]] if len(marks) > 2 else []
+    table = EnergyTable.load(energy_table or _default_table(cfg))
+    report: dict[str, Any] = {
+        "checkpoint": str(path), "config": cfg.to_dict(), "prompt": prompt,
+        "text": tok.decode(sim_ids[len(ids):]), "golden_text": tok.decode(golden_ids[len(ids):]),
+        "float_text": tok.decode(float_ids[len(ids):]),
+        "matches_golden": sim_ids == golden_ids and not accel.mismatches,
+        "layer_mismatches": accel.mismatches,
+        "float_agreement": sum(a == b for a, b in zip(sim_ids[len(ids):], float_ids[len(ids):]))
+        / max(1, len(sim_ids) - len(ids)),
+        "prompt_tokens": len(ids), "new_tokens": len(sim_ids) - len(ids),
+        "layer_runs": len(accel.runs),
+        "prefill": summarize(prefill_runs, table, tokens=len(ids)),
+    }
+    report["prefill"].pop("per_run", None)
+    if decode_runs:
+        report["decode"] = summarize(decode_runs, table, tokens=len(decode_runs) // max(1, len(export.linears)))
+        report["decode"].pop("per_run", None)
+    report["wall_seconds"] = {"total": time.perf_counter() - t_start, "compile": accel.compile_seconds,
+                              "simulate": accel.sim_seconds}
+    if out_dir:
+        from bitmos.fileio import write_json_atomic, write_text_atomic
+        from bitmos.sim.report import write_plots
+        out = Path(out_dir)
+        for name in ("prefill", "decode"):
+            if name in report:
+                (out / name).mkdir(parents=True, exist_ok=True)
+                trace_runs = []
+                report[name]["plots"] = [str(p) for p in write_plots(report[name], out / name,
+                                                                      trace_runs=trace_runs)]
+        write_json_atomic(out / "report.json", report)
+        write_text_atomic(out / "generated.txt", prompt + report["text"])
+        report["out_dir"] = str(out)
+    return report
+
+
+def _fmt_demo(rep: dict[str, Any]) -> str:
+    from bitmos.sim.report import format_text
+    ok = "MATCHES" if rep["matches_golden"] else "DOES NOT MATCH"
+    lines = [f"prompt: {rep['prompt']!r}",
+             f"generated on the simulated accelerator ({rep['new_tokens']} tokens):",
+             "    " + repr(rep["text"]),
+             f"integer golden model: {ok} (every binarized linear compared bit for bit; "
+             f"{rep['layer_runs']} layer runs)",
+             f"float student agrees on {rep['float_agreement'] * 100:.0f} % of the generated tokens"]
+    for m in rep["layer_mismatches"][:10]:
+        lines.append(f"  mismatch: {m}")
+    for name in ("prefill", "decode"):
+        if name in rep:
+            lines.append(f"\n== {name} ({rep[name]['tokens']} tokens, binarized linears only)")
+            lines.append(format_text(rep[name]).rstrip())
+    w = rep["wall_seconds"]
+    lines.append(f"\nwall time {w['total']:.1f} s (compile {w['compile']:.1f} s, simulate {w['simulate']:.1f} s)")
+    if rep.get("out_dir"):
+        lines.append(f"report, text and plots in {rep['out_dir']}/")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_demo(args) -> int:
+    import sys
+    quiet = args.json
+    rep = run_demo(checkpoint=args.checkpoint, config=args.config, prompt=args.prompt, tokens=args.tokens,
+                   out_dir=args.out, energy_table=args.energy_table,
+                   progress=(lambda *a: print(*a, file=sys.stderr)) if quiet else print)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print(_fmt_demo(rep), end="")
+    return 0 if rep["matches_golden"] else 1
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="generate text with the shipped 1-bit student on the simulated accelerator, "
+                       "checked against the integer golden model; throughput and energy report")
+    p.add_argument("--checkpoint", help="student checkpoint (default: the shipped BinaryMoS student)")
+    p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text")
+    p.add_argument("--tokens", type=int, default=24, help="tokens to generate (default 24)")
+    p.add_argument("--out", default="bitmos-demo", help="folder for report.json, generated.txt and plots")
+    p.add_argument("--energy-table", help="energy table name or TOML file")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.set_defaults(func=cmd_demo)
+
+
+def add_commands(sub) -> None:
+    """The pipeline's commands, in help order."""
+    _add_demo(sub)
+    _add_estimate(sub)

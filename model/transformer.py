@@ -59,13 +59,20 @@ class Attention(nn.Module):
         self.v_proj = make_linear(config, d, d)
         self.o_proj = make_linear(config, d, d)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
         v = self.v_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)                   # (B, H, T, hd)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)               # (B, H, T, hd)
+        else:
+            k, v = cache.append(layer, k, v)                                           # (B, H, Tk, hd)
+            Tk = k.size(2)
+            # query t sits at absolute position Tk - T + t and sees keys 0 .. Tk - T + t
+            mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(diagonal=Tk - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)               # (B, H, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                               # (B, T, C)
         return self.o_proj(y)
 
@@ -89,10 +96,27 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
         x = x + self.mlp(self.mlp_norm(x))
         return x
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding: one prefill, then one token per step."""
+
+    def __init__(self, config: ModelConfig):
+        self.k: list[torch.Tensor | None] = [None] * config.n_layers
+        self.v: list[torch.Tensor | None] = [None] * config.n_layers
+        self.length = 0                                                       # tokens already cached
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this step's (B, H, T, hd) keys/values of ``layer``; return all of them so far."""
+        if self.k[layer] is not None:
+            k = torch.cat([self.k[layer], k], dim=2)
+            v = torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
 
 
 class Transformer(nn.Module):
@@ -122,22 +146,28 @@ class Transformer(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------------------
 
-    def forward(self, idx, targets=None, return_hidden: bool = False, linear_override=None):
+    def forward(self, idx, targets=None, return_hidden: bool = False, linear_override=None,
+                cache: "KVCache | None" = None):
         """idx (B, T) int64 -> (logits (B, T, V), loss or None[, hidden]).
 
         ``return_hidden``: also return the list of each block's output (n_layers tensors (B, T, C)).
         ``linear_override``: callable(path, module, x) -> y used instead of every binarized linear's forward.
+        ``cache``: a :class:`KVCache`; idx then continues the cached sequence (incremental decoding).
         """
         B, T = idx.shape
-        assert T <= self.config.max_seq_len, f"sequence length {T} > max_seq_len {self.config.max_seq_len}"
+        start = cache.length if cache is not None else 0
+        assert start + T <= self.config.max_seq_len, \
+            f"sequence length {start + T} > max_seq_len {self.config.max_seq_len}"
         ctx = self.overridden(linear_override) if linear_override is not None else contextlib.nullcontext()
         with ctx:
             x = self.tok_embeddings(idx)                                      # (B, T, C)
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]                   # (T, hd)
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]   # (T, hd)
             hidden = []
-            for block in self.layers:
-                x = block(x, cos, sin)                                        # (B, T, C)
+            for i, block in enumerate(self.layers):
+                x = block(x, cos, sin, cache, i)                              # (B, T, C)
                 hidden.append(x)
+            if cache is not None:
+                cache.length += T
             logits = self.lm_head(self.norm(x)).float()                       # (B, T, V)
         loss = None
         if targets is not None:
