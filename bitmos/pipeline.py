@@ -264,6 +264,8 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     from bitmos.sim.report import summarize
 
     t_start = time.perf_counter()
+    # The shipped model is tiny: one thread is fastest, and avoids oversubscribing a busy machine.
+    torch.set_num_threads(1)
     cfg = AcceleratorConfig.load(config)
     path = Path(checkpoint) if checkpoint else shipped_path("student")
     model, meta = load_checkpoint(path)
