@@ -74,7 +74,9 @@ class Accelerator(wiring.Component):
         m.submodules.scale_unit = su = ScaleExpertUnit(cfg)
 
         host = self.host
-        idle = ~ctl.running & ~bufs.clearing
+        # A fault stops the controller at once, but a transfer in flight still completes: the host
+        # sees busy until the DMA engine is idle too (the cycle count is not affected).
+        idle = ~ctl.running & ~bufs.clearing & ~dma.busy
         m.d.comb += [
             bufs.clear.eq(host.clear & idle),
             ctl.start.eq(host.start & idle),
