@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,6 @@ class ModelExport:
         data = p.read_bytes()
         try:
             tensors = load(data)
-            import struct
             (hlen,) = struct.unpack_from("<Q", data, 0)
             meta = json.loads(data[8:8 + hlen]).get("__metadata__", {})
         except (SafetensorError, ValueError, struct.error) as exc:
