@@ -193,9 +193,6 @@ def test_truncated_file_golden_load_is_refused(tmp_path):
         GoldenModel.load(_truncated(tmp_path))
 
 
-@pytest.mark.xfail(raises=UnboundLocalError, strict=True,
-                   reason="bitmos/export.py ModelExport.load imports struct inside the try: a file safetensors "
-                          "rejects raises UnboundLocalError instead of FormatError (contract bug, reported)")
 def test_truncated_file_is_refused(tmp_path):
     with pytest.raises(FormatError):
         ModelExport.load(_truncated(tmp_path))
