@@ -1,0 +1,167 @@
+"""Area model: FPGA resources of a config, fitted by least squares on recorded synthesis runs.
+
+Records are SynthResult dicts (``bitmos synth --record FILE`` appends one); the shipped set is
+``explore/data/synth_records.json`` (docs/fpga.md lists the commands that made it). For one
+(target, component) the model is linear in non-negative coefficients over features of the config:
+
+    LUT ~ a * R*C*L  +  b * R*C*acc_bits  +  c * R*C*k_log  +  d * (R + C) * L  +  e
+
+* R*C*L: the XNOR/AND gates and popcount trees (one LUT4 handles ~2 lanes of a tree level);
+* R*C*acc_bits: the accumulators and their adders (carry chains: ~1 LUT per bit);
+* R*C*log2(k): the plane-weight shifter / negation in front of the accumulator;
+* (R + C) * L: the skew registers and operand muxes at the array's edges;
+* e: control (counters, FSM).
+
+FF uses the same features. The fit is non-negative least squares (a few dozen records make the
+unconstrained fit swing signs). :func:`fit` returns the coefficients and the relative error on each
+record; docs/dse.md reports them. BRAM for the whole accelerator is computed from the buffer sizes
+(DP16KD = 18 Kbit, used as 16 Kbit of 1..36-bit-wide words) rather than fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bitmos.config import AcceleratorConfig
+from bitmos.fileio import write_json_atomic
+
+FEATURES = ("rcl", "rc_acc", "rc_klog", "edge_l", "one")
+
+
+def features(cfg: AcceleratorConfig | dict[str, Any], component: str = "array") -> list[float]:
+    d = cfg.to_dict() if isinstance(cfg, AcceleratorConfig) else cfg
+    R, C, L = d["rows"], d["cols"], d["lanes"]
+    if component == "pe":
+        R = C = 1
+    klog = max(1.0, math.log2(d["act_bits"]) + 1)
+    return [R * C * L, R * C * d["acc_bits"], R * C * klog, (R + C) * L if component != "pe" else 0, 1.0]
+
+
+def shipped_records_path() -> Path:
+    return Path(str(resources.files("bitmos.explore").joinpath("data/synth_records.json")))
+
+
+def load_records(path: str | Path | None = None) -> list[dict[str, Any]]:
+    p = Path(path) if path else shipped_records_path()
+    if not p.exists():
+        return []
+    return json.loads(p.read_text())
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> None:
+    """Add ``record`` to a JSON list file, replacing an earlier record with the same key."""
+    p = Path(path)
+    recs = json.loads(p.read_text()) if p.exists() else []
+    recs = [r for r in recs if r.get("key") != record.get("key")]
+    recs.append({k: v for k, v in record.items() if k not in ("cached",)})
+    write_json_atomic(p, recs)
+
+
+def nnls(A: np.ndarray, b: np.ndarray, iters: int = 500) -> np.ndarray:
+    """Non-negative least squares (Lawson-Hanson active set), small problems only."""
+    m, n = A.shape
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    w = A.T @ (b - A @ x)
+    for _ in range(iters):
+        if passive.all() or w[~passive].max(initial=-np.inf) <= 1e-10 * max(1.0, np.abs(b).max()):
+            break
+        j = np.argmax(np.where(passive, -np.inf, w))
+        passive[j] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(A[:, passive], b, rcond=None)[0]
+            if (z[passive] > 0).all():
+                x = z
+                break
+            neg = passive & (z <= 0)
+            alpha = np.min(x[neg] / (x[neg] - z[neg]))
+            x = x + alpha * (z - x)
+            passive &= x > 1e-12
+        w = A.T @ (b - A @ x)
+    return x
+
+
+@dataclass
+class AreaModel:
+    target: str
+    component: str
+    coef: dict[str, dict[str, float]]          # resource -> feature -> coefficient
+    errors: dict[str, list[float]] = field(default_factory=dict)   # resource -> relative errors
+    records: list[str] = field(default_factory=list)                # config names used
+
+    def predict(self, cfg: AcceleratorConfig | dict[str, Any]) -> dict[str, float]:
+        f = features(cfg, self.component)
+        return {res: float(sum(c[name] * v for name, v in zip(FEATURES, f)))
+                for res, c in self.coef.items()}
+
+    def max_error(self, resource: str = "luts") -> float:
+        e = self.errors.get(resource, [])
+        return max((abs(x) for x in e), default=float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "component": self.component, "coef": self.coef,
+                "errors": self.errors, "records": self.records}
+
+
+def fit(records: Sequence[dict[str, Any]], target: str = "ecp5", component: str = "array",
+        resources_: Sequence[str] = ("luts", "ffs")) -> AreaModel:
+    """Fit the model on the records of (target, component) that carry a config."""
+    rows = [r for r in records if r.get("target") == target and r.get("component", "array") == component
+            and r.get("config")]
+    if not rows:
+        raise ValueError(f"no synthesis records for target {target!r} component {component!r}")
+    A = np.array([features(r["config"], component) for r in rows], dtype=float)
+    # Scale columns so the active-set solver sees comparable magnitudes.
+    scale = np.maximum(np.abs(A).max(axis=0), 1e-9)
+    coef: dict[str, dict[str, float]] = {}
+    errors: dict[str, list[float]] = {}
+    for res in resources_:
+        b = np.array([float(r.get(res) or 0) for r in rows])
+        x = nnls(A / scale, b) / scale
+        coef[res] = {name: float(v) for name, v in zip(FEATURES, x)}
+        pred = A @ x
+        errors[res] = [float((p - y) / y) if y else 0.0 for p, y in zip(pred, b)]
+    return AreaModel(target, component, coef, errors, [r.get("config_name") or "?" for r in rows])
+
+
+def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5") -> int:
+    """Block RAMs for the on-chip buffers, IMEM and META: each memory of W bits x D lines is split
+    into ceil(W / w) x ceil(D / d) blocks for the widest block shape (w, d) that holds it best."""
+    if target == "ecp5":
+        shapes = [(36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)]
+    else:  # iCE40 SB_RAM40_4K
+        shapes = [(16, 256), (8, 512), (4, 1024), (2, 2048)]
+    mems = [(cfg.line_bits(b), cfg.depth(b)) for b in "XWSQO"]
+    mems.append((64, cfg.imem_words))
+    mems.append((cfg.meta_bits, cfg.meta_tokens))
+    total = 0
+    for width, depth in mems:
+        total += min(math.ceil(width / w) * math.ceil(depth / d) for w, d in shapes)
+    return total
+
+
+_DEFAULT: dict[tuple[str, str], AreaModel] = {}
+
+
+def default_model(target: str = "ecp5", component: str = "array") -> AreaModel:
+    """The model fitted on the shipped records (cached)."""
+    key = (target, component)
+    if key not in _DEFAULT:
+        _DEFAULT[key] = fit(load_records(), target, component)
+    return _DEFAULT[key]
+
+
+def estimate(cfg: AcceleratorConfig, target: str = "ecp5", model: AreaModel | None = None) -> dict[str, float]:
+    """LUT / FF of the array (fitted model) and BRAM blocks of the buffers (computed)."""
+    m = model or default_model(target, "array")
+    est = m.predict(cfg)
+    est["brams"] = float(bram_blocks(cfg, target))
+    return est

@@ -1,0 +1,404 @@
+"""FPGA synthesis: Verilog -> Yosys (synth_ecp5 / synth_ice40) -> nextpnr, parsed into a SynthResult.
+
+Tools are the system binaries when they are on PATH (``yosys``, ``nextpnr-ecp5``, ``nextpnr-ice40``),
+else the ``yowasp-*`` packages (``pip install bitmos[fpga]``). Results are cached under
+``~/.cache/bitmos/synth`` (or ``cache_dir``) keyed by a hash of the Verilog, the top module, the
+target, device, package, flow options and the tool versions, so a second run of the same design is free.
+
+ECP5 runs are out of context by default (``nextpnr-ecp5 --out-of-context``: no IO buffers, so a
+component with hundreds of port bits can be measured on its own); ``io=True`` places real IOs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bitmos.errors import BitmosUserError
+from bitmos.fileio import write_json_atomic
+
+#: Bumped when the flow (scripts, options, parsing) changes in a way that changes results.
+FLOW_VERSION = 1
+
+#: target -> device name -> (nextpnr device flag, default package, part name)
+DEVICES: dict[str, dict[str, tuple[str, str, str]]] = {
+    "ecp5": {
+        "12k": ("--12k", "CABGA381", "LFE5U-12F"),
+        "25k": ("--25k", "CABGA381", "LFE5U-25F"),
+        "45k": ("--45k", "CABGA381", "LFE5U-45F"),
+        "85k": ("--85k", "CABGA381", "LFE5U-85F"),
+    },
+    "ice40": {
+        "hx1k": ("--hx1k", "tq144", "iCE40HX1K"),
+        "hx8k": ("--hx8k", "ct256", "iCE40HX8K"),
+        "lp8k": ("--lp8k", "cm81", "iCE40LP8K"),
+        "up5k": ("--up5k", "sg48", "iCE40UP5K"),
+    },
+}
+DEFAULT_DEVICE = {"ecp5": "85k", "ice40": "hx8k"}
+
+#: The report's cell names for each resource class.
+RESOURCE_CELLS = {
+    "ecp5": {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "dsp": "MULT18X18D",
+             "io": "TRELLIS_IO"},
+    "ice40": {"lut": "ICESTORM_LC", "ff": None, "bram": "ICESTORM_RAM", "dsp": "ICESTORM_DSP",
+              "io": "SB_IO"},
+}
+
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+class SynthError(BitmosUserError):
+    """Synthesis or place-and-route failed (design does not fit, tool missing, timeout, tool error)."""
+
+
+class DoesNotFit(SynthError):
+    """The design needs more of a resource than the device has."""
+
+    def __init__(self, message: str, resource: str | None = None, used: int | None = None,
+                 available: int | None = None):
+        super().__init__(message)
+        self.resource, self.used, self.available = resource, used, available
+
+
+@dataclass
+class SynthResult:
+    target: str
+    device: str
+    part: str
+    package: str
+    top: str
+    luts: int
+    ffs: int | None
+    brams: int
+    dsps: int
+    fmax_mhz: float | None
+    lut_available: int
+    utilization: dict[str, dict[str, int]] = field(default_factory=dict)
+    binary_ops_per_cycle: int | None = None   # 2*R*C*L of the synthesized array (None: not an array)
+    config: dict[str, Any] | None = None
+    config_name: str | None = None
+    component: str | None = None             # pe / array / accelerator (None: a Verilog file)
+    tools: dict[str, str] = field(default_factory=dict)
+    verilog_sha256: str = ""
+    key: str = ""
+    seconds: float = 0.0
+    cached: bool = False
+    out_of_context: bool = True
+    pnr: bool = True                          # False: Yosys netlist counts only (no placement, no fmax)
+    commands: list[str] = field(default_factory=list)
+
+    @property
+    def binary_ops_per_lut_cycle(self) -> float | None:
+        if not self.binary_ops_per_cycle or not self.luts:
+            return None
+        return self.binary_ops_per_cycle / self.luts
+
+    @property
+    def luts_per_binary_op(self) -> float | None:
+        v = self.binary_ops_per_lut_cycle
+        return 1.0 / v if v else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["binary_ops_per_lut_cycle"] = self.binary_ops_per_lut_cycle
+        d["luts_per_binary_op"] = self.luts_per_binary_op
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SynthResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def summary(self) -> str:
+        fmax = f"{self.fmax_mhz:.1f} MHz" if self.fmax_mhz else "n/a"
+        s = (f"{self.config_name or '?'} {self.component or self.top} on {self.part}: LUT {self.luts}/{self.lut_available} "
+             f"({100.0 * self.luts / max(self.lut_available, 1):.1f} %), FF {self.ffs}, BRAM {self.brams}, "
+             f"DSP {self.dsps}, fmax {fmax}")
+        if self.binary_ops_per_lut_cycle:
+            s += (f", {self.binary_ops_per_cycle} binary ops/cycle = {self.binary_ops_per_lut_cycle:.3f} "
+                  f"ops/LUT/cycle ({self.luts_per_binary_op:.2f} LUT/op)")
+        if self.cached:
+            s += " [cached]"
+        return s
+
+
+# ---- tools ------------------------------------------------------------------------------------------
+
+def find_tool(name: str) -> list[str]:
+    """Command prefix for ``yosys`` / ``nextpnr-ecp5`` / ``nextpnr-ice40``: system binary, else yowasp."""
+    override = os.environ.get(f"BITMOS_{name.upper().replace('-', '_')}")
+    if override:
+        return override.split()
+    path = shutil.which(name)
+    if path:
+        return [path]
+    ywname = f"yowasp-{name}"
+    here = Path(sys.executable).parent / ywname
+    if here.exists():
+        return [str(here)]
+    path = shutil.which(ywname)
+    if path:
+        return [path]
+    raise SynthError(f"{name} not found: install the system package or `pip install yowasp-{name}` "
+                     "(the `fpga` extra: pip install -e '.[fpga]')")
+
+
+@lru_cache(maxsize=None)
+def tool_version(name: str) -> str:
+    cmd = find_tool(name)
+    flag = "-V" if name == "yosys" else "--version"
+    try:
+        p = subprocess.run(cmd + [flag], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise SynthError(f"{name} {flag} timed out") from None
+    out = (p.stdout + p.stderr).strip().splitlines()
+    return out[-1].strip() if out else "unknown"
+
+
+def _run(cmd: list[str], *, cwd: Path, timeout: float, log: Path, what: str) -> subprocess.CompletedProcess:
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        log.write_text((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes)
+                       else (exc.stdout or ""))
+        raise SynthError(f"{what} timed out after {timeout:.0f} s (raise --timeout); log: {log}") from None
+    log.write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+    p.elapsed = time.monotonic() - t0  # type: ignore[attr-defined]
+    return p
+
+
+# ---- parsing ----------------------------------------------------------------------------------------
+
+def parse_report(report: dict[str, Any], target: str) -> dict[str, Any]:
+    """LUT/FF/BRAM/DSP counts and fmax from a nextpnr ``--report`` JSON."""
+    if target not in RESOURCE_CELLS:
+        raise SynthError(f"unknown target {target!r}; targets: {', '.join(RESOURCE_CELLS)}")
+    util = report.get("utilization", {})
+    cells = RESOURCE_CELLS[target]
+
+    def used(kind: str) -> int | None:
+        name = cells[kind]
+        if name is None:
+            return None
+        return int(util.get(name, {}).get("used", 0))
+
+    fmaxes = [v.get("achieved") for v in report.get("fmax", {}).values() if v.get("achieved")]
+    lut_name = cells["lut"]
+    return {
+        "luts": used("lut") or 0,
+        "ffs": used("ff"),
+        "brams": used("bram") or 0,
+        "dsps": used("dsp") or 0,
+        "fmax_mhz": float(min(fmaxes)) if fmaxes else None,
+        "lut_available": int(util.get(lut_name, {}).get("available", 0)),
+        "utilization": {k: {"used": int(v["used"]), "available": int(v["available"])}
+                        for k, v in util.items() if v.get("used")},
+    }
+
+
+def count_netlist_cells(netlist: dict[str, Any]) -> dict[str, int]:
+    """Cell type -> count over all modules of a Yosys JSON netlist."""
+    counts: dict[str, int] = {}
+    for mod in netlist.get("modules", {}).values():
+        for cell in mod.get("cells", {}).values():
+            counts[cell["type"]] = counts.get(cell["type"], 0) + 1
+    return counts
+
+
+def netlist_ffs(counts: dict[str, int], target: str) -> int:
+    if target == "ice40":
+        return sum(n for t, n in counts.items() if t.startswith("SB_DFF"))
+    return counts.get("TRELLIS_FF", 0)
+
+
+#: LUTs (TRELLIS_COMB / ICESTORM_LC) of each device, as nextpnr reports them.
+LUT_AVAILABLE = {("ecp5", "12k"): 24288, ("ecp5", "25k"): 24288, ("ecp5", "45k"): 43848,
+                 ("ecp5", "85k"): 83640, ("ice40", "hx1k"): 1280, ("ice40", "hx8k"): 7680,
+                 ("ice40", "lp8k"): 7680, ("ice40", "up5k"): 5280}
+
+
+def netlist_result(counts: dict[str, int], target: str, device: str) -> dict[str, Any]:
+    """Resource use from the Yosys netlist alone (no place and route, so no fmax).
+
+    ECP5: TRELLIS_COMB = LUT4 + 2 per CCU2C (a carry cell packs two LUT4s); iCE40: one logic cell per
+    SB_LUT4 plus the flip-flops that could not be packed with one (an upper bound of max(LUT, FF))."""
+    flag, pkg, part = DEVICES[target][device]
+    if target == "ecp5":
+        luts = counts.get("LUT4", 0) + 2 * counts.get("CCU2C", 0)
+        brams, dsps = counts.get("DP16KD", 0), counts.get("MULT18X18D", 0)
+    else:
+        luts = max(counts.get("SB_LUT4", 0), netlist_ffs(counts, target))
+        brams, dsps = counts.get("SB_RAM40_4K", 0), counts.get("SB_MAC16", 0)
+    return {"target": target, "device": device, "part": part, "package": pkg, "top": "top", "luts": luts,
+            "ffs": netlist_ffs(counts, target), "brams": brams, "dsps": dsps, "fmax_mhz": None,
+            "lut_available": LUT_AVAILABLE[(target, device)], "utilization": {}, "pnr": False}
+
+
+def fit_error(log_text: str, target: str, part: str) -> DoesNotFit | None:
+    """A DoesNotFit naming the resource when nextpnr's log says the design is too big, else None."""
+    import re
+
+    # "Info:          TRELLIS_COMB: 30000/24288   123%" (the utilisation table nextpnr prints first)
+    worst = None
+    for m in re.finditer(r"^\s*Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", log_text, re.M):
+        name, used, avail = m.group(1), int(m.group(2)), int(m.group(3))
+        if used > avail and (worst is None or used / max(avail, 1) > worst[1] / max(worst[2], 1)):
+            worst = (name, used, avail)
+    if worst:
+        name, used, avail = worst
+        return DoesNotFit(f"design does not fit {part}: needs {used} {name} but the device has {avail} "
+                          f"({100.0 * used / max(avail, 1):.0f} %); pick a larger --device or a smaller config",
+                          name, used, avail)
+    m = re.search(r"(Design uses more|Unable to place|unable to place|failed to place)[^\n]*", log_text)
+    if m:
+        cell = re.search(r"cell '?([^'\s]+)'? of type '?(\w+)", log_text)
+        what = f" (cell type {cell.group(2)})" if cell else ""
+        return DoesNotFit(f"design does not fit {part}{what}: nextpnr: {m.group(0).strip()}",
+                          cell.group(2) if cell else None)
+    return None
+
+
+# ---- the flow ---------------------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("BITMOS_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bitmos" / "synth" if not os.environ.get("BITMOS_CACHE") else Path(base) / "synth"
+
+
+def synth_key(verilog: str, top: str, target: str, device: str, package: str, opts: dict[str, Any],
+              tools: dict[str, str]) -> str:
+    blob = json.dumps({"verilog": hashlib.sha256(verilog.encode()).hexdigest(), "top": top,
+                       "target": target, "device": device, "package": package, "opts": opts,
+                       "tools": tools, "flow": FLOW_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | None = None,
+               package: str | None = None, freq_mhz: float = 100.0, seed: int = 1,
+               out_of_context: bool | None = None, cache_dir: str | Path | None = None,
+               use_cache: bool = True, timeout: float = DEFAULT_TIMEOUT_S, workdir: str | Path | None = None,
+               binary_ops_per_cycle: int | None = None, config: dict[str, Any] | None = None,
+               config_name: str | None = None, component: str | None = None, pnr: bool = True,
+               log=None) -> SynthResult:
+    """Synthesize, place and route ``verilog`` (top module ``top``) and return its resource use and fmax."""
+    if target not in DEVICES:
+        raise SynthError(f"unknown target {target!r}; targets: {', '.join(DEVICES)}")
+    device = device or DEFAULT_DEVICE[target]
+    if device not in DEVICES[target]:
+        raise SynthError(f"unknown {target} device {device!r}; devices: {', '.join(DEVICES[target])}")
+    flag, default_pkg, part = DEVICES[target][device]
+    package = package or default_pkg
+    ooc = (target == "ecp5") if out_of_context is None else out_of_context
+    if ooc and target != "ecp5":
+        raise SynthError("out-of-context place and route is only available for ecp5")
+    pnr_tool = f"nextpnr-{target}"
+    tools = {"yosys": tool_version("yosys"), pnr_tool: tool_version(pnr_tool)}
+    opts = {"freq": freq_mhz, "seed": seed, "ooc": ooc, "pnr": pnr}
+    key = synth_key(verilog, top, target, device, package, opts, tools)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    entry = cache / f"{key}.json"
+    if use_cache and entry.exists():
+        res = SynthResult.from_dict(json.loads(entry.read_text()))
+        res.cached = True
+        res.config, res.config_name, res.component = config, config_name, component
+        if binary_ops_per_cycle is not None:
+            res.binary_ops_per_cycle = binary_ops_per_cycle
+        return res
+
+    say = log or (lambda msg: None)
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="bitmos-synth-") if workdir is None else None
+    wd = Path(workdir) if workdir is not None else Path(tmp_ctx.name)  # type: ignore[union-attr]
+    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        (wd / "design.v").write_text(verilog)
+        t0 = time.monotonic()
+        synth_cmd = "synth_ecp5" if target == "ecp5" else "synth_ice40"
+        script = f"read_verilog -sv design.v; {synth_cmd} -top {top} -json synth.json; tee -o stat.txt stat"
+        ycmd = find_tool("yosys") + ["-q", "-p", script]
+        say(f"yosys: {synth_cmd} -top {top} ({len(verilog)} bytes of Verilog)")
+        p = _run(ycmd, cwd=wd, timeout=timeout, log=wd / "yosys.log", what="yosys")
+        if p.returncode != 0:
+            tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-15:])
+            raise SynthError(f"yosys failed (exit {p.returncode}):\n{tail}")
+        netlist = json.loads((wd / "synth.json").read_text())
+        counts = count_netlist_cells(netlist)
+        if not pnr:
+            res = netlist_result(counts, target, device)
+            res.update(binary_ops_per_cycle=binary_ops_per_cycle, config=config, config_name=config_name,
+                       component=component, tools=tools, key=key, out_of_context=ooc,
+                       verilog_sha256=hashlib.sha256(verilog.encode()).hexdigest(),
+                       seconds=round(time.monotonic() - t0, 2),
+                       commands=[" ".join(ycmd[-3:-1]) + f' "{script}"'])
+            r = SynthResult(**res)
+            if r.luts > r.lut_available:
+                raise DoesNotFit(f"design does not fit {part}: Yosys maps it to {r.luts} LUTs "
+                                 f"({RESOURCE_CELLS[target]['lut']}) but the device has {r.lut_available}",
+                                 RESOURCE_CELLS[target]["lut"], r.luts, r.lut_available)
+            if use_cache:
+                write_json_atomic(entry, r.to_dict())
+            return r
+        ncmd = find_tool(pnr_tool) + [flag, "--package", package, "--json", "synth.json", "--report",
+                                 "report.json", "--freq", f"{freq_mhz:g}", "--seed", str(seed),
+                                 "--timing-allow-fail"]
+        if ooc:
+            ncmd.append("--out-of-context")
+        say(f"{pnr_tool}: {part} {package}{' out-of-context' if ooc else ''}")
+        p = _run(ncmd, cwd=wd, timeout=timeout, log=wd / "nextpnr.log", what=pnr_tool)
+        text = p.stdout + "\n" + p.stderr
+        if p.returncode != 0 or not (wd / "report.json").exists():
+            nofit = fit_error(text, target, part)
+            if nofit:
+                raise nofit
+            tail = "\n".join(text.strip().splitlines()[-15:])
+            raise SynthError(f"{pnr_tool} failed on {part} (exit {p.returncode}):\n{tail}")
+        parsed = parse_report(json.loads((wd / "report.json").read_text()), target)
+        if parsed["ffs"] is None:
+            parsed["ffs"] = netlist_ffs(counts, target)
+        res = SynthResult(target=target, device=device, part=part, package=package, top=top,
+                          binary_ops_per_cycle=binary_ops_per_cycle, config=config, config_name=config_name,
+                          component=component,
+                          tools=tools, verilog_sha256=hashlib.sha256(verilog.encode()).hexdigest(), key=key,
+                          seconds=round(time.monotonic() - t0, 2), out_of_context=ooc,
+                          commands=[" ".join(ycmd[-3:-1]) + f' "{script}"', " ".join(ncmd)], **parsed)
+        over = [(k, v) for k, v in res.utilization.items() if v["used"] > v["available"]]
+        if over:
+            k, v = over[0]
+            raise DoesNotFit(f"design does not fit {part}: needs {v['used']} {k} but the device has "
+                             f"{v['available']}", k, v["used"], v["available"])
+        if use_cache:
+            write_json_atomic(entry, res.to_dict())
+        return res
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+
+# ---- Verilog from the bitmos RTL -------------------------------------------------------------------
+
+TOPS = ("pe", "array", "accelerator")
+
+
+def rtl_verilog(cfg, top: str) -> tuple[str, str]:
+    """(Verilog text, top module name) of component ``top`` of the bitmos RTL for ``cfg``."""
+    if top not in TOPS:
+        raise SynthError(f"unknown --top {top!r}; choose one of {', '.join(TOPS)}")
+    try:
+        import bitmos.rtl as rtl  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise SynthError(f"the RTL (bitmos.rtl) is not importable: {exc}") from None
+    from bitmos.explore import rtlbridge
+
+    return rtlbridge.emit(cfg, top)
