@@ -1,0 +1,110 @@
+"""The commands that join the pipeline: estimate (compiler + simulator) and demo (everything)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from bitmos import pipeline
+from bitmos.cli import main
+from bitmos.config import preset_config
+from bitmos.errors import ConfigError
+
+
+def test_estimate_is_the_sum_of_its_layer_programs():
+    from bitmos.compiler import compile_spec, llama_linears, synthetic_spec
+    from bitmos.sim import Simulator
+
+    shape = {"dim": 256, "hidden_dim": 512, "n_layers": 2, "n_heads": 4}  # bitmos model config form
+    cfg = preset_config("medium")
+    est = pipeline.estimate(shape, cfg, prefill=8, decode=3)
+    sim = Simulator(cfg)
+    for phase, tokens, steps in (("prefill", 8, 1), ("decode", 1, 3)):
+        want = 0
+        for i, (name, d_in, d_out) in enumerate(llama_linears(shape)):
+            progs = compile_spec(synthetic_spec(name, d_in, d_out, cfg, seed=i, materialize=False), cfg, tokens)
+            want += sum(sim.run(p.words, functional=False).cycles for p in progs.programs)
+        assert est[phase]["cycles"] == want * steps, phase
+        assert est[phase]["tokens"] == tokens * steps
+    # decode can never beat the memory bound: every weight bit crosses the external interface once per token
+    assert est["decode"]["tokens_per_s"] <= est["decode_bound_tokens_per_s"]
+    assert est["model"]["binary_weights"] == sum(a * b for _, a, b in llama_linears(shape))
+
+
+def test_estimate_cli_json_and_errors(tmp_path, capsys):
+    hf = tmp_path / "config.json"
+    hf.write_text(json.dumps(dict(model_type="llama", hidden_size=256, intermediate_size=512,
+                                  num_hidden_layers=1, num_attention_heads=4, vocab_size=256)))
+    assert main(["estimate", "--model", str(hf), "--config", "medium", "--prefill", "4", "--decode", "2",
+                 "--json", "--plots", str(tmp_path / "plots")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["prefill"]["tokens"] == 4 and data["decode"]["tokens"] == 2
+    assert (tmp_path / "plots" / "decode" / "roofline.png").stat().st_size > 1000
+    assert main(["estimate", "--model", "no-such-model"]) == 2
+    assert "neither a file nor a built-in shape" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="must be >= 0 and not both 0"):
+        pipeline.estimate(pipeline.BUILTIN_SHAPES["fbi-llm-130m"], preset_config("small"), prefill=0, decode=0)
+
+
+@pytest.fixture(scope="module")
+def student_path(tmp_path_factory):
+    """The shipped student if present, else a teacher-initialised BinaryMoS student (untrained)."""
+    from bitmos.model.checkpoint import load_checkpoint, save_checkpoint, shipped_path
+    from bitmos.model.transformer import Transformer
+
+    if shipped_path("student").exists():
+        return shipped_path("student")
+    teacher, _ = load_checkpoint(shipped_path("teacher"))
+    cfg = dataclasses.replace(teacher.config, scheme="mos", experts=4, act_bits=8)
+    torch.manual_seed(0)
+    student = Transformer(cfg)
+    student.load_from_teacher(teacher)
+    path = tmp_path_factory.mktemp("student") / "student.safetensors"
+    save_checkpoint(path, student.eval())
+    return path
+
+
+def test_demo_matches_golden_and_writes_reports(student_path, tmp_path):
+    rep = pipeline.run_demo(checkpoint=str(student_path), config="small", prompt="import os\n", tokens=3,
+                            out_dir=str(tmp_path / "demo"), progress=lambda *a: None)
+    assert rep["matches_golden"] and not rep["layer_mismatches"]
+    assert rep["new_tokens"] == 3 and rep["prompt_tokens"] == len("import os\n")
+    n_lin = 7 * 4
+    assert rep["layer_runs"] >= n_lin * 3  # prefill + 2 decode steps, every binarized linear
+    assert rep["decode"]["tokens"] == 2
+    assert rep["prefill"]["cycles"] > 0 and rep["decode"]["energy_per_token_j"] > 0
+    out = tmp_path / "demo"
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["text"] == rep["text"]
+    for phase in ("prefill", "decode"):
+        for plot in ("roofline.png", "energy.png"):
+            assert (out / phase / plot).stat().st_size > 1000
+
+
+def test_demo_detects_a_wrong_accelerator(student_path, monkeypatch):
+    """Flip one output bit of one simulated layer: the demo must report the mismatch, not hide it."""
+    from bitmos import compiler
+
+    real = compiler.read_layer_output
+    calls = {"n": 0}
+
+    def corrupt(memory, manifest):
+        y = real(memory, manifest)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            y = y.copy()
+            y[0, 0] ^= 1
+        return y
+    monkeypatch.setattr(compiler, "read_layer_output", corrupt)
+    rep = pipeline.run_demo(checkpoint=str(student_path), config="small", prompt="x = ", tokens=2,
+                            out_dir=None, progress=lambda *a: None)
+    assert not rep["matches_golden"]
+    assert len(rep["layer_mismatches"]) == 1 and "1 of" in rep["layer_mismatches"][0]
+
+
+def test_demo_cli_errors(student_path, capsys):
+    assert main(["demo", "--checkpoint", str(student_path), "--tokens", "0", "--out", ""]) == 2
+    assert "--tokens must be at least 1" in capsys.readouterr().err
+    assert main(["demo", "--checkpoint", "/nonexistent.safetensors"]) == 2
+    assert "nonexistent" in capsys.readouterr().err
