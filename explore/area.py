@@ -112,10 +112,14 @@ class AreaModel:
 
 
 def fit(records: Sequence[dict[str, Any]], target: str = "ecp5", component: str = "array",
-        resources_: Sequence[str] = ("luts", "ffs")) -> AreaModel:
-    """Fit the model on the records of (target, component) that carry a config."""
+        resources_: Sequence[str] = ("luts", "ffs"), pnr: bool = False) -> AreaModel:
+    """Fit the model on the records of (target, component) that carry a config.
+
+    ``pnr=False`` (default) fits the Yosys netlist counts (``bitmos synth --no-pnr``: minutes even for
+    large arrays); ``pnr=True`` the placed counts (nextpnr adds ~15 % route-through LUTs, docs/fpga.md).
+    """
     rows = [r for r in records if r.get("target") == target and r.get("component", "array") == component
-            and r.get("config")]
+            and r.get("config") and bool(r.get("pnr", True)) == pnr]
     if not rows:
         raise ValueError(f"no synthesis records for target {target!r} component {component!r}")
     A = np.array([features(r["config"], component) for r in rows], dtype=float)

@@ -94,6 +94,9 @@ def _synth(args) -> int:
     from bitmos.explore.rtlbridge import binary_ops_per_cycle
 
     log = (lambda msg: print(f"[synth] {msg}", file=sys.stderr)) if not args.json else None
+    if args.device and args.device not in S.DEVICES[args.target]:
+        raise BitmosUserError(f"device {args.device!r} is not a {args.target} device; choose one of "
+                              f"{', '.join(S.DEVICES[args.target])}")
     cfg = None
     if args.verilog:
         verilog = Path(args.verilog).read_text()
@@ -102,9 +105,6 @@ def _synth(args) -> int:
         cfg = load_config(args.config, args.set)
         verilog, top = S.rtl_verilog(cfg, args.top)
         ops, cfgd, name = binary_ops_per_cycle(cfg, args.top), cfg.to_dict(), cfg.name
-    if args.device and args.device not in S.DEVICES[args.target]:
-        raise BitmosUserError(f"device {args.device!r} is not a {args.target} device; choose one of "
-                              f"{', '.join(S.DEVICES[args.target])}")
     res = S.synthesize(verilog, top, target=args.target, device=args.device, package=args.package,
                        freq_mhz=args.freq, seed=args.seed, out_of_context=False if args.io else None,
                        cache_dir=args.cache_dir, use_cache=not args.no_cache, timeout=args.timeout,

