@@ -112,17 +112,21 @@ class AreaModel:
 
 
 def fit(records: Sequence[dict[str, Any]], target: str = "ecp5", component: str = "array",
-        resources_: Sequence[str] = ("luts", "ffs"), pnr: bool = False) -> AreaModel:
+        resources_: Sequence[str] = ("luts", "ffs"), pnr: bool = True) -> AreaModel:
     """Fit the model on the records of (target, component) that carry a config.
 
-    ``pnr=False`` (default) fits the Yosys netlist counts (``bitmos synth --no-pnr``: minutes even for
-    large arrays); ``pnr=True`` the placed counts (nextpnr adds ~15 % route-through LUTs, docs/fpga.md).
+    ``pnr=True`` (default) fits placed counts; ``pnr=False`` the Yosys netlist counts (``bitmos synth
+    --no-pnr``; nextpnr adds ~15 % route-through LUTs, docs/fpga.md). With fewer records than
+    features + 1 only the leading features are used (R*C*L, then R*C*acc_bits, ...) and the constant.
     """
     rows = [r for r in records if r.get("target") == target and r.get("component", "array") == component
             and r.get("config") and bool(r.get("pnr", True)) == pnr]
     if not rows:
         raise ValueError(f"no synthesis records for target {target!r} component {component!r}")
     A = np.array([features(r["config"], component) for r in rows], dtype=float)
+    used = len(FEATURES) if len(rows) > len(FEATURES) else max(1, len(rows) - 1)
+    keep = np.array([i < used or name == "one" for i, name in enumerate(FEATURES)])
+    A = A * keep
     # Scale columns so the active-set solver sees comparable magnitudes.
     scale = np.maximum(np.abs(A).max(axis=0), 1e-9)
     coef: dict[str, dict[str, float]] = {}
