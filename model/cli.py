@@ -56,6 +56,10 @@ def _act_bits(s):
         raise argparse.ArgumentTypeError(f"act bits must be 1..16 or 'off', got {s!r}")
 
 
+def _eval_act_bits(s):
+    return "off" if s.lower() in ("off", "none", "16") else _act_bits(s)
+
+
 def _report(result, args):
     v = result.get("val")
     if v is not None:
@@ -119,14 +123,16 @@ def cmd_eval(args) -> int:
         val = encode_corpus(val_text, tok)
         seq = min(args.seq_len, model.config.max_seq_len)
         ev = evaluate(model, val, seq, args.max_tokens, bytes_per_token=len(val_text.encode()) / val.numel())
+        binarized = model.config.binarized
+        act = model.config.act_bits if args.act_bits is None else (None if args.act_bits == "off" else args.act_bits)
         rows.append({"name": str(name), "path": str(path), "scheme": model.config.scheme,
-                     "experts": model.config.experts, "act_bits": model.config.act_bits
-                     if args.act_bits is None else args.act_bits, "step": meta["step"], **ev})
+                     "experts": model.config.experts if model.config.scheme == "mos" else None,
+                     "act_bits": act if binarized else None, "step": meta["step"], **ev})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']}: scheme {r['scheme']}, ppl {r['ppl']:.3f}, bpb {r['bpb']:.4f}, "
+            print(f"{r['name']}: scheme {r['scheme']}, act_bits {r['act_bits']}, ppl {r['ppl']:.3f}, bpb {r['bpb']:.4f}, "
                   f"acc {r['acc']:.4f} ({r['tokens']} tokens)")
     return 0
 
@@ -185,7 +191,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate on at most this many tokens")
-    p.add_argument("--act-bits", type=_act_bits, default=None, help="override every binarized linear's act bits")
+    p.add_argument("--act-bits", type=_eval_act_bits, default=None,
+                   help="override every binarized linear's activation bits (1..15 or off)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_eval)
