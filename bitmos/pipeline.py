@@ -157,7 +157,7 @@ def _add_estimate(sub) -> None:
 
 # ---- demo ----------------------------------------------------------------------------------------
 
-DEFAULT_PROMPT = "def main():\n    "
+DEFAULT_PROMPT = "The argument "
 
 
 class SimulatedAccelerator:

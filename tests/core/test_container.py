@@ -64,3 +64,15 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path, monkeypatch):
         fileio.write_bytes_atomic(p, b"new")
     assert p.read_bytes() == b"old"
     assert [x.name for x in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from bitmos import fileio
+    p = tmp_path / "f.txt"
+    fileio.write_text_atomic(p, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
