@@ -4,21 +4,21 @@ Each config is emitted and built once per session into ``tmp/sim_build/<sim>/<co
 simulation run executes all of a test's programs (clear, load IMEM, start, wait for done), with the
 external memory model of tests/rtl/cocotb_top.py. Expected memory, cycles, error and cause come from
 ``bitmos.sim`` (tests/rtl/golden.py stands in if it is missing). ``BITMOS_WAVES=1`` dumps waveforms
-(FST on Verilator, VCD on Icarus) into the build folder.
+(FST on Verilator, VCD on Icarus) into the build folder. The bench itself is
+``bitmos.rtl.cocotb_bench``, run through ``bitmos.rtl.runner`` (shared with ``bitmos verify``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 from pathlib import Path
 
 import pytest
 
 from bitmos import isa
 from bitmos.config import preset_config
-from bitmos.rtl.emit import TOP_NAME, emit
+from bitmos.rtl import runner
+from bitmos.rtl.runner import Case
 from bitmos.rtl.tools import available_simulators
 
 from . import golden
@@ -46,60 +46,16 @@ def reference(cfg, words, memory):
     return r.cycles, r.error, r.cause, bytes(r.memory)
 
 
-_built: dict[tuple[str, str], object] = {}
-
-
-def build(cfg):
-    """Emit and build the Verilog for ``cfg`` once per session; returns (runner, build_dir)."""
-    from cocotb_tools.runner import get_runner
-    key = (SIM, cfg.name)
-    bdir = BUILD / SIM / cfg.name
-    if key not in _built:
-        vdir = bdir / "src"
-        vdir.mkdir(parents=True, exist_ok=True)
-        vpath = vdir / f"{TOP_NAME}_{cfg.name}.v"
-        old = vpath.read_text() if vpath.exists() else None
-        tmp = bdir / "emit"
-        new_v, _ = emit(cfg, tmp)
-        text = new_v.read_text()
-        if text != old:
-            vpath.write_text(text)
-        runner = get_runner(SIM)
-        waves = os.environ.get("BITMOS_WAVES") == "1"
-        args = {}
-        if SIM == "verilator":
-            # Waivers: see docs/rtl.md (Amaranth output trips -Wall width/unused warnings).
-            args["build_args"] = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2",
-                                  "--x-assign", "fast", "--x-initial", "fast"]
-            if waves:
-                args["build_args"].append("--trace-fst")
-        else:
-            args["timescale"] = ("1ns", "1ps")
-        runner.build(sources=[vpath], hdl_toplevel=TOP_NAME, build_dir=bdir, always=False,
-                     waves=waves, **args)
-        _built[key] = runner
-    return _built[key], bdir
-
-
 def run_cases(cfg, cases, tmp_path):
     """Run ``cases`` (name, words, memory) on the RTL and compare with the reference."""
-    runner, bdir = build(cfg)
-    job = {"config": cfg.to_dict(), "cases": [], "report": str(tmp_path / "report.json")}
+    jobs = []
     for name, words, memory in cases:
         cycles, error, cause, final = reference(cfg, words, memory)
-        job["cases"].append({"name": name, "words": list(words), "memory": bytes(memory).hex(),
-                             "expect": {"cycles": cycles, "error": error, "cause": cause,
-                                        "memory": final.hex()}})
-    jpath = tmp_path / "job.json"
-    jpath.write_text(json.dumps(job))
-    results = runner.test(test_module="tests.rtl.cocotb_top", hdl_toplevel=TOP_NAME, build_dir=bdir,
-                          test_dir=tmp_path, extra_env={"BITMOS_JOBS": str(jpath)},
-                          waves=os.environ.get("BITMOS_WAVES") == "1")
-    report = json.loads((tmp_path / "report.json").read_text())
+        jobs.append(Case(name, list(words), bytes(memory), cycles, error, cause, final))
+    report = runner.run_cases(cfg, jobs, tmp_path, sim=SIM, build_root=BUILD,
+                              waves=os.environ.get("BITMOS_WAVES") == "1")
     assert not report["failures"], "\n".join(report["failures"])
-    from cocotb_tools.runner import get_results
-    tests, fails = get_results(results)
-    assert fails == 0
+    assert len(report["results"]) == len(cases) and all(r["ok"] for r in report["results"])
     return report
 
 

@@ -1,8 +1,10 @@
 """cocotb bench of the emitted Accelerator: external memory model, program runs, comparisons.
 
-Driven by tests/rtl/test_top.py through ``cocotb_tools.runner``; the job file named by
-``BITMOS_JOBS`` lists programs with their memory images and expected results. The memory model
-answers read requests with the config's latency and one beat of ``ext_bw_bits`` per cycle.
+Run by :mod:`bitmos.rtl.runner` through ``cocotb_tools.runner`` (from the RTL tests and from
+``bitmos verify``); the job file named by ``BITMOS_JOBS`` lists programs with their memory images
+and expected results, which the caller computed (with the simulator: this module imports none of
+bitmos). The memory model answers read requests with the config's latency and one beat of
+``ext_bw_bits`` per cycle. Per-program results go to the job's report file.
 """
 
 import json
@@ -74,7 +76,7 @@ async def run_programs(dut):
     dut.rst.value = 0
     mem = ExtMemory(dut, cfg["ext_latency"], cfg["ext_bw_bits"], bytearray())
     cocotb.start_soon(mem.run())
-    failures, total_cycles, t0 = [], 0, time.time()
+    failures, results, total_cycles, t0 = [], [], 0, time.time()
     for case in job["cases"]:
         dut.host__clear.value = 1
         await RisingEdge(dut.clk)
@@ -100,6 +102,7 @@ async def run_programs(dut):
         n = max(len(want_mem), len(mem.mem))
         mem_ok = bytes(mem.mem).ljust(n, b"\0") == want_mem.ljust(n, b"\0")
         bad = [k for k in ("cycles", "error", "cause") if got[k] != exp[k]]
+        results.append(dict(got, name=case["name"], memory_ok=mem_ok, ok=not bad and mem_ok))
         if bad or not mem_ok:
             first = next((i for i in range(n) if (mem.mem[i] if i < len(mem.mem) else 0)
                           != (want_mem[i] if i < len(want_mem) else 0)), None)
@@ -113,5 +116,5 @@ async def run_programs(dut):
     if "report" in job:
         with open(job["report"], "w") as f:
             json.dump({"programs": len(job["cases"]), "run_cycles": total_cycles, "wall_s": elapsed,
-                       "failures": failures}, f)
+                       "failures": failures, "results": results}, f)
     assert not failures, "\n".join(failures)
