@@ -44,7 +44,16 @@ def main(argv=None) -> int:
     ap.add_argument("--doc", default="docs/model.md", help="markdown file to update between the bench markers")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--render", default=None, help="only re-render the table from a --json file of an earlier run")
     args = ap.parse_args(argv)
+    if args.render:
+        rows = json.loads(Path(args.render).read_text())
+        table = render(rows, args, Path(args.teacher or shipped_path("teacher")),
+                       None if args.act_bits == "off" else int(args.act_bits))
+        print(table)
+        if args.doc:
+            update_doc(Path(args.doc), table)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     act_bits = None if args.act_bits == "off" else int(args.act_bits)
@@ -99,12 +108,13 @@ def render(rows, args, teacher_path, act_bits) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = r["ppl"] / t_ppl
-        vs = "" if r["run"] == "teacher" else f"{100 * (best_single - r['ppl']) / best_single:+.1f}%"
+        vs = "" if r["run"] == "teacher" else f"{100 * (best_single - r['ppl']) / best_single:+.2f}%"
         lines.append(f"| {r['run']} | {r['experts']} | {r['params']:,} | {r['packed_bytes']:,} | {r['ppl']:.3f} | "
                      f"{rel:.3f} | {vs} | {r['acc']:.4f} | {r['seconds']:.0f} |")
     lines.append("")
     lines.append(f"Best single-scale scheme (sign, bitnet, fbi, onebit, mos E=1): ppl {best_single:.3f}. "
-                 "'vs best single-scale' is the relative ppl improvement (positive = better).")
+                 "'vs best single-scale' is the relative ppl improvement (positive = better). 'train s' is wall "
+                 "time on a 2-core machine shared with other jobs: not a speed measurement.")
     return "\n".join(lines)
 
 
