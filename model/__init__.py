@@ -12,4 +12,4 @@ Modules, small to large:
 * :mod:`bitmos.model.cli` -- ``bitmos train | distill | eval | generate``.
 """
 
-from bitmos.model.config import ModelConfig, SCHEMES  # noqa: F401
+from bitmos.model.config import SCHEMES, ModelConfig  # noqa: F401  (re-exported)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import io
-import json
 import os
 import sys
 import warnings
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitmos.errors import BitmosUserError, FormatError
+from bitmos.errors import BitmosUserError
 
 try:
     from bitmos.fileio import write_bytes_atomic

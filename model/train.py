@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from bitmos.errors import BitmosUserError
-from bitmos.model.checkpoint import (load_checkpoint, load_trainer_state, read_checkpoint, save_checkpoint,
+from bitmos.model.checkpoint import (load_checkpoint, load_trainer_state, save_checkpoint,
                                      save_trainer_state, trainer_state_path)
 from bitmos.model.config import ModelConfig
 from bitmos.model.data import encode_corpus, eval_windows, get_batch, get_tokenizer, load_corpus

@@ -9,7 +9,6 @@ Names and the rotary convention (rotate-half) match Hugging Face ``LlamaForCausa
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn as nn

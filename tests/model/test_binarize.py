@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bitmos.model.binarize import (BitNetLinear, FBILinear, MoSLinear, OneBitLinear, PBLinear, SignLinear,
                                    packed_bytes, rank1_abs, sign_ste)

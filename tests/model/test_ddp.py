@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
 
 from bitmos.model.checkpoint import load_checkpoint
 
