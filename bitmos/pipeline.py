@@ -179,6 +179,7 @@ class SimulatedAccelerator:
         self.mismatches: list[str] = []
         self.compile_seconds = 0.0
         self.sim_seconds = 0.0
+        self.trace = False          # keep per-instruction timelines (for the timeline plots)
 
     def compiled(self, name: str, tokens: int):
         from bitmos.compiler import compile_linear
@@ -202,7 +203,7 @@ class SimulatedAccelerator:
         write_layer_input(mem, cl.manifest, x)
         t0 = time.perf_counter()
         for prog in cl.programs:
-            r = self.sim.run(prog.words, mem)
+            r = self.sim.run(prog.words, mem, trace=self.trace)
             if r.error:
                 raise BitmosUserError(f"{name}: the simulated accelerator faulted: {r.error_message}")
             mem = r.memory
@@ -295,6 +296,8 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
 
     def on_phase(name):
         phase["marks"].append((name, len(accel.runs)))
+        # trace the prefill and the first decode step: the timeline plots show one of each
+        accel.trace = len(phase["marks"]) <= 2
     sim_ids = _generate(host.transformer, _boundary(host, accel, cfg), ids, tokens, on_phase=on_phase)
     # 3. the float student for reference
     with torch.no_grad():
@@ -329,7 +332,8 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         for name in ("prefill", "decode"):
             if name in report:
                 (out / name).mkdir(parents=True, exist_ok=True)
-                trace_runs = []
+                runs = prefill_runs if name == "prefill" else decode_runs[:len(export.linears)]
+                trace_runs = [r for r in runs if r.trace is not None]
                 report[name]["plots"] = [str(p) for p in write_plots(report[name], out / name,
                                                                       trace_runs=trace_runs)]
         write_json_atomic(out / "report.json", report)
