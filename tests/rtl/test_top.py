@@ -73,7 +73,7 @@ def test_hand_programs(preset, tmp_path):
 def test_random_programs(preset, tmp_path):
     progen = pytest.importorskip("tests.progen")
     cfg = preset_config(preset)
-    n = int(os.environ.get("BITMOS_RTL_PROGRAMS", "8"))
+    n = int(os.environ.get("BITMOS_RTL_PROGRAMS", "16"))
     cases = []
     for seed in range(n):
         words, mem = progen.random_program(cfg, seed, length=12, mem_bytes=1 << 13, faults=(seed % 4 == 3))
