@@ -126,12 +126,23 @@ def cmd_eval(args) -> int:
         rows.append({"name": str(name), "path": str(path), "scheme": model.config.scheme,
                      "experts": model.config.experts if model.config.scheme == "mos" else None,
                      "act_bits": act if binarized else None, "step": meta["step"], **ev})
+        if args.golden and binarized:
+            # the same student in the accelerator's integer arithmetic (bitmos.model.golden)
+            from bitmos.model.golden import evaluate_golden
+            g = evaluate_golden(model, args.accel, tokens=val, seq_len=seq, max_tokens=args.max_tokens,
+                                bytes_per_token=len(val_text.encode()) / val.numel(), compare_float=False)
+            rows[-1]["golden"] = {**g["golden"], "ppl_rel_diff": g["golden"]["ppl"] / ev["ppl"] - 1,
+                                  "accelerator": g.get("accelerator"), "saturation": g.get("saturation")}
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             print(f"{r['name']}: scheme {r['scheme']}, act_bits {r['act_bits']}, ppl {r['ppl']:.3f}, bpb {r['bpb']:.4f}, "
                   f"acc {r['acc']:.4f} ({r['tokens']} tokens)")
+            if "golden" in r:
+                g = r["golden"]
+                print(f"{r['name']} (integer golden): ppl {g['ppl']:.3f} ({g['ppl_rel_diff'] * 100:+.3f} % vs float), "
+                      f"bpb {g['bpb']:.4f}, acc {g['acc']:.4f}")
     return 0
 
 
@@ -191,6 +202,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate on at most this many tokens")
     p.add_argument("--act-bits", type=_eval_act_bits, default=None,
                    help="override every binarized linear's activation bits (1..15 or off)")
+    p.add_argument("--golden", action="store_true",
+                   help="also evaluate each binarized student as the integer golden model (accelerator arithmetic)")
+    p.add_argument("--accel", default=None, help="accelerator config for --golden (preset or file; default small)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_eval)
