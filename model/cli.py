@@ -129,7 +129,7 @@ def cmd_eval(args) -> int:
         if args.golden and binarized:
             # the same student in the accelerator's integer arithmetic (bitmos.model.golden)
             from bitmos.model.golden import evaluate_golden
-            g = evaluate_golden(model, args.accel, tokens=val, seq_len=seq, max_tokens=args.max_tokens,
+            g = evaluate_golden(model, args.accel or "small", tokens=val, seq_len=seq, max_tokens=args.max_tokens,
                                 bytes_per_token=len(val_text.encode()) / val.numel(), compare_float=False)
             rows[-1]["golden"] = {**g["golden"], "ppl_rel_diff": g["golden"]["ppl"] / ev["ppl"] - 1,
                                   "accelerator": g.get("accelerator"), "saturation": g.get("saturation")}
