@@ -115,13 +115,17 @@ class ModelExport:
             raise FormatError(f"export file {str(p)!r} does not exist")
         data = p.read_bytes()
         try:
-            tensors = load(data)
             (hlen,) = struct.unpack_from("<Q", data, 0)
-            meta = json.loads(data[8:8 + hlen]).get("__metadata__", {})
-        except (SafetensorError, ValueError, struct.error) as exc:
+            meta = json.loads(data[8:8 + hlen]).get("__metadata__", {}) or {}
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise FormatError(f"{p}: not a readable safetensors export ({exc})") from None
         if _META_KEY not in meta:
-            raise FormatError(f"{p}: safetensors file without a bitmos export header")
+            raise FormatError(f"{p}: a safetensors file without a bitmos export header (a training checkpoint? "
+                              "export it with 'bitmos export CHECKPOINT --config CFG -o FILE')")
+        try:
+            tensors = load(data)
+        except (SafetensorError, ValueError, KeyError) as exc:
+            raise FormatError(f"{p}: corrupt export tensors ({exc})") from None
         header = json.loads(meta[_META_KEY])
         if header.get("version") != EXPORT_VERSION:
             raise FormatError(f"{p}: export format version {header.get('version')}, this bitmos reads "

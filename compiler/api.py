@@ -245,6 +245,8 @@ def _relocate(sch: Schedule, units: int, name: str) -> Schedule:
         if w >> 58 == Op.SETR and (w >> 52) & 0x3F == Reg.EBASE:
             value = (w & 0xFFFFFFFF) + units
             words[i] = encode(setr(Reg.EBASE, value))
+            if comments.get(i, "").startswith("external window at "):
+                comments[i] = f"external window at {value * 64:#x}"
     return Schedule(words, comments, sch.cycles, sch.stall_cycles, sch.compute_cycles, sch.dma_busy_cycles,
                     sch.counts)
 

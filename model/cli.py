@@ -146,6 +146,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from bitmos.model.checkpoint import shipped_path
+    from bitmos.model.export import export_checkpoint, resolve_accel
+    _threads(args)
+    path = Path(args.checkpoint) if args.checkpoint else shipped_path("student")
+    cfg = resolve_accel(args.config)
+    exp = export_checkpoint(path, args.output, cfg)
+    print(f"wrote {args.output}: {len(exp.linears)} binarized linears of {path.name} in the number formats of "
+          f"accelerator {cfg.name!r} (x Q.{cfg.x_frac_bits}, y Q.{cfg.out_frac_bits}, A{cfg.act_bits})")
+    return 0
+
+
 def cmd_generate(args) -> int:
     import torch
     from bitmos.model.checkpoint import load_checkpoint, shipped_path
@@ -208,6 +220,14 @@ def add_commands(subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("export", help="export a binarized student to the accelerator's integer formats "
+                              "(the file the compiler reads)")
+    p.add_argument("checkpoint", nargs="?", help="student checkpoint (default: the shipped student)")
+    p.add_argument("--config", default="small", help="accelerator config (preset or file) whose formats to use")
+    p.add_argument("-o", "--output", required=True, help="export file to write (safetensors + JSON header)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("generate", help="sample text (greedy with --temperature 0, else top-k)")
     p.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped student)")
