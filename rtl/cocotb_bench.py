@@ -104,6 +104,7 @@ async def run_programs(dut):
         bad = [k for k in ("cycles", "error", "cause") if got[k] != exp[k]]
         results.append(dict(got, name=case["name"], memory_ok=mem_ok, ok=not bad and mem_ok))
         if bad or not mem_ok:
+            results[-1]["memory"] = bytes(mem.mem).hex()  # the final memory, for diagnosis
             first = next((i for i in range(n) if (mem.mem[i] if i < len(mem.mem) else 0)
                           != (want_mem[i] if i < len(want_mem) else 0)), None)
             failures.append(f"{case['name']}: got {got}, expected "

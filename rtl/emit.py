@@ -1,11 +1,25 @@
-"""Verilog and a JSON manifest (ports, parameters) for one AcceleratorConfig."""
+"""Verilog and a JSON manifest (ports, parameters) for one AcceleratorConfig.
+
+The Verilog has no ``always @*`` blocks: Yosys lowers every combinational process to multiplexers
+(``proc -norom``), so all combinational logic is continuous assignments (``assign``; a ``$pmux`` is a
+function called from one). ``amaranth.back.verilog.convert`` keeps the processes (``proc -nomux``)
+and writes them as ``always @*``, which run only when an input changes. Yosys wakes them at time 0
+through a dummy ``reg ... = 0`` read by every such block: in Verilog-2005 the declaration
+initialiser acts like an ``initial`` assignment, an event; in SystemVerilog (IEEE 1800 6.8) it runs
+before any process starts, no event. Icarus in ``-g2012`` mode, the mode cocotb runs it in, so left
+every ``always @*`` whose inputs kept their initial values at X: the DMA engine's beats-per-line
+decoder of ``buf`` stayed X until the first transfer to a buffer other than X (code 0), so a first
+``load`` into XBUF wrote nothing. Continuous assignments are evaluated at time 0 by Icarus (either
+mode) and Verilator. docs/rtl.md ("Icarus") has the reproduction.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from amaranth import Shape
-from amaranth.back import verilog
+from amaranth._toolchain.yosys import find_yosys
+from amaranth.back import rtlil
 
 from bitmos.config import AcceleratorConfig
 from bitmos.fileio import write_json_atomic, write_text_atomic
@@ -14,7 +28,7 @@ from bitmos.rtl.common import check_config
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS
 from bitmos.rtl.top import Accelerator
 
-__all__ = ["TOP_NAME", "emit", "manifest", "port_list"]
+__all__ = ["TOP_NAME", "emit", "manifest", "port_list", "to_verilog"]
 
 #: Verilog module name of the top level.
 TOP_NAME = "bitmos_accel"
@@ -48,6 +62,20 @@ def manifest(cfg: AcceleratorConfig, top: Accelerator, verilog_file: str) -> dic
     }
 
 
+def to_verilog(top, name: str) -> str:
+    """``top`` as Verilog-2005 without ``always @*`` (see the module docstring).
+
+    The script is ``amaranth.back.verilog``'s with ``proc -norom`` for ``proc -nomux -norom``, and
+    without ``-norename`` (Icarus takes a call of an escaped function name such as
+    ``\\$procmux$12`` for a system function): Amaranth's signal names are kept, Yosys' internal
+    ``$``-names become ``_N_``.
+    """
+    text = rtlil.convert(top, name=name, emit_src=False)
+    yosys = find_yosys(lambda ver: ver >= (0, 40))  # the requirement of amaranth.back.verilog
+    script = [f"read_rtlil <<rtlil\n{text}\nrtlil", "proc -norom", "memory_collect", "write_verilog"]
+    return yosys.run(["-q", "-"], "\n".join(script))
+
+
 def emit(cfg: AcceleratorConfig, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``bitmos_accel_<name>.v`` and ``bitmos_accel_<name>.json`` into ``out_dir`` (atomically).
 
@@ -60,7 +88,7 @@ def emit(cfg: AcceleratorConfig, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     stem = f"{TOP_NAME}_{cfg.name}"
     top = Accelerator(cfg)
-    text = verilog.convert(top, name=TOP_NAME, emit_src=False)
+    text = to_verilog(top, TOP_NAME)
     vpath, jpath = out / f"{stem}.v", out / f"{stem}.json"
     write_text_atomic(vpath, text)
     write_json_atomic(jpath, manifest(cfg, top, vpath.name))
