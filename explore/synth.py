@@ -319,8 +319,8 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
         return res
 
     say = log or (lambda msg: None)
-    tmp_ctx = tempfile.TemporaryDirectory(prefix="bitmos-synth-") if workdir is None else None
-    wd = Path(workdir) if workdir is not None else Path(tmp_ctx.name)  # type: ignore[union-attr]
+    tmp_dir = Path(tempfile.mkdtemp(prefix="bitmos-synth-")) if workdir is None else None
+    wd = Path(workdir) if workdir is not None else tmp_dir  # type: ignore[assignment]
     wd.mkdir(parents=True, exist_ok=True)
     try:
         (wd / "design.v").write_text(verilog)
@@ -380,10 +380,15 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
                              f"{v['available']}", k, v["used"], v["available"])
         if use_cache:
             write_json_atomic(entry, res.to_dict())
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # success: nothing to inspect
         return res
-    finally:
-        if tmp_ctx is not None:
-            tmp_ctx.cleanup()
+    except SynthError:
+        raise  # keep the work folder: the error message names its logs
+    except BaseException:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
 
 
 # ---- Verilog from the bitmos RTL -------------------------------------------------------------------
