@@ -65,7 +65,8 @@ async def wait_idle(dut):
 
 @cocotb.test()
 async def run_programs(dut):
-    job = json.loads(open(os.environ["BITMOS_JOBS"]).read())
+    with open(os.environ["BITMOS_JOBS"], encoding="utf-8") as f:
+        job = json.load(f)
     cfg = job["config"]
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
