@@ -24,7 +24,6 @@ Expert mapping (layer experts E_l, hardware experts E_h):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

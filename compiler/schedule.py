@@ -86,7 +86,7 @@ def _unsupported(name: str, what: str) -> None:
 def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str, tpb: int | None = None) -> Tiling:
     """Sizes for ``spec`` at ``tokens`` tokens in ``mode``; raises UnsupportedError if nothing fits."""
     name = spec.name
-    R, C, L, k, E = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits, cfg.experts
+    R, C, k, E = cfg.rows, cfg.cols, cfg.act_bits, cfg.experts
     K, N, T = spec.d_in, spec.d_out, tokens
     if T < 1:
         raise UnsupportedError(f"layer {name!r}: token count {T} must be >= 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from amaranth import Mux, Value
 from amaranth.utils import ceil_log2
 
+from bitmos import isa
 from bitmos.config import AcceleratorConfig
 
 __all__ = ["check_config", "rshift_round", "sat", "addr_bits"]
@@ -31,6 +32,14 @@ def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
             raise ValueError(f"{name}.ext_bw_bits = {cfg.ext_bw_bits!r} must divide the {buf} line width "
                              f"{cfg.line_bits(buf)} for the RTL DMA engine")
     return cfg
+
+
+def instruction_field(word: Value, op: isa.Op, name: str) -> Value:
+    """The bits of field ``name`` of instruction ``op`` in a 64-bit ``word`` (positions from bitmos.isa.SPECS)."""
+    for f in isa.SPECS[op]:
+        if f.name == name:
+            return word[f.lo:f.hi + 1]
+    raise KeyError(f"{op.name} has no field {name!r}")
 
 
 def addr_bits(depth: int) -> int:

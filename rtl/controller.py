@@ -19,20 +19,13 @@ from amaranth.lib.wiring import In, Out
 
 from bitmos import isa
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.common import addr_bits, check_config, instruction_field
 from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS
 
 __all__ = ["Controller"]
 
 Op = isa.Op
-
-
-def _field(word, op: Op, name: str):
-    for f in isa.SPECS[op]:
-        if f.name == name:
-            return word[f.lo:f.hi + 1]
-    raise KeyError(name)
 
 
 class Controller(wiring.Component):
@@ -107,7 +100,7 @@ class Controller(wiring.Component):
         xl = Signal(20)
         m.d.comb += [nch.eq((K + (L - 1)) // L), xl.eq(nch * G)]
         is_op = {op: (opcode == int(op)) for op in Op}
-        f = {op: {fl.name: _field(word, op, fl.name) for fl in isa.SPECS[op]} for op in Op}
+        f = {op: {fl.name: instruction_field(word, op, fl.name) for fl in isa.SPECS[op]} for op in Op}
 
         bad_opcode = opcode > max(Op)
         bad_field = Signal()

@@ -21,7 +21,7 @@ the data, and a one-cycle tag pipeline says what the arriving data is for.
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -72,7 +72,7 @@ class ScaleExpertUnit(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig):
         self._cfg = cfg = check_config(cfg)
-        R, C, L, E = cfg.rows, cfg.cols, cfg.lanes, cfg.experts
+        R, C, L = cfg.rows, cfg.cols, cfg.lanes
         ma = addr_bits(cfg.meta_tokens)
         super().__init__({
             "start": In(1), "op": In(1), "mode": In(1), "a": In(16), "b": In(16), "meta": In(10),

@@ -17,7 +17,7 @@ from bitmos import isa
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.array import SystolicArray
 from bitmos.rtl.buffers import Buffers
-from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.common import addr_bits, check_config, instruction_field
 from bitmos.rtl.controller import Controller
 from bitmos.rtl.dma import DMAEngine, ext_addr_bits
 from bitmos.rtl.scale_unit import ScaleExpertUnit
@@ -26,13 +26,6 @@ from bitmos.rtl.signatures import ExtMemSignature, HostSignature
 __all__ = ["Accelerator"]
 
 Op = isa.Op
-
-
-def _f(word, op, name):
-    for fl in isa.SPECS[op]:
-        if fl.name == name:
-            return word[fl.lo:fl.hi + 1]
-    raise KeyError(name)
 
 
 class Accelerator(wiring.Component):
@@ -111,17 +104,17 @@ class Accelerator(wiring.Component):
                 (su.oshift, ctl.oshift), (su.router, ctl.router), (su.sin, ctl.sin), (su.smul, ctl.smul)]
         m.d.comb += [a.eq(b) for a, b in regs]
         m.d.comb += [
-            arr.start.eq(ctl.array_start), arr.mode.eq(_f(w, Op.MATMUL, "mode")),
-            arr.q.eq(_f(w, Op.MATMUL, "q")), arr.w.eq(_f(w, Op.MATMUL, "w")), arr.o.eq(_f(w, Op.MATMUL, "o")),
-            arr.ntiles.eq(_f(w, Op.MATMUL, "ntiles")),
+            arr.start.eq(ctl.array_start), arr.mode.eq(instruction_field(w, Op.MATMUL, "mode")),
+            arr.q.eq(instruction_field(w, Op.MATMUL, "q")), arr.w.eq(instruction_field(w, Op.MATMUL, "w")), arr.o.eq(instruction_field(w, Op.MATMUL, "o")),
+            arr.ntiles.eq(instruction_field(w, Op.MATMUL, "ntiles")),
             su.start.eq(ctl.unit_start), su.op.eq(ctl.unit_op),
-            su.mode.eq(_f(w, Op.QUANT, "mode")),
-            su.a.eq(Mux(ctl.unit_op, _f(w, Op.SCALEOUT, "o"), _f(w, Op.QUANT, "x"))),
-            su.b.eq(Mux(ctl.unit_op, _f(w, Op.SCALEOUT, "s"), _f(w, Op.QUANT, "q"))),
-            su.meta.eq(_f(w, Op.QUANT, "meta")), su.ntok.eq(_f(w, Op.QUANT, "ntok")),
-            su.ntiles.eq(_f(w, Op.SCALEOUT, "ntiles")),
+            su.mode.eq(instruction_field(w, Op.QUANT, "mode")),
+            su.a.eq(Mux(ctl.unit_op, instruction_field(w, Op.SCALEOUT, "o"), instruction_field(w, Op.QUANT, "x"))),
+            su.b.eq(Mux(ctl.unit_op, instruction_field(w, Op.SCALEOUT, "s"), instruction_field(w, Op.QUANT, "q"))),
+            su.meta.eq(instruction_field(w, Op.QUANT, "meta")), su.ntok.eq(instruction_field(w, Op.QUANT, "ntok")),
+            su.ntiles.eq(instruction_field(w, Op.SCALEOUT, "ntiles")),
             dma.start.eq(ctl.dma_start), dma.store.eq(w[isa.OPCODE_LO:] == int(Op.STORE)),
-            dma.buf.eq(_f(w, Op.LOAD, "buf")), dma.line.eq(_f(w, Op.LOAD, "line")),
-            dma.nlines.eq(_f(w, Op.LOAD, "nlines")), dma.addr.eq(ctl.dma_addr),
+            dma.buf.eq(instruction_field(w, Op.LOAD, "buf")), dma.line.eq(instruction_field(w, Op.LOAD, "line")),
+            dma.nlines.eq(instruction_field(w, Op.LOAD, "nlines")), dma.addr.eq(ctl.dma_addr),
         ]
         return m
