@@ -1,8 +1,8 @@
 """A deliberately naive model of the accelerator for the RTL tests, written from docs/isa.md.
 
-Built only from the contract (``bitmos.formats``, ``bitmos.isa``): per-instruction semantics on
-Python integers, with ``bitmos.isa.Timeline`` for cycles. It is the stand-in reference until
-``bitmos.sim`` lands; the benches prefer ``bitmos.sim`` when it is importable.
+Built only from the contract (``bitmos.formats``): the array's tile computation and the scale unit's
+``quant`` per token on Python integers, the reference of the block-level Amaranth tests
+(test_array.py, test_scale_unit.py). Whole programs are checked against ``bitmos.sim``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bitmos import formats as F
-from bitmos import isa
 from bitmos.config import AcceleratorConfig
 
 
@@ -97,116 +96,3 @@ def quant_token(cfg, st: State, mode, x, q, meta, t):
                 st.buf["Q"][q + c * P + p] = sum(planes[p * R + i] << (i * L)
                                                  for i in range(R) if p * R + i < k)
     st.meta[meta + t] = (d, list(g))
-
-
-def check(cfg: AcceleratorConfig, ins: isa.Instruction, regs, pc=None) -> int:
-    """Cause code of ``ins`` at issue (0 = fine), per docs/isa.md "Errors" (after decoding)."""
-    op, K = ins.op, regs[0]
-    R = cfg.rows
-    nch, XL, P = cfg.nchunks(K), cfg.xlines(K), cfg.planes_per_row
-    dep = cfg.depth
-    if op in (isa.Op.QUANT, isa.Op.SCALEOUT):
-        if ins["mode"] == 1 and ins["ntok"] != 1 or ins["mode"] == 0 and ins["ntok"] > R:
-            return isa.CAUSE_ILLEGAL_FIELD
-    ok = True
-    if op in (isa.Op.LOAD, isa.Op.STORE):
-        b = isa.BUFFERS[ins["buf"]]
-        ok = ins["line"] + ins["nlines"] <= dep(b)
-        if ok and regs[6] * 64 + ins["ext"] + ins["nlines"] * cfg.line_bits(b) // 8 > cfg.ext_mem_bytes:
-            return isa.CAUSE_EXT_RANGE
-    elif op is isa.Op.QUANT:
-        W = cfg.act_bits if ins["mode"] == 0 else P
-        ok = (ins["x"] + ins["ntok"] * XL <= dep("X") and ins["q"] + nch * W <= dep("Q")
-              and ins["meta"] + ins["ntok"] <= cfg.meta_tokens
-              and (cfg.experts < 2 or regs[3] + XL <= dep("S"))
-              and (cfg.experts < 1 or regs[4] + XL <= dep("S")))
-    elif op is isa.Op.MATMUL:
-        W = cfg.act_bits if ins["mode"] == 0 else P
-        ok = (ins["q"] + nch * W <= dep("Q") and ins["w"] + ins["ntiles"] * nch <= dep("W")
-              and ins["o"] + ins["ntiles"] * (R if ins["mode"] == 0 else 1) <= dep("O"))
-    elif op is isa.Op.SCALEOUT:
-        last = (ins["ntiles"] - 1) * R + ins["ntok"] if ins["mode"] == 0 else ins["ntiles"]
-        ok = (ins["o"] + last <= dep("O") and (cfg.experts < 1 or ins["s"] + ins["ntiles"] <= dep("S"))
-              and ins["meta"] + ins["ntok"] <= cfg.meta_tokens)
-    return 0 if ok else isa.CAUSE_BUFFER_RANGE
-
-
-@dataclass
-class Result:
-    cycles: int
-    memory: bytearray
-    error: bool
-    cause: int
-    state: State
-
-
-def run(cfg: AcceleratorConfig, words: list[int], memory: bytes | bytearray, max_steps: int = 10**6) -> Result:
-    """Run a program; returns cycles, final external memory, error flag and cause."""
-    st = State(cfg, bytearray(memory))
-    tl = isa.Timeline()
-    pc = 0
-    words = list(words) + [0] * (cfg.imem_words - len(words))
-    R, C = cfg.rows, cfg.cols
-    for _ in range(max_steps):
-        if pc >= cfg.imem_words:
-            return Result(tl.now + 1, st.mem, True, isa.CAUSE_PC_RANGE, st)
-        w = words[pc]
-        try:
-            ins = isa.decode(w)
-        except Exception:
-            code = w >> isa.OPCODE_LO
-            cause = isa.CAUSE_ILLEGAL_FIELD if code in {o.value for o in isa.Op} else isa.CAUSE_ILLEGAL_OPCODE
-            if cause == isa.CAUSE_ILLEGAL_FIELD and isa.Op(code) in (isa.Op.LOAD, isa.Op.STORE, isa.Op.WAIT,
-                                                                   isa.Op.HALT):
-                tl._wait_dma()
-            return Result(tl.now + 1, st.mem, True, cause, st)
-        if ins.op in (isa.Op.LOAD, isa.Op.STORE, isa.Op.WAIT, isa.Op.HALT):
-            tl._wait_dma()
-        cause = check(cfg, ins, st.regs)
-        if cause:
-            return Result(tl.now + 1, st.mem, True, cause, st)
-        K = st.regs[0]
-        tl.step(ins, cfg, K)
-        op = ins.op
-        if op is isa.Op.HALT:
-            return Result(tl.now, st.mem, False, 0, st)
-        if op is isa.Op.SETR:
-            st.regs[ins["reg"]] = isa.reg_value(isa.Reg(ins["reg"]), ins["value"])
-        elif op in (isa.Op.LOAD, isa.Op.STORE):
-            b = isa.BUFFERS[ins["buf"]]
-            nb = cfg.line_bits(b) // 8
-            a = st.regs[6] * 64 + ins["ext"]
-            for n in range(ins["nlines"]):
-                lo = a + n * nb
-                if op is isa.Op.LOAD:
-                    st.buf[b][ins["line"] + n] = int.from_bytes(st.mem[lo:lo + nb].ljust(nb, b"\0"), "little")
-                else:
-                    if len(st.mem) < lo + nb:
-                        st.mem.extend(bytes(lo + nb - len(st.mem)))
-                    st.mem[lo:lo + nb] = st.buf[b][ins["line"] + n].to_bytes(nb, "little")
-        elif op is isa.Op.QUANT:
-            for t in range(ins["ntok"]):
-                quant_token(cfg, st, ins["mode"], ins["x"], ins["q"], ins["meta"], t)
-        elif op is isa.Op.MATMUL:
-            for n in range(ins["ntiles"]):
-                rows = matmul_tile(cfg, st.buf["Q"], st.buf["W"], K, ins["mode"], ins["q"], ins["w"], n)
-                for i, vals in enumerate(rows):
-                    line = ins["o"] + (n * R + i if ins["mode"] == 0 else n)
-                    st.buf["O"][line] = sum((v & 0xFFFFFFFF) << (32 * j) for j, v in enumerate(vals))
-        elif op is isa.Op.SCALEOUT:
-            for n in range(ins["ntiles"]):
-                for t in range(ins["ntok"]):
-                    line = ins["o"] + (n * R + t if ins["mode"] == 0 else n)
-                    d, g = st.meta[ins["meta"] + t]
-                    vals = []
-                    for j in range(C):
-                        acc = field_of(st.buf["O"][line], j, 32, True)
-                        if cfg.experts == 0:
-                            s_out = st.regs[5]
-                        else:
-                            s_out = F.mix_scale(g, [field_of(st.buf["S"][ins["s"] + n], e * C + j, 16, True)
-                                                    for e in range(cfg.experts)])
-                        vals.append(F.scale_output(acc, d, s_out, st.regs[2]))
-                    st.buf["O"][line] = sum((v & 0xFFFFFFFF) << (32 * j) for j, v in enumerate(vals))
-        pc += 1
-    raise RuntimeError("program did not halt")

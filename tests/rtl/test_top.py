@@ -6,8 +6,8 @@ that one simulator (skipped if it is not installed).
 
 Each config is emitted and built once per session into ``tmp/sim_build/<sim>/<config>``; one
 simulation run executes all of a test's programs (clear, load IMEM, start, wait for done), with the
-external memory model of tests/rtl/cocotb_top.py. Expected memory, cycles, error and cause come from
-``bitmos.sim`` (tests/rtl/golden.py stands in if it is missing). ``BITMOS_WAVES=1`` dumps waveforms
+external memory model of ``bitmos.rtl.cocotb_bench``. Expected memory, cycles, error and cause come from
+``bitmos.sim``. ``BITMOS_WAVES=1`` dumps waveforms
 (FST on Verilator, VCD on Icarus) into the build folder. The bench itself is
 ``bitmos.rtl.cocotb_bench``, run through ``bitmos.rtl.runner`` (shared with ``bitmos verify``).
 """
@@ -23,8 +23,8 @@ from bitmos.config import preset_config
 from bitmos.rtl import runner
 from bitmos.rtl.runner import Case
 from bitmos.rtl.tools import available_simulators
+from bitmos.sim import Simulator
 
-from . import golden
 from .programs import error_programs, layer_program
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,19 +41,10 @@ def _sim_params():
 
 pytestmark = pytest.mark.parametrize("sim", _sim_params())
 
-try:
-    from bitmos.sim import Simulator
-except ImportError:  # pragma: no cover - until bitmos.sim lands
-    Simulator = None
-
-
 def reference(cfg, words, memory):
-    """(cycles, error, cause, final memory) from bitmos.sim, or the naive golden model."""
-    if Simulator is not None:
-        r = Simulator(cfg).run(list(words), bytearray(memory))
-        return r.cycles, bool(r.error), int(r.cause), bytes(r.memory)
-    r = golden.run(cfg, words, memory)
-    return r.cycles, r.error, r.cause, bytes(r.memory)
+    """(cycles, error, cause, final memory) from bitmos.sim."""
+    r = Simulator(cfg).run(list(words), bytearray(memory))
+    return r.cycles, bool(r.error), int(r.cause), bytes(r.memory)
 
 
 def run_cases(cfg, cases, tmp_path, sim):
