@@ -217,7 +217,7 @@ class SimulatedAccelerator:
         return torch.from_numpy(y.astype(np.int64))
 
 
-def _boundary(host, accel_fn, cfg: AcceleratorConfig):
+def _boundary(host, accel_fn):
     """A linear_override hook: host float x -> int16 -> accel_fn(name, x_int) -> int32 -> host float."""
     def hook(path, module, x):
         lead, k = x.shape[:-1], x.shape[-1]
@@ -289,7 +289,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
 
     # 1. the integer golden model, on the host
     golden = AcceleratorSide(export, cfg)
-    golden_ids = _generate(host.transformer, _boundary(host, golden, cfg), ids, tokens)
+    golden_ids = _generate(host.transformer, _boundary(host, golden), ids, tokens)
     # 2. the same generation with every binarized linear on the simulated accelerator
     accel = SimulatedAccelerator(export, cfg)
     phase = {"name": "prefill", "marks": []}
@@ -298,7 +298,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         phase["marks"].append((name, len(accel.runs)))
         # trace the prefill and the first decode step: the timeline plots show one of each
         accel.trace = len(phase["marks"]) <= 2
-    sim_ids = _generate(host.transformer, _boundary(host, accel, cfg), ids, tokens, on_phase=on_phase)
+    sim_ids = _generate(host.transformer, _boundary(host, accel), ids, tokens, on_phase=on_phase)
     # 3. the float student for reference
     with torch.no_grad():
         float_ids = model.generate(torch.tensor([ids]), len(golden_ids) - len(ids), temperature=0)[0].tolist()
@@ -444,10 +444,10 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
     capture = _Capture(AcceleratorSide(export, cfg))
     cache = KVCache(model.config)
     with torch.no_grad():
-        logits, _ = host.transformer(torch.tensor([ids]), linear_override=_boundary(host, capture.golden, cfg),
+        logits, _ = host.transformer(torch.tensor([ids]), linear_override=_boundary(host, capture.golden),
                                      cache=cache)
         nxt = int(logits[0, -1].argmax())
-        host.transformer(torch.tensor([[nxt]]), linear_override=_boundary(host, capture, cfg), cache=cache)
+        host.transformer(torch.tensor([[nxt]]), linear_override=_boundary(host, capture), cache=cache)
     names = [lin.name for lin in export.linears][: layers or None]
     simulator = Simulator(cfg)
     cases, rows = [], []
