@@ -62,12 +62,9 @@ def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
 
 
 def linears(shape: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(name, K, N) of the binarized linears of ONE decoder layer."""
-    d, hid, nh = shape["dim"], shape["hidden_dim"], shape["n_heads"]
-    kvh = shape.get("n_kv_heads") or nh
-    hd = d // nh
-    return [("q_proj", d, nh * hd), ("k_proj", d, kvh * hd), ("v_proj", d, kvh * hd), ("o_proj", nh * hd, d),
-            ("gate_proj", d, hid), ("up_proj", d, hid), ("down_proj", hid, d)]
+    """(name, K, N) of the binarized linears of ONE decoder layer (the compiler's module walk)."""
+    from bitmos.compiler import llama_linears
+    return [(path.rsplit(".", 1)[1], k, n) for path, k, n in llama_linears(dict(shape, n_layers=1))]
 
 
 def weight_bits_per_token(shape: dict[str, Any]) -> int:
