@@ -15,6 +15,12 @@ the ports its users need, all synchronous (one cycle read latency, reads not tra
 
 ``clear`` (a pulse) zeroes every row of every memory, one row per cycle in all memories at once;
 ``clearing`` is high meanwhile and the write ports of the users are ignored.
+
+OBUF has two write ports (compute and DMA) and two read ports, which no FPGA block RAM offers (and
+which Yosys otherwise builds from flip-flops: 16 k of them for the tiny config). It is built as a
+live-value-table memory (LaForest and Steffan, "Efficient multi-ported memories for FPGAs", FPGA
+2010): one bank per write port, each readable by both read ports, and a 1-bit-per-line table saying
+which bank wrote a line last. The banks map to block RAM; only the table is in flip-flops.
 """
 
 from __future__ import annotations
@@ -101,27 +107,45 @@ class Buffers(wiring.Component):
             m.d.sync += crow.eq(crow - 1)
         row = crow - 1
 
-        mems = {}
-        for buf, (width, depth) in self._shapes.items():
-            mems[buf] = Memory(shape=width, depth=depth, init=[])
-            m.submodules[buf.lower()] = mems[buf]
-        cleared = set()
-        for name, buf, kind in _PORTS:
-            mem = mems[buf]
-            bus = getattr(self, name)
-            if kind == "r":
-                connect(m, flipped(bus), mem.read_port())
-                continue
-            port = mem.write_port(granularity=self._cfg.lanes if kind == "wg" else None)
-            if buf in cleared:  # one port per memory does the clearing; the others are muted
-                m.d.comb += [port.addr.eq(bus.addr), port.data.eq(bus.data),
+        def write(port, bus, clears, data=None):
+            """Drive ``port`` from ``bus``; a clearing port zeroes line ``row``, the others are muted."""
+            data = bus.data if data is None else data
+            if not clears:
+                m.d.comb += [port.addr.eq(bus.addr), port.data.eq(data),
                              port.en.eq(Mux(self.clearing, 0, bus.en))]
-                continue
-            cleared.add(buf)
-            depth = self._shapes[buf][1]
+                return
             m.d.comb += [
                 port.addr.eq(Mux(self.clearing, row, bus.addr)),
-                port.data.eq(Mux(self.clearing, 0, bus.data)),
-                port.en.eq(Mux(self.clearing, Mux(row < depth, (1 << len(port.en)) - 1, 0), bus.en)),
+                port.data.eq(Mux(self.clearing, 0, data)),
+                port.en.eq(Mux(self.clearing, Mux(row < port.memory.depth, (1 << len(port.en)) - 1, 0),
+                               bus.en)),
             ]
+
+        for buf, (width, depth) in self._shapes.items():
+            if buf == "O":
+                continue
+            mem = m.submodules[buf.lower()] = Memory(shape=width, depth=depth, init=[])
+            for name, b, kind in _PORTS:
+                if b != buf:
+                    continue
+                bus = getattr(self, name)
+                if kind == "r":
+                    connect(m, flipped(bus), mem.read_port())
+                else:   # one write port per memory (the OBUF below is the one with two)
+                    write(mem.write_port(granularity=self._cfg.lanes if kind == "wg" else None), bus, True)
+
+        # OBUF: live-value table over a compute-written and a DMA-written bank (see module docstring)
+        width, depth = self._shapes["O"]
+        bank_c = m.submodules.o_compute = Memory(shape=width, depth=depth, init=[])
+        bank_d = m.submodules.o_dma = Memory(shape=width, depth=depth, init=[])
+        lvt = m.submodules.o_lvt = Memory(shape=1, depth=depth, init=[])   # 1: the DMA bank is live
+        write(bank_c.write_port(), self.o_wr, True)
+        write(lvt.write_port(), self.o_wr, True, data=0)
+        write(bank_d.write_port(), self.o_dma_wr, False)
+        write(lvt.write_port(), self.o_dma_wr, False, data=1)   # added last: wins a same-line clash
+        for bus in (self.o_rd, self.o_dma_rd):
+            ports = [mem.read_port() for mem in (bank_c, bank_d, lvt)]
+            for p in ports:
+                m.d.comb += [p.addr.eq(bus.addr), p.en.eq(bus.en)]
+            m.d.comb += bus.data.eq(Mux(ports[2].data, ports[1].data, ports[0].data))
         return m

@@ -107,10 +107,14 @@ class DMAEngine(wiring.Component):
                     m.d.sync += loading.eq(0)
             with m.Else():
                 m.d.sync += beat.eq(beat + 1)
+        # One line address for both directions (the engine moves one transfer at a time), so synthesis
+        # can map a buffer's DMA read and write ports onto one read-write port of a block RAM.
+        line = Signal(17)
+        m.d.comb += line.eq(Mux(storing & primed, cur + 1, cur))
         for i, b in enumerate(BUFFERS):
             wr = getattr(self, f"{b.lower()}_wr")
             width = cfg.line_bits(b)
-            m.d.comb += [wr.addr.eq(cur), wr.data.eq(Cat(lbuf[:width - bw], self.ext.rdata)[:width]),
+            m.d.comb += [wr.addr.eq(line), wr.data.eq(Cat(lbuf[:width - bw], self.ext.rdata)[:width]),
                          wr.en.eq(loading & self.ext.rvalid & last_beat & (buf == i))]
 
         # store: read a line, send its beats
@@ -119,7 +123,7 @@ class DMAEngine(wiring.Component):
         datas = []
         for i, b in enumerate(BUFFERS):
             rd = getattr(self, f"{b.lower()}_rd")
-            m.d.comb += [rd.addr.eq(Mux(primed, cur + 1, cur)), rd.en.eq(rd_en & (buf == i))]
+            m.d.comb += [rd.addr.eq(line), rd.en.eq(rd_en & (buf == i))]
             datas.append(rd.data)
         with m.If(storing):
             with m.If(~primed):
