@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import time
 
-from bitmos.compiler import compile_spec, synthetic_spec
+from collections import Counter
+
+from bitmos.compiler import MODEL_SHAPES, compile_spec, llama_linears, synthetic_spec
 from bitmos.config import preset_config
+from bitmos.explore.perf import simulate_linears
 from bitmos.isa import BUFFERS, Op, compute_cycles, decode, dma_cycles
 from bitmos.sim import Simulator
 
-LAYERS = 32
-SHAPES = {"qkvo": (4096, 4096, 4), "gate_up": (4096, 11008, 2), "down": (11008, 4096, 1)}
+MODEL = MODEL_SHAPES["llama-2-7b"]
+LAYERS = MODEL["n_layers"]
+#: distinct (d_in, d_out) of one decoder layer -> linears of that shape per layer
+SHAPES = Counter((k, n) for _, k, n in llama_linears(dict(MODEL, n_layers=1)))
 SCALESIM_S_PER_GEMM = 79.0
 
 
@@ -69,16 +74,17 @@ def main() -> None:
     progs = {}
     t0 = time.perf_counter()
     for tokens in (1, 2048):
-        for name, (din, dout, _) in SHAPES.items():
-            spec = synthetic_spec(name, din, dout, cfg, seed=0, materialize=False)
+        for name in SHAPES:
+            spec = synthetic_spec(f"linear{name}", *name, cfg, seed=0, materialize=False)
             progs[tokens, name] = [p.words for p in compile_spec(spec, cfg, tokens).programs]
-    print(f"compile (bitmos.compiler, 6 distinct programs): {time.perf_counter() - t0:.1f} s (not counted below)")
+    print(f"compile (bitmos.compiler, {len(progs)} distinct programs): {time.perf_counter() - t0:.1f} s "
+          "(not counted below)")
     for tokens, label in ((1, "decode, 1 token"), (2048, "prefill, 2048 tokens")):
         # (a) every layer-program instance simulated
         t0 = time.perf_counter()
         cycles_all = 0
         n_words = 0
-        for name, (_, _, per_layer) in SHAPES.items():
+        for name, per_layer in SHAPES.items():
             for _ in range(LAYERS * per_layer):
                 for w in progs[tokens, name]:
                     r = sim.run(w, functional=False)
@@ -89,11 +95,14 @@ def main() -> None:
         # (b) shape reuse
         t0 = time.perf_counter()
         cycles = 0
-        for name, (_, _, per_layer) in SHAPES.items():
+        for name, per_layer in SHAPES.items():
             c = sum(sim.run(w, functional=False).cycles for w in progs[tokens, name])
             cycles += c * LAYERS * per_layer
         t_reuse = time.perf_counter() - t0
         assert cycles == cycles_all
+        # the same count through the path bitmos estimate / bitmos sweep use
+        layer = simulate_linears(cfg, llama_linears(dict(MODEL, n_layers=1)), tokens)
+        assert cycles == LAYERS * sum(r.cycles for runs in layer for r in runs)
         secs = cycles / (cfg.clock_mhz * 1e6)
         print(f"{label:22s}: {cycles:,} cycles = {secs * 1e3:.2f} ms simulated ({tokens / secs:,.0f} tokens/s); "
               f"wall {t_all:.2f} s for all 224 programs ({n_words:,} instructions, "
@@ -101,7 +110,7 @@ def main() -> None:
         if tokens == 1:
             decode_cycles, decode_wall = cycles, t_all
     # naive per-cycle reference on q_proj decode, extrapolated
-    w = progs[1, "qkvo"][0]
+    w = progs[1, (4096, 4096)][0]
     ref_cycles, ref_t = per_cycle_reference(w, cfg)
     assert ref_cycles == sim.run(w, functional=False).cycles, "per-cycle reference disagrees"
     rate = ref_cycles / ref_t

@@ -14,29 +14,17 @@ from typing import Any
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, ConfigError
 
-#: LLaMA-family shapes for studies of models too big to run here (Hugging Face config.json fields).
-BUILTIN_SHAPES: dict[str, dict[str, Any]] = {
-    "llama-2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
-    "llama-2-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                        num_attention_heads=40, num_key_value_heads=40, vocab_size=32000),
-    "tinyllama-1.1b": dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                           num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
-    "fbi-llm-130m": dict(model_type="llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                         num_attention_heads=12, num_key_value_heads=12, vocab_size=32000),
-    "fbi-llm-1.3b": dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
-                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
-}
-
-
 def load_shape(model: str) -> dict[str, Any]:
-    """A built-in shape name, a Hugging Face ``config.json`` or a bitmos model config JSON."""
-    if model in BUILTIN_SHAPES:
-        return dict(BUILTIN_SHAPES[model])
+    """A shape name from :data:`bitmos.compiler.MODEL_SHAPES`, a Hugging Face ``config.json`` or a bitmos
+    model config JSON."""
+    from bitmos.compiler import MODEL_SHAPES
+
+    if model in MODEL_SHAPES:
+        return dict(MODEL_SHAPES[model])
     p = Path(model)
     if not p.is_file():
         raise ConfigError(f"model {model!r} is neither a file nor a built-in shape "
-                          f"({', '.join(BUILTIN_SHAPES)})")
+                          f"({', '.join(MODEL_SHAPES)})")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -59,8 +47,8 @@ def estimate(shape: dict[str, Any], cfg: AcceleratorConfig, *, prefill: int, dec
     Host-side operations (attention, norms, embeddings, LM head) are not on the accelerator and are
     not counted.
     """
-    from bitmos.compiler import compile_spec, llama_linears, synthetic_spec
-    from bitmos.sim import Simulator
+    from bitmos.compiler import llama_linears
+    from bitmos.explore.perf import simulate_linears
     from bitmos.sim.energy import EnergyTable
     from bitmos.sim.report import summarize
 
@@ -68,26 +56,16 @@ def estimate(shape: dict[str, Any], cfg: AcceleratorConfig, *, prefill: int, dec
         raise ConfigError(f"--prefill ({prefill}) and --decode ({decode}) must be >= 0 and not both 0")
     table = EnergyTable.load(energy_table) if energy_table else EnergyTable.load(_default_table(cfg))
     walk = llama_linears(shape)
-    sim = Simulator(cfg)
     out: dict[str, Any] = {"model": {"layers": len(walk), "binary_weights": sum(a * b for _, a, b in walk)},
                            "config": cfg.to_dict()}
     t0 = time.perf_counter()
     for phase, tokens in (("prefill", prefill), ("decode", 1 if decode else 0)):
         if not tokens:
             continue
-        cache: dict[tuple[int, int], Any] = {}
         runs, names = [], []
-        for i, (name, d_in, d_out) in enumerate(walk):
-            key = (d_in, d_out)
-            if key not in cache:
-                spec = synthetic_spec(name, d_in, d_out, cfg, seed=i, materialize=False)
-                progs = compile_spec(spec, cfg, tokens).programs
-                cache[key] = [sim.run(p.words, functional=False) for p in progs]
-                for r in cache[key]:
-                    if r.error:
-                        raise BitmosUserError(f"{name}: simulated program faulted: {r.error_message}")
-            runs += cache[key]
-            names += [name] * len(cache[key])
+        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens)):
+            runs += layer_runs
+            names += [name] * len(layer_runs)
         steps = decode if phase == "decode" else 1
         s = summarize(runs * steps, table, tokens=tokens * steps)
         s.pop("per_run", None)
@@ -142,10 +120,12 @@ def cmd_estimate(args) -> int:
 
 
 def _add_estimate(sub) -> None:
+    from bitmos.compiler import MODEL_SHAPES
+
     p = sub.add_parser("estimate", help="whole-model prefill/decode throughput and energy of a model shape "
                        "(e.g. LLaMA-2-7B) on a config, in timing-only simulation")
     p.add_argument("--model", default="llama-2-7b",
-                   help=f"Hugging Face config.json, bitmos model config JSON, or one of {', '.join(BUILTIN_SHAPES)}")
+                   help=f"Hugging Face config.json, bitmos model config JSON, or one of {', '.join(MODEL_SHAPES)}")
     p.add_argument("--config", default="asic32", help="accelerator config file or preset (default asic32)")
     p.add_argument("--prefill", type=int, default=2048, help="prompt tokens (default 2048)")
     p.add_argument("--decode", type=int, default=128, help="generated tokens (default 128)")

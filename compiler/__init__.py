@@ -8,10 +8,11 @@ Public API (docs/compiler.md):
 """
 
 from bitmos.compiler.api import (CompiledLinear, CompiledModel, compile_linear, compile_model, compile_spec,
-                                 llama_linears, read_layer_output, region_sizes, write_layer_input)
+                                 MODEL_SHAPES, llama_linears, read_layer_output, region_sizes, write_layer_input)
 from bitmos.compiler.lower import LayerSpec, lower_linear, synthetic_spec
 from bitmos.compiler.schedule import Tiling, make_tiling
 
-__all__ = ["CompiledLinear", "CompiledModel", "compile_linear", "compile_model", "compile_spec", "llama_linears",
+__all__ = ["CompiledLinear", "CompiledModel", "compile_linear", "compile_model", "compile_spec", "MODEL_SHAPES",
+           "llama_linears",
            "read_layer_output", "write_layer_input", "region_sizes", "LayerSpec", "lower_linear",
            "synthetic_spec", "Tiling", "make_tiling"]

@@ -330,6 +330,19 @@ def read_layer_output(memory, layer_manifest) -> np.ndarray:
 
 # ---- whole models -----------------------------------------------------------------------------------
 
+#: LLaMA-family shapes for studies of models too big to train here (bitmos model-config keys, as
+#: :func:`llama_linears` reads them). The one table ``bitmos estimate``, ``bitmos sweep`` and the
+#: benchmarks name models from.
+MODEL_SHAPES: dict[str, dict[str, int]] = {
+    "llama-2-7b": {"dim": 4096, "hidden_dim": 11008, "n_layers": 32, "n_heads": 32},
+    "llama-2-13b": {"dim": 5120, "hidden_dim": 13824, "n_layers": 40, "n_heads": 40},
+    "tinyllama-1.1b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 22, "n_heads": 32, "n_kv_heads": 4},
+    "fbi-llm-130m": {"dim": 768, "hidden_dim": 2048, "n_layers": 12, "n_heads": 12},
+    "fbi-llm-1.3b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 24, "n_heads": 32},
+    "toy": {"dim": 256, "hidden_dim": 688, "n_layers": 2, "n_heads": 4},
+}
+
+
 def llama_linears(shape: dict) -> list[tuple[str, int, int]]:
     """(module path, d_in, d_out) of every binarized linear, in execution order, from a model config.
 

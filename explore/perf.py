@@ -24,14 +24,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, ConfigError
 from bitmos.isa import matmul_tile_cycles, quant_token_cycles
 
-#: Model shapes (bitmos model-config keys, as bitmos.compiler.llama_linears reads them).
-MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "llama2-7b": {"dim": 4096, "hidden_dim": 11008, "n_layers": 32, "n_heads": 32},
-    "llama2-13b": {"dim": 5120, "hidden_dim": 13824, "n_layers": 40, "n_heads": 40},
-    "tinyllama-1.1b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 22, "n_heads": 32, "n_kv_heads": 4},
-    "toy": {"dim": 256, "hidden_dim": 688, "n_layers": 2, "n_heads": 4},
-}
-DEFAULT_SHAPE = "llama2-7b"
+DEFAULT_SHAPE = "llama-2-7b"
 
 #: Config fields the "auto buffers" search may grow, keyed by the words the compiler's errors use.
 _GROW = (("XBUF", "xbuf_kib"), ("WBUF", "wbuf_kib"), ("SBUF", "sbuf_kib"), ("QBUF", "qbuf_kib"),
@@ -44,6 +37,10 @@ class Infeasible(BitmosUserError):
 
 
 def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
+    """A name from :data:`bitmos.compiler.MODEL_SHAPES`, or a dict of model-config keys (optionally
+    ``preset = <name>`` plus overrides), as a dict with ``name``."""
+    from bitmos.compiler import MODEL_SHAPES
+
     if shape is None:
         shape = DEFAULT_SHAPE
     if isinstance(shape, str):
@@ -95,34 +92,43 @@ def pick_backend(backend: str | None) -> str:
 
 # ---- sim backend -----------------------------------------------------------------------------------
 
-def _sim_phase(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: int) -> tuple[int, dict[str, int], int]:
-    """(cycles, action counts, stall cycles) of ONE decoder layer for ``tokens`` tokens.
+def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]], tokens: int) -> list[list[Any]]:
+    """For each (name, K, N) of ``linears``: the timing-mode results of its programs for ``tokens`` tokens.
 
-    Each distinct (K, N) of the layer is compiled once (``compile_spec`` of a timing-only
-    ``synthetic_spec``) and simulated in timing mode; its figures count once per linear of that shape
-    (q/k/v/o of LLaMA-2-7B are one shape, gate/up another): a linear's timing does not depend on where
-    its data sits in external memory.
+    Each distinct (K, N) is compiled once (``compile_spec`` of a timing-only ``synthetic_spec``) and
+    simulated once; linears of the same shape share those results (q/k/v/o of LLaMA-2-7B are one shape,
+    gate/up another): a linear's timing and action counts do not depend on where its data sits in
+    external memory. Raises :class:`Infeasible` naming the linear when a program faults.
     """
     from bitmos.compiler import compile_spec, synthetic_spec
     from bitmos.sim import Simulator
 
     sim = Simulator(cfg)
+    by_shape: dict[tuple[int, int], list[Any]] = {}
+    out = []
+    for name, K, N in linears:
+        if (K, N) not in by_shape:
+            spec = synthetic_spec(name, K, N, cfg, seed=len(by_shape), materialize=False)
+            runs = [sim.run(p.words, None, functional=False) for p in compile_spec(spec, cfg, tokens).programs]
+            for r in runs:
+                if r.error:
+                    raise Infeasible(f"{name} ({K}x{N}): the simulator stopped with {r.cause_name}: "
+                                     f"{r.error_message}")
+            by_shape[(K, N)] = runs
+        out.append(by_shape[(K, N)])
+    return out
+
+
+def _sim_phase(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: int) -> tuple[int, dict[str, int], int]:
+    """(cycles, action counts, stall cycles) of ONE decoder layer for ``tokens`` tokens."""
     cycles = stalls = 0
     counts: dict[str, int] = {}
-    multiplicity: dict[tuple[int, int], int] = {}
-    for _, K, N in linears(shape):
-        multiplicity[(K, N)] = multiplicity.get((K, N), 0) + 1
-    for i, ((K, N), mult) in enumerate(multiplicity.items()):
-        spec = synthetic_spec(f"linear{K}x{N}", K, N, cfg, seed=i, materialize=False)
-        cl = compile_spec(spec, cfg, tokens)
-        for prog in cl.programs:
-            r = sim.run(prog.words, None, functional=False)
-            if r.error:
-                raise Infeasible(f"{K}x{N}: the simulator stopped with {r.cause_name}: {r.error_message}")
-            cycles += mult * r.cycles
-            stalls += mult * r.stall_cycles
+    for runs in simulate_linears(cfg, linears(shape), tokens):
+        for r in runs:
+            cycles += r.cycles
+            stalls += r.stall_cycles
             for k, v in r.counts.items():
-                counts[k] = counts.get(k, 0) + mult * int(v)
+                counts[k] = counts.get(k, 0) + int(v)
     return cycles, counts, stalls
 
 

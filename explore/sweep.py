@@ -4,7 +4,7 @@ A sweep spec (TOML, docs/dse.md)::
 
     name = "llama7b"
     base = "asic32"                  # preset or config file the grid varies
-    model = "llama2-7b"              # or a [model] table (dim, hidden_dim, n_layers, n_heads[, n_kv_heads])
+    model = "llama-2-7b"              # or a [model] table (dim, hidden_dim, n_layers, n_heads[, n_kv_heads])
     prefill_tokens = 64
     energy_table = "horowitz45_hbm2"
     backend = "auto"                 # sim (compiler + simulator timing mode) | contract | auto
@@ -61,7 +61,7 @@ _SPEC_KEYS = {"name", "base", "model", "prefill_tokens", "energy_table", "backen
 class SweepSpec:
     name: str = "sweep"
     base: str = "small"
-    model: Any = "llama2-7b"
+    model: Any = "llama-2-7b"
     prefill_tokens: int = 64
     energy_table: str | None = None
     backend: str = "auto"

@@ -44,7 +44,7 @@ def test_estimate_cli_json_and_errors(tmp_path, capsys):
     assert main(["estimate", "--model", "no-such-model"]) == 2
     assert "neither a file nor a built-in shape" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="must be >= 0 and not both 0"):
-        pipeline.estimate(pipeline.BUILTIN_SHAPES["fbi-llm-130m"], preset_config("small"), prefill=0, decode=0)
+        pipeline.estimate(pipeline.load_shape("fbi-llm-130m"), preset_config("small"), prefill=0, decode=0)
 
 
 @pytest.fixture(scope="module")
