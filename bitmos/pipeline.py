@@ -197,16 +197,6 @@ class SimulatedAccelerator:
         return torch.from_numpy(y.astype(np.int64))
 
 
-def _boundary(host, accel_fn):
-    """A linear_override hook: host float x -> int16 -> accel_fn(name, x_int) -> int32 -> host float."""
-    def hook(path, module, x):
-        lead, k = x.shape[:-1], x.shape[-1]
-        xi = host.to_accelerator(x.reshape(-1, k))
-        y = accel_fn(path, xi)
-        return host.from_accelerator(y).reshape(*lead, y.shape[-1])
-    return hook
-
-
 def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=None) -> list[int]:
     """Greedy generation with a KV cache: one prefill over the prompt, then one-token decode steps."""
     import torch
@@ -269,7 +259,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
 
     # 1. the integer golden model, on the host
     golden = AcceleratorSide(export, cfg)
-    golden_ids = _generate(host.transformer, _boundary(host, golden), ids, tokens)
+    golden_ids = _generate(host.transformer, host.linear_hook(golden), ids, tokens)
     # 2. the same generation with every binarized linear on the simulated accelerator
     accel = SimulatedAccelerator(export, cfg)
     phase = {"name": "prefill", "marks": []}
@@ -278,7 +268,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         phase["marks"].append((name, len(accel.runs)))
         # trace the prefill and the first decode step: the timeline plots show one of each
         accel.trace = len(phase["marks"]) <= 2
-    sim_ids = _generate(host.transformer, _boundary(host, accel), ids, tokens, on_phase=on_phase)
+    sim_ids = _generate(host.transformer, host.linear_hook(accel), ids, tokens, on_phase=on_phase)
     # 3. the float student for reference
     with torch.no_grad():
         float_ids = model.generate(torch.tensor([ids]), len(golden_ids) - len(ids), temperature=0)[0].tolist()
@@ -424,10 +414,10 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
     capture = _Capture(AcceleratorSide(export, cfg))
     cache = KVCache(model.config)
     with torch.no_grad():
-        logits, _ = host.transformer(torch.tensor([ids]), linear_override=_boundary(host, capture.golden),
+        logits, _ = host.transformer(torch.tensor([ids]), linear_override=host.linear_hook(capture.golden),
                                      cache=cache)
         nxt = int(logits[0, -1].argmax())
-        host.transformer(torch.tensor([[nxt]]), linear_override=_boundary(host, capture), cache=cache)
+        host.transformer(torch.tensor([[nxt]]), linear_override=host.linear_hook(capture), cache=cache)
     names = [lin.name for lin in export.linears][: layers or None]
     simulator = Simulator(cfg)
     cases, rows = [], []

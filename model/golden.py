@@ -323,6 +323,17 @@ class HostSide(nn.Module):
         """int32 values with out_frac_bits fraction bits -> float32."""
         return from_fixed(y, self.cfg.out_frac_bits)
 
+    def linear_hook(self, accel_fn):
+        """A ``linear_override`` hook (see ``Transformer.forward``) that runs every binarized linear on an
+        accelerator: float x (..., K) -> :meth:`to_accelerator` -> ``accel_fn(path, x_int [T, K]) -> y_int
+        [T, N]`` -> :meth:`from_accelerator`. ``accel_fn`` is the golden :class:`AcceleratorSide`, the
+        simulator or the RTL (``bitmos demo`` / ``verify``)."""
+        def hook(path: str, module, x: torch.Tensor) -> torch.Tensor:
+            lead, k = x.shape[:-1], x.shape[-1]
+            y = accel_fn(path, self.to_accelerator(x.reshape(-1, k)))
+            return self.from_accelerator(y).reshape(*lead, y.shape[-1])
+        return hook
+
 
 class GoldenModel(nn.Module):
     """Whole-model integer golden forward: ``model(idx) -> (logits, loss)`` like the Transformer, so
@@ -336,6 +347,7 @@ class GoldenModel(nn.Module):
         self.host = HostSide(export, cfg)
         self.accelerator = AcceleratorSide(export, cfg)
         self.config = self.host.config
+        self._to_golden = self.host.linear_hook(self.accelerator)
 
     @classmethod
     def from_model(cls, model, accel: AcceleratorConfig | str | None = None) -> "GoldenModel":
@@ -348,17 +360,14 @@ class GoldenModel(nn.Module):
         return cls(load_export_or_checkpoint(path, accel), accel)
 
     def boundary(self, path: str, module, x: torch.Tensor) -> torch.Tensor:
-        """The linear_override hook: host float x (..., K) -> accelerator -> host float y (..., N)."""
-        lead, k = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, k)
-        xi = self.host.to_accelerator(x2)
+        """The linear_override hook: :meth:`HostSide.linear_hook` over the golden accelerator, counting
+        the inputs that saturate int16 on the way."""
         st = self.accelerator.stats[path]
         lim = 1 << (X_BITS - 1)
-        st.x_values += xi.numel()
-        raw = torch.floor(x2.detach().double() * (1 << self.accel_cfg.x_frac_bits) + 0.5)
+        st.x_values += x.numel()
+        raw = torch.floor(x.detach().double() * (1 << self.accel_cfg.x_frac_bits) + 0.5)
         st.x_saturated += int(((raw > lim - 1) | (raw < -lim)).sum())
-        y = self.accelerator(path, xi)
-        return self.host.from_accelerator(y).reshape(*lead, y.shape[-1])
+        return self._to_golden(path, module, x)
 
     @torch.no_grad()
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
