@@ -229,6 +229,27 @@ LUT_AVAILABLE = {("ecp5", "12k"): 24288, ("ecp5", "25k"): 24288, ("ecp5", "45k")
                  ("ecp5", "85k"): 83640, ("ice40", "hx1k"): 1280, ("ice40", "hx8k"): 7680,
                  ("ice40", "lp8k"): 7680, ("ice40", "up5k"): 5280}
 
+#: Block RAMs and multipliers of each device (Lattice ECP5 family data sheet FPGA-DS-02012, table 1.1:
+#: EBR 32/56/108/208, 18x18 multipliers 28/28/72/156; iCE40 LP/HX and UltraPlus data sheets:
+#: 4 Kbit RAMs 16/32/32/30, SB_MAC16 0/0/0/8). The 85k figures are what nextpnr reports (208, 156).
+BLOCK_AVAILABLE = {("ecp5", "12k"): (32, 28), ("ecp5", "25k"): (56, 28), ("ecp5", "45k"): (108, 72),
+                   ("ecp5", "85k"): (208, 156), ("ice40", "hx1k"): (16, 0), ("ice40", "hx8k"): (32, 0),
+                   ("ice40", "lp8k"): (32, 0), ("ice40", "up5k"): (30, 8)}
+
+
+def netlist_fit_error(res: dict[str, Any], target: str, device: str) -> DoesNotFit | None:
+    """A DoesNotFit when the Yosys netlist alone already needs more block RAMs, multipliers or LUTs than
+    the device has (placement only adds cells), so a run that cannot fit fails before nextpnr's hour."""
+    part = DEVICES[target][device][2]
+    brams, dsps = BLOCK_AVAILABLE[(target, device)]
+    cells = RESOURCE_CELLS[target]
+    for kind, used, avail in (("bram", res["brams"], brams), ("dsp", res["dsps"], dsps),
+                              ("lut", res["luts"], res["lut_available"])):
+        if used > avail:
+            return DoesNotFit(f"design does not fit {part}: the Yosys netlist needs {used} {cells[kind]} but "
+                              f"the device has {avail}", cells[kind], used, avail)
+    return None
+
 
 def netlist_result(counts: dict[str, int], target: str, device: str) -> dict[str, Any]:
     """Resource use from the Yosys netlist alone (no place and route, so no fmax).
@@ -335,6 +356,9 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
             raise SynthError(f"yosys failed (exit {p.returncode}):\n{tail}")
         netlist = json.loads((wd / "synth.json").read_text())
         counts = count_netlist_cells(netlist)
+        nofit = netlist_fit_error(netlist_result(counts, target, device), target, device)
+        if nofit:
+            raise nofit
         if not pnr:
             res = netlist_result(counts, target, device)
             res.update(binary_ops_per_cycle=binary_ops_per_cycle, config=config, config_name=config_name,
@@ -343,10 +367,6 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
                        seconds=round(time.monotonic() - t0, 2),
                        commands=[" ".join(ycmd[-3:-1]) + f' "{script}"'])
             r = SynthResult(**res)
-            if r.luts > r.lut_available:
-                raise DoesNotFit(f"design does not fit {part}: Yosys maps it to {r.luts} LUTs "
-                                 f"({RESOURCE_CELLS[target]['lut']}) but the device has {r.lut_available}",
-                                 RESOURCE_CELLS[target]["lut"], r.luts, r.lut_available)
             if use_cache:
                 write_json_atomic(entry, r.to_dict())
             return r

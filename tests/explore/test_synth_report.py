@@ -75,3 +75,23 @@ def test_real_synthesis_of_fixture_pe(tmp_path):
     assert 50 < r.luts < 400 and r.fmax_mhz and r.ffs == 16
     again = S.synthesize(v, "top", target="ecp5", device="25k", cache_dir=tmp_path, binary_ops_per_cycle=32)
     assert again.cached and again.luts == r.luts
+
+
+def test_netlist_that_cannot_fit_is_refused_before_place_and_route():
+    # counts as Yosys reports them for a design with more multipliers than an ECP5-85F has
+    counts = {"LUT4": 40000, "CCU2C": 5000, "TRELLIS_FF": 9000, "DP16KD": 150, "MULT18X18D": 240}
+    err = S.netlist_fit_error(S.netlist_result(counts, "ecp5", "85k"), "ecp5", "85k")
+    assert isinstance(err, S.DoesNotFit)
+    assert (err.resource, err.used, err.available) == ("MULT18X18D", 240, 156)
+    assert "LFE5U-85F" in str(err)
+    # block RAM is checked too, and LUT4 + 2 per CCU2C against the LUTs
+    err = S.netlist_fit_error(S.netlist_result(dict(counts, MULT18X18D=10, DP16KD=209), "ecp5", "85k"),
+                              "ecp5", "85k")
+    assert (err.resource, err.used) == ("DP16KD", 209)
+    err = S.netlist_fit_error(S.netlist_result(dict(counts, MULT18X18D=0, LUT4=80000), "ecp5", "85k"),
+                              "ecp5", "85k")
+    assert (err.resource, err.used) == ("TRELLIS_COMB", 90000)
+    assert S.netlist_fit_error(S.netlist_result(dict(counts, MULT18X18D=156), "ecp5", "85k"), "ecp5", "85k") is None
+    # the same netlist fits nowhere smaller
+    assert S.netlist_fit_error(S.netlist_result({"LUT4": 100, "MULT18X18D": 30}, "ecp5", "25k"),
+                               "ecp5", "25k").available == 28
