@@ -364,43 +364,133 @@ def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], outdir: Path) -> 
 
 
 def plot_pareto(rows: list[dict[str, Any]], front_keys: set[str], path: Path, spec: SweepSpec) -> Path:
+    """Decode and prefill panels of tokens/s vs energy per token (log-log), one dot per feasible point
+    coloured by area; each panel's 2-D front (max tokens/s, min energy) as a red line through its points
+    in x order, drawn on top with markers so a one-point front still shows; the points on the sweep's
+    own front (``spec.objectives``) circled. One figure legend below the panels, one shared colorbar."""
+    import math
+    import numbers
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     from bitmos.explore.pareto import pareto_front
 
-    panels = [("decode_tokens_per_s", "decode_uj_per_token", "decode"),
-              ("prefill_tokens_per_s", "prefill_uj_per_token", f"prefill ({spec.prefill_tokens} tokens)")]
+    def positive(v: Any) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
+
+    def model_name(m: Any) -> str:
+        if isinstance(m, dict):
+            if m.get("name"):
+                return str(m["name"])
+            dims = ", ".join(f"{k}={m[k]}" for k in ("dim", "n_layers") if k in m)
+            return f"model ({dims})" if dims else "custom model"
+        p = Path(str(m))
+        if p.suffix == ".json":
+            return p.parent.name if p.name == "config.json" and p.parent.name else p.stem
+        return str(m)
+
+    def tick_text(v: float, _pos: Any = None) -> str:
+        if v >= 1e6:
+            return f"{v / 1e6:g}M"
+        if v >= 1000:
+            return f"{v:,.0f}" if v == round(v) else f"{v:,.1f}"
+        return f"{v:g}"
+
+    def log_ticks(lo: float, hi: float, most: int) -> list[float]:
+        """Round values (1-2-5 style, denser for narrow ranges, sparser for wide ones) inside [lo, hi]:
+        as many as fit in ``most`` labels, so no minor '2x10^2 3x10^2' labels crowd each other."""
+        k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+        for subs in ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 1.5, 2, 3, 5, 7), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
+            ticks = [m * 10.0 ** k for k in range(k0, k1 + 1) for m in subs if lo <= m * 10.0 ** k <= hi]
+            if len(ticks) <= most:
+                break
+        else:
+            step = math.ceil(len(ticks) / most)
+            ticks = ticks[::step]
+        if len(ticks) < 3:  # a range too narrow for round log steps: plain linear ticks inside it
+            lin = [t for t in MaxNLocator(nbins=5).tick_values(lo, hi) if lo <= t <= hi and t > 0]
+            if len(lin) > len(ticks):
+                ticks = lin
+        return ticks
+
+    def format_log_axis(axis: Any, lims: tuple[float, float], most: int) -> None:
+        axis.set_major_locator(FixedLocator(log_ticks(min(lims), max(lims), most)))
+        axis.set_major_formatter(FuncFormatter(tick_text))
+        axis.set_minor_locator(LogLocator(subs="auto"))
+        axis.set_minor_formatter(NullFormatter())
+
+    name = model_name(spec.model)
+    panels = [("decode_tokens_per_s", "decode_uj_per_token", "decode (1 token per step)", "decode"),
+              ("prefill_tokens_per_s", "prefill_uj_per_token", f"prefill ({spec.prefill_tokens}-token prompt)",
+               "prefill")]
     colour = spec.plot.get("color", "luts")
     cvals = [r.get(colour) for r in rows]
-    have_c = all(isinstance(v, (int, float)) and v > 0 for v in cvals)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    have_c = bool(rows) and all(positive(v) for v in cvals)
+    norm = None
+    if have_c:
+        lo, hi = min(cvals), max(cvals)
+        norm = LogNorm(vmin=lo if lo < hi else lo / 1.1, vmax=hi if lo < hi else hi * 1.1)
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4), layout="constrained")
     sc = None
-    for ax, (x, y, title) in zip(axes, panels):
-        xs = [r[x] for r in rows]
-        ys = [r[y] for r in rows]
-        kw = dict(c=cvals, cmap="viridis", norm=LogNorm()) if have_c else dict(color="tab:blue")
-        sc = ax.scatter(xs, ys, s=28, alpha=0.85, **kw)
-        f2 = pareto_front(rows, [f"max:{x}", f"min:{y}"])
-        pts = sorted((xs[i], ys[i]) for i in f2)
-        if pts:
-            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="red", lw=1.2,
-                    label="2-D Pareto front (tokens/s vs energy)")
-        fk = [i for i, r in enumerate(rows) if r["key"] in front_keys]
-        ax.scatter([xs[i] for i in fk], [ys[i] for i in fk], s=80, facecolors="none", edgecolors="black",
-                   lw=1.0, label=f"Pareto over {', '.join(o.split(':')[1] for o in spec.objectives)}")
+    handles: dict[str, Any] = {}
+    front_sizes: list[tuple[str, int]] = []
+    for ax, (x, y, phase, short) in zip(axes, panels):
+        idx = [i for i, r in enumerate(rows) if positive(r.get(x)) and positive(r.get(y))]
+        xs = [rows[i][x] for i in idx]
+        ys = [rows[i][y] for i in idx]
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"{title}: tokens/s")
-        ax.set_ylabel(f"{title}: energy per token (uJ)")
-        ax.set_title(f"{spec.name}: {title}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        kw = dict(c=[cvals[i] for i in idx], cmap="viridis", norm=norm) if have_c else dict(color="tab:blue")
+        sc = ax.scatter(xs, ys, s=26, alpha=0.85, zorder=2, linewidths=0, **kw)
+        handles.setdefault("points", Line2D([], [], ls="", marker="o", ms=5, mew=0,
+                                            color=plt.get_cmap("viridis")(0.55) if have_c else "tab:blue"))
+        fk = [j for j, i in enumerate(idx) if rows[i]["key"] in front_keys]
+        circ = ax.scatter([xs[j] for j in fk], [ys[j] for j in fk], s=95, facecolors="none",
+                          edgecolors="black", lw=1.0, zorder=3)
+        handles.setdefault("front", circ)
+        f2 = pareto_front([rows[i] for i in idx], [f"max:{x}", f"min:{y}"])
+        pts = sorted((xs[j], ys[j]) for j in f2)
+        if pts:
+            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], color="red", lw=1.6, marker="D",
+                              ms=5.5, zorder=4, gid="pareto2d")
+            handles.setdefault("front2d", line)
+        front_sizes.append((short, len(pts)))
+        ax.set_xlabel("tokens/s")
+        ax.set_ylabel("energy per token (µJ)")
+        title = f"{name}: {phase}"
+        ax.set_title(title if len(title) <= 44 else f"{name}\n{phase}")
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", alpha=0.12)
+        if xs:
+            ax.autoscale_view()
+            format_log_axis(ax.xaxis, ax.get_xlim(), 6)
+            format_log_axis(ax.yaxis, ax.get_ylim(), 7)
+    fig.suptitle(f"Sweep '{spec.name}': {len(rows)} feasible design points on base '{spec.base}'", fontsize=11)
     if have_c and sc is not None:
-        fig.colorbar(sc, ax=axes, label=f"{colour} (area)")
+        fig.colorbar(sc, ax=axes, label=f"{'LUTs' if colour == 'luts' else colour} (area)", pad=0.02, aspect=30)
+    objs = ", ".join(o.replace(":", " ", 1) for o in spec.objectives)
+    n_front = sum(r.get("key") in front_keys for r in rows)
+    cname = "LUTs" if colour == "luts" else colour
+    labels = {"points": "design point" + (f" (colour = {cname})" if have_c else ""),
+              "front2d": "2-D Pareto front, tokens/s vs energy " + (
+                  "(1 point per panel: the fastest design is also the most efficient)"
+                  if all(n == 1 for _, n in front_sizes)
+                  else "(" + "; ".join(f"{p}: {n} point{'s' if n != 1 else ''}" for p, n in front_sizes) + ")"),
+              "front": f"Pareto-optimal over {objs} ({n_front} points)"}
+    order = [k for k in ("points", "front2d", "front") if k in handles]
+    legend_kw = dict(ncol=1, fontsize=9, frameon=False)
+    try:
+        fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="outside lower center",
+                   **legend_kw)
+    except ValueError:  # matplotlib < 3.7: no 'outside' placement
+        fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="lower center",
+                   bbox_to_anchor=(0.5, -0.02), **legend_kw)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
