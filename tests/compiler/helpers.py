@@ -10,7 +10,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.export import BinaryLinearExport
 from bitmos.isa import Timeline, decode
 
-from tests.compiler import refsim
+from tests import reference_machine
 
 
 def sim_module():
@@ -36,7 +36,7 @@ def run_programs(cfg: AcceleratorConfig, programs, memory: bytearray, *, use_sim
     sim = sim_module() if use_sim else None
     total = 0
     for p in programs:
-        ref = refsim.run(cfg, p.words, memory)
+        ref = reference_machine.run(cfg, p.words, memory)
         assert ref.error is None
         assert ref.cycles == p.cycles, (ref.cycles, p.cycles)
         if sim is not None:
@@ -61,4 +61,4 @@ def timeline_cycles(cfg: AcceleratorConfig, words: list[int], K: int) -> int:
 
 
 def golden(lin: BinaryLinearExport, cfg: AcceleratorConfig, x: np.ndarray) -> np.ndarray:
-    return np.array(refsim.golden(lin, cfg, x.astype(int).tolist()), dtype=np.int64).reshape(x.shape[0], lin.d_out)
+    return np.array(reference_machine.golden(lin, cfg, x.astype(int).tolist()), dtype=np.int64).reshape(x.shape[0], lin.d_out)

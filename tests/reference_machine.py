@@ -1,0 +1,295 @@
+"""The one deliberately naive reference interpreter of the bitmos ISA, for the test suites.
+
+Written line by line from docs/isa.md: Python integers, one element at a time, every buffer line one
+little-endian integer. It uses only the contract -- the reference arithmetic of ``bitmos.formats``,
+the decoder and the cycle formulas (``Timeline``) of ``bitmos.isa`` and the geometry of
+``bitmos.config`` -- and shares nothing with bitmos.sim's vectorized code: it is the independent
+second implementation the simulator and the compiler are checked against. Slow; small shapes only.
+
+Users:
+* tests/compiler (via tests/compiler/helpers.py): every compiled program runs here and on
+  bitmos.sim; the memories and cycle counts must agree. ``golden`` is the per-layer reference y_int.
+* tests/sim/test_machine.py: bitmos.sim's buffers, META and memory must match this machine's bit
+  for bit after a random or directed program.
+
+Legal programs only: instead of modelling a fault, it raises ``ReferenceMachineError`` for anything
+docs/isa.md makes a fault --
+* a buffer line a load/store/quant/matmul/scaleout would touch at or beyond its depth, or a META
+  record beyond ``meta_tokens`` (cause 3);
+* an illegal ntok for the mode of a quant/scaleout (cause 2);
+* an external address beyond ``ext_mem_mib`` (cause 4);
+* running past the end of the program or of IMEM without ``halt`` (cause 5)
+(illegal opcodes and fields raise ``bitmos.isa.DecodeError`` from the decoder), and, optionally, for
+* ``check_hazards=True`` (default): the DMA hazard rule in its strictest reading -- after a
+  load/store, until the next ``wait`` (or ``halt``), no instruction (another transfer included) may
+  touch the lines that transfer reads or writes (a compute instruction's lines taken as the whole
+  span of its range check);
+* ``grow_memory=False`` (default): a transfer past the end of the memory image (a compiled layer's
+  image holds every byte its programs touch). With ``grow_memory=True`` the image is the start of an
+  external memory of zeros, as on the machine: loads past it read zeros and stores extend it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitmos import formats as F
+from bitmos.config import AcceleratorConfig
+from bitmos.isa import BUFFERS, Op, Reg, Timeline, decode, reg_value
+
+
+class ReferenceMachineError(Exception):
+    pass
+
+
+@dataclass
+class RefResult:
+    cycles: int                 # the run's cycle count (Timeline: the halt's issue cycle + 1)
+    memory: bytearray           # external memory after the run
+    error: str | None = None    # always None: a fault raises ReferenceMachineError instead
+    instructions: int = 0       # instructions issued, halt included
+    stall_cycles: int = 0
+
+
+def field(line: int, idx: int, bits: int, signed: bool = True) -> int:
+    """Element idx of a line of bits-wide elements (element 0 in the least significant bits)."""
+    u = (line >> (idx * bits)) & ((1 << bits) - 1)
+    return F.to_signed(u, bits) if signed else u
+
+
+def set_field(line: int, idx: int, bits: int, value: int) -> int:
+    mask = ((1 << bits) - 1) << (idx * bits)
+    return (line & ~mask) | ((value & ((1 << bits) - 1)) << (idx * bits))
+
+
+class ReferenceMachine:
+    def __init__(self, cfg: AcceleratorConfig, memory: bytes, *, check_hazards: bool = True,
+                 grow_memory: bool = False):
+        self.cfg = cfg
+        self.check_hazards = check_hazards
+        self.grow_memory = grow_memory
+        self.mem = bytearray(memory)
+        self.depth = {b: cfg.depth(b) for b in "XWSQO"}
+        self.buf = {b: [0] * self.depth[b] for b in "XWSQO"}          # each line one little-endian integer
+        self.meta = [(0, [0] * cfg.experts) for _ in range(cfg.meta_tokens)]   # (D, gates)
+        self.regs = {r: 0 for r in Reg}
+        self.inflight: list[tuple[int, str, int, int]] = []   # (pc, buf, lo, hi) of transfers since the last wait
+
+    # element access -------------------------------------------------------------------------------
+    def x(self, line: int, j: int) -> int:
+        return field(self.buf["X"][line], j, 16)
+
+    def s(self, line: int, e: int, j: int) -> int:
+        return field(self.buf["S"][line], e * self.cfg.cols + j, 16)
+
+    def set_o(self, line: int, j: int, value: int) -> None:
+        self.buf["O"][line] = set_field(self.buf["O"][line], j, 32, F.to_unsigned(value, 32))
+
+    # checks ---------------------------------------------------------------------------------------
+    def fail(self, pc: int, msg: str):
+        raise ReferenceMachineError(f"pc {pc}: {msg}")
+
+    def touch(self, buf: str, lo: int, hi: int, pc: int, what: str) -> None:
+        """Lines [lo, hi) of buf are about to be read or written: range check, then hazard check."""
+        if lo < 0 or hi > self.depth[buf]:
+            self.fail(pc, f"{what} touches {buf} lines [{lo},{hi}) beyond depth {self.depth[buf]}")
+        if self.check_hazards:
+            for ipc, b, a, z in self.inflight:
+                if b == buf and a < hi and lo < z:
+                    self.fail(pc, f"hazard: {what} touches {buf} lines [{lo},{hi}) while the transfer "
+                                  f"at pc {ipc} ([{a},{z})) has not been waited for")
+
+    def touch_meta(self, lo: int, n: int, pc: int, what: str) -> None:
+        if lo + n > self.cfg.meta_tokens:
+            self.fail(pc, f"{what} touches META records [{lo},{lo + n}) beyond {self.cfg.meta_tokens}")
+
+    def check_ntok(self, ins, pc: int) -> None:
+        plane, ntok = ins["mode"] == 1, ins["ntok"]
+        if (plane and ntok != 1) or (not plane and ntok > self.cfg.rows):
+            self.fail(pc, f"illegal ntok={ntok} for {'plane' if plane else 'token'} mode")
+
+    # the program ----------------------------------------------------------------------------------
+    def run(self, words: list[int]) -> RefResult:
+        tl = Timeline()
+        pc = 0
+        while True:
+            if pc >= self.cfg.imem_words or pc >= len(words):
+                self.fail(pc, "ran past the program")
+            ins = decode(words[pc], pc=pc)
+            op = ins.op
+            K = self.regs[Reg.K]
+            if op is Op.HALT:
+                tl.step(ins, self.cfg, K)
+                return RefResult(tl.now, self.mem, None, pc + 1, tl.stall_cycles)
+            if op is Op.SETR:
+                self.regs[Reg(ins["reg"])] = reg_value(Reg(ins["reg"]), ins["value"])
+            elif op in (Op.LOAD, Op.STORE):
+                self.dma(ins, pc)
+            elif op is Op.WAIT:
+                self.inflight.clear()
+            elif op is Op.QUANT:
+                self.quant(ins, pc)
+            elif op is Op.MATMUL:
+                self.matmul(ins, pc)
+            elif op is Op.SCALEOUT:
+                self.scaleout(ins, pc)
+            tl.step(ins, self.cfg, K)
+            pc += 1
+
+    def dma(self, ins, pc: int) -> None:
+        load = ins.op is Op.LOAD
+        b = BUFFERS[ins["buf"]]
+        lo, n = ins["line"], ins["nlines"]
+        self.touch(b, lo, lo + n, pc, "load" if load else "store")
+        lb = self.cfg.line_bits(b) // 8
+        addr = self.regs[Reg.EBASE] * 64 + ins["ext"]
+        if addr + n * lb > self.cfg.ext_mem_bytes:
+            self.fail(pc, "external address out of range")
+        if not self.grow_memory and addr + n * lb > len(self.mem):
+            self.fail(pc, f"transfer beyond the memory image ({addr + n * lb} > {len(self.mem)})")
+        for a in range(n):
+            at = addr + a * lb
+            if load:
+                chunk = bytes(self.mem[at:at + lb]).ljust(lb, b"\0")      # bytes past the image are zero
+                self.buf[b][lo + a] = int.from_bytes(chunk, "little")
+            else:
+                if len(self.mem) < at + lb:
+                    self.mem.extend(bytes(at + lb - len(self.mem)))
+                self.mem[at:at + lb] = self.buf[b][lo + a].to_bytes(lb, "little")
+        self.inflight.append((pc, b, lo, lo + n))
+
+    def quant(self, ins, pc: int) -> None:
+        cfg = self.cfg
+        C, L, R, E, k = cfg.cols, cfg.lanes, cfg.rows, cfg.experts, cfg.act_bits
+        K = self.regs[Reg.K]
+        nch, XL, P = cfg.nchunks(K), cfg.xlines(K), cfg.planes_per_row
+        plane, ntok = ins["mode"] == 1, ins["ntok"]
+        self.check_ntok(ins, pc)
+        self.touch("X", ins["x"], ins["x"] + ntok * XL, pc, "quant")
+        self.touch("Q", ins["q"], ins["q"] + nch * (P if plane else k), pc, "quant")
+        self.touch_meta(ins["meta"], ntok, pc, "quant")
+        if E >= 2:
+            self.touch("S", self.regs[Reg.ROUTER], self.regs[Reg.ROUTER] + XL, pc, "quant router")
+        if E >= 1:
+            self.touch("S", self.regs[Reg.SIN], self.regs[Reg.SIN] + XL, pc, "quant s_in")
+        Lmask = (1 << L) - 1
+        for t in range(ntok):
+            x = [self.x(ins["x"] + t * XL + i // C, i % C) for i in range(K)]
+            if E >= 2:
+                router = [[self.s(self.regs[Reg.ROUTER] + i // C, e, i % C) for i in range(K)] for e in range(E)]
+                g = F.softmax_gates(F.router_logits(x, router, self.regs[Reg.RSHIFT]))
+            elif E == 1:
+                g = [F.GATE_ONE]
+            else:
+                g = []
+            if E >= 1:
+                v = [x[i] * F.mix_scale(g, [self.s(self.regs[Reg.SIN] + i // C, e, i % C) for e in range(E)])
+                     for i in range(K)]
+            else:
+                v = x
+            q, D = F.quantize_token(v, k)
+            planes = F.activation_planes(q, k)      # plane b: bit i = element i (lanes >= K are 0)
+            for c in range(nch):
+                words = [(pl >> (c * L)) & Lmask for pl in planes]
+                if not plane:
+                    for b in range(k):       # slot t of line q + c*k + b
+                        line = ins["q"] + c * k + b
+                        self.buf["Q"][line] = set_field(self.buf["Q"][line], t, L, words[b])
+                else:
+                    for p in range(P):       # the whole line q + c*P + p: slot i = plane p*R + i
+                        val = 0
+                        for i in range(R):
+                            b = p * R + i
+                            if b < k:
+                                val |= words[b] << (i * L)
+                        self.buf["Q"][ins["q"] + c * P + p] = val
+            self.meta[ins["meta"] + t] = (D, list(g) + [0] * (E - len(g)))
+
+    def matmul(self, ins, pc: int) -> None:
+        cfg = self.cfg
+        C, L, R, k = cfg.cols, cfg.lanes, cfg.rows, cfg.act_bits
+        K = self.regs[Reg.K]
+        nch, P, Ra = cfg.nchunks(K), cfg.planes_per_row, cfg.plane_rows
+        plane, nt = ins["mode"] == 1, ins["ntiles"]
+        self.touch("Q", ins["q"], ins["q"] + nch * (P if plane else k), pc, "matmul")
+        self.touch("W", ins["w"], ins["w"] + nt * nch, pc, "matmul")
+        self.touch("O", ins["o"], ins["o"] + (nt if plane else nt * R), pc, "matmul")
+        Lmask = (1 << L) - 1
+        for n in range(nt):
+            for j in range(C):
+                for i in (range(1) if plane else range(R)):
+                    acc = 0
+                    for c in range(nch):
+                        mask = sum(1 << l for l in range(L) if c * L + l < K)
+                        wword = field(self.buf["W"][ins["w"] + n * nch + c], j, L, signed=False)
+                        if not plane:
+                            for b in range(k):
+                                a = field(self.buf["Q"][ins["q"] + c * k + b], i, L, signed=False)
+                                acc += F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k)
+                        else:
+                            for p in range(P):
+                                for ii in range(Ra):
+                                    b = p * R + ii
+                                    if b < k:
+                                        a = field(self.buf["Q"][ins["q"] + c * P + p], ii, L, signed=False)
+                                        acc += F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k)
+                    acc = F.to_signed(acc, cfg.acc_bits)      # acc_bits wide, wraps
+                    self.set_o(ins["o"] + n if plane else ins["o"] + n * R + i, j, acc)
+
+    def scaleout(self, ins, pc: int) -> None:
+        cfg = self.cfg
+        C, R, E = cfg.cols, cfg.rows, cfg.experts
+        plane, nt, ntok = ins["mode"] == 1, ins["ntiles"], ins["ntok"]
+        self.check_ntok(ins, pc)
+        self.touch("O", ins["o"], ins["o"] + (nt if plane else (nt - 1) * R + ntok), pc, "scaleout")
+        if E >= 1:
+            self.touch("S", ins["s"], ins["s"] + nt, pc, "scaleout")
+        self.touch_meta(ins["meta"], ntok, pc, "scaleout")
+        for n in range(nt):
+            for t in range(ntok):
+                line = ins["o"] + n if plane else ins["o"] + n * R + t
+                D, g = self.meta[ins["meta"] + t]
+                for j in range(C):
+                    if E == 0:
+                        s_out = self.regs[Reg.SMUL]
+                    else:
+                        s_out = F.mix_scale(g, [self.s(ins["s"] + n, e, j) for e in range(E)])
+                    acc = field(self.buf["O"][line], j, 32)
+                    self.set_o(line, j, F.scale_output(acc, D, s_out, self.regs[Reg.OSHIFT]))
+
+
+def run(cfg: AcceleratorConfig, words: list[int], memory: bytes, **options) -> RefResult:
+    """Run a program on a fresh machine (options: check_hazards, grow_memory)."""
+    return ReferenceMachine(cfg, memory, **options).run(words)
+
+
+def golden(lin, cfg: AcceleratorConfig, x: list[list[int]]) -> list[list[int]]:
+    """The reference y_int of an exported layer, per token, straight from bitmos.formats."""
+    k = lin.act_bits
+    E = lin.experts
+    if E >= 2:
+        rshift = cfg.x_frac_bits + lin.router_exp - F.LOGIT_FRAC
+    if E >= 1:
+        oshift = cfg.x_frac_bits + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
+    else:
+        oshift = cfg.x_frac_bits + lin.smul_exp - cfg.out_frac_bits
+    signs = [[1 if s else -1 for s in row] for row in lin.signs.tolist()]
+    out = []
+    for xt in x:
+        if E >= 2:
+            g = F.softmax_gates(F.router_logits(xt, lin.router.astype(int).tolist(), rshift))
+        elif E == 1:
+            g = [F.GATE_ONE]
+        if E >= 1:
+            s_in = [F.mix_scale(g, [int(lin.s_in[e, i]) for e in range(E)]) for i in range(lin.d_in)]
+            v = [a * b for a, b in zip(xt, s_in)]
+        else:
+            v = list(xt)
+        q, D = F.quantize_token(v, k)
+        row = []
+        for o in range(lin.d_out):
+            acc = sum(a * b for a, b in zip(q, signs[o]))
+            s_out = F.mix_scale(g, [int(lin.s_out[e, o]) for e in range(E)]) if E >= 1 else lin.smul
+            row.append(F.scale_output(acc, D, s_out, oshift))
+        out.append(row)
+    return out
