@@ -2,7 +2,8 @@
 
 Records are SynthResult dicts (``bitmos synth --record FILE`` appends one); the shipped set is
 ``explore/data/synth_records.json`` (docs/fpga.md lists the commands that made it). For one
-(target, component) the model is linear in non-negative coefficients over features of the config:
+(target, component) the model is linear in non-negative coefficients over features of the config.
+Array and PE (``--top array`` / ``pe``):
 
     LUT ~ a * R*C*L  +  b * R*C*acc_bits  +  c * R*C*k_log  +  d * (R + C) * L  +  e
 
@@ -12,10 +13,15 @@ Records are SynthResult dicts (``bitmos synth --record FILE`` appends one); the 
 * (R + C) * L: the skew registers and operand muxes at the array's edges;
 * e: control (counters, FSM).
 
-FF uses the same features. The fit is non-negative least squares (a few dozen records make the
-unconstrained fit swing signs). :func:`fit` returns the coefficients and the relative error on each
-record; docs/dse.md reports them. BRAM for the whole accelerator is computed from the buffer sizes
-(DP16KD = 18 Kbit, used as 16 Kbit of 1..36-bit-wide words) rather than fitted.
+The whole accelerator (``--top accelerator``) adds the scale-expert unit, whose datapath is C lanes
+of E router/mixing multiply-accumulates plus the quantize and scale-out multipliers, so its features
+are R*C*L, C*(E+1) (scale-unit lanes x experts), R*C*acc_bits and 1; multipliers (DSP blocks) are
+fitted on C*(E+1), C and 1 (measured: they do not grow with R or L).
+
+FF uses the same features as LUT. The fit is non-negative least squares (a few dozen records make
+the unconstrained fit swing signs); with fewer records than features + 1 only the leading features
+are used. :func:`fit` returns the coefficients and the relative error on each record; docs/dse.md
+reports them. Block RAMs are counted, not fitted (:func:`bram_blocks`, checked against Yosys' mapping).
 """
 
 from __future__ import annotations
@@ -33,15 +39,27 @@ from bitmos.config import AcceleratorConfig
 from bitmos.fileio import write_json_atomic
 
 FEATURES = ("rcl", "rc_acc", "rc_klog", "edge_l", "one")
+ACCEL_FEATURES = ("rcl", "scale_lanes", "rc_acc", "one")
+DSP_FEATURES = ("scale_lanes", "cols", "one")
 
 
-def features(cfg: AcceleratorConfig | dict[str, Any], component: str = "array") -> list[float]:
+def feature_names(component: str = "array", resource: str = "luts") -> tuple[str, ...]:
+    if component == "accelerator":
+        return DSP_FEATURES if resource == "dsps" else ACCEL_FEATURES
+    return FEATURES
+
+
+def features(cfg: AcceleratorConfig | dict[str, Any], component: str = "array",
+             resource: str = "luts") -> list[float]:
     d = cfg.to_dict() if isinstance(cfg, AcceleratorConfig) else cfg
     R, C, L = d["rows"], d["cols"], d["lanes"]
     if component == "pe":
         R = C = 1
     klog = max(1.0, math.log2(d["act_bits"]) + 1)
-    return [R * C * L, R * C * d["acc_bits"], R * C * klog, (R + C) * L if component != "pe" else 0, 1.0]
+    values = {"rcl": R * C * L, "rc_acc": R * C * d["acc_bits"], "rc_klog": R * C * klog,
+              "edge_l": (R + C) * L if component != "pe" else 0, "scale_lanes": C * (d["experts"] + 1),
+              "cols": C, "one": 1.0}
+    return [float(values[n]) for n in feature_names(component, resource)]
 
 
 def shipped_records_path() -> Path:
@@ -98,8 +116,8 @@ class AreaModel:
     records: list[str] = field(default_factory=list)                # config names used
 
     def predict(self, cfg: AcceleratorConfig | dict[str, Any]) -> dict[str, float]:
-        f = features(cfg, self.component)
-        return {res: float(sum(c[name] * v for name, v in zip(FEATURES, f)))
+        return {res: float(sum(c[name] * v for name, v in zip(feature_names(self.component, res),
+                                                                 features(cfg, self.component, res))))
                 for res, c in self.coef.items()}
 
     def max_error(self, resource: str = "luts") -> float:
@@ -112,48 +130,64 @@ class AreaModel:
 
 
 def fit(records: Sequence[dict[str, Any]], target: str = "ecp5", component: str = "array",
-        resources_: Sequence[str] = ("luts", "ffs"), pnr: bool = True) -> AreaModel:
+        resources_: Sequence[str] | None = None, pnr: bool = True) -> AreaModel:
     """Fit the model on the records of (target, component) that carry a config.
 
-    ``pnr=True`` (default) fits placed counts; ``pnr=False`` the Yosys netlist counts (``bitmos synth
-    --no-pnr``; nextpnr adds ~15 % route-through LUTs, docs/fpga.md). With fewer records than
-    features + 1 only the leading features are used (R*C*L, then R*C*acc_bits, ...) and the constant.
+    Resources: LUT and FF, plus DSP for the accelerator. ``pnr=True`` (default) fits placed counts;
+    ``pnr=False`` the Yosys netlist counts (``bitmos synth --no-pnr``; nextpnr adds ~5-15 %
+    route-through LUTs, docs/fpga.md). With fewer records than features + 1 only the leading features
+    are used, and the constant.
     """
+    if resources_ is None:
+        resources_ = ("luts", "ffs", "dsps") if component == "accelerator" else ("luts", "ffs")
     rows = [r for r in records if r.get("target") == target and r.get("component", "array") == component
             and r.get("config") and bool(r.get("pnr", True)) == pnr]
     if not rows:
         raise ValueError(f"no synthesis records for target {target!r} component {component!r}")
-    A = np.array([features(r["config"], component) for r in rows], dtype=float)
-    used = len(FEATURES) if len(rows) > len(FEATURES) else max(1, len(rows) - 1)
-    keep = np.array([i < used or name == "one" for i, name in enumerate(FEATURES)])
-    A = A * keep
-    # Scale columns so the active-set solver sees comparable magnitudes.
-    scale = np.maximum(np.abs(A).max(axis=0), 1e-9)
     coef: dict[str, dict[str, float]] = {}
     errors: dict[str, list[float]] = {}
     for res in resources_:
+        names = feature_names(component, res)
+        A = np.array([features(r["config"], component, res) for r in rows], dtype=float)
+        used = len(names) if len(rows) > len(names) else max(1, len(rows) - 1)
+        keep = np.array([i < used or name == "one" for i, name in enumerate(names)])
+        A = A * keep
+        # Scale columns so the active-set solver sees comparable magnitudes.
+        scale = np.maximum(np.abs(A).max(axis=0), 1e-9)
         b = np.array([float(r.get(res) or 0) for r in rows])
         x = nnls(A / scale, b) / scale
-        coef[res] = {name: float(v) for name, v in zip(FEATURES, x)}
+        coef[res] = {name: float(v) for name, v in zip(names, x)}
         pred = A @ x
         errors[res] = [float((p - y) / y) if y else 0.0 for p, y in zip(pred, b)]
     return AreaModel(target, component, coef, errors, [r.get("config_name") or "?" for r in rows])
 
 
-def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5") -> int:
-    """Block RAMs for the on-chip buffers, IMEM and META: each memory of W bits x D lines is split
-    into ceil(W / w) x ceil(D / d) blocks for the widest block shape (w, d) that holds it best."""
+def memory_blocks(width: int, depth: int, target: str = "ecp5") -> int:
+    """Block RAMs for one width x depth memory with one read and one write port: the best of the
+    block's aspect ratios (ECP5 DP16KD: 36x512 ... 1x16384; iCE40 SB_RAM40_4K: 16x256 ... 2x2048).
+    ECP5 memories of at most 16 lines go to distributed RAM (TRELLIS_DPR16X4), as Yosys maps them."""
     if target == "ecp5":
+        if depth <= 16:
+            return 0
         shapes = [(36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)]
     else:  # iCE40 SB_RAM40_4K
         shapes = [(16, 256), (8, 512), (4, 1024), (2, 2048)]
-    mems = [(cfg.line_bits(b), cfg.depth(b)) for b in "XWSQO"]
-    mems.append((64, cfg.imem_words))
-    mems.append((cfg.meta_bits, cfg.meta_tokens))
-    total = 0
-    for width, depth in mems:
-        total += min(math.ceil(width / w) * math.ceil(depth / d) for w, d in shapes)
-    return total
+    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in shapes)
+
+
+def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5") -> int:
+    """Block RAMs of the whole accelerator (``rtl/buffers.py``), counted the way Yosys maps them: a
+    memory with two read ports (the unit's and the DMA engine's) is two copies; OBUF is two such
+    banks (its live-value table is flip-flops); SBUF has one reader when E = 0 (the scale unit never
+    reads it); the softmax exponent table is one more block when E >= 2. Measured: tiny 20, small 80
+    DP16KD (docs/fpga.md), equal to this count."""
+    n = 0
+    for b in "XWSQO":
+        readers = 1 if b == "Q" or (b == "S" and cfg.experts == 0) else 2
+        banks = 2 if b == "O" else 1
+        n += banks * readers * memory_blocks(cfg.line_bits(b), cfg.depth(b), target)
+    n += memory_blocks(64, cfg.imem_words, target) + memory_blocks(cfg.meta_bits, cfg.meta_tokens, target)
+    return n + (1 if cfg.experts >= 2 else 0)
 
 
 _DEFAULT: dict[tuple[str, str], AreaModel] = {}
@@ -168,8 +202,13 @@ def default_model(target: str = "ecp5", component: str = "array") -> AreaModel:
 
 
 def estimate(cfg: AcceleratorConfig, target: str = "ecp5", model: AreaModel | None = None) -> dict[str, float]:
-    """LUT / FF of the array (fitted model) and BRAM blocks of the buffers (computed)."""
-    m = model or default_model(target, "array")
-    est = m.predict(cfg)
+    """LUT / FF (/ DSP) from the fitted model (the whole-accelerator one when there are accelerator
+    records, else the array one) and block RAMs of the buffers (counted)."""
+    if model is None:
+        try:
+            model = default_model(target, "accelerator")
+        except ValueError:
+            model = default_model(target, "array")
+    est = model.predict(cfg)
     est["brams"] = float(bram_blocks(cfg, target))
     return est

@@ -19,8 +19,8 @@ def add_commands(sub) -> None:
     p.add_argument("--device", choices=devices, default=None,
                    help="ecp5: 12k/25k/45k/85k (default 85k); ice40: hx1k/hx8k/lp8k/up5k (default hx8k)")
     p.add_argument("--package", default=None, help="device package (default: the device's usual one)")
-    p.add_argument("--top", choices=TOPS, default="array",
-                   help="component to synthesize (default: array; accelerator once rtl/top.py lands)")
+    p.add_argument("--top", choices=TOPS, default="accelerator",
+                   help="what to synthesize: the whole accelerator (default), its systolic array alone, or one PE")
     p.add_argument("--verilog", default=None,
                    help="synthesize this Verilog file instead of the bitmos RTL (top module: --top-module)")
     p.add_argument("--top-module", default="top", help="top module name of --verilog (default: top)")

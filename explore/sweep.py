@@ -11,6 +11,7 @@ A sweep spec (TOML, docs/dse.md)::
     auto_buffers = true              # double a buffer the compiler says is too small, until it fits
     synth = false                    # true: synthesize every point (slow); false: the area model
     target = "ecp5"                  # area model / synthesis target
+    top = "accelerator"              # what synth = true synthesizes: accelerator / array / pe
     workers = 2
     objectives = ["max:decode_tokens_per_s", "min:decode_uj_per_token", "min:luts"]
     [set]                            # fixed overrides applied to base
@@ -69,7 +70,7 @@ class SweepSpec:
     synth: bool = False
     target: str = "ecp5"
     device: str | None = None
-    top: str = "array"
+    top: str = "accelerator"
     workers: int = 2
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     set: dict[str, Any] = field(default_factory=dict)
@@ -157,7 +158,6 @@ def make_tasks(spec: SweepSpec, backend: str) -> list[dict[str, Any]]:
 
 def evaluate_point(task: dict[str, Any]) -> dict[str, Any]:
     """One point: performance, energy and area. Never raises for a bad point: it reports infeasible."""
-    from bitmos.explore import area as A
     from bitmos.explore.perf import Infeasible, evaluate
 
     t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def evaluate_point(task: dict[str, Any]) -> dict[str, Any]:
             s = synthesize(v, top, target=task["target"], device=task["device"],
                            binary_ops_per_cycle=binary_ops_per_cycle(cfg, task["top"]),
                            config=cfg.to_dict(), config_name=cfg.name, component=task["top"])
-            row.update(luts=s.luts, ffs=s.ffs, brams=A.bram_blocks(cfg, task["target"]), fmax_mhz=s.fmax_mhz,
+            row.update(luts=s.luts, ffs=s.ffs, brams=s.brams, dsps=s.dsps, fmax_mhz=s.fmax_mhz,
                        area_source=f"synth:{s.part}:{task['top']}")
         row["binary_ops_per_cycle"] = cfg.binary_ops_per_cycle()
     except (Infeasible, BitmosUserError) as exc:
@@ -303,7 +303,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, workers: int | 
 
 CSV_METRICS = ("feasible", "decode_tokens_per_s", "decode_uj_per_token", "prefill_tokens_per_s",
                "prefill_uj_per_token", "decode_bw_frac", "decode_stall_frac", "prefill_array_util",
-               "decode_bound_tokens_per_s", "luts", "ffs", "brams", "fmax_mhz", "area_source",
+               "decode_bound_tokens_per_s", "luts", "ffs", "brams", "dsps", "fmax_mhz", "area_source",
                "binary_ops_per_cycle", "backend", "energy_table", "seconds", "reason")
 CONFIG_COLS = ("rows", "cols", "lanes", "act_bits", "acc_bits", "experts", "ext_bw_bits", "clock_mhz",
                "xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib")
@@ -314,10 +314,13 @@ def fill_area(rows: list[dict[str, Any]], target: str) -> None:
     feasible row that was not synthesized (done at output time so new records improve old sweeps)."""
     from bitmos.explore import area as A
 
-    try:
-        model = A.default_model(target, "array")
-    except ValueError as exc:
-        model, why = None, str(exc)
+    model = why = None
+    for component in ("accelerator", "array"):   # the whole design when it has been measured
+        try:
+            model = A.default_model(target, component)
+            break
+        except ValueError as exc:
+            why = str(exc)
     for r in rows:
         if not r.get("feasible") or str(r.get("area_source", "")).startswith("synth"):
             continue
@@ -327,7 +330,9 @@ def fill_area(rows: list[dict[str, Any]], target: str) -> None:
             continue
         est = A.estimate(cfg, target, model)
         r.update(luts=round(est["luts"]), ffs=round(est["ffs"]), brams=int(est["brams"]),
-                 area_source=f"model:{target}:array")
+                 area_source=f"model:{target}:{model.component}")
+        if "dsps" in est:
+            r["dsps"] = round(est["dsps"])
 
 
 def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], outdir: Path) -> dict[str, Any]:

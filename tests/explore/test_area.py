@@ -34,8 +34,31 @@ def test_estimate_grows_with_the_array_and_counts_brams():
     small, medium = AcceleratorConfig.load("small"), AcceleratorConfig.load("medium")
     es, em = A.estimate(small), A.estimate(medium)
     assert em["luts"] > es["luts"] > 0
-    # tiny: every buffer fits one DP16KD shape column; counted per memory, at least one each
-    assert A.bram_blocks(AcceleratorConfig.load("tiny")) >= 7
+    assert A.bram_blocks(medium) > A.bram_blocks(small)
+
+
+def test_bram_count_equals_every_recorded_accelerator():
+    recs = [r for r in A.load_records() if r.get("component") == "accelerator" and r.get("target") == "ecp5"]
+    assert recs, "no accelerator-level synthesis records shipped"
+    for r in recs:
+        cfg = AcceleratorConfig.from_dict(r["config"])
+        assert A.bram_blocks(cfg) == r["brams"], r["config_name"]
+
+
+def test_bram_count_follows_the_port_structure():
+    tiny = AcceleratorConfig.load("tiny")
+    # tiny: IMEM 4, X 1 x 2 readers, W 2 x 2, S 1 (E = 0: one reader), Q 1, OBUF 2 banks x 2 readers x 2,
+    # META 16 lines -> distributed RAM, no exponent table (E < 2)
+    assert A.bram_blocks(tiny) == 4 + 2 + 4 + 1 + 1 + 8
+    assert A.memory_blocks(32, 16) == 0 and A.memory_blocks(32, 17) == 1 and A.memory_blocks(37, 512) == 2
+
+
+def test_accelerator_model_matches_its_records():
+    recs = A.load_records()
+    model = A.fit(recs, "ecp5", "accelerator")
+    assert set(model.coef) == {"luts", "ffs", "dsps"}
+    assert model.max_error("luts") <= LUT_TOLERANCE, model.errors
+    assert model.max_error("dsps") <= LUT_TOLERANCE, model.errors
 
 
 def test_fit_without_records_is_an_error():
