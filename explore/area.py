@@ -179,13 +179,18 @@ def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5") -> int:
     """Block RAMs of the whole accelerator (``rtl/buffers.py``), counted the way Yosys maps them: a
     memory with two read ports (the unit's and the DMA engine's) is two copies; OBUF is two such
     banks (its live-value table is flip-flops); SBUF has one reader when E = 0 (the scale unit never
-    reads it); the softmax exponent table is one more block when E >= 2. Measured: tiny 20, small 80
-    DP16KD (docs/fpga.md), equal to this count."""
+    reads it); QBUF's L-bit write slots each take whole 9-bit byte lanes; the softmax exponent table is
+    one more block when E >= 2. Measured: tiny 20, small 80, medium 188 DP16KD (docs/fpga.md), equal
+    to this count."""
     n = 0
     for b in "XWSQO":
         readers = 1 if b == "Q" or (b == "S" and cfg.experts == 0) else 2
         banks = 2 if b == "O" else 1
-        n += banks * readers * memory_blocks(cfg.line_bits(b), cfg.depth(b), target)
+        width = cfg.line_bits(b)
+        if b == "Q" and target == "ecp5":
+            # QBUF is written one L-bit slot at a time: each slot takes whole 9-bit byte lanes
+            width = cfg.rows * math.ceil(cfg.lanes / 9) * 9
+        n += banks * readers * memory_blocks(width, cfg.depth(b), target)
     n += memory_blocks(64, cfg.imem_words, target) + memory_blocks(cfg.meta_bits, cfg.meta_tokens, target)
     return n + (1 if cfg.experts >= 2 else 0)
 
