@@ -15,7 +15,8 @@ Array and PE (``--top array`` / ``pe``):
 
 The whole accelerator (``--top accelerator``) adds the scale-expert unit, whose datapath is C lanes
 of E router/mixing multiply-accumulates plus the quantize and scale-out multipliers, so its features
-are R*C*L, C*(E+1) (scale-unit lanes x experts), R*C*acc_bits and 1; multipliers (DSP blocks) are
+are C*(E+1) (scale-unit lanes x experts), R*C*L, R*C*acc_bits and 1 (in that order of use when
+there are few records: the scale unit is most of a small accelerator); multipliers (DSP blocks) are
 fitted on C*(E+1), C and 1 (measured: they do not grow with R or L).
 
 FF uses the same features as LUT. The fit is non-negative least squares (a few dozen records make
@@ -39,7 +40,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.fileio import write_json_atomic
 
 FEATURES = ("rcl", "rc_acc", "rc_klog", "edge_l", "one")
-ACCEL_FEATURES = ("rcl", "scale_lanes", "rc_acc", "one")
+ACCEL_FEATURES = ("scale_lanes", "rcl", "rc_acc", "one")
 DSP_FEATURES = ("scale_lanes", "cols", "one")
 
 

@@ -1,20 +1,17 @@
 """Verilog of a bitmos RTL component for a config, for synthesis.
 
-Prefers the RTL's own emitter (``bitmos.rtl.emit``) when it has landed; until then converts the
-components that exist (``bitmos.rtl.pe.XnorPopcountPE``, ``bitmos.rtl.array.SystolicArray``,
-``bitmos.rtl.top``) with ``amaranth.back.verilog``. The top module is always named ``top``.
+``pe`` (one ``XnorPopcountPE``), ``array`` (the ``SystolicArray`` alone) or ``accelerator`` (the whole
+``bitmos.rtl.top.Accelerator``), converted with ``amaranth.back.verilog`` under the module name ``top``.
 """
 
 from __future__ import annotations
-
-import importlib
-import inspect
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError
 
 
-def _component(cfg: AcceleratorConfig, top: str):
+def component(cfg: AcceleratorConfig, top: str):
+    """The Amaranth component ``top`` of ``cfg``."""
     if top == "pe":
         from bitmos.rtl.pe import XnorPopcountPE
 
@@ -24,42 +21,17 @@ def _component(cfg: AcceleratorConfig, top: str):
 
         return SystolicArray(cfg)
     if top == "accelerator":
-        try:
-            mod = importlib.import_module("bitmos.rtl.top")
-        except ModuleNotFoundError:
-            raise BitmosUserError("the accelerator top (bitmos.rtl.top) has not landed yet; "
-                                  "use --top pe or --top array") from None
-        for name, obj in vars(mod).items():
-            if inspect.isclass(obj) and getattr(obj, "__module__", "") == mod.__name__ and \
-                    hasattr(obj, "elaborate"):
-                try:
-                    return obj(cfg)
-                except TypeError:
-                    continue
-        raise BitmosUserError("bitmos.rtl.top has no component class that takes a config")
-    raise BitmosUserError(f"unknown top {top!r}")
+        from bitmos.rtl.top import Accelerator
+
+        return Accelerator(cfg)
+    raise BitmosUserError(f"unknown top {top!r}; choose pe, array or accelerator")
 
 
 def emit(cfg: AcceleratorConfig, top: str) -> tuple[str, str]:
     """(Verilog, top module name) for component ``top`` ('pe', 'array' or 'accelerator')."""
-    try:
-        em = importlib.import_module("bitmos.rtl.emit")
-    except ModuleNotFoundError:
-        em = None
-    fn = getattr(em, "emit_verilog", None) if em is not None else None
-    if fn is not None:
-        try:
-            out = fn(cfg, top=top)
-        except TypeError:
-            out = None
-        if isinstance(out, str):
-            return out, "top"
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str):
-            return out[0], out[1]
     from amaranth.back import verilog
 
-    comp = _component(cfg, top)
-    return verilog.convert(comp, name="top", emit_src=False), "top"
+    return verilog.convert(component(cfg, top), name="top", emit_src=False), "top"
 
 
 def binary_ops_per_cycle(cfg: AcceleratorConfig, top: str) -> int:
