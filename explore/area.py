@@ -13,11 +13,10 @@ Array and PE (``--top array`` / ``pe``):
 * (R + C) * L: the skew registers and operand muxes at the array's edges;
 * e: control (counters, FSM).
 
-The whole accelerator (``--top accelerator``) adds the scale-expert unit, whose datapath is C lanes
-of E router/mixing multiply-accumulates plus the quantize and scale-out multipliers, so its features
-are C*(E+1) (scale-unit lanes x experts), R*C*L, R*C*acc_bits and 1 (in that order of use when
-there are few records: the scale unit is most of a small accelerator); multipliers (DSP blocks) are
-fitted on C*(E+1), C and 1 (measured: they do not grow with R or L).
+The whole accelerator (``--top accelerator``) is the array model (fitted on the array records) plus
+the scale-expert unit, buffers and control, fitted on the accelerator records over C*(E+1) (the
+scale unit's C lanes x E router/mixing products, plus its quantize and scale-out multipliers) and 1;
+multipliers (DSP blocks) are fitted on C*(E+1), C and 1 (measured: they do not grow with R or L).
 
 FF uses the same features as LUT. The fit is non-negative least squares (a few dozen records make
 the unconstrained fit swing signs); with fewer records than features + 1 only the leading features
@@ -40,7 +39,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.fileio import write_json_atomic
 
 FEATURES = ("rcl", "rc_acc", "rc_klog", "edge_l", "one")
-ACCEL_FEATURES = ("scale_lanes", "rcl", "rc_acc", "one")
+ACCEL_FEATURES = ("scale_lanes", "one")   # on top of the array model (see fit)
 DSP_FEATURES = ("scale_lanes", "cols", "one")
 
 
@@ -115,10 +114,13 @@ class AreaModel:
     coef: dict[str, dict[str, float]]          # resource -> feature -> coefficient
     errors: dict[str, list[float]] = field(default_factory=dict)   # resource -> relative errors
     records: list[str] = field(default_factory=list)                # config names used
+    base: "AreaModel | None" = None    # accelerator: the array model its LUT/FF sit on top of
 
     def predict(self, cfg: AcceleratorConfig | dict[str, Any]) -> dict[str, float]:
-        return {res: float(sum(c[name] * v for name, v in zip(feature_names(self.component, res),
-                                                                 features(cfg, self.component, res))))
+        under = self.base.predict(cfg) if self.base is not None else {}
+        return {res: under.get(res, 0.0) + float(sum(c[name] * v for name, v in
+                                                     zip(feature_names(self.component, res),
+                                                         features(cfg, self.component, res))))
                 for res, c in self.coef.items()}
 
     def max_error(self, resource: str = "luts") -> float:
@@ -127,7 +129,8 @@ class AreaModel:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "component": self.component, "coef": self.coef,
-                "errors": self.errors, "records": self.records}
+                "errors": self.errors, "records": self.records,
+                "base": self.base.to_dict() if self.base is not None else None}
 
 
 def fit(records: Sequence[dict[str, Any]], target: str = "ecp5", component: str = "array",
@@ -145,22 +148,30 @@ def fit(records: Sequence[dict[str, Any]], target: str = "ecp5", component: str 
             and r.get("config") and bool(r.get("pnr", True)) == pnr]
     if not rows:
         raise ValueError(f"no synthesis records for target {target!r} component {component!r}")
+    base = None
+    if component == "accelerator":   # the array part from the (larger) set of array records
+        try:
+            base = fit(records, target, "array", pnr=pnr)
+        except ValueError:
+            base = None
     coef: dict[str, dict[str, float]] = {}
     errors: dict[str, list[float]] = {}
     for res in resources_:
         names = feature_names(component, res)
         A = np.array([features(r["config"], component, res) for r in rows], dtype=float)
+        under = np.array([base.predict(r["config"]).get(res, 0.0) if base is not None else 0.0
+                          for r in rows])
         used = len(names) if len(rows) > len(names) else max(1, len(rows) - 1)
         keep = np.array([i < used or name == "one" for i, name in enumerate(names)])
         A = A * keep
         # Scale columns so the active-set solver sees comparable magnitudes.
         scale = np.maximum(np.abs(A).max(axis=0), 1e-9)
         b = np.array([float(r.get(res) or 0) for r in rows])
-        x = nnls(A / scale, b) / scale
+        x = nnls(A / scale, b - under) / scale
         coef[res] = {name: float(v) for name, v in zip(names, x)}
-        pred = A @ x
+        pred = A @ x + under
         errors[res] = [float((p - y) / y) if y else 0.0 for p, y in zip(pred, b)]
-    return AreaModel(target, component, coef, errors, [r.get("config_name") or "?" for r in rows])
+    return AreaModel(target, component, coef, errors, [r.get("config_name") or "?" for r in rows], base)
 
 
 def memory_blocks(width: int, depth: int, target: str = "ecp5") -> int:
