@@ -356,59 +356,56 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
             raise SynthError(f"yosys failed (exit {p.returncode}):\n{tail}")
         netlist = json.loads((wd / "synth.json").read_text())
         counts = count_netlist_cells(netlist)
-        nofit = netlist_fit_error(netlist_result(counts, target, device), target, device)
+        netlist_res = netlist_result(counts, target, device)
+        nofit = netlist_fit_error(netlist_res, target, device)
         if nofit:
             raise nofit
+        commands = [" ".join(ycmd[-3:-1]) + f' "{script}"']
+        common = dict(binary_ops_per_cycle=binary_ops_per_cycle, config=config, config_name=config_name,
+                      component=component, tools=tools, key=key, out_of_context=ooc,
+                      verilog_sha256=hashlib.sha256(verilog.encode()).hexdigest())
         if not pnr:
-            res = netlist_result(counts, target, device)
-            res.update(binary_ops_per_cycle=binary_ops_per_cycle, config=config, config_name=config_name,
-                       component=component, tools=tools, key=key, out_of_context=ooc,
-                       verilog_sha256=hashlib.sha256(verilog.encode()).hexdigest(),
-                       seconds=round(time.monotonic() - t0, 2),
-                       commands=[" ".join(ycmd[-3:-1]) + f' "{script}"'])
-            r = SynthResult(**res)
-            if use_cache:
-                write_json_atomic(entry, r.to_dict())
-            return r
-        ncmd = find_tool(pnr_tool) + [flag, "--package", package, "--json", "synth.json", "--report",
-                                 "report.json", "--freq", f"{freq_mhz:g}", "--seed", str(seed),
-                                 "--timing-allow-fail"]
-        if ooc:
-            ncmd.append("--out-of-context")
-        say(f"{pnr_tool}: {part} {package}{' out-of-context' if ooc else ''}")
-        p = _run(ncmd, cwd=wd, timeout=timeout, log=wd / "nextpnr.log", what=pnr_tool)
-        text = p.stdout + "\n" + p.stderr
-        if p.returncode != 0 or not (wd / "report.json").exists():
-            nofit = fit_error(text, target, part)
-            if nofit:
-                raise nofit
-            tail = "\n".join(text.strip().splitlines()[-15:])
-            raise SynthError(f"{pnr_tool} failed on {part} (exit {p.returncode}):\n{tail}")
-        parsed = parse_report(json.loads((wd / "report.json").read_text()), target)
-        if parsed["ffs"] is None:
-            parsed["ffs"] = netlist_ffs(counts, target)
-        res = SynthResult(target=target, device=device, part=part, package=package, top=top,
-                          binary_ops_per_cycle=binary_ops_per_cycle, config=config, config_name=config_name,
-                          component=component,
-                          tools=tools, verilog_sha256=hashlib.sha256(verilog.encode()).hexdigest(), key=key,
-                          seconds=round(time.monotonic() - t0, 2), out_of_context=ooc,
-                          commands=[" ".join(ycmd[-3:-1]) + f' "{script}"', " ".join(ncmd)], **parsed)
-        over = [(k, v) for k, v in res.utilization.items() if v["used"] > v["available"]]
-        if over:
-            k, v = over[0]
-            raise DoesNotFit(f"design does not fit {part}: needs {v['used']} {k} but the device has "
-                             f"{v['available']}", k, v["used"], v["available"])
-        if use_cache:
-            write_json_atomic(entry, res.to_dict())
-        if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)  # success: nothing to inspect
-        return res
-    except SynthError:
-        raise  # keep the work folder: the error message names its logs
+            result = SynthResult(**netlist_res, **common, seconds=round(time.monotonic() - t0, 2),
+                                 commands=commands)
+        else:
+            ncmd = find_tool(pnr_tool) + [flag, "--package", package, "--json", "synth.json", "--report",
+                                     "report.json", "--freq", f"{freq_mhz:g}", "--seed", str(seed),
+                                     "--timing-allow-fail"]
+            if ooc:
+                ncmd.append("--out-of-context")
+            say(f"{pnr_tool}: {part} {package}{' out-of-context' if ooc else ''}")
+            p = _run(ncmd, cwd=wd, timeout=timeout, log=wd / "nextpnr.log", what=pnr_tool)
+            text = p.stdout + "\n" + p.stderr
+            if p.returncode != 0 or not (wd / "report.json").exists():
+                nofit = fit_error(text, target, part)
+                if nofit:
+                    raise nofit
+                tail = "\n".join(text.strip().splitlines()[-15:])
+                raise SynthError(f"{pnr_tool} failed on {part} (exit {p.returncode}):\n{tail}")
+            parsed = parse_report(json.loads((wd / "report.json").read_text()), target)
+            if parsed["ffs"] is None:
+                parsed["ffs"] = netlist_ffs(counts, target)
+            result = SynthResult(target=target, device=device, part=part, package=package, top=top, **common,
+                                 seconds=round(time.monotonic() - t0, 2), commands=commands + [" ".join(ncmd)],
+                                 **parsed)
+            over = [(k, v) for k, v in result.utilization.items() if v["used"] > v["available"]]
+            if over:
+                k, v = over[0]
+                raise DoesNotFit(f"design does not fit {part}: needs {v['used']} {k} but the device has "
+                                 f"{v['available']}", k, v["used"], v["available"])
+    except SynthError as exc:
+        if tmp_dir is not None:   # kept for inspection: say where
+            exc.args = (f"{exc.args[0]}\n(design, netlist and tool logs kept in {wd})",) + exc.args[1:]
+        raise
     except BaseException:
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    if use_cache:
+        write_json_atomic(entry, result.to_dict())
+    if tmp_dir is not None:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # success: nothing to inspect
+    return result
 
 
 # ---- Verilog from the bitmos RTL -------------------------------------------------------------------
