@@ -218,14 +218,19 @@ def default_model(target: str = "ecp5", component: str = "array") -> AreaModel:
     return _DEFAULT[key]
 
 
+def preferred_model(target: str = "ecp5") -> AreaModel:
+    """The whole-accelerator model when there are accelerator records, else the array model.
+
+    Raises ValueError when there are no records for ``target`` at all."""
+    try:
+        return default_model(target, "accelerator")
+    except ValueError:
+        return default_model(target, "array")
+
+
 def estimate(cfg: AcceleratorConfig, target: str = "ecp5", model: AreaModel | None = None) -> dict[str, float]:
-    """LUT / FF (/ DSP) from the fitted model (the whole-accelerator one when there are accelerator
-    records, else the array one) and block RAMs of the buffers (counted)."""
-    if model is None:
-        try:
-            model = default_model(target, "accelerator")
-        except ValueError:
-            model = default_model(target, "array")
-    est = model.predict(cfg)
+    """LUT / FF (/ DSP) from the fitted model (:func:`preferred_model` unless given) and block RAMs of
+    the buffers (counted)."""
+    est = (model or preferred_model(target)).predict(cfg)
     est["brams"] = float(bram_blocks(cfg, target))
     return est

@@ -314,13 +314,10 @@ def fill_area(rows: list[dict[str, Any]], target: str) -> None:
     feasible row that was not synthesized (done at output time so new records improve old sweeps)."""
     from bitmos.explore import area as A
 
-    model = why = None
-    for component in ("accelerator", "array"):   # the whole design when it has been measured
-        try:
-            model = A.default_model(target, component)
-            break
-        except ValueError as exc:
-            why = str(exc)
+    try:
+        model, why = A.preferred_model(target), ""
+    except ValueError as exc:
+        model, why = None, str(exc)
     for r in rows:
         if not r.get("feasible") or str(r.get("area_source", "")).startswith("synth"):
             continue
