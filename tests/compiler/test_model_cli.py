@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bitmos.cli import main
+from bitmos.app.cli import main
 from bitmos.config import preset_config
 from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, UnsupportedError

@@ -1,4 +1,4 @@
-"""The explore subcommands through an argparse harness (bitmos/cli.py lists bitmos.explore.cli)."""
+"""The explore subcommands through an argparse harness (bitmos/app/cli.py lists bitmos.explore.cli)."""
 
 import argparse
 import json

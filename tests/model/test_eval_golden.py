@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bitmos.cli import main
+from bitmos.app.cli import main
 from bitmos.model.checkpoint import shipped_path
 
 

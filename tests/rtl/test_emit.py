@@ -8,7 +8,7 @@ import unittest
 
 import pytest
 
-from bitmos.cli import main
+from bitmos.app.cli import main
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.emit import TOP_NAME, emit
 from bitmos.rtl.tools import setup_verilator

@@ -5,7 +5,7 @@ import unittest
 from pathlib import Path
 import tempfile
 
-from bitmos.cli import main as cli_main
+from bitmos.app.cli import main as cli_main
 from bitmos.config import preset_config
 from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from bitmos.cli import main
+from bitmos.app.cli import main
 
 
 def test_help_lists_commands(capsys):
@@ -12,7 +12,7 @@ def test_help_lists_commands(capsys):
 
 
 def test_console_script_help():
-    r = subprocess.run([sys.executable, "-m", "bitmos.cli", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "bitmos.app.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: bitmos" in r.stdout
     assert "not implemented" not in r.stdout.lower()
 

