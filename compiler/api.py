@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 
 from bitmos.config import AcceleratorConfig
-from bitmos.container import MemoryImage, Program
+from bitmos.container import MANIFEST_VERSION, MemoryImage, Program, manifest_digest
 from bitmos.errors import ConfigError, FormatError, UnsupportedError
 from bitmos.export import BinaryLinearExport, ModelExport
-from bitmos.fileio import write_json_atomic, write_text_atomic
+from bitmos.fileio import (atomic_folder, check_safe_name, sha256_hex, write_bytes_atomic, write_json_atomic,
+                           write_text_atomic)
 from bitmos.isa import Op, Reg, disassemble, encode, setr
 
 from bitmos.compiler.lower import LayerSpec, ceil_div, lower_linear, synthetic_spec
 from bitmos.compiler.schedule import Regions, Schedule, Tiling, build_program, make_tiling
 
-MANIFEST_VERSION = 1
 ALIGN = 64                      # region alignment: one EBASE unit
 #: Shape-only models whose memory image would exceed this are compiled timing-only automatically.
 AUTO_TIMING_ONLY_BYTES = 256 << 20
@@ -422,17 +422,29 @@ class CompiledModel:
                            {"layers": [l.name for l in self.layers], "tokens": self.info.get("tokens")})
 
     def save(self, out_dir: str | Path, *, listings: bool = True) -> Path:
+        """Write the programs, listings, memory image and manifest as one whole folder (fileio.atomic_folder):
+        a failure midway leaves an existing ``out_dir`` exactly as it was. The manifest records the SHA-256
+        of every file it names and of itself; ``bitmos simulate`` checks them all."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for l in self.layers:
-            for f, prog in zip(l.program_files(), l.program_objects()):
-                prog.save(out / f)
-            if listings:
-                write_text_atomic(out / f"{l.name}.lst", l.listing())
-        if self.memory is not None:
-            self.memory_image().save(out / "memory.bmmem")
-        write_json_atomic(out / "manifest.json", self.manifest)
+        man = self.manifest
+        with atomic_folder(out, marker="manifest.json") as tmp:
+            for l, lman in zip(self.layers, man["layers"]):
+                check_safe_name(l.name, "layer name")
+                for entry, prog in zip(lman["programs"], l.program_objects()):
+                    entry["sha256"] = _write_hashed(tmp / check_safe_name(entry["file"], "program file"),
+                                                    prog.to_bytes())
+                if listings:
+                    write_text_atomic(tmp / f"{l.name}.lst", l.listing())
+            if self.memory is not None:
+                man["memory_sha256"] = _write_hashed(tmp / "memory.bmmem", self.memory_image().to_bytes())
+            man["manifest_sha256"] = manifest_digest(man)
+            write_json_atomic(tmp / "manifest.json", man)
         return out
+
+
+def _write_hashed(path: Path, data: bytes) -> str:
+    write_bytes_atomic(path, data)
+    return sha256_hex(data)
 
 
 def load_model_input(source) -> tuple[str, Any]:
