@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bitmos.cliargs import positive_int
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, ConfigError
 
@@ -230,7 +231,7 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint", help="student checkpoint (default: the shipped BinaryMoS student)")
     p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text")
-    p.add_argument("--tokens", type=int, default=24, help="tokens to generate (default 24)")
+    p.add_argument("--tokens", type=positive_int, default=24, help="tokens to generate (default 24)")
     p.add_argument("--out", default="bitmos-demo", help="folder for report.json, generated.txt and plots")
     p.add_argument("--energy-table", help="energy table name or TOML file")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
