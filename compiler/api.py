@@ -104,15 +104,22 @@ def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tilin
     key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens)
     if key in _TILING_CACHE:
         return _TILING_CACHE[key]
-    best, best_cycles = None, None
+    best, best_cycles, least_bytes = None, None, None
     for til in _candidates(spec, cfg, tokens):
-        regions, _ = _layout(til, cfg, 0)
+        regions, sizes = _layout(til, cfg, 0)
+        end = _align(regions.output + sizes["output"])
+        if end > cfg.ext_mem_bytes:   # cannot be placed at all (and its addresses may not even encode)
+            least_bytes = end if least_bytes is None else min(least_bytes, end)
+            continue
         # Judge on at most two token blocks: the schedule repeats per token block.
         groups = range(min(til.ngroups, 2 * til.groups_per_block))
         parts = _split_programs(spec, cfg, til, regions, groups, range(til.NT))
         cycles = sum(p[2].cycles for p in parts)
         if best_cycles is None or cycles < best_cycles:
             best, best_cycles = til, cycles
+    if best is None and least_bytes is not None:
+        raise UnsupportedError(f"layer {spec.name!r}: its memory regions need {least_bytes} bytes at {tokens} "
+                               f"token(s), beyond the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)")
     _TILING_CACHE[key] = best
     return best
 
@@ -255,21 +262,25 @@ def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: 
     """Compile a lowered layer; identical shapes reuse one schedule, relocated to this layer's regions."""
     base = _align(base)
     key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul)
-    if key not in _SCHEDULE_CACHE:
-        til = choose_tiling(spec, cfg, tokens)
+    cached = _SCHEDULE_CACHE.get(key)
+    til = cached[0] if cached else choose_tiling(spec, cfg, tokens)
+    regions, sizes = _layout(til, cfg, base)
+    end = _align(regions.output + sizes["output"])
+    # checked before any program is built: a region past the external memory would also overflow the
+    # EBASE field (or take hours to schedule) instead of failing with this message
+    if end > cfg.ext_mem_bytes:
+        raise UnsupportedError(f"layer {spec.name!r}: its memory regions end at byte {end}, beyond the "
+                               f"external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)")
+    if cached is None:
         regions0, _ = _layout(til, cfg, 0)
         if len(_SCHEDULE_CACHE) > 64:
             _SCHEDULE_CACHE.clear()
-        _SCHEDULE_CACHE[key] = (til, _split_programs(spec, cfg, til, regions0, range(til.ngroups), range(til.NT),
-                                                     label=_LAYER))
-    til, parts0 = _SCHEDULE_CACHE[key]
-    regions, sizes = _layout(til, cfg, base)
+        cached = _SCHEDULE_CACHE[key] = (til, _split_programs(spec, cfg, til, regions0, range(til.ngroups),
+                                                              range(til.NT), label=_LAYER))
+    til, parts0 = cached
     parts = [(g, t, _relocate(sch, base // ALIGN, spec.name)) for g, t, sch in parts0]
     cl = CompiledLinear(spec.name, spec, til, regions, sizes, [p[2] for p in parts], [(p[0], p[1]) for p in parts],
                         cfg, base)
-    if cl.end > cfg.ext_mem_bytes:
-        raise UnsupportedError(f"layer {spec.name!r}: its memory regions end at byte {cl.end}, beyond the "
-                               f"external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)")
     if spec.materialized:
         cl.memory = _pack_layer(spec, til, cfg, regions, base, cl.end)
     return cl
@@ -470,6 +481,22 @@ def load_model_input(source) -> tuple[str, Any]:
     return "export", ModelExport.load(p)
 
 
+def _check_model_fits(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, tokens: int) -> None:
+    """Refuse, before compiling anything, a model whose layers together need more external memory than the
+    config has (each distinct shape is tiled once; its regions are the same wherever it is placed)."""
+    need, per_shape = 0, {}
+    for name, d_in, d_out in walk:
+        if (d_in, d_out) not in per_shape:
+            til = choose_tiling(synthetic_spec(name, d_in, d_out, cfg, seed=0, materialize=False), cfg, tokens)
+            regions, sizes = _layout(til, cfg, 0)
+            per_shape[(d_in, d_out)] = _align(regions.output + sizes["output"])
+        need += per_shape[(d_in, d_out)]
+    if need > cfg.ext_mem_bytes:
+        raise UnsupportedError(f"the model's {len(walk)} binarized linears need {need / 2**20:,.0f} MiB of external "
+                               f"memory at {tokens} token(s); config {cfg.name!r} has {cfg.ext_mem_mib} MiB "
+                               "(ext_mem_mib)")
+
+
 def compile_model(export_or_shape, cfg: AcceleratorConfig, tokens: int, *, timing_only: bool | None = None,
                   seed: int = 0) -> CompiledModel:
     """Compile every binarized linear of a model for ``tokens`` tokens.
@@ -495,6 +522,7 @@ def compile_model(export_or_shape, cfg: AcceleratorConfig, tokens: int, *, timin
         timing = bool(timing_only)
     else:
         walk = llama_linears(obj)
+        _check_model_fits(walk, cfg, tokens)
         if timing_only is None:
             est = sum(ceil_div(dout, cfg.cols) * cfg.cols * cfg.nchunks(din) * cfg.lanes // 8 for _, din, dout in walk)
             timing = est > AUTO_TIMING_ONLY_BYTES
