@@ -23,8 +23,8 @@ A sweep spec (TOML, docs/dse.md)::
     rows = 4
 
 Each point's result is one JSON line appended (one write + fsync) to ``OUT/results.jsonl`` under the
-point's key (a hash of everything that determines it), so an interrupted sweep resumes where it stopped
-and a finished point is never recomputed. At the end ``results.csv``, ``results.json`` and
+point's key (a hash of everything that determines it) with the SHA-256 of the row, so an interrupted sweep
+resumes where it stopped, a finished point is never recomputed, and a torn or corrupt line is recomputed. At the end ``results.csv``, ``results.json`` and
 ``pareto.png`` are (re)written from all points of the spec.
 """
 
@@ -252,28 +252,37 @@ def evaluate_point(task: dict[str, Any]) -> dict[str, Any]:
 
 # ---- results file ---------------------------------------------------------------------------------
 
+def _row_digest(row: dict[str, Any]) -> str:
+    body = {k: v for k, v in row.items() if k != "row_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """key -> row; a torn last line (a crash mid-write) is ignored."""
+    """key -> row. A line that is torn (a crash mid-write), corrupt or without its checksum is ignored, so its
+    point is computed again instead of a changed row being reused."""
     out: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return out
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(row, dict) and "key" in row:
-                out[row["key"]] = row
+            if isinstance(row, dict) and isinstance(row.get("key"), str) and \
+                    row.get("row_sha256") == _row_digest(row):
+                out[row["key"]] = {k: v for k, v in row.items() if k != "row_sha256"}
     return out
 
 
 def append_result(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line with a single write, then fsync: a point is recorded whole or not at all."""
-    data = (json.dumps(row, sort_keys=True, default=str) + "\n").encode()
+    """Append one JSON line (with the SHA-256 of the row) in a single write, then fsync: a point is recorded
+    whole or not at all."""
+    row = json.loads(json.dumps(row, default=str))   # the row as it will read back
+    data = (json.dumps(dict(row, row_sha256=_row_digest(row)), sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
