@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import FormatError, UnsupportedError
+from bitmos import formats as F
 from bitmos.export import BinaryLinearExport, ModelExport
 from bitmos.formats import (EXP2_LUT, GATE_FRAC, GATE_ONE, LOG2E_Q10, LOGIT_BITS, LOGIT_FRAC, OUT_BITS, SCALE_BITS,
                             X_BITS, act_qmax, inv_q)
@@ -111,11 +112,11 @@ def router_logits(x: torch.Tensor, router: torch.Tensor, rshift: int) -> torch.T
 
 def softmax_gates(logits: torch.Tensor) -> torch.Tensor:
     """[T, E] Q7.8 logits -> [T, E] unsigned Q1.15 gates (``formats.softmax_gates``, vectorized)."""
-    d = (logits.amax(-1, keepdim=True) - logits).clamp(max=0xFFFF)
-    u = rshift_round(d * LOG2E_Q10, 10)
-    n, f = u >> 8, u & 0xFF
-    p = torch.where(n < 16, _EXP2[f] >> n.clamp(max=15), torch.zeros_like(u))
-    rcp = (1 << 30) // p.sum(-1, keepdim=True)        # sum p >= 2^15 > 0: floor division of positives
+    d = (logits.amax(-1, keepdim=True) - logits).clamp(max=F.SOFTMAX_DIFF_MAX)
+    u = rshift_round(d * LOG2E_Q10, F.LOG2E_FRAC)
+    n, f = u >> F.EXP2_FRAC_BITS, u & (F.EXP2_LUT_SIZE - 1)
+    p = torch.where(n < F.SOFTMAX_MAX_SHIFT, _EXP2[f] >> n.clamp(max=F.SOFTMAX_MAX_SHIFT - 1), torch.zeros_like(u))
+    rcp = (1 << F.SOFTMAX_RCP_SHIFT) // p.sum(-1, keepdim=True)  # sum p >= 2^15 > 0: floor division of positives
     return rshift_round(p * rcp, GATE_FRAC)
 
 
@@ -128,11 +129,11 @@ def quantize_token(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     """v [T, K] (|v| <= 2^30) -> (q [T, K], D [T]) (``formats.quantize_token``, per token)."""
     qmax = act_qmax(bits)
     m = v.abs().amax(-1)                                       # [T]
-    d = rshift_round(m * inv_q(bits), 16)                      # m = 0 -> D = 0
+    d = rshift_round(m * inv_q(bits), F.INVQ_SHIFT)            # m = 0 -> D = 0
     if bits == 1:
         return torch.where(v >= 0, 1, -1).to(I64), d          # m = 0: v = 0 -> q = +1
-    rq = (qmax << 32) // m.clamp(min=1)                        # RQ < 2^39; m = 0 rows have v = 0 -> q = 0
-    q = mul_shift_round(v, rq[:, None], 32).clamp(-qmax, qmax)
+    rq = (qmax << F.RQ_SHIFT) // m.clamp(min=1)                # RQ < 2^39; m = 0 rows have v = 0 -> q = 0
+    q = mul_shift_round(v, rq[:, None], F.RQ_SHIFT).clamp(-qmax, qmax)
     return q, d
 
 

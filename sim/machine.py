@@ -477,12 +477,12 @@ def softmax_gates(logits: np.ndarray) -> np.ndarray:
     """formats.softmax_gates for each row of an int64 [T, E] array."""
     lut = np.array(formats.EXP2_LUT, dtype=np.int64)
     m = logits.max(axis=1, keepdims=True)
-    d = np.minimum(m - logits, 0xFFFF)
-    u = _rshift_round(d * formats.LOG2E_Q10, 10)
-    n, f = u >> 8, u & 0xFF
-    p = np.where(n < 16, lut[f] >> np.minimum(n, 15), 0)
-    rcp = (1 << 30) // p.sum(axis=1, keepdims=True)
-    return _rshift_round(p * rcp, 15)
+    d = np.minimum(m - logits, formats.SOFTMAX_DIFF_MAX)
+    u = _rshift_round(d * formats.LOG2E_Q10, formats.LOG2E_FRAC)
+    n, f = u >> formats.EXP2_FRAC_BITS, u & (formats.EXP2_LUT_SIZE - 1)
+    p = np.where(n < formats.SOFTMAX_MAX_SHIFT, lut[f] >> np.minimum(n, formats.SOFTMAX_MAX_SHIFT - 1), 0)
+    rcp = (1 << formats.SOFTMAX_RCP_SHIFT) // p.sum(axis=1, keepdims=True)
+    return _rshift_round(p * rcp, formats.GATE_FRAC)
 
 
 def quantize(v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -492,11 +492,11 @@ def quantize(v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     qmax = formats.act_qmax(k)
     m = np.abs(v).max(axis=1) if v.shape[1] else np.zeros(v.shape[0], dtype=np.int64)
-    d = np.where(m > 0, _rshift_round(m * formats.inv_q(k), 16), 0)
+    d = np.where(m > 0, _rshift_round(m * formats.inv_q(k), formats.INVQ_SHIFT), 0)
     if k == 1:
         return np.where(v >= 0, 1, -1).astype(np.int64), d
-    rq = (qmax << 32) // np.maximum(m, 1)
-    q = np.clip(_rshift_round(v * rq[:, None], 32), -qmax, qmax)
+    rq = (qmax << formats.RQ_SHIFT) // np.maximum(m, 1)
+    q = np.clip(_rshift_round(v * rq[:, None], formats.RQ_SHIFT), -qmax, qmax)
     q[m == 0] = 0
     return q, d
 
