@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import BitmosUserError, ConfigError
+from bitmos.errors import BitmosUserError
 
 from bitmos.app.estimate import _default_table
 

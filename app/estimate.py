@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import BitmosUserError, ConfigError
+from bitmos.errors import ConfigError
 
 
 def load_shape(model: str) -> dict[str, Any]:

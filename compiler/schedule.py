@@ -9,7 +9,7 @@ The schedule is built in two steps (docs/compiler.md has the picture):
 2. Placement: every transfer gets a window [earliest, deadline) of compute positions -- a load may be
    hoisted up to the last instruction that still uses the slot's old contents, a store may sink down
    to the next instruction that overwrites its lines. Walking the compute stream with the
-   :class:`bitmos.isa.Timeline`, transfers are issued earliest-deadline-first whenever the DMA engine
+   :class:`bitmos.semantics.Timeline`, transfers are issued earliest-deadline-first whenever the DMA engine
    is idle (or the stall is shorter than the idle gap the next instruction would leave); a transfer
    whose deadline is reached is issued regardless. A ``wait`` is emitted before any compute
    instruction that touches a slot of a transfer issued since the last ``wait`` (so the program obeys
@@ -25,7 +25,8 @@ from typing import Any
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
-from bitmos.isa import Instruction, Op, Reg, Timeline, compute_cycles, setr
+from bitmos.isa import Instruction, Op, Reg, setr
+from bitmos.semantics import Timeline, compute_cycles
 
 from bitmos.compiler.lower import LayerSpec, ceil_div
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, ConfigError
-from bitmos.isa import matmul_tile_cycles, quant_token_cycles
+from bitmos.semantics import matmul_tile_cycles, quant_token_cycles
 
 DEFAULT_SHAPE = "llama-2-7b"
 
