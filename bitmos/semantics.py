@@ -162,14 +162,15 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
         if fl.max_value < (1 << fl.width) - 1:
             conds.append(f[fl.name] > fl.max_value)
     if op is Op.SETR:
-        raw = f["value"]
+        raw, top = f["value"], (1 << 32) - 1   # the 32-bit value field
         for r in Reg:
             lo, hi = REG_RANGE[r]
             if lo < 0:  # signed register (SMUL): the 32-bit field is two's complement
-                bad = (raw > hi) & (raw < (1 << 32) + lo)
-            else:
-                bad = (raw < lo) | (raw > hi)
-            conds.append((f["reg"] == r) & bad)
+                bad = [(raw > hi) & (raw < top + 1 + lo)]
+            else:       # only the comparisons that can hold (no constant-false logic in the RTL)
+                bad = ([raw < lo] if lo > 0 else []) + ([raw > hi] if hi < top else [])
+            if bad:
+                conds.append((f["reg"] == int(r)) & _any(bad))
     if op in (Op.QUANT, Op.SCALEOUT):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
@@ -184,7 +185,8 @@ def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value
     """
     out = [Fault(CAUSE_ILLEGAL_FIELD, _any(field_faults(op, word, f, cfg)))]
     for a in footprint(op, f, regs, cfg, ops):
-        out.append(Fault(CAUSE_BUFFER_RANGE, a.when & (a.end > depth(cfg, a.buffer)), a))
+        past = a.end > depth(cfg, a.buffer)
+        out.append(Fault(CAUSE_BUFFER_RANGE, past if a.when is True else a.when & past, a))
     if op in (Op.LOAD, Op.STORE):
         out.append(Fault(CAUSE_EXT_RANGE, ext_end(f, regs, cfg, ops) > cfg.ext_mem_bytes))
     return out
