@@ -7,7 +7,7 @@ A sweep spec (TOML, docs/dse.md)::
     model = "llama-2-7b"              # or a [model] table (dim, hidden_dim, n_layers, n_heads[, n_kv_heads])
     prefill_tokens = 64
     energy_table = "horowitz45_hbm2"
-    backend = "auto"                 # sim (compiler + simulator timing mode) | contract | auto
+    backend = "auto"                 # sim (compiler + simulator timing mode, the one estimator) | auto
     auto_buffers = true              # double a buffer the compiler says is too small, until it fits
     synth = false                    # true: synthesize every point (slow); false: the area model
     target = "ecp5"                  # area model / synthesis target
@@ -128,8 +128,6 @@ class SweepSpec:
             raise ConfigError(f"{source}: prefill_tokens = {d['prefill_tokens']}, allowed 1..{MAX_PREFILL_TOKENS}")
         if d.get("workers", 0) < 0:
             raise ConfigError(f"{source}: workers = {d['workers']} must be >= 0")
-        if d.get("backend", "auto") not in ("auto", "sim", "contract"):
-            raise ConfigError(f"{source}: backend {d['backend']!r}; choose auto, sim or contract")
         grid = {}
         for k, v in d.get("grid", {}).items():
             if not isinstance(v, list) or not v:

@@ -64,7 +64,7 @@ def check_run_bounds(programs: list[tuple[str, Program]], cfg: AcceleratorConfig
 
 def cmd_simulate(args) -> int:
     from bitmos.fileio import atomic_folder
-    from bitmos.sim.energy import DEFAULT_TABLE, EnergyTable
+    from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.machine import Simulator
     from bitmos.sim.report import format_text, summarize, write_json, write_plots
 
@@ -77,7 +77,7 @@ def cmd_simulate(args) -> int:
         if want.fingerprint() != cfg.fingerprint():
             raise ConfigError(f"--config {args.config!r} differs from the config the program was compiled for "
                               f"({cfg.name!r}); recompile, or omit --config")
-    table = EnergyTable.load(args.energy_table or DEFAULT_TABLE)
+    table = EnergyTable.load(args.energy_table or default_table(cfg))
     functional = not args.timing_only
     memory = None
     if functional:

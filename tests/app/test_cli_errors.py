@@ -300,7 +300,7 @@ def _spec(tmp_path, body: str) -> Path:
     ('[model]\ndim = 0\nhidden_dim = 4\nn_layers = 1\nn_heads = 1\n', "positive integer"),
     ('points = [4]\n', "points[0] must be a table"),
     ('auto_buffers = "yes"\n', "auto_buffers must be true/false"),
-    ('backend = "gpu"\n', "choose auto, sim or contract"),
+    ('backend = "gpu"\n', "unknown backend 'gpu'"),
 ])
 def test_sweep_spec_errors_fail_before_the_sweep_starts(tmp_path, capsys, body, match):
     spec = _spec(tmp_path, body)

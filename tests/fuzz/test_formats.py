@@ -72,7 +72,7 @@ def files(tmp_path_factory):
     from bitmos.model.transformer import Transformer
     from bitmos.sim.energy import TABLE_DIR, EnergyTable
     from bitmos.compiler import llama_linears
-    from bitmos.app.estimate import load_shape
+    from bitmos.compiler.shapes import load_shape
     from bitmos.fileio import read_text_file
 
     root = tmp_path_factory.mktemp("fuzz")
@@ -226,7 +226,7 @@ def files(tmp_path_factory):
 
     def load_spec(d):
         spec = SweepSpec.load(at("s.toml", d))
-        return [t["key"] for t in make_tasks(spec, "contract")]
+        return [t["key"] for t in make_tasks(spec, "sim")]
     out["sweep spec (.toml)"] = (spec_text, load_spec, False, mutate_bytes)
 
     prog_words = Program.from_bytes(prog_bytes).words
