@@ -102,7 +102,7 @@ _TILING_CACHE: dict[tuple, Tiling] = {}
 
 def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tiling:
     """The candidate (mode x weight-block size) with the fewest Timeline cycles; cached per shape."""
-    key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens)
+    key = (cfg, spec.d_in, spec.d_out, tokens)  # the whole config: programs embed its name and clock
     if key in _TILING_CACHE:
         return _TILING_CACHE[key]
     best, best_cycles, least_bytes = None, None, None
@@ -263,7 +263,7 @@ def _relocate(sch: Schedule, units: int, name: str) -> Schedule:
 def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: int = 0) -> CompiledLinear:
     """Compile a lowered layer; identical shapes reuse one schedule, relocated to this layer's regions."""
     base = _align(base)
-    key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul)
+    key = (cfg, spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul)
     cached = _SCHEDULE_CACHE.get(key)
     til = cached[0] if cached else choose_tiling(spec, cfg, tokens)
     regions, sizes = _layout(til, cfg, base)
