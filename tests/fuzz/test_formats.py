@@ -122,7 +122,7 @@ def files(tmp_path_factory):
             f = load_compiled_folder(folder)
         finally:
             (folder / "manifest.json").write_bytes(man_bytes)
-        return [f.manifest, [(n, p.words) for n, p in f.programs], _h(bytes(f.memory.data))]
+        return [f.manifest, [(n, p.words) for n, p in f.programs], f.memory and _h(bytes(f.memory.data))]
     out["manifest.json"] = (man_bytes, load_folder, True, mutate_bytes)
     out["manifest.json (one value)"] = (man_bytes, load_folder, True, lambda d, rng: json.dumps(
         mutate_json_value(json.loads(d), rng)).encode())
