@@ -33,6 +33,8 @@ except ImportError:  # pragma: no cover
 
 FORMAT = "bitmos-model"
 VERSION = "2"
+#: Largest max_seq_len x head_dim a loaded config may ask for (each rotary table is this many floats, 1 GiB).
+MAX_ROPE_ENTRIES = 1 << 28
 
 
 def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False) -> None:
@@ -117,10 +119,16 @@ def load_checkpoint(path, map_location: str = "cpu"):
     # miss is left to the tensor-by-tensor comparison below, whose message names the tensors)
     c = config
     least = c.n_layers * (2 * c.dim * c.dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
+    if c.scheme == "mos":
+        least += c.n_layers * c.experts * c.dim      # the scale experts of one projection per layer
     held = sum(v.numel() for v in sd.values())
     if least > 4 * held + (1 << 20):
         raise FormatError(f"checkpoint {path} does not match its config: the config needs at least {least:,} "
                           f"parameters, the file holds {held:,}")
+    # the rotary tables are computed, not stored: bound them on their own
+    if c.max_seq_len * (c.dim // c.n_heads) > MAX_ROPE_ENTRIES:
+        raise FormatError(f"checkpoint {path}: max_seq_len {c.max_seq_len} x head_dim {c.dim // c.n_heads} "
+                          f"exceeds {MAX_ROPE_ENTRIES:,} rotary table entries")
     model = Transformer(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))

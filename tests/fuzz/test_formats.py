@@ -260,7 +260,8 @@ def _run(files, fmt: str, cases: int, seed: int):
     original, load, checksummed, mutator = files[fmt]
     counts = fuzz(fmt, original, load, cases=cases, seed=seed, checksummed=checksummed, mutator=mutator)
     print(counts.line())
-    assert not counts.crashes, f"{len(counts.crashes)} crash(es), first:\n{counts.crashes[0]}"
+    kinds = sorted({c.strip().splitlines()[-1][:160] for c in counts.crashes})
+    assert not counts.crashes, f"{len(counts.crashes)} crash(es), kinds {kinds}, first:\n{counts.crashes[0]}"
     assert not counts.silent_loads, f"{len(counts.silent_loads)} silent load(s), first: {counts.silent_loads[0]}"
     # the suite can fail: most mutations of a checksummed file must be refused
     if checksummed:
