@@ -1,8 +1,10 @@
 """Checkpoints: one ``.safetensors`` file whose header metadata holds the JSON config; nothing is unpickled.
 
 Metadata keys (all strings): ``format`` = "bitmos-model", ``version``, ``config`` (ModelConfig JSON),
-``train_args`` (JSON), ``step``. With ``compact=True`` large tensors (>= 4096 elements) are stored as bfloat16:
-the sign of every latent weight is preserved exactly, so a binarized model's bits do not change.
+``train_args`` (JSON), ``step``, and ``tokenizer`` (the tokenizer's own serialized JSON, for every model whose
+config names a non-byte tokenizer: the tokenizer travels with the weights). Tied embeddings
+(``config.tie_embeddings``) are stored once, under ``tok_embeddings.weight``. With ``compact=True`` large tensors
+(>= 4096 elements) are stored as bfloat16: the sign of every latent weight is preserved exactly, so a binarized model's bits do not change.
 
 Resumable training state (optimizer, data RNG) goes beside it in ``<name>.trainer.pt`` via :func:`save_trainer_state`,
 read back with ``torch.load(weights_only=True)`` (tensors, numbers and containers only).
@@ -31,16 +33,31 @@ FORMAT = "bitmos-model"
 VERSION = "1"
 
 
-def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False) -> None:
-    """Atomically write ``model`` (a Transformer) and its config to ``path``."""
+def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False,
+                    tokenizer=None) -> None:
+    """Atomically write ``model`` (a Transformer) and its config to ``path``.
+
+    ``tokenizer`` (a :class:`~bitmos.model.data.BPETokenizer`) is embedded in the metadata; a model whose config
+    names a non-byte tokenizer needs one (or the one attached to the model as ``model.tokenizer``).
+    """
+    from bitmos.model.data import check_tokenizer
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tied = model.tied_keys() if hasattr(model, "tied_keys") else {}
     sd = {}
     for k, v in model.state_dict().items():
+        if k in tied:
+            continue
         v = v.detach().contiguous().cpu()
         if compact and v.is_floating_point() and v.numel() >= 4096:
             v = v.to(torch.bfloat16)
         sd[k] = v.clone()
     meta = {"format": FORMAT, "version": VERSION, "config": json.dumps(model.config.to_dict()),
             "train_args": json.dumps(train_args or {}), "step": str(int(step))}
+    if model.config.tokenizer != "byte":
+        if tokenizer is None:
+            raise FormatError(f"model uses tokenizer {model.config.tokenizer!r} but none was given to save with it")
+        check_tokenizer(model.config, tokenizer, "model")
+        meta["tokenizer"] = tokenizer.to_json()
     write_bytes_atomic(path, st_save(sd, metadata=meta))
 
 
@@ -66,7 +83,7 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise FormatError(f"checkpoint {path} has version {meta.get('version')!r}, this bitmos reads {VERSION!r}")
     try:
         out = {"config": json.loads(meta["config"]), "train_args": json.loads(meta.get("train_args", "{}")),
-               "step": int(meta.get("step", "0"))}
+               "step": int(meta.get("step", "0")), "tokenizer": meta.get("tokenizer")}
     except (KeyError, ValueError) as exc:
         raise FormatError(f"checkpoint {path} has corrupt metadata: {exc}") from exc
     sd = {k: (v.float() if v.dtype == torch.bfloat16 else v) for k, v in tensors.items()}
@@ -82,6 +99,9 @@ def load_checkpoint(path, map_location: str = "cpu"):
     except (TypeError, ValueError) as exc:
         raise FormatError(f"checkpoint {path} has an invalid model config: {exc}") from exc
     model = Transformer(config)
+    for k, src in model.tied_keys().items():   # stored once; the model shares one tensor
+        if k not in sd and src in sd:
+            sd[k] = sd[src]
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -94,6 +114,10 @@ def load_checkpoint(path, map_location: str = "cpu"):
                               f"config needs {tuple(expected[k].shape)}")
     model.load_state_dict(sd)
     model.eval()
+    if config.tokenizer != "byte":
+        from bitmos.model.data import tokenizer_for
+        model.tokenizer = tokenizer_for(config, meta.get("tokenizer"), path.parent if isinstance(path, Path)
+                                        else Path(path).parent)
     return model.to(map_location), meta
 
 
