@@ -272,3 +272,22 @@ def test_cli_tokenizer_mismatch_is_an_error(hf_folder, tmp_path, capsys):
     assert _cli("generate", "--tokenizer", folder / "tokenizer.json", "--max-new-tokens", 1) == 2
     err = capsys.readouterr().err
     assert re.search(r"tokenizer mismatch: model .* has tokenizer 'byte' \(256 tokens\), --tokenizer .* has 'hf:", err), err
+
+
+def test_gqa_tied_student_exports_and_runs_in_the_golden_model(hf_folder, tmp_path):
+    from bitmos.export import ModelExport
+    from bitmos.model.export import export_model
+    from bitmos.model.golden import GoldenModel
+    teacher = load_hf_llama(hf_folder[0])
+    student = make_student(teacher, "mos", experts=2).eval()
+    exp = export_model(student, "small")
+    assert len(exp.linears) == 14
+    exp.save(tmp_path / "e.bmx")
+    golden = GoldenModel(ModelExport.load(tmp_path / "e.bmx"), "small")
+    assert golden.config.n_kv_heads == 2 and golden.config.tie_embeddings
+    idx = torch.randint(0, teacher.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref, _ = student(idx)
+        got, _ = golden(idx)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert rel < 0.05, rel
