@@ -204,7 +204,7 @@ def write_gguf(path, hf, tok):
     w.close()
 
 
-def test_gguf_written_with_the_gguf_package_reads_back(hf_folder, tmp_path):
+def test_gguf_written_with_the_gguf_package_reads_back(hf_folder, tmp_path, capsys):
     pytest.importorskip("gguf")
     from bitmos.model.gguf import load_gguf
     folder, hf = hf_folder
@@ -227,6 +227,10 @@ def test_gguf_written_with_the_gguf_package_reads_back(hf_folder, tmp_path):
     assert torch.equal(got.argmax(-1), ref.argmax(-1))
     m2, meta = load_any(path)
     assert meta["source"] == "gguf" and m2.config == c
+    # the command line takes the file too, binarized on the way in
+    assert _cli("eval", path, "--scheme", "onebit", "--corpus", f"files:{_text_file(tmp_path)}", "--seq-len", 16,
+                "--threads", 1) == 0
+    assert "scheme onebit" in capsys.readouterr().out
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------
