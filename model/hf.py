@@ -73,8 +73,9 @@ def config_from_hf(cfg, tokenizer: str = "byte", max_seq_len: int | None = None)
 @torch.no_grad()
 def model_from_state_dict(config: ModelConfig, sd: dict[str, torch.Tensor], source: str = "model") -> Transformer:
     """A float Transformer from Hugging Face state-dict names (``model.layers.<i>.self_attn.q_proj.weight``...)."""
-    if any(k.endswith(".bias") for k in sd):
-        raise UnsupportedError(f"{source} has bias tensors (e.g. {next(k for k in sd if k.endswith('.bias'))}); "
+    biases = sorted(k for k in sd if k.endswith(".bias"))
+    if biases:
+        raise UnsupportedError(f"{source} has bias tensors (e.g. {biases[0]}, {len(biases)} in all); "
                                "bitmos linears have none")
     model = Transformer(config)
 

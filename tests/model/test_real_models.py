@@ -295,3 +295,33 @@ def test_gqa_tied_student_exports_and_runs_in_the_golden_model(hf_folder, tmp_pa
         got, _ = golden(idx)
     rel = ((got - ref).norm() / ref.norm()).item()
     assert rel < 0.05, rel
+
+
+def test_sharded_folder_and_mistral_qwen2_configs(hf_folder, tmp_path):
+    from bitmos.errors import UnsupportedError
+    from bitmos.model.hf import config_from_hf
+    folder, hf = hf_folder
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").exists() and not (sharded / "model.safetensors").exists()
+    (sharded / "tokenizer.json").write_text((folder / "tokenizer.json").read_text())
+    model = load_hf_llama(sharded)
+    idx = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.allclose(model(idx)[0], hf(idx).logits, atol=1e-5)
+    base = {"hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 1,
+            "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+            "rope_theta": 1e6}
+    c = config_from_hf(dict(base, model_type="mistral", sliding_window=1024))
+    assert (c.n_kv_heads, c.head_dim, c.max_seq_len, c.rope_theta) == (2, 8, 1024, 1e6)
+    assert config_from_hf(dict(base, model_type="qwen2", sliding_window=1024, use_sliding_window=False,
+                               tie_word_embeddings=True)).tie_embeddings
+    # a real Qwen2 checkpoint carries q/k/v biases: refused by name, not silently dropped
+    q = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=hf.config.vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    qdir = tmp_path / "qwen2"
+    q.save_pretrained(qdir)
+    (qdir / "tokenizer.json").write_text((folder / "tokenizer.json").read_text())
+    with pytest.raises(UnsupportedError, match=r"bias tensors \(e.g. model.layers.0.self_attn.k_proj.bias, 3 in all\)"):
+        load_hf_llama(qdir)
