@@ -12,16 +12,17 @@ address is the next pc.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from bitmos import isa
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config, instruction_field
+from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.dma import ext_addr_bits
-from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS
+from bitmos.rtl.layouts import INSTRUCTION
+from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, LayerRegistersSignature
 
 __all__ = ["Controller"]
 
@@ -46,14 +47,15 @@ class Controller(wiring.Component):
     cycles : Out(48)
         Cycle count of the finished run (t_halt + 1, or t_fault + 1).
     pc : Out
-    word : Out(64)
-        The instruction word being issued (units take their fields from it).
+    word : Out(INSTRUCTION)
+        The instruction word being issued, as a view of every opcode's fields (the top level hands
+        them to the units).
     array_start, unit_start, unit_op, dma_start : Out(1)
         Issue strobes (unit_op: 0 quant, 1 scaleout).
     dma_addr : Out
         EBASE*64 + ext of the issuing load/store.
-    k_features, rshift, oshift, router, sin, smul : Out
-        The layer registers.
+    regs : Out(LayerRegistersSignature)
+        The layer registers (reset by ``start``, written by SETR).
 
     Raises
     ------
@@ -67,11 +69,10 @@ class Controller(wiring.Component):
         super().__init__({
             "imem": In(ReadPort.Signature(addr_width=ia, shape=64)),
             "start": In(1), "running": Out(1), "done": Out(1), "error": Out(1), "cause": Out(CAUSE_BITS),
-            "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(64),
+            "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(INSTRUCTION),
             "array_start": Out(1), "unit_start": Out(1), "unit_op": Out(1), "dma_start": Out(1),
             "dma_addr": Out(ext_addr_bits(cfg)),
-            "k_features": Out(16), "rshift": Out(6), "oshift": Out(6), "router": Out(16), "sin": Out(16),
-            "smul": Out(signed(16)), "ebase": Out(32),
+            "regs": Out(LayerRegistersSignature()),
         })
 
     @property
@@ -90,17 +91,18 @@ class Controller(wiring.Component):
         busy_cnt = Signal(32)
         dma_cnt = Signal(32)
         pc = self.pc
-        word = self.imem.data
+        regs = self.regs
+        word = INSTRUCTION(self.imem.data)
         m.d.comb += [self.running.eq(running), self.word.eq(word), self.imem.en.eq(1)]
 
         # ---- decode --------------------------------------------------------------------------------
-        opcode = word[isa.OPCODE_LO:]
-        K = self.k_features
+        opcode = word.opcode
+        K = regs.k
         nch = Signal(17)
         xl = Signal(20)
         m.d.comb += [nch.eq((K + (L - 1)) // L), xl.eq(nch * G)]
         is_op = {op: (opcode == int(op)) for op in Op}
-        f = {op: {fl.name: instruction_field(word, op, fl.name) for fl in isa.SPECS[op]} for op in Op}
+        f = {op: word[op.name.lower()] for op in Op}
 
         bad_opcode = opcode > max(Op)
         bad_field = Signal()
@@ -111,7 +113,7 @@ class Controller(wiring.Component):
 
         reserved = Const(0, 1)
         for op in Op:
-            reserved = reserved | (is_op[op] & ((word & isa.RESERVED_MASK[op]) != 0))
+            reserved = reserved | (is_op[op] & ((self.imem.data & isa.RESERVED_MASK[op]) != 0))
         field_faults = [reserved]
         for op in (Op.LOAD, Op.STORE):
             field_faults.append(is_op[op] & (f[op]["nlines"] == 0))
@@ -155,9 +157,9 @@ class Controller(wiring.Component):
         q_ok = (le(fq["x"] + fq["ntok"] * xl, dep("X")) & le(fq["q"] + wq, dep("Q"))
                 & le(fq["meta"] + fq["ntok"], cfg.meta_tokens))
         if E >= 2:
-            q_ok = q_ok & le(self.router + xl, dep("S"))
+            q_ok = q_ok & le(regs.router + xl, dep("S"))
         if E >= 1:
-            q_ok = q_ok & le(self.sin + xl, dep("S"))
+            q_ok = q_ok & le(regs.sin + xl, dep("S"))
         ranges.append(is_op[Op.QUANT] & ~q_ok)
         fm = f[Op.MATMUL]
         wm = Mux(fm["mode"], nch * P, nch * k)
@@ -180,7 +182,7 @@ class Controller(wiring.Component):
                 with m.Case(i):
                     m.d.comb += nbytes.eq(fl["nlines"] * lbytes[i])
         ext_addr = Signal(40)
-        m.d.comb += ext_addr.eq((self.ebase << 6) + fl["ext"])
+        m.d.comb += ext_addr.eq((regs.ebase << 6) + fl["ext"])
         m.d.comb += bad_ext.eq((is_op[Op.LOAD] | is_op[Op.STORE]) & (ext_addr + nbytes > cfg.ext_mem_bytes))
         m.d.comb += self.dma_addr.eq(ext_addr)
 
@@ -228,9 +230,8 @@ class Controller(wiring.Component):
 
         with m.If(self.start & ~running):
             m.d.sync += [running.eq(1), pc.eq(0), now.eq(0), busy_cnt.eq(0), dma_cnt.eq(0),
-                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
-                         self.k_features.eq(0), self.rshift.eq(0), self.oshift.eq(0), self.router.eq(0),
-                         self.sin.eq(0), self.smul.eq(0), self.ebase.eq(0)]
+                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0)]
+            m.d.sync += [getattr(regs, reg.name.lower()).eq(0) for reg in isa.Reg]
         with m.If(running):
             m.d.sync += [now.eq(now + 1), pc.eq(pc_next)]
             with m.If(busy_cnt != 0):
@@ -253,18 +254,8 @@ class Controller(wiring.Component):
                     m.d.sync += busy_cnt.eq(so_busy)
                 with m.If(is_op[Op.SETR]):
                     with m.Switch(reg):
-                        with m.Case(int(isa.Reg.K)):
-                            m.d.sync += self.k_features.eq(val)
-                        with m.Case(int(isa.Reg.RSHIFT)):
-                            m.d.sync += self.rshift.eq(val)
-                        with m.Case(int(isa.Reg.OSHIFT)):
-                            m.d.sync += self.oshift.eq(val)
-                        with m.Case(int(isa.Reg.ROUTER)):
-                            m.d.sync += self.router.eq(val)
-                        with m.Case(int(isa.Reg.SIN)):
-                            m.d.sync += self.sin.eq(val)
-                        with m.Case(int(isa.Reg.SMUL)):
-                            m.d.sync += self.smul.eq(val[:16])
-                        with m.Case(int(isa.Reg.EBASE)):
-                            m.d.sync += self.ebase.eq(val)
+                        for r in isa.Reg:   # val_ok held: the value fits the register (SMUL: its low bits)
+                            target = getattr(regs, r.name.lower())
+                            with m.Case(int(r)):
+                                m.d.sync += target.eq(val[:len(target)])
         return m
