@@ -37,13 +37,15 @@ INSTRUCTION = data.FlexibleLayout(isa.WORD_BITS, {
 def meta_layout(cfg: AcceleratorConfig) -> data.StructLayout:
     """META[t] of ``cfg``: ``d`` (D, ``formats.D_BITS``) then ``gates`` (E x ``formats.GATE_BITS``).
 
+    E = 0 has no ``gates`` field (a zero-width one would be a ``[-1:0]`` wire in the Verilog).
+
     Raises
     ------
     ValueError
         The layout's size is not ``cfg.meta_bits`` (the contract's record and this one disagree).
     """
-    layout = data.StructLayout({"d": unsigned(F.D_BITS),
-                                "gates": data.ArrayLayout(unsigned(F.GATE_BITS), cfg.experts)})
+    gates = {"gates": data.ArrayLayout(unsigned(F.GATE_BITS), cfg.experts)} if cfg.experts else {}
+    layout = data.StructLayout({"d": unsigned(F.D_BITS), **gates})
     if layout.size != cfg.meta_bits:
         raise ValueError(f"META layout of {layout.size} bits does not match cfg.meta_bits = {cfg.meta_bits}")
     return layout

@@ -34,7 +34,7 @@ class Quantizer(wiring.Component):
     scales : In(sbuf_line_bits)
         The SBUF line of the input scale experts (expert e, lane j at element ``e*C + j``).
     gates : In(ArrayLayout(unsigned(GATE_BITS), E))
-        The token's gates (E = 1: GATE_ONE).
+        The token's gates (E = 1: GATE_ONE; no such port for E = 0).
     clear, track_max : In(1)
         Start a token (m = 0; wins over ``track_max``); fold this line's |v| into m.
     gather, group : In
@@ -56,8 +56,8 @@ class Quantizer(wiring.Component):
         self._cfg = cfg = check_config(cfg)
         super().__init__({
             "x": In(cfg.xbuf_line_bits), "lane_valid": In(cfg.cols), "scales": In(cfg.sbuf_line_bits),
-            "gates": In(data.ArrayLayout(unsigned(F.GATE_BITS), cfg.experts)),
-            "clear": In(1), "track_max": In(1), "gather": In(1), "group": In(range(cfg.lanes // cfg.cols)),
+            **({"gates": In(data.ArrayLayout(unsigned(F.GATE_BITS), cfg.experts))} if cfg.experts else {}),
+            "clear": In(1), "track_max": In(1), "gather": In(1), "group": In(range(max(2, cfg.lanes // cfg.cols))),
             "plane_mode": In(1), "write_index": In(3),
             "d": Out(F.D_BITS), "line": Out(cfg.qbuf_line_bits),
         })
@@ -72,7 +72,7 @@ class Quantizer(wiring.Component):
         R, C, L, k, E, P, Q = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits, cfg.experts, cfg.planes_per_row, cfg.act_qmax
         x = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
         s_in = expert_lanes(self.scales, E, C)
-        gates = [self.gates[e] for e in range(E)]
+        gates = [self.gates[e] for e in range(E)] if E else []
         v = [Signal(signed(F.V_BITS), name=f"v{j}") for j in range(C)]
         m.d.comb += [v[j].eq(x[j] * mix_scale(gates, [s[j] for s in s_in]) if E >= 1 else x[j]) for j in range(C)]
 

@@ -126,7 +126,7 @@ class ScaleSequencer(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig):
         self._cfg = cfg = check_config(cfg)
-        G = cfg.lanes // cfg.cols
+        G = cfg.lanes // cfg.cols   # lane groups; ``group`` gets at least 1 bit (no zero-width port)
         super().__init__({
             **_issue_members(), "regs": In(LayerRegistersSignature()), "busy": Out(1),
             "x_addr": Out(addr_bits(cfg.depth("X"))), "s_addr": Out(addr_bits(cfg.depth("S"))),
@@ -135,7 +135,7 @@ class ScaleSequencer(wiring.Component):
             "q_index": Out(3), "meta_w_addr": Out(addr_bits(cfg.meta_tokens)), "meta_w_en": Out(1),
             "lane_valid": Out(cfg.cols), "token_start": Out(1), "router_accumulate": Out(1),
             "gates_active": Out(1), "gates_step": Out(range(cfg.experts + 4)), "track_max": Out(1),
-            "gather": Out(1), "group": Out(range(G)), "so_valid": Out(1), "so_line": Out(LINE_BITS),
+            "gather": Out(1), "group": Out(range(max(2, G))), "so_valid": Out(1), "so_line": Out(LINE_BITS),
         })
 
     @property
@@ -156,7 +156,7 @@ class ScaleSequencer(wiring.Component):
         R, C, G = self._cfg.rows, self._cfg.cols, self._cfg.lanes // self._cfg.cols
         t_router, t_mix, t_quant, t_so = Signal(), Signal(), Signal(), Signal()
         t_line = Signal(20)          # XBUF line within the token (for the K mask)
-        t_grp = Signal(range(G))     # lane group within the chunk (quantize gather)
+        t_grp = Signal(range(max(2, G)))   # lane group within the chunk (quantize gather); 1 bit at G = 1, not 0
         d_line = Signal(20)
         m.d.sync += [self.router_accumulate.eq(t_router), self.track_max.eq(t_mix), self.gather.eq(t_quant),
                      self.so_valid.eq(t_so), d_line.eq(t_line), self.group.eq(t_grp), self.so_line.eq(r.so_line)]
@@ -312,7 +312,7 @@ class ScaleExpertUnit(wiring.Component):
         m.d.comb += [getattr(seq, name).eq(getattr(self, name)) for name in ISSUE_INPUTS]
         readers = [seq, scaleout]
 
-        gates = Signal(data.ArrayLayout(unsigned(F.GATE_BITS), E))   # E = 1: the one gate is 1.0
+        gates = Signal(data.ArrayLayout(unsigned(F.GATE_BITS), E)) if E else None   # E = 1: the one gate is 1.0
         if E >= 2:
             m.submodules.router = router = Router(cfg)
             m.submodules.softmax = softmax = Softmax(cfg)
@@ -322,16 +322,18 @@ class ScaleExpertUnit(wiring.Component):
                          router.clear.eq(seq.token_start), softmax.acc.eq(router.acc),
                          softmax.active.eq(seq.gates_active), softmax.step.eq(seq.gates_step),
                          gates.eq(softmax.gates)]
-        else:
-            m.d.comb += [gates[e].eq(F.GATE_ONE) for e in range(E)]
+        elif E == 1:
+            m.d.comb += gates[0].eq(F.GATE_ONE)
         connect(m, flipped(self.regs), *(unit.regs for unit in readers))
 
         m.d.comb += [quant.x.eq(self.xbuf.data), quant.lane_valid.eq(seq.lane_valid),
-                     quant.scales.eq(self.sbuf.data), quant.gates.eq(gates), quant.clear.eq(seq.token_start),
+                     quant.scales.eq(self.sbuf.data), quant.clear.eq(seq.token_start),
                      quant.track_max.eq(seq.track_max), quant.gather.eq(seq.gather), quant.group.eq(seq.group),
                      quant.plane_mode.eq(seq.q_plane_mode), quant.write_index.eq(seq.q_index)]
         record = Signal(meta_layout(cfg))
-        m.d.comb += [record.d.eq(quant.d), record.gates.eq(gates)]
+        m.d.comb += record.d.eq(quant.d)
+        if E:
+            m.d.comb += [quant.gates.eq(gates), record.gates.eq(gates)]
 
         m.d.comb += [scaleout.acc_line.eq(self.obuf_r.data), scaleout.meta.eq(self.meta_r.data),
                      scaleout.scales.eq(self.sbuf.data), scaleout.valid.eq(seq.so_valid),

@@ -68,7 +68,7 @@ class ScaleOut(wiring.Component):
         m = Module()
         C, E = self._cfg.cols, self._cfg.experts
         s_out_experts = expert_lanes(self.scales, E, C)
-        gates = [self.meta.gates[e] for e in range(E)]
+        gates = [self.meta.gates[e] for e in range(E)] if E else []
         outs = []
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
             s_out = mix_scale(gates, [s[j] for s in s_out_experts]) if E >= 1 else self.regs.smul

@@ -62,7 +62,10 @@ def test_meta_layout(experts):
     word = d | sum(g << (F.D_BITS + F.GATE_BITS * e) for e, g in enumerate(gates))   # tests/rtl/golden.py's
     view = layout(Const(word, cfg.meta_bits))
     assert Const.cast(view.d).value == d
-    assert [Const.cast(view.gates[e]).value for e in range(experts)] == gates
+    if experts:
+        assert [Const.cast(view.gates[e]).value for e in range(experts)] == gates
+    else:
+        assert [name for name, _ in layout] == ["d"]   # no zero-width field
 
 
 def test_layer_registers_hold_exactly_their_range():
