@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import BitmosUserError, ConfigError
 
 from bitmos.app.demo import DEFAULT_PROMPT
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from decimal import Decimal, getcontext
 
+from bitmos.errors import UnsupportedError
+
 # ---- integer helpers ---------------------------------------------------------------------------
 
 
@@ -117,6 +119,36 @@ def inv_q(bits: int) -> int:
     """INVQ_k = round(2^16 / Q): turns max|v| into D ~ max|v| / Q with one multiply."""
     q = act_qmax(bits)
     return (2 * (1 << INVQ_SHIFT) + q) // (2 * q)  # round half up of 2^16 / q
+
+
+# ---- the per-layer shift registers ---------------------------------------------------------------
+
+
+def layer_shifts(name: str, cfg, *, experts: int, router_exp: int, s_in_exp: int, s_out_exp: int,
+                 smul_exp: int) -> tuple[int, int]:
+    """(RSHIFT, OSHIFT) of a layer: its tensors' power-of-two exponents folded into the two shifts.
+
+    RSHIFT = x_frac_bits + router_exp - LOGIT_FRAC (the router's product back to Q7.8 logits; only used
+    when the layer has a router, else 0); OSHIFT = x_frac_bits + s_in_exp + s_out_exp - out_frac_bits
+    (E >= 1) or x_frac_bits + smul_exp - out_frac_bits (E = 0). Raises UnsupportedError naming the
+    layer when one falls outside the registers' 0..63.
+    """
+    rshift = 0
+    if experts >= 2:
+        rshift = cfg.x_frac_bits + router_exp - LOGIT_FRAC
+        if not 0 <= rshift <= 63:
+            raise UnsupportedError(f"layer {name!r}: RSHIFT = x_frac_bits + router_exp - {LOGIT_FRAC} = "
+                                   f"{cfg.x_frac_bits} + {router_exp} - {LOGIT_FRAC} = {rshift} is outside 0..63")
+    if experts >= 1:
+        oshift = cfg.x_frac_bits + s_in_exp + s_out_exp - cfg.out_frac_bits
+        how = (f"x_frac_bits + s_in_exp + s_out_exp - out_frac_bits = {cfg.x_frac_bits} + {s_in_exp} + "
+               f"{s_out_exp} - {cfg.out_frac_bits}")
+    else:
+        oshift = cfg.x_frac_bits + smul_exp - cfg.out_frac_bits
+        how = f"x_frac_bits + smul_exp - out_frac_bits = {cfg.x_frac_bits} + {smul_exp} - {cfg.out_frac_bits}"
+    if not 0 <= oshift <= 63:
+        raise UnsupportedError(f"layer {name!r}: OSHIFT = {how} = {oshift} is outside 0..63")
+    return rshift, oshift
 
 
 # ---- the scale-expert unit, per token ------------------------------------------------------------

@@ -34,10 +34,10 @@ import torch
 import torch.nn as nn
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import FormatError, UnsupportedError
+from bitmos.errors import FormatError
 from bitmos import formats as F
 from bitmos.export import BinaryLinearExport, ModelExport
-from bitmos.formats import (EXP2_LUT, GATE_FRAC, GATE_ONE, LOG2E_Q10, LOGIT_BITS, LOGIT_FRAC, OUT_BITS, SCALE_BITS,
+from bitmos.formats import (EXP2_LUT, GATE_FRAC, GATE_ONE, LOG2E_Q10, LOGIT_BITS, OUT_BITS, SCALE_BITS,
                             X_BITS, act_qmax, inv_q)
 from bitmos.model.export import accel_from_export, export_model, resolve_accel
 
@@ -146,19 +146,9 @@ def scale_output(acc: torch.Tensor, d: torch.Tensor, s_out: torch.Tensor, oshift
 
 
 def layer_shifts(lin: BinaryLinearExport, cfg: AcceleratorConfig) -> tuple[int, int]:
-    """(RSHIFT, OSHIFT) of a layer: the exponents folded into the two hardware shifts (registers, 0..63)."""
-    rshift = cfg.x_frac_bits + lin.router_exp - LOGIT_FRAC if lin.experts >= 2 else 0
-    if lin.experts >= 1:
-        oshift = cfg.x_frac_bits + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
-    else:
-        oshift = cfg.x_frac_bits + lin.smul_exp - cfg.out_frac_bits
-    for reg, val in (("RSHIFT", rshift), ("OSHIFT", oshift)):
-        if not 0 <= val <= 63:
-            raise UnsupportedError(f"layer {lin.name!r}: {reg} = {val} is outside the register range 0..63 "
-                                   f"(x_frac_bits={cfg.x_frac_bits}, out_frac_bits={cfg.out_frac_bits}, "
-                                   f"exponents router={lin.router_exp} s_in={lin.s_in_exp} s_out={lin.s_out_exp} "
-                                   f"smul={lin.smul_exp})")
-    return rshift, oshift
+    """(RSHIFT, OSHIFT) of an exported layer (:func:`bitmos.formats.layer_shifts`)."""
+    return F.layer_shifts(lin.name, cfg, experts=lin.experts, router_exp=lin.router_exp, s_in_exp=lin.s_in_exp,
+                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp)
 
 
 class GoldenLinear:
