@@ -11,7 +11,7 @@ the first-step flag travel with the activation.
 * plane mode: row i < Ra holds plane b = p*R + i; each step is one (chunk, plane group); one drain
   cycle writes the column sums over the Ra rows (``o + n``).
 
-Timing per tile matches ``bitmos.isa.matmul_tile_cycles`` exactly: the read for step s is issued in
+Timing per tile matches ``bitmos.semantics.matmul_tile_cycles`` exactly: the read for step s is issued in
 tile cycle s (data one cycle later), the last partial sum reaches PE (Ra-1, C-1) in cycle
 S + Ra + C - 2 and the drain occupies the final R (token) or 1 (plane) cycles.
 """

@@ -1,4 +1,4 @@
-"""Controller: fetch, decode, error checks and issue, implementing the ``bitmos.isa.Timeline`` rule.
+"""Controller: fetch, decode, error checks and issue, implementing the ``bitmos.semantics.Timeline`` rule.
 
 One instruction is looked at per cycle when no compute instruction is in flight. At that cycle the
 controller checks it (docs/isa.md "Errors", causes 1-5 in that priority, before any DMA stall, as
@@ -17,7 +17,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
-from bitmos import isa
+from bitmos import isa, semantics
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.dma import ext_addr_bits
@@ -270,7 +270,7 @@ class Controller(wiring.Component):
         tt = Mux(fm["mode"], nch * P + (cfg.plane_rows + C - 1) + 1, nch * k + (R + C - 1) + R)
         quant_busy = fq["ntok"] * tq
         matmul_busy = fm["ntiles"] * tt
-        so_busy = fs["ntiles"] * fs["ntok"] + isa.SCALEOUT_PIPELINE
+        so_busy = fs["ntiles"] * fs["ntok"] + semantics.SCALEOUT_PIPELINE
         bpl = [cfg.line_bits(b) // cfg.ext_bw_bits for b in isa.BUFFERS]
         dma_busy = Signal(32)
         with m.Switch(fl["buf"]):

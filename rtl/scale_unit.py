@@ -1,6 +1,6 @@
 """ScaleExpertUnit: the per-token scale-expert pipeline that runs ``quant`` and ``scaleout``.
 
-``quant``, per token (cycle counts are ``bitmos.isa.quant_token_cycles`` exactly):
+``quant``, per token (cycle counts are ``bitmos.semantics.quant_token_cycles`` exactly):
 
 * ROUTER (E >= 2, XL cycles): one XBUF line and one SBUF router line per cycle into the
   :class:`~bitmos.rtl.router.Router`'s E 48-bit multiply-accumulators (C lanes each);
