@@ -1,4 +1,4 @@
-"""Controller: fetch, decode, error checks and issue, implementing the ``bitmos.isa.Timeline`` rule.
+"""Controller: fetch, decode, error checks and issue, implementing the ``bitmos.semantics.Timeline`` rule.
 
 One instruction is looked at per cycle when no compute instruction is in flight. At that cycle the
 controller checks it (docs/isa.md "Errors", causes 1-5 in that priority, before any DMA stall); the
@@ -13,7 +13,7 @@ address is the next pc.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
@@ -21,9 +21,10 @@ from amaranth.lib.wiring import In, Out
 from bitmos import isa
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config, instruction_field
+from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.dma import ext_addr_bits
-from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS
+from bitmos.rtl.layouts import INSTRUCTION
+from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, LayerRegistersSignature
 
 __all__ = ["Controller", "AMARANTH_OPS"]
 
@@ -51,14 +52,15 @@ class Controller(wiring.Component):
     cycles : Out(48)
         Cycle count of the finished run (t_halt + 1, or t_fault + 1).
     pc : Out
-    word : Out(64)
-        The instruction word being issued (units take their fields from it).
+    word : Out(INSTRUCTION)
+        The instruction word being issued, as a view of every opcode's fields (the top level hands
+        them to the units).
     array_start, unit_start, unit_op, dma_start : Out(1)
         Issue strobes (unit_op: 0 quant, 1 scaleout).
     dma_addr : Out
         EBASE*64 + ext of the issuing load/store.
-    k_features, rshift, oshift, router, sin, smul : Out
-        The layer registers.
+    regs : Out(LayerRegistersSignature)
+        The layer registers (reset by ``start``, written by SETR).
 
     Raises
     ------
@@ -72,11 +74,10 @@ class Controller(wiring.Component):
         super().__init__({
             "imem": In(ReadPort.Signature(addr_width=ia, shape=64)),
             "start": In(1), "running": Out(1), "done": Out(1), "error": Out(1), "cause": Out(CAUSE_BITS),
-            "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(64),
+            "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(INSTRUCTION),
             "array_start": Out(1), "unit_start": Out(1), "unit_op": Out(1), "dma_start": Out(1),
             "dma_addr": Out(ext_addr_bits(cfg)),
-            "k_features": Out(16), "rshift": Out(6), "oshift": Out(6), "router": Out(16), "sin": Out(16),
-            "smul": Out(signed(16)), "ebase": Out(32),
+            "regs": Out(LayerRegistersSignature()),
         })
 
     @property
@@ -92,27 +93,24 @@ class Controller(wiring.Component):
         busy_cnt = Signal(32)
         dma_cnt = Signal(32)
         pc = self.pc
-        word = self.imem.data
+        bits = self.imem.data
+        word = INSTRUCTION(bits)
         m.d.comb += [self.running.eq(running), self.word.eq(word), self.imem.en.eq(1)]
 
         # ---- decode --------------------------------------------------------------------------------
-        opcode = word[isa.OPCODE_LO:]
-        K = self.k_features
-        is_op = {op: (opcode == int(op)) for op in Op}
-        f = {op: {fl.name: instruction_field(word, op, fl.name) for fl in isa.SPECS[op]} for op in Op}
+        is_op = {op: (word.opcode == int(op)) for op in Op}
+        f = {op: word[op.name.lower()] for op in Op}
 
-        bad_opcode = opcode > max(Op)
+        bad_opcode = word.opcode > max(Op)
         bad_pc = Signal()
         m.d.comb += bad_pc.eq(pc >= cfg.imem_words)
 
         # ---- legality and cycles: the contract's definitions (bitmos.semantics) on Amaranth values ----
-        regs = {isa.Reg.K: K, isa.Reg.RSHIFT: self.rshift, isa.Reg.OSHIFT: self.oshift,
-                isa.Reg.ROUTER: self.router, isa.Reg.SIN: self.sin, isa.Reg.SMUL: self.smul,
-                isa.Reg.EBASE: self.ebase}
+        regs = {reg: getattr(self.regs, reg.name.lower()) for reg in isa.Reg}
         by_cause: dict[int, list] = {isa.CAUSE_ILLEGAL_FIELD: [], isa.CAUSE_BUFFER_RANGE: [],
                                      isa.CAUSE_EXT_RANGE: []}
         for op in Op:
-            for flt in sem.faults(op, word, f[op], regs, cfg, AMARANTH_OPS):
+            for flt in sem.faults(op, bits, f[op], regs, cfg, AMARANTH_OPS):
                 by_cause[flt.cause].append(is_op[op] & flt.cond)
         bad_field, bad_range, bad_ext = (Signal(name=n) for n in ("bad_field", "bad_range", "bad_ext"))
         for sig, cause_code in ((bad_field, isa.CAUSE_ILLEGAL_FIELD), (bad_range, isa.CAUSE_BUFFER_RANGE),
@@ -121,7 +119,7 @@ class Controller(wiring.Component):
 
         # load and store share field positions: one external address
         fl = f[Op.LOAD]
-        m.d.comb += self.dma_addr.eq((self.ebase << 6) + fl["ext"])
+        m.d.comb += self.dma_addr.eq((self.regs.ebase << 6) + fl["ext"])
 
         cause = Signal(CAUSE_BITS)
         with m.If(bad_pc):
@@ -159,9 +157,8 @@ class Controller(wiring.Component):
 
         with m.If(self.start & ~running):
             m.d.sync += [running.eq(1), pc.eq(0), now.eq(0), busy_cnt.eq(0), dma_cnt.eq(0),
-                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
-                         self.k_features.eq(0), self.rshift.eq(0), self.oshift.eq(0), self.router.eq(0),
-                         self.sin.eq(0), self.smul.eq(0), self.ebase.eq(0)]
+                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0)]
+            m.d.sync += [r.eq(0) for r in regs.values()]
         with m.If(running):
             m.d.sync += [now.eq(now + 1), pc.eq(pc_next)]
             with m.If(busy_cnt != 0):
@@ -181,18 +178,7 @@ class Controller(wiring.Component):
                         m.d.sync += busy_cnt.eq(cycles)
                 with m.If(is_op[Op.SETR]):
                     with m.Switch(reg):
-                        with m.Case(int(isa.Reg.K)):
-                            m.d.sync += self.k_features.eq(val)
-                        with m.Case(int(isa.Reg.RSHIFT)):
-                            m.d.sync += self.rshift.eq(val)
-                        with m.Case(int(isa.Reg.OSHIFT)):
-                            m.d.sync += self.oshift.eq(val)
-                        with m.Case(int(isa.Reg.ROUTER)):
-                            m.d.sync += self.router.eq(val)
-                        with m.Case(int(isa.Reg.SIN)):
-                            m.d.sync += self.sin.eq(val)
-                        with m.Case(int(isa.Reg.SMUL)):
-                            m.d.sync += self.smul.eq(val[:16])
-                        with m.Case(int(isa.Reg.EBASE)):
-                            m.d.sync += self.ebase.eq(val)
+                        for r, target in regs.items():   # the value is legal: it fits (SMUL: its low bits)
+                            with m.Case(int(r)):
+                                m.d.sync += target.eq(val[:len(target)])
         return m
