@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover
 
 FORMAT = "bitmos-model"
 VERSION = "2"
+#: Largest max_seq_len x head_dim a loaded config may ask for (each rotary table is this many floats, 1 GiB).
+MAX_ROPE_ENTRIES = 1 << 28
 
 
 def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False,
@@ -130,13 +132,20 @@ def load_checkpoint(path, map_location: str = "cpu"):
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise FormatError(f"checkpoint {path} has an invalid model config: {exc}") from exc
     # a lower bound of the config's parameters (q/o projections, the MLP, the embedding) against what the file
-    # holds: a config naming a far bigger model is refused before a model of that size is allocated
+    # holds: a config naming a far bigger model is refused before a model of that size is allocated (a near
+    # miss is left to the tensor-by-tensor comparison below, whose message names the tensors)
     c = config
     least = c.n_layers * (2 * c.dim * c.n_heads * c.head_dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
+    if c.scheme == "mos":
+        least += c.n_layers * c.experts * c.dim      # the scale experts of one projection per layer
     held = sum(v.numel() for v in sd.values())
-    if least > held:
+    if least > 4 * held + (1 << 20):
         raise FormatError(f"checkpoint {path} does not match its config: the config needs at least {least:,} "
                           f"parameters, the file holds {held:,}")
+    # the rotary tables are computed, not stored: bound them on their own
+    if c.max_seq_len * c.head_dim > MAX_ROPE_ENTRIES:
+        raise FormatError(f"checkpoint {path}: max_seq_len {c.max_seq_len} x head_dim {c.head_dim} "
+                          f"exceeds {MAX_ROPE_ENTRIES:,} rotary table entries")
     model = Transformer(config)
     for k, src in model.tied_keys().items():   # stored once; the model shares one tensor
         if k not in sd and src in sd:

@@ -124,9 +124,11 @@ def test_simulate_refuses_manifest_paths(compiled, tmp_path, capsys, entry):
 
 # ---- 3. whole folders -----------------------------------------------------------------------------------
 
-def _fail_after(monkeypatch, module, name: str, calls: int, err: int = errno.ENOSPC):
+def _fail_after(monkeypatch, module, name: str, calls: int, err: int = errno.ENOSPC, count=None):
+    """Make ``module.name`` (a file writer) raise ``err`` after ``calls`` calls; modules given the same
+    ``count`` share one budget."""
     real = getattr(module, name)
-    count = {"n": 0}
+    count = {"n": 0} if count is None else count
 
     def failing(*a, **kw):
         count["n"] += 1
@@ -137,18 +139,25 @@ def _fail_after(monkeypatch, module, name: str, calls: int, err: int = errno.ENO
 
 
 def test_compile_failing_midway_leaves_the_old_folder(compiled, tmp_path, capsys, monkeypatch):
+    """Disk full after each possible number of files: the old folder stays whole and simulates as before."""
     import bitmos.compiler.api as api
+    import bitmos.fileio as fileio
 
+    _, want, _ = run(["simulate", compiled], capsys)
     exp2 = tmp_path / "two"
     exp2.mkdir()
     exp2 = _export(exp2, names=("layers.0.mlp.up_proj", "layers.0.mlp.down_proj"))
     before = tree(compiled)
-    _fail_after(monkeypatch, api, "write_bytes_atomic", 1)     # disk full after the first program
-    fails_cleanly(["compile", exp2, "--config", "small", "-o", compiled], capsys, match="No space left")
-    assert tree(compiled) == before   # incomplete folders readable as whole: 0
-    monkeypatch.undo()
-    rc, out, _ = run(["simulate", compiled], capsys)
-    assert rc == 0 and "1 run(s)" in out
+    for writes in range(6):   # 2 programs, 2 listings, the memory image, the manifest
+        with monkeypatch.context() as m:
+            shared = {"n": 0}   # program and memory writes (api) and listing and manifest writes (fileio)
+            _fail_after(m, api, "write_bytes_atomic", writes, count=shared)
+            _fail_after(m, fileio, "write_bytes_atomic", writes, count=shared)
+            fails_cleanly(["compile", exp2, "--config", "small", "-o", compiled], capsys, match="No space left")
+        assert tree(compiled) == before   # incomplete folders readable as whole: 0
+        RESULTS[("compile", "failed midway, old folder intact")] += 1
+        rc, out, _ = run(["simulate", compiled], capsys)
+        assert rc == 0 and out == want
 
 
 def test_a_mixture_of_two_compiles_is_refused(compiled, tmp_path, capsys):

@@ -122,7 +122,7 @@ def files(tmp_path_factory):
             f = load_compiled_folder(folder)
         finally:
             (folder / "manifest.json").write_bytes(man_bytes)
-        return [f.manifest, [(n, p.words) for n, p in f.programs], _h(bytes(f.memory.data))]
+        return [f.manifest, [(n, p.words) for n, p in f.programs], f.memory and _h(bytes(f.memory.data))]
     out["manifest.json"] = (man_bytes, load_folder, True, mutate_bytes)
     out["manifest.json (one value)"] = (man_bytes, load_folder, True, lambda d, rng: json.dumps(
         mutate_json_value(json.loads(d), rng)).encode())
@@ -260,7 +260,8 @@ def _run(files, fmt: str, cases: int, seed: int):
     original, load, checksummed, mutator = files[fmt]
     counts = fuzz(fmt, original, load, cases=cases, seed=seed, checksummed=checksummed, mutator=mutator)
     print(counts.line())
-    assert not counts.crashes, f"{len(counts.crashes)} crash(es), first:\n{counts.crashes[0]}"
+    kinds = sorted({c.strip().splitlines()[-1][:160] for c in counts.crashes})
+    assert not counts.crashes, f"{len(counts.crashes)} crash(es), kinds {kinds}, first:\n{counts.crashes[0]}"
     assert not counts.silent_loads, f"{len(counts.silent_loads)} silent load(s), first: {counts.silent_loads[0]}"
     # the suite can fail: most mutations of a checksummed file must be refused
     if checksummed:
