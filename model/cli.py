@@ -26,7 +26,8 @@ def _common_train(p):
     p.add_argument("--warmup", type=non_negative_int, default=50)
     p.add_argument("--weight-decay", type=float_in(0), default=0.1)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--eval-interval", type=positive_int, default=250)
+    p.add_argument("--eval-interval", type=non_negative_int, default=250,
+                   help="steps between validation runs (0 = only at the end)")
     p.add_argument("--eval-tokens", type=positive_int, default=32768)
     p.add_argument("--ckpt-interval", type=positive_int, default=250)
     p.add_argument("--corpus", default="builtin", help="builtin | files:<a.txt,b.txt> | hf:<name>[:<config>]")
