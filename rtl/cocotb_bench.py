@@ -197,6 +197,7 @@ async def run_programs_fast(dut):
     t_sim0 = get_sim_time("ns")
     progmem = dut.tb.progmem
     imem_words = len(progmem)
+    t_log = time.time()
     phases = {"load": 0.0, "run": 0.0, "check": 0.0}   # wall seconds: backdoor writes, simulation, read-back
     for case in job["cases"]:
         words = case["words"]
@@ -231,6 +232,9 @@ async def run_programs_fast(dut):
         _check(case, got, final, results, failures, dut._log, fault)
         dut.go.value = 0
         phases["check"] += time.time() - t_c
+        if t_c - t_log > 10:   # a sign of life in sim.log for long batches
+            t_log = t_c
+            dut._log.info(f"{len(results)}/{len(job['cases'])} programs, {total_cycles} program cycles")
         await FallingEdge(dut.finished)
     elapsed = time.time() - t0
     sim_cycles = int((get_sim_time("ns") - t_sim0) // 10)   # every simulated cycle, clears included
