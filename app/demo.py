@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import BitmosUserError, ConfigError
+from bitmos.errors import BitmosUserError
 
-from bitmos.app.estimate import _default_table
 
 
 DEFAULT_PROMPT = "The argument "
@@ -108,7 +107,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     from bitmos.model.data import ByteTokenizer
     from bitmos.model.export import export_model
     from bitmos.model.golden import AcceleratorSide, HostSide
-    from bitmos.sim.energy import EnergyTable
+    from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.report import summarize
 
     t_start = time.perf_counter()
@@ -153,7 +152,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     marks = phase["marks"] + [("end", len(accel.runs))]
     prefill_runs = [r for _, _, r in accel.runs[marks[0][1]:marks[1][1]]]
     decode_runs = [r for _, _, r in accel.runs[marks[1][1]:]] if len(marks) > 2 else []
-    table = EnergyTable.load(energy_table or _default_table(cfg))
+    table = EnergyTable.load(energy_table or default_table(cfg))
     report: dict[str, Any] = {
         "checkpoint": str(path), "config": cfg.to_dict(), "prompt": prompt,
         "text": tok.decode(sim_ids[len(ids):]), "golden_text": tok.decode(golden_ids[len(ids):]),

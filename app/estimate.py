@@ -1,83 +1,16 @@
-"""`bitmos estimate`: whole-model prefill and decode figures of a model shape on a config
-(compiler + timing-only simulator)."""
+"""`bitmos estimate`: whole-model prefill and decode figures of a model shape on a config.
+
+The estimator itself is :func:`bitmos.explore.perf.estimate` (compiler + timing-only simulator), the
+same one the design-space sweep uses; this module is its command line and text report.
+"""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import BitmosUserError, ConfigError
-
-
-def load_shape(model: str) -> dict[str, Any]:
-    """A shape name from :data:`bitmos.compiler.MODEL_SHAPES`, a Hugging Face ``config.json`` or a bitmos
-    model config JSON."""
-    from bitmos.compiler import MODEL_SHAPES
-
-    if model in MODEL_SHAPES:
-        return dict(MODEL_SHAPES[model])
-    p = Path(model)
-    if not p.is_file():
-        raise ConfigError(f"model {model!r} is neither a file nor a built-in shape "
-                          f"({', '.join(MODEL_SHAPES)})")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not a readable JSON model config ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a JSON object")
-    return data.get("model_config", data) if "dim" not in data and "hidden_size" not in data else data
-
-
-
-def estimate(shape: dict[str, Any], cfg: AcceleratorConfig, *, prefill: int, decode: int,
-             energy_table: str | None = None) -> dict[str, Any]:
-    """Whole-model prefill and decode figures in timing-only mode.
-
-    Every binarized linear is compiled and simulated; layers of the same shape compile to programs
-    that differ only in external addresses, which do not affect timing or action counts, so each
-    distinct (d_in, d_out) is compiled and simulated once and counted once per occurrence. Decode
-    runs every linear on one token (a KV-cached step), so M decode tokens cost M identical steps.
-    Host-side operations (attention, norms, embeddings, LM head) are not on the accelerator and are
-    not counted.
-    """
-    from bitmos.compiler import llama_linears
-    from bitmos.explore.perf import simulate_linears
-    from bitmos.sim.energy import EnergyTable
-    from bitmos.sim.report import summarize
-
-    if prefill < 0 or decode < 0 or prefill + decode == 0:
-        raise ConfigError(f"--prefill ({prefill}) and --decode ({decode}) must be >= 0 and not both 0")
-    table = EnergyTable.load(energy_table) if energy_table else EnergyTable.load(_default_table(cfg))
-    walk = llama_linears(shape)
-    out: dict[str, Any] = {"model": {"layers": len(walk), "binary_weights": sum(a * b for _, a, b in walk)},
-                           "config": cfg.to_dict()}
-    t0 = time.perf_counter()
-    for phase, tokens in (("prefill", prefill), ("decode", 1 if decode else 0)):
-        if not tokens:
-            continue
-        runs, names = [], []
-        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens)):
-            runs += layer_runs
-            names += [name] * len(layer_runs)
-        steps = decode if phase == "decode" else 1
-        s = summarize(runs * steps, table, tokens=tokens * steps)
-        s.pop("per_run", None)
-        s["per_layer"] = [{"name": n, "cycles": r.cycles, "stall_cycles": r.stall_cycles}
-                          for n, r in zip(names, runs)]
-        out[phase] = s
-    weight_bytes = out["model"]["binary_weights"] / 8
-    f = cfg.clock_mhz * 1e6
-    out["decode_bound_tokens_per_s"] = (cfg.ext_bw_bits / 8 * f) / weight_bytes
-    out["wall_seconds"] = time.perf_counter() - t0
-    return out
-
-
-def _default_table(cfg: AcceleratorConfig) -> str:
-    return "horowitz45_hbm2" if cfg.ext_bw_bits >= 512 else "horowitz45_ddr3"
 
 
 def _fmt_estimate(est: dict[str, Any]) -> str:
@@ -97,9 +30,10 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
 
 
 def cmd_estimate(args) -> int:
+    from bitmos.explore.perf import estimate
+
     cfg = AcceleratorConfig.load(args.config)
-    est = estimate(load_shape(args.model), cfg, prefill=args.prefill, decode=args.decode,
-                   energy_table=args.energy_table)
+    est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table)
     if args.plots:
         from bitmos.fileio import write_json_atomic
         from bitmos.sim.report import write_plots

@@ -24,7 +24,8 @@ from collections import Counter
 from bitmos.compiler import MODEL_SHAPES, compile_spec, llama_linears, synthetic_spec
 from bitmos.config import preset_config
 from bitmos.explore.perf import simulate_linears
-from bitmos.isa import BUFFERS, Op, compute_cycles, decode, dma_cycles
+from bitmos.isa import BUFFERS, Op, decode
+from bitmos.semantics import compute_cycles, dma_cycles
 from bitmos.sim import Simulator
 
 MODEL = MODEL_SHAPES["llama-2-7b"]

@@ -26,6 +26,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 #: Largest depth of any on-chip buffer: line addresses are 16-bit instruction fields.
 MAX_BUFFER_LINES = 1 << 16
 
+#: Fields that name or report on a machine without changing what it computes or how many cycles it takes.
+REPORTING_FIELDS = ("name", "clock_mhz")
+
 
 @dataclass(frozen=True)
 class AcceleratorConfig:
@@ -188,31 +191,36 @@ class AcceleratorConfig:
         return "\n".join(lines) + "\n"
 
     def fingerprint(self) -> str:
-        """A short hash of every field: programs and memory images record it to catch mismatches."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A short hash of the fields that change the machine (not :data:`REPORTING_FIELDS`): programs and
+        memory images record it to catch mismatches, so two descriptions of one machine share it."""
+        machine = {k: v for k, v in self.to_dict().items() if k not in REPORTING_FIELDS}
+        blob = json.dumps(machine, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float) -> None:
     if not (lo <= value <= hi):
-        raise ConfigError(f"field {name!r} = {value!r} is out of range; allowed {lo}..{hi}")
+        raise ConfigError(f"field {name!r} = {value!r} is out of range; allowed {lo}..{hi}", field=name)
 
 
 def _validate(c: AcceleratorConfig) -> None:
     for f in fields(c):
         v = getattr(c, f.name)
         if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
-            raise ConfigError(f"field {f.name!r} must be an integer, got {v!r}")
+            raise ConfigError(f"field {f.name!r} must be an integer, got {v!r}", field=f.name)
     _check_range("rows", c.rows, 1, 64)
     _check_range("cols", c.cols, 1, 64)
     _check_range("lanes", c.lanes, 8, 1024)
     if c.lanes % 8:
-        raise ConfigError(f"field 'lanes' = {c.lanes} must be a multiple of 8 (weights are packed in bytes)")
+        raise ConfigError(f"field 'lanes' = {c.lanes} must be a multiple of 8 (weights are packed in bytes)",
+                          field="lanes")
     if c.lanes % c.cols:
         raise ConfigError(f"field 'lanes' = {c.lanes} must be a multiple of 'cols' = {c.cols}: the scale "
-                          "unit assembles one lanes-wide plane word from lanes/cols cycles of cols values")
+                          "unit assembles one lanes-wide plane word from lanes/cols cycles of cols values",
+                          field="lanes")
     if c.act_bits not in (1, 2, 4, 8):
-        raise ConfigError(f"field 'act_bits' = {c.act_bits!r} is not supported; allowed 1, 2, 4, 8")
+        raise ConfigError(f"field 'act_bits' = {c.act_bits!r} is not supported; allowed 1, 2, 4, 8",
+                          field="act_bits")
     _check_range("acc_bits", c.acc_bits, 16, 32)
     _check_range("experts", c.experts, 0, 8)
     for buf in ("xbuf", "wbuf", "sbuf", "qbuf", "obuf"):
@@ -221,20 +229,22 @@ def _validate(c: AcceleratorConfig) -> None:
         depth = c.depth(letter)
         if not (2 <= depth <= MAX_BUFFER_LINES):
             raise ConfigError(f"field '{buf}_kib' = {getattr(c, f'{buf}_kib')} gives {depth} lines of "
-                              f"{c.line_bits(letter)} bits; allowed 2..{MAX_BUFFER_LINES} lines")
+                              f"{c.line_bits(letter)} bits; allowed 2..{MAX_BUFFER_LINES} lines",
+                              field=f"{buf}_kib")
     _check_range("meta_tokens", c.meta_tokens, 1, 1024)
     if c.meta_tokens < c.rows:
-        raise ConfigError(f"field 'meta_tokens' = {c.meta_tokens} must be at least 'rows' = {c.rows}")
+        raise ConfigError(f"field 'meta_tokens' = {c.meta_tokens} must be at least 'rows' = {c.rows}",
+                          field="meta_tokens")
     _check_range("imem_words", c.imem_words, 16, 1 << 20)
     _check_range("ext_bw_bits", c.ext_bw_bits, 8, 8192)
     if c.ext_bw_bits % 8:
-        raise ConfigError(f"field 'ext_bw_bits' = {c.ext_bw_bits} must be a multiple of 8")
+        raise ConfigError(f"field 'ext_bw_bits' = {c.ext_bw_bits} must be a multiple of 8", field="ext_bw_bits")
     _check_range("ext_latency", c.ext_latency, 0, 10000)
     _check_range("ext_mem_mib", c.ext_mem_mib, 1, 1 << 18)
     _check_range("x_frac_bits", c.x_frac_bits, 0, 15)
     _check_range("out_frac_bits", c.out_frac_bits, 0, 31)
     if isinstance(c.clock_mhz, bool) or not isinstance(c.clock_mhz, (int, float)):
-        raise ConfigError(f"field 'clock_mhz' must be a number, got {c.clock_mhz!r}")
+        raise ConfigError(f"field 'clock_mhz' must be a number, got {c.clock_mhz!r}", field="clock_mhz")
     _check_range("clock_mhz", c.clock_mhz, 1e-3, 1e5)
 
 

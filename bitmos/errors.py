@@ -5,7 +5,15 @@ The CLI prints these as one line without a traceback; everything else is a bug.
 
 
 class BitmosUserError(ValueError):
-    """Base class for errors caused by the user's input."""
+    """Base class for errors caused by the user's input.
+
+    ``field`` names the config or model field the error is about, when there is one (a program that
+    needs more SBUF lines carries ``field="sbuf_kib"``), so callers act on it without parsing the text.
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(BitmosUserError):

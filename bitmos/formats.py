@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from decimal import Decimal, getcontext
 
+from bitmos.errors import UnsupportedError
+
 # ---- integer helpers ---------------------------------------------------------------------------
 
 
@@ -77,13 +79,29 @@ OUT_BITS = 32
 
 #: log2(e) in Q.10 for the softmax approximation: 1477 / 1024 = 1.44238 (true 1.44270, -0.02 %).
 LOG2E_Q10 = 1477
+LOG2E_FRAC = 10
+#: Softmax exponent u = d * log2(e) in Q.8: its fraction indexes the exp table, its integer part shifts.
+EXP2_FRAC_BITS = 8
+#: Entries of the exp table (one per fraction value of u).
+EXP2_LUT_SIZE = 1 << EXP2_FRAC_BITS
+#: The logit difference d is clamped to 16 bits before the multiply by log2(e).
+SOFTMAX_DIFF_MAX = 0xFFFF
+#: Past this many halvings every table entry (< 2^16) shifts to zero.
+SOFTMAX_MAX_SHIFT = 16
+#: The softmax reciprocal RCP = floor(2^30 / sum p): sum p >= 2^15 keeps RCP <= 2^15 (16 bits).
+SOFTMAX_RCP_SHIFT = 30
+#: The quantizer's reciprocal RQ = floor(Q * 2^32 / max|v|): 32 fraction bits make round(v * Q / m)
+#: exact for every |v| <= m < 2^31.
+RQ_SHIFT = 32
+#: INVQ_k = round(2^16 / Q) and D = rshift_round(m * INVQ_k, 16).
+INVQ_SHIFT = 16
 
 
 def _exp2_table() -> tuple[int, ...]:
     # Exact decimal arithmetic makes the table identical on every platform (no libm rounding).
     getcontext().prec = 40
-    return tuple(int((Decimal(GATE_ONE) * (Decimal(2) ** (Decimal(-f) / 256))).to_integral_value(
-        rounding="ROUND_HALF_UP")) for f in range(256))
+    return tuple(int((Decimal(GATE_ONE) * (Decimal(2) ** (Decimal(-f) / EXP2_LUT_SIZE))).to_integral_value(
+        rounding="ROUND_HALF_UP")) for f in range(EXP2_LUT_SIZE))
 
 
 #: EXP2_LUT[f] = round(2^15 * 2^(-f/256)): the fraction part of 2^(-u) for u in Q.8; 256 x 16-bit ROM.
@@ -100,7 +118,37 @@ def act_qmax(bits: int) -> int:
 def inv_q(bits: int) -> int:
     """INVQ_k = round(2^16 / Q): turns max|v| into D ~ max|v| / Q with one multiply."""
     q = act_qmax(bits)
-    return (2 * 65536 + q) // (2 * q)  # round half up of 65536 / q
+    return (2 * (1 << INVQ_SHIFT) + q) // (2 * q)  # round half up of 2^16 / q
+
+
+# ---- the per-layer shift registers ---------------------------------------------------------------
+
+
+def layer_shifts(name: str, cfg, *, experts: int, router_exp: int, s_in_exp: int, s_out_exp: int,
+                 smul_exp: int) -> tuple[int, int]:
+    """(RSHIFT, OSHIFT) of a layer: its tensors' power-of-two exponents folded into the two shifts.
+
+    RSHIFT = x_frac_bits + router_exp - LOGIT_FRAC (the router's product back to Q7.8 logits; only used
+    when the layer has a router, else 0); OSHIFT = x_frac_bits + s_in_exp + s_out_exp - out_frac_bits
+    (E >= 1) or x_frac_bits + smul_exp - out_frac_bits (E = 0). Raises UnsupportedError naming the
+    layer when one falls outside the registers' 0..63.
+    """
+    rshift = 0
+    if experts >= 2:
+        rshift = cfg.x_frac_bits + router_exp - LOGIT_FRAC
+        if not 0 <= rshift <= 63:
+            raise UnsupportedError(f"layer {name!r}: RSHIFT = x_frac_bits + router_exp - {LOGIT_FRAC} = "
+                                   f"{cfg.x_frac_bits} + {router_exp} - {LOGIT_FRAC} = {rshift} is outside 0..63")
+    if experts >= 1:
+        oshift = cfg.x_frac_bits + s_in_exp + s_out_exp - cfg.out_frac_bits
+        how = (f"x_frac_bits + s_in_exp + s_out_exp - out_frac_bits = {cfg.x_frac_bits} + {s_in_exp} + "
+               f"{s_out_exp} - {cfg.out_frac_bits}")
+    else:
+        oshift = cfg.x_frac_bits + smul_exp - cfg.out_frac_bits
+        how = f"x_frac_bits + smul_exp - out_frac_bits = {cfg.x_frac_bits} + {smul_exp} - {cfg.out_frac_bits}"
+    if not 0 <= oshift <= 63:
+        raise UnsupportedError(f"layer {name!r}: OSHIFT = {how} = {oshift} is outside 0..63")
+    return rshift, oshift
 
 
 # ---- the scale-expert unit, per token ------------------------------------------------------------
@@ -126,12 +174,12 @@ def softmax_gates(logits: list[int]) -> list[int]:
     m = max(logits)
     p = []
     for l in logits:
-        d = min(m - l, 0xFFFF)
-        u = rshift_round(d * LOG2E_Q10, 10)
-        n, f = u >> 8, u & 0xFF
-        p.append(EXP2_LUT[f] >> n if n < 16 else 0)
-    rcp = (1 << 30) // sum(p)
-    return [rshift_round(pe * rcp, 15) for pe in p]
+        d = min(m - l, SOFTMAX_DIFF_MAX)
+        u = rshift_round(d * LOG2E_Q10, LOG2E_FRAC)
+        n, f = u >> EXP2_FRAC_BITS, u & (EXP2_LUT_SIZE - 1)
+        p.append(EXP2_LUT[f] >> n if n < SOFTMAX_MAX_SHIFT else 0)
+    rcp = (1 << SOFTMAX_RCP_SHIFT) // sum(p)
+    return [rshift_round(pe * rcp, GATE_FRAC) for pe in p]
 
 
 def mix_scale(gates: list[int], experts: list[int]) -> int:
@@ -151,11 +199,11 @@ def quantize_token(v: list[int], bits: int) -> tuple[list[int], int]:
     m = max((abs(t) for t in v), default=0)
     if m == 0:
         return ([1] * len(v) if bits == 1 else [0] * len(v)), 0
-    d = rshift_round(m * inv_q(bits), 16)
+    d = rshift_round(m * inv_q(bits), INVQ_SHIFT)
     if bits == 1:
         return [1 if t >= 0 else -1 for t in v], d
-    rq = (q_max << 32) // m
-    return [max(-q_max, min(q_max, rshift_round(t * rq, 32))) for t in v], d
+    rq = (q_max << RQ_SHIFT) // m
+    return [max(-q_max, min(q_max, rshift_round(t * rq, RQ_SHIFT))) for t in v], d
 
 
 def scale_output(acc: int, d: int, s_out: int, oshift: int) -> int:

@@ -1,7 +1,8 @@
 """The bitmos instruction set: fields, 64-bit binary encoding, assembly syntax and cycle costs.
 
-One table (``SPECS``) defines every instruction; the encoder, decoder, assembler, disassembler, the
-cycle formulas and docs/isa.md are all checked against it. Semantics are in docs/isa.md.
+One table (``SPECS``) defines every instruction's encoding; the encoder, decoder, assembler,
+disassembler and docs/isa.md are all checked against it. What each instruction touches, when it
+faults and how long it takes is defined once in :mod:`bitmos.semantics`; prose in docs/isa.md.
 
 Word layout: bits [63:58] opcode, then the instruction's fields; every bit not covered by a field is
 reserved and must be zero (a decoder rejects a word that sets one, naming the bits).
@@ -10,12 +11,10 @@ reserved and must be zero (a decoder rejects a word that sets one, naming the bi
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from bitmos.config import AcceleratorConfig
 from bitmos.errors import DecodeError
 
 WORD_BITS = 64
@@ -329,88 +328,3 @@ def parse_listing(text: str) -> list[int]:
         m = re.match(r"^\s*\d+:\s*(.*)$", line)
         body.append(m.group(1) if m else line)
     return assemble("\n".join(body))
-
-
-# ---- cycle costs ----------------------------------------------------------------------------------
-
-def dma_cycles(nlines: int, line_bits: int, cfg: AcceleratorConfig) -> int:
-    """Cycles the DMA engine is busy for one LOAD/STORE after its issue cycle."""
-    return cfg.ext_latency + math.ceil(nlines * line_bits / cfg.ext_bw_bits)
-
-
-def quant_token_cycles(cfg: AcceleratorConfig, k_features: int, mode: int) -> int:
-    """Scale-unit cycles for one token of a QUANT (see docs/isa.md)."""
-    nch = cfg.nchunks(k_features)
-    xl = cfg.xlines(k_features)
-    router = xl + cfg.experts + 4 if cfg.experts >= 2 else 0
-    writes = cfg.act_bits if mode == 0 else cfg.planes_per_row
-    return router + xl + 1 + nch * (cfg.lanes // cfg.cols + writes) + 1
-
-
-def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: int, mode: int) -> int:
-    """Array cycles for one output tile of a MATMUL: steps + fill + drain."""
-    nch = cfg.nchunks(k_features)
-    if mode == 0:  # token mode: rows = tokens, planes serial
-        return nch * cfg.act_bits + (cfg.rows + cfg.cols - 1) + cfg.rows
-    return nch * cfg.planes_per_row + (cfg.plane_rows + cfg.cols - 1) + 1
-
-
-SCALEOUT_PIPELINE = 2  # cycles to fill the output stage's pipeline (meta/scale read, multiply)
-
-
-def compute_cycles(ins: Instruction, cfg: AcceleratorConfig, k_features: int) -> int:
-    """Cycles a non-DMA instruction occupies the controller, including its issue cycle.
-
-    ``k_features`` is the value of register K when the instruction issues.
-    LOAD/STORE/WAIT/HALT also return 1 here; their stalls come from the DMA timeline
-    (docs/isa.md, "Timing"), which :class:`Timeline` implements.
-    """
-    op = ins.op
-    if op is Op.QUANT:
-        return 1 + ins["ntok"] * quant_token_cycles(cfg, k_features, ins["mode"])
-    if op is Op.MATMUL:
-        return 1 + ins["ntiles"] * matmul_tile_cycles(cfg, k_features, ins["mode"])
-    if op is Op.SCALEOUT:
-        return 1 + ins["ntiles"] * ins["ntok"] + SCALEOUT_PIPELINE
-    return 1
-
-
-class Timeline:
-    """The timing rule shared by simulator and RTL: an in-order controller and one DMA engine.
-
-    ``now`` is the cycle at which the next instruction issues; ``dma_free`` the first cycle the DMA
-    engine is idle. A compute instruction holds the controller for ``compute_cycles``; LOAD/STORE
-    wait for the DMA engine, issue in one cycle and leave it busy for ``dma_cycles`` more; WAIT and
-    HALT wait for the DMA engine to drain, then take one cycle. A run's cycle count is the cycle after
-    HALT.
-    """
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.dma_free = 0
-        self.stall_cycles = 0  # cycles the controller waited for the DMA engine
-
-    def _wait_dma(self) -> None:
-        if self.dma_free > self.now:
-            self.stall_cycles += self.dma_free - self.now
-            self.now = self.dma_free
-
-    def step(self, ins: Instruction, cfg: AcceleratorConfig, k_features: int) -> tuple[int, int]:
-        """Advance past ``ins``; returns (issue cycle, cycles the instruction's unit is busy)."""
-        op = ins.op
-        if op in (Op.LOAD, Op.STORE):
-            self._wait_dma()
-            issue = self.now
-            busy = dma_cycles(ins["nlines"], cfg.line_bits(BUFFERS[ins["buf"]]), cfg)
-            self.dma_free = issue + 1 + busy
-            self.now = issue + 1
-            return issue, busy
-        if op in (Op.WAIT, Op.HALT):
-            self._wait_dma()
-            issue = self.now
-            self.now += 1
-            return issue, 0
-        issue = self.now
-        cycles = compute_cycles(ins, cfg, k_features)
-        self.now += cycles
-        return issue, cycles - 1

@@ -6,7 +6,6 @@ bitmos.rtl or bitmos.model.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from bitmos.isa import Op, Reg, disassemble, encode, setr
 
 from bitmos.compiler.lower import LayerSpec, ceil_div, lower_linear, synthetic_spec
 from bitmos.compiler.schedule import Regions, Schedule, Tiling, build_program, make_tiling
+from bitmos.compiler.shapes import is_shape_source, llama_linears, load_shape
 
 MANIFEST_VERSION = 1
 ALIGN = 64                      # region alignment: one EBASE unit
@@ -73,7 +73,8 @@ def _split_programs(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, region
         a, b = range(tiles.start, tiles.start + half), range(tiles.start + half, tiles.stop)
         return _split_programs(spec, cfg, til, regions, groups, a, label) + _split_programs(spec, cfg, til, regions, groups, b, label)
     raise UnsupportedError(f"layer {spec.name!r}: the program for one token group and one output tile needs "
-                           f"{len(sch.words)} instruction words; imem_words = {cfg.imem_words}")
+                           f"{len(sch.words)} instruction words; imem_words = {cfg.imem_words}",
+                           field="imem_words")
 
 
 def _candidates(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> list[Tiling]:
@@ -269,7 +270,7 @@ def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: 
                         cfg, base)
     if cl.end > cfg.ext_mem_bytes:
         raise UnsupportedError(f"layer {spec.name!r}: its memory regions end at byte {cl.end}, beyond the "
-                               f"external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)")
+                               f"external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)", field="ext_mem_mib")
     if spec.materialized:
         cl.memory = _pack_layer(spec, til, cfg, regions, base, cl.end)
     return cl
@@ -330,64 +331,6 @@ def read_layer_output(memory, layer_manifest) -> np.ndarray:
 
 # ---- whole models -----------------------------------------------------------------------------------
 
-#: LLaMA-family shapes for studies of models too big to train here (bitmos model-config keys, as
-#: :func:`llama_linears` reads them). The one table ``bitmos estimate``, ``bitmos sweep`` and the
-#: benchmarks name models from.
-MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "llama-2-7b": {"dim": 4096, "hidden_dim": 11008, "n_layers": 32, "n_heads": 32},
-    "llama-2-13b": {"dim": 5120, "hidden_dim": 13824, "n_layers": 40, "n_heads": 40},
-    "tinyllama-1.1b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 22, "n_heads": 32, "n_kv_heads": 4},
-    "fbi-llm-130m": {"dim": 768, "hidden_dim": 2048, "n_layers": 12, "n_heads": 12},
-    "fbi-llm-1.3b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 24, "n_heads": 32},
-    "toy": {"dim": 256, "hidden_dim": 688, "n_layers": 2, "n_heads": 4},
-}
-
-
-def llama_linears(shape: dict) -> list[tuple[str, int, int]]:
-    """(module path, d_in, d_out) of every binarized linear, in execution order, from a model config.
-
-    Accepts a Hugging Face LLaMA-family ``config.json`` dict (hidden_size, intermediate_size,
-    num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim) or a bitmos model config dict
-    (dim, n_layers, n_heads, hidden_dim, optional n_kv_heads). Names follow bitmos' module paths
-    (``layers.<i>.attn.q_proj`` ... ``layers.<i>.mlp.down_proj``).
-    """
-    def need(key: str, src: str):
-        if key not in shape:
-            raise ConfigError(f"{src} model config is missing {key!r}")
-        v = shape[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{src} model config field {key!r} must be a positive integer, got {v!r}")
-        return v
-
-    if "hidden_size" in shape:
-        d = need("hidden_size", "Hugging Face")
-        hid = need("intermediate_size", "Hugging Face")
-        nl = need("num_hidden_layers", "Hugging Face")
-        nh = need("num_attention_heads", "Hugging Face")
-        kvh = shape.get("num_key_value_heads") or nh
-        hd = shape.get("head_dim") or d // nh
-        mt = shape.get("model_type", "llama")
-        if mt not in ("llama", "mistral", "qwen2", "tinyllama"):
-            raise UnsupportedError(f"model_type {mt!r} is not a LLaMA-family model; the module walk covers "
-                                   "q/k/v/o projections and a SwiGLU MLP")
-    elif "dim" in shape:
-        d = need("dim", "bitmos")
-        hid = need("hidden_dim", "bitmos")
-        nl = need("n_layers", "bitmos")
-        nh = need("n_heads", "bitmos")
-        kvh = shape.get("n_kv_heads") or nh
-        hd = d // nh
-    else:
-        raise ConfigError("model config has neither 'hidden_size' (Hugging Face) nor 'dim' (bitmos)")
-    out = []
-    for i in range(nl):
-        p = f"layers.{i}"
-        out += [(f"{p}.attn.q_proj", d, nh * hd), (f"{p}.attn.k_proj", d, kvh * hd),
-                (f"{p}.attn.v_proj", d, kvh * hd), (f"{p}.attn.o_proj", nh * hd, d),
-                (f"{p}.mlp.gate_proj", d, hid), (f"{p}.mlp.up_proj", d, hid), (f"{p}.mlp.down_proj", hid, d)]
-    return out
-
-
 @dataclass
 class CompiledModel:
     config: AcceleratorConfig
@@ -436,25 +379,15 @@ class CompiledModel:
 
 
 def load_model_input(source) -> tuple[str, Any]:
-    """('export', ModelExport) or ('shape', dict) from a path, a ModelExport or a config dict."""
+    """('export', ModelExport) or ('shape', dict) from a ModelExport, an export file, or anything
+    :func:`bitmos.compiler.shapes.load_shape` reads (a shape name, a config dict or a JSON file)."""
     if isinstance(source, ModelExport):
         return "export", source
-    if isinstance(source, dict):
-        if "model_config" in source and isinstance(source["model_config"], dict):
-            return "shape", source["model_config"]
-        return "shape", source
+    if isinstance(source, (dict, str, Path)) and (isinstance(source, dict) or is_shape_source(source)):
+        return "shape", load_shape(source)
     p = Path(source)
     if not p.is_file():
         raise FormatError(f"model file {str(p)!r} does not exist")
-    head = p.read_bytes()[:1].lstrip()
-    if p.suffix.lower() == ".json" or head == b"{":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FormatError(f"{p}: not a readable JSON model config ({exc})") from None
-        if not isinstance(data, dict):
-            raise FormatError(f"{p}: expected a JSON object")
-        return load_model_input(data)
     return "export", ModelExport.load(p)
 
 

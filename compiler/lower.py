@@ -88,28 +88,10 @@ def check_shape(name: str, d_in: int, d_out: int, act_bits: int, cfg: Accelerato
 
 def register_values(name: str, cfg: AcceleratorConfig, *, layer_experts: int, router_exp: int,
                     s_in_exp: int, s_out_exp: int, smul_exp: int) -> tuple[int, int]:
-    """(RSHIFT, OSHIFT) for a layer, checked against the registers' 0..63 range.
-
-    RSHIFT = x_frac_bits + router_exp - 8 (only used when the layer has a router);
-    OSHIFT = x_frac_bits + s_in_exp + s_out_exp - out_frac_bits (E >= 1) or x_frac_bits + smul_exp -
-    out_frac_bits (E = 0).
-    """
-    rshift = 0
-    if layer_experts >= 2:
-        rshift = cfg.x_frac_bits + router_exp - formats.LOGIT_FRAC
-        if not 0 <= rshift <= 63:
-            _fail(name, f"RSHIFT = x_frac_bits + router_exp - 8 = {cfg.x_frac_bits} + {router_exp} - 8 = "
-                        f"{rshift} is outside 0..63")
-    if layer_experts >= 1:
-        oshift = cfg.x_frac_bits + s_in_exp + s_out_exp - cfg.out_frac_bits
-        how = (f"x_frac_bits + s_in_exp + s_out_exp - out_frac_bits = {cfg.x_frac_bits} + {s_in_exp} + "
-               f"{s_out_exp} - {cfg.out_frac_bits}")
-    else:
-        oshift = cfg.x_frac_bits + smul_exp - cfg.out_frac_bits
-        how = f"x_frac_bits + smul_exp - out_frac_bits = {cfg.x_frac_bits} + {smul_exp} - {cfg.out_frac_bits}"
-    if not 0 <= oshift <= 63:
-        _fail(name, f"OSHIFT = {how} = {oshift} is outside 0..63")
-    return rshift, oshift
+    """(RSHIFT, OSHIFT) for a layer: :func:`bitmos.formats.layer_shifts` (one derivation for the
+    compiler and the golden model)."""
+    return formats.layer_shifts(name, cfg, experts=layer_experts, router_exp=router_exp, s_in_exp=s_in_exp,
+                                s_out_exp=s_out_exp, smul_exp=smul_exp)
 
 
 def check_experts(name: str, layer_experts: int, cfg: AcceleratorConfig) -> str:

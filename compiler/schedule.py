@@ -9,7 +9,7 @@ The schedule is built in two steps (docs/compiler.md has the picture):
 2. Placement: every transfer gets a window [earliest, deadline) of compute positions -- a load may be
    hoisted up to the last instruction that still uses the slot's old contents, a store may sink down
    to the next instruction that overwrites its lines. Walking the compute stream with the
-   :class:`bitmos.isa.Timeline`, transfers are issued earliest-deadline-first whenever the DMA engine
+   :class:`bitmos.semantics.Timeline`, transfers are issued earliest-deadline-first whenever the DMA engine
    is idle (or the stall is shorter than the idle gap the next instruction would leave); a transfer
    whose deadline is reached is issued regardless. A ``wait`` is emitted before any compute
    instruction that touches a slot of a transfer issued since the last ``wait`` (so the program obeys
@@ -25,7 +25,8 @@ from typing import Any
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
-from bitmos.isa import Instruction, Op, Reg, Timeline, compute_cycles, setr
+from bitmos.isa import Instruction, Op, Reg, setr
+from bitmos.semantics import Timeline, compute_cycles
 
 from bitmos.compiler.lower import LayerSpec, ceil_div
 
@@ -79,8 +80,9 @@ class Tiling:
         return dict(self.__dict__)
 
 
-def _unsupported(name: str, what: str) -> None:
-    raise UnsupportedError(f"layer {name!r}: {what}")
+def _unsupported(name: str, what: str, field: str | None = None) -> None:
+    """``field``: the config field that, grown, would make the layer fit."""
+    raise UnsupportedError(f"layer {name!r}: {what}", field=field)
 
 
 def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str, tpb: int | None = None) -> Tiling:
@@ -96,7 +98,7 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
         raise UnsupportedError(f"layer {name!r}: plane mode computes one token, got tokens = {T}")
     # -- tokens per group ------------------------------------------------------------------------
     if XL > dX:
-        _unsupported(name, f"one token's input needs {XL} XBUF lines (K = {K}), XBUF has {dX}")
+        _unsupported(name, f"one token's input needs {XL} XBUF lines (K = {K}), XBUF has {dX}", "xbuf_kib")
     if mode == "token":
         g = min(R, T, dX // XL, cfg.meta_tokens)
         q_slot = nch * k
@@ -105,7 +107,7 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
         q_slot = nch * cfg.planes_per_row
     if q_slot > dQ:
         _unsupported(name, f"one token's activation planes need {q_slot} QBUF lines (K = {K}, {mode} mode), "
-                           f"QBUF has {dQ}")
+                           f"QBUF has {dQ}", "qbuf_kib")
     ngroups = ceil_div(T, g)
     x_slot = g * XL
     nxs = min(2, dX // x_slot)
@@ -115,11 +117,12 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
     sin_line = XL if E >= 2 else 0
     fixed = (XL if E >= 2 else 0) + (XL if E >= 1 else 0)
     if E >= 1 and fixed + 1 > dS:
-        _unsupported(name, f"router and S_in need {fixed} SBUF lines plus one S_out line (K = {K}), SBUF has {dS}")
+        _unsupported(name, f"router and S_in need {fixed} SBUF lines plus one S_out line (K = {K}), SBUF has {dS}",
+                     "sbuf_kib")
     sout_line = fixed
     # -- weights ---------------------------------------------------------------------------------
     if nch > dW:
-        _unsupported(name, f"one output tile's weights need {nch} WBUF lines (K = {K}), WBUF has {dW}")
+        _unsupported(name, f"one output tile's weights need {nch} WBUF lines (K = {K}), WBUF has {dW}", "wbuf_kib")
     max_tpb = min(NT, max(1, (dW // 2) // nch), MAX_MATMUL_TILES)
     if E >= 1:
         room = dS - fixed
@@ -139,7 +142,8 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
     # -- outputs ---------------------------------------------------------------------------------
     rowstride = R if mode == "token" else 1
     if rowstride > dO:
-        _unsupported(name, f"one output tile needs {rowstride} OBUF lines in token mode, OBUF has {dO}")
+        _unsupported(name, f"one output tile needs {rowstride} OBUF lines in token mode, OBUF has {dO}",
+                     "obuf_kib")
     out_resident = mode == "plane" and NT <= dO
     if out_resident:
         mt = min(tpb, MAX_SCALEOUT_TILES)

@@ -49,9 +49,9 @@ def add_commands(sub) -> None:
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (tcp://host:port): evaluate points on that cluster")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many new points")
-    p.add_argument("--backend", choices=("auto", "contract", "sim"), default=None,
-                   help="timing backend: sim = bitmos.compiler + bitmos.sim timing mode; contract = "
-                        "programs generated here timed with bitmos.isa.Timeline; auto = sim if importable")
+    p.add_argument("--backend", choices=("auto", "sim"), default=None,
+                   help="timing backend: the compiled programs in the simulator's timing-only mode (the one "
+                        "estimator, shared with bitmos estimate); kept for old sweep specs")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_sweep)
 

@@ -1,35 +1,30 @@
-"""Throughput and energy of a model shape on one accelerator config.
+"""The one estimator: whole-model prefill and decode figures of a model shape on one config.
 
-Backend ``sim`` (used whenever ``bitmos.compiler`` and ``bitmos.sim`` import): compile ONE decoder
-layer of the shape (``compile_model(shape with n_layers = 1, cfg, tokens, timing_only=True)``), run each
-of its programs in the simulator's timing mode (``Simulator(cfg).run(words, functional=False)``), and
-multiply cycles and action counts by ``n_layers``: the layers of a LLaMA-shaped model are identical, and
-each layer's programs start from an idle machine, so the whole model's count is exactly n_layers times
-one layer's. Energy is ``bitmos.sim.energy_breakdown`` with a named energy table.
+Every binarized linear of the shape (:func:`bitmos.compiler.shapes.llama_linears`) is compiled
+timing-only and run in the simulator's timing-only mode; linears of one (K, N) share one compile and
+one run (:func:`simulate_linears`: timing and action counts do not depend on where data sits). Decode
+runs every linear on one token (a KV-cached step), so M decode tokens are M identical steps. Energy is
+:func:`bitmos.sim.energy.energy_breakdown` with a cited table (default by memory bandwidth,
+:func:`bitmos.sim.energy.default_table`).
 
-Backend ``contract`` (fallback, no compiler/simulator needed): an analytic schedule documented in
-docs/dse.md — each linear is ceil(N/C) output tiles whose weights stream through the DMA engine while
-the array computes, so cycles = max(compute, transfer) + one transfer latency per layer.
-
-Only the binarized linears run on the accelerator (attention softmax, norms, the LM head are host
-work); the figures are the accelerator's.
+:func:`estimate` returns the result schema documented in docs/simulator.md ("Estimates"), used by
+``bitmos estimate``; :func:`evaluate` flattens it into the sweep's row (``decode_tokens_per_s``, ...).
+Only the binarized linears run on the accelerator (attention, norms, the LM head are host work).
 """
 
 from __future__ import annotations
 
-import math
+import time
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, ConfigError
-from bitmos.isa import matmul_tile_cycles, quant_token_cycles
 
 DEFAULT_SHAPE = "llama-2-7b"
 
-#: Config fields the "auto buffers" search may grow, keyed by the words the compiler's errors use.
-_GROW = (("XBUF", "xbuf_kib"), ("WBUF", "wbuf_kib"), ("SBUF", "sbuf_kib"), ("QBUF", "qbuf_kib"),
-         ("OBUF", "obuf_kib"), ("META", "meta_tokens"), ("instruction memory", "imem_words"),
-         ("IMEM", "imem_words"), ("beyond the", "ext_mem_mib"))
+#: Config fields the "auto buffers" search may grow when the compiler's error names one of them.
+GROWABLE = ("xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib", "meta_tokens", "imem_words",
+            "ext_mem_mib")
 
 
 class Infeasible(BitmosUserError):
@@ -37,57 +32,20 @@ class Infeasible(BitmosUserError):
 
 
 def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
-    """A name from :data:`bitmos.compiler.MODEL_SHAPES`, or a dict of model-config keys (optionally
-    ``preset = <name>`` plus overrides), as a dict with ``name``."""
-    from bitmos.compiler import MODEL_SHAPES
-
-    if shape is None:
-        shape = DEFAULT_SHAPE
-    if isinstance(shape, str):
-        if shape not in MODEL_SHAPES:
-            raise ConfigError(f"unknown model shape {shape!r}; known: {', '.join(MODEL_SHAPES)}")
-        return dict(MODEL_SHAPES[shape], name=shape)
-    shape = dict(shape)
-    if "preset" in shape:
-        base = resolve_shape(shape.pop("preset"))
-        base.update(shape)
-        return base
-    for k in ("dim", "hidden_dim", "n_layers", "n_heads"):
-        if k not in shape:
-            raise ConfigError(f"model shape is missing {k!r} (or give preset = one of {', '.join(MODEL_SHAPES)})")
-    return shape
+    """:func:`bitmos.compiler.shapes.load_shape` of ``shape`` (default :data:`DEFAULT_SHAPE`)."""
+    from bitmos.compiler.shapes import load_shape
+    return load_shape(DEFAULT_SHAPE if shape is None else shape)
 
 
 def linears(shape: dict[str, Any]) -> list[tuple[str, int, int]]:
     """(name, K, N) of the binarized linears of ONE decoder layer (the compiler's module walk)."""
-    from bitmos.compiler import llama_linears
-    return [(path.rsplit(".", 1)[1], k, n) for path, k, n in llama_linears(dict(shape, n_layers=1))]
+    from bitmos.compiler.shapes import layer_shape, llama_linears
+    return [(path.rsplit(".", 1)[1], k, n) for path, k, n in llama_linears(layer_shape(shape))]
 
 
 def weight_bits_per_token(shape: dict[str, Any]) -> int:
-    return shape["n_layers"] * sum(k * n for _, k, n in linears(shape))
-
-
-def available_backends() -> list[str]:
-    out = []
-    try:
-        import bitmos.compiler  # noqa: F401
-        import bitmos.sim  # noqa: F401
-        out.append("sim")
-    except ImportError:
-        pass
-    out.append("contract")
-    return out
-
-
-def pick_backend(backend: str | None) -> str:
-    if backend in (None, "auto"):
-        return available_backends()[0]
-    if backend not in ("sim", "contract"):
-        raise ConfigError(f"unknown backend {backend!r}; choose auto, sim or contract")
-    if backend == "sim" and "sim" not in available_backends():
-        raise ConfigError("backend 'sim' needs bitmos.compiler and bitmos.sim, which are not importable")
-    return backend
+    from bitmos.compiler.shapes import n_layers
+    return n_layers(shape) * sum(k * n for _, k, n in linears(shape))
 
 
 # ---- sim backend -----------------------------------------------------------------------------------
@@ -119,19 +77,6 @@ def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]]
     return out
 
 
-def _sim_phase(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: int) -> tuple[int, dict[str, int], int]:
-    """(cycles, action counts, stall cycles) of ONE decoder layer for ``tokens`` tokens."""
-    cycles = stalls = 0
-    counts: dict[str, int] = {}
-    for runs in simulate_linears(cfg, linears(shape), tokens):
-        for r in runs:
-            cycles += r.cycles
-            stalls += r.stall_cycles
-            for k, v in r.counts.items():
-                counts[k] = counts.get(k, 0) + int(v)
-    return cycles, counts, stalls
-
-
 def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
     """Call fn(cfg); on a 'buffer too small' UnsupportedError double the named buffer and retry."""
     from bitmos.errors import UnsupportedError
@@ -141,9 +86,8 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
         try:
             return cfg, fn(cfg), grown
         except UnsupportedError as exc:
-            msg = str(exc)
-            field = next((f for word, f in _GROW if word in msg), None)
-            if field is None:
+            msg, field = str(exc), exc.field
+            if field not in GROWABLE:
                 raise Infeasible(msg) from None
             data = cfg.to_dict()
             data[field] = data[field] * 2
@@ -155,106 +99,106 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
     raise Infeasible(f"buffers still too small after {max_steps} doublings")
 
 
-# ---- contract backend (analytic) ------------------------------------------------------------------
+# ---- the estimate ------------------------------------------------------------------------------
 
-def _contract_phase(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: int) -> tuple[int, dict[str, int], int]:
-    plane = tokens == 1
-    mode = 1 if plane else 0
-    total = 0
-    stalls = 0
-    counts = {"lane_ops": 0, "ext_read_bits": 0, "ext_write_bits": 0, "w_read_bits": 0, "w_write_bits": 0}
-    for _, K, N in linears(shape):
-        nch = cfg.nchunks(K)
-        tiles = math.ceil(N / cfg.cols)
-        groups = 1 if plane else math.ceil(tokens / cfg.rows)
-        ntok = 1 if plane else min(tokens, cfg.rows)
-        compute = groups * (1 + ntok * quant_token_cycles(cfg, K, mode)) \
-            + groups * tiles * matmul_tile_cycles(cfg, K, mode) \
-            + groups * tiles * ntok + 2 * groups
-        wbits = tiles * nch * cfg.cols * cfg.lanes
-        xbits = tokens * cfg.xlines(K) * cfg.xbuf_line_bits
-        sbits = (2 * cfg.xlines(K) // max(1, cfg.cols // cfg.cols) + tiles) * cfg.sbuf_line_bits \
-            if cfg.experts else 0
-        obits = tokens * tiles * cfg.obuf_line_bits
-        half = max(1, cfg.depth("W") // 2 // nch)       # tiles per WBUF half
-        blocks = math.ceil(tiles / half)
-        # weights are streamed once per group when the layer's weights do not fit WBUF at once
-        reloads = 1 if blocks == 1 else groups
-        transfer = (reloads * wbits + xbits + sbits + obits) / cfg.ext_bw_bits + (reloads * blocks + 3) * cfg.ext_latency
-        cyc = int(max(compute, transfer)) + cfg.ext_latency
-        stalls += max(0, int(transfer - compute))
-        total += cyc
-        steps = nch * (cfg.act_bits if not plane else cfg.planes_per_row)
-        counts["lane_ops"] += groups * tiles * steps * cfg.lanes * cfg.cols * (cfg.rows if not plane else cfg.plane_rows)
-        counts["ext_read_bits"] += reloads * wbits + xbits + sbits
-        counts["ext_write_bits"] += obits
-        counts["w_write_bits"] += reloads * wbits
-        counts["w_read_bits"] += groups * wbits
-    return total, counts, stalls
+def _phases(cfg: AcceleratorConfig, shape: dict[str, Any], prefill: int, decode: int, table) -> dict[str, Any]:
+    from bitmos.compiler.shapes import llama_linears
+    from bitmos.sim.report import summarize
+
+    walk = llama_linears(shape)
+    out: dict[str, Any] = {}
+    for phase, tokens in (("prefill", prefill), ("decode", 1 if decode else 0)):
+        if not tokens:
+            continue
+        runs, names = [], []
+        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens)):
+            runs += layer_runs
+            names += [name] * len(layer_runs)
+        steps = decode if phase == "decode" else 1
+        s = summarize(runs * steps, table, tokens=tokens * steps)
+        s.pop("per_run", None)
+        s["per_layer"] = [{"name": n, "cycles": r.cycles, "stall_cycles": r.stall_cycles}
+                          for n, r in zip(names, runs)]
+        out[phase] = s
+    return out
 
 
-def _contract_energy(counts: dict[str, int], cycles: int, cfg: AcceleratorConfig, table) -> dict[str, float]:
-    t = table.values
-    return {"array": counts["lane_ops"] * t["compute"]["lane_op_pj"],
-            "wbuf": (counts["w_read_bits"] + counts["w_write_bits"]) * table.sram_pj_per_bit(cfg.wbuf_kib),
-            "dram": counts["ext_read_bits"] * t["dram"]["read_pj_per_bit"]
-            + counts["ext_write_bits"] * t["dram"]["write_pj_per_bit"]}
+def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, prefill: int, decode: int,
+             energy_table: str | None = None, auto_buffers: bool = False) -> dict[str, Any]:
+    """Prefill (``prefill`` tokens, one pass) and decode (``decode`` one-token steps) of ``shape`` on ``cfg``.
 
+    Keys: ``model`` (name, layers, binary_weights), ``config`` (grown when ``auto_buffers``), ``grown``,
+    ``energy_table``, ``prefill`` / ``decode`` (:func:`bitmos.sim.report.summarize` of the phase plus
+    ``per_layer``), ``decode_bound_tokens_per_s`` (bandwidth / weight bits per token), ``wall_seconds``.
+    """
+    from bitmos.compiler.shapes import llama_linears
+    from bitmos.sim.energy import EnergyTable, default_table
 
-# ---- the evaluation ------------------------------------------------------------------------------
+    if prefill < 0 or decode < 0 or prefill + decode == 0:
+        raise ConfigError(f"--prefill ({prefill}) and --decode ({decode}) must be >= 0 and not both 0")
+    shape = resolve_shape(shape)
+    t0 = time.perf_counter()
+
+    def run(c: AcceleratorConfig) -> dict[str, Any]:
+        table = EnergyTable.load(energy_table or default_table(c))
+        return dict(_phases(c, shape, prefill, decode, table), energy_table=table.name)
+
+    if auto_buffers:
+        cfg, phases, grown = _grow_buffers(cfg, run)
+    else:
+        phases, grown = run(cfg), {}
+    walk = llama_linears(shape)
+    bits = sum(a * b for _, a, b in walk)
+    out: dict[str, Any] = {"model": {"name": shape.get("name", "custom"), "layers": len(walk),
+                                     "binary_weights": bits},
+                           "config": cfg.to_dict(), "grown": grown}
+    out.update(phases)
+    out["decode_bound_tokens_per_s"] = cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / bits
+    out["wall_seconds"] = time.perf_counter() - t0
+    return out
+
 
 def evaluate(cfg: AcceleratorConfig, shape: str | dict[str, Any] | None = None, *, prefill_tokens: int = 128,
              energy_table: str | None = None, backend: str | None = None,
              auto_buffers: bool = False) -> dict[str, Any]:
-    """Decode and prefill throughput and energy of the model ``shape`` on ``cfg``.
+    """The sweep's flat row of :func:`estimate` (one decode token, ``prefill_tokens`` of prefill):
+    ``decode_tokens_per_s``, ``decode_uj_per_token``, ``prefill_tokens_per_s``, ``prefill_uj_per_token``,
+    cycles, stall fraction, achieved DRAM bandwidth fraction, array use, the energy breakdown of a
+    decode token, and ``config`` (grown when ``auto_buffers``)."""
+    pick_backend(backend)
+    from bitmos.errors import UnsupportedError
 
-    Returns a flat dict: ``decode_tokens_per_s``, ``decode_uj_per_token``, ``prefill_tokens_per_s``,
-    ``prefill_uj_per_token``, cycles, stall fraction, achieved DRAM bandwidth fraction, the energy
-    breakdown of a decode token, and ``config`` (grown when ``auto_buffers``).
-    """
-    shape = resolve_shape(shape)
-    backend = pick_backend(backend)
-    from bitmos.sim import EnergyTable  # the tables are data; the contract backend reads them too
-    from bitmos.sim.energy import DEFAULT_TABLE, energy_breakdown
-
-    table = EnergyTable.load(energy_table or DEFAULT_TABLE)
-    phase = _sim_phase if backend == "sim" else _contract_phase
-    nl = shape["n_layers"]
-
-    def both(c: AcceleratorConfig):
-        return phase(c, shape, 1), phase(c, shape, prefill_tokens)
-
-    if auto_buffers:
-        cfg, (dec, pre), grown = _grow_buffers(cfg, both)
-    else:
-        from bitmos.errors import UnsupportedError
-
-        try:
-            dec, pre = both(cfg)
-        except UnsupportedError as exc:
-            raise Infeasible(str(exc)) from None
-        grown = {}
+    try:
+        est = estimate(shape, cfg, prefill=prefill_tokens, decode=1, energy_table=energy_table,
+                       auto_buffers=auto_buffers)
+    except UnsupportedError as exc:
+        raise Infeasible(str(exc)) from None
+    cfg = AcceleratorConfig.from_dict(est["config"])
     hz = cfg.clock_mhz * 1e6
-    out: dict[str, Any] = {"backend": backend, "energy_table": table.name, "model": shape.get("name", "custom"),
-                           "prefill_tokens": prefill_tokens, "grown": grown}
-    for name, (cyc1, counts1, stall1), ntok in (("decode", dec, 1), ("prefill", pre, prefill_tokens)):
-        cycles = cyc1 * nl
-        counts = {k: v * nl for k, v in counts1.items()}
-        if backend == "sim":
-            br = energy_breakdown(counts, cycles, cfg, table)
-        else:
-            br = _contract_energy(counts, cycles, cfg, table)
+    out: dict[str, Any] = {"backend": "sim", "energy_table": est["energy_table"], "model": est["model"]["name"],
+                           "prefill_tokens": prefill_tokens, "grown": est["grown"]}
+    for name, ntok in (("decode", 1), ("prefill", prefill_tokens)):
+        s = est[name]
+        cycles, counts, br = s["cycles"], s["counts"], s["energy_breakdown_pj"]
         pj = sum(br.values())
         out[f"{name}_cycles"] = cycles
         out[f"{name}_tokens_per_s"] = ntok * hz / cycles
         out[f"{name}_uj_per_token"] = pj / ntok * 1e-6
-        out[f"{name}_stall_frac"] = stall1 / cyc1 if cyc1 else 0.0
+        out[f"{name}_stall_frac"] = s["stall_cycles"] / cycles if cycles else 0.0
         ext_bits = counts.get("ext_read_bits", 0) + counts.get("ext_write_bits", 0)
         out[f"{name}_bw_frac"] = ext_bits / (cycles * cfg.ext_bw_bits) if cycles else 0.0
         if "lane_ops" in counts and cycles:
             out[f"{name}_array_util"] = counts["lane_ops"] / (cycles * cfg.rows * cfg.cols * cfg.lanes)
         if name == "decode":
             out["decode_energy_breakdown_uj"] = {k: v * 1e-6 for k, v in br.items()}
-    out["decode_bound_tokens_per_s"] = hz * cfg.ext_bw_bits / weight_bits_per_token(shape)
+    out["decode_bound_tokens_per_s"] = est["decode_bound_tokens_per_s"]
     out["config"] = cfg.to_dict()
     return out
+
+
+def pick_backend(backend: str | None) -> str:
+    """The timing backend: the compiled programs in the simulator's timing-only mode (the only one)."""
+    if backend not in (None, "auto", "sim"):
+        raise ConfigError(f"unknown backend {backend!r}; the estimate always times the compiled programs "
+                          "in the simulator (backend 'sim' or 'auto')", field="backend")
+    return "sim"

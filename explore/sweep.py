@@ -7,7 +7,7 @@ A sweep spec (TOML, docs/dse.md)::
     model = "llama-2-7b"              # or a [model] table (dim, hidden_dim, n_layers, n_heads[, n_kv_heads])
     prefill_tokens = 64
     energy_table = "horowitz45_hbm2"
-    backend = "auto"                 # sim (compiler + simulator timing mode) | contract | auto
+    backend = "auto"                 # sim (compiler + simulator timing mode, the one estimator) | auto
     auto_buffers = true              # double a buffer the compiler says is too small, until it fits
     synth = false                    # true: synthesize every point (slow); false: the area model
     target = "ecp5"                  # area model / synthesis target

@@ -34,9 +34,10 @@ import torch
 import torch.nn as nn
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import FormatError, UnsupportedError
+from bitmos.errors import FormatError
+from bitmos import formats as F
 from bitmos.export import BinaryLinearExport, ModelExport
-from bitmos.formats import (EXP2_LUT, GATE_FRAC, GATE_ONE, LOG2E_Q10, LOGIT_BITS, LOGIT_FRAC, OUT_BITS, SCALE_BITS,
+from bitmos.formats import (EXP2_LUT, GATE_FRAC, GATE_ONE, LOG2E_Q10, LOGIT_BITS, OUT_BITS, SCALE_BITS,
                             X_BITS, act_qmax, inv_q)
 from bitmos.model.export import accel_from_export, export_model, resolve_accel
 
@@ -111,11 +112,11 @@ def router_logits(x: torch.Tensor, router: torch.Tensor, rshift: int) -> torch.T
 
 def softmax_gates(logits: torch.Tensor) -> torch.Tensor:
     """[T, E] Q7.8 logits -> [T, E] unsigned Q1.15 gates (``formats.softmax_gates``, vectorized)."""
-    d = (logits.amax(-1, keepdim=True) - logits).clamp(max=0xFFFF)
-    u = rshift_round(d * LOG2E_Q10, 10)
-    n, f = u >> 8, u & 0xFF
-    p = torch.where(n < 16, _EXP2[f] >> n.clamp(max=15), torch.zeros_like(u))
-    rcp = (1 << 30) // p.sum(-1, keepdim=True)        # sum p >= 2^15 > 0: floor division of positives
+    d = (logits.amax(-1, keepdim=True) - logits).clamp(max=F.SOFTMAX_DIFF_MAX)
+    u = rshift_round(d * LOG2E_Q10, F.LOG2E_FRAC)
+    n, f = u >> F.EXP2_FRAC_BITS, u & (F.EXP2_LUT_SIZE - 1)
+    p = torch.where(n < F.SOFTMAX_MAX_SHIFT, _EXP2[f] >> n.clamp(max=F.SOFTMAX_MAX_SHIFT - 1), torch.zeros_like(u))
+    rcp = (1 << F.SOFTMAX_RCP_SHIFT) // p.sum(-1, keepdim=True)  # sum p >= 2^15 > 0: floor division of positives
     return rshift_round(p * rcp, GATE_FRAC)
 
 
@@ -128,11 +129,11 @@ def quantize_token(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     """v [T, K] (|v| <= 2^30) -> (q [T, K], D [T]) (``formats.quantize_token``, per token)."""
     qmax = act_qmax(bits)
     m = v.abs().amax(-1)                                       # [T]
-    d = rshift_round(m * inv_q(bits), 16)                      # m = 0 -> D = 0
+    d = rshift_round(m * inv_q(bits), F.INVQ_SHIFT)            # m = 0 -> D = 0
     if bits == 1:
         return torch.where(v >= 0, 1, -1).to(I64), d          # m = 0: v = 0 -> q = +1
-    rq = (qmax << 32) // m.clamp(min=1)                        # RQ < 2^39; m = 0 rows have v = 0 -> q = 0
-    q = mul_shift_round(v, rq[:, None], 32).clamp(-qmax, qmax)
+    rq = (qmax << F.RQ_SHIFT) // m.clamp(min=1)                # RQ < 2^39; m = 0 rows have v = 0 -> q = 0
+    q = mul_shift_round(v, rq[:, None], F.RQ_SHIFT).clamp(-qmax, qmax)
     return q, d
 
 
@@ -145,19 +146,9 @@ def scale_output(acc: torch.Tensor, d: torch.Tensor, s_out: torch.Tensor, oshift
 
 
 def layer_shifts(lin: BinaryLinearExport, cfg: AcceleratorConfig) -> tuple[int, int]:
-    """(RSHIFT, OSHIFT) of a layer: the exponents folded into the two hardware shifts (registers, 0..63)."""
-    rshift = cfg.x_frac_bits + lin.router_exp - LOGIT_FRAC if lin.experts >= 2 else 0
-    if lin.experts >= 1:
-        oshift = cfg.x_frac_bits + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
-    else:
-        oshift = cfg.x_frac_bits + lin.smul_exp - cfg.out_frac_bits
-    for reg, val in (("RSHIFT", rshift), ("OSHIFT", oshift)):
-        if not 0 <= val <= 63:
-            raise UnsupportedError(f"layer {lin.name!r}: {reg} = {val} is outside the register range 0..63 "
-                                   f"(x_frac_bits={cfg.x_frac_bits}, out_frac_bits={cfg.out_frac_bits}, "
-                                   f"exponents router={lin.router_exp} s_in={lin.s_in_exp} s_out={lin.s_out_exp} "
-                                   f"smul={lin.smul_exp})")
-    return rshift, oshift
+    """(RSHIFT, OSHIFT) of an exported layer (:func:`bitmos.formats.layer_shifts`)."""
+    return F.layer_shifts(lin.name, cfg, experts=lin.experts, router_exp=lin.router_exp, s_in_exp=lin.s_in_exp,
+                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp)
 
 
 class GoldenLinear:

@@ -1,15 +1,13 @@
-"""Whole-program analysis without data: vectorized decode, legality checks, DMA hazards, timing, counts.
+"""Whole-program analysis without data: vectorized decode, legality, DMA hazards, timing, counts.
 
-This is the timing-only simulator (``Simulator.run(..., functional=False)``) and the action counter
-both modes share. Every instruction word is decoded at once with NumPy; register values at each pc
-come from a forward fill over the ``setr`` instructions; the first faulting pc and the first ``halt``
-bound the run; the timing recurrence of :class:`bitmos.isa.Timeline` is evaluated with one Python step
-per DMA-synchronising instruction (``load``/``store``/``wait``/``halt``) and prefix sums in between.
-Per-instruction cycle costs come from :func:`bitmos.isa.compute_cycles` and :func:`bitmos.isa.dma_cycles`
-evaluated once per distinct (opcode, mode, counts, K) key, so the cycle formulas have one definition.
-
-The functional simulator (:mod:`bitmos.sim.machine`) checks and times instruction by instruction with
-:class:`bitmos.isa.Timeline`; tests run both on random programs and require identical results.
+This is the timing-only simulator (``Simulator.run(..., functional=False)``) and the first half of the
+functional one, which executes the data effects of the prefix this analysis lets issue (data never
+changes legality, hazards or timing). Every instruction word is decoded at once with NumPy; register
+values at each pc come from a forward fill over the ``setr`` instructions; the first faulting pc and
+the first ``halt`` bound the run. What each instruction touches, when it faults and how long it takes
+are the contract's definitions in :mod:`bitmos.semantics`, evaluated here on arrays (``NP``); the
+timing recurrence is :class:`bitmos.semantics.Timeline` itself, moved once per DMA-synchronising
+instruction (``load``/``store``/``wait``/``halt``) and once per run of compute instructions between.
 """
 
 from __future__ import annotations
@@ -19,10 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import BitmosUserError
-from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD,
-                        CAUSE_ILLEGAL_OPCODE, CAUSE_NONE, CAUSE_PC_RANGE, REG_RANGE, RESERVED_MASK,
-                        SPECS, Instruction, Op, Reg, compute_cycles, dma_cycles)
+from bitmos.errors import BitmosUserError, DecodeError
+from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE, CAUSE_NAMES,
+                        CAUSE_NONE, CAUSE_PC_RANGE, OPCODE_LO, SPECS, Op, Reg, decode)
+from bitmos.semantics import (COMPUTE_OPS, DMA_OPS, SYNC_OPS, Ops, Timeline, controller_cycles,
+                              dma_busy_cycles, ext_end, faults, first_fault, footprint)
+from bitmos.semantics import depth as sem_depth
 
 #: Execution unit of each opcode, for traces and Gantt charts.
 UNIT = {Op.NOP: "ctrl", Op.HALT: "ctrl", Op.SETR: "ctrl", Op.WAIT: "ctrl", Op.LOAD: "dma",
@@ -33,9 +33,6 @@ for _op, _u in UNIT.items():
     _UNIT_OF_OP[int(_op)] = UNIT_CODES.index(_u)
 
 _FIELD_NAMES = sorted({f.name for spec in SPECS.values() for f in spec})
-_RESERVED = np.zeros(64, dtype=np.uint64)
-for _op in Op:
-    _RESERVED[int(_op)] = RESERVED_MASK[_op]
 _LEGAL = np.zeros(64, dtype=bool)
 _LEGAL[[int(o) for o in Op]] = True
 
@@ -92,68 +89,30 @@ def decode_all(words, cfg: AcceleratorConfig) -> Decoded:
     return dec
 
 
-def _geometry(cfg: AcceleratorConfig, k_feat: np.ndarray):
-    nch = (k_feat + cfg.lanes - 1) // cfg.lanes
-    xl = nch * (cfg.lanes // cfg.cols)
-    return nch, xl
+#: The contract's definitions (bitmos.semantics) evaluated on NumPy arrays, one entry per instruction.
+NP = Ops(select=np.where)
+
+
+def _subset(dec: Decoded, sel: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[Reg, np.ndarray]]:
+    return dec.words[sel], {k: v[sel] for k, v in dec.f.items()}, {r: v[sel] for r, v in dec.regs.items()}
 
 
 def check_all(dec: Decoded, cfg: AcceleratorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Cause code of each instruction (0 = legal), assuming all earlier instructions executed."""
-    op, f, regs = dec.op, dec.f, dec.regs
-    n = len(op)
-    cause = np.zeros(n, dtype=np.int64)
-    legal = _LEGAL[op]
-    is_ = {o: op == int(o) for o in Op}
-    R, E, k = cfg.rows, cfg.experts, cfg.act_bits
-    # cause 2: reserved bits, zero counts, setr register/value, mode/ntok combinations
-    c2 = (dec.words & _RESERVED[op]) != 0
-    c2 |= (is_[Op.LOAD] | is_[Op.STORE]) & (f["nlines"] == 0)
-    c2 |= (is_[Op.QUANT] | is_[Op.SCALEOUT]) & (f["ntok"] == 0)
-    c2 |= (is_[Op.MATMUL] | is_[Op.SCALEOUT]) & (f["ntiles"] == 0)
-    setr = is_[Op.SETR]
-    c2 |= setr & (f["reg"] > max(Reg))
-    for r in Reg:
-        lo, hi = REG_RANGE[r]
-        v = f["value"]
-        if r is Reg.SMUL:
-            v = np.where(v >= (1 << 31), v - (1 << 32), v)
-        c2 |= setr & (f["reg"] == int(r)) & ((v < lo) | (v > hi))
-    qs = is_[Op.QUANT] | is_[Op.SCALEOUT]
-    c2 |= qs & (f["mode"] == 1) & (f["ntok"] != 1)
-    c2 |= qs & (f["mode"] == 0) & (f["ntok"] > R)
-    # cause 3: buffer ranges
-    nch, xl = _geometry(cfg, regs[Reg.K])
-    planes = np.where(f["mode"] == 0, k, cfg.planes_per_row) * nch
-    dX, dW, dS, dQ, dO = (cfg.depth(b) for b in "XWSQO")
-    depth_of_buf = np.array([cfg.depth(b) for b in BUFFERS])
-    dma = is_[Op.LOAD] | is_[Op.STORE]
-    c3 = dma & (f["line"] + f["nlines"] > depth_of_buf[f["buf"] & 3])
-    qu = is_[Op.QUANT]
-    bad_q = (f["x"] + f["ntok"] * xl > dX) | (f["q"] + planes > dQ) | (f["meta"] + f["ntok"] > cfg.meta_tokens)
-    if E >= 2:
-        bad_q |= regs[Reg.ROUTER] + xl > dS
-    if E >= 1:
-        bad_q |= regs[Reg.SIN] + xl > dS
-    c3 |= qu & bad_q
-    mm = is_[Op.MATMUL]
-    o_end = np.where(f["mode"] == 0, f["o"] + f["ntiles"] * R, f["o"] + f["ntiles"])
-    c3 |= mm & ((f["q"] + planes > dQ) | (f["w"] + f["ntiles"] * nch > dW) | (o_end > dO))
-    so = is_[Op.SCALEOUT]
-    so_end = np.where(f["mode"] == 0, f["o"] + (f["ntiles"] - 1) * R + f["ntok"], f["o"] + f["ntiles"])
-    bad_s = (so_end > dO) | (f["meta"] + f["ntok"] > cfg.meta_tokens)
-    if E >= 1:
-        bad_s |= f["s"] + f["ntiles"] > dS
-    c3 |= so & bad_s
-    # cause 4: external range
-    line_bytes = np.array([cfg.line_bits(b) // 8 for b in BUFFERS])
-    ext_end = regs[Reg.EBASE] * 64 + f["ext"] + f["nlines"] * line_bytes[f["buf"] & 3]
-    c4 = dma & (ext_end > cfg.ext_mem_bytes)
-    cause[c4] = CAUSE_EXT_RANGE
-    cause[c3] = CAUSE_BUFFER_RANGE
-    cause[c2] = CAUSE_ILLEGAL_FIELD
-    cause[~legal] = CAUSE_ILLEGAL_OPCODE
-    return cause, ext_end
+    """Cause code of each instruction (0 = legal), assuming all earlier instructions executed, and the
+    end byte address of each load/store. The conditions are :func:`bitmos.semantics.faults`."""
+    op = dec.op
+    cause = np.zeros(len(op), dtype=np.int64)
+    for o in Op:
+        sel = np.nonzero(op == int(o))[0]
+        if not len(sel):
+            continue
+        words, f, regs = _subset(dec, sel)
+        got = np.zeros(len(sel), dtype=np.int64)
+        for flt in faults(o, words, f, regs, cfg, NP):
+            got[(got == 0) & np.broadcast_to(flt.cond, got.shape)] = flt.cause
+        cause[sel] = got
+    cause[~_LEGAL[op]] = CAUSE_ILLEGAL_OPCODE
+    return cause, ext_end(dec.f, dec.regs, cfg, NP)
 
 
 # ---- DMA hazards ------------------------------------------------------------------------------------
@@ -168,95 +127,59 @@ def _strided_overlap(base: int, stride: int, width: int, count: int, a: int, b: 
     return n_lo <= n_hi
 
 
-def touched_lines(cfg: AcceleratorConfig, op: int, f, regs) -> list[tuple[str, int, int, int, int]]:
-    """DMA-reachable lines a compute instruction touches, as (buffer, base, stride, width, count).
-
-    ``f`` maps field names to ints, ``regs`` maps :class:`Reg` to ints (values at issue).
-    """
-    K = regs[Reg.K]
-    nch = -(-K // cfg.lanes)
-    xl = nch * (cfg.lanes // cfg.cols)
-    R, E = cfg.rows, cfg.experts
-    out = []
-    if op == Op.QUANT:
-        out.append(("X", f["x"], 1, f["ntok"] * xl, 1))
-        if E >= 2:
-            out.append(("S", regs[Reg.ROUTER], 1, xl, 1))
-        if E >= 1:
-            out.append(("S", regs[Reg.SIN], 1, xl, 1))
-    elif op == Op.MATMUL:
-        out.append(("W", f["w"], 1, f["ntiles"] * nch, 1))
-        out.append(("O", f["o"], 1, f["ntiles"] * (R if f["mode"] == 0 else 1), 1))
-    elif op == Op.SCALEOUT:
-        if f["mode"] == 0:
-            out.append(("O", f["o"], R, f["ntok"], f["ntiles"]))
-        else:
-            out.append(("O", f["o"], 1, f["ntiles"], 1))
-        if E >= 1:
-            out.append(("S", f["s"], 1, f["ntiles"], 1))
-    return out
-
-
 def hazard_message(pc: int, op: int, dma_pc: int, dma_op: int, buf: str, a: int, b: int) -> str:
     return (f"DMA hazard: {Op(op).name.lower()} at pc {pc} touches {buf}BUF lines that the "
             f"{Op(dma_op).name.lower()} at pc {dma_pc} (lines {a}..{b - 1}) may still be transferring; "
             f"put a 'wait' between them")
 
 
+def _touches(cfg: AcceleratorConfig, op: Op, f, regs, buf: str, a: int, b: int) -> bool:
+    """Does instruction ``op`` (Python ints) touch lines [a, b) of DMA buffer ``buf``? (exact, strided)"""
+    return any(acc.buffer == buf and acc.when and _strided_overlap(acc.base, acc.stride, acc.width,
+                                                                     acc.count, a, b)
+               for acc in footprint(op, f, regs, cfg))
+
+
 def find_hazard(dec: Decoded, cfg: AcceleratorConfig, stop: int) -> tuple[int, int, str] | None:
-    """First compute instruction in [0, stop) that touches the lines of an in-flight transfer."""
+    """First compute instruction in [0, stop) that touches the lines of an in-flight transfer
+    (its footprint, :func:`bitmos.semantics.footprint`, meets the transfer's lines)."""
     op = dec.op[:stop]
     n = len(op)
     if n == 0:
         return None
     idx = np.arange(n)
-    is_dma = (op == int(Op.LOAD)) | (op == int(Op.STORE))
-    is_sync = is_dma | (op == int(Op.WAIT)) | (op == int(Op.HALT))
+    is_dma = np.isin(op, [int(o) for o in DMA_OPS])
+    is_sync = np.isin(op, [int(o) for o in SYNC_OPS])
     last_sync = np.maximum.accumulate(np.where(is_sync, idx, -1))
     last_dma = np.maximum.accumulate(np.where(is_dma, idx, -1))
-    compute = (op == int(Op.QUANT)) | (op == int(Op.MATMUL)) | (op == int(Op.SCALEOUT))
-    # in flight: the most recent sync instruction is a load/store
-    cand = compute & (last_dma >= 0) & (last_dma == last_sync)
+    # in flight: the most recent synchronising instruction is a load/store
+    cand = np.isin(op, [int(o) for o in COMPUTE_OPS]) & (last_dma >= 0) & (last_dma == last_sync)
     if not cand.any():
         return None
     f = dec.f
-    pcs = np.nonzero(cand)[0]
-    d = last_dma[pcs]
-    dbuf, da = f["buf"][d], f["line"][d]
-    db = da + f["nlines"][d]
-    K = dec.regs[Reg.K][pcs]
-    nch, xl = _geometry(cfg, K)
-    o = {name: v[pcs] for name, v in f.items()}
-    cop = op[pcs]
-    R, E = cfg.rows, cfg.experts
-    bX, bW, bS, bO = (BUFFERS.index(b) for b in "XWSO")
-    isq, ism, iss = cop == int(Op.QUANT), cop == int(Op.MATMUL), cop == int(Op.SCALEOUT)
-    # line hulls of everything a compute instruction touches: (mask, buffer, lo, hi)
-    hulls = [
-        (isq, bX, o["x"], o["x"] + o["ntok"] * xl),
-        (ism, bW, o["w"], o["w"] + o["ntiles"] * nch),
-        (ism, bO, o["o"], o["o"] + o["ntiles"] * np.where(o["mode"] == 0, R, 1)),
-        (iss, bO, o["o"], o["o"] + np.where(o["mode"] == 0, (o["ntiles"] - 1) * R + o["ntok"], o["ntiles"])),
-    ]
-    if E >= 2:
-        r0 = dec.regs[Reg.ROUTER][pcs]
-        hulls.append((isq, bS, r0, r0 + xl))
-    if E >= 1:
-        s0 = dec.regs[Reg.SIN][pcs]
-        hulls.append((isq, bS, s0, s0 + xl))
-        hulls.append((iss, bS, o["s"], o["s"] + o["ntiles"]))
-    hit = np.zeros(len(pcs), dtype=bool)
-    for m, b, lo, hi in hulls:
-        hit |= m & (dbuf == b) & (lo < db) & (hi > da)
-    for i in np.nonzero(hit)[0].tolist():   # exact check (scaleout's token rows are strided)
-        pc, dd = int(pcs[i]), int(d[i])
-        buf = BUFFERS[int(dbuf[i])]
-        a, b = int(da[i]), int(db[i])
+    hit = np.zeros(n, dtype=bool)
+    for o in COMPUTE_OPS:
+        pcs = np.nonzero(cand & (op == int(o)))[0]
+        if not len(pcs):
+            continue
+        d = last_dma[pcs]
+        dbuf, da = f["buf"][d], f["line"][d]
+        db = da + f["nlines"][d]
+        _, fs, regs = _subset(dec, pcs)
+        h = np.zeros(len(pcs), dtype=bool)
+        for acc in footprint(o, fs, regs, cfg, NP):
+            if acc.buffer in BUFFERS:  # line hull first; the strided case is checked exactly below
+                h |= (acc.when & (dbuf == BUFFERS.index(acc.buffer)) & (acc.base < db) & (acc.end > da))
+        hit[pcs] = h
+    for pc in np.nonzero(hit)[0].tolist():
+        dd = int(last_dma[pc])
+        buf = BUFFERS[int(f["buf"][dd])]
+        a = int(f["line"][dd])
+        b = a + int(f["nlines"][dd])
         fields = {k: int(v[pc]) for k, v in f.items()}
         regs = {r: int(v[pc]) for r, v in dec.regs.items()}
-        for tb, base, stride, width, count in touched_lines(cfg, int(op[pc]), fields, regs):
-            if tb == buf and _strided_overlap(base, stride, width, count, a, b):
-                return pc, dd, hazard_message(pc, int(op[pc]), dd, int(op[dd]), buf, a, b)
+        if _touches(cfg, Op(int(op[pc])), fields, regs, buf, a, b):
+            return pc, dd, hazard_message(pc, int(op[pc]), dd, int(op[dd]), buf, a, b)
     return None
 
 
@@ -272,73 +195,58 @@ class Timing:
 
 
 def cycle_costs(dec: Decoded, cfg: AcceleratorConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Controller cycles (compute_cycles) and DMA busy cycles (dma_cycles) of the first n instructions."""
+    """Controller cycles and unit busy cycles of the first n instructions
+    (:func:`bitmos.semantics.controller_cycles`, :func:`bitmos.semantics.dma_busy_cycles`)."""
     op = dec.op[:n]
-    f = dec.f
     ctl = np.ones(n, dtype=np.int64)
     busy = np.zeros(n, dtype=np.int64)
-    comp = (op == int(Op.QUANT)) | (op == int(Op.MATMUL)) | (op == int(Op.SCALEOUT))
-    if comp.any():
-        K = dec.regs[Reg.K][:n]
-        key = (op << 40) | (f["mode"][:n] << 39) | (f["ntok"][:n] << 30) | (f["ntiles"][:n] << 20) | K
-        uniq, inv = np.unique(key[comp], return_inverse=True)
-        vals = np.empty(len(uniq), dtype=np.int64)
-        for i, kk in enumerate(uniq.tolist()):
-            o = Op(kk >> 40)
-            args = {"mode": (kk >> 39) & 1, "ntok": (kk >> 30) & 0x1FF, "ntiles": (kk >> 20) & 0x3FF}
-            ins = Instruction(o, tuple((fl.name, args.get(fl.name, 0)) for fl in SPECS[o]))
-            vals[i] = compute_cycles(ins, cfg, kk & 0xFFFFF)
-        ctl[comp] = vals[inv.reshape(-1)]
-    dma = (op == int(Op.LOAD)) | (op == int(Op.STORE))
-    if dma.any():
-        key = (f["buf"][:n] << 20) | f["nlines"][:n]
-        uniq, inv = np.unique(key[dma], return_inverse=True)
-        vals = np.array([dma_cycles(kk & 0xFFFFF, cfg.line_bits(BUFFERS[kk >> 20]), cfg)
-                         for kk in uniq.tolist()], dtype=np.int64)
-        busy[dma] = vals[inv.reshape(-1)]
-    busy[comp] = ctl[comp] - 1
+    head = Decoded(dec.words[:n], op, {k: v[:n] for k, v in dec.f.items()},
+                   {r: v[:n] for r, v in dec.regs.items()})
+    for o in COMPUTE_OPS:
+        sel = np.nonzero(op == int(o))[0]
+        if len(sel):
+            _, f, regs = _subset(head, sel)
+            ctl[sel] = controller_cycles(o, f, regs, cfg, NP)
+            busy[sel] = ctl[sel] - 1
+    sel = np.nonzero(np.isin(op, [int(o) for o in DMA_OPS]))[0]
+    if len(sel):
+        _, f, _ = _subset(head, sel)
+        busy[sel] = dma_busy_cycles(f, cfg, NP)
     return ctl, busy
 
 
 def timeline(dec: Decoded, cfg: AcceleratorConfig, n: int) -> Timing:
-    """The Timeline recurrence over the first n instructions (all of which issue)."""
+    """The :class:`bitmos.semantics.Timeline` over the first n instructions (all of which issue): one
+    ``compute`` move per run of non-synchronising instructions, one ``transfer``/``sync`` per
+    synchronising one; issue cycles inside a run are prefix sums."""
     op = dec.op[:n]
     ctl, busy = cycle_costs(dec, cfg, n)
-    is_dma = (op == int(Op.LOAD)) | (op == int(Op.STORE))
-    is_sync = is_dma | (op == int(Op.WAIT)) | (op == int(Op.HALT))
+    is_dma = np.isin(op, [int(o) for o in DMA_OPS])
+    is_sync = np.isin(op, [int(o) for o in SYNC_OPS])
     add = np.where(is_sync, 0, ctl)
     S = np.concatenate(([0], np.cumsum(add)))
     sync_idx = np.nonzero(is_sync)[0]
     seg_start = np.concatenate(([0], sync_idx + 1))
     seg_base = np.empty(len(sync_idx) + 1, dtype=np.int64)
-    issue = np.empty(n, dtype=np.int64)
-    now = 0
-    dma_free = 0
-    stall = 0
-    prev = 0
-    S_l = S.tolist()
-    dmab = busy[sync_idx].tolist()
-    isd = is_dma[sync_idx].tolist()
-    sync_issue = []
     seg_base[0] = 0
+    tl = Timeline()
+    S_l = S.tolist()
+    sync_busy = busy[sync_idx].tolist()
+    sync_dma = is_dma[sync_idx].tolist()
+    sync_issue = []
+    prev = 0
     for j, p in enumerate(sync_idx.tolist()):
-        now += S_l[p] - S_l[prev]
-        if dma_free > now:
-            stall += dma_free - now
-            now = dma_free
-        sync_issue.append(now)
-        if isd[j]:
-            dma_free = now + 1 + dmab[j]
-        now += 1
+        tl.compute(S_l[p] - S_l[prev])
+        sync_issue.append(tl.transfer(sync_busy[j]) if sync_dma[j] else tl.sync())
         prev = p + 1
-        seg_base[j + 1] = now
-    now += S_l[n] - S_l[prev]
+        seg_base[j + 1] = tl.now
+    tl.compute(S_l[n] - S_l[prev])
     # issue cycles of the non-sync instructions: segment base + prefix sum within the segment
     seg_id = np.cumsum(is_sync) - is_sync  # number of sync instructions strictly before i
-    issue[:] = seg_base[seg_id] + S[:n] - S[seg_start[seg_id]]
+    issue = seg_base[seg_id] + S[:n] - S[seg_start[seg_id]]
     if len(sync_idx):
         issue[sync_idx] = sync_issue
-    return Timing(cycles=now, stall_cycles=stall, issue=issue, busy=busy, end_now=now)
+    return Timing(cycles=tl.now, stall_cycles=tl.stall_cycles, issue=issue, busy=busy, end_now=tl.now)
 
 
 # ---- the whole timing-only run ------------------------------------------------------------------------
@@ -359,22 +267,28 @@ class Analysis:
 
 
 def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> str:
-    """A one-line description of why instruction ``pc`` faulted (reuses the ISA decoder's wording)."""
-    from bitmos.errors import DecodeError
-    from bitmos.isa import CAUSE_NAMES, decode
+    """A one-line description of why instruction ``pc`` faulted: the first of its
+    :func:`bitmos.semantics.faults` that holds, with the values involved."""
     w = int(dec.words[pc])
     head = f"pc {pc}: {CAUSE_NAMES[cause]}"
-    if cause in (CAUSE_ILLEGAL_OPCODE, CAUSE_ILLEGAL_FIELD):
-        try:
-            ins = decode(w, pc=pc)
-        except DecodeError as exc:
-            return f"{head}: {exc}"
-        return f"{head}: {ins}: mode {'plane' if ins.get('mode') else 'token'} with ntok={ins['ntok']} " \
-               f"(token mode allows 1..{cfg.rows}, plane mode exactly 1)"
-    from bitmos.isa import format_instruction
-    ins = decode(w, pc=pc)
-    regs = {r.name: int(v[pc]) for r, v in dec.regs.items()}
-    return f"{head}: {format_instruction(ins)} with registers {regs}"
+    if cause == CAUSE_ILLEGAL_OPCODE:
+        return f"{head}: opcode {w >> OPCODE_LO:#04x} in word {w:#018x}"
+    try:
+        ins = decode(w, pc=pc)
+    except DecodeError as exc:   # reserved bits, a field or a register value out of its range
+        return f"{head}: {exc}"
+    regs = {r: int(v[pc]) for r, v in dec.regs.items()}
+    flt = first_fault(ins, w, regs, cfg)
+    if cause == CAUSE_ILLEGAL_FIELD:
+        return (f"{head}: {ins}: mode {'plane' if ins['mode'] else 'token'} with ntok={ins['ntok']} "
+                f"(token mode allows 1..{cfg.rows}, plane mode exactly 1)")
+    if cause == CAUSE_BUFFER_RANGE and flt is not None and flt.access is not None:
+        a = flt.access
+        return (f"{head}: {ins}: {a.what} up to {a.end - 1}, depth {sem_depth(cfg, a.buffer)} "
+                f"(K={regs[Reg.K]})")
+    end = ext_end(dict(ins.args), regs, cfg)
+    return (f"{head}: {ins}: bytes up to {end} with EBASE={regs[Reg.EBASE]}, memory has "
+            f"{cfg.ext_mem_bytes}")
 
 
 def analyze(words, cfg: AcceleratorConfig, *, check_hazards: bool = True) -> Analysis:

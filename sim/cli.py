@@ -38,7 +38,7 @@ def load_programs(path: str | Path) -> tuple[list[tuple[str, Program]], Path | N
 
 
 def cmd_simulate(args) -> int:
-    from bitmos.sim.energy import DEFAULT_TABLE, EnergyTable
+    from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.machine import Simulator
     from bitmos.sim.report import format_text, summarize, write_json, write_plots
 
@@ -51,7 +51,7 @@ def cmd_simulate(args) -> int:
         if want.fingerprint() != cfg.fingerprint():
             raise ConfigError(f"--config {args.config!r} differs from the config the program was compiled for "
                               f"({cfg.name!r}); recompile, or omit --config")
-    table = EnergyTable.load(args.energy_table or DEFAULT_TABLE)
+    table = EnergyTable.load(args.energy_table or default_table(cfg))
     functional = not args.timing_only
     memory = None
     if functional:

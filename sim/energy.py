@@ -260,7 +260,10 @@ class EnergyTable:
         return cls.from_dict(data, source=str(p))
 
 
-DEFAULT_TABLE = "horowitz45_ddr3"
+def default_table(cfg: AcceleratorConfig) -> str:
+    """The energy table a run uses unless one is named: HBM2-class for wide (>= 512 bit/cycle) external
+    memory, DDR3 otherwise (the memory such a bandwidth implies)."""
+    return "horowitz45_hbm2" if cfg.ext_bw_bits >= 512 else "horowitz45_ddr3"
 
 
 def table_names() -> list[str]:

@@ -2,15 +2,15 @@
 
 ``Simulator(cfg).run(words_or_program, memory, functional=True, trace=False) -> RunResult``.
 
-* Functional mode executes every instruction on the machine state (buffers as byte arrays, one row
-  per line), bit-exact with :mod:`bitmos.formats`: the array works on bit-packed ``uint64`` words with
+* Both modes first run :func:`bitmos.sim.analysis.analyze`: legality, DMA hazards and timing come
+  from the contract's definitions (:mod:`bitmos.semantics`) and never depend on data.
+* Functional mode then executes the data effects of every instruction that issued on the machine
+  state (buffers as byte arrays, one row per line), bit-exact with :mod:`bitmos.formats`: the array works on bit-packed ``uint64`` words with
   ``np.bitwise_count``; the scale unit runs vectorized over tokens, chunks and columns in int64 (every
   intermediate is bounded below 2^62, see docs/simulator.md) and falls back to exact Python integers
   in the one place (``scaleout`` on DMA-loaded accumulators) where a product can exceed that.
-  Timing comes from :class:`bitmos.isa.Timeline`, stepped once per instruction.
-* Timing-only mode (``functional=False``) never touches data: :func:`bitmos.sim.analysis.analyze`
-  decodes, checks and times the whole program with NumPy. Both modes give identical cycles, errors,
-  traces and action counts (tests check this on random programs).
+* Timing-only mode (``functional=False``) stops after the analysis and never touches data. Both modes
+  give identical cycles, errors, traces and action counts by construction.
 
 Errors a program causes are reported in the result (``error``, ``cause``, ``error_pc``), as the
 hardware would; a DMA hazard (a simulator-only check) raises :class:`DMAHazardError`.
@@ -27,15 +27,10 @@ import numpy as np
 from bitmos import formats
 from bitmos.config import AcceleratorConfig
 from bitmos.container import MemoryImage, Program
-from bitmos.errors import ConfigError, DecodeError, FormatError
-from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD,
-                        CAUSE_ILLEGAL_OPCODE, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op,
-                        Reg, Timeline, decode, format_instruction, reg_value)
-from bitmos.sim.analysis import (UNIT, UNIT_CODES, Analysis, DMAHazardError, Decoded, _strided_overlap,
-                                 analyze, decode_all, hazard_message, touched_lines)
+from bitmos.errors import ConfigError, FormatError
+from bitmos.isa import BUFFERS, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op, Reg, decode, reg_value
+from bitmos.sim.analysis import UNIT_CODES, Analysis, analyze
 from bitmos.sim.energy import count_actions
-
-_REG_DEPENDENT = (Op.QUANT, Op.MATMUL, Op.SCALEOUT, Op.LOAD, Op.STORE)
 
 assert sys.byteorder == "little", "the simulator views buffer bytes as little-endian words"
 
@@ -152,7 +147,8 @@ class Simulator:
         an = analyze(words, cfg, check_hazards=self.check_hazards)
         return self._result_from_analysis(an, trace)
 
-    def _result_from_analysis(self, an: Analysis, trace: bool) -> RunResult:
+    def _result_from_analysis(self, an: Analysis, trace: bool, *, functional: bool = False,
+                              memory: bytearray | None = None, state: MachineState | None = None) -> RunResult:
         dec, n = an.decoded, an.n_issued
         counts = count_actions(self.cfg, dec, n, nop_tail=an.nop_tail, faulted=an.error_pc is not None
                                and an.cause != CAUSE_PC_RANGE)
@@ -166,145 +162,21 @@ class Simulator:
                          instructions=counts["instructions"], stall_cycles=an.timing.stall_cycles,
                          dma_bytes_read=counts["ext_read_bits"] // 8,
                          dma_bytes_written=counts["ext_write_bits"] // 8, counts=counts,
-                         config=self.cfg, functional=False, trace=tr)
+                         config=self.cfg, functional=functional, memory=memory, state=state, trace=tr)
 
     # ---- functional mode -----------------------------------------------------------------------
-    def _check(self, w: int, pc: int, regs: dict[Reg, int]) -> tuple[int, str, Instruction | None]:
-        """Legality at issue (docs/isa.md, Errors): (cause, message, decoded instruction)."""
-        cfg = self.cfg
-        code = w >> 58
-        if code not in Op._value2member_map_:
-            return CAUSE_ILLEGAL_OPCODE, f"pc {pc}: illegal opcode: opcode {code:#04x} in word {w:#018x}", None
-        try:
-            ins = decode(w, pc=pc)
-        except DecodeError as exc:
-            return CAUSE_ILLEGAL_FIELD, f"pc {pc}: illegal field: {exc}", None
-        op = ins.op
-        if op in (Op.QUANT, Op.SCALEOUT):
-            ntok, mode = ins["ntok"], ins["mode"]
-            if (mode == 1 and ntok != 1) or (mode == 0 and ntok > cfg.rows):
-                return CAUSE_ILLEGAL_FIELD, (f"pc {pc}: illegal field: {ins}: mode "
-                                             f"{'plane' if mode else 'token'} with ntok={ntok} (token mode "
-                                             f"allows 1..{cfg.rows}, plane mode exactly 1)"), ins
-        bad = self._range_fault(ins, regs)
-        if bad:
-            return CAUSE_BUFFER_RANGE, f"pc {pc}: buffer address out of range: {ins}: {bad}", ins
-        if op in (Op.LOAD, Op.STORE):
-            nbytes = ins["nlines"] * cfg.line_bits(BUFFERS[ins["buf"]]) // 8
-            end = regs[Reg.EBASE] * 64 + ins["ext"] + nbytes
-            if end > cfg.ext_mem_bytes:
-                return CAUSE_EXT_RANGE, (f"pc {pc}: external address out of range: {ins}: bytes up to "
-                                         f"{end} with EBASE={regs[Reg.EBASE]}, memory has "
-                                         f"{cfg.ext_mem_bytes}"), ins
-        return CAUSE_NONE, "", ins
-
-    def _range_fault(self, ins: Instruction, regs: dict[Reg, int]) -> str:
-        cfg = self.cfg
-        op = ins.op
-        K = regs[Reg.K]
-        nch = cfg.nchunks(K)
-        xl = cfg.xlines(K)
-        R, E = cfg.rows, cfg.experts
-        checks: list[tuple[str, int, int]] = []  # (what, end, limit)
-        if op in (Op.LOAD, Op.STORE):
-            b = BUFFERS[ins["buf"]]
-            checks.append((f"{b}BUF lines", ins["line"] + ins["nlines"], cfg.depth(b)))
-        elif op in (Op.QUANT, Op.MATMUL):
-            planes = nch * (cfg.act_bits if ins["mode"] == 0 else cfg.planes_per_row)
-            checks.append(("QBUF lines", ins["q"] + planes, cfg.depth("Q")))
-            if op is Op.QUANT:
-                checks.append(("XBUF lines", ins["x"] + ins["ntok"] * xl, cfg.depth("X")))
-                checks.append(("META records", ins["meta"] + ins["ntok"], cfg.meta_tokens))
-                if E >= 2:
-                    checks.append(("SBUF router lines", regs[Reg.ROUTER] + xl, cfg.depth("S")))
-                if E >= 1:
-                    checks.append(("SBUF s_in lines", regs[Reg.SIN] + xl, cfg.depth("S")))
-            else:
-                checks.append(("WBUF lines", ins["w"] + ins["ntiles"] * nch, cfg.depth("W")))
-                o_end = ins["o"] + ins["ntiles"] * (R if ins["mode"] == 0 else 1)
-                checks.append(("OBUF lines", o_end, cfg.depth("O")))
-        elif op is Op.SCALEOUT:
-            if ins["mode"] == 0:
-                o_end = ins["o"] + (ins["ntiles"] - 1) * R + ins["ntok"]
-            else:
-                o_end = ins["o"] + ins["ntiles"]
-            checks.append(("OBUF lines", o_end, cfg.depth("O")))
-            if E >= 1:
-                checks.append(("SBUF s_out lines", ins["s"] + ins["ntiles"], cfg.depth("S")))
-            checks.append(("META records", ins["meta"] + ins["ntok"], cfg.meta_tokens))
-        for what, end, limit in checks:
-            if end > limit:
-                return f"{what} up to {end - 1}, depth {limit} (K={K})"
-        return ""
-
     def _run_functional(self, words: list[int], mem: bytearray, want_trace: bool) -> RunResult:
-        cfg = self.cfg
-        st = MachineState.reset(cfg)
-        regs = st.regs
-        tl = Timeline()
-        inflight: tuple[int, Instruction] | None = None
-        tr_pc, tr_issue, tr_busy = [], [], []
+        """Analyse (legality, hazards, timing: data never changes them), then execute the data effects
+        of the instructions that issue."""
+        an = analyze(words, self.cfg, check_hazards=self.check_hazards)
+        st = MachineState.reset(self.cfg)
         cache: dict[int, Instruction] = {}
-        cause, err_pc, msg, done = CAUSE_NONE, None, "", False
-        n_words = len(words)
-        pc = 0
-        nop_tail = 0
-        while True:
-            if pc >= n_words:
-                # the rest of IMEM holds zeros (= nop); each issues in one cycle, then the pc runs out
-                nop_tail = cfg.imem_words - n_words
-                tl.now += nop_tail
-                cause, err_pc = CAUSE_PC_RANGE, cfg.imem_words
-                msg = (f"pc {cfg.imem_words}: program counter ran past instruction memory "
-                       f"({cfg.imem_words} words) without halt")
-                break
-            w = words[pc]
+        for w in words[:an.n_issued]:
             ins = cache.get(w)
-            if ins is None or ins.op in _REG_DEPENDENT:
-                c, m, ins = self._check(w, pc, regs)
-                if c != CAUSE_NONE:
-                    cause, err_pc, msg = c, pc, m
-                    break
-                cache[w] = ins
-            op = ins.op
-            # DMA hazard check (simulator only)
-            if op in (Op.LOAD, Op.STORE):
-                inflight = (pc, ins)
-            elif op in (Op.WAIT, Op.HALT):
-                inflight = None
-            elif inflight is not None and op in (Op.QUANT, Op.MATMUL, Op.SCALEOUT) and self.check_hazards:
-                dpc, dins = inflight
-                buf = BUFFERS[dins["buf"]]
-                a, b = dins["line"], dins["line"] + dins["nlines"]
-                fields = dict(ins.args)
-                for tb, base, stride, width, count in touched_lines(cfg, op, fields, regs):
-                    if tb == buf and _strided_overlap(base, stride, width, count, a, b):
-                        raise DMAHazardError(hazard_message(pc, op, dpc, dins.op, buf, a, b), pc, dpc)
-            issue, busy = tl.step(ins, cfg, regs[Reg.K])
-            if want_trace:
-                tr_pc.append(pc)
-                tr_issue.append(issue)
-                tr_busy.append(busy)
+            if ins is None:
+                ins = cache[w] = decode(w)
             self._execute(st, ins, mem)
-            pc += 1
-            if op is Op.HALT:
-                done = True
-                break
-        cycles = tl.now if done else tl.now + 1
-        n_exec = pc if cause in (CAUSE_NONE, CAUSE_PC_RANGE) else err_pc
-        dec = decode_all(words[:n_exec], cfg)
-        counts = count_actions(cfg, dec, n_exec, nop_tail=nop_tail,
-                               faulted=cause not in (CAUSE_NONE, CAUSE_PC_RANGE))
-        tr = None
-        if want_trace:
-            ops = dec.op[:len(tr_pc)]
-            tr = Trace(np.array(tr_pc, dtype=np.int64), ops.copy(), np.array(tr_issue, dtype=np.int64),
-                       np.array(tr_busy, dtype=np.int64), _unit_codes(ops))
-        return RunResult(cycles=cycles, done=True, error=cause != CAUSE_NONE, cause=cause, error_pc=err_pc,
-                         error_message=msg, instructions=counts["instructions"],
-                         stall_cycles=tl.stall_cycles, dma_bytes_read=counts["ext_read_bits"] // 8,
-                         dma_bytes_written=counts["ext_write_bits"] // 8, counts=counts, config=cfg,
-                         functional=True, memory=mem, state=st, trace=tr)
+        return self._result_from_analysis(an, want_trace, functional=True, memory=mem, state=st)
 
     # ---- instruction semantics -------------------------------------------------------------------
     def _execute(self, st: MachineState, ins: Instruction, mem: bytearray) -> None:
@@ -441,7 +313,7 @@ class Simulator:
 
     def _scaleout(self, st: MachineState, ins: Instruction) -> None:
         cfg = self.cfg
-        C, R, E = cfg.cols, cfg.rows, cfg.experts
+        R, E = cfg.rows, cfg.experts
         ntiles, ntok, o0, s0, m0 = ins["ntiles"], ins["ntok"], ins["o"], ins["s"], ins["meta"]
         if ins["mode"] == 0:
             lines = o0 + np.arange(ntiles)[:, None] * R + np.arange(ntok)[None, :]          # [N, T]
@@ -477,12 +349,12 @@ def softmax_gates(logits: np.ndarray) -> np.ndarray:
     """formats.softmax_gates for each row of an int64 [T, E] array."""
     lut = np.array(formats.EXP2_LUT, dtype=np.int64)
     m = logits.max(axis=1, keepdims=True)
-    d = np.minimum(m - logits, 0xFFFF)
-    u = _rshift_round(d * formats.LOG2E_Q10, 10)
-    n, f = u >> 8, u & 0xFF
-    p = np.where(n < 16, lut[f] >> np.minimum(n, 15), 0)
-    rcp = (1 << 30) // p.sum(axis=1, keepdims=True)
-    return _rshift_round(p * rcp, 15)
+    d = np.minimum(m - logits, formats.SOFTMAX_DIFF_MAX)
+    u = _rshift_round(d * formats.LOG2E_Q10, formats.LOG2E_FRAC)
+    n, f = u >> formats.EXP2_FRAC_BITS, u & (formats.EXP2_LUT_SIZE - 1)
+    p = np.where(n < formats.SOFTMAX_MAX_SHIFT, lut[f] >> np.minimum(n, formats.SOFTMAX_MAX_SHIFT - 1), 0)
+    rcp = (1 << formats.SOFTMAX_RCP_SHIFT) // p.sum(axis=1, keepdims=True)
+    return _rshift_round(p * rcp, formats.GATE_FRAC)
 
 
 def quantize(v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -492,11 +364,11 @@ def quantize(v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     qmax = formats.act_qmax(k)
     m = np.abs(v).max(axis=1) if v.shape[1] else np.zeros(v.shape[0], dtype=np.int64)
-    d = np.where(m > 0, _rshift_round(m * formats.inv_q(k), 16), 0)
+    d = np.where(m > 0, _rshift_round(m * formats.inv_q(k), formats.INVQ_SHIFT), 0)
     if k == 1:
         return np.where(v >= 0, 1, -1).astype(np.int64), d
-    rq = (qmax << 32) // np.maximum(m, 1)
-    q = np.clip(_rshift_round(v * rq[:, None], 32), -qmax, qmax)
+    rq = (qmax << formats.RQ_SHIFT) // np.maximum(m, 1)
+    q = np.clip(_rshift_round(v * rq[:, None], formats.RQ_SHIFT), -qmax, qmax)
     q[m == 0] = 0
     return q, d
 

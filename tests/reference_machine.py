@@ -2,7 +2,7 @@
 
 Written line by line from docs/isa.md: Python integers, one element at a time, every buffer line one
 little-endian integer. It uses only the contract -- the reference arithmetic of ``bitmos.formats``,
-the decoder and the cycle formulas (``Timeline``) of ``bitmos.isa`` and the geometry of
+the decoder of ``bitmos.isa``, the cycle formulas (``Timeline``) of ``bitmos.semantics`` and the geometry of
 ``bitmos.config`` -- and shares nothing with bitmos.sim's vectorized code: it is the independent
 second implementation the simulator and the compiler are checked against. Slow; small shapes only.
 
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
-from bitmos.isa import BUFFERS, Op, Reg, Timeline, decode, reg_value
+from bitmos.isa import BUFFERS, Op, Reg, decode, reg_value
+from bitmos.semantics import Timeline
 
 
 class ReferenceMachineError(Exception):

@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
-from bitmos.app import demo, estimate, verify
+from bitmos.app import demo, verify
+from bitmos.explore import perf
 from bitmos.app.cli import main
+from bitmos.compiler.shapes import load_shape
 from bitmos.config import preset_config
 from bitmos.errors import ConfigError
 
@@ -18,7 +20,7 @@ def test_estimate_is_the_sum_of_its_layer_programs():
 
     shape = {"dim": 256, "hidden_dim": 512, "n_layers": 2, "n_heads": 4}  # bitmos model config form
     cfg = preset_config("medium")
-    est = estimate.estimate(shape, cfg, prefill=8, decode=3)
+    est = perf.estimate(shape, cfg, prefill=8, decode=3)
     sim = Simulator(cfg)
     for phase, tokens, steps in (("prefill", 8, 1), ("decode", 1, 3)):
         want = 0
@@ -44,7 +46,7 @@ def test_estimate_cli_json_and_errors(tmp_path, capsys):
     assert main(["estimate", "--model", "no-such-model"]) == 2
     assert "neither a file nor a built-in shape" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="must be >= 0 and not both 0"):
-        estimate.estimate(estimate.load_shape("fbi-llm-130m"), preset_config("small"), prefill=0, decode=0)
+        perf.estimate(load_shape("fbi-llm-130m"), preset_config("small"), prefill=0, decode=0)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import numpy as np
 
 from bitmos.config import AcceleratorConfig
 from bitmos.export import BinaryLinearExport
-from bitmos.isa import Timeline, decode
+from bitmos.isa import decode
+from bitmos.semantics import Timeline
 
 from tests import reference_machine
 

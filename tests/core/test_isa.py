@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bitmos import isa
+from bitmos import isa, semantics
 from bitmos.config import AcceleratorConfig, preset_config
 from bitmos.errors import DecodeError
 from bitmos.isa import Instruction, Op, Reg
@@ -133,23 +133,23 @@ def test_cycle_formulas_by_hand():
     K = 70  # nch = 3, XL = 24
     q_tok = Instruction.make("quant", mode="token", x=0, q=0, meta=0, ntok=2)
     # router 24 + 4 + 4, mix 24, 1, quantize 3 * (8 + 8), meta 1 = 106 per token
-    assert isa.quant_token_cycles(c, K, 0) == 106
-    assert isa.compute_cycles(q_tok, c, K) == 1 + 2 * 106
+    assert semantics.quant_token_cycles(c, K, 0) == 106
+    assert semantics.compute_cycles(q_tok, c, K) == 1 + 2 * 106
     # plane mode: P = 2 writes per chunk: 32 + 24 + 1 + 3 * (8 + 2) + 1 = 88
-    assert isa.quant_token_cycles(c, K, 1) == 88
+    assert semantics.quant_token_cycles(c, K, 1) == 88
     # matmul token: 3*8 steps + (4+4-1) fill + 4 drain = 35; plane: 3*2 + (4+4-1) + 1 = 14
-    assert isa.matmul_tile_cycles(c, K, 0) == 35
-    assert isa.matmul_tile_cycles(c, K, 1) == 14
+    assert semantics.matmul_tile_cycles(c, K, 0) == 35
+    assert semantics.matmul_tile_cycles(c, K, 1) == 14
     mm = Instruction.make("matmul", mode="token", q=0, w=0, o=0, ntiles=3)
-    assert isa.compute_cycles(mm, c, K) == 1 + 3 * 35
+    assert semantics.compute_cycles(mm, c, K) == 1 + 3 * 35
     so = Instruction.make("scaleout", mode="token", o=0, s=0, meta=0, ntok=4, ntiles=3)
-    assert isa.compute_cycles(so, c, K) == 1 + 12 + 2
-    assert isa.dma_cycles(10, 128, c) == 20 + 20
+    assert semantics.compute_cycles(so, c, K) == 1 + 12 + 2
+    assert semantics.dma_cycles(10, 128, c) == 20 + 20
 
 
 def test_timeline_overlap_and_stalls():
     c = preset_config("small")
-    t = isa.Timeline()
+    t = semantics.Timeline()
     load = Instruction.make("load", buf="W", line=0, nlines=100, ext=0)  # 100 lines x 128 bits
     busy = 20 + 200
     assert t.step(load, c, 70) == (0, busy)

@@ -6,7 +6,7 @@ import unittest
 
 from amaranth.sim import Simulator
 
-from bitmos import isa
+from bitmos import isa, semantics
 from bitmos.config import AcceleratorConfig, preset_config
 from bitmos.rtl.array import SystolicArray
 
@@ -55,7 +55,7 @@ def check_case(tc, cfg, K, mode, ntiles, seed, fill=None):
     o = rng.randrange(0, 8)
     res = run_matmul(cfg, qinit, winit, K, mode, q, w, o, ntiles)
     ins = isa.Instruction.make("matmul", mode=mode, q=q, w=w, o=o, ntiles=ntiles)
-    tc.assertEqual(res["cycles"] + 1, isa.compute_cycles(ins, cfg, K))
+    tc.assertEqual(res["cycles"] + 1, semantics.compute_cycles(ins, cfg, K))
     qfull = qinit + [0] * (cfg.depth("Q") - qd)
     wfull = winit + [0] * (cfg.depth("W") - wd)
     for n in range(ntiles):

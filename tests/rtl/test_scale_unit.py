@@ -6,7 +6,7 @@ import unittest
 
 from amaranth.sim import Simulator
 
-from bitmos import isa
+from bitmos import isa, semantics
 from bitmos.config import AcceleratorConfig, preset_config
 from bitmos.rtl.scale_unit import ScaleExpertUnit
 
@@ -85,7 +85,7 @@ def random_state(cfg, rng, K, extreme=False):
 def compare(tc, cfg, st, ins, label):
     res = run_unit(cfg, st, ins)
     K = st.regs[0]
-    tc.assertEqual(res["cycles"] + 1, isa.compute_cycles(ins, cfg, K), f"cycles {label}")
+    tc.assertEqual(res["cycles"] + 1, semantics.compute_cycles(ins, cfg, K), f"cycles {label}")
     if ins.op is isa.Op.QUANT:
         for t in range(ins["ntok"]):
             golden.quant_token(cfg, st, ins["mode"], ins["x"], ins["q"], ins["meta"], t)

@@ -12,7 +12,8 @@ from bitmos.config import AcceleratorConfig, preset_config
 from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError
 from bitmos.isa import (CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE,
-                        CAUSE_PC_RANGE, Op, Timeline, assemble, decode)
+                        CAUSE_PC_RANGE, Op, assemble, decode)
+from bitmos.semantics import Timeline
 from bitmos.sim import DMAHazardError, Simulator
 
 from tests.progen import random_program

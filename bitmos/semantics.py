@@ -1,0 +1,343 @@
+"""What each instruction does, defined once: the buffer lines it touches, when it faults, how long it takes.
+
+Every definition here is a plain function of an instruction's fields, the layer registers at its
+issue and the config, written so that ONE text serves three kinds of values:
+
+* Python integers — the functional simulator's messages, the compiler, the tests' oracle checks;
+* NumPy arrays (one entry per instruction) — the timing-only simulator decodes and checks a whole
+  program at once;
+* Amaranth values — the RTL controller builds its fault logic and busy counters from them.
+
+``+ - *``, ``//`` by a constant, comparisons and ``&``/``|`` of conditions mean the same on all three;
+the one primitive that differs, a two-way choice, comes in as :class:`Ops` (``PY`` here; the simulator
+and the RTL pass their own). Config values are Python integers, so ``if cfg.experts >= 2`` is decided
+at elaboration time, never in the datapath.
+
+Contents: :func:`footprint` (buffer accesses), :func:`faults` (the fault causes 2-4 of docs/isa.md in
+priority order), :func:`controller_cycles` / :func:`dma_busy_cycles` and the per-unit formulas, and
+:class:`Timeline`, the timing rule of an in-order controller with one DMA engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from bitmos.config import AcceleratorConfig
+from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD, REG_RANGE,
+                        RESERVED_MASK, SPECS, WORD_BITS, Instruction, Op, Reg)
+
+Value = Any  # an int, a NumPy array or an Amaranth value
+
+
+@dataclass(frozen=True)
+class Ops:
+    """The primitives a definition needs beyond operators: ``select(c, a, b)`` is ``a`` where ``c``."""
+    select: Callable[[Value, Value, Value], Value]
+
+
+#: Python integers.
+PY = Ops(select=lambda c, a, b: a if c else b)
+
+
+def _any(conds: list[Value]) -> Value:
+    out = conds[0]
+    for c in conds[1:]:
+        out = out | c
+    return out
+
+
+def lookup(ops: Ops, index: Value, table: list[int]) -> Value:
+    """``table[index]`` for a small table of constants, built from selects (a mux in the RTL)."""
+    out = table[-1]
+    for i in range(len(table) - 2, -1, -1):
+        out = ops.select(index == i, table[i], out)
+    return out
+
+
+# ---- geometry ----------------------------------------------------------------------------------
+
+
+def nchunks(cfg: AcceleratorConfig, k_features: Value) -> Value:
+    """K-chunks of ``lanes`` inputs a length-K dot product takes (ceil(K / L))."""
+    return (k_features + (cfg.lanes - 1)) // cfg.lanes
+
+
+def xlines(cfg: AcceleratorConfig, k_features: Value) -> Value:
+    """XBUF (and SBUF expert) lines one token's K inputs occupy, padded to whole chunks."""
+    return nchunks(cfg, k_features) * (cfg.lanes // cfg.cols)
+
+
+def plane_lines(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
+    """QBUF lines of one token's (or one row block's) activation planes: nch * (k or P)."""
+    return nchunks(cfg, k_features) * ops.select(mode, cfg.planes_per_row, cfg.act_bits)
+
+
+# ---- footprint ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """Lines ``base + n*stride + [0, width)`` for ``n < count`` of one buffer, read or written.
+
+    ``buffer`` is 'X', 'W', 'S', 'Q', 'O' or 'META' (META records, ``cfg.meta_tokens`` deep); ``when``
+    guards an access that only some field values make (the buffer a load/store names).
+    """
+    buffer: str
+    write: bool
+    base: Value
+    width: Value
+    stride: Value = 1
+    count: Value = 1
+    when: Value = True
+    what: str = ""
+
+    @property
+    def end(self) -> Value:
+        """One past the last line touched."""
+        return self.base + (self.count - 1) * self.stride + self.width
+
+
+def depth(cfg: AcceleratorConfig, buffer: str) -> int:
+    return cfg.meta_tokens if buffer == "META" else cfg.depth(buffer)
+
+
+def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
+              ops: Ops = PY) -> list[Access]:
+    """Every buffer range instruction ``op`` reads or writes, in the order docs/isa.md checks them."""
+    K = regs[Reg.K]
+    R, E = cfg.rows, cfg.experts
+    if op in (Op.LOAD, Op.STORE):
+        return [Access(b, op is Op.LOAD, f["line"], f["nlines"], when=f["buf"] == i, what=f"{b}BUF lines")
+                for i, b in enumerate(BUFFERS)]
+    if op is Op.QUANT:
+        xl = xlines(cfg, K)
+        acc = [Access("Q", True, f["q"], plane_lines(cfg, K, f["mode"], ops), what="QBUF lines"),
+               Access("X", False, f["x"], f["ntok"] * xl, what="XBUF lines"),
+               Access("META", True, f["meta"], f["ntok"], what="META records")]
+        if E >= 2:
+            acc.append(Access("S", False, regs[Reg.ROUTER], xl, what="SBUF router lines"))
+        if E >= 1:
+            acc.append(Access("S", False, regs[Reg.SIN], xl, what="SBUF s_in lines"))
+        return acc
+    if op is Op.MATMUL:
+        return [Access("Q", False, f["q"], plane_lines(cfg, K, f["mode"], ops), what="QBUF lines"),
+                Access("W", False, f["w"], f["ntiles"] * nchunks(cfg, K), what="WBUF lines"),
+                Access("O", True, f["o"], f["ntiles"] * ops.select(f["mode"], 1, R), what="OBUF lines")]
+    if op is Op.SCALEOUT:
+        # token mode: each tile's accumulators are R lines apart, of which ntok are used
+        mode = f["mode"]
+        acc = [Access("O", True, f["o"], ops.select(mode, f["ntiles"], f["ntok"]), ops.select(mode, 1, R),
+                      ops.select(mode, 1, f["ntiles"]), what="OBUF lines")]
+        if E >= 1:
+            acc.append(Access("S", False, f["s"], f["ntiles"], what="SBUF s_out lines"))
+        acc.append(Access("META", False, f["meta"], f["ntok"], what="META records"))
+        return acc
+    return []
+
+
+# ---- legality ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault condition of an instruction: ``cause`` (docs/isa.md, Errors) when ``cond`` holds."""
+    cause: int
+    cond: Value
+    access: Access | None = None  # the out-of-range access, for buffer faults
+
+
+def ext_end(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig, ops: Ops = PY) -> Value:
+    """One past the last external byte a load/store touches: EBASE*64 + ext + nlines * line bytes."""
+    line_bytes = [cfg.line_bits(b) // 8 for b in BUFFERS]
+    return regs[Reg.EBASE] * 64 + f["ext"] + f["nlines"] * lookup(ops, f["buf"], line_bytes)
+
+
+def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorConfig) -> list[Value]:
+    """Cause 2 (illegal field): reserved bits set, a field outside its range, or an illegal combination."""
+    conds = [(word & RESERVED_MASK[op]) != 0]
+    for fl in SPECS[op]:
+        if fl.minimum > 0:
+            conds.append(f[fl.name] < fl.minimum)
+        if fl.max_value < (1 << fl.width) - 1:
+            conds.append(f[fl.name] > fl.max_value)
+    if op is Op.SETR:
+        raw, top = f["value"], (1 << 32) - 1   # the 32-bit value field
+        for r in Reg:
+            lo, hi = REG_RANGE[r]
+            if lo < 0:  # signed register (SMUL): the 32-bit field is two's complement
+                bad = [(raw > hi) & (raw < top + 1 + lo)]
+            else:       # only the comparisons that can hold (no constant-false logic in the RTL)
+                bad = ([raw < lo] if lo > 0 else []) + ([raw > hi] if hi < top else [])
+            if bad:
+                conds.append((f["reg"] == int(r)) & _any(bad))
+    if op in (Op.QUANT, Op.SCALEOUT):
+        # plane mode handles one token; token mode up to one per array row
+        conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
+    return conds
+
+
+def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
+           ops: Ops = PY) -> list[Fault]:
+    """The fault conditions of a legal opcode, highest priority first (the first that holds is reported).
+
+    Cause 1 (illegal opcode) and 5 (pc past IMEM) are not per instruction; see docs/isa.md.
+    """
+    out = [Fault(CAUSE_ILLEGAL_FIELD, _any(field_faults(op, word, f, cfg)))]
+    for a in footprint(op, f, regs, cfg, ops):
+        past = a.end > depth(cfg, a.buffer)
+        out.append(Fault(CAUSE_BUFFER_RANGE, past if a.when is True else a.when & past, a))
+    if op in (Op.LOAD, Op.STORE):
+        out.append(Fault(CAUSE_EXT_RANGE, ext_end(f, regs, cfg, ops) > cfg.ext_mem_bytes))
+    return out
+
+
+# ---- cycles ------------------------------------------------------------------------------------
+
+
+def dma_cycles(nlines: Value, line_bits: int, cfg: AcceleratorConfig) -> Value:
+    """Cycles the DMA engine is busy for one load/store of ``nlines`` lines of ``line_bits`` bits after
+    its issue cycle: ext_latency + ceil(nlines * line_bits / ext_bw_bits)."""
+    bw = cfg.ext_bw_bits
+    if line_bits % bw == 0:  # whole beats per line (every preset): no divider in the RTL
+        return cfg.ext_latency + nlines * (line_bits // bw)
+    return cfg.ext_latency + (nlines * line_bits + (bw - 1)) // bw
+
+
+def dma_busy_cycles(f: Mapping[str, Value], cfg: AcceleratorConfig, ops: Ops = PY) -> Value:
+    """:func:`dma_cycles` of a load/store's fields (the buffer it names sets the line width)."""
+    out = None
+    for i in range(len(BUFFERS) - 1, -1, -1):
+        c = dma_cycles(f["nlines"], cfg.line_bits(BUFFERS[i]), cfg)
+        out = c if out is None else ops.select(f["buf"] == i, c, out)
+    return out
+
+
+def quant_token_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
+    """Scale-unit cycles for one token of a QUANT: router pass (E >= 2), s_in/max pass, reciprocal,
+    then per chunk its G input lines and its plane writes, and the META write (docs/isa.md)."""
+    nch, xl = nchunks(cfg, k_features), xlines(cfg, k_features)
+    router = xl + cfg.experts + 4 if cfg.experts >= 2 else 0
+    writes = ops.select(mode, cfg.planes_per_row, cfg.act_bits)
+    return router + xl + 1 + nch * (cfg.lanes // cfg.cols + writes) + 1
+
+
+def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
+    """Array cycles for one output tile of a MATMUL: steps + fill + drain."""
+    nch = nchunks(cfg, k_features)
+    token = nch * cfg.act_bits + (cfg.rows + cfg.cols - 1) + cfg.rows          # rows = tokens
+    plane = nch * cfg.planes_per_row + (cfg.plane_rows + cfg.cols - 1) + 1     # rows = planes
+    return ops.select(mode, plane, token)
+
+
+#: Cycles to fill the output stage's pipeline (meta/scale read, multiply).
+SCALEOUT_PIPELINE = 2
+
+
+def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
+                      ops: Ops = PY) -> Value:
+    """Cycles a compute instruction holds the controller, its issue cycle included; 1 for the others
+    (load/store/wait/halt stalls come from the DMA timeline, see :class:`Timeline`)."""
+    K = regs[Reg.K]
+    if op is Op.QUANT:
+        return 1 + f["ntok"] * quant_token_cycles(cfg, K, f["mode"], ops)
+    if op is Op.MATMUL:
+        return 1 + f["ntiles"] * matmul_tile_cycles(cfg, K, f["mode"], ops)
+    if op is Op.SCALEOUT:
+        return 1 + f["ntiles"] * f["ntok"] + SCALEOUT_PIPELINE
+    return 1
+
+
+#: Instructions that synchronise with the DMA engine (wait for it to be idle before issuing).
+DMA_OPS = (Op.LOAD, Op.STORE)
+SYNC_OPS = (Op.LOAD, Op.STORE, Op.WAIT, Op.HALT)
+COMPUTE_OPS = (Op.QUANT, Op.MATMUL, Op.SCALEOUT)
+
+
+# ---- Python-integer conveniences ---------------------------------------------------------------
+
+
+def _fields_regs(ins: Instruction, regs: Mapping[Reg, int] | None, k_features: int | None):
+    f = dict(ins.args)
+    r = dict(regs) if regs is not None else {x: 0 for x in Reg}
+    if k_features is not None:
+        r[Reg.K] = k_features
+    return f, r
+
+
+def compute_cycles(ins: Instruction, cfg: AcceleratorConfig, k_features: int) -> int:
+    """:func:`controller_cycles` of a decoded instruction with register K = ``k_features``."""
+    f, r = _fields_regs(ins, None, k_features)
+    return controller_cycles(ins.op, f, r, cfg)
+
+
+def first_fault(ins: Instruction, word: int, regs: Mapping[Reg, int], cfg: AcceleratorConfig) -> Fault | None:
+    """The fault a decoded instruction raises at issue with these register values, or None."""
+    f = dict(ins.args)
+    for flt in faults(ins.op, word, f, regs, cfg):
+        if flt.cond:
+            return flt
+    return None
+
+
+# ---- timing ------------------------------------------------------------------------------------
+
+
+class Timeline:
+    """The timing rule shared by simulator and RTL: an in-order controller and one DMA engine.
+
+    ``now`` is the cycle at which the next instruction issues; ``dma_free`` the first cycle the DMA
+    engine is idle. A compute instruction holds the controller for ``controller_cycles``; LOAD/STORE
+    wait for the DMA engine, issue in one cycle and leave it busy for ``dma_busy_cycles`` more; WAIT
+    and HALT wait for the DMA engine to drain, then take one cycle. A run's cycle count is the cycle
+    after HALT. :meth:`compute`, :meth:`transfer` and :meth:`sync` are the three moves; the timing-only
+    simulator calls them once per synchronising instruction and once per run of compute between.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.dma_free = 0
+        self.stall_cycles = 0  # cycles the controller waited for the DMA engine
+
+    def _wait_dma(self) -> None:
+        if self.dma_free > self.now:
+            self.stall_cycles += self.dma_free - self.now
+            self.now = self.dma_free
+
+    def compute(self, cycles: int) -> int:
+        """Hold the controller for ``cycles`` (one or more non-synchronising instructions); returns issue."""
+        issue = self.now
+        self.now += cycles
+        return issue
+
+    def transfer(self, busy: int) -> int:
+        """A load/store: wait for the DMA engine, issue, leave it busy ``busy`` cycles after issue."""
+        self._wait_dma()
+        issue = self.now
+        self.dma_free = issue + 1 + busy
+        self.now = issue + 1
+        return issue
+
+    def sync(self) -> int:
+        """wait/halt: wait for the DMA engine to drain, then one cycle."""
+        self._wait_dma()
+        issue = self.now
+        self.now += 1
+        return issue
+
+    def step(self, ins: Instruction, cfg: AcceleratorConfig, k_features: int) -> tuple[int, int]:
+        """Advance past ``ins``; returns (issue cycle, cycles the instruction's unit is busy)."""
+        op = ins.op
+        if op in DMA_OPS:
+            busy = dma_busy_cycles(dict(ins.args), cfg)
+            return self.transfer(busy), busy
+        if op in (Op.WAIT, Op.HALT):
+            return self.sync(), 0
+        cycles = compute_cycles(ins, cfg, k_features)
+        return self.compute(cycles), cycles - 1
+
+
+__all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
+           "depth", "lookup", "nchunks", "xlines", "plane_lines", "dma_busy_cycles", "dma_cycles",
+           "quant_token_cycles", "matmul_tile_cycles", "controller_cycles", "compute_cycles",
+           "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS", "Timeline", "WORD_BITS"]
