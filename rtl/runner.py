@@ -161,8 +161,9 @@ def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | 
     try:
         stamp = _emit(cfg, mode, mem_bytes, row_bytes, vpath)
     except Exception as exc:  # Yosys or Amaranth failing is a toolchain failure, reported in one line
+        import traceback
         log = bdir / "emit.log"
-        log.write_text(f"{type(exc).__name__}: {exc}\n")
+        log.write_text("".join(traceback.format_exception(exc)))
         raise RTLToolchainError(f"emitting the {mode} design of config {cfg.name!r} failed "
                                 f"({type(exc).__name__}); log: {log}") from None
     runner = _FastVerilator() if sim == "verilator" and mode == "fast" else get_runner(sim)
