@@ -227,7 +227,9 @@ def run_cases(cfg: AcceleratorConfig, cases: Sequence[Case], workdir: str | Path
     log = work / "sim.log"
     testcase = "run_programs_fast" if mode == "fast" else "run_programs"
     try:
-        runner.test(test_module="bitmos.rtl.cocotb_bench", testcase=testcase, hdl_toplevel=top, build_dir=bdir,
+        # hdl_toplevel_lang: when build() was skipped (cached), cocotb cannot infer it from the sources
+        runner.test(test_module="bitmos.rtl.cocotb_bench", testcase=testcase, hdl_toplevel=top,
+                    hdl_toplevel_lang="verilog", build_dir=bdir,
                     test_dir=work, extra_env={"BITMOS_JOBS": str(jpath)}, waves=waves, log_file=log)
     except (SystemExit, RuntimeError):
         pass  # a failed case or a crash: the report (or its absence) says which
