@@ -52,6 +52,19 @@ def cases_for(cfg, n, seed0=0):
     return out
 
 
+HEADER = (f"{'config':6s} {'sim':9s} {'bench':9s} {'programs':>8s} {'prog cycles':>11s} {'bench s':>8s} "
+          f"{'launch s':>8s} {'prog cycles/s':>13s} {'all cycles/s':>12s} {'vs edge':>8s}")
+
+
+def _fmt(row) -> str:
+    name, sim, tag, n, cyc, wall, launch, cps, all_cps, ratio, phases = row
+    line = (f"{name:6s} {sim:9s} {tag:9s} {n:>8d} {cyc:>11,d} {wall:>8.2f} {launch:>8.2f} {cps:>13,.0f} "
+            f"{'-' if all_cps is None else f'{all_cps:,.0f}':>12s} {ratio:>7,.0f}x")
+    if phases:
+        line += f"\n{'':26s} fast bench wall by phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+    return line
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--programs", type=int, default=200, help="programs per config for the fast bench")
@@ -85,6 +98,7 @@ def main(argv=None) -> int:
                     t_launch = time.perf_counter() - t
                     bad += [f"{name} {sim} {mode}: {f}" for f in rep["failures"]]
                     res[tag] = dict(rep, build_s=t_build, launch_s=t_launch)
+                print(HEADER, file=sys.stderr)
                 for tag in ("edge", "fast-same", "fast-all"):
                     r = res[tag]
                     cps = r["run_cycles"] / max(r["wall_s"], 1e-9)
@@ -92,13 +106,10 @@ def main(argv=None) -> int:
                     ratio = cps / (res["edge"]["run_cycles"] / max(res["edge"]["wall_s"], 1e-9))
                     rows.append((name, sim, tag, r["programs"], r["run_cycles"], r["wall_s"], r["launch_s"], cps,
                                  all_cps, ratio, r.get("phases")))
-    print(f"{'config':6s} {'sim':9s} {'bench':9s} {'programs':>8s} {'prog cycles':>11s} {'bench s':>8s} "
-          f"{'launch s':>8s} {'prog cycles/s':>13s} {'all cycles/s':>12s} {'vs edge':>8s}")
-    for name, sim, tag, n, cyc, wall, launch, cps, all_cps, ratio, phases in rows:
-        print(f"{name:6s} {sim:9s} {tag:9s} {n:>8d} {cyc:>11,d} {wall:>8.2f} {launch:>8.2f} {cps:>13,.0f} "
-              f"{'-' if all_cps is None else f'{all_cps:,.0f}':>12s} {ratio:>7,.0f}x")
-        if phases:
-            print(f"{'':26s} fast bench wall by phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+                    print(_fmt(rows[-1]), file=sys.stderr, flush=True)   # progress: the table so far
+    print(HEADER)
+    for row in rows:
+        print(_fmt(row))
     print("'launch s' = simulator process start to report (per batch, build excluded); 'bench s' = inside "
           "the simulator, first program to last.")
     for b in bad:
