@@ -13,8 +13,8 @@ Expected memory, cycles, error and cause come from ``bitmos.sim``. ``BITMOS_WAVE
 (FST on Verilator, VCD on Icarus). The benches are ``bitmos.rtl.cocotb_bench``, run through
 ``bitmos.rtl.runner`` (shared with ``bitmos verify`` and ``benchmarks/bench_rtl.py``).
 
-Random programs: ``BITMOS_RTL_PROGRAMS`` per config (default 1,000 on Verilator; on Icarus, whose
-own speed bounds the run, 100 on tiny and 16 on the larger configs); ``-m slow`` runs 10,000
+Random programs: ``BITMOS_RTL_PROGRAMS`` per config (default 1,000 on Verilator; 16 on Icarus, whose
+own speed bounds the run); ``-m slow`` runs 10,000
 (``BITMOS_RTL_PROGRAMS_SLOW``) on tiny and small and the hand and random programs on medium.
 """
 
@@ -90,7 +90,7 @@ def test_hand_programs(preset, sim, tmp_path):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_random_programs(preset, sim, tmp_path):
     cfg = preset_config(preset)
-    default = 1000 if sim == "verilator" else (100 if preset == "tiny" else 16)
+    default = 1000 if sim == "verilator" else 16   # Icarus is bound by its own speed (docs/rtl.md, Speed)
     n = int(os.environ.get("BITMOS_RTL_PROGRAMS", default))
     report = run_cases(cfg, random_cases(cfg, n), tmp_path, sim)
     assert report["programs"] == n and report["mode"] == "fast"
