@@ -7,6 +7,7 @@ the runs that join areas (demo, verify, estimate) live beside this file. This fi
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -16,8 +17,19 @@ _AREAS = ("bitmos.app.corecli", "bitmos.model.cli", "bitmos.compiler.cli", "bitm
           "bitmos.app.estimate")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``bitmos CMD: error: ...``, exit 2), like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bitmos",
         description="Co-design toolkit for 1-bit LLM accelerators: binarized transformer, "
                     "compiler, cycle-accurate simulator with energy model, Amaranth RTL.")
@@ -35,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:   # --help, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -45,8 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BitmosUserError as exc:
-        print(f"bitmos {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bitmos {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # the machine refused a read or a write (disk full, read-only folder, no permission, missing path):
+        # the user's environment, not a bug, so one line like any other user error
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"bitmos {args.command}: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+                       errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG,
+                       errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV, errno.ELOOP}
 
 
 from bitmos.errors import BitmosUserError  # noqa: E402  (kept below main for readability)

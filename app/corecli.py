@@ -47,7 +47,9 @@ def _asm(args) -> int:
     from bitmos.errors import BitmosUserError
     from bitmos.isa import assemble
 
-    text = sys.stdin.read() if args.listing == "-" else open(args.listing, encoding="utf-8").read()
+    from bitmos.fileio import read_text_file
+
+    text = sys.stdin.read() if args.listing == "-" else read_text_file(args.listing, "listing")
     try:
         words = assemble(text)
     except ValueError as exc:

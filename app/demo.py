@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bitmos.cliargs import positive_int
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError
 
@@ -172,18 +173,20 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     report["wall_seconds"] = {"total": time.perf_counter() - t_start, "compile": accel.compile_seconds,
                               "simulate": accel.sim_seconds}
     if out_dir:
-        from bitmos.fileio import write_json_atomic, write_text_atomic
+        from bitmos.fileio import atomic_folder, write_json_atomic, write_text_atomic
         from bitmos.sim.report import write_plots
         out = Path(out_dir)
-        for name in ("prefill", "decode"):
-            if name in report:
-                (out / name).mkdir(parents=True, exist_ok=True)
-                runs = prefill_runs if name == "prefill" else decode_runs[:len(export.linears)]
-                trace_runs = [r for r in runs if r.trace is not None]
-                report[name]["plots"] = [str(p) for p in write_plots(report[name], out / name,
-                                                                      trace_runs=trace_runs)]
-        write_json_atomic(out / "report.json", report)
-        write_text_atomic(out / "generated.txt", prompt + report["text"])
+        with atomic_folder(out, marker="report.json") as tmp:
+            for name in ("prefill", "decode"):
+                if name in report:
+                    (tmp / name).mkdir(parents=True, exist_ok=True)
+                    runs = prefill_runs if name == "prefill" else decode_runs[:len(export.linears)]
+                    trace_runs = [r for r in runs if r.trace is not None]
+                    # the report names the plots where they end up, not in the temporary folder
+                    report[name]["plots"] = [str(out / name / Path(p).name)
+                                             for p in write_plots(report[name], tmp / name, trace_runs=trace_runs)]
+            write_json_atomic(tmp / "report.json", report)
+            write_text_atomic(tmp / "generated.txt", prompt + report["text"])
         report["out_dir"] = str(out)
     return report
 
@@ -229,7 +232,7 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint", help="student checkpoint (default: the shipped BinaryMoS student)")
     p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text")
-    p.add_argument("--tokens", type=int, default=24, help="tokens to generate (default 24)")
+    p.add_argument("--tokens", type=positive_int, default=24, help="tokens to generate (default 24)")
     p.add_argument("--out", default="bitmos-demo", help="folder for report.json, generated.txt and plots")
     p.add_argument("--energy-table", help="energy table name or TOML file")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")

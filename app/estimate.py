@@ -35,14 +35,14 @@ def cmd_estimate(args) -> int:
     cfg = AcceleratorConfig.load(args.config)
     est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table)
     if args.plots:
-        from bitmos.fileio import write_json_atomic
+        from bitmos.fileio import atomic_folder, write_json_atomic
         from bitmos.sim.report import write_plots
-        out = Path(args.plots)
-        for phase in ("prefill", "decode"):
-            if phase in est:
-                (out / phase).mkdir(parents=True, exist_ok=True)
-                write_plots(est[phase], out / phase)
-        write_json_atomic(out / "estimate.json", est)
+        with atomic_folder(args.plots, marker="estimate.json") as out:
+            for phase in ("prefill", "decode"):
+                if phase in est:
+                    (out / phase).mkdir(parents=True, exist_ok=True)
+                    write_plots(est[phase], out / phase)
+            write_json_atomic(out / "estimate.json", est)
     if args.json:
         print(json.dumps(est, indent=2))
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bitmos.errors import ConfigError
+from bitmos.fileio import read_text_file
 
 try:  # Python 3.11+
     import tomllib
@@ -171,7 +172,7 @@ class AcceleratorConfig:
                 return preset_config(str(path))
             raise ConfigError(f"config file {str(path)!r} does not exist "
                               f"(and is not a preset; presets: {', '.join(PRESETS)})")
-        text = p.read_text(encoding="utf-8")
+        text = read_text_file(p, "config file", error=ConfigError)
         try:
             if p.suffix.lower() == ".json":
                 data = json.loads(text)
@@ -181,6 +182,11 @@ class AcceleratorConfig:
             raise ConfigError(f"{p}: cannot parse: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a table of fields, got {type(data).__name__}")
+        fields_given = data.get("accelerator") if isinstance(data.get("accelerator"), dict) else data
+        if not fields_given:
+            # an empty (or truncated to nothing) file must not silently become the default config
+            raise ConfigError(f"{p}: the config sets no fields (empty or truncated file?); give fields or "
+                              "'preset = \"NAME\"'")
         return cls.from_dict(data, source=str(p))
 
     def to_toml(self) -> str:

@@ -1,8 +1,11 @@
 """The integer export of a trained student: what the golden model writes and the compiler reads.
 
 One file: safetensors tensors plus a JSON header (in the safetensors metadata) that carries the
-format version, the model config, per-layer integer parameters and a SHA-256 over every tensor, so a
-mismatched version or a corrupt file is refused with a clear error. Loading never unpickles.
+format version, the model config, per-layer integer parameters and a SHA-256 over every tensor and over
+the rest of the header (version 2; version 1 covered the tensors only and is refused: re-export), so a
+mismatched version or a corrupt byte anywhere is refused with a clear error. Every header field is
+checked for its type and range on load, and layer names must be safe file names (the compiler names its
+files after them). Loading never unpickles.
 
 Per binarized linear (``BinaryLinearExport``), in the accelerator's formats (docs/architecture.md):
 * ``signs``: bool [d_out, d_in], True = +1 (stored bit-packed, LSB first along d_in);
@@ -24,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from bitmos.errors import FormatError
-from bitmos.fileio import write_bytes_atomic
+from bitmos.fileio import check_safe_name, write_bytes_atomic
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 _META_KEY = "bitmos_export"
 
 
@@ -49,6 +52,7 @@ class BinaryLinearExport:
     scheme: str = "mos"
 
     def validate(self) -> None:
+        check_safe_name(self.name, "layer name")
         where = f"layer {self.name!r}"
         if self.signs.shape != (self.d_out, self.d_in) or self.signs.dtype != np.bool_:
             raise FormatError(f"{where}: signs must be bool [{self.d_out}, {self.d_in}], got "
@@ -96,13 +100,12 @@ class ModelExport:
                 t = getattr(lin, key)
                 if t is not None:
                     tensors[f"{lin.name}.{key}"] = np.ascontiguousarray(t)
-            layers.append({k: getattr(lin, k) for k in (
-                "name", "d_in", "d_out", "experts", "act_bits", "router_exp", "s_in_exp", "s_out_exp",
-                "smul", "smul_exp", "scheme")})
+            layers.append({k: getattr(lin, k) for k in _LAYER_FIELDS})
         for key, t in self.host.items():
             tensors[f"host.{key}"] = np.ascontiguousarray(t, dtype=np.float32)
         header = {"version": EXPORT_VERSION, "model_config": self.model_config, "layers": layers,
-                  "host": sorted(self.host), "info": self.info, "sha256": _digest(tensors)}
+                  "host": sorted(self.host), "info": self.info}
+        header["sha256"] = _digest(tensors, header)
         write_bytes_atomic(path, save(tensors, metadata={_META_KEY: json.dumps(header)}))
 
     @classmethod
@@ -117,36 +120,81 @@ class ModelExport:
         try:
             (hlen,) = struct.unpack_from("<Q", data, 0)
             meta = json.loads(data[8:8 + hlen]).get("__metadata__", {}) or {}
-        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            header = json.loads(meta[_META_KEY]) if isinstance(meta, dict) and _META_KEY in meta else None
+        except (ValueError, struct.error, UnicodeDecodeError, AttributeError, TypeError, RecursionError) as exc:
             raise FormatError(f"{p}: not a readable safetensors export ({exc})") from None
-        if _META_KEY not in meta:
+        if header is None:
             raise FormatError(f"{p}: a safetensors file without a bitmos export header (a training checkpoint? "
                               "export it with 'bitmos export CHECKPOINT --config CFG -o FILE')")
+        if not isinstance(header, dict):
+            raise FormatError(f"{p}: corrupt export header (not a JSON object)")
+        if header.get("version") != EXPORT_VERSION:
+            raise FormatError(f"{p}: export format version {header.get('version')}, this bitmos reads "
+                              f"version {EXPORT_VERSION}; re-export the checkpoint")
         try:
             tensors = load(data)
         except (SafetensorError, ValueError, KeyError) as exc:
             raise FormatError(f"{p}: corrupt export tensors ({exc})") from None
-        header = json.loads(meta[_META_KEY])
-        if header.get("version") != EXPORT_VERSION:
-            raise FormatError(f"{p}: export format version {header.get('version')}, this bitmos reads "
-                              f"version {EXPORT_VERSION}; re-export the checkpoint")
-        if _digest(tensors) != header.get("sha256"):
+        if _digest(tensors, header) != header.get("sha256"):
             raise FormatError(f"{p}: checksum mismatch: the export is corrupt")
-        linears = []
-        for info in header["layers"]:
-            name = info["name"]
-            signs = np.unpackbits(tensors[f"{name}.signs"], axis=1, count=info["d_in"],
-                                  bitorder="little").astype(bool)
+        return cls._from_header(header, tensors, source=str(p))
+
+    @classmethod
+    def _from_header(cls, header: dict[str, Any], tensors: dict[str, np.ndarray], *,
+                     source: str) -> "ModelExport":
+        """Check every field of a (checksum-verified) header; a file forged with a matching checksum still
+        gets a FormatError, never a KeyError or TypeError."""
+        for key, kind in (("model_config", dict), ("layers", list), ("host", list), ("info", dict)):
+            if not isinstance(header.get(key, {} if key == "info" else None), kind):
+                raise FormatError(f"{source}: export header field {key!r} must be a JSON {kind.__name__}")
+        linears, seen = [], set()
+        for i, info in enumerate(header["layers"]):
+            where = f"{source}: layer {i}"
+            if not isinstance(info, dict) or set(info) != set(_LAYER_FIELDS):
+                raise FormatError(f"{where}: expected the fields {', '.join(_LAYER_FIELDS)}")
+            for key, kind in _LAYER_FIELDS.items():
+                v = info[key]
+                if kind is int and (isinstance(v, bool) or not isinstance(v, int) or abs(v) > 1 << 31):
+                    raise FormatError(f"{where}: field {key!r} must be an integer, got {v!r}")
+                if kind is str and not isinstance(v, str):
+                    raise FormatError(f"{where}: field {key!r} must be a string, got {v!r}")
+            name = check_safe_name(info["name"], f"{where}: layer name")
+            if name in seen:
+                raise FormatError(f"{where}: layer name {name!r} appears twice")
+            seen.add(name)
+            if not (1 <= info["d_in"] <= 1 << 24 and 1 <= info["d_out"] <= 1 << 24):
+                raise FormatError(f"{where}: d_in = {info['d_in']}, d_out = {info['d_out']}; allowed 1..2^24")
+            packed = tensors.get(f"{name}.signs")
+            if packed is None or packed.dtype != np.uint8 or packed.ndim != 2 or \
+                    packed.shape != (info["d_out"], -(-info["d_in"] // 8)):
+                got = None if packed is None else (packed.dtype, tuple(packed.shape))
+                raise FormatError(f"{where}: packed signs of {name!r} must be uint8 "
+                                  f"[{info['d_out']}, {-(-info['d_in'] // 8)}], got {got}")
+            signs = np.unpackbits(packed, axis=1, count=info["d_in"], bitorder="little").astype(bool)
             lin = BinaryLinearExport(signs=signs, **info,
                                      **{k: tensors.get(f"{name}.{k}") for k in ("router", "s_in", "s_out")})
             lin.validate()
             linears.append(lin)
-        host = {k: tensors[f"host.{k}"] for k in header["host"]}
+        host_names = header["host"]
+        if not all(isinstance(k, str) for k in host_names):
+            raise FormatError(f"{source}: export header field 'host' must list tensor names")
+        missing = [k for k in host_names if f"host.{k}" not in tensors]
+        if missing:
+            raise FormatError(f"{source}: host tensors {missing[:4]} are named in the header but missing")
+        host = {k: tensors[f"host.{k}"] for k in host_names}
         return cls(header["model_config"], linears, host, header.get("info", {}))
 
 
-def _digest(tensors: dict[str, np.ndarray]) -> str:
+#: The per-layer integers of the export header and their types (ModelExport.save writes exactly these).
+_LAYER_FIELDS = {"name": str, "d_in": int, "d_out": int, "experts": int, "act_bits": int, "router_exp": int,
+                 "s_in_exp": int, "s_out_exp": int, "smul": int, "smul_exp": int, "scheme": str}
+
+
+def _digest(tensors: dict[str, np.ndarray], header: dict[str, Any]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and every other header field (canonical JSON)."""
     h = hashlib.sha256()
+    body = {k: v for k, v in header.items() if k != "sha256"}
+    h.update(json.dumps(body, sort_keys=True).encode())
     for key in sorted(tensors):
         t = tensors[key]
         h.update(key.encode())

@@ -1,12 +1,22 @@
-"""Atomic file writing: a crash or an error never leaves a half-written output behind."""
+"""Atomic file and folder writing (a crash or an error never leaves a half-written output behind), safe
+names for paths built from file contents, and text reading with one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
+
+from bitmos.errors import BitmosUserError, FormatError
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -42,3 +52,131 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# ---- names read from files ----------------------------------------------------------------------------
+
+#: A name that may become a file name: letters, digits, '.', '_', '-', starting with a letter, digit or '_'
+#: (so never '.', '..', a hidden file or an option-like '-x'), no separators, at most 200 characters.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+
+
+def check_safe_name(name: object, what: str) -> str:
+    """``name`` if it is safe to use as one file name inside an output folder, else a FormatError.
+
+    Every name read from a file (layer names in an export, file entries in a manifest) passes through here
+    before it becomes part of a path, so no input can make bitmos write or read outside its folder.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise FormatError(f"{what} {name!r} is not a safe file name (allowed: letters, digits, '.', '_', '-', "
+                          "starting with a letter, digit or '_', no '..', at most 200 characters)")
+    return name
+
+
+# ---- reading text the user names ------------------------------------------------------------------------
+
+def read_text_file(path: str | os.PathLike, what: str, *, error: type[BitmosUserError] = FormatError) -> str:
+    """The UTF-8 text of ``path``; a missing file, a folder or a binary file is a one-line user error."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {str(p)!r} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} {str(p)!r} is a folder, not a file") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}") from None
+    if b"\x00" in data:
+        raise error(f"{what} {str(p)!r} is a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {str(p)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+# ---- whole output folders -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, *, marker: str) -> Iterator[Path]:
+    """Build an output folder whole, or not at all.
+
+    Yields a fresh temporary sibling of ``path`` to write into; when the block finishes, the sibling replaces
+    ``path`` by rename (an atomic exchange on Linux), so a reader sees the old folder or the new one, never a
+    mixture. If the block raises, the sibling is removed and ``path`` is left exactly as it was.
+
+    ``marker`` is the file every folder of this kind holds (``manifest.json``, ``report.json``, ...): an
+    existing ``path`` is replaced only if it is empty or holds the marker, so pointing ``-o`` at a folder of
+    other files is refused instead of deleting them.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir() or path.is_symlink():
+            raise FormatError(f"output {str(path)!r} exists and is not a folder")
+        if not (path / marker).is_file() and any(path.iterdir()):
+            raise FormatError(f"output folder {str(path)!r} is not empty and holds no {marker}, so it is not an "
+                              "earlier output of this command; choose a new folder or empty it")
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it owner-only; give it a plain mkdir's permissions
+        yield tmp
+        _fsync_tree(tmp)
+        if path.is_dir():
+            if not _exchange(tmp, path):
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+                os.replace(path, old / path.name)
+                os.replace(tmp, path)
+                tmp = old
+        else:
+            os.replace(tmp, path)
+            tmp = None
+        _fsync_dir(parent)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):   # old kernel or a filesystem without exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # some filesystems cannot fsync a folder; the data files are synced already
+        pass
+    finally:
+        os.close(fd)

@@ -14,17 +14,17 @@ from typing import Any
 import numpy as np
 
 from bitmos.config import AcceleratorConfig
-from bitmos.container import MemoryImage, Program
+from bitmos.container import MANIFEST_VERSION, MemoryImage, Program, manifest_digest
 from bitmos.errors import ConfigError, FormatError, UnsupportedError
 from bitmos.export import BinaryLinearExport, ModelExport
-from bitmos.fileio import write_json_atomic, write_text_atomic
+from bitmos.fileio import (atomic_folder, check_safe_name, sha256_hex, write_bytes_atomic, write_json_atomic,
+                           write_text_atomic)
 from bitmos.isa import Op, Reg, disassemble, encode, setr
 
 from bitmos.compiler.lower import LayerSpec, ceil_div, lower_linear, synthetic_spec
 from bitmos.compiler.schedule import Regions, Schedule, Tiling, build_program, make_tiling
 from bitmos.compiler.shapes import is_shape_source, llama_linears, load_shape
 
-MANIFEST_VERSION = 1
 ALIGN = 64                      # region alignment: one EBASE unit
 #: Shape-only models whose memory image would exceed this are compiled timing-only automatically.
 AUTO_TIMING_ONLY_BYTES = 256 << 20
@@ -102,18 +102,26 @@ _TILING_CACHE: dict[tuple, Tiling] = {}
 
 def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tiling:
     """The candidate (mode x weight-block size) with the fewest Timeline cycles; cached per shape."""
-    key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens)
+    key = (cfg, spec.d_in, spec.d_out, tokens)  # the whole config: programs embed its name and clock
     if key in _TILING_CACHE:
         return _TILING_CACHE[key]
-    best, best_cycles = None, None
+    best, best_cycles, least_bytes = None, None, None
     for til in _candidates(spec, cfg, tokens):
-        regions, _ = _layout(til, cfg, 0)
+        regions, sizes = _layout(til, cfg, 0)
+        end = _align(regions.output + sizes["output"])
+        if end > cfg.ext_mem_bytes:   # cannot be placed at all (and its addresses may not even encode)
+            least_bytes = end if least_bytes is None else min(least_bytes, end)
+            continue
         # Judge on at most two token blocks: the schedule repeats per token block.
         groups = range(min(til.ngroups, 2 * til.groups_per_block))
         parts = _split_programs(spec, cfg, til, regions, groups, range(til.NT))
         cycles = sum(p[2].cycles for p in parts)
         if best_cycles is None or cycles < best_cycles:
             best, best_cycles = til, cycles
+    if best is None and least_bytes is not None:
+        raise UnsupportedError(f"layer {spec.name!r}: its memory regions need {least_bytes} bytes at {tokens} "
+                               f"token(s), beyond the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)",
+                               field="ext_mem_mib")
     _TILING_CACHE[key] = best
     return best
 
@@ -255,22 +263,26 @@ def _relocate(sch: Schedule, units: int, name: str) -> Schedule:
 def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: int = 0) -> CompiledLinear:
     """Compile a lowered layer; identical shapes reuse one schedule, relocated to this layer's regions."""
     base = _align(base)
-    key = (cfg.fingerprint(), spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul)
-    if key not in _SCHEDULE_CACHE:
-        til = choose_tiling(spec, cfg, tokens)
+    key = (cfg, spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul)
+    cached = _SCHEDULE_CACHE.get(key)
+    til = cached[0] if cached else choose_tiling(spec, cfg, tokens)
+    regions, sizes = _layout(til, cfg, base)
+    end = _align(regions.output + sizes["output"])
+    # checked before any program is built: a region past the external memory would also overflow the
+    # EBASE field (or take hours to schedule) instead of failing with this message
+    if end > cfg.ext_mem_bytes:
+        raise UnsupportedError(f"layer {spec.name!r}: its memory regions end at byte {end}, beyond the "
+                               f"external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)", field="ext_mem_mib")
+    if cached is None:
         regions0, _ = _layout(til, cfg, 0)
         if len(_SCHEDULE_CACHE) > 64:
             _SCHEDULE_CACHE.clear()
-        _SCHEDULE_CACHE[key] = (til, _split_programs(spec, cfg, til, regions0, range(til.ngroups), range(til.NT),
-                                                     label=_LAYER))
-    til, parts0 = _SCHEDULE_CACHE[key]
-    regions, sizes = _layout(til, cfg, base)
+        cached = _SCHEDULE_CACHE[key] = (til, _split_programs(spec, cfg, til, regions0, range(til.ngroups),
+                                                              range(til.NT), label=_LAYER))
+    til, parts0 = cached
     parts = [(g, t, _relocate(sch, base // ALIGN, spec.name)) for g, t, sch in parts0]
     cl = CompiledLinear(spec.name, spec, til, regions, sizes, [p[2] for p in parts], [(p[0], p[1]) for p in parts],
                         cfg, base)
-    if cl.end > cfg.ext_mem_bytes:
-        raise UnsupportedError(f"layer {spec.name!r}: its memory regions end at byte {cl.end}, beyond the "
-                               f"external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)", field="ext_mem_mib")
     if spec.materialized:
         cl.memory = _pack_layer(spec, til, cfg, regions, base, cl.end)
     return cl
@@ -365,17 +377,29 @@ class CompiledModel:
                            {"layers": [l.name for l in self.layers], "tokens": self.info.get("tokens")})
 
     def save(self, out_dir: str | Path, *, listings: bool = True) -> Path:
+        """Write the programs, listings, memory image and manifest as one whole folder (fileio.atomic_folder):
+        a failure midway leaves an existing ``out_dir`` exactly as it was. The manifest records the SHA-256
+        of every file it names and of itself; ``bitmos simulate`` checks them all."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for l in self.layers:
-            for f, prog in zip(l.program_files(), l.program_objects()):
-                prog.save(out / f)
-            if listings:
-                write_text_atomic(out / f"{l.name}.lst", l.listing())
-        if self.memory is not None:
-            self.memory_image().save(out / "memory.bmmem")
-        write_json_atomic(out / "manifest.json", self.manifest)
+        man = self.manifest
+        with atomic_folder(out, marker="manifest.json") as tmp:
+            for l, lman in zip(self.layers, man["layers"]):
+                check_safe_name(l.name, "layer name")
+                for entry, prog in zip(lman["programs"], l.program_objects()):
+                    entry["sha256"] = _write_hashed(tmp / check_safe_name(entry["file"], "program file"),
+                                                    prog.to_bytes())
+                if listings:
+                    write_text_atomic(tmp / f"{l.name}.lst", l.listing())
+            if self.memory is not None:
+                man["memory_sha256"] = _write_hashed(tmp / "memory.bmmem", self.memory_image().to_bytes())
+            man["manifest_sha256"] = manifest_digest(man)
+            write_json_atomic(tmp / "manifest.json", man)
         return out
+
+
+def _write_hashed(path: Path, data: bytes) -> str:
+    write_bytes_atomic(path, data)
+    return sha256_hex(data)
 
 
 def load_model_input(source) -> tuple[str, Any]:
@@ -389,6 +413,22 @@ def load_model_input(source) -> tuple[str, Any]:
     if not p.is_file():
         raise FormatError(f"model file {str(p)!r} does not exist")
     return "export", ModelExport.load(p)
+
+
+def _check_model_fits(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, tokens: int) -> None:
+    """Refuse, before compiling anything, a model whose layers together need more external memory than the
+    config has (each distinct shape is tiled once; its regions are the same wherever it is placed)."""
+    need, per_shape = 0, {}
+    for name, d_in, d_out in walk:
+        if (d_in, d_out) not in per_shape:
+            til = choose_tiling(synthetic_spec(name, d_in, d_out, cfg, seed=0, materialize=False), cfg, tokens)
+            regions, sizes = _layout(til, cfg, 0)
+            per_shape[(d_in, d_out)] = _align(regions.output + sizes["output"])
+        need += per_shape[(d_in, d_out)]
+    if need > cfg.ext_mem_bytes:
+        raise UnsupportedError(f"the model's {len(walk)} binarized linears need {need / 2**20:,.0f} MiB of external "
+                               f"memory at {tokens} token(s); config {cfg.name!r} has {cfg.ext_mem_mib} MiB "
+                               "(ext_mem_mib)", field="ext_mem_mib")
 
 
 def compile_model(export_or_shape, cfg: AcceleratorConfig, tokens: int, *, timing_only: bool | None = None,
@@ -416,6 +456,7 @@ def compile_model(export_or_shape, cfg: AcceleratorConfig, tokens: int, *, timin
         timing = bool(timing_only)
     else:
         walk = llama_linears(obj)
+        _check_model_fits(walk, cfg, tokens)
         if timing_only is None:
             est = sum(ceil_div(dout, cfg.cols) * cfg.cols * cfg.nchunks(din) * cfg.lanes // 8 for _, din, dout in walk)
             timing = est > AUTO_TIMING_ONLY_BYTES

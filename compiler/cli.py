@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bitmos.cliargs import positive_int
 from bitmos.config import AcceleratorConfig
 from bitmos.container import Program
-from bitmos.errors import ConfigError
+from bitmos.errors import ConfigError, FormatError
 from bitmos.isa import disassemble
 
 
@@ -29,7 +30,11 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _disasm(args: argparse.Namespace) -> int:
     prog = Program.load(args.program)
-    comments = {int(k): v for k, v in prog.meta.get("comments", {}).items()}
+    raw = prog.meta.get("comments", {})
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                                            for k, v in raw.items()):
+        raise FormatError(f"{args.program}: header field meta.comments must map instruction numbers to text")
+    comments = {int(k): v for k, v in raw.items()}
     layer = prog.meta.get("layer")
     if layer is not None:
         print(f"; layer {layer} part {prog.meta.get('part', 0)}, config {prog.config.name} "
@@ -46,7 +51,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("model", help="export file, HF config.json or bitmos model config JSON")
     p.add_argument("--config", required=True, help="accelerator config (.toml/.json) or a preset name")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--tokens", type=int, default=1, help="tokens per call: 1 = decode (default), >1 = prefill")
+    p.add_argument("--tokens", type=positive_int, default=1, help="tokens per call: 1 = decode (default), >1 = prefill")
     p.add_argument("--timing-only", action="store_true",
                    help="do not materialize weights or the memory image (programs, layout sizes and cycles only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights of shape-only models")

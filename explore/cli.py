@@ -7,6 +7,7 @@ import sys
 
 
 def add_commands(sub) -> None:
+    from bitmos.cliargs import float_in, non_negative_int
     from bitmos.explore.synth import DEFAULT_TIMEOUT_S, DEVICES, TOPS
 
     p = sub.add_parser("synth", help="synthesize the RTL for a config on an FPGA (Yosys + nextpnr): "
@@ -24,7 +25,7 @@ def add_commands(sub) -> None:
     p.add_argument("--verilog", default=None,
                    help="synthesize this Verilog file instead of the bitmos RTL (top module: --top-module)")
     p.add_argument("--top-module", default="top", help="top module name of --verilog (default: top)")
-    p.add_argument("--freq", type=float, default=100.0, help="target clock for nextpnr in MHz (default 100)")
+    p.add_argument("--freq", type=float_in(0, low_open=True), default=100.0, help="target clock for nextpnr in MHz (default 100)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--io", action="store_true",
                    help="ecp5: place real IO buffers (default: out of context, so wide ports need no pins)")
@@ -33,7 +34,7 @@ def add_commands(sub) -> None:
                         "(minutes instead of an hour for large arrays)")
     p.add_argument("--cache-dir", default=None, help="result cache (default ~/.cache/bitmos/synth)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per tool run")
+    p.add_argument("--timeout", type=float_in(0, low_open=True), default=DEFAULT_TIMEOUT_S, help="seconds per tool run")
     p.add_argument("--keep", default=None, help="keep the work folder (Verilog, netlist, logs) here")
     p.add_argument("--record", default=None,
                    help="append the result to this JSON list of synthesis records (for the area model)")
@@ -45,10 +46,11 @@ def add_commands(sub) -> None:
     p.add_argument("spec", help="sweep spec (TOML); see docs/dse.md")
     p.add_argument("-o", "--out", default=None, help="output folder (default: the spec's `out`, else "
                                                      "sweep-<spec name>)")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes (default 2)")
+    p.add_argument("--workers", type=non_negative_int, default=None,
+                   help="local worker processes (default 2; 0 = evaluate in this process)")
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (tcp://host:port): evaluate points on that cluster")
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many new points")
+    p.add_argument("--limit", type=non_negative_int, default=None, help="evaluate at most this many new points")
     p.add_argument("--backend", choices=("auto", "sim"), default=None,
                    help="timing backend: the compiled programs in the simulator's timing-only mode (the one "
                         "estimator, shared with bitmos estimate); kept for old sweep specs")
@@ -99,7 +101,9 @@ def _synth(args) -> int:
                               f"{', '.join(S.DEVICES[args.target])}")
     cfg = None
     if args.verilog:
-        verilog = Path(args.verilog).read_text()
+        from bitmos.fileio import read_text_file
+
+        verilog = read_text_file(args.verilog, "Verilog file")
         top, ops, cfgd, name = args.top_module, None, None, Path(args.verilog).stem
     else:
         cfg = load_config(args.config, args.set)

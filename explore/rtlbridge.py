@@ -1,13 +1,18 @@
 """Verilog of a bitmos RTL component for a config, for synthesis.
 
 ``pe`` (one ``XnorPopcountPE``), ``array`` (the ``SystolicArray`` alone) or ``accelerator`` (the whole
-``bitmos.rtl.top.Accelerator``), converted with ``amaranth.back.verilog`` under the module name ``top``.
+``bitmos.rtl.top.Accelerator``). All go through ``bitmos.rtl.emit.to_verilog``; the accelerator is
+exactly the Verilog ``bitmos rtl emit`` writes and the cocotb benches simulate (``bitmos.rtl.emit.verilog``,
+module ``bitmos_accel``), so what is synthesized is what was verified. A component alone is module ``top``.
 """
 
 from __future__ import annotations
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError
+
+#: Module name of a component synthesized on its own (the accelerator keeps ``bitmos.rtl.emit.TOP_NAME``).
+COMPONENT_TOP = "top"
 
 
 def component(cfg: AcceleratorConfig, top: str):
@@ -29,9 +34,11 @@ def component(cfg: AcceleratorConfig, top: str):
 
 def emit(cfg: AcceleratorConfig, top: str) -> tuple[str, str]:
     """(Verilog, top module name) for component ``top`` ('pe', 'array' or 'accelerator')."""
-    from amaranth.back import verilog
+    from bitmos.rtl import emit as rtl_emit
 
-    return verilog.convert(component(cfg, top), name="top", emit_src=False), "top"
+    if top == "accelerator":
+        return rtl_emit.verilog(cfg), rtl_emit.TOP_NAME
+    return rtl_emit.to_verilog(component(cfg, top), COMPONENT_TOP), COMPONENT_TOP
 
 
 def binary_ops_per_cycle(cfg: AcceleratorConfig, top: str) -> int:

@@ -23,8 +23,8 @@ A sweep spec (TOML, docs/dse.md)::
     rows = 4
 
 Each point's result is one JSON line appended (one write + fsync) to ``OUT/results.jsonl`` under the
-point's key (a hash of everything that determines it), so an interrupted sweep resumes where it stopped
-and a finished point is never recomputed. At the end ``results.csv``, ``results.json`` and
+point's key (a hash of everything that determines it) with the SHA-256 of the row, so an interrupted sweep
+resumes where it stopped, a finished point is never recomputed, and a torn or corrupt line is recomputed. At the end ``results.csv``, ``results.json`` and
 ``pareto.png`` are (re)written from all points of the spec.
 """
 
@@ -57,6 +57,38 @@ DEFAULT_OBJECTIVES = ("max:decode_tokens_per_s", "min:decode_uj_per_token", "min
 _SPEC_KEYS = {"name", "base", "model", "prefill_tokens", "energy_table", "backend", "auto_buffers", "synth",
               "target", "device", "top", "workers", "objectives", "set", "grid", "points", "out", "plot"}
 
+#: The type each spec key must have (checked on load, so a bad value fails before any point runs).
+_SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "base": (str,), "model": (str, dict), "prefill_tokens": (int,), "energy_table": (str,),
+    "backend": (str,), "auto_buffers": (bool,), "synth": (bool,), "target": (str,), "device": (str,),
+    "top": (str,), "workers": (int,), "objectives": (list,), "set": (dict,), "grid": (dict,), "points": (list,),
+    "out": (str,), "plot": (dict,)}
+
+#: Largest prompt a sweep point may prefill (the compiler's tiling handles any count; this keeps a typo from
+#: turning into a run of hours).
+MAX_PREFILL_TOKENS = 1 << 16
+
+#: Row metrics an objective may name: the numbers evaluate_point and fill_area put in every feasible row,
+#: and the numeric config fields.
+OBJECTIVE_METRICS = frozenset(
+    [f"{phase}_{m}" for phase in ("decode", "prefill")
+     for m in ("cycles", "tokens_per_s", "uj_per_token", "stall_frac", "bw_frac", "array_util")]
+    + ["decode_bound_tokens_per_s", "prefill_tokens", "luts", "ffs", "brams", "dsps", "fmax_mhz",
+       "binary_ops_per_cycle", "seconds"]
+    + ["rows", "cols", "lanes", "act_bits", "acc_bits", "experts", "ext_bw_bits", "clock_mhz",
+       "xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib"])
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    """``values`` without repeats, first occurrence kept (TOML values: compared by their JSON text)."""
+    seen, out = set(), []
+    for v in values:
+        key = json.dumps(v, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
 
 @dataclass
 class SweepSpec:
@@ -86,26 +118,48 @@ class SweepSpec:
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(_SPEC_KEYS))}")
         d = dict(d)
+        for k, v in d.items():
+            kinds = _SPEC_TYPES[k]
+            if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+                names = " or ".join({"str": "a string", "dict": "a table", "list": "a list", "int": "an integer",
+                                     "bool": "true/false"}[t.__name__] for t in kinds)
+                raise ConfigError(f"{source}: {k} must be {names}, got {v!r}")
+        if not 1 <= d.get("prefill_tokens", 1) <= MAX_PREFILL_TOKENS:
+            raise ConfigError(f"{source}: prefill_tokens = {d['prefill_tokens']}, allowed 1..{MAX_PREFILL_TOKENS}")
+        if d.get("workers", 0) < 0:
+            raise ConfigError(f"{source}: workers = {d['workers']} must be >= 0")
+        grid = {}
         for k, v in d.get("grid", {}).items():
             if not isinstance(v, list) or not v:
                 raise ConfigError(f"{source}: grid.{k} must be a non-empty list, got {v!r}")
+            grid[k] = _unique(v)   # a repeated value would only repeat points
+        d["grid"] = grid
+        for i, pt in enumerate(d.get("points", [])):
+            if not isinstance(pt, dict):
+                raise ConfigError(f"{source}: points[{i}] must be a table of config overrides, got {pt!r}")
         if "objectives" in d:
             from bitmos.explore.pareto import parse_objectives
 
+            if not d["objectives"] or not all(isinstance(o, str) for o in d["objectives"]):
+                raise ConfigError(f"{source}: objectives must be a non-empty list of 'max:NAME' / 'min:NAME'")
             try:
-                parse_objectives(d["objectives"])
+                parsed = parse_objectives(d["objectives"])
             except ValueError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
+            unknown = [name for name, _ in parsed if name not in OBJECTIVE_METRICS]
+            if unknown:
+                raise ConfigError(f"{source}: unknown objective metric(s) {unknown}; known: "
+                                  f"{', '.join(sorted(OBJECTIVE_METRICS))}")
             d["objectives"] = tuple(d["objectives"])
         return cls(**d, source_dir=source_dir)
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepSpec":
+        from bitmos.fileio import read_text_file
+
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"sweep spec {str(p)!r} does not exist")
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = tomllib.loads(read_text_file(p, "sweep spec", error=ConfigError))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: cannot parse: {exc}") from None
         data.setdefault("name", p.stem)
@@ -129,7 +183,7 @@ class SweepSpec:
         out += [dict(p) for p in self.points]
         if not out:
             out.append({})
-        return out
+        return _unique(out)
 
 
 def point_key(task: dict[str, Any]) -> str:
@@ -140,8 +194,14 @@ def point_key(task: dict[str, Any]) -> str:
 def make_tasks(spec: SweepSpec, backend: str) -> list[dict[str, Any]]:
     from bitmos.explore.perf import resolve_shape
 
+    from bitmos.compiler import llama_linears
+    from bitmos.sim import EnergyTable
+
     base = spec.base_config().to_dict()
     shape = resolve_shape(spec.model)
+    llama_linears(shape)   # a malformed model table fails here, not as every point infeasible
+    if spec.energy_table is not None:
+        EnergyTable.load(spec.energy_table)   # likewise an unknown energy table
     tasks = []
     for i, ov in enumerate(spec.overrides()):
         cfgd = dict(base, **ov)
@@ -190,28 +250,37 @@ def evaluate_point(task: dict[str, Any]) -> dict[str, Any]:
 
 # ---- results file ---------------------------------------------------------------------------------
 
+def _row_digest(row: dict[str, Any]) -> str:
+    body = {k: v for k, v in row.items() if k != "row_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """key -> row; a torn last line (a crash mid-write) is ignored."""
+    """key -> row. A line that is torn (a crash mid-write), corrupt or without its checksum is ignored, so its
+    point is computed again instead of a changed row being reused."""
     out: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return out
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(row, dict) and "key" in row:
-                out[row["key"]] = row
+            if isinstance(row, dict) and isinstance(row.get("key"), str) and \
+                    row.get("row_sha256") == _row_digest(row):
+                out[row["key"]] = {k: v for k, v in row.items() if k != "row_sha256"}
     return out
 
 
 def append_result(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line with a single write, then fsync: a point is recorded whole or not at all."""
-    data = (json.dumps(row, sort_keys=True, default=str) + "\n").encode()
+    """Append one JSON line (with the SHA-256 of the row) in a single write, then fsync: a point is recorded
+    whole or not at all."""
+    row = json.loads(json.dumps(row, default=str))   # the row as it will read back
+    data = (json.dumps(dict(row, row_sha256=_row_digest(row)), sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -236,7 +305,7 @@ def _iter_local(tasks, workers: int):
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    with ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as ex:
         futs = [ex.submit(evaluate_point, t) for t in tasks]
         try:
             for f in as_completed(futs):
@@ -245,6 +314,26 @@ def _iter_local(tasks, workers: int):
             for f in futs:
                 f.cancel()
             raise
+
+
+#: Seconds between a worker's checks that the sweep that started it is still alive.
+PARENT_CHECK_SECONDS = 1.0
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit as soon as the sweep process dies.
+
+    A killed sweep (SIGKILL, OOM) cannot tell its pool to stop, and a worker blocked reading its task pipe
+    never sees end-of-file (other workers hold the pipe open), so each worker watches its parent itself."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_SECONDS)
+            if os.getppid() != parent_pid:   # reparented: the sweep is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="bitmos-exit-with-parent", daemon=True).start()
 
 
 def _iter_dask(tasks, scheduler):
@@ -362,6 +451,9 @@ def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], outdir: Path) -> 
             summary["png"] = str(plot_pareto(feas, front_keys, outdir / "pareto.png", spec))
         except Exception as exc:  # the numbers matter more than the picture
             summary["png_error"] = f"{type(exc).__name__}: {exc}"
+    if "png" not in summary:
+        # a plot of an earlier run must not sit beside results it does not show
+        (outdir / "pareto.png").unlink(missing_ok=True)
     return summary
 
 

@@ -251,7 +251,7 @@ def netlist_fit_error(res: dict[str, Any], target: str, device: str) -> DoesNotF
     return None
 
 
-def netlist_result(counts: dict[str, int], target: str, device: str) -> dict[str, Any]:
+def netlist_result(counts: dict[str, int], target: str, device: str, top: str = "top") -> dict[str, Any]:
     """Resource use from the Yosys netlist alone (no place and route, so no fmax).
 
     ECP5: TRELLIS_COMB = LUT4 + 2 per CCU2C (a carry cell packs two LUT4s); iCE40: one logic cell per
@@ -263,7 +263,7 @@ def netlist_result(counts: dict[str, int], target: str, device: str) -> dict[str
     else:
         luts = max(counts.get("SB_LUT4", 0), netlist_ffs(counts, target))
         brams, dsps = counts.get("SB_RAM40_4K", 0), counts.get("SB_MAC16", 0)
-    return {"target": target, "device": device, "part": part, "package": pkg, "top": "top", "luts": luts,
+    return {"target": target, "device": device, "part": part, "package": pkg, "top": top, "luts": luts,
             "ffs": netlist_ffs(counts, target), "brams": brams, "dsps": dsps, "fmax_mhz": None,
             "lut_available": LUT_AVAILABLE[(target, device)], "utilization": {}, "pnr": False}
 
@@ -356,7 +356,7 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
             raise SynthError(f"yosys failed (exit {p.returncode}):\n{tail}")
         netlist = json.loads((wd / "synth.json").read_text())
         counts = count_netlist_cells(netlist)
-        netlist_res = netlist_result(counts, target, device)
+        netlist_res = netlist_result(counts, target, device, top)
         nofit = netlist_fit_error(netlist_res, target, device)
         if nofit:
             raise nofit
@@ -414,7 +414,10 @@ TOPS = ("pe", "array", "accelerator")
 
 
 def rtl_verilog(cfg, top: str) -> tuple[str, str]:
-    """(Verilog text, top module name) of component ``top`` of the bitmos RTL for ``cfg``."""
+    """(Verilog text, top module name) of component ``top`` of the bitmos RTL for ``cfg``.
+
+    ``accelerator`` is the text ``bitmos rtl emit`` writes and the benches simulate (``bitmos.rtl.emit.verilog``).
+    """
     if top not in TOPS:
         raise SynthError(f"unknown --top {top!r}; choose one of {', '.join(TOPS)}")
     try:

@@ -1,7 +1,10 @@
 """Checkpoints: one ``.safetensors`` file whose header metadata holds the JSON config; nothing is unpickled.
 
 Metadata keys (all strings): ``format`` = "bitmos-model", ``version``, ``config`` (ModelConfig JSON),
-``train_args`` (JSON), ``step``. With ``compact=True`` large tensors (>= 4096 elements) are stored as bfloat16:
+``train_args`` (JSON), ``step`` and ``sha256``: the SHA-256 of every other metadata entry and every tensor
+(name, dtype, shape, bytes), verified on load, so a changed byte anywhere is refused instead of loading
+changed weights. Version 2 added the checksum; a version 1 file is refused with the command that upgrades it
+(:func:`upgrade_checkpoint`). With ``compact=True`` large tensors (>= 4096 elements) are stored as bfloat16:
 the sign of every latent weight is preserved exactly, so a binarized model's bits do not change.
 
 Resumable training state (optimizer, data RNG) goes beside it in ``<name>.trainer.pt`` via :func:`save_trainer_state`,
@@ -10,6 +13,7 @@ read back with ``torch.load(weights_only=True)`` (tensors, numbers and container
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -28,7 +32,7 @@ except ImportError:  # pragma: no cover
     from bitmos.model.data import write_bytes_atomic
 
 FORMAT = "bitmos-model"
-VERSION = "1"
+VERSION = "2"
 
 
 def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False) -> None:
@@ -41,7 +45,25 @@ def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, 
         sd[k] = v.clone()
     meta = {"format": FORMAT, "version": VERSION, "config": json.dumps(model.config.to_dict()),
             "train_args": json.dumps(train_args or {}), "step": str(int(step))}
+    _write(path, sd, meta)
+
+
+def _write(path, sd: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    meta = dict(meta, sha256=checkpoint_digest(sd, meta))
     write_bytes_atomic(path, st_save(sd, metadata=meta))
+
+
+def checkpoint_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 over the metadata (without ``sha256``) and every tensor as stored: name, dtype, shape, bytes."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().contiguous().cpu()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -57,18 +79,27 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
         hlen = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + hlen])
         meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("__metadata__ is not a table")
         tensors = st_load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as exc:
-        raise FormatError(f"checkpoint {path} is not a valid safetensors file: {exc}") from exc
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError, RecursionError) as exc:
+        raise FormatError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
     if meta.get("format") != FORMAT:
         raise FormatError(f"checkpoint {path} is not a bitmos model (format={meta.get('format')!r})")
+    if meta.get("version") == "1":
+        raise FormatError(f"checkpoint {path} has version '1' (written before checkpoints carried a checksum); "
+                          f"upgrade it once with: python -m bitmos.model.checkpoint {path}")
     if meta.get("version") != VERSION:
         raise FormatError(f"checkpoint {path} has version {meta.get('version')!r}, this bitmos reads {VERSION!r}")
+    if meta.get("sha256") != checkpoint_digest(tensors, meta):
+        raise FormatError(f"checkpoint {path}: checksum mismatch: the file is corrupt")
     try:
         out = {"config": json.loads(meta["config"]), "train_args": json.loads(meta.get("train_args", "{}")),
                "step": int(meta.get("step", "0"))}
-    except (KeyError, ValueError) as exc:
-        raise FormatError(f"checkpoint {path} has corrupt metadata: {exc}") from exc
+        if not isinstance(out["config"], dict) or not isinstance(out["train_args"], dict):
+            raise ValueError("config and train_args must be JSON objects")
+    except (KeyError, ValueError, RecursionError) as exc:
+        raise FormatError(f"checkpoint {path} has corrupt metadata: {exc}") from None
     sd = {k: (v.float() if v.dtype == torch.bfloat16 else v) for k, v in tensors.items()}
     return out, sd
 
@@ -79,8 +110,16 @@ def load_checkpoint(path, map_location: str = "cpu"):
     meta, sd = read_checkpoint(path)
     try:
         config = ModelConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise FormatError(f"checkpoint {path} has an invalid model config: {exc}") from exc
+    # a lower bound of the config's parameters (q/o projections, the MLP, the embedding) against what the file
+    # holds: a config naming a far bigger model is refused before a model of that size is allocated
+    c = config
+    least = c.n_layers * (2 * c.dim * c.dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
+    held = sum(v.numel() for v in sd.values())
+    if least > held:
+        raise FormatError(f"checkpoint {path} does not match its config: the config needs at least {least:,} "
+                          f"parameters, the file holds {held:,}")
     model = Transformer(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
@@ -95,6 +134,23 @@ def load_checkpoint(path, map_location: str = "cpu"):
     model.load_state_dict(sd)
     model.eval()
     return model.to(map_location), meta
+
+
+def upgrade_checkpoint(path) -> None:
+    """Rewrite a version 1 checkpoint (no checksum) in place as the current version, tensors unchanged.
+
+    Run it once, on a file you trust: a version 1 file has no checksum, so corruption cannot be detected."""
+    path = Path(path)
+    data = path.read_bytes()
+    meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+    if meta.get("format") != FORMAT or meta.get("version") not in ("1", VERSION):
+        raise FormatError(f"{path} is not a bitmos checkpoint of version 1")
+    if meta.get("version") == VERSION:
+        read_checkpoint(path)   # already current: only check it
+        return
+    tensors = st_load(data)
+    _write(path, tensors, {k: v for k, v in meta.items() if k != "sha256"} | {"version": VERSION})
+    read_checkpoint(path)
 
 
 def save_trainer_state(path, optimizer, step: int, rng_state: torch.Tensor, extra: dict | None = None) -> None:
@@ -134,3 +190,11 @@ def shipped_path(name: str = "student") -> Path:
 def load_shipped(name: str = "student"):
     """``(model, meta)`` of a shipped checkpoint (eval mode)."""
     return load_checkpoint(shipped_path(name))
+
+
+if __name__ == "__main__":  # python -m bitmos.model.checkpoint FILE...: upgrade version 1 checkpoints
+    import sys
+
+    for name in sys.argv[1:]:
+        upgrade_checkpoint(name)
+        print(f"{name}: version {VERSION}, checksum verified")

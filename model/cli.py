@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bitmos.cliargs import float_in, non_negative_int, positive_int
 from bitmos.errors import BitmosUserError
 
 
@@ -17,22 +18,22 @@ def _threads(args):
 
 def _common_train(p):
     p.add_argument("--out", required=True, help="checkpoint path (.safetensors); <out>.trainer.pt for resuming")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--min-lr", type=float, default=None)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--steps", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--lr", type=float_in(0, low_open=True), default=2e-3)
+    p.add_argument("--min-lr", type=float_in(0), default=None)
+    p.add_argument("--warmup", type=non_negative_int, default=50)
+    p.add_argument("--weight-decay", type=float_in(0), default=0.1)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--eval-interval", type=int, default=250)
-    p.add_argument("--eval-tokens", type=int, default=32768)
-    p.add_argument("--ckpt-interval", type=int, default=250)
+    p.add_argument("--eval-interval", type=positive_int, default=250)
+    p.add_argument("--eval-tokens", type=positive_int, default=32768)
+    p.add_argument("--ckpt-interval", type=positive_int, default=250)
     p.add_argument("--corpus", default="builtin", help="builtin | files:<a.txt,b.txt> | hf:<name>[:<config>]")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--compact", action="store_true", help="store large tensors as bfloat16 (signs kept exactly)")
     p.add_argument("--resume", action="store_true", help="continue from --out and its .trainer.pt")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -49,9 +50,12 @@ def _act_bits(s):
     if s.lower() in ("off", "none", "16"):
         return None
     try:
-        return int(s)
+        bits = int(s)
     except ValueError:
+        bits = 0
+    if not 1 <= bits <= 15:
         raise argparse.ArgumentTypeError(f"act bits must be 1..16 or 'off', got {s!r}")
+    return bits
 
 
 def _eval_act_bits(s):
@@ -169,6 +173,9 @@ def cmd_generate(args) -> int:
     ids = tok.encode(args.prompt)
     if not ids:
         raise BitmosUserError("--prompt must not be empty")
+    if len(ids) + args.max_new_tokens > model.config.max_seq_len:
+        raise BitmosUserError(f"prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "
+                              f"model's context of {model.config.max_seq_len} tokens")
     g = torch.Generator().manual_seed(args.seed)
     out = model.generate(torch.tensor([ids]), args.max_new_tokens, args.temperature,
                          args.top_k if args.top_k > 0 else None, generator=g)
@@ -180,16 +187,16 @@ def add_commands(subparsers) -> None:
     from bitmos.model.config import SCHEMES
 
     p = subparsers.add_parser("train", help="train a model (the float teacher, or a binarized model from scratch)")
-    p.add_argument("--vocab-size", type=int, default=256)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--hidden-dim", type=int, default=384)
-    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--vocab-size", type=positive_int, default=256)
+    p.add_argument("--dim", type=positive_int, default=128)
+    p.add_argument("--n-layers", type=positive_int, default=4)
+    p.add_argument("--n-heads", type=positive_int, default=4)
+    p.add_argument("--hidden-dim", type=positive_int, default=384)
+    p.add_argument("--max-seq-len", type=positive_int, default=256)
     p.add_argument("--scheme", choices=SCHEMES, default="float")
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--act-bits", type=_act_bits, default=8)
-    p.add_argument("--pb-fraction", type=float, default=0.1)
+    p.add_argument("--pb-fraction", type=float_in(0, 1), default=0.1)
     _common_train(p)
     p.set_defaults(func=cmd_train)
 
@@ -199,10 +206,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--scheme", choices=[s for s in SCHEMES if s != "float"], default="mos")
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--act-bits", type=_act_bits, default=8)
-    p.add_argument("--pb-fraction", type=float, default=0.1)
+    p.add_argument("--pb-fraction", type=float_in(0, 1), default=0.1)
     p.add_argument("--from-scratch", action="store_true", help="random student instead of the teacher's weights")
-    p.add_argument("--gt-weight", type=float, default=0.0, help="weight of the ground-truth CE (0..1)")
-    p.add_argument("--hidden-weight", type=float, default=0.0, help="weight of sum of per-layer hidden MSE")
+    p.add_argument("--gt-weight", type=float_in(0, 1), default=0.0, help="weight of the ground-truth CE (0..1)")
+    p.add_argument("--hidden-weight", type=float_in(0), default=0.0, help="weight of sum of per-layer hidden MSE")
     _common_train(p)
     p.set_defaults(func=cmd_distill)
 
@@ -210,15 +217,15 @@ def add_commands(subparsers) -> None:
     p.add_argument("checkpoints", nargs="*", help="checkpoints (default: the shipped teacher and student)")
     p.add_argument("--corpus", default="builtin")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--max-tokens", type=int, default=None, help="evaluate on at most this many tokens")
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--max-tokens", type=positive_int, default=None, help="evaluate on at most this many tokens")
     p.add_argument("--act-bits", type=_eval_act_bits, default=None,
                    help="override every binarized linear's activation bits (1..15 or off)")
     p.add_argument("--golden", action="store_true",
                    help="also evaluate each binarized student as the integer golden model (accelerator arithmetic)")
     p.add_argument("--accel", default=None, help="accelerator config for --golden (preset or file; default small)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("export", help="export a binarized student to the accelerator's integer formats "
@@ -226,15 +233,16 @@ def add_commands(subparsers) -> None:
     p.add_argument("checkpoint", nargs="?", help="student checkpoint (default: the shipped student)")
     p.add_argument("--config", default="small", help="accelerator config (preset or file) whose formats to use")
     p.add_argument("-o", "--output", required=True, help="export file to write (safetensors + JSON header)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("generate", help="sample text (greedy with --temperature 0, else top-k)")
     p.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped student)")
     p.add_argument("--prompt", default="def ")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=float_in(0), default=0.8,
+                   help="0 = greedy; a finite number >= 0")
+    p.add_argument("--top-k", type=non_negative_int, default=40, help="0 = no top-k cut")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_generate)

@@ -11,7 +11,7 @@ the first-step flag travel with the activation.
 * plane mode: row i < Ra holds plane b = p*R + i; each step is one (chunk, plane group); one drain
   cycle writes the column sums over the Ra rows (``o + n``).
 
-Timing per tile matches ``bitmos.isa.matmul_tile_cycles`` exactly: the read for step s is issued in
+Timing per tile matches ``bitmos.semantics.matmul_tile_cycles`` exactly: the read for step s is issued in
 tile cycle s (data one cycle later), the last partial sum reaches PE (Ra-1, C-1) in cycle
 S + Ra + C - 2 and the drain occupies the final R (token) or 1 (plane) cycles.
 """
@@ -24,9 +24,12 @@ from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from bitmos import isa
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.layouts import instruction_layout
 from bitmos.rtl.pe import XnorPopcountPE
+from bitmos.rtl.signatures import LayerRegistersSignature
 
 __all__ = ["SystolicArray", "sext"]
 
@@ -51,9 +54,9 @@ class SystolicArray(wiring.Component):
     start : In(1)
         Pulse in the issue cycle; the fields below are sampled with it.
     mode, q, w, o, ntiles : In
-        The ``matmul`` fields (docs/isa.md).
-    k_features : In(16)
-        Register K.
+        The ``matmul`` fields (docs/isa.md), shaped as ``bitmos.isa.SPECS`` says.
+    regs : In(LayerRegistersSignature)
+        The layer registers; the array reads K (``regs.k``, also reachable as ``k_features``).
     qbuf, wbuf : In(ReadPort.Signature)
         QBUF and WBUF read ports (synchronous, one cycle latency).
     obuf : In(WritePort.Signature)
@@ -71,8 +74,9 @@ class SystolicArray(wiring.Component):
         self._cfg = cfg = check_config(cfg)
         R, C, L = cfg.rows, cfg.cols, cfg.lanes
         super().__init__({
-            "start": In(1), "mode": In(1), "q": In(16), "w": In(16), "o": In(16), "ntiles": In(9),
-            "k_features": In(16),
+            "start": In(1),
+            **{name: In(field.shape) for name, field in instruction_layout(isa.Op.MATMUL)},
+            "regs": In(LayerRegistersSignature()),
             "qbuf": In(ReadPort.Signature(addr_width=addr_bits(cfg.depth("Q")), shape=R * L)),
             "wbuf": In(ReadPort.Signature(addr_width=addr_bits(cfg.depth("W")), shape=C * L)),
             "obuf": In(WritePort.Signature(addr_width=addr_bits(cfg.depth("O")), shape=C * 32)),
@@ -82,6 +86,11 @@ class SystolicArray(wiring.Component):
     @property
     def cfg(self) -> AcceleratorConfig:
         return self._cfg
+
+    @property
+    def k_features(self):
+        """Register K (``regs.k``), under the name the unit benches drive."""
+        return self.regs.k
 
     def elaborate(self, platform):
         m = Module()
@@ -106,15 +115,15 @@ class SystolicArray(wiring.Component):
         rem = Signal(signed(18))  # K - c*L: lanes of this chunk that are in range
         kreg = Signal(16)
 
-        nch_c = (self.k_features + (L - 1)) // L
+        nch_c = (self.regs.k + (L - 1)) // L
         with m.If(self.start):
             m.d.sync += [
-                mode.eq(self.mode), nch.eq(nch_c), kreg.eq(self.k_features),
+                mode.eq(self.mode), nch.eq(nch_c), kreg.eq(self.regs.k),
                 steps.eq(Mux(self.mode, nch_c * P, nch_c * k)),
                 tlen.eq(Mux(self.mode, nch_c * P + (Ra + C - 1) + 1, nch_c * k + (R + C - 1) + R)),
                 tiles_left.eq(self.ntiles), tc.eq(0),
                 q0.eq(self.q), qline.eq(self.q), wbase.eq(self.w), obase.eq(self.o),
-                chunk.eq(0), sub.eq(0), rem.eq(self.k_features),
+                chunk.eq(0), sub.eq(0), rem.eq(self.regs.k),
             ]
         with m.Elif(self.busy):
             last_sub = Mux(mode, P - 1, k - 1)

@@ -1,14 +1,14 @@
-"""Helpers every block uses: config checking and the round-half-up shift of bitmos.formats."""
+"""Helpers every block uses: config checking and the arithmetic of bitmos.formats (rounding, saturation, mixing)."""
 
 from __future__ import annotations
 
-from amaranth import Mux, Value
+from amaranth import Const, Mux, Value
 from amaranth.utils import ceil_log2
 
-from bitmos import isa
+from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
 
-__all__ = ["check_config", "rshift_round", "sat", "addr_bits"]
+__all__ = ["check_config", "rshift_round", "sat", "mix_scale", "addr_bits", "signed_lanes", "expert_lanes"]
 
 
 def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
@@ -34,14 +34,6 @@ def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
     return cfg
 
 
-def instruction_field(word: Value, op: isa.Op, name: str) -> Value:
-    """The bits of field ``name`` of instruction ``op`` in a 64-bit ``word`` (positions from bitmos.isa.SPECS)."""
-    for f in isa.SPECS[op]:
-        if f.name == name:
-            return word[f.lo:f.hi + 1]
-    raise KeyError(f"{op.name} has no field {name!r}")
-
-
 def addr_bits(depth: int) -> int:
     """Address width of a memory of ``depth`` rows (at least 1)."""
     return max(1, ceil_log2(depth))
@@ -57,3 +49,23 @@ def sat(v: Value, bits: int) -> Value:
     """formats.sat: clamp a signed value to ``bits`` bits."""
     hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
     return Mux(v > hi, hi, Mux(v < lo, lo, v))[:bits].as_signed()
+
+
+def mix_scale(gates, scales) -> Value:
+    """formats.mix_scale: ``sat16(rshift_round(sum_e gates[e] * scales[e], GATE_FRAC))`` for one lane.
+
+    ``gates`` are unsigned Q1.15 values, ``scales`` the lane's signed 16-bit expert scales (one per gate).
+    """
+    total = sum(g * s for g, s in zip(gates, scales, strict=True))
+    # 40 bits: E <= 8 products of a 16-bit gate and a 16-bit scale (each below 2^31), plus the rounding half
+    return sat(rshift_round(total, Const(F.GATE_FRAC, 4), 40), F.SCALE_BITS)
+
+
+def signed_lanes(line: Value, count: int, width: int) -> list[Value]:
+    """Elements 0..count-1 of a little-endian ``line`` of signed ``width``-bit elements."""
+    return [line.word_select(j, width).as_signed() for j in range(count)]
+
+
+def expert_lanes(line: Value, experts: int, cols: int) -> list[list[Value]]:
+    """An SBUF line as ``[e][j]``: expert (or router row) e's int16 for lane j is element ``e*cols + j``."""
+    return [signed_lanes(line, experts * cols, F.SCALE_BITS)[e * cols:(e + 1) * cols] for e in range(experts)]

@@ -1,8 +1,9 @@
-"""Controller: fetch, decode, error checks and issue, implementing the ``bitmos.isa.Timeline`` rule.
+"""Controller: fetch, decode, error checks and issue, implementing the ``bitmos.semantics.Timeline`` rule.
 
 One instruction is looked at per cycle when no compute instruction is in flight. At that cycle the
-controller checks it (docs/isa.md "Errors", causes 1-5 in that priority, before any DMA stall, as
-``bitmos.sim`` does); a fault sets ``done``, ``error`` and ``cause`` and the run's cycle count is
+controller checks it (docs/isa.md "Errors", causes 1-5 in that priority, before any DMA stall); the
+fault conditions and the busy cycles are the contract's definitions in :mod:`bitmos.semantics`,
+elaborated here on Amaranth values, the same text the simulator evaluates on integers and arrays; a fault sets ``done``, ``error`` and ``cause`` and the run's cycle count is
 that cycle + 1. ``load``/``store``/``wait``/``halt`` then wait until the DMA engine is idle. Issuing
 a compute instruction starts its unit and holds the controller for exactly ``compute_cycles - 1``
 more cycles (the units are built to finish inside that window); issuing a ``load``/``store`` starts
@@ -12,20 +13,25 @@ address is the next pc.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from bitmos import isa
+from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config, instruction_field
+from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.dma import ext_addr_bits
-from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS
+from bitmos.rtl.layouts import INSTRUCTION
+from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, LayerRegistersSignature
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "AMARANTH_OPS"]
 
 Op = isa.Op
+
+#: The contract's definitions (bitmos.semantics) evaluated on Amaranth values: a choice is a mux.
+AMARANTH_OPS = sem.Ops(select=Mux)
 
 
 class Controller(wiring.Component):
@@ -46,14 +52,15 @@ class Controller(wiring.Component):
     cycles : Out(48)
         Cycle count of the finished run (t_halt + 1, or t_fault + 1).
     pc : Out
-    word : Out(64)
-        The instruction word being issued (units take their fields from it).
+    word : Out(INSTRUCTION)
+        The instruction word being issued, as a view of every opcode's fields (the top level hands
+        them to the units).
     array_start, unit_start, unit_op, dma_start : Out(1)
         Issue strobes (unit_op: 0 quant, 1 scaleout).
     dma_addr : Out
         EBASE*64 + ext of the issuing load/store.
-    k_features, rshift, oshift, router, sin, smul : Out
-        The layer registers.
+    regs : Out(LayerRegistersSignature)
+        The layer registers (reset by ``start``, written by SETR).
 
     Raises
     ------
@@ -67,11 +74,10 @@ class Controller(wiring.Component):
         super().__init__({
             "imem": In(ReadPort.Signature(addr_width=ia, shape=64)),
             "start": In(1), "running": Out(1), "done": Out(1), "error": Out(1), "cause": Out(CAUSE_BITS),
-            "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(64),
+            "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(INSTRUCTION),
             "array_start": Out(1), "unit_start": Out(1), "unit_op": Out(1), "dma_start": Out(1),
             "dma_addr": Out(ext_addr_bits(cfg)),
-            "k_features": Out(16), "rshift": Out(6), "oshift": Out(6), "router": Out(16), "sin": Out(16),
-            "smul": Out(signed(16)), "ebase": Out(32),
+            "regs": Out(LayerRegistersSignature()),
         })
 
     @property
@@ -81,108 +87,39 @@ class Controller(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        R, C, L, k, E = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits, cfg.experts
-        G, P = L // C, cfg.planes_per_row
-        dep = cfg.depth
 
         running = Signal()
         now = Signal(CYCLE_BITS)
         busy_cnt = Signal(32)
         dma_cnt = Signal(32)
         pc = self.pc
-        word = self.imem.data
+        bits = self.imem.data
+        word = INSTRUCTION(bits)
         m.d.comb += [self.running.eq(running), self.word.eq(word), self.imem.en.eq(1)]
 
         # ---- decode --------------------------------------------------------------------------------
-        opcode = word[isa.OPCODE_LO:]
-        K = self.k_features
-        nch = Signal(17)
-        xl = Signal(20)
-        m.d.comb += [nch.eq((K + (L - 1)) // L), xl.eq(nch * G)]
-        is_op = {op: (opcode == int(op)) for op in Op}
-        f = {op: {fl.name: instruction_field(word, op, fl.name) for fl in isa.SPECS[op]} for op in Op}
+        is_op = {op: (word.opcode == int(op)) for op in Op}
+        f = {op: word[op.name.lower()] for op in Op}
 
-        bad_opcode = opcode > max(Op)
-        bad_field = Signal()
-        bad_range = Signal()
-        bad_ext = Signal()
+        bad_opcode = word.opcode > max(Op)
         bad_pc = Signal()
         m.d.comb += bad_pc.eq(pc >= cfg.imem_words)
 
-        reserved = Const(0, 1)
+        # ---- legality and cycles: the contract's definitions (bitmos.semantics) on Amaranth values ----
+        regs = {reg: getattr(self.regs, reg.name.lower()) for reg in isa.Reg}
+        by_cause: dict[int, list] = {isa.CAUSE_ILLEGAL_FIELD: [], isa.CAUSE_BUFFER_RANGE: [],
+                                     isa.CAUSE_EXT_RANGE: []}
         for op in Op:
-            reserved = reserved | (is_op[op] & ((word & isa.RESERVED_MASK[op]) != 0))
-        field_faults = [reserved]
-        for op in (Op.LOAD, Op.STORE):
-            field_faults.append(is_op[op] & (f[op]["nlines"] == 0))
-        for op in (Op.QUANT, Op.SCALEOUT):
-            ntok, mode = f[op]["ntok"], f[op]["mode"]
-            field_faults.append(is_op[op] & ((ntok == 0) | (mode & (ntok != 1)) | (~mode & (ntok > R))))
-        for op in (Op.MATMUL, Op.SCALEOUT):
-            field_faults.append(is_op[op] & (f[op]["ntiles"] == 0))
-        reg, val = f[Op.SETR]["reg"], f[Op.SETR]["value"]
-        val_ok = Signal()
-        with m.Switch(reg):
-            with m.Case(int(isa.Reg.K)):
-                m.d.comb += val_ok.eq((val != 0) & (val < 65536))
-            with m.Case(int(isa.Reg.RSHIFT), int(isa.Reg.OSHIFT)):
-                m.d.comb += val_ok.eq(val < 64)
-            with m.Case(int(isa.Reg.ROUTER), int(isa.Reg.SIN)):
-                m.d.comb += val_ok.eq(val < 65536)
-            with m.Case(int(isa.Reg.SMUL)):
-                m.d.comb += val_ok.eq((val[15:] == 0) | (val[15:] == (1 << 17) - 1))
-            with m.Case(int(isa.Reg.EBASE)):
-                m.d.comb += val_ok.eq(1)
-        field_faults.append(is_op[Op.SETR] & ~val_ok)
-        m.d.comb += bad_field.eq(Cat(field_faults).any())
+            for flt in sem.faults(op, bits, f[op], regs, cfg, AMARANTH_OPS):
+                by_cause[flt.cause].append(is_op[op] & flt.cond)
+        bad_field, bad_range, bad_ext = (Signal(name=n) for n in ("bad_field", "bad_range", "bad_ext"))
+        for sig, cause_code in ((bad_field, isa.CAUSE_ILLEGAL_FIELD), (bad_range, isa.CAUSE_BUFFER_RANGE),
+                                (bad_ext, isa.CAUSE_EXT_RANGE)):
+            m.d.comb += sig.eq(Cat(*by_cause[cause_code]).any())
 
-        # buffer ranges
-        def le(a, b):
-            return a <= b
-
-        ranges = []
-        lbytes = [cfg.line_bits(b) // 8 for b in isa.BUFFERS]
-        for op in (Op.LOAD, Op.STORE):
-            b, line, nl = f[op]["buf"], f[op]["line"], f[op]["nlines"]
-            depth_sel = Signal(17, name=f"depth_{op.name.lower()}")
-            with m.Switch(b):
-                for i, name in enumerate(isa.BUFFERS):
-                    with m.Case(i):
-                        m.d.comb += depth_sel.eq(dep(name))
-            ranges.append(is_op[op] & ~le(line + nl, depth_sel))
-        fq = f[Op.QUANT]
-        wq = Mux(fq["mode"], nch * P, nch * k)
-        q_ok = (le(fq["x"] + fq["ntok"] * xl, dep("X")) & le(fq["q"] + wq, dep("Q"))
-                & le(fq["meta"] + fq["ntok"], cfg.meta_tokens))
-        if E >= 2:
-            q_ok = q_ok & le(self.router + xl, dep("S"))
-        if E >= 1:
-            q_ok = q_ok & le(self.sin + xl, dep("S"))
-        ranges.append(is_op[Op.QUANT] & ~q_ok)
-        fm = f[Op.MATMUL]
-        wm = Mux(fm["mode"], nch * P, nch * k)
-        m_ok = (le(fm["q"] + wm, dep("Q")) & le(fm["w"] + fm["ntiles"] * nch, dep("W"))
-                & le(fm["o"] + fm["ntiles"] * Mux(fm["mode"], 1, R), dep("O")))
-        ranges.append(is_op[Op.MATMUL] & ~m_ok)
-        fs = f[Op.SCALEOUT]
-        o_end = Mux(fs["mode"], fs["o"] + fs["ntiles"], fs["o"] + (fs["ntiles"] - 1) * R + fs["ntok"])
-        s_ok = le(o_end, dep("O")) & le(fs["meta"] + fs["ntok"], cfg.meta_tokens)
-        if E >= 1:
-            s_ok = s_ok & le(fs["s"] + fs["ntiles"], dep("S"))
-        ranges.append(is_op[Op.SCALEOUT] & ~s_ok)
-        m.d.comb += bad_range.eq(Cat(ranges).any())
-
-        # external range (load/store share field positions)
+        # load and store share field positions: one external address
         fl = f[Op.LOAD]
-        nbytes = Signal(40)
-        with m.Switch(fl["buf"]):
-            for i in range(4):
-                with m.Case(i):
-                    m.d.comb += nbytes.eq(fl["nlines"] * lbytes[i])
-        ext_addr = Signal(40)
-        m.d.comb += ext_addr.eq((self.ebase << 6) + fl["ext"])
-        m.d.comb += bad_ext.eq((is_op[Op.LOAD] | is_op[Op.STORE]) & (ext_addr + nbytes > cfg.ext_mem_bytes))
-        m.d.comb += self.dma_addr.eq(ext_addr)
+        m.d.comb += self.dma_addr.eq((self.regs.ebase << 6) + fl["ext"])
 
         cause = Signal(CAUSE_BITS)
         with m.If(bad_pc):
@@ -196,19 +133,11 @@ class Controller(wiring.Component):
         with m.Elif(bad_ext):
             m.d.comb += cause.eq(isa.CAUSE_EXT_RANGE)
 
-        # ---- cycle costs ----------------------------------------------------------------------------
-        router_t = (xl + E + 4) if E >= 2 else 0
-        tq = router_t + xl + 1 + nch * (G + Mux(fq["mode"], P, k)) + 1
-        tt = Mux(fm["mode"], nch * P + (cfg.plane_rows + C - 1) + 1, nch * k + (R + C - 1) + R)
-        quant_busy = fq["ntok"] * tq
-        matmul_busy = fm["ntiles"] * tt
-        so_busy = fs["ntiles"] * fs["ntok"] + isa.SCALEOUT_PIPELINE
-        bpl = [cfg.line_bits(b) // cfg.ext_bw_bits for b in isa.BUFFERS]
+        # busy counters hold a unit for its cycles after the issue cycle
+        busy_of = {op: sem.controller_cycles(op, f[op], regs, cfg, AMARANTH_OPS) - 1 for op in sem.COMPUTE_OPS}
         dma_busy = Signal(32)
-        with m.Switch(fl["buf"]):
-            for i in range(4):
-                with m.Case(i):
-                    m.d.comb += dma_busy.eq(cfg.ext_latency + fl["nlines"] * bpl[i])
+        m.d.comb += dma_busy.eq(sem.dma_busy_cycles(fl, cfg, AMARANTH_OPS))
+        reg, val = f[Op.SETR]["reg"], f[Op.SETR]["value"]
 
         # ---- issue ----------------------------------------------------------------------------------
         head = running & (busy_cnt == 0)
@@ -228,9 +157,8 @@ class Controller(wiring.Component):
 
         with m.If(self.start & ~running):
             m.d.sync += [running.eq(1), pc.eq(0), now.eq(0), busy_cnt.eq(0), dma_cnt.eq(0),
-                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
-                         self.k_features.eq(0), self.rshift.eq(0), self.oshift.eq(0), self.router.eq(0),
-                         self.sin.eq(0), self.smul.eq(0), self.ebase.eq(0)]
+                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0)]
+            m.d.sync += [r.eq(0) for r in regs.values()]
         with m.If(running):
             m.d.sync += [now.eq(now + 1), pc.eq(pc_next)]
             with m.If(busy_cnt != 0):
@@ -245,26 +173,12 @@ class Controller(wiring.Component):
             with m.If(issue):
                 with m.If(is_op[Op.HALT]):
                     m.d.sync += [running.eq(0), self.done.eq(1), self.cycles.eq(now + 1)]
-                with m.If(is_op[Op.QUANT]):
-                    m.d.sync += busy_cnt.eq(quant_busy)
-                with m.If(is_op[Op.MATMUL]):
-                    m.d.sync += busy_cnt.eq(matmul_busy)
-                with m.If(is_op[Op.SCALEOUT]):
-                    m.d.sync += busy_cnt.eq(so_busy)
+                for op, cycles in busy_of.items():
+                    with m.If(is_op[op]):
+                        m.d.sync += busy_cnt.eq(cycles)
                 with m.If(is_op[Op.SETR]):
                     with m.Switch(reg):
-                        with m.Case(int(isa.Reg.K)):
-                            m.d.sync += self.k_features.eq(val)
-                        with m.Case(int(isa.Reg.RSHIFT)):
-                            m.d.sync += self.rshift.eq(val)
-                        with m.Case(int(isa.Reg.OSHIFT)):
-                            m.d.sync += self.oshift.eq(val)
-                        with m.Case(int(isa.Reg.ROUTER)):
-                            m.d.sync += self.router.eq(val)
-                        with m.Case(int(isa.Reg.SIN)):
-                            m.d.sync += self.sin.eq(val)
-                        with m.Case(int(isa.Reg.SMUL)):
-                            m.d.sync += self.smul.eq(val[:16])
-                        with m.Case(int(isa.Reg.EBASE)):
-                            m.d.sync += self.ebase.eq(val)
+                        for r, target in regs.items():   # the value is legal: it fits (SMUL: its low bits)
+                            with m.Case(int(r)):
+                                m.d.sync += target.eq(val[:len(target)])
         return m

@@ -17,12 +17,17 @@ from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from bitmos import isa
 from bitmos.config import AcceleratorConfig
 from bitmos.isa import BUFFERS
 from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.layouts import instruction_layout
 from bitmos.rtl.signatures import ExtMemSignature
 
-__all__ = ["DMAEngine", "ext_addr_bits"]
+__all__ = ["DMAEngine", "DMA_FIELDS", "ext_addr_bits"]
+
+#: The ``load``/``store`` fields the engine takes from the instruction (``ext`` reaches it as ``addr``).
+DMA_FIELDS = ("buf", "line", "nlines")
 
 
 def ext_addr_bits(cfg: AcceleratorConfig) -> int:
@@ -42,8 +47,9 @@ class DMAEngine(wiring.Component):
     start : In(1)
         Pulse in the issue cycle of a ``load``/``store``; the fields are sampled with it.
     store, buf, line, nlines, addr : In
-        Direction (1 = store), buffer code (0 X, 1 W, 2 S, 3 O), first line, line count, external
-        byte address (EBASE*64 + ext, range-checked by the controller).
+        Direction (1 = store), buffer code (0 X, 1 W, 2 S, 3 O), first line, line count (the
+        ``load``/``store`` fields, shaped as ``bitmos.isa.SPECS`` says), external byte address
+        (EBASE*64 + ext, range-checked by the controller).
     ext : Out(ExtMemSignature)
     x_rd, x_wr, w_rd, w_wr, s_rd, s_wr, o_rd, o_wr : In(ReadPort/WritePort.Signature)
         The buffers' DMA ports.
@@ -58,8 +64,10 @@ class DMAEngine(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig):
         self._cfg = cfg = check_config(cfg)
+        fields = instruction_layout(isa.Op.LOAD)   # STORE has the same fields (a test checks it)
         members = {
-            "start": In(1), "store": In(1), "buf": In(2), "line": In(16), "nlines": In(16),
+            "start": In(1), "store": In(1),
+            **{name: In(fields[name].shape) for name in DMA_FIELDS},
             "addr": In(ext_addr_bits(cfg)),
             "ext": Out(ExtMemSignature(addr_bits=ext_addr_bits(cfg), data_bits=cfg.ext_bw_bits)),
             "busy": Out(1),

@@ -28,7 +28,7 @@ from bitmos.rtl.common import check_config
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS
 from bitmos.rtl.top import Accelerator
 
-__all__ = ["TOP_NAME", "emit", "manifest", "port_list", "to_verilog"]
+__all__ = ["TOP_NAME", "emit", "manifest", "port_list", "to_verilog", "verilog"]
 
 #: Verilog module name of the top level.
 TOP_NAME = "bitmos_accel"
@@ -76,6 +76,25 @@ def to_verilog(top, name: str) -> str:
     return yosys.run(["-q", "-"], "\n".join(script))
 
 
+def verilog(cfg: AcceleratorConfig) -> str:
+    """The accelerator of ``cfg`` as Verilog, module :data:`TOP_NAME`: the text :func:`emit` writes.
+
+    The one road to the accelerator's Verilog: the benches simulate it (``bitmos.rtl.runner``) and
+    synthesis maps it (``bitmos.explore.rtlbridge``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``cfg`` is not a supported AcceleratorConfig (see :func:`bitmos.rtl.common.check_config`).
+    """
+    return _convert(cfg)[1]
+
+
+def _convert(cfg: AcceleratorConfig) -> tuple[Accelerator, str]:
+    top = Accelerator(check_config(cfg))
+    return top, to_verilog(top, TOP_NAME)
+
+
 def emit(cfg: AcceleratorConfig, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``bitmos_accel_<name>.v`` and ``bitmos_accel_<name>.json`` into ``out_dir`` (atomically).
 
@@ -84,11 +103,9 @@ def emit(cfg: AcceleratorConfig, out_dir: str | Path) -> tuple[Path, Path]:
     TypeError, ValueError
         ``cfg`` is not a supported AcceleratorConfig (see :func:`bitmos.rtl.common.check_config`).
     """
-    check_config(cfg)
+    top, text = _convert(cfg)
     out = Path(out_dir)
     stem = f"{TOP_NAME}_{cfg.name}"
-    top = Accelerator(cfg)
-    text = to_verilog(top, TOP_NAME)
     vpath, jpath = out / f"{stem}.v", out / f"{stem}.json"
     write_text_atomic(vpath, text)
     write_json_atomic(jpath, manifest(cfg, top, vpath.name))

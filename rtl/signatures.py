@@ -3,17 +3,23 @@
 * :class:`ExtMemSignature`: the DMA engine's external memory port (initiator = accelerator).
 * :class:`HostSignature`: the host's control port (initiator = host): IMEM loading, clear/start,
   status.
+* :class:`LayerRegistersSignature`: the layer registers SETR writes (initiator = the controller,
+  which holds them), one member per ``bitmos.isa.Reg``, shared by every unit that reads them.
 
-Both follow ``amaranth.lib.stream.Signature``: parameters stored privately and exposed as read-only
+All follow ``amaranth.lib.stream.Signature``: parameters stored privately and exposed as read-only
 properties, with ``__eq__`` and ``__repr__``; ``create()`` is inherited from ``wiring.Signature``.
 """
 
 from __future__ import annotations
 
+from amaranth import Shape
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ExtMemSignature", "HostSignature", "CAUSE_BITS", "CYCLE_BITS"]
+from bitmos import isa
+
+__all__ = ["ExtMemSignature", "HostSignature", "LayerRegistersSignature", "register_shape",
+           "CAUSE_BITS", "CYCLE_BITS"]
 
 #: Width of the error cause code (causes 0..5, bitmos.isa.CAUSE_*).
 CAUSE_BITS = 3
@@ -128,3 +134,27 @@ class HostSignature(wiring.Signature):
 
     def __repr__(self):
         return f"HostSignature(imem_addr_bits={self.imem_addr_bits})"
+
+
+def register_shape(reg: isa.Reg) -> Shape:
+    """The narrowest shape holding every legal value of ``reg`` (``bitmos.isa.REG_RANGE``; SMUL is signed)."""
+    lo, hi = isa.REG_RANGE[reg]
+    return Shape.cast(range(lo, hi + 1))
+
+
+class LayerRegistersSignature(wiring.Signature):
+    """The layer registers, seen from the controller (the initiator: it holds them and SETR writes them).
+
+    One member per :class:`bitmos.isa.Reg`, named ``reg.name.lower()`` (``k``, ``rshift``, ``oshift``,
+    ``router``, ``sin``, ``smul``, ``ebase``), of :func:`register_shape`. The units take
+    ``In(LayerRegistersSignature())`` and the top level joins them all with one ``wiring.connect``.
+    """
+
+    def __init__(self):
+        super().__init__({reg.name.lower(): Out(register_shape(reg)) for reg in isa.Reg})
+
+    def __eq__(self, other):
+        return type(other) is type(self)
+
+    def __repr__(self):
+        return "LayerRegistersSignature()"

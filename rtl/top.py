@@ -17,9 +17,10 @@ from bitmos import isa
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.array import SystolicArray
 from bitmos.rtl.buffers import Buffers
-from bitmos.rtl.common import addr_bits, check_config, instruction_field
+from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.controller import Controller
-from bitmos.rtl.dma import DMAEngine, ext_addr_bits
+from bitmos.rtl.dma import DMA_FIELDS, DMAEngine, ext_addr_bits
+from bitmos.rtl.layouts import instruction_layout
 from bitmos.rtl.scale_unit import ScaleExpertUnit
 from bitmos.rtl.signatures import ExtMemSignature, HostSignature
 
@@ -74,24 +75,18 @@ class Accelerator(wiring.Component):
             bufs.clear.eq(host.clear & idle),
             ctl.start.eq(host.start & idle),
             host.busy.eq(~idle),
-            host.done.eq(ctl.done), host.error.eq(ctl.error), host.cause.eq(ctl.cause),
-            host.cycles.eq(ctl.cycles), host.pc.eq(ctl.pc),
             bufs.imem_wr.addr.eq(host.imem_addr), bufs.imem_wr.data.eq(host.imem_data),
             bufs.imem_wr.en.eq(host.imem_we & idle),
         ]
-        connect(m, ctl.imem, bufs.imem_rd)
+        m.d.comb += [getattr(host, name).eq(getattr(ctl, name)) for name in ("done", "error", "cause", "cycles", "pc")]
         connect(m, wiring.flipped(self.ext), dma.ext)
-        for b in "xwso":
-            connect(m, getattr(dma, f"{b}_rd"), getattr(bufs, f"{b}_dma_rd"))
-            connect(m, getattr(dma, f"{b}_wr"), getattr(bufs, f"{b}_dma_wr"))
-        connect(m, arr.qbuf, bufs.q_rd)
-        connect(m, arr.wbuf, bufs.w_rd)
-        connect(m, su.xbuf, bufs.x_rd)
-        connect(m, su.sbuf, bufs.s_rd)
-        connect(m, su.qbuf, bufs.q_wr)
-        connect(m, su.obuf_r, bufs.o_rd)
-        connect(m, su.meta_r, bufs.meta_rd)
-        connect(m, su.meta_w, bufs.meta_wr)
+        connect(m, ctl.regs, arr.regs, su.regs)
+        ports = [(ctl.imem, bufs.imem_rd), (arr.qbuf, bufs.q_rd), (arr.wbuf, bufs.w_rd), (su.xbuf, bufs.x_rd),
+                 (su.sbuf, bufs.s_rd), (su.qbuf, bufs.q_wr), (su.obuf_r, bufs.o_rd), (su.meta_r, bufs.meta_rd),
+                 (su.meta_w, bufs.meta_wr)]
+        ports += [(getattr(dma, f"{b}_{d}"), getattr(bufs, f"{b}_dma_{d}")) for b in "xwso" for d in ("rd", "wr")]
+        for unit_port, buffer_port in ports:
+            connect(m, unit_port, buffer_port)
         # OBUF compute write port: the array drain or the scaleout write-back (never both)
         m.d.comb += [
             bufs.o_wr.addr.eq(Mux(arr.busy, arr.obuf.addr, su.obuf_w.addr)),
@@ -99,22 +94,20 @@ class Accelerator(wiring.Component):
             bufs.o_wr.en.eq(Mux(arr.busy, arr.obuf.en, su.obuf_w.en)),
         ]
 
-        w = ctl.word
-        regs = [(arr.k_features, ctl.k_features), (su.k_features, ctl.k_features), (su.rshift, ctl.rshift),
-                (su.oshift, ctl.oshift), (su.router, ctl.router), (su.sin, ctl.sin), (su.smul, ctl.smul)]
-        m.d.comb += [a.eq(b) for a, b in regs]
+        word = ctl.word
+        matmul, quant, scaleout, load = word.matmul, word.quant, word.scaleout, word.load
+        m.d.comb += [arr.start.eq(ctl.array_start)]
+        m.d.comb += [getattr(arr, name).eq(matmul[name]) for name, _ in instruction_layout(Op.MATMUL)]
+        # quant and scaleout share the unit: ``a``/``b`` are x/q or o/s, the rest by name
+        so = ctl.unit_op
         m.d.comb += [
-            arr.start.eq(ctl.array_start), arr.mode.eq(instruction_field(w, Op.MATMUL, "mode")),
-            arr.q.eq(instruction_field(w, Op.MATMUL, "q")), arr.w.eq(instruction_field(w, Op.MATMUL, "w")), arr.o.eq(instruction_field(w, Op.MATMUL, "o")),
-            arr.ntiles.eq(instruction_field(w, Op.MATMUL, "ntiles")),
-            su.start.eq(ctl.unit_start), su.op.eq(ctl.unit_op),
-            su.mode.eq(instruction_field(w, Op.QUANT, "mode")),
-            su.a.eq(Mux(ctl.unit_op, instruction_field(w, Op.SCALEOUT, "o"), instruction_field(w, Op.QUANT, "x"))),
-            su.b.eq(Mux(ctl.unit_op, instruction_field(w, Op.SCALEOUT, "s"), instruction_field(w, Op.QUANT, "q"))),
-            su.meta.eq(instruction_field(w, Op.QUANT, "meta")), su.ntok.eq(instruction_field(w, Op.QUANT, "ntok")),
-            su.ntiles.eq(instruction_field(w, Op.SCALEOUT, "ntiles")),
-            dma.start.eq(ctl.dma_start), dma.store.eq(w[isa.OPCODE_LO:] == int(Op.STORE)),
-            dma.buf.eq(instruction_field(w, Op.LOAD, "buf")), dma.line.eq(instruction_field(w, Op.LOAD, "line")),
-            dma.nlines.eq(instruction_field(w, Op.LOAD, "nlines")), dma.addr.eq(ctl.dma_addr),
+            su.start.eq(ctl.unit_start), su.op.eq(so),
+            su.a.eq(Mux(so, scaleout.o, quant.x)), su.b.eq(Mux(so, scaleout.s, quant.q)),
+            su.mode.eq(Mux(so, scaleout.mode, quant.mode)), su.meta.eq(Mux(so, scaleout.meta, quant.meta)),
+            su.ntok.eq(Mux(so, scaleout.ntok, quant.ntok)), su.ntiles.eq(scaleout.ntiles),
         ]
+        # load and store have the same fields; the engine takes them from the load view
+        m.d.comb += [dma.start.eq(ctl.dma_start), dma.store.eq(word.opcode == int(Op.STORE)),
+                     dma.addr.eq(ctl.dma_addr)]
+        m.d.comb += [getattr(dma, name).eq(load[name]) for name in DMA_FIELDS]
         return m

@@ -13,38 +13,64 @@ from pathlib import Path
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
-from bitmos.container import MemoryImage, Program
+from bitmos.cliargs import positive_int
+from bitmos.container import MemoryImage, Program, load_compiled_folder
 from bitmos.errors import ConfigError, FormatError
 
 
-def load_programs(path: str | Path) -> tuple[list[tuple[str, Program]], Path | None, dict[str, Any]]:
-    """[(name, Program)], the memory image path (or None) and the manifest ({} for a single file)."""
+#: Default bound on the external memory a functional run may grow to (--max-memory-mib).
+DEFAULT_MAX_MEMORY_MIB = 2048
+
+
+def load_programs(path: str | Path) -> tuple[list[tuple[str, Program]], MemoryImage | None, dict[str, Any]]:
+    """[(name, Program)], the memory image (or None) and the manifest ({} for a single file)."""
     p = Path(path)
     if p.is_dir():
-        man_path = p / "manifest.json"
-        if not man_path.is_file():
-            raise FormatError(f"{p}: a program directory needs manifest.json (written by 'bitmos compile')")
-        try:
-            man = json.loads(man_path.read_text(encoding="utf-8"))
-            progs = [(f"{layer['name']}" + (f".p{i}" if len(layer["programs"]) > 1 else ""), p / entry["file"])
-                     for layer in man["layers"] for i, entry in enumerate(layer["programs"])]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise FormatError(f"{man_path}: not a compiler manifest ({exc!r})") from None
-        mem = man.get("memory_image")
-        return [(n, Program.load(f)) for n, f in progs], (p / mem) if mem else None, man
+        folder = load_compiled_folder(p)
+        return folder.programs, folder.memory, folder.manifest
     if not p.is_file():
         raise FormatError(f"program {str(p)!r} does not exist")
     return [(p.stem, Program.load(p))], None, {}
 
 
+def check_run_bounds(programs: list[tuple[str, Program]], cfg: AcceleratorConfig, *, memory_bytes: int,
+                     functional: bool, max_memory_mib: int, max_cycles: int | None) -> None:
+    """Refuse, before anything runs, a run whose external memory would grow past ``max_memory_mib`` or whose
+    cycles exceed ``max_cycles``. Programs are straight-line, so the timing analysis gives the exact cycles
+    and the highest byte every store writes without executing anything."""
+    from bitmos.sim.analysis import analyze
+    from bitmos.isa import Op
+
+    limit = max_memory_mib << 20
+    if functional and memory_bytes > limit:
+        raise ConfigError(f"the memory image holds {memory_bytes / 2**20:.1f} MiB, above --max-memory-mib "
+                          f"{max_memory_mib}")
+    if not functional and max_cycles is None:
+        return
+    total = 0
+    for name, prog in programs:
+        an = analyze(prog.words, cfg, check_hazards=False)
+        total += an.cycles
+        if max_cycles is not None and total > max_cycles:
+            raise ConfigError(f"{name}: the run takes more than --max-cycles {max_cycles} cycles "
+                              f"({total} by the end of this program); raise the budget to run it")
+        issued = an.decoded.op[:an.n_issued] == int(Op.STORE)
+        top = int(an.ext_end[:an.n_issued][issued].max()) if issued.any() else 0
+        if functional and top > limit:
+            raise ConfigError(f"{name}: stores reach external byte {top:,} ({top / 2**20:.0f} MiB); the "
+                              f"simulated memory would grow past --max-memory-mib {max_memory_mib} "
+                              f"(config ext_mem_mib {cfg.ext_mem_mib}); raise the limit or use --timing-only")
+
+
 def cmd_simulate(args) -> int:
+    from bitmos.fileio import atomic_folder
     from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.machine import Simulator
     from bitmos.sim.report import format_text, summarize, write_json, write_plots
 
-    programs, mem_path, manifest = load_programs(args.program)
+    programs, memory_image, manifest = load_programs(args.program)
     if args.memory:
-        mem_path = Path(args.memory)
+        memory_image = MemoryImage.load(args.memory)
     cfg = programs[0][1].config
     if args.config:
         want = AcceleratorConfig.load(args.config)
@@ -55,16 +81,17 @@ def cmd_simulate(args) -> int:
     functional = not args.timing_only
     memory = None
     if functional:
-        if mem_path is None:
+        if memory_image is None:
             if manifest.get("timing_only"):
                 raise FormatError(f"{args.program}: compiled timing-only (no memory image); use --timing-only")
             memory = bytearray()
         else:
-            memory = MemoryImage.load(mem_path)
-            if memory.config_fingerprint != cfg.fingerprint():
-                raise ConfigError(f"{mem_path}: memory image is for config fingerprint "
-                                  f"{memory.config_fingerprint}, the program's config is {cfg.fingerprint()}")
-            memory = memory.data
+            if memory_image.config_fingerprint != cfg.fingerprint():
+                raise ConfigError(f"{args.memory or args.program}: memory image is for config fingerprint "
+                                  f"{memory_image.config_fingerprint}, the program's config is {cfg.fingerprint()}")
+            memory = memory_image.data
+    check_run_bounds(programs, cfg, memory_bytes=len(memory or b""), functional=functional,
+                     max_memory_mib=args.max_memory_mib, max_cycles=args.max_cycles)
     sim = Simulator(cfg, check_hazards=not args.no_hazard_check)
     results = []
     for name, prog in programs:
@@ -82,10 +109,11 @@ def cmd_simulate(args) -> int:
     else:
         sys.stdout.write(format_text(summary))
     if args.plots:
-        out = Path(args.plots)
-        write_json(summary, out / "report.json")
-        for path in write_plots(summary, out, trace_runs=results[:8]):
-            print(f"wrote {path}", file=sys.stderr)
+        with atomic_folder(args.plots, marker="report.json") as out:
+            write_json(summary, out / "report.json")
+            written = write_plots(summary, out, trace_runs=results[:8])
+        for path in written:
+            print(f"wrote {Path(args.plots) / Path(path).name}", file=sys.stderr)
     if functional and args.memory_out:
         fp = cfg.fingerprint()
         MemoryImage(memory, fp, {"written_by": "bitmos simulate"}).save(args.memory_out)
@@ -100,9 +128,16 @@ def add_commands(subparsers) -> None:
     p.add_argument("--config", help="accelerator config (preset name or file); must match the program's")
     p.add_argument("--energy-table", help="shipped table name (e.g. horowitz45_hbm2) or a TOML file")
     p.add_argument("--timing-only", action="store_true", help="cycles and counts without data (fast)")
-    p.add_argument("--tokens", type=int, help="tokens the run processes (for tokens/s and energy per token)")
+    p.add_argument("--tokens", type=positive_int,
+                   help="tokens the run processes (for tokens/s and energy per token)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write report.json, roofline.png, energy.png, timeline.png")
     p.add_argument("--memory-out", metavar="FILE", help="write the final external memory (.bmmem)")
     p.add_argument("--no-hazard-check", action="store_true", help="do not stop on DMA hazards")
+    p.add_argument("--max-memory-mib", type=positive_int, default=DEFAULT_MAX_MEMORY_MIB,
+                   help="refuse a functional run whose external memory would grow past this many MiB "
+                        f"(default {DEFAULT_MAX_MEMORY_MIB}); checked before the run")
+    p.add_argument("--max-cycles", type=positive_int, default=None,
+                   help="refuse a run that takes more cycles than this (all programs together); "
+                        "checked before the run from the exact timing analysis")
     p.set_defaults(func=cmd_simulate)

@@ -38,6 +38,7 @@ import numpy as np
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import ConfigError
+from bitmos.fileio import read_text_file
 from bitmos.isa import BUFFERS, Op, Reg
 
 try:  # Python 3.11+
@@ -254,7 +255,7 @@ class EnergyTable:
                                   f"table; shipped: {', '.join(table_names())}")
             p = shipped
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = tomllib.loads(read_text_file(p, "energy table", error=ConfigError))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: cannot parse energy table: {exc}") from None
         return cls.from_dict(data, source=str(p))

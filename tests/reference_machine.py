@@ -2,9 +2,10 @@
 
 Written line by line from docs/isa.md: Python integers, one element at a time, every buffer line one
 little-endian integer. It uses only the contract -- the reference arithmetic of ``bitmos.formats``,
-the decoder of ``bitmos.isa``, the cycle formulas (``Timeline``) of ``bitmos.semantics`` and the geometry of
-``bitmos.config`` -- and shares nothing with bitmos.sim's vectorized code: it is the independent
-second implementation the simulator and the compiler are checked against. Slow; small shapes only.
+the decoder of ``bitmos.isa`` and the geometry of ``bitmos.config`` -- and shares nothing with
+``bitmos.semantics`` (its range checks, hazard rule, cycle formulas and timing rule are transcribed
+here from docs/isa.md) nor with bitmos.sim's vectorized code: it is the independent second
+implementation the simulator, the compiler and (through the RTL benches) the RTL are checked against. Slow; small shapes only.
 
 Users:
 * tests/compiler (via tests/compiler/helpers.py): every compiled program runs here and on
@@ -36,7 +37,6 @@ from dataclasses import dataclass
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
 from bitmos.isa import BUFFERS, Op, Reg, decode, reg_value
-from bitmos.semantics import Timeline
 
 
 class ReferenceMachineError(Exception):
@@ -109,19 +109,50 @@ class ReferenceMachine:
         if (plane and ntok != 1) or (not plane and ntok > self.cfg.rows):
             self.fail(pc, f"illegal ntok={ntok} for {'plane' if plane else 'token'} mode")
 
+    # timing (docs/isa.md "Cycles" and "Timing", transcribed) ----------------------------------------
+    def cycles(self, ins) -> int:
+        """Cycles a compute instruction holds the controller (1 for the others)."""
+        c = self.cfg
+        R, C, L, k, E = c.rows, c.cols, c.lanes, c.act_bits, c.experts
+        K = self.regs[Reg.K]
+        nch = -(-K // L)
+        XL = nch * L // C
+        P, Ra = -(-k // R), min(k, R)
+        if ins.op is Op.QUANT:
+            W = k if ins["mode"] == 0 else P
+            t_quant = (XL + E + 4 if E >= 2 else 0) + XL + 1 + nch * (L // C + W) + 1
+            return 1 + ins["ntok"] * t_quant
+        if ins.op is Op.MATMUL:
+            t_tile = nch * k + (R + C - 1) + R if ins["mode"] == 0 else nch * P + (Ra + C - 1) + 1
+            return 1 + ins["ntiles"] * t_tile
+        if ins.op is Op.SCALEOUT:
+            return 1 + ins["ntiles"] * ins["ntok"] + 2
+        return 1
+
+    def step_time(self, ins) -> None:
+        """t and dma_free after ``ins`` (t_(i+1) from t_i)."""
+        if ins.op in (Op.LOAD, Op.STORE, Op.WAIT, Op.HALT):
+            s = max(self.t, self.dma_free)
+            self.stalls += s - self.t
+            self.t = s + 1
+            if ins.op in (Op.LOAD, Op.STORE):
+                bits = ins["nlines"] * self.cfg.line_bits(BUFFERS[ins["buf"]])
+                self.dma_free = s + 1 + self.cfg.ext_latency + -(-bits // self.cfg.ext_bw_bits)
+        else:
+            self.t += self.cycles(ins)
+
     # the program ----------------------------------------------------------------------------------
     def run(self, words: list[int]) -> RefResult:
-        tl = Timeline()
+        self.t = self.dma_free = self.stalls = 0
         pc = 0
         while True:
             if pc >= self.cfg.imem_words or pc >= len(words):
                 self.fail(pc, "ran past the program")
             ins = decode(words[pc], pc=pc)
             op = ins.op
-            K = self.regs[Reg.K]
             if op is Op.HALT:
-                tl.step(ins, self.cfg, K)
-                return RefResult(tl.now, self.mem, None, pc + 1, tl.stall_cycles)
+                self.step_time(ins)
+                return RefResult(self.t, self.mem, None, pc + 1, self.stalls)
             if op is Op.SETR:
                 self.regs[Reg(ins["reg"])] = reg_value(Reg(ins["reg"]), ins["value"])
             elif op in (Op.LOAD, Op.STORE):
@@ -134,7 +165,7 @@ class ReferenceMachine:
                 self.matmul(ins, pc)
             elif op is Op.SCALEOUT:
                 self.scaleout(ins, pc)
-            tl.step(ins, self.cfg, K)
+            self.step_time(ins)
             pc += 1
 
     def dma(self, ins, pc: int) -> None:

@@ -107,7 +107,7 @@ def test_demo_detects_a_wrong_accelerator(student_path, monkeypatch):
 
 def test_demo_cli_errors(student_path, capsys):
     assert main(["demo", "--checkpoint", str(student_path), "--tokens", "0", "--out", ""]) == 2
-    assert "--tokens must be at least 1" in capsys.readouterr().err
+    assert "--tokens: must be at least 1, got 0" in capsys.readouterr().err
     assert main(["demo", "--checkpoint", "/nonexistent.safetensors"]) == 2
     assert "nonexistent" in capsys.readouterr().err
 

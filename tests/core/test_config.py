@@ -1,9 +1,10 @@
+import dataclasses
 import json
 import unittest
 
 import pytest
 
-from bitmos.config import PRESETS, AcceleratorConfig, preset_config
+from bitmos.config import REPORTING_FIELDS, PRESETS, AcceleratorConfig, preset_config
 from bitmos.errors import ConfigError
 
 
@@ -51,8 +52,10 @@ class TestAcceleratorConfig(unittest.TestCase):
         ]
         for kwargs, pattern in cases:
             with self.subTest(kwargs=kwargs):
-                with self.assertRaisesRegex(ConfigError, pattern):
+                with self.assertRaisesRegex(ConfigError, pattern) as ctx:
                     AcceleratorConfig(**kwargs)
+                # the error carries the field it is about (the first key, or the derived one it names)
+                self.assertIn(ctx.exception.field, kwargs.keys() | {"lanes", "qbuf_kib"})
 
     def test_frozen(self):
         c = AcceleratorConfig()
@@ -99,8 +102,22 @@ def test_missing_file():
         AcceleratorConfig.load("/nonexistent/cfg.toml")
 
 
-def test_fingerprint_changes_with_any_field():
+def test_fingerprint_changes_with_every_machine_field_and_only_those():
     a = preset_config("small")
-    b = AcceleratorConfig.from_dict(dict(a.to_dict(), ext_latency=a.ext_latency + 1))
-    assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == AcceleratorConfig.from_dict(a.to_dict()).fingerprint()
+    for f in dataclasses.fields(a):
+        d = a.to_dict()
+        if f.name == "name":
+            d["name"] = "another-name"
+        elif f.name == "act_bits":
+            d["act_bits"] = 4
+        elif f.name == "lanes":
+            d["lanes"] = 64
+        elif f.name in ("acc_bits", "x_frac_bits", "out_frac_bits", "experts", "rows"):
+            d[f.name] = d[f.name] - 1
+        else:
+            d[f.name] = d[f.name] * 2
+        b = AcceleratorConfig.from_dict(d)
+        same = a.fingerprint() == b.fingerprint()
+        # a name or a clock describes the machine, it does not change what it computes or its cycles
+        assert same == (f.name in REPORTING_FIELDS), f.name

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bitmos.errors import FormatError
-from bitmos.model.checkpoint import (load_checkpoint, load_trainer_state, read_checkpoint, save_checkpoint,
-                                     save_trainer_state)
+from bitmos.model.checkpoint import (checkpoint_digest, load_checkpoint, load_trainer_state, read_checkpoint,
+                                     save_checkpoint, save_trainer_state, upgrade_checkpoint)
 from bitmos.model.transformer import Transformer
 
 from .model_helpers import tiny_config
@@ -52,23 +52,54 @@ def test_corrupt_truncated_and_foreign_files(tmp_path):
         load_checkpoint(bad)
 
 
+def _save_with_checksum(path, sd, meta):
+    from safetensors.torch import save_file
+    save_file(sd, str(path), metadata=dict(meta, sha256=checkpoint_digest(sd, meta)))
+
+
 def test_mismatched_config_is_a_format_error(tmp_path):
     m = Transformer(tiny_config())
     p = tmp_path / "m.safetensors"
     save_checkpoint(p, m)
     meta, sd = read_checkpoint(p)
-    from safetensors.torch import save_file
     cfg = dict(meta["config"], n_layers=3)
-    save_file(sd, str(p), metadata={"format": "bitmos-model", "version": "1", "config": json.dumps(cfg)})
+    _save_with_checksum(p, sd, {"format": "bitmos-model", "version": "2", "config": json.dumps(cfg)})
     with pytest.raises(FormatError, match="does not match its config: missing"):
         load_checkpoint(p)
     cfg = dict(meta["config"], dim=-1)
-    save_file(sd, str(p), metadata={"format": "bitmos-model", "version": "1", "config": json.dumps(cfg)})
+    _save_with_checksum(p, sd, {"format": "bitmos-model", "version": "2", "config": json.dumps(cfg)})
     with pytest.raises(FormatError, match="invalid model config: ModelConfig.dim"):
         load_checkpoint(p)
-    save_file(sd, str(p), metadata={"format": "bitmos-model", "version": "9", "config": "{}"})
+    _save_with_checksum(p, sd, {"format": "bitmos-model", "version": "9", "config": "{}"})
     with pytest.raises(FormatError, match="has version '9'"):
         load_checkpoint(p)
+
+
+def test_checksum_covers_weights_and_metadata(tmp_path):
+    from safetensors.torch import save_file
+    m = Transformer(tiny_config())
+    p = tmp_path / "m.safetensors"
+    save_checkpoint(p, m, step=7)
+    meta, sd = read_checkpoint(p)
+    stored = {"format": "bitmos-model", "version": "2", "config": json.dumps(meta["config"]),
+              "train_args": "{}", "step": "7"}
+    digest = checkpoint_digest(sd, stored)
+    changed = dict(sd)
+    key = sorted(changed)[0]
+    changed[key] = changed[key].clone()
+    changed[key].view(-1)[0] += 1.0           # one weight differs, the checksum is the original one
+    save_file(changed, str(p), metadata=dict(stored, sha256=digest))
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        load_checkpoint(p)
+    save_file(sd, str(p), metadata=dict(stored, step="8", sha256=digest))   # metadata differs
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        load_checkpoint(p)
+    save_file(sd, str(p), metadata=dict(stored, version="1"))                # before checksums
+    with pytest.raises(FormatError, match="upgrade it once"):
+        load_checkpoint(p)
+    upgrade_checkpoint(p)
+    meta2, sd2 = read_checkpoint(p)
+    assert meta2["step"] == 7 and all(torch.equal(sd[k], sd2[k]) for k in sd)
 
 
 def test_trainer_state_round_trip_and_corrupt(tmp_path):

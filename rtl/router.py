@@ -1,0 +1,71 @@
+"""Router: the E multiply-accumulators whose sums become the router logits (``formats.router_logits``).
+
+One XBUF line and one SBUF router line per ``accumulate`` cycle: each expert's 48-bit sum gains
+sum_j x_j * WR[e][j] over the C lanes, lanes at or past K counting 0. ``clear`` starts a token.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from bitmos import formats as F
+from bitmos.config import AcceleratorConfig
+from bitmos.rtl.common import check_config, expert_lanes, signed_lanes
+
+__all__ = ["Router"]
+
+
+class Router(wiring.Component):
+    """E router multiply-accumulators of C lanes each (only built for E >= 2).
+
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+
+    Attributes
+    ----------
+    x : In(C*16)
+        The XBUF line (C int16 lanes).
+    lane_valid : In(C)
+        Lane j is inside K (a lane outside adds 0).
+    weights : In(sbuf_line_bits)
+        The SBUF router line: row e's weight for lane j is element ``e*C + j``.
+    accumulate : In(1)
+        Add this cycle's line to the sums.
+    clear : In(1)
+        Zero the sums (a new token); wins over ``accumulate``.
+    acc : Out(ArrayLayout(signed(ROUTER_ACC_BITS), E))
+
+    Raises
+    ------
+    TypeError, ValueError
+        See :func:`bitmos.rtl.common.check_config`; ValueError if the config has fewer than 2 experts
+        (E <= 1 needs no router).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig):
+        self._cfg = cfg = check_config(cfg)
+        if cfg.experts < 2:
+            raise ValueError(f"a router needs at least 2 experts, not {cfg.experts}")
+        super().__init__({
+            "x": In(cfg.xbuf_line_bits), "lane_valid": In(cfg.cols), "weights": In(cfg.sbuf_line_bits),
+            "accumulate": In(1), "clear": In(1),
+            "acc": Out(data.ArrayLayout(signed(F.ROUTER_ACC_BITS), cfg.experts)),
+        })
+
+    @property
+    def cfg(self) -> AcceleratorConfig:
+        return self._cfg
+
+    def elaborate(self, platform):
+        m = Module()
+        C, E = self._cfg.cols, self._cfg.experts
+        x = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
+        w = expert_lanes(self.weights, E, C)
+        with m.If(self.accumulate):
+            m.d.sync += [self.acc[e].eq(self.acc[e] + sum(x[j] * w[e][j] for j in range(C))) for e in range(E)]
+        with m.If(self.clear):
+            m.d.sync += [self.acc[e].eq(0) for e in range(E)]
+        return m
