@@ -9,7 +9,9 @@ Modules, small to large:
 * :mod:`bitmos.model.checkpoint` -- safetensors checkpoints with an embedded JSON config.
 * :mod:`bitmos.model.data` -- tokenizers, the built-in offline corpus, batch sampling.
 * :mod:`bitmos.model.distill`, :mod:`bitmos.model.train` -- losses and training loops (single process or DDP).
-* :mod:`bitmos.model.cli` -- ``bitmos train | distill | eval | generate``.
+* :mod:`bitmos.model.hf`, :mod:`bitmos.model.gguf` -- pretrained LLaMA-family models in (Hugging Face folders,
+  GGUF files) with their own tokenizers.
+* :mod:`bitmos.model.cli` -- ``bitmos train | distill | eval | generate | export``.
 """
 
 from bitmos.model.config import SCHEMES, ModelConfig  # noqa: F401  (re-exported)

@@ -1,10 +1,12 @@
 """Checkpoints: one ``.safetensors`` file whose header metadata holds the JSON config; nothing is unpickled.
 
 Metadata keys (all strings): ``format`` = "bitmos-model", ``version``, ``config`` (ModelConfig JSON),
-``train_args`` (JSON), ``step`` and ``sha256``: the SHA-256 of every other metadata entry and every tensor
-(name, dtype, shape, bytes), verified on load, so a changed byte anywhere is refused instead of loading
-changed weights. Version 2 added the checksum; a version 1 file is refused with the command that upgrades it
-(:func:`upgrade_checkpoint`). With ``compact=True`` large tensors (>= 4096 elements) are stored as bfloat16:
+``train_args`` (JSON), ``step``, ``tokenizer`` (the tokenizer's own serialized JSON, for every model whose config
+names a non-byte tokenizer: the tokenizer travels with the weights) and ``sha256``: the SHA-256 of every other
+metadata entry and every tensor (name, dtype, shape, bytes), verified on load, so a changed byte anywhere is refused
+instead of loading changed weights. Version 2 added the checksum; a version 1 file is refused with the command that
+upgrades it (:func:`upgrade_checkpoint`). Tied embeddings (``config.tie_embeddings``) are stored once, under
+``tok_embeddings.weight``. With ``compact=True`` large tensors (>= 4096 elements) are stored as bfloat16:
 the sign of every latent weight is preserved exactly, so a binarized model's bits do not change.
 
 Resumable training state (optimizer, data RNG) goes beside it in ``<name>.trainer.pt`` via :func:`save_trainer_state`,
@@ -35,16 +37,31 @@ FORMAT = "bitmos-model"
 VERSION = "2"
 
 
-def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False) -> None:
-    """Atomically write ``model`` (a Transformer) and its config to ``path``."""
+def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, compact: bool = False,
+                    tokenizer=None) -> None:
+    """Atomically write ``model`` (a Transformer) and its config to ``path``.
+
+    ``tokenizer`` (a :class:`~bitmos.model.data.BPETokenizer`) is embedded in the metadata; a model whose config
+    names a non-byte tokenizer needs one (or the one attached to the model as ``model.tokenizer``).
+    """
+    from bitmos.model.data import check_tokenizer
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tied = model.tied_keys() if hasattr(model, "tied_keys") else {}
     sd = {}
     for k, v in model.state_dict().items():
+        if k in tied:
+            continue
         v = v.detach().contiguous().cpu()
         if compact and v.is_floating_point() and v.numel() >= 4096:
             v = v.to(torch.bfloat16)
         sd[k] = v.clone()
     meta = {"format": FORMAT, "version": VERSION, "config": json.dumps(model.config.to_dict()),
             "train_args": json.dumps(train_args or {}), "step": str(int(step))}
+    if model.config.tokenizer != "byte":
+        if tokenizer is None:
+            raise FormatError(f"model uses tokenizer {model.config.tokenizer!r} but none was given to save with it")
+        check_tokenizer(model.config, tokenizer, "model")
+        meta["tokenizer"] = tokenizer.to_json()
     _write(path, sd, meta)
 
 
@@ -95,7 +112,7 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise FormatError(f"checkpoint {path}: checksum mismatch: the file is corrupt")
     try:
         out = {"config": json.loads(meta["config"]), "train_args": json.loads(meta.get("train_args", "{}")),
-               "step": int(meta.get("step", "0"))}
+               "step": int(meta.get("step", "0")), "tokenizer": meta.get("tokenizer")}
         if not isinstance(out["config"], dict) or not isinstance(out["train_args"], dict):
             raise ValueError("config and train_args must be JSON objects")
     except (KeyError, ValueError, RecursionError) as exc:
@@ -115,12 +132,15 @@ def load_checkpoint(path, map_location: str = "cpu"):
     # a lower bound of the config's parameters (q/o projections, the MLP, the embedding) against what the file
     # holds: a config naming a far bigger model is refused before a model of that size is allocated
     c = config
-    least = c.n_layers * (2 * c.dim * c.dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
+    least = c.n_layers * (2 * c.dim * c.n_heads * c.head_dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
     held = sum(v.numel() for v in sd.values())
     if least > held:
         raise FormatError(f"checkpoint {path} does not match its config: the config needs at least {least:,} "
                           f"parameters, the file holds {held:,}")
     model = Transformer(config)
+    for k, src in model.tied_keys().items():   # stored once; the model shares one tensor
+        if k not in sd and src in sd:
+            sd[k] = sd[src]
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -133,6 +153,10 @@ def load_checkpoint(path, map_location: str = "cpu"):
                               f"config needs {tuple(expected[k].shape)}")
     model.load_state_dict(sd)
     model.eval()
+    if config.tokenizer != "byte":
+        from bitmos.model.data import tokenizer_for
+        model.tokenizer = tokenizer_for(config, meta.get("tokenizer"), path.parent if isinstance(path, Path)
+                                        else Path(path).parent)
     return model.to(map_location), meta
 
 

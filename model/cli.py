@@ -80,12 +80,46 @@ def cmd_train(args) -> int:
     return _report(train(config, _train_args(args), resume=args.resume), args)
 
 
+def _given_tokenizer(args):
+    """``--tokenizer``: ``byte`` or a tokenizer.json path (None when not given)."""
+    spec = getattr(args, "tokenizer", None)
+    if not spec:
+        return None
+    from bitmos.model.data import BPETokenizer, ByteTokenizer
+    if spec == "byte":
+        return ByteTokenizer()
+    path = Path(spec)
+    if not path.is_file():
+        raise BitmosUserError(f"--tokenizer {spec}: not 'byte' and no such tokenizer.json file")
+    tok = BPETokenizer.from_file(path, kind="hf")
+    return tok
+
+
+def _load_model(path, args, what: str = "model"):
+    """A bitmos checkpoint, a Hugging Face folder or a GGUF file, optionally binarized (``--scheme``, the scheme's
+    init from the float weights, no training); the model's own tokenizer is ``model.tokenizer``. A ``--tokenizer``
+    that is not the model's is an error naming both."""
+    from bitmos.model.data import check_same_tokenizer
+    from bitmos.model.hf import load_any
+    model, meta = load_any(path)
+    scheme = getattr(args, "scheme", None)
+    if scheme and scheme != model.config.scheme:
+        if model.config.binarized:
+            raise BitmosUserError(f"{path} is already a {model.config.scheme!r} student; --scheme binarizes a "
+                                  "float model")
+        from bitmos.model.distill import make_student
+        tok = model.tokenizer
+        overrides = {"experts": args.experts} if getattr(args, "experts", None) else {}
+        model = make_student(model, scheme, **overrides).eval()
+        model.tokenizer = tok
+    given = _given_tokenizer(args)
+    if given is not None:
+        check_same_tokenizer(model.tokenizer, f"{what} {path}", given, f"--tokenizer {args.tokenizer}")
+    return model, meta
+
+
 def _load_teacher(args):
-    from bitmos.model.checkpoint import load_checkpoint
-    if args.hf_teacher:
-        from bitmos.model.hf import load_hf_llama
-        return load_hf_llama(args.hf_teacher)
-    model, _ = load_checkpoint(args.teacher)
+    model, _ = _load_model(args.hf_teacher or args.teacher, argparse.Namespace(), "teacher")
     return model
 
 
@@ -99,7 +133,12 @@ def cmd_distill(args) -> int:
                                     pb_fraction=args.pb_fraction)
     targs = _train_args(args, teacher=args.teacher or args.hf_teacher, from_teacher=not args.from_scratch,
                         gt_weight=args.gt_weight, hidden_weight=args.hidden_weight)
-    return _report(train(config, targs, teacher=teacher, resume=args.resume), args)
+    given = _given_tokenizer(args)
+    if given is not None:
+        from bitmos.model.data import check_same_tokenizer
+        check_same_tokenizer(teacher.tokenizer, f"teacher {args.hf_teacher or args.teacher}", given,
+                             f"--tokenizer {args.tokenizer}")
+    return _report(train(config, targs, teacher=teacher, resume=args.resume, tokenizer=teacher.tokenizer), args)
 
 
 def _eval_targets(args):
@@ -110,24 +149,24 @@ def _eval_targets(args):
 
 
 def cmd_eval(args) -> int:
-    from bitmos.model.checkpoint import load_checkpoint
-    from bitmos.model.data import encode_corpus, get_tokenizer, load_corpus
+    from bitmos.model.data import encode_corpus, load_corpus
     from bitmos.model.train import evaluate
     _threads(args)
     _, val_text = load_corpus(args.corpus, args.cache_dir)
     rows = []
     for name, path in _eval_targets(args):
-        model, meta = load_checkpoint(path)
+        model, meta = _load_model(path, args)
         if args.act_bits is not None:
             for _, m in model.binarized_linears():
                 m.act_bits = None if args.act_bits == "off" else args.act_bits
-        tok = get_tokenizer(model.config.tokenizer, Path(path).parent)
+        tok = model.tokenizer
         val = encode_corpus(val_text, tok)
         seq = min(args.seq_len, model.config.max_seq_len)
         ev = evaluate(model, val, seq, args.max_tokens, bytes_per_token=len(val_text.encode()) / val.numel())
         binarized = model.config.binarized
         act = model.config.act_bits if args.act_bits is None else (None if args.act_bits == "off" else args.act_bits)
         rows.append({"name": str(name), "path": str(path), "scheme": model.config.scheme,
+                     "tokenizer": model.config.tokenizer,
                      "experts": model.config.experts if model.config.scheme == "mos" else None,
                      "act_bits": act if binarized else None, "step": meta["step"], **ev})
         if args.golden and binarized:
@@ -152,11 +191,17 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from bitmos.model.checkpoint import shipped_path
-    from bitmos.model.export import export_checkpoint, resolve_accel
+    from bitmos.model.export import export_checkpoint, export_model, resolve_accel
     _threads(args)
     path = Path(args.checkpoint) if args.checkpoint else shipped_path("student")
     cfg = resolve_accel(args.config)
-    exp = export_checkpoint(path, args.output, cfg)
+    if path.is_dir() or path.suffix == ".gguf" or args.scheme or args.tokenizer:
+        model, meta = _load_model(path, args)
+        exp = export_model(model, cfg, info={"source": str(path), "step": meta.get("step", 0),
+                                             "tokenizer": model.config.tokenizer})
+        exp.save(args.output)
+    else:
+        exp = export_checkpoint(path, args.output, cfg)
     print(f"wrote {args.output}: {len(exp.linears)} binarized linears of {path.name} in the number formats of "
           f"accelerator {cfg.name!r} (x Q.{cfg.x_frac_bits}, y Q.{cfg.out_frac_bits}, A{cfg.act_bits})")
     return 0
@@ -164,12 +209,11 @@ def cmd_export(args) -> int:
 
 def cmd_generate(args) -> int:
     import torch
-    from bitmos.model.checkpoint import load_checkpoint, shipped_path
-    from bitmos.model.data import get_tokenizer
+    from bitmos.model.checkpoint import shipped_path
     _threads(args)
     path = Path(args.checkpoint) if args.checkpoint else shipped_path("student")
-    model, _ = load_checkpoint(path)
-    tok = get_tokenizer(model.config.tokenizer, path.parent)
+    model, _ = _load_model(path, args)
+    tok = model.tokenizer
     ids = tok.encode(args.prompt)
     if not ids:
         raise BitmosUserError("--prompt must not be empty")
@@ -181,6 +225,15 @@ def cmd_generate(args) -> int:
                          args.top_k if args.top_k > 0 else None, generator=g)
     print(tok.decode(out[0].tolist()))
     return 0
+
+
+def _model_source_args(p):
+    from bitmos.model.config import SCHEMES
+    p.add_argument("--scheme", choices=[s for s in SCHEMES if s != "float"], default=None,
+                   help="binarize a float model (HF folder, GGUF, teacher) with this scheme's init, no training")
+    p.add_argument("--experts", type=int, default=None, help="scale experts for --scheme mos (default 4)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json (or 'byte') to check against the model's own: a mismatch is an error")
 
 
 def add_commands(subparsers) -> None:
@@ -202,7 +255,10 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("distill", help="distill a binarized student from a teacher (FBI-LLM style)")
     p.add_argument("--teacher", help="teacher checkpoint (.safetensors)")
-    p.add_argument("--hf-teacher", help="local Hugging Face LLaMA directory (needs transformers)")
+    p.add_argument("--hf-teacher", help="local Hugging Face LLaMA-family folder (config.json, safetensors, "
+                   "tokenizer.json) or a LLaMA .gguf file; the student inherits its tokenizer")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (or 'byte') to train with; must be the "
+                   "teacher's (default: the teacher's own)")
     p.add_argument("--scheme", choices=[s for s in SCHEMES if s != "float"], default="mos")
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--act-bits", type=_act_bits, default=8)
@@ -214,7 +270,9 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=cmd_distill)
 
     p = subparsers.add_parser("eval", help="perplexity, bits per byte, next-token accuracy on held-out text")
-    p.add_argument("checkpoints", nargs="*", help="checkpoints (default: the shipped teacher and student)")
+    p.add_argument("checkpoints", nargs="*", help="bitmos checkpoints, Hugging Face folders or .gguf files "
+                   "(default: the shipped teacher and student)")
+    _model_source_args(p)
     p.add_argument("--corpus", default="builtin")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seq-len", type=positive_int, default=128)
@@ -230,14 +288,18 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("export", help="export a binarized student to the accelerator's integer formats "
                               "(the file the compiler reads)")
-    p.add_argument("checkpoint", nargs="?", help="student checkpoint (default: the shipped student)")
+    p.add_argument("checkpoint", nargs="?", help="student checkpoint, or a Hugging Face folder / .gguf file with "
+                   "--scheme (default: the shipped student)")
+    _model_source_args(p)
     p.add_argument("--config", default="small", help="accelerator config (preset or file) whose formats to use")
     p.add_argument("-o", "--output", required=True, help="export file to write (safetensors + JSON header)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("generate", help="sample text (greedy with --temperature 0, else top-k)")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped student)")
+    p.add_argument("checkpoint", nargs="?", help="bitmos checkpoint, Hugging Face folder or .gguf file "
+                   "(default: the shipped student)")
+    _model_source_args(p)
     p.add_argument("--prompt", default="def ")
     p.add_argument("--max-new-tokens", type=positive_int, default=200)
     p.add_argument("--temperature", type=float_in(0), default=0.8,

@@ -16,7 +16,7 @@ class ModelConfig:
     vocab_size: int = 256          # byte-level tokenizer by default
     dim: int = 128                 # model (hidden) width; a multiple of 64 maps cleanly onto the array
     n_layers: int = 4
-    n_heads: int = 4               # multi-head attention; head_dim = dim // n_heads
+    n_heads: int = 4               # query heads
     hidden_dim: int = 384          # SwiGLU intermediate width (gate/up out, down in)
     max_seq_len: int = 256         # longest context the rotary table covers
     norm_eps: float = 1e-5         # RMSNorm epsilon
@@ -25,7 +25,12 @@ class ModelConfig:
     experts: int = 4               # scale experts per linear (scheme "mos"); E=1 means no router
     act_bits: int | None = 8       # per-token activation bits of every binarized matmul; None or 16 = off (W1A16)
     pb_fraction: float = 0.1       # scheme "pb": fraction of weights (by magnitude) kept in 8 bit
-    tokenizer: str = "byte"        # "byte" or "bpe:<name>" (BPE vocab stored beside the checkpoint)
+    tokenizer: str = "byte"        # "byte", "bpe:<name>" or "hf:<name>" (a non-byte tokenizer travels in the
+                                   # checkpoint's metadata; see bitmos.model.data.tokenizer_for)
+    # Fields for pretrained LLaMA-family checkpoints; their defaults mean the original bitmos model.
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None = n_heads
+    head_dim: int | None = None    # width of one head; None = dim // n_heads
+    tie_embeddings: bool = False   # lm_head.weight IS tok_embeddings.weight (one tensor, stored once)
 
     def __post_init__(self):
         def need(ok, field, why):
@@ -35,8 +40,18 @@ class ModelConfig:
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len", "experts"):
             v = getattr(self, f)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f, "must be a positive int")
-        need(self.dim % self.n_heads == 0, "dim", f"must be divisible by n_heads={self.n_heads}")
-        need((self.dim // self.n_heads) % 2 == 0, "n_heads", f"must leave an even head_dim (dim={self.dim})")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        need(isinstance(self.n_kv_heads, int) and not isinstance(self.n_kv_heads, bool) and self.n_kv_heads >= 1,
+             "n_kv_heads", "must be a positive int or None")
+        need(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", f"must divide n_heads={self.n_heads}")
+        if self.head_dim is None:
+            need(self.dim % self.n_heads == 0, "dim", f"must be divisible by n_heads={self.n_heads}")
+            need((self.dim // self.n_heads) % 2 == 0, "n_heads", f"must leave an even head_dim (dim={self.dim})")
+            self.head_dim = self.dim // self.n_heads
+        need(isinstance(self.head_dim, int) and not isinstance(self.head_dim, bool) and self.head_dim >= 2
+             and self.head_dim % 2 == 0, "head_dim", "must be an even int >= 2 (rotary pairs) or None")
+        need(isinstance(self.tie_embeddings, bool), "tie_embeddings", "must be a bool")
         need(isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0, "norm_eps", "must be > 0")
         need(isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0, "rope_theta", "must be > 0")
         need(self.scheme in SCHEMES, "scheme", f"must be one of {SCHEMES}")
@@ -49,12 +64,13 @@ class ModelConfig:
             self.act_bits = None  # 16 means unquantized (W1A16), stored canonically as None
         need(isinstance(self.pb_fraction, (int, float)) and 0.0 <= self.pb_fraction < 1.0,
              "pb_fraction", "must be in [0, 1)")
-        need(isinstance(self.tokenizer, str) and (self.tokenizer == "byte" or self.tokenizer.startswith("bpe:")),
-             "tokenizer", "must be 'byte' or 'bpe:<name>'")
+        need(isinstance(self.tokenizer, str) and (self.tokenizer == "byte" or self.tokenizer.startswith(("bpe:", "hf:"))),
+             "tokenizer", "must be 'byte', 'bpe:<name>' or 'hf:<name>'")
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def n_rep(self) -> int:
+        """Query heads per key/value head (1 = multi-head attention)."""
+        return self.n_heads // self.n_kv_heads
 
     @property
     def binarized(self) -> bool:

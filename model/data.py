@@ -1,7 +1,10 @@
 """Tokenizers, corpora and batch sampling.
 
 * :class:`ByteTokenizer` (default): UTF-8 bytes, vocab 256, no specials. Bits per byte = loss / ln 2.
-* :class:`BPETokenizer`: optional byte-level BPE trained locally with the ``tokenizers`` package.
+* :class:`BPETokenizer`: a ``tokenizers`` tokenizer: byte-level BPE trained locally (``bpe:<name>``), or a
+  pretrained model's own ``tokenizer.json`` (``hf:<name>``). Its serialized JSON travels in every checkpoint.
+* :func:`check_tokenizer`: a tokenizer that is not the model's (another name, or more tokens than its vocabulary)
+  is an error naming both.
 * :func:`builtin_corpus`: an offline corpus built from this Python's own standard-library docstrings
   (a fixed, sorted module list, walked with :mod:`inspect`), split train/validation by hashing document names.
 * :func:`load_text_files`, :func:`load_hf_dataset` (lazy import of ``datasets``; never used in tests).
@@ -54,6 +57,7 @@ class ByteTokenizer:
     """UTF-8 bytes as tokens: vocab 256, lossless, no training."""
 
     name = "byte"
+    spec = "byte"
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
@@ -66,9 +70,27 @@ class ByteTokenizer:
 class BPETokenizer:
     """Byte-level BPE from the optional ``tokenizers`` package (``pip install bitmos[hf]``)."""
 
-    def __init__(self, tok, name: str = "bpe"):
-        self.tok, self.name = tok, name
+    def __init__(self, tok, name: str = "bpe", kind: str = "bpe"):
+        self.tok, self.name, self.kind = tok, name, kind
         self.vocab_size = tok.get_vocab_size()
+
+    @property
+    def spec(self) -> str:
+        """The ModelConfig.tokenizer value of a model using this tokenizer: ``bpe:<name>`` or ``hf:<name>``."""
+        return f"{self.kind}:{self.name}"
+
+    def to_json(self) -> str:
+        return self.tok.to_str()
+
+    @classmethod
+    def from_json(cls, text: str, spec: str) -> "BPETokenizer":
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise BitmosUserError("this model's tokenizer needs the 'tokenizers' package: "
+                                  "pip install 'bitmos[hf]'") from exc
+        kind, _, name = spec.partition(":")
+        return cls(Tokenizer.from_str(text), name, kind)
 
     @classmethod
     def train(cls, texts, vocab_size: int = 1024, name: str = "bpe") -> "BPETokenizer":
@@ -85,9 +107,16 @@ class BPETokenizer:
         return cls(tok, name)
 
     @classmethod
-    def from_file(cls, path) -> "BPETokenizer":
-        from tokenizers import Tokenizer
-        return cls(Tokenizer.from_file(str(path)), Path(path).stem)
+    def from_file(cls, path, name: str | None = None, kind: str = "bpe") -> "BPETokenizer":
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise BitmosUserError("a tokenizer.json needs the 'tokenizers' package: pip install 'bitmos[hf]'") from exc
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:   # tokenizers raises a bare Exception on malformed JSON
+            raise BitmosUserError(f"cannot read tokenizer {path}: {exc}") from exc
+        return cls(tok, name or Path(path).stem, kind)
 
     def save(self, path) -> None:
         write_bytes_atomic(path, self.tok.to_str().encode("utf-8"))
@@ -97,6 +126,49 @@ class BPETokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids])
+
+
+def describe_tokenizer(tok) -> str:
+    return f"{tok.spec!r} ({tok.vocab_size} tokens)"
+
+
+def check_tokenizer(config, tok, what: str = "model") -> None:
+    """Raise if ``tok`` is not the tokenizer of a model with ``config``: the error names both.
+
+    The rule: the tokenizer's spec (``byte``, ``bpe:<name>``, ``hf:<name>``) equals ``config.tokenizer`` and its
+    token ids fit the embedding (``tok.vocab_size <= config.vocab_size``; pretrained vocabularies are often padded).
+    """
+    if tok.spec != config.tokenizer or tok.vocab_size > config.vocab_size:
+        raise BitmosUserError(
+            f"tokenizer mismatch: {what} uses tokenizer {config.tokenizer!r} with a vocabulary of {config.vocab_size}, "
+            f"but the tokenizer given is {describe_tokenizer(tok)}")
+
+
+def check_same_tokenizer(a, a_what: str, b, b_what: str) -> None:
+    """Two tokenizers (e.g. a checkpoint's and one given by the user) must be the same: both bytes, or the same
+    serialized vocabulary and rules (names may differ: a copy of a model's tokenizer.json is that tokenizer)."""
+    if isinstance(a, ByteTokenizer) or isinstance(b, ByteTokenizer):
+        same = isinstance(a, ByteTokenizer) and isinstance(b, ByteTokenizer)
+    else:
+        same = a.vocab_size == b.vocab_size and a.to_json() == b.to_json()
+    if not same:
+        raise BitmosUserError(f"tokenizer mismatch: {a_what} has tokenizer {describe_tokenizer(a)}, "
+                              f"{b_what} has {describe_tokenizer(b)}")
+
+
+def tokenizer_for(config, embedded: str | None = None, directory=None):
+    """The tokenizer of a model: byte, the serialized one embedded in its checkpoint, or (older BPE checkpoints)
+    ``<directory>/<name>.json``; checked against the config."""
+    if config.tokenizer == "byte":
+        tok = ByteTokenizer()
+    elif embedded:
+        tok = BPETokenizer.from_json(embedded, config.tokenizer)
+    elif config.tokenizer.startswith("bpe:"):
+        tok = get_tokenizer(config.tokenizer, directory)
+    else:
+        raise BitmosUserError(f"model uses tokenizer {config.tokenizer!r} but its checkpoint carries none")
+    check_tokenizer(config, tok)
+    return tok
 
 
 def get_tokenizer(name: str = "byte", directory=None):

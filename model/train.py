@@ -24,7 +24,8 @@ from bitmos.errors import BitmosUserError
 from bitmos.model.checkpoint import (load_checkpoint, load_trainer_state, save_checkpoint,
                                      save_trainer_state, trainer_state_path)
 from bitmos.model.config import ModelConfig
-from bitmos.model.data import encode_corpus, eval_windows, get_batch, get_tokenizer, load_corpus
+from bitmos.model.data import (check_tokenizer, encode_corpus, eval_windows, get_batch, get_tokenizer,
+                               load_corpus)
 from bitmos.model.distill import distill_loss
 from bitmos.model.transformer import Transformer
 
@@ -109,17 +110,27 @@ def _batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
 
 
 def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = None, resume: bool = False,
-          model: Transformer | None = None) -> dict:
+          model: Transformer | None = None, tokenizer=None) -> dict:
     """Train a teacher (``teacher is None``) or distill a student from ``teacher``; returns a summary dict.
 
     ``model`` may be given to start from specific weights (e.g. a student initialised from the teacher);
     otherwise a fresh model is built (a student from ``teacher``'s weights when ``args.from_teacher``).
+    ``tokenizer``: the text's tokenizer; default the teacher's own (``teacher.tokenizer``), else the one
+    ``config.tokenizer`` names. It must be the model's and the teacher's (same spec, ids within the vocabulary):
+    a mismatch is an error naming both. It is stored in the checkpoint.
     """
     rank, world = dist_info()
     torch.manual_seed(args.seed)
-    tok = get_tokenizer(config.tokenizer, Path(args.out).parent)
-    if tok.vocab_size > config.vocab_size:
-        raise BitmosUserError(f"tokenizer has {tok.vocab_size} tokens, model vocab_size is {config.vocab_size}")
+    tok = tokenizer if tokenizer is not None else getattr(teacher, "tokenizer", None)
+    if tok is None:
+        tok = get_tokenizer(config.tokenizer, Path(args.out).parent)
+    if teacher is not None:
+        if (teacher.config.tokenizer, teacher.config.vocab_size) != (config.tokenizer, config.vocab_size):
+            raise BitmosUserError(
+                f"tokenizer mismatch: the teacher uses tokenizer {teacher.config.tokenizer!r} with a vocabulary of "
+                f"{teacher.config.vocab_size}, the student {config.tokenizer!r} with {config.vocab_size}")
+        check_tokenizer(teacher.config, tok, "the teacher")
+    check_tokenizer(config, tok, "the model to train")
     if args.seq_len > config.max_seq_len:
         raise BitmosUserError(f"seq_len {args.seq_len} > model max_seq_len {config.max_seq_len}")
     train_text, val_text = load_corpus(args.corpus, args.cache_dir)
@@ -130,6 +141,7 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
         model = Transformer(config)
         if teacher is not None and args.from_teacher:
             model.load_from_teacher(teacher)
+    model.tokenizer = tok
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
@@ -158,7 +170,7 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
     def save(final: bool):
         if rank != 0:
             return
-        save_checkpoint(args.out, model, record, step, compact=args.compact and final)
+        save_checkpoint(args.out, model, record, step, compact=args.compact and final, tokenizer=tok)
         save_trainer_state(state_path, opt, step, torch.get_rng_state())
 
     bar = tqdm(total=args.steps, initial=step, disable=not args.progress or rank != 0,

@@ -1,4 +1,5 @@
-"""A LLaMA-style decoder (RMSNorm, rotary embeddings, SwiGLU MLP, causal multi-head attention), nanoGPT style.
+"""A LLaMA-style decoder (RMSNorm, rotary embeddings, SwiGLU MLP, causal multi-head or grouped-query attention),
+nanoGPT style.
 
 The float teacher uses plain ``nn.Linear``; a student (``config.scheme != "float"``) replaces the seven linears
 inside each decoder block -- ``layers.<i>.attn.{q,k,v,o}_proj`` and ``layers.<i>.mlp.{gate,up,down}_proj`` -- by a
@@ -49,30 +50,37 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
+    """Causal attention; grouped-query when ``n_kv_heads < n_heads`` (each k/v head serves ``n_rep`` query heads,
+    the KV cache holds the ``n_kv_heads`` heads only)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_heads, self.head_dim = config.n_heads, config.head_dim
-        d = config.dim
-        self.q_proj = make_linear(config, d, d)
-        self.k_proj = make_linear(config, d, d)
-        self.v_proj = make_linear(config, d, d)
-        self.o_proj = make_linear(config, d, d)
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        d, hq, hkv = config.dim, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        self.q_proj = make_linear(config, d, hq)
+        self.k_proj = make_linear(config, d, hkv)
+        self.v_proj = make_linear(config, d, hkv)
+        self.o_proj = make_linear(config, hq, d)
 
     def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, hd)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)                                             # (B, Hkv, Tk, hd)
+        n_rep = self.n_heads // self.n_kv_heads
+        if n_rep > 1:   # query head h reads k/v head h // n_rep (the Hugging Face repeat_kv layout)
+            k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)  # (B, H, Tk, hd)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)               # (B, H, T, hd)
         else:
-            k, v = cache.append(layer, k, v)                                           # (B, H, Tk, hd)
             Tk = k.size(2)
             # query t sits at absolute position Tk - T + t and sees keys 0 .. Tk - T + t
             mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(diagonal=Tk - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)               # (B, H, T, hd)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)                               # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_heads * self.head_dim)     # (B, T, H * hd)
         return self.o_proj(y)
 
 
@@ -110,7 +118,7 @@ class KVCache:
         self.length = 0                                                       # tokens already cached
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add this step's (B, H, T, hd) keys/values of ``layer``; return all of them so far."""
+        """Add this step's (B, Hkv, T, hd) keys/values of ``layer``; return all of them so far."""
         if self.k[layer] is not None:
             k = torch.cat([self.k[layer], k], dim=2)
             v = torch.cat([self.v[layer], v], dim=2)
@@ -131,6 +139,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight     # one Parameter: one tensor in memory and on disk
         for name, m in self.named_modules():
             if isinstance(m, BinarizedLinear):
                 m.path = name
@@ -199,6 +209,10 @@ class Transformer(nn.Module):
         return [(f"layers.{i}.{n}", self.get_submodule(f"layers.{i}.{n}"))
                 for i in range(self.config.n_layers) for n in LINEAR_NAMES]
 
+    def tied_keys(self) -> dict[str, str]:
+        """{state-dict key: the key it is the same tensor as}; checkpoints store only the latter."""
+        return {"lm_head.weight": "tok_embeddings.weight"} if self.config.tie_embeddings else {}
+
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -216,12 +230,14 @@ class Transformer(nn.Module):
     def load_from_teacher(self, teacher: "Transformer") -> None:
         """Copy embeddings, norms and head, and init every block linear from the teacher's float weight."""
         tc, sc = teacher.config, self.config
-        for f in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim"):
+        for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim",
+                  "tie_embeddings", "tokenizer"):
             assert getattr(tc, f) == getattr(sc, f), f"teacher {f}={getattr(tc, f)} != student {getattr(sc, f)}"
         with torch.no_grad():
             self.tok_embeddings.weight.copy_(teacher.tok_embeddings.weight)
             self.norm.weight.copy_(teacher.norm.weight)
-            self.lm_head.weight.copy_(teacher.lm_head.weight)
+            if not sc.tie_embeddings:
+                self.lm_head.weight.copy_(teacher.lm_head.weight)
             for i in range(sc.n_layers):
                 self.layers[i].attn_norm.weight.copy_(teacher.layers[i].attn_norm.weight)
                 self.layers[i].mlp_norm.weight.copy_(teacher.layers[i].mlp_norm.weight)

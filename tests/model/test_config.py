@@ -25,7 +25,7 @@ def test_round_trip():
     ("pb_fraction", 1.0, r"ModelConfig.pb_fraction must be in \[0, 1\), got 1.0"),
     ("experts", True, r"ModelConfig.experts must be a positive int, got True"),
     ("norm_eps", 0, r"ModelConfig.norm_eps must be > 0, got 0"),
-    ("tokenizer", "wordpiece", r"ModelConfig.tokenizer must be 'byte' or 'bpe:<name>', got 'wordpiece'"),
+    ("tokenizer", "wordpiece", r"ModelConfig.tokenizer must be 'byte', 'bpe:<name>' or 'hf:<name>', got 'wordpiece'"),
 ])
 def test_errors_name_field_and_value(field, value, msg):
     with pytest.raises(ConfigError, match=msg):

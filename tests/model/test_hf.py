@@ -5,7 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from bitmos.errors import UnsupportedError  # noqa: E402
+from bitmos.errors import BitmosUserError, UnsupportedError  # noqa: E402
 from bitmos.model.distill import make_student  # noqa: E402
 from bitmos.model.hf import config_from_hf, convert_hf_llama, load_hf_llama  # noqa: E402
 
@@ -31,14 +31,25 @@ def test_converted_llama_matches_logits():
 
 
 def test_save_and_load_local_directory(tmp_path):
+    from tokenizers import Tokenizer, models
     hf = tiny_llama()
     hf.save_pretrained(tmp_path)
+    with pytest.raises(BitmosUserError, match="no tokenizer.json"):   # a model comes in with its own tokenizer
+        load_hf_llama(tmp_path)
+    Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0")).save(str(tmp_path / "tokenizer.json"))
     ours = load_hf_llama(tmp_path)
+    assert ours.config.tokenizer == f"hf:{tmp_path.name}" and ours.tokenizer.vocab_size == 64
     idx = torch.randint(0, 64, (1, 8))
     with torch.no_grad():
         assert torch.allclose(ours(idx)[0], hf(idx).logits, atol=1e-4)
 
 
-def test_grouped_query_attention_unsupported():
-    with pytest.raises(UnsupportedError, match="grouped-query attention"):
-        config_from_hf(transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2))
+def test_grouped_query_attention_supported_rope_scaling_refused():
+    c = config_from_hf(transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2))
+    assert (c.n_heads, c.n_kv_heads, c.head_dim) == (4, 2, 8)
+    with pytest.raises(UnsupportedError, match="RoPE scaling 'linear'"):
+        config_from_hf({"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 64,
+                        "num_hidden_layers": 1, "intermediate_size": 64,
+                        "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
+    with pytest.raises(UnsupportedError, match="model_type 'gemma'"):
+        config_from_hf({"model_type": "gemma"})
