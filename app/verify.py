@@ -187,7 +187,7 @@ def add_commands(sub) -> None:
     p.add_argument("--sim", default="verilator", choices=["verilator", "icarus"], help="HDL simulator")
     p.add_argument("--bench", default="fast", choices=["fast", "edge"],
                    help="fast: memory model inside the HDL wrapper (default); edge: the Python memory model "
-                        "awaited on every clock edge (debugging, ~1,000x slower)")
+                        "awaited on every clock edge (debugging, 20-100x slower)")
     p.add_argument("--workdir", default="bitmos-verify", help="folder for the bench's job, report and logs")
     p.add_argument("--waves", action="store_true", help="dump waveforms (FST on Verilator, VCD on Icarus)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--programs", type=int, default=200, help="programs per config for the fast bench")
     ap.add_argument("--edge-programs", type=int, default=20,
-                    help="of those, how many also run on the edge bench (it is ~1,000x slower)")
+                    help="of those, how many also run on the edge bench (it is 20-100x slower)")
     ap.add_argument("--configs", default="tiny,small")
     ap.add_argument("--sims", default="verilator,icarus")
     args = ap.parse_args(argv)

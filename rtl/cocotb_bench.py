@@ -11,7 +11,7 @@ bitmos). Per-program results go to the job's report file. Two benches, same job 
   through the backdoor (the memories' arrays), raises ``go``, awaits ``finished`` once, and reads
   back the status and the rows the DMA engine wrote.
 * ``run_programs`` (mode ``"edge"``, for debugging): the bare ``bitmos_accel`` with a Python memory
-  model that is awaited on every clock edge (the original bench; 1,000x slower).
+  model that is awaited on every clock edge (the original bench; 20-100x slower on Verilator).
 """
 
 import json

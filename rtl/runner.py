@@ -11,7 +11,7 @@ Two modes (same cases, same report):
   with an HDL external-memory model and host sequencer); cocotb touches it a few times per
   program, the clock runs in the simulator's C++/VPI layer.
 * ``"edge"``: the bare accelerator with the Python memory model awaited on every clock edge
-  (the original bench, kept for debugging; about 1,000x slower).
+  (the original bench, kept for debugging; 20-100x slower on Verilator).
 
 Every failure of the HDL toolchain (emit, compile, simulator crash, missing report) raises
 :class:`bitmos.rtl.tools.RTLToolchainError` naming the step and its log file.

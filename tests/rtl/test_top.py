@@ -99,7 +99,7 @@ def test_random_programs(preset, sim, tmp_path):
 
 
 def test_hand_programs_edge_bench(sim, tmp_path):
-    """The edge-by-edge debugging bench still agrees with the simulator (tiny: it is ~1,000x slower)."""
+    """The edge-by-edge debugging bench still agrees with the simulator (tiny: it is 20x slower)."""
     cfg = preset_config("tiny")
     cases = layer_program(cfg, seed=1) + error_programs(cfg) + random_cases(cfg, 4)
     run_cases(cfg, cases, tmp_path, sim, mode="edge")
