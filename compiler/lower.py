@@ -86,14 +86,6 @@ def check_shape(name: str, d_in: int, d_out: int, act_bits: int, cfg: Accelerato
                     f"2^(acc_bits-1)-1 = {limit} (acc_bits = {cfg.acc_bits}); split the layer or widen acc_bits")
 
 
-def register_values(name: str, cfg: AcceleratorConfig, *, layer_experts: int, router_exp: int,
-                    s_in_exp: int, s_out_exp: int, smul_exp: int) -> tuple[int, int]:
-    """(RSHIFT, OSHIFT) for a layer: :func:`bitmos.formats.layer_shifts` (one derivation for the
-    compiler and the golden model)."""
-    return formats.layer_shifts(name, cfg, experts=layer_experts, router_exp=router_exp, s_in_exp=s_in_exp,
-                                s_out_exp=s_out_exp, smul_exp=smul_exp)
-
-
 def check_experts(name: str, layer_experts: int, cfg: AcceleratorConfig) -> str:
     """How a layer with ``layer_experts`` maps onto the hardware; raises if it cannot be exact."""
     eh = cfg.experts
@@ -150,8 +142,8 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
     mapping = check_experts(name, lin.experts, cfg)
     el, eh = lin.experts, cfg.experts
     s_in_exp = lin.s_in_exp if el >= 1 else 0
-    rshift, oshift = register_values(name, cfg, layer_experts=el, router_exp=lin.router_exp,
-                                     s_in_exp=s_in_exp, s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp)
+    rshift, oshift = formats.layer_shifts(name, cfg, experts=el, router_exp=lin.router_exp, s_in_exp=s_in_exp,
+                                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp)
     spec = LayerSpec(name, lin.d_in, lin.d_out, el, rshift, oshift, lin.smul if el == 0 else 0,
                      expert_mapping=mapping)
     if not materialize:
@@ -190,8 +182,8 @@ def synthetic_spec(name: str, d_in: int, d_out: int, cfg: AcceleratorConfig, *, 
     eh = cfg.experts
     exp = 12
     out_exp = max(exp, cfg.out_frac_bits - cfg.x_frac_bits - (exp if eh >= 1 else 0))
-    rshift, oshift = register_values(name, cfg, layer_experts=eh, router_exp=max(exp, 8 - cfg.x_frac_bits),
-                                     s_in_exp=exp, s_out_exp=out_exp, smul_exp=out_exp)
+    rshift, oshift = formats.layer_shifts(name, cfg, experts=eh, router_exp=max(exp, 8 - cfg.x_frac_bits),
+                                          s_in_exp=exp, s_out_exp=out_exp, smul_exp=out_exp)
     spec = LayerSpec(name, d_in, d_out, eh, rshift, oshift, 0, expert_mapping="synthetic")
     if eh == 0:
         spec.smul = 1 << (out_exp - 1) if out_exp >= 1 else 1
@@ -211,5 +203,5 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["LayerSpec", "lower_linear", "synthetic_spec", "check_shape", "register_values",
+__all__ = ["LayerSpec", "lower_linear", "synthetic_spec", "check_shape",
            "check_experts", "SUPPORTED_SCHEMES", "UNSUPPORTED_SCHEMES", "ceil_div"]

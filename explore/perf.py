@@ -37,17 +37,6 @@ def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
     return load_shape(DEFAULT_SHAPE if shape is None else shape)
 
 
-def linears(shape: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(name, K, N) of the binarized linears of ONE decoder layer (the compiler's module walk)."""
-    from bitmos.compiler.shapes import layer_shape, llama_linears
-    return [(path.rsplit(".", 1)[1], k, n) for path, k, n in llama_linears(layer_shape(shape))]
-
-
-def weight_bits_per_token(shape: dict[str, Any]) -> int:
-    from bitmos.compiler.shapes import n_layers
-    return n_layers(shape) * sum(k * n for _, k, n in linears(shape))
-
-
 # ---- sim backend -----------------------------------------------------------------------------------
 
 def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]], tokens: int) -> list[list[Any]]:
@@ -101,11 +90,10 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
 
 # ---- the estimate ------------------------------------------------------------------------------
 
-def _phases(cfg: AcceleratorConfig, shape: dict[str, Any], prefill: int, decode: int, table) -> dict[str, Any]:
-    from bitmos.compiler.shapes import llama_linears
+def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: int, decode: int,
+            table) -> dict[str, Any]:
     from bitmos.sim.report import summarize
 
-    walk = llama_linears(shape)
     out: dict[str, Any] = {}
     for phase, tokens in (("prefill", prefill), ("decode", 1 if decode else 0)):
         if not tokens:
@@ -137,17 +125,17 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
     if prefill < 0 or decode < 0 or prefill + decode == 0:
         raise ConfigError(f"--prefill ({prefill}) and --decode ({decode}) must be >= 0 and not both 0")
     shape = resolve_shape(shape)
+    walk = llama_linears(shape)
     t0 = time.perf_counter()
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        return dict(_phases(c, shape, prefill, decode, table), energy_table=table.name)
+        return dict(_phases(c, walk, prefill, decode, table), energy_table=table.name)
 
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)
     else:
         phases, grown = run(cfg), {}
-    walk = llama_linears(shape)
     bits = sum(a * b for _, a, b in walk)
     out: dict[str, Any] = {"model": {"name": shape.get("name", "custom"), "layers": len(walk),
                                      "binary_weights": bits},
