@@ -213,13 +213,49 @@ def dma_busy_cycles(f: Mapping[str, Value], cfg: AcceleratorConfig, ops: Ops = P
     return out
 
 
+# ---- the scale-expert unit's pipeline (contract v2: every long arithmetic path is registered) ----
+#: Cycles from a scale-unit read issue until the line's |v| is folded into the running max: the read,
+#: the E gate x scale products, their sum s_in = mix_scale(...), v = x * s_in (docs/isa.md "Cycles").
+MIX_LATENCY = 4
+#: Cycles from a read issue in the quantize pass until its q bits are in the plane bank: the four above,
+#: the product v * RQ, then round/clamp into the bank (one cycle more: the bank is read the cycle after).
+GATHER_LATENCY = 6
+#: Quotient bits of the sequential divider for RQ = floor(Q * 2^RQ_SHIFT / m): Q <= 127, so 39.
+RQ_QUOTIENT_BITS = 39
+#: Quotient bits of the softmax reciprocal floor(2^SOFTMAX_RCP_SHIFT / sum p) <= 2^15 (sum p >= 2^15).
+RCP_QUOTIENT_BITS = 16
+#: GATES window beyond the E exponent-table reads: router drain (2), logits, max, table latency,
+#: reciprocal load + RCP_QUOTIENT_BITS iterations, gate products.
+GATES_FIXED = 7 + RCP_QUOTIENT_BITS
+#: Cycles from a scaleout read issue to its write-back: read, the gate x scale products with
+#: acc * D, s_out, times s_out, rounding shift, saturate, write.
+SCALEOUT_PIPELINE = 6
+
+
+def rq_cycles(cfg: AcceleratorConfig) -> int:
+    """Cycles between the mixing pass and the quantize pass: D (one cycle) and, for k >= 2, the
+    sequential divide for RQ (load + one quotient bit per cycle)."""
+    return 1 + RQ_QUOTIENT_BITS if cfg.act_bits >= 2 else 1
+
+
+def chunk_period(cfg: AcceleratorConfig, mode: Value, ops: Ops = PY) -> Value:
+    """T = max(L/C, W): cycles between the quantize pass's chunks. The plane bits are double-banked, so
+    chunk c's W plane writes overlap chunk c+1's L/C gathers."""
+    g = cfg.lanes // cfg.cols
+    return ops.select(mode, max(g, cfg.planes_per_row), max(g, cfg.act_bits))
+
+
 def quant_token_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
-    """Scale-unit cycles for one token of a QUANT: router pass (E >= 2), s_in/max pass, reciprocal,
-    then per chunk its G input lines and its plane writes, and the META write (docs/isa.md)."""
+    """Scale-unit cycles for one token of a QUANT: router pass and GATES window (E >= 2), mixing pass
+    (s_in, v, max|v|), D and RQ, quantize pass (chunks every T cycles, the last one's writes
+    GATHER_LATENCY after its gathers), and the META write (docs/isa.md)."""
     nch, xl = nchunks(cfg, k_features), xlines(cfg, k_features)
-    router = xl + cfg.experts + 4 if cfg.experts >= 2 else 0
+    g = cfg.lanes // cfg.cols
+    router = xl + cfg.experts + GATES_FIXED if cfg.experts >= 2 else 0
     writes = ops.select(mode, cfg.planes_per_row, cfg.act_bits)
-    return router + xl + 1 + nch * (cfg.lanes // cfg.cols + writes) + 1
+    quantize = (nch - 1) * chunk_period(cfg, mode, ops) + g + GATHER_LATENCY - 1 + writes
+    quantize = ops.select(nch == 0, 0, quantize)   # K = 0 (the reset value): no chunks, no quantize pass
+    return router + xl + MIX_LATENCY + rq_cycles(cfg) + quantize + 1
 
 
 def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
@@ -228,10 +264,6 @@ def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, o
     token = nch * cfg.act_bits + (cfg.rows + cfg.cols - 1) + cfg.rows          # rows = tokens
     plane = nch * cfg.planes_per_row + (cfg.plane_rows + cfg.cols - 1) + 1     # rows = planes
     return ops.select(mode, plane, token)
-
-
-#: Cycles to fill the output stage's pipeline (meta/scale read, multiply).
-SCALEOUT_PIPELINE = 2
 
 
 def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
@@ -340,4 +372,5 @@ class Timeline:
 __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
            "depth", "lookup", "nchunks", "xlines", "plane_lines", "dma_busy_cycles", "dma_cycles",
            "quant_token_cycles", "matmul_tile_cycles", "controller_cycles", "compute_cycles",
-           "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS", "Timeline", "WORD_BITS"]
+           "rq_cycles", "chunk_period", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
+           "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS", "Timeline", "WORD_BITS"]

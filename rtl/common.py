@@ -8,7 +8,7 @@ from amaranth.utils import ceil_log2
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
 
-__all__ = ["check_config", "rshift_round", "sat", "mix_scale", "addr_bits", "signed_lanes", "expert_lanes"]
+__all__ = ["check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "addr_bits", "signed_lanes", "expert_lanes"]
 
 
 def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
@@ -56,7 +56,13 @@ def mix_scale(gates, scales) -> Value:
 
     ``gates`` are unsigned Q1.15 values, ``scales`` the lane's signed 16-bit expert scales (one per gate).
     """
-    total = sum(g * s for g, s in zip(gates, scales, strict=True))
+    return mix_sum(g * s for g, s in zip(gates, scales, strict=True))
+
+
+def mix_sum(products) -> Value:
+    """The second half of :func:`mix_scale`: the rounded, saturated sum of the gate x scale products
+    (the pipelined units register the products first)."""
+    total = sum(products)
     # 40 bits: E <= 8 products of a 16-bit gate and a 16-bit scale (each below 2^31), plus the rounding half
     return sat(rshift_round(total, Const(F.GATE_FRAC, 4), 40), F.SCALE_BITS)
 

@@ -1,10 +1,15 @@
 """Quantizer: scale mixing, the per-token max, RQ and D, and the k-bit planes (``formats.quantize_token``).
 
-Per XBUF line of a token (C lanes): s_in = mix_scale(gates, S_in) (E >= 1), v = x * s_in (x for
-E = 0). While ``track_max`` it keeps m = max|v| over the token; from m it holds, combinationally,
-RQ = floor(Q * 2^RQ_SHIFT / m) (a ``//``) and D = rshift_round(m * INVQ_k, INVQ_SHIFT). While
-``gather`` it writes bit b of q_j = clamp(rshift_round(v_j * RQ, RQ_SHIFT), -Q, Q) (k = 1: v_j >= 0) into
-lane ``group*C + j`` of plane b; ``line`` is the QBUF line of write ``write_index`` from those planes.
+A five-stage pipeline over the XBUF lines of a token (C lanes each), counted from the cycle the line
+and its tags arrive (s0): s0 registers the E gate x scale products, s1 s_in = mix_scale(gates, S_in),
+s2 v = x * s_in (x for E = 0), s3 folds |v| into m = max|v| (``track_max``) or registers v * RQ
+(``gather``), s4 writes the round/clamped q bits of lane group ``group`` into plane bank ``bank``.
+So m is final 4 cycles after the last tracked line arrives (``bitmos.semantics.MIX_LATENCY`` counts
+the read too) and a gathered line is in its bank 5 cycles after it arrives (``GATHER_LATENCY``).
+``rq_start`` registers D = rshift_round(m * INVQ_k, INVQ_SHIFT) and, for k >= 2, starts the
+:class:`~bitmos.rtl.divider.SequentialDivider` for RQ = floor(Q * 2^RQ_SHIFT / m), ready
+``rq_cycles`` later. The two banks let the sequencer write one chunk's plane words (``line``, from
+bank ``write_bank``) while it gathers the next chunk into the other bank.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitmos import formats as F
+from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import check_config, expert_lanes, mix_scale, signed_lanes
+from bitmos.rtl.common import check_config, expert_lanes, mix_sum, signed_lanes
+from bitmos.rtl.divider import SequentialDivider
 
 __all__ = ["Quantizer"]
 
@@ -34,16 +41,20 @@ class Quantizer(wiring.Component):
     scales : In(sbuf_line_bits)
         The SBUF line of the input scale experts (expert e, lane j at element ``e*C + j``).
     gates : In(ArrayLayout(unsigned(GATE_BITS), E))
-        The token's gates (E = 1: GATE_ONE; no such port for E = 0).
-    clear, track_max : In(1)
-        Start a token (m = 0; wins over ``track_max``); fold this line's |v| into m.
-    gather, group : In
-        Write this line's q bits into lane group ``group`` (0..L/C-1) of the planes.
-    plane_mode, write_index : In
-        Which QBUF line ``line`` is: token mode, plane ``write_index`` replicated into every slot;
-        plane mode, planes ``write_index*R`` .. ``+R-1`` in slots 0..R-1 (0 past k).
+        The token's gates (E = 1: GATE_ONE; no such port for E = 0); held for the whole token.
+    clear : In(1)
+        Start a token (m = 0).
+    track_max, gather, group, bank : In
+        The arriving line is folded into m; or its q bits go to lane group ``group`` (0..L/C-1) of
+        plane bank ``bank``.
+    rq_start : In(1)
+        m is final: register D and start the divide for RQ.
+    plane_mode, write_index, write_bank : In
+        Which QBUF line ``line`` is, from bank ``write_bank``: token mode, plane ``write_index``
+        replicated into every slot; plane mode, planes ``write_index*R`` .. ``+R-1`` in slots 0..R-1
+        (0 past k).
     d : Out(D_BITS)
-        D of the token (valid once the token's lines have been tracked).
+        D of the token (from the cycle after ``rq_start``).
     line : Out(qbuf_line_bits)
 
     Raises
@@ -58,7 +69,7 @@ class Quantizer(wiring.Component):
             "x": In(cfg.xbuf_line_bits), "lane_valid": In(cfg.cols), "scales": In(cfg.sbuf_line_bits),
             **({"gates": In(data.ArrayLayout(unsigned(F.GATE_BITS), cfg.experts))} if cfg.experts else {}),
             "clear": In(1), "track_max": In(1), "gather": In(1), "group": In(range(max(2, cfg.lanes // cfg.cols))),
-            "plane_mode": In(1), "write_index": In(3),
+            "bank": In(1), "rq_start": In(1), "plane_mode": In(1), "write_index": In(3), "write_bank": In(1),
             "d": Out(F.D_BITS), "line": Out(cfg.qbuf_line_bits),
         })
 
@@ -69,41 +80,110 @@ class Quantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        R, C, L, k, E, P, Q = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits, cfg.experts, cfg.planes_per_row, cfg.act_qmax
-        x = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
-        s_in = expert_lanes(self.scales, E, C)
-        gates = [self.gates[e] for e in range(E)] if E else []
-        v = [Signal(signed(F.V_BITS), name=f"v{j}") for j in range(C)]
-        m.d.comb += [v[j].eq(x[j] * mix_scale(gates, [s[j] for s in s_in]) if E >= 1 else x[j]) for j in range(C)]
+        C, k, Q = cfg.cols, cfg.act_bits, cfg.act_qmax
+        tags = self._tag_pipeline(m)
+        v = self._values(m)
+        vmax = self._running_max(m, v, tags[3])
+        rq = self._reciprocal(m, vmax)
 
+        # s3: v * RQ (k >= 2) or the sign (k = 1) of the gathered line
+        qbits = []
+        for j in range(C):
+            if k == 1:
+                sign = Signal(name=f"nonneg{j}")
+                m.d.sync += sign.eq(v[j] >= 0)
+                qbits.append([sign])
+            else:
+                prod = Signal(signed(F.V_BITS + len(rq) + 1), name=f"vrq{j}")
+                m.d.sync += prod.eq(v[j] * rq)
+                qv = (prod + (1 << (F.RQ_SHIFT - 1))) >> F.RQ_SHIFT
+                qbits.append(Mux(qv > Q, Q, Mux(qv < -Q, -Q, qv))[:k])
+        banks = self._banks(m, qbits, tags[4])
+        self._write_line(m, banks)
+        return m
+
+    def _tag_pipeline(self, m):
+        """(track_max, gather, group, bank, lane_valid) of the line in stage s0 .. s4."""
+        stage0 = (self.track_max, self.gather, self.group, self.bank, self.lane_valid)
+        out = [stage0]
+        for s in range(1, 5):
+            nxt = tuple(Signal.like(t, name=f"{n}_s{s}") for t, n in
+                        zip(out[-1], ("track", "gather", "group", "bank", "lane_valid")))
+            m.d.sync += [a.eq(b) for a, b in zip(nxt, out[-1])]
+            out.append(nxt)
+        return out
+
+    def _values(self, m):
+        """v_j of the line in stage s3 (registered at the end of s2)."""
+        cfg = self._cfg
+        C, E = cfg.cols, cfg.experts
+        x0 = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
+        x1 = [Signal(signed(F.X_BITS), name=f"x{j}_s1") for j in range(C)]
+        x2 = [Signal(signed(F.X_BITS), name=f"x{j}_s2") for j in range(C)]
+        m.d.sync += [a.eq(b) for a, b in zip(x1, x0)] + [a.eq(b) for a, b in zip(x2, x1)]
+        v = [Signal(signed(F.V_BITS), name=f"v{j}") for j in range(C)]
+        if E == 0:
+            m.d.sync += [v[j].eq(x2[j]) for j in range(C)]
+            return v
+        s_in = expert_lanes(self.scales, E, C)
+        # s0: the gate x scale products (each below 2^31 in magnitude), s1: their rounded sum
+        products = [[Signal(signed(2 * F.SCALE_BITS + 1), name=f"gs{e}_{j}") for j in range(C)] for e in range(E)]
+        m.d.sync += [products[e][j].eq(self.gates[e] * s_in[e][j]) for e in range(E) for j in range(C)]
+        mixed = [Signal(signed(F.SCALE_BITS), name=f"s_in{j}") for j in range(C)]
+        m.d.sync += [mixed[j].eq(mix_sum(products[e][j] for e in range(E))) for j in range(C)]
+        m.d.sync += [v[j].eq(x2[j] * mixed[j]) for j in range(C)]
+        return v
+
+    def _running_max(self, m, v, tags3):
+        """s3: m = max|v| over the tracked lines of the token (clear: 0)."""
         vmax = Signal(F.V_BITS - 1)   # |v| <= 2^30
-        with m.If(self.track_max):
+        with m.If(tags3[0]):
             newmax = vmax
             for a in (Mux(vj < 0, -vj, vj)[:len(vmax)] for vj in v):
                 newmax = Mux(a > newmax, a, newmax)
             m.d.sync += vmax.eq(newmax)
         with m.If(self.clear):
             m.d.sync += vmax.eq(0)
-        rq = Signal(40)   # Q * 2^RQ_SHIFT < 2^39
-        m.d.comb += [rq.eq(Const(Q << F.RQ_SHIFT, 40) // Mux(vmax == 0, 1, vmax)),
-                     self.d.eq((vmax * F.inv_q(k) + (1 << (F.INVQ_SHIFT - 1))) >> F.INVQ_SHIFT)]
+        return vmax
 
-        planes = [Signal(L, name=f"plane{b}") for b in range(k)]
-        with m.If(self.gather):
+    def _reciprocal(self, m, vmax):
+        """D (registered at ``rq_start``) and RQ (the divider's quotient; unused for k = 1)."""
+        cfg = self._cfg
+        k, Q = cfg.act_bits, cfg.act_qmax
+        with m.If(self.rq_start):
+            m.d.sync += self.d.eq((vmax * F.inv_q(k) + (1 << (F.INVQ_SHIFT - 1))) >> F.INVQ_SHIFT)
+        if k == 1:
+            return Const(0, 1)
+        # Q * 2^RQ_SHIFT < 2^39: the quotient for m = 1 needs all 39 bits (m = 0 divides by 1; q is 0 then)
+        m.submodules.rq_divider = div = SequentialDivider(
+            dividend_bits=sem.RQ_QUOTIENT_BITS, divisor_bits=len(vmax), quotient_bits=sem.RQ_QUOTIENT_BITS)
+        assert div.cycles == sem.rq_cycles(cfg), "rq_cycles does not match the divider"
+        m.d.comb += [div.start.eq(self.rq_start), div.dividend.eq(Q << F.RQ_SHIFT),
+                     div.divisor.eq(Mux(vmax == 0, 1, vmax))]
+        return div.quotient
+
+    def _banks(self, m, qbits, tags4):
+        """s4: the two plane banks (k planes of L bits each); the gathered line's bits go to its bank."""
+        cfg = self._cfg
+        C, L, k = cfg.cols, cfg.lanes, cfg.act_bits
+        banks = [[Signal(L, name=f"bank{n}_plane{b}") for b in range(k)] for n in range(2)]
+        _, gather, group, bank, lane_valid = tags4
+        with m.If(gather):
             for j in range(C):
-                if k == 1:
-                    bits = [Mux(self.lane_valid[j], v[j] >= 0, 0)]
-                else:
-                    qv = (v[j] * rq + (1 << (F.RQ_SHIFT - 1))) >> F.RQ_SHIFT
-                    qc = Mux(qv > Q, Q, Mux(qv < -Q, -Q, qv))[:k]
-                    bits = [Mux(self.lane_valid[j], qc[b], 0) for b in range(k)]
-                with m.Switch(self.group):
-                    for g in range(L // C):
-                        with m.Case(g):
-                            m.d.sync += [planes[b][g * C + j].eq(bits[b]) for b in range(k)]
+                bits = [Mux(lane_valid[j], qbits[j][b], 0) for b in range(k)]
+                with m.Switch(Cat(group, bank) if L // C > 1 else bank):
+                    for n in range(2):
+                        for g in range(L // C):
+                            with m.Case(g + n * (1 << len(group)) if L // C > 1 else n):
+                                m.d.sync += [banks[n][b][g * C + j].eq(bits[b]) for b in range(k)]
+        return banks
 
+    def _write_line(self, m, banks):
+        """``line``: the QBUF line of write ``write_index`` from bank ``write_bank``."""
+        cfg = self._cfg
+        R, L, k, P = cfg.rows, cfg.lanes, cfg.act_bits, cfg.planes_per_row
+        planes = [Mux(self.write_bank, b1, b0) for b0, b1 in zip(*banks)]
         groups = [Cat(planes[p * R + i] if p * R + i < k else Const(0, L) for i in range(R)) for p in range(P)]
         plane_line = Array(groups)[self.write_index[:max(1, (P - 1).bit_length())]] if P > 1 else groups[0]
         token_line = Array(planes)[self.write_index].replicate(R)
         m.d.comb += self.line.eq(Mux(self.plane_mode, plane_line, token_line))
-        return m

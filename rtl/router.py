@@ -2,11 +2,13 @@
 
 One XBUF line and one SBUF router line per ``accumulate`` cycle: each expert's 48-bit sum gains
 sum_j x_j * WR[e][j] over the C lanes, lanes at or past K counting 0. ``clear`` starts a token.
+Two stages (the C x E products are registered, then added): a line's products are in ``acc`` two
+cycles after its ``accumulate`` cycle.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -64,8 +66,13 @@ class Router(wiring.Component):
         C, E = self._cfg.cols, self._cfg.experts
         x = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
         w = expert_lanes(self.weights, E, C)
-        with m.If(self.accumulate):
-            m.d.sync += [self.acc[e].eq(self.acc[e] + sum(x[j] * w[e][j] for j in range(C))) for e in range(E)]
+        # two stages: the C x E products are registered, then summed into the accumulators
+        products = [[Signal(signed(2 * F.X_BITS), name=f"p{e}_{j}") for j in range(C)] for e in range(E)]
+        adding = Signal()
+        m.d.sync += [products[e][j].eq(x[j] * w[e][j]) for e in range(E) for j in range(C)]
+        m.d.sync += adding.eq(self.accumulate)
+        with m.If(adding):
+            m.d.sync += [self.acc[e].eq(self.acc[e] + sum(products[e])) for e in range(E)]
         with m.If(self.clear):
             m.d.sync += [self.acc[e].eq(0) for e in range(E)]
         return m

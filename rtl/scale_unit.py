@@ -2,24 +2,27 @@
 
 ``quant``, per token (cycle counts are ``bitmos.semantics.quant_token_cycles`` exactly):
 
-* ROUTER (E >= 2, XL cycles): one XBUF line and one SBUF router line per cycle into the
-  :class:`~bitmos.rtl.router.Router`'s E 48-bit multiply-accumulators (C lanes each);
-* GATES (E >= 2, E + 4 cycles): the :class:`~bitmos.rtl.softmax.Softmax` (logits, max, one EXP2_LUT
-  ROM read per expert, sum, reciprocal, gate products);
-* MIX (XL cycles): the :class:`~bitmos.rtl.quantizer.Quantizer` forms s_in = mix_scale(g, S_in),
-  v = x*s_in and the running max|v|;
-* RQ (1 cycle): RQ and D settle; the first quantize read issues;
-* QUANT (nch * (L/C + W) cycles): per chunk, L/C cycles gather q_i (x and s_in are read again and v
-  recomputed), then W cycles write plane words (token mode: slot t of k lines; plane mode: P lines);
+* ROUTER (E >= 2, XL + E + GATES_FIXED cycles): one XBUF line and one SBUF router line per cycle
+  for XL cycles into the :class:`~bitmos.rtl.router.Router`'s E 48-bit multiply-accumulators (C lanes
+  each), then the GATES window of the :class:`~bitmos.rtl.softmax.Softmax` (logits, max, one EXP2_LUT
+  ROM read per expert, sum, sequential reciprocal, gate products);
+* MIX (XL + MIX_LATENCY cycles): the :class:`~bitmos.rtl.quantizer.Quantizer` forms s_in =
+  mix_scale(g, S_in), v = x*s_in and the running max|v|; the last MIX_LATENCY cycles drain its pipeline;
+* RQ (``rq_cycles``): D, and for k >= 2 the sequential divide for RQ;
+* QUANT ((nch - 1) * T + L/C + GATHER_LATENCY - 1 + W cycles, T = max(L/C, W)): chunk c's L/C
+  lines are read from cycle c*T (x and s_in again, v recomputed, q gathered into plane bank c mod 2);
+  its W plane words (token mode: slot t of k lines; plane mode: P lines) are written from cycle
+  c*T + L/C + GATHER_LATENCY - 1, while chunk c+1 is gathered into the other bank;
 * META (1 cycle): META[meta + t] <- (D, gates).
 
 ``scaleout``: one OBUF line per cycle for ntiles*ntok cycles (read OBUF, META, SBUF), then the
-:class:`~bitmos.rtl.scaleout.ScaleOut` multiply stage and write-back stage: ntiles*ntok + 2 cycles
-after the issue cycle.
+:class:`~bitmos.rtl.scaleout.ScaleOut` pipeline: the last write-back SCALEOUT_PIPELINE cycles after
+the last read.
 
 All memories are read with one cycle of latency: the :class:`ScaleSequencer` issues each read one
-cycle before the data is used, and a one-cycle tag pipeline says what the arriving data is for.
-:class:`ScaleExpertUnit` only joins the sequencer and the four datapath components.
+cycle before the data is used, and a one-cycle tag pipeline says what the arriving data is for; the
+datapath components carry the tags on through their own stages. :class:`ScaleExpertUnit` only joins
+the sequencer and the four datapath components.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 
 from bitmos import formats as F
 from bitmos import isa
+from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.layouts import instruction_layout, meta_layout
@@ -46,15 +50,14 @@ __all__ = ["ScaleExpertUnit", "ScaleSequencer"]
 ISSUE_INPUTS = ("op", "mode", "a", "b", "meta", "ntok", "ntiles")
 
 
-class _State(enum.Enum, shape=4):
+class _State(enum.Enum, shape=3):
     IDLE = 0
-    ROUTER = 1
-    GATES = 2
-    MIX = 3
-    RQ = 4
-    QUANT = 5
-    META = 6
-    SCALEOUT = 7
+    ROUTER = 1      # router pass and GATES window
+    MIX = 2
+    RQ = 3
+    QUANT = 4
+    META = 5
+    SCALEOUT = 6
 
 
 def _issue_members() -> dict:
@@ -75,19 +78,23 @@ class _Registers:
 
     def __init__(self, cfg: AcceleratorConfig):
         self.state = Signal(_State)
-        self.cnt = Signal(20)        # cycle within ROUTER / GATES / MIX / SCALEOUT
+        self.cnt = Signal(20)        # cycle within ROUTER / MIX / RQ / QUANT / SCALEOUT
         self.mode = Signal()
         self.kreg = Signal(16)
         self.nch = Signal(16)
         self.xl = Signal(20)
         self.wcount = Signal(4)      # W: plane writes per chunk
+        self.period = Signal(8)      # T = max(L/C, W): cycles per chunk of the quantize pass
         self.xbase = Signal(24)      # x + t*XL (quant) / o (scaleout)
         self.bfield = Signal(16)
         self.metab = Signal(10)
         self.ntok = Signal(7)
         self.tok = Signal(7)
-        self.chunk = Signal(16)
-        self.sub = Signal(8)         # j within a chunk: 0..G+W-1
+        self.rchunk = Signal(16)     # quantize pass, read side: chunk and cycle within its period
+        self.rsub = Signal(8)
+        self.wchunk = Signal(16)     # quantize pass, write side
+        self.wsub = Signal(8)
+        self.writing = Signal()      # the write side has started
         self.rline = Signal(20)      # next XBUF line (within the token) the quantize pass reads
         self.qline = Signal(17)      # next QBUF line written
         self.total = Signal(17)      # scaleout: ntiles*ntok
@@ -118,8 +125,10 @@ class ScaleSequencer(wiring.Component):
         META write of the token's record.
     lane_valid : Out(C)
         Lanes of the arriving XBUF line that are inside K.
-    token_start, router_accumulate, gates_active, gates_step, track_max, gather, group : Out
+    token_start, router_accumulate, gates_active, gates_step, track_max, gather, group, bank, rq_start : Out
         Strobes of the router, softmax and quantizer (see their docstrings).
+    q_bank : Out(1)
+        The plane bank the QBUF write is formed from.
     so_valid, so_line : Out
         The arriving OBUF/META/SBUF data is scaleout item ``so_line``.
     """
@@ -134,8 +143,9 @@ class ScaleSequencer(wiring.Component):
             "q_addr": Out(addr_bits(cfg.depth("Q"))), "q_en": Out(cfg.rows), "q_plane_mode": Out(1),
             "q_index": Out(3), "meta_w_addr": Out(addr_bits(cfg.meta_tokens)), "meta_w_en": Out(1),
             "lane_valid": Out(cfg.cols), "token_start": Out(1), "router_accumulate": Out(1),
-            "gates_active": Out(1), "gates_step": Out(range(cfg.experts + 4)), "track_max": Out(1),
-            "gather": Out(1), "group": Out(range(max(2, G))), "so_valid": Out(1), "so_line": Out(LINE_BITS),
+            "gates_active": Out(1), "gates_step": Out(range(cfg.experts + sem.GATES_FIXED)), "track_max": Out(1),
+            "gather": Out(1), "group": Out(range(max(2, G))), "bank": Out(1), "rq_start": Out(1),
+            "q_bank": Out(1), "so_valid": Out(1), "so_line": Out(LINE_BITS),
         })
 
     @property
@@ -145,8 +155,7 @@ class ScaleSequencer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         r = _Registers(self._cfg)
-        m.d.comb += [self.busy.eq(r.state != _State.IDLE), self.gates_active.eq(r.state == _State.GATES),
-                     self.gates_step.eq(r.cnt), self.q_plane_mode.eq(r.mode)]
+        m.d.comb += [self.busy.eq(r.state != _State.IDLE), self.q_plane_mode.eq(r.mode)]
         self._reads_and_writes(m, r)
         self._state_machine(m, r)
         return m
@@ -157,28 +166,31 @@ class ScaleSequencer(wiring.Component):
         t_router, t_mix, t_quant, t_so = Signal(), Signal(), Signal(), Signal()
         t_line = Signal(20)          # XBUF line within the token (for the K mask)
         t_grp = Signal(range(max(2, G)))   # lane group within the chunk (quantize gather); 1 bit at G = 1, not 0
+        t_bank = Signal()
         d_line = Signal(20)
         m.d.sync += [self.router_accumulate.eq(t_router), self.track_max.eq(t_mix), self.gather.eq(t_quant),
-                     self.so_valid.eq(t_so), d_line.eq(t_line), self.group.eq(t_grp), self.so_line.eq(r.so_line)]
+                     self.so_valid.eq(t_so), d_line.eq(t_line), self.group.eq(t_grp), self.bank.eq(t_bank),
+                     self.so_line.eq(r.so_line)]
         m.d.comb += self.lane_valid.eq(Cat((d_line * C + j) < r.kreg for j in range(C)))
         m.d.comb += [self.o_addr.eq(r.so_line), self.meta_addr.eq(r.metab + r.so_t),
                      self.x_addr.eq(r.xbase + r.cnt), self.s_addr.eq(self.regs.sin + r.cnt), t_line.eq(r.cnt)]
         with m.Switch(r.state):
             with m.Case(_State.ROUTER):
-                m.d.comb += [t_router.eq(1), self.s_addr.eq(self.regs.router + r.cnt)]
+                m.d.comb += [t_router.eq(r.cnt < r.xl), self.s_addr.eq(self.regs.router + r.cnt),
+                             self.gates_active.eq(r.cnt >= r.xl), self.gates_step.eq((r.cnt - r.xl)[:len(self.gates_step)])]
             with m.Case(_State.MIX):
-                m.d.comb += t_mix.eq(1)
-            with m.Case(_State.RQ, _State.QUANT):
-                rd = (r.state == _State.RQ) | ((r.sub == G + r.wcount - 1) & (r.chunk != r.nch - 1))
-                if G > 1:
-                    rd = rd | (r.sub < G - 1)
-                m.d.comb += [t_quant.eq(rd), t_line.eq(r.rline),
-                             self.x_addr.eq(r.xbase + r.rline), self.s_addr.eq(self.regs.sin + r.rline),
-                             t_grp.eq(Mux((r.state == _State.RQ) | (r.sub >= G - 1), 0, r.sub + 1))]
+                m.d.comb += t_mix.eq(r.cnt < r.xl)
+            with m.Case(_State.RQ):
+                m.d.comb += self.rq_start.eq(r.cnt == 0)
+            with m.Case(_State.QUANT):
+                rd = (r.rchunk != r.nch) & (r.rsub < G)
+                m.d.comb += [t_quant.eq(rd), t_line.eq(r.rline), t_grp.eq(r.rsub[:len(t_grp)]),
+                             t_bank.eq(r.rchunk[0]),
+                             self.x_addr.eq(r.xbase + r.rline), self.s_addr.eq(self.regs.sin + r.rline)]
                 with m.If(rd):
                     m.d.sync += r.rline.eq(r.rline + 1)
-                m.d.comb += self.q_index.eq((r.sub - G)[:3])
-                with m.If((r.state == _State.QUANT) & (r.sub >= G)):   # plane writes
+                m.d.comb += [self.q_index.eq(r.wsub[:3]), self.q_bank.eq(r.wchunk[0])]
+                with m.If(r.writing & (r.wsub < r.wcount)):   # plane writes
                     m.d.sync += r.qline.eq(r.qline + 1)
                     m.d.comb += [self.q_addr.eq(r.qline),
                                  self.q_en.eq(Mux(r.mode, (1 << R) - 1, Const(1, R) << r.tok))]
@@ -202,11 +214,17 @@ class ScaleSequencer(wiring.Component):
             with m.If(r.cnt == last):
                 m.d.sync += [r.state.eq(then), r.cnt.eq(0)]
 
+        def advance(chunk, sub):   # the next cycle of a quantize-pass side: sub runs 0..T-1 per chunk
+            m.d.sync += sub.eq(sub + 1)
+            with m.If(sub == r.period - 1):
+                m.d.sync += [sub.eq(0), chunk.eq(chunk + 1)]
+
         with m.Switch(r.state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.sync += [r.mode.eq(self.mode), r.kreg.eq(self.regs.k), r.nch.eq(nch), r.xl.eq(nch * G),
-                                 r.wcount.eq(Mux(self.mode, P, k)), r.xbase.eq(self.a), r.bfield.eq(self.b),
+                                 r.wcount.eq(Mux(self.mode, P, k)), r.period.eq(Mux(self.mode, max(G, P), max(G, k))),
+                                 r.xbase.eq(self.a), r.bfield.eq(self.b),
                                  r.metab.eq(self.meta), r.ntok.eq(self.ntok), r.tok.eq(0), r.qline.eq(self.b),
                                  r.total.eq(self.ntiles * self.ntok), r.so_t.eq(0), r.so_n.eq(0),
                                  r.so_line.eq(self.a), r.cnt.eq(0)]
@@ -215,18 +233,24 @@ class ScaleSequencer(wiring.Component):
                     with m.Else():
                         begin_token()
             with m.Case(_State.ROUTER):
-                count(r.xl - 1, _State.GATES)
-            with m.Case(_State.GATES):
-                count(E + 3, _State.MIX)
+                count(r.xl + E + sem.GATES_FIXED - 1, _State.MIX)
             with m.Case(_State.MIX):
-                count(r.xl - 1, _State.RQ)
+                count(r.xl + sem.MIX_LATENCY - 1, _State.RQ)
             with m.Case(_State.RQ):
-                m.d.sync += [r.state.eq(_State.QUANT), r.chunk.eq(0), r.sub.eq(0)]
+                count(sem.rq_cycles(cfg) - 1, _State.QUANT)
+                with m.If(r.cnt == sem.rq_cycles(cfg) - 1):
+                    m.d.sync += [r.rchunk.eq(0), r.rsub.eq(0), r.wchunk.eq(0), r.wsub.eq(0), r.writing.eq(0)]
+                    with m.If(r.nch == 0):   # K = 0: no chunks to quantize
+                        m.d.sync += r.state.eq(_State.META)
             with m.Case(_State.QUANT):
-                m.d.sync += r.sub.eq(r.sub + 1)
-                with m.If(r.sub == G + r.wcount - 1):
-                    m.d.sync += [r.sub.eq(0), r.chunk.eq(r.chunk + 1)]
-                    with m.If(r.chunk == r.nch - 1):
+                m.d.sync += r.cnt.eq(r.cnt + 1)
+                with m.If(r.cnt == G + sem.GATHER_LATENCY - 2):   # chunk 0's last line is in its bank next cycle
+                    m.d.sync += r.writing.eq(1)
+                with m.If(r.rchunk != r.nch):
+                    advance(r.rchunk, r.rsub)
+                with m.If(r.writing):
+                    advance(r.wchunk, r.wsub)
+                    with m.If((r.wchunk == r.nch - 1) & (r.wsub == r.wcount - 1)):
                         m.d.sync += r.state.eq(_State.META)
             with m.Case(_State.META):
                 with m.If(r.tok == r.ntok - 1):
@@ -243,7 +267,7 @@ class ScaleSequencer(wiring.Component):
                                      r.so_line.eq(r.so_line + Mux(r.mode, 1, R) - r.so_t)]
                     with m.Else():
                         m.d.sync += [r.so_t.eq(r.so_t + 1), r.so_line.eq(r.so_line + 1)]
-                with m.If(r.cnt == r.total + 1):
+                with m.If(r.cnt == r.total + sem.SCALEOUT_PIPELINE - 1):
                     m.d.sync += r.state.eq(_State.IDLE)
 
 
@@ -329,7 +353,9 @@ class ScaleExpertUnit(wiring.Component):
         m.d.comb += [quant.x.eq(self.xbuf.data), quant.lane_valid.eq(seq.lane_valid),
                      quant.scales.eq(self.sbuf.data), quant.clear.eq(seq.token_start),
                      quant.track_max.eq(seq.track_max), quant.gather.eq(seq.gather), quant.group.eq(seq.group),
-                     quant.plane_mode.eq(seq.q_plane_mode), quant.write_index.eq(seq.q_index)]
+                     quant.bank.eq(seq.bank), quant.rq_start.eq(seq.rq_start),
+                     quant.plane_mode.eq(seq.q_plane_mode), quant.write_index.eq(seq.q_index),
+                     quant.write_bank.eq(seq.q_bank)]
         record = Signal(meta_layout(cfg))
         m.d.comb += record.d.eq(quant.d)
         if E:

@@ -1,8 +1,10 @@
 """ScaleOut: the ``scaleout`` datapath, y = sat32(rshift_round(acc * D * s_out, OSHIFT)) (``formats.scale_output``).
 
-Stage 1 takes the OBUF line, the token's META record and the SBUF line of the output scale experts
-that arrive this cycle (``valid``, for OBUF line ``line``) and registers the C results; stage 2 writes
-them back to that line. s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
+Five register stages from the cycle the OBUF line, the token's META record and the SBUF line of the
+output scale experts arrive (``valid``, for OBUF line ``line``): s0 the gate x scale products and
+acc * D, s1 s_out, s2 acc * D * s_out, s3 the rounding shift, s4 the saturation; the cycle after, the
+C results are written back to that line (``bitmos.semantics.SCALEOUT_PIPELINE`` = 6 counts the read
+too). s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from amaranth.lib.wiring import In
 
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config, expert_lanes, mix_scale, rshift_round, sat, signed_lanes
+from bitmos.rtl.common import addr_bits, check_config, expert_lanes, mix_sum, rshift_round, sat, signed_lanes
 from bitmos.rtl.layouts import meta_layout
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -25,7 +27,7 @@ LINE_BITS = 24
 
 
 class ScaleOut(wiring.Component):
-    """Output scaling of C lanes per cycle, two stages (multiply, write-back).
+    """Output scaling of C lanes per cycle, five stages and the write-back.
 
     Parameters
     ----------
@@ -69,12 +71,27 @@ class ScaleOut(wiring.Component):
         C, E = self._cfg.cols, self._cfg.experts
         s_out_experts = expert_lanes(self.scales, E, C)
         gates = [self.meta.gates[e] for e in range(E)] if E else []
-        outs = []
+
+        def reg(value, name, shape=None):
+            r = Signal(shape if shape is not None else value.shape(), name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        results = []
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
-            s_out = mix_scale(gates, [s[j] for s in s_out_experts]) if E >= 1 else self.regs.smul
+            acc_d = reg(acc * self.meta.d, f"acc_d{j}")                                        # s0
+            if E >= 1:
+                products = [reg(g * s[j], f"gs{e}_{j}") for e, (g, s) in enumerate(zip(gates, s_out_experts))]
+                s_out = reg(mix_sum(products), f"s_out{j}")                                    # s1
+            else:
+                s_out = reg(reg(self.regs.smul, f"smul{j}_s0"), f"s_out{j}")
+            acc_d1 = reg(acc_d, f"acc_d{j}_s1")
             # acc * D * s_out is 32 + 33 + 16 = 81 bits signed; 84 leave room for the rounding half
-            outs.append(sat(rshift_round(acc * self.meta.d * s_out, self.regs.oshift, 84), F.OUT_BITS))
-        valid, line, result = Signal(), Signal(LINE_BITS), Signal(len(self.acc_line))
-        m.d.sync += [valid.eq(self.valid), line.eq(self.line), result.eq(Cat(outs))]
-        m.d.comb += [self.obuf_w.addr.eq(line), self.obuf_w.data.eq(result), self.obuf_w.en.eq(valid)]
+            scaled = reg(acc_d1 * s_out, f"scaled{j}")                                         # s2
+            rounded = reg(rshift_round(scaled, self.regs.oshift, 84), f"rounded{j}")           # s3
+            results.append(reg(sat(rounded, F.OUT_BITS), f"y{j}"))                             # s4
+        valid, line = self.valid, self.line
+        for s in range(5):
+            valid, line = reg(valid, f"valid_s{s}"), reg(line, f"line_s{s}")
+        m.d.comb += [self.obuf_w.addr.eq(line), self.obuf_w.data.eq(Cat(results)), self.obuf_w.en.eq(valid)]
         return m

@@ -1,33 +1,39 @@
 """Softmax: router sums -> logits -> gates (``formats.router_logits`` rounding, ``formats.softmax_gates``).
 
-It runs on the sequencer's GATES window of E + 4 cycles, ``step`` 0..E+3 while ``active``:
+It runs on the sequencer's GATES window of E + GATES_FIXED cycles (``bitmos.semantics``), ``step``
+0..E+22 while ``active``; every step registers its result, so no path holds more than one multiply:
 
-* step 1: logits l_e = sat16(rshift_round(acc_e, RSHIFT)) (the router's last line was added in step 0);
-* steps 2..E+1: for expert e = step - 2, d = min(max(l) - l_e, SOFTMAX_DIFF_MAX) and
+* steps 0-1: the router adds its last line (its products are registered first);
+* step 2: logits l_e = sat16(rshift_round(acc_e, RSHIFT));
+* step 3: max(l);
+* steps 4..E+3: for expert e = step - 4, d = min(max(l) - l_e, SOFTMAX_DIFF_MAX) and
   u = rshift_round(d * LOG2E_Q10, LOG2E_FRAC); the exp table is read at u's EXP2_FRAC_BITS fraction bits;
-* steps 3..E+2: p_e = table >> (u's integer part), 0 from SOFTMAX_MAX_SHIFT halvings on;
-* step E+3: RCP = floor(2^SOFTMAX_RCP_SHIFT / sum p) (a combinational ``//``) and
-  g_e = rshift_round(p_e * RCP, GATE_FRAC).
+* steps 5..E+4: p_e = table >> (u's integer part), 0 from SOFTMAX_MAX_SHIFT halvings on;
+* step E+5: the :class:`~bitmos.rtl.divider.SequentialDivider` starts on sum p; RCP =
+  floor(2^SOFTMAX_RCP_SHIFT / sum p) is ready RCP_QUOTIENT_BITS + 1 cycles later, at step E+22;
+* step E+22: g_e = rshift_round(p_e * RCP, GATE_FRAC).
 """
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from bitmos import formats as F
+from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import check_config, rshift_round, sat
+from bitmos.rtl.divider import SequentialDivider
 from bitmos.rtl.signatures import LayerRegistersSignature
 
 __all__ = ["Softmax"]
 
 
 class Softmax(wiring.Component):
-    """The hardware softmax over E >= 2 router sums: one exp-table ROM read per expert, one reciprocal.
+    """The hardware softmax over E >= 2 router sums: one exp-table ROM read per expert, one sequential reciprocal.
 
     Parameters
     ----------
@@ -40,9 +46,9 @@ class Softmax(wiring.Component):
     regs : In(LayerRegistersSignature)
         The softmax reads RSHIFT.
     active, step : In
-        The GATES window and the cycle within it (0..E+3; see the module docstring).
+        The GATES window and the cycle within it (0..E+GATES_FIXED-1; see the module docstring).
     gates : Out(ArrayLayout(unsigned(GATE_BITS), E))
-        Q1.15 gates, valid from the cycle after step E+3 until the next token's.
+        Q1.15 gates, valid from the cycle after the window's last step until the next token's.
 
     Raises
     ------
@@ -57,7 +63,7 @@ class Softmax(wiring.Component):
         E = cfg.experts
         super().__init__({
             "acc": In(data.ArrayLayout(signed(F.ROUTER_ACC_BITS), E)), "regs": In(LayerRegistersSignature()),
-            "active": In(1), "step": In(range(E + 4)),
+            "active": In(1), "step": In(range(E + sem.GATES_FIXED)),
             "gates": Out(data.ArrayLayout(unsigned(F.GATE_BITS), E)),
         })
 
@@ -68,16 +74,21 @@ class Softmax(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         E, step = self._cfg.experts, self.step
+        last = E + sem.GATES_FIXED - 1                              # the gate products' step
         logits = [Signal(signed(F.LOGIT_BITS), name=f"logit{e}") for e in range(E)]
+        lmax = Signal(signed(F.LOGIT_BITS))
         p = [Signal(F.GATE_BITS, name=f"p{e}") for e in range(E)]
         # the table holds fractions of 2^15 (GATE_ONE): GATE_BITS wide
         m.submodules.exp2_lut = rom = Memory(shape=F.GATE_BITS, depth=F.EXP2_LUT_SIZE, init=F.EXP2_LUT)
         table = rom.read_port()
+        # sum p <= E * 2^15; 2^30 // sum p <= 2^15 since sum p >= 2^15 (the largest logit's p is 2^15)
+        m.submodules.reciprocal = rcp = SequentialDivider(
+            dividend_bits=F.SOFTMAX_RCP_SHIFT + 1, divisor_bits=F.GATE_BITS + ceil_log2(E) + 1,
+            quotient_bits=sem.RCP_QUOTIENT_BITS)
+        rcp_start = last - rcp.cycles
+        assert rcp_start == E + 5, "GATES_FIXED does not match the softmax schedule"
 
-        lmax = logits[0]
-        for e in range(1, E):
-            lmax = Mux(logits[e] > lmax, logits[e], lmax)
-        reading = (step - 2)[:max(1, (E - 1).bit_length())]         # expert of this step's table read
+        reading = (step - 4)[:max(1, (E - 1).bit_length())]         # expert of this step's table read
         diff = (lmax - Array(logits)[reading])[:F.LOGIT_BITS + 1]   # >= 0
         diff = Mux(diff > F.SOFTMAX_DIFF_MAX, F.SOFTMAX_DIFF_MAX, diff)[:F.SOFTMAX_DIFF_MAX.bit_length()]
         u = Signal(18)   # (2^16 - 1) * LOG2E_Q10 >> LOG2E_FRAC < 2^17
@@ -85,22 +96,26 @@ class Softmax(wiring.Component):
                      table.addr.eq(u[:F.EXP2_FRAC_BITS]), table.en.eq(1)]
         halvings = Signal(len(u) - F.EXP2_FRAC_BITS)
         arriving = Signal(range(E))                                 # expert of the table data now
-        m.d.sync += [halvings.eq(u >> F.EXP2_FRAC_BITS), arriving.eq((step - 2)[:len(arriving)])]
-        psum = sum(p)
-        rcp = Signal(32)
-        m.d.comb += rcp.eq(Const(1 << F.SOFTMAX_RCP_SHIFT, F.SOFTMAX_RCP_SHIFT + 1) // Mux(psum == 0, 1, psum))
+        m.d.sync += [halvings.eq(u >> F.EXP2_FRAC_BITS), arriving.eq(reading[:len(arriving)])]
+        m.d.comb += [rcp.dividend.eq(1 << F.SOFTMAX_RCP_SHIFT), rcp.divisor.eq(sum(p)),
+                     rcp.start.eq(self.active & (step == rcp_start))]
 
         with m.If(self.active):
-            with m.If(step == 1):
+            with m.If(step == 2):
                 m.d.sync += [logits[e].eq(sat(rshift_round(self.acc[e], self.regs.rshift, F.ROUTER_ACC_BITS + 1),
                                               F.LOGIT_BITS)) for e in range(E)]
-            with m.If((step >= 3) & (step <= E + 2)):
+            with m.If(step == 3):
+                top = logits[0]
+                for e in range(1, E):
+                    top = Mux(logits[e] > top, logits[e], top)
+                m.d.sync += lmax.eq(top)
+            with m.If((step >= 5) & (step <= E + 4)):
                 shift = halvings[:ceil_log2(F.SOFTMAX_MAX_SHIFT)]
                 with m.Switch(arriving):
                     for e in range(E):
                         with m.Case(e):
                             m.d.sync += p[e].eq(Mux(halvings < F.SOFTMAX_MAX_SHIFT, table.data >> shift, 0))
-            with m.If(step == E + 3):
-                m.d.sync += [self.gates[e].eq((p[e] * rcp + (1 << (F.GATE_FRAC - 1))) >> F.GATE_FRAC)
+            with m.If(step == last):
+                m.d.sync += [self.gates[e].eq((p[e] * rcp.quotient + (1 << (F.GATE_FRAC - 1))) >> F.GATE_FRAC)
                              for e in range(E)]
         return m

@@ -120,13 +120,16 @@ class ReferenceMachine:
         P, Ra = -(-k // R), min(k, R)
         if ins.op is Op.QUANT:
             W = k if ins["mode"] == 0 else P
-            t_quant = (XL + E + 4 if E >= 2 else 0) + XL + 1 + nch * (L // C + W) + 1
+            T = max(L // C, W)
+            d_rq = 40 if k >= 2 else 1
+            q_pass = (nch - 1) * T + L // C + 5 + W if nch else 0
+            t_quant = (XL + E + 23 if E >= 2 else 0) + (XL + 4) + d_rq + q_pass + 1
             return 1 + ins["ntok"] * t_quant
         if ins.op is Op.MATMUL:
             t_tile = nch * k + (R + C - 1) + R if ins["mode"] == 0 else nch * P + (Ra + C - 1) + 1
             return 1 + ins["ntiles"] * t_tile
         if ins.op is Op.SCALEOUT:
-            return 1 + ins["ntiles"] * ins["ntok"] + 2
+            return 1 + ins["ntiles"] * ins["ntok"] + 6
         return 1
 
     def step_time(self, ins) -> None:

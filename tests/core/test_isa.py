@@ -132,18 +132,25 @@ def test_cycle_formulas_by_hand():
     c = preset_config("small")  # R=C=4, L=32, k=8, E=4, latency 20, 64 bit/cycle
     K = 70  # nch = 3, XL = 24
     q_tok = Instruction.make("quant", mode="token", x=0, q=0, meta=0, ntok=2)
-    # router 24 + 4 + 4, mix 24, 1, quantize 3 * (8 + 8), meta 1 = 106 per token
-    assert semantics.quant_token_cycles(c, K, 0) == 106
-    assert semantics.compute_cycles(q_tok, c, K) == 1 + 2 * 106
-    # plane mode: P = 2 writes per chunk: 32 + 24 + 1 + 3 * (8 + 2) + 1 = 88
-    assert semantics.quant_token_cycles(c, K, 1) == 88
+    # router pass 24 + GATES window 4 + 23; mix 24 + 4 drain; D and the 39-bit divide 40;
+    # quantize: chunks every T = max(8, 8) = 8 cycles, the last one's 8 writes after its 8 gathers
+    # and 6 - 1 latency: 2 * 8 + 8 + 5 + 8 = 37; meta 1: 51 + 28 + 40 + 37 + 1 = 157 per token
+    assert semantics.quant_token_cycles(c, K, 0) == 157
+    assert semantics.compute_cycles(q_tok, c, K) == 1 + 2 * 157
+    # plane mode: P = 2 writes per chunk, T = max(8, 2) = 8: 51 + 28 + 40 + (16 + 8 + 5 + 2) + 1 = 151
+    assert semantics.quant_token_cycles(c, K, 1) == 151
+    # k = 1 needs no divide: tiny (R=C=2, L=16, E=0, G=8) at K=40 (nch=3, XL=24):
+    # mix 24 + 4, D 1, quantize 2 * 8 + 8 + 5 + 1 = 30, meta 1 = 60; K = 0: 4 + 1 + 0 + 1 = 6
+    tiny = preset_config("tiny")
+    assert semantics.quant_token_cycles(tiny, 40, 0) == 60
+    assert semantics.quant_token_cycles(tiny, 0, 0) == 6
     # matmul token: 3*8 steps + (4+4-1) fill + 4 drain = 35; plane: 3*2 + (4+4-1) + 1 = 14
     assert semantics.matmul_tile_cycles(c, K, 0) == 35
     assert semantics.matmul_tile_cycles(c, K, 1) == 14
     mm = Instruction.make("matmul", mode="token", q=0, w=0, o=0, ntiles=3)
     assert semantics.compute_cycles(mm, c, K) == 1 + 3 * 35
     so = Instruction.make("scaleout", mode="token", o=0, s=0, meta=0, ntok=4, ntiles=3)
-    assert semantics.compute_cycles(so, c, K) == 1 + 12 + 2
+    assert semantics.compute_cycles(so, c, K) == 1 + 12 + 6   # read, five stages, write-back
     assert semantics.dma_cycles(10, 128, c) == 20 + 20
 
 

@@ -11,7 +11,9 @@ import pytest
 from amaranth.sim import Simulator
 
 from bitmos import formats as F
+from bitmos import semantics
 from bitmos.config import AcceleratorConfig
+from bitmos.rtl.divider import SequentialDivider
 from bitmos.rtl.quantizer import Quantizer
 from bitmos.rtl.router import Router
 from bitmos.rtl.scaleout import ScaleOut
@@ -60,6 +62,10 @@ def test_router(name):
             ctx.set(dut.x, pack(x, 16)); ctx.set(dut.weights, pack(sum(w, []), 16))
             ctx.set(dut.lane_valid, pack(valid, 1))
             await ctx.tick()
+        ctx.set(dut.accumulate, 0)
+        # products are registered, then added: the last line is in acc from 2 cycles after its own
+        assert [ctx.get(dut.acc[e]) for e in range(E)] != expect or not any(lines[-1][2])
+        await ctx.tick()
         assert [ctx.get(dut.acc[e]) for e in range(E)] == expect
         ctx.set(dut.clear, 1)   # a new token: clear wins over accumulate
         await ctx.tick()
@@ -83,7 +89,7 @@ def test_softmax(name):
             for e, a in enumerate(acc):
                 ctx.set(dut.acc[e], a)
             ctx.set(dut.active, 1)
-            for step in range(E + 4):
+            for step in range(E + semantics.GATES_FIXED):
                 ctx.set(dut.step, step)
                 await ctx.tick()
             ctx.set(dut.active, 0)
@@ -109,10 +115,13 @@ def quant_token(cfg, rng, K, xmax):
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("extra", [0, 3], ids=["K=L*chunks", "K=partial"])
 def test_quantizer(name, extra):
+    """Drive the pipeline as the sequencer does: track every line, wait MIX_LATENCY - 1 cycles (the
+    read is not here), start RQ, wait rq_cycles, gather chunk c into bank c mod 2, and check each
+    chunk's plane words GATHER_LATENCY - 1 cycles after its last line, from its bank."""
     cfg = CONFIGS[name]
     R, C, L, k, P = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits, cfg.planes_per_row
     G, rng = L // C, random.Random(f"{name}{extra}")
-    K = 2 * L - extra
+    K = 3 * L - extra
     nch = cfg.nchunks(K)
     # the second token is smaller: a max left over from the first one would show
     tokens = [quant_token(cfg, rng, K, 32767), quant_token(cfg, rng, K, 300)]
@@ -128,23 +137,9 @@ def test_quantizer(name, extra):
                 ctx.set(dut.scales, pack(sum((s[n * C:(n + 1) * C] for s in s_in), []), 16))
                 ctx.set(dut.lane_valid, pack([n * C + j < K for j in range(C)], 1))
 
-            ctx.set(dut.clear, 1)
-            await ctx.tick()
-            ctx.set(dut.clear, 0)
-            ctx.set(dut.track_max, 1)
-            for n in range(nch * G):
-                line(n)
-                await ctx.tick()
-            ctx.set(dut.track_max, 0)
-            assert ctx.get(dut.d) == d
-            for c in range(nch):
-                ctx.set(dut.gather, 1)
-                for g in range(G):
-                    line(c * G + g)
-                    ctx.set(dut.group, g)
-                    await ctx.tick()
-                ctx.set(dut.gather, 0)
+            def check(c):   # chunk c's plane words from its bank
                 chunk = [(p >> (c * L)) & ((1 << L) - 1) for p in planes]
+                ctx.set(dut.write_bank, c % 2)
                 ctx.set(dut.plane_mode, 0)
                 for b in range(k):   # token mode: plane b in every slot
                     ctx.set(dut.write_index, b)
@@ -154,6 +149,42 @@ def test_quantizer(name, extra):
                     ctx.set(dut.write_index, p)
                     want = sum(chunk[p * R + i] << (L * i) for i in range(R) if p * R + i < k)
                     assert ctx.get(dut.line) == want, (c, p)
+
+            ctx.set(dut.clear, 1)
+            await ctx.tick()
+            ctx.set(dut.clear, 0)
+            ctx.set(dut.track_max, 1)
+            for n in range(nch * G):
+                line(n)
+                await ctx.tick()
+            ctx.set(dut.track_max, 0)
+            await ctx.tick().repeat(semantics.MIX_LATENCY - 1)
+            ctx.set(dut.rq_start, 1)
+            await ctx.tick()
+            ctx.set(dut.rq_start, 0)
+            assert ctx.get(dut.d) == d
+            for _ in range(semantics.rq_cycles(cfg) - 1):   # 0 for k = 1
+                await ctx.tick()
+            pending = {}   # chunk -> cycles until its last line is in its bank
+            for c in range(nch):
+                ctx.set(dut.gather, 1)
+                ctx.set(dut.bank, c % 2)
+                for g in range(G):
+                    line(c * G + g)
+                    ctx.set(dut.group, g)
+                    await ctx.tick()
+                    pending = {n: t - 1 for n, t in pending.items()}
+                    for n in [n for n, t in pending.items() if t == 0]:
+                        check(n)
+                        del pending[n]
+                ctx.set(dut.gather, 0)
+                pending[c] = semantics.GATHER_LATENCY - 2
+            while pending:
+                await ctx.tick()
+                pending = {n: t - 1 for n, t in pending.items()}
+                for n in [n for n, t in pending.items() if t <= 0]:
+                    check(n)
+                    del pending[n]
 
     simulate(dut, bench)
 
@@ -173,6 +204,8 @@ def test_scaleout(name):
              for j in range(C)]
         items.append((n + 3, acc, d, gates, s_out, smul, oshift, pack(y, 32)))
 
+    lag = semantics.SCALEOUT_PIPELINE - 2
+
     async def bench(ctx):
         ctx.set(dut.valid, 1)
         for line, acc, d, gates, s_out, smul, oshift, y in items:
@@ -182,14 +215,50 @@ def test_scaleout(name):
                 ctx.set(dut.meta.gates[e], g)
             ctx.set(dut.scales, pack(sum(s_out, []), 16))
             ctx.set(dut.regs.smul, smul); ctx.set(dut.regs.oshift, oshift)
-            await ctx.tick()   # stage 1 registers the result; stage 2 drives the write port
+            await ctx.tick()
             ctx.set(dut.line, 0); ctx.set(dut.acc_line, 0)   # the next item's inputs must not reach it
+            ctx.set(dut.valid, 0)
+            for _ in range(lag):   # the read is not here: SCALEOUT_PIPELINE - 1 cycles to the write
+                assert ctx.get(dut.obuf_w.en) == 0
+                await ctx.tick()
             assert (ctx.get(dut.obuf_w.en), ctx.get(dut.obuf_w.addr), ctx.get(dut.obuf_w.data)) == (1, line, y)
+            await ctx.tick()
+            assert ctx.get(dut.obuf_w.en) == 0
+            ctx.set(dut.valid, 1)
         ctx.set(dut.valid, 0)
-        await ctx.tick()
+        await ctx.tick().repeat(semantics.SCALEOUT_PIPELINE)
         assert ctx.get(dut.obuf_w.en) == 0
 
     simulate(dut, bench)
+
+
+@pytest.mark.parametrize("bits", [(31, 19, 16), (39, 31, 39), (8, 3, 5)], ids=["rcp", "rq", "small"])
+def test_divider(bits):
+    nd, nv, nq = bits
+    dut = SequentialDivider(dividend_bits=nd, divisor_bits=nv, quotient_bits=nq)
+    rng = random.Random(nd)
+    cases = [(1 << (nd - 1), 1 << (nv - 1)), ((1 << nd) - 1, (1 << nv) - 1)]
+    while len(cases) < 40:
+        a, b = rng.getrandbits(nd), rng.randint(1, (1 << nv) - 1)
+        if a // b < 1 << nq:   # the quotient fits: the divider's precondition
+            cases.append((a, b))
+    cases = [(a, b) for a, b in cases if a // b < 1 << nq]
+
+    async def bench(ctx):
+        for a, b in cases:
+            ctx.set(dut.dividend, a); ctx.set(dut.divisor, b); ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0); ctx.set(dut.dividend, 0); ctx.set(dut.divisor, 1)
+            for _ in range(dut.cycles - 2):
+                await ctx.tick()
+                assert not ctx.get(dut.done)
+            await ctx.tick()
+            assert ctx.get(dut.done) and ctx.get(dut.quotient) == a // b, (a, b)
+
+    simulate(dut, bench)
+    assert dut.cycles == nq + 1
+    with pytest.raises(ValueError, match="quotient_bits .40. cannot exceed dividend_bits .39."):
+        SequentialDivider(dividend_bits=39, divisor_bits=8, quotient_bits=40)
 
 
 def test_parameters():

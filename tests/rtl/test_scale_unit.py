@@ -129,7 +129,8 @@ class ScaleExpertUnitTestCase(unittest.TestCase):
         seed = 100
         for name, cfg in CONFIGS.items():
             L = cfg.lanes
-            for K, mode in ((L - 3, 0), (2 * L, 1), (L + 5, 0)):
+            # nch = 1, 2, 2, 4: from 3 chunks on, chunk c+2 reuses chunk c's plane bank
+            for K, mode in ((L - 3, 0), (2 * L, 1), (L + 5, 0), (4 * L - 1, 0), (3 * L + 1, 1)):
                 seed += 1
                 rng = random.Random(seed)
                 st = random_state(cfg, rng, K, extreme=(seed % 4 == 0))
@@ -148,6 +149,15 @@ class ScaleExpertUnitTestCase(unittest.TestCase):
             ins = isa.Instruction.make("quant", mode=0, x=0, q=0, meta=0, ntok=cfg.rows)
             with self.subTest(cfg=name):
                 compare(self, cfg, st, ins, f"{name} zero")
+
+    def test_quant_k0(self):
+        # K = 0 (the reset value) is legal: no lines, no chunks; D = 0 in every token's META record.
+        for name in ("tiny", "small"):
+            cfg = CONFIGS[name]
+            st = random_state(cfg, random.Random(6), 0)
+            ins = isa.Instruction.make("quant", mode=0, x=0, q=0, meta=1, ntok=2)
+            with self.subTest(cfg=name):
+                compare(self, cfg, st, ins, f"{name} K=0")
 
     def test_scaleout(self):
         seed = 200

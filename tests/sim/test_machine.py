@@ -82,21 +82,22 @@ class TestTiming(unittest.TestCase):
         self.assertEqual(r.stall_cycles, 24 + 23)
 
     def test_compute_cycle_formulas(self):
-        # K = 64 on small: nch = 2, XL = 2*32/4 = 16, P = ceil(8/4) = 2, Ra = 4
-        # T_quant token = (XL+E+4) + XL + 1 + nch*(L/C + k) + 1 = 24 + 16 + 1 + 2*(8+8) + 1 = 74
-        # T_quant plane = 24 + 16 + 1 + 2*(8+2) + 1 = 62
+        # K = 64 on small: nch = 2, XL = 2*32/4 = 16, P = ceil(8/4) = 2, Ra = 4, L/C = 8
+        # T_quant token = (XL+E+23) + (XL+4) + 40 + ((nch-1)*T + L/C + 5 + k) + 1, T = max(8, 8) = 8
+        #               = 43 + 20 + 40 + (8 + 8 + 5 + 8) + 1 = 133
+        # T_quant plane = 43 + 20 + 40 + (8 + 8 + 5 + 2) + 1 = 127 (T = max(8, P) = 8)
         # T_tile plane = nch*P + (Ra + C - 1) + 1 = 4 + 7 + 1 = 12
         words = assemble("""
             setr K 64
-            quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*74 = 149
-            quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 62 = 63
+            quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*133 = 267
+            quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 127 = 128
             matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*12 = 37
-            scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 2 = 9
+            scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 6 = 13
             halt
         """)
         r = run_both(SMALL, words)
-        self.assertEqual(list(r.trace.issue), [0, 1, 150, 213, 250, 259])
-        self.assertEqual(r.cycles, 260)
+        self.assertEqual(list(r.trace.issue), [0, 1, 268, 396, 433, 446])
+        self.assertEqual(r.cycles, 447)
 
     def test_timeline_class_agrees(self):
         for seed in range(5):
@@ -150,7 +151,7 @@ class TestErrors(unittest.TestCase):
         self.check(f"setr K 1024\nmatmul mode=plane w={dW - 32} ntiles=2", CAUSE_BUFFER_RANGE, 1, 2,
                    match="WBUF")
         self.check(f"scaleout mode=token o={dO - 4} ntok=4 ntiles=1\n"
-                   f"scaleout mode=token o={dO - 4} ntok=4 ntiles=2", CAUSE_BUFFER_RANGE, 1, (1 + 1 * 4 + 2) + 1)
+                   f"scaleout mode=token o={dO - 4} ntok=4 ntiles=2", CAUSE_BUFFER_RANGE, 1, (1 + 1 * 4 + 6) + 1)
         self.check(f"setr K 32\nsetr SIN {SMALL.depth('S') - 1}\nquant x=0 ntok=1", CAUSE_BUFFER_RANGE, 2,
                    3, match="s_in")
         self.check(f"setr K 32\nquant meta={SMALL.meta_tokens - 1} ntok=2", CAUSE_BUFFER_RANGE, 1, 2,
