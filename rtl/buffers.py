@@ -129,7 +129,16 @@ class Buffers(wiring.Component):
                 if b != buf:
                     continue
                 bus = getattr(self, name)
-                if kind == "r":
+                if kind == "r" and name.endswith("_dma_rd"):
+                    # the DMA's read port takes the same (clear-muxed) address as its write port: the DMA
+                    # engine drives one line address for both directions, so after flattening the two
+                    # ports share one address and Yosys maps them onto one read-write port of a
+                    # true-dual-port block RAM (the datapath's read port is the other one), instead of
+                    # a second copy of the memory for the second reader
+                    port = mem.read_port()
+                    m.d.comb += [port.addr.eq(Mux(self.clearing, row, bus.addr)), port.en.eq(bus.en),
+                                 bus.data.eq(port.data)]
+                elif kind == "r":
                     connect(m, flipped(bus), mem.read_port())
                 else:   # one write port per memory (the OBUF below is the one with two)
                     write(mem.write_port(granularity=self._cfg.lanes if kind == "wg" else None), bus, True)

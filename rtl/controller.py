@@ -7,8 +7,15 @@ elaborated here on Amaranth values, the same text the simulator evaluates on int
 that cycle + 1. ``load``/``store``/``wait``/``halt`` then wait until the DMA engine is idle. Issuing
 a compute instruction starts its unit and holds the controller for exactly ``compute_cycles - 1``
 more cycles (the units are built to finish inside that window); issuing a ``load``/``store`` starts
-the DMA engine and marks it busy for exactly ``dma_cycles``. IMEM is read one cycle ahead: its read
-address is the next pc.
+the DMA engine and marks it busy for exactly ``dma_cycles``.
+
+Two choices keep the block RAM and the multipliers off the issue path (contract v2, docs/fpga.md):
+the instruction is checked from an instruction register, not from IMEM's output (IMEM is read two
+instructions ahead: the register holds pc, IMEM's output pc + 1; one priming cycle after ``start``
+fills the register before cycle 0, and is not counted), and a compute instruction's busy count, a
+product of its count field and its per-token or per-tile cycles, is loaded one cycle after its
+issue from a copy of the issued word (the controller is held meanwhile; every compute instruction
+takes at least 3 cycles).
 """
 
 from __future__ import annotations
@@ -89,13 +96,15 @@ class Controller(wiring.Component):
         cfg = self._cfg
 
         running = Signal()
+        priming = Signal()       # the cycle after start: the instruction register loads word 0
         now = Signal(CYCLE_BITS)
         busy_cnt = Signal(32)
         dma_cnt = Signal(32)
         pc = self.pc
-        bits = self.imem.data
+        ir = Signal(64)          # the instruction at pc
+        bits = ir
         word = INSTRUCTION(bits)
-        m.d.comb += [self.running.eq(running), self.word.eq(word), self.imem.en.eq(1)]
+        m.d.comb += [self.running.eq(running | priming), self.word.eq(word), self.imem.en.eq(1)]
 
         # ---- decode --------------------------------------------------------------------------------
         is_op = {op: (word.opcode == int(op)) for op in Op}
@@ -133,8 +142,14 @@ class Controller(wiring.Component):
         with m.Elif(bad_ext):
             m.d.comb += cause.eq(isa.CAUSE_EXT_RANGE)
 
-        # busy counters hold a unit for its cycles after the issue cycle
-        busy_of = {op: sem.controller_cycles(op, f[op], regs, cfg, AMARANTH_OPS) - 1 for op in sem.COMPUTE_OPS}
+        # busy counters hold a unit for its cycles after the issue cycle; a compute instruction's
+        # count is computed in the cycle after its issue, from ``issued`` (see the module docstring)
+        issued = Signal(64)
+        issued_word = INSTRUCTION(issued)
+        issued_is = {op: issued_word.opcode == int(op) for op in sem.COMPUTE_OPS}
+        busy_of = {op: sem.controller_cycles(op, issued_word[op.name.lower()], regs, cfg, AMARANTH_OPS) - 2
+                   for op in sem.COMPUTE_OPS}
+        deferred = Signal()
         dma_busy = Signal(32)
         m.d.comb += dma_busy.eq(sem.dma_busy_cycles(fl, cfg, AMARANTH_OPS))
         reg, val = f[Op.SETR]["reg"], f[Op.SETR]["value"]
@@ -151,17 +166,27 @@ class Controller(wiring.Component):
             self.unit_op.eq(is_op[Op.SCALEOUT]),
             self.dma_start.eq(issue & (is_op[Op.LOAD] | is_op[Op.STORE])),
         ]
-        pc_next = Signal.like(pc)
-        m.d.comb += [pc_next.eq(Mux(running, Mux(issue & ~is_op[Op.HALT], pc + 1, pc), 0)),
-                     self.imem.addr.eq(pc_next)]
+        is_compute = is_op[Op.QUANT] | is_op[Op.MATMUL] | is_op[Op.SCALEOUT]
+        advance = issue & ~is_op[Op.HALT]
+        # IMEM's read address: the word after the one the register will hold next cycle
+        m.d.comb += self.imem.addr.eq(Mux(running, Mux(advance, pc + 2, pc + 1), Mux(priming, 1, 0)))
 
-        with m.If(self.start & ~running):
-            m.d.sync += [running.eq(1), pc.eq(0), now.eq(0), busy_cnt.eq(0), dma_cnt.eq(0),
+        with m.If(self.start & ~running & ~priming):
+            m.d.sync += [priming.eq(1), pc.eq(0), now.eq(0), busy_cnt.eq(0), dma_cnt.eq(0), deferred.eq(0),
                          self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0)]
             m.d.sync += [r.eq(0) for r in regs.values()]
+        with m.If(priming):
+            m.d.sync += [priming.eq(0), running.eq(1), ir.eq(self.imem.data)]
         with m.If(running):
-            m.d.sync += [now.eq(now + 1), pc.eq(pc_next)]
-            with m.If(busy_cnt != 0):
+            m.d.sync += now.eq(now + 1)
+            with m.If(advance):
+                m.d.sync += [pc.eq(pc + 1), ir.eq(self.imem.data)]
+            with m.If(deferred):
+                m.d.sync += deferred.eq(0)
+                for op, cycles in busy_of.items():
+                    with m.If(issued_is[op]):
+                        m.d.sync += busy_cnt.eq(cycles)
+            with m.Elif(busy_cnt != 0):
                 m.d.sync += busy_cnt.eq(busy_cnt - 1)
             with m.If(self.dma_start):
                 m.d.sync += dma_cnt.eq(dma_busy)
@@ -173,9 +198,8 @@ class Controller(wiring.Component):
             with m.If(issue):
                 with m.If(is_op[Op.HALT]):
                     m.d.sync += [running.eq(0), self.done.eq(1), self.cycles.eq(now + 1)]
-                for op, cycles in busy_of.items():
-                    with m.If(is_op[op]):
-                        m.d.sync += busy_cnt.eq(cycles)
+                with m.If(is_compute):   # held until the deferred count arrives next cycle
+                    m.d.sync += [busy_cnt.eq(1), deferred.eq(1), issued.eq(bits)]
                 with m.If(is_op[Op.SETR]):
                     with m.Switch(reg):
                         for r, target in regs.items():   # the value is legal: it fits (SMUL: its low bits)
