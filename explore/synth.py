@@ -29,7 +29,7 @@ from bitmos.errors import BitmosUserError
 from bitmos.fileio import write_json_atomic
 
 #: Bumped when the flow (scripts, options, parsing) changes in a way that changes results.
-FLOW_VERSION = 1
+FLOW_VERSION = 2   # 2: the critical path is parsed from the report
 
 #: target -> device name -> (nextpnr device flag, default package, part name)
 DEVICES: dict[str, dict[str, tuple[str, str, str]]] = {
@@ -97,6 +97,7 @@ class SynthResult:
     cached: bool = False
     out_of_context: bool = True
     pnr: bool = True                          # False: Yosys netlist counts only (no placement, no fmax)
+    critical_path: dict[str, Any] | None = None   # see critical_path(): the slowest path nextpnr reports
     commands: list[str] = field(default_factory=list)
 
     @property
@@ -129,6 +130,10 @@ class SynthResult:
         if self.binary_ops_per_lut_cycle:
             s += (f", {self.binary_ops_per_cycle} binary ops/cycle = {self.binary_ops_per_lut_cycle:.3f} "
                   f"ops/LUT/cycle ({self.luts_per_binary_op:.2f} LUT/op)")
+        if self.critical_path:
+            cp = self.critical_path
+            s += (f"; critical path {cp['delay_ns']:.1f} ns, {cp['from']} -> {cp['to']} "
+                  f"through {', '.join(cp['through'])}")
         if self.cached:
             s += " [cached]"
         return s
@@ -206,7 +211,47 @@ def parse_report(report: dict[str, Any], target: str) -> dict[str, Any]:
         "lut_available": int(util.get(lut_name, {}).get("available", 0)),
         "utilization": {k: {"used": int(v["used"]), "available": int(v["available"])}
                         for k, v in util.items() if v.get("used")},
+        "critical_path": critical_path(report),
     }
+
+
+def _cell_module(cell: str) -> str:
+    """The RTL block of a flattened cell name: ``scale_unit.sequencer.rline_TRELLIS_FF_Q`` ->
+    ``scale_unit.sequencer``, ``buffers.imem.0.0`` -> ``buffers.imem``; top-level cells -> ``top``."""
+    parts = [p for p in cell.split(".")[:-1] if not p.isdigit()]
+    return ".".join(parts) or "top"
+
+
+def _cell_signal(cell: str) -> str:
+    """A readable name for a path's end: the cell name up to the primitive Yosys appended."""
+    for marker in ("_TRELLIS_", "_LUT4", "_CCU2C", "_MULT18X18D", "_PFUMX", "_L6MUX21", "$", "_SB_"):
+        cut = cell.find(marker)
+        if cut > 0:
+            cell = cell[:cut]
+    return cell
+
+
+def critical_path(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The slowest path of a nextpnr ``--report``: total delay, its two ends, the RTL blocks it goes
+    through in order and its logic steps (None when the report has no paths)."""
+    worst = None
+    for path in report.get("critical_paths", []):
+        steps = path.get("path", [])
+        total = sum(float(st.get("delay", 0.0)) for st in steps)
+        if steps and (worst is None or total > worst[0]):
+            worst = (total, steps)
+    if worst is None:
+        return None
+    total, steps = worst
+    through: list[str] = []
+    for st in steps:
+        for end in ("from", "to"):
+            mod = _cell_module(st.get(end, {}).get("cell", ""))
+            if mod not in through:   # first appearance order (a LUT is named after a net it touches)
+                through.append(mod)
+    return {"delay_ns": round(total, 3), "from": _cell_signal(steps[0].get("from", {}).get("cell", "?")),
+            "to": _cell_signal(steps[-1].get("to", {}).get("cell", "?")), "through": through,
+            "logic_steps": sum(1 for st in steps if st.get("type") == "logic")}
 
 
 def count_netlist_cells(netlist: dict[str, Any]) -> dict[str, int]:

@@ -95,3 +95,23 @@ def test_netlist_that_cannot_fit_is_refused_before_place_and_route():
     # the same netlist fits nowhere smaller
     assert S.netlist_fit_error(S.netlist_result({"LUT4": 100, "MULT18X18D": 30}, "ecp5", "25k"),
                                "ecp5", "25k").available == 28
+
+
+def test_critical_path_names_the_slowest_path_and_its_blocks():
+    def step(kind, delay, a, b):
+        return {"type": kind, "delay": delay, "from": {"cell": a}, "to": {"cell": b}}
+    fast = {"from": "posedge clk", "to": "posedge clk",
+            "path": [step("clk-to-q", 0.5, "array.pe_0_0.acc_TRELLIS_FF_Q", "array.pe_0_0.acc_TRELLIS_FF_Q"),
+                     step("setup", 0.1, "array.pe_0_0.x_LUT4_Z", "array.pe_0_0.x_TRELLIS_FF_Q")]}
+    slow = {"from": "posedge clk", "to": "posedge clk",
+            "path": [step("clk-to-q", 5.8, "buffers.imem.0.0", "buffers.imem.0.0"),
+                     step("routing", 1.5, "buffers.imem.0.0", "controller._0115__MULT18X18D_P9"),
+                     step("logic", 3.9, "controller._0115__MULT18X18D_P9", "controller._0115__MULT18X18D_P9"),
+                     step("logic", 0.2, "ext__req_addr_LUT4_Z_5", "ext__req_addr_LUT4_Z_5"),
+                     step("setup", 0.0, "scale_unit.sequencer.rline_TRELLIS_FF_Q",
+                          "scale_unit.sequencer.rline_TRELLIS_FF_Q")]}
+    cp = S.critical_path({"critical_paths": [fast, slow]})
+    assert cp == {"delay_ns": 11.4, "from": "buffers.imem.0.0", "to": "scale_unit.sequencer.rline",
+                  "through": ["buffers.imem", "controller", "top", "scale_unit.sequencer"], "logic_steps": 2}
+    assert S.critical_path({}) is None
+    assert S.parse_report({"critical_paths": [fast]}, "ecp5")["critical_path"]["to"] == "array.pe_0_0.x"
