@@ -13,6 +13,12 @@ the ports its users need, all synchronous (one cycle read latency, reads not tra
 | META | read, write (scale unit) | | |
 | IMEM | read (controller) | | write (host) |
 
+X, W, S and OBUF's DMA bank are each one true-dual-port memory: the DMA engine's read and write
+ports share one address (one read-write port), the datapath's read port is the other port and is
+transparent for the DMA's writes, so Yosys maps each onto one set of DP16KD instead of a copy per
+reader. A datapath read of a line in the cycle the DMA engine writes it is therefore undefined; a
+program must not do it anyway (a hazard, docs/isa.md "load/store").
+
 ``clear`` (a pulse) zeroes every row of every memory, one row per cycle in all memories at once;
 ``clearing`` is high meanwhile and the write ports of the users are ignored.
 
@@ -125,23 +131,32 @@ class Buffers(wiring.Component):
             if buf == "O":
                 continue
             mem = m.submodules[buf.lower()] = Memory(shape=width, depth=depth, init=[])
-            for name, b, kind in _PORTS:
-                if b != buf:
+            ports = [(name, kind) for name, b, kind in _PORTS if b == buf]
+            wport = None
+            for name, kind in ports:   # one write port per memory (the OBUF below is the one with two)
+                if kind != "r":
+                    wport = mem.write_port(granularity=self._cfg.lanes if kind == "wg" else None)
+                    write(wport, getattr(self, name), True)
+            for name, kind in ports:
+                if kind != "r":
                     continue
                 bus = getattr(self, name)
-                if kind == "r" and name.endswith("_dma_rd"):
-                    # the DMA's read port takes the same (clear-muxed) address as its write port: the DMA
-                    # engine drives one line address for both directions, so after flattening the two
-                    # ports share one address and Yosys maps them onto one read-write port of a
-                    # true-dual-port block RAM (the datapath's read port is the other one), instead of
-                    # a second copy of the memory for the second reader
+                if name.endswith("_dma_rd"):
+                    # The DMA read port takes the DMA write port's (clear-muxed) address: the engine drives
+                    # one line address for both directions, so the two become one read-write port of a
+                    # true-dual-port block RAM; the datapath's read port is the other port.
                     port = mem.read_port()
                     m.d.comb += [port.addr.eq(Mux(self.clearing, row, bus.addr)), port.en.eq(bus.en),
                                  bus.data.eq(port.data)]
-                elif kind == "r":
+                elif wport is not None and buf in "XWS":
+                    # Transparent for the DMA's writes: Yosys then maps the memory as one true-dual-port
+                    # RAM instead of a copy per reader (for a non-transparent second port it would have to
+                    # keep old data across ports, which the DP16KD cannot). Reading a line in the cycle the
+                    # DMA writes it is a hazard (docs/isa.md: a program waits first), so no legal program
+                    # sees the difference.
+                    connect(m, flipped(bus), mem.read_port(transparent_for=(wport,)))
+                else:
                     connect(m, flipped(bus), mem.read_port())
-                else:   # one write port per memory (the OBUF below is the one with two)
-                    write(mem.write_port(granularity=self._cfg.lanes if kind == "wg" else None), bus, True)
 
         # OBUF: live-value table over a compute-written and a DMA-written bank (see module docstring)
         width, depth = self._shapes["O"]
@@ -150,10 +165,14 @@ class Buffers(wiring.Component):
         lvt = m.submodules.o_lvt = Memory(shape=1, depth=depth, init=[])   # 1: the DMA bank is live
         write(bank_c.write_port(), self.o_wr, True)
         write(lvt.write_port(), self.o_wr, True, data=0)
-        write(bank_d.write_port(), self.o_dma_wr, False)
+        wp_d = bank_d.write_port()
+        write(wp_d, self.o_dma_wr, False)
         write(lvt.write_port(), self.o_dma_wr, False, data=1)   # added last: wins a same-line clash
         for bus in (self.o_rd, self.o_dma_rd):
-            ports = [mem.read_port() for mem in (bank_c, bank_d, lvt)]
+            # the compute read of the DMA bank is transparent for the DMA's writes (see above): that bank
+            # is then one true-dual-port RAM (DMA read-write port, compute read port)
+            ports = [bank_c.read_port(), bank_d.read_port(transparent_for=(wp_d,) if bus is self.o_rd else ()),
+                     lvt.read_port()]
             for p in ports:
                 m.d.comb += [p.addr.eq(bus.addr), p.en.eq(bus.en)]
             m.d.comb += bus.data.eq(Mux(ports[2].data, ports[1].data, ports[0].data))
