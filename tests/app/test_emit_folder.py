@@ -66,7 +66,7 @@ def test_emit_refuses_a_folder_of_other_files(tmp_path, capsys, fake_convert):
 @pytest.mark.parametrize("name", ["../../escape", "/abs/x", "a/b", ".hidden"])
 def test_a_config_name_is_never_a_path(tmp_path, capsys, fake_convert, name):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[accelerator]\npreset = "tiny"\nname = "{name}"\n')
+    cfg.write_text(f'[accelerator]\nname = "{name}"\npreset = "tiny"\n')
     out = tmp_path / "a" / "b" / "out"
     fails_cleanly(["rtl", "emit", "--config", cfg, "-o", out], capsys, match="not a safe file name")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["c.toml"]
@@ -102,7 +102,7 @@ def test_emit_killed_midway_leaves_no_half_folder(tmp_path):
 
 def test_verify_refuses_a_config_name_that_is_a_path(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[accelerator]\npreset = "tiny"\nname = "../../../escape"\n')
+    cfg.write_text('[accelerator]\nname = "../../../escape"\npreset = "tiny"\n')
     monkeypatch.chdir(tmp_path)
     fails_cleanly(["verify", "--config", cfg, "--workdir", tmp_path / "w"], capsys, match="not a safe file name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
