@@ -21,8 +21,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from bitmos.errors import BitmosUserError
-from bitmos.model.checkpoint import (load_checkpoint, load_trainer_state, save_checkpoint,
-                                     save_trainer_state, trainer_state_path)
+from bitmos.model.checkpoint import (load_checkpoint, restore_trainer_state, save_checkpoint, save_trainer_state,
+                                     trainer_state_path)
 from bitmos.model.config import ModelConfig
 from bitmos.model.data import (check_tokenizer, encode_corpus, eval_windows, get_batch, get_tokenizer,
                                load_corpus)
@@ -152,12 +152,11 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
     if resume:
         if not (Path(args.out).exists() and state_path.exists()):
             raise BitmosUserError(f"cannot resume: {args.out} or {state_path} is missing")
-        loaded, _ = load_checkpoint(args.out)
+        loaded, meta = load_checkpoint(args.out)
+        if loaded.config != model.config:
+            raise BitmosUserError(f"cannot resume: {args.out} holds another model config than the one to train")
         model.load_state_dict(loaded.state_dict())
-        st = load_trainer_state(state_path)
-        opt.load_state_dict(st["optimizer"])
-        step = int(st["step"])
-        torch.set_rng_state(st["rng"])
+        step = restore_trainer_state(state_path, opt, int(meta["step"]))
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
