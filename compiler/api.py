@@ -100,6 +100,22 @@ def _candidates(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> list[Ti
 _TILING_CACHE: dict[tuple, Tiling] = {}
 
 
+def check_fits_memory(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> None:
+    """The UnsupportedError :func:`choose_tiling` raises when no tiling of ``spec`` at ``tokens`` tokens fits the
+    external memory, without scheduling anything (for a caller that checks before deciding what to run)."""
+    least = None
+    for til in _candidates(spec, cfg, tokens):
+        regions, sizes = _layout(til, cfg, 0)
+        end = _align(regions.output + sizes["output"])
+        if end <= cfg.ext_mem_bytes:
+            return
+        least = end if least is None else min(least, end)
+    if least is not None:
+        raise UnsupportedError(f"layer {spec.name!r}: its memory regions need {least} bytes at {tokens} "
+                               f"token(s), beyond the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)",
+                               field="ext_mem_mib")
+
+
 def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tiling:
     """The candidate (mode x weight-block size) with the fewest Timeline cycles; cached per shape."""
     key = (cfg, spec.d_in, spec.d_out, tokens)  # the whole config: programs embed its name and clock
