@@ -75,11 +75,30 @@ def check_safe_name(name: object, what: str) -> str:
 
 # ---- reading text the user names ------------------------------------------------------------------------
 
-def read_text_file(path: str | os.PathLike, what: str, *, error: type[BitmosUserError] = FormatError) -> str:
-    """The UTF-8 text of ``path``; a missing file, a folder or a binary file is a one-line user error."""
+def why_not_a_file(path: str | os.PathLike) -> str:
+    """Why ``path`` (for which ``is_file()`` is false) cannot be read as a file, to end an error message."""
+    p = Path(path)
+    if p.is_dir():
+        return "is a folder, not a file"
+    if p.exists():
+        return "is not a regular file (a device, FIFO or socket)"
+    return "does not exist"
+
+
+#: Largest text file bitmos reads (a listing of a full 2^20-word instruction memory is about 40 MiB).
+MAX_TEXT_BYTES = 256 << 20
+
+
+def read_text_file(path: str | os.PathLike, what: str, *, error: type[BitmosUserError] = FormatError,
+                   max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of ``path``; a missing file, a folder, a binary file or one larger than ``max_bytes``
+    (``/dev/zero``, ``/dev/urandom``: endless) is a one-line user error. Pipes (``<(...)``) are read."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise error(f"{what} {str(p)!r} is larger than {max_bytes >> 20} MiB; not a text file bitmos reads")
     except FileNotFoundError:
         raise error(f"{what} {str(p)!r} does not exist") from None
     except IsADirectoryError:

@@ -17,8 +17,8 @@ from bitmos.config import AcceleratorConfig
 from bitmos.container import MANIFEST_VERSION, MemoryImage, Program, manifest_digest
 from bitmos.errors import ConfigError, FormatError, UnsupportedError
 from bitmos.export import BinaryLinearExport, ModelExport
-from bitmos.fileio import (atomic_folder, check_safe_name, sha256_hex, write_bytes_atomic, write_json_atomic,
-                           write_text_atomic)
+from bitmos.fileio import (atomic_folder, check_safe_name, sha256_hex, why_not_a_file, write_bytes_atomic,
+                           write_json_atomic, write_text_atomic)
 from bitmos.isa import Op, Reg, disassemble, encode, setr
 
 from bitmos.compiler.lower import LayerSpec, ceil_div, lower_linear, synthetic_spec
@@ -427,7 +427,7 @@ def load_model_input(source) -> tuple[str, Any]:
         return "shape", load_shape(source)
     p = Path(source)
     if not p.is_file():
-        raise FormatError(f"model file {str(p)!r} does not exist")
+        raise FormatError(f"model file {str(p)!r} {why_not_a_file(p)}")
     return "export", ModelExport.load(p)
 
 

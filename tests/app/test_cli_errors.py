@@ -241,7 +241,7 @@ def test_bad_arguments(tmp_path, capsys):
         (["asm", missing, "-o", out], "does not exist"), (["asm", folder, "-o", out], "is a folder"),
         (["asm", binary, "-o", out], "binary file"),
         (["compile", missing, "--config", "small", "-o", out], "does not exist"),
-        (["compile", folder, "--config", "small", "-o", out], "does not exist"),
+        (["compile", folder, "--config", "small", "-o", out], "is a folder, not a file"),
         (["compile", "x", "--config", "small", "-o", out, "--tokens", "0"], "--tokens: must be at least 1"),
         (["compile", "x", "--config", "small", "-o", out, "--tokens", "-3"], "--tokens: must be at least 1"),
         (["disasm", missing], "does not exist"), (["disasm", binary], "bad magic"),
