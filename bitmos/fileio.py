@@ -20,8 +20,14 @@ from bitmos.errors import BitmosUserError, FormatError
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
+
+    An existing ``path`` that is not a regular file (a device such as ``/dev/null``, a FIFO, a folder) is
+    refused: the rename would replace it, and as root that replaces ``/dev/null`` for every process.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise FormatError(f"output {str(path)!r} {why_not_a_file(path)}; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

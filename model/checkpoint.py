@@ -90,6 +90,9 @@ def checkpoint_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) ->
 def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata with parsed ``config``/``train_args``/``step``, float32 state dict). Raises FormatError."""
     path = Path(path)
+    if path.exists() and not path.is_file():   # /dev/zero would be read for ever
+        from bitmos.fileio import why_not_a_file
+        raise FormatError(f"checkpoint {path} {why_not_a_file(path)}")
     try:
         data = path.read_bytes()
     except OSError as exc:

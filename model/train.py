@@ -120,6 +120,10 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
     a mismatch is an error naming both. It is stored in the checkpoint.
     """
     rank, world = dist_info()
+    for out in (Path(args.out), trainer_state_path(args.out)):   # before the run, not after it
+        if out.exists() and not out.is_file():
+            from bitmos.fileio import why_not_a_file
+            raise BitmosUserError(f"--out: {out} {why_not_a_file(out)}; give a checkpoint file name to write")
     torch.manual_seed(args.seed)
     tok = tokenizer if tokenizer is not None else getattr(teacher, "tokenizer", None)
     if tok is None:

@@ -62,3 +62,20 @@ def test_a_config_from_a_pipe_is_read(fresh, capsys):
     finally:
         os.close(r)
     assert rc == 0 and "rows = 8" in out, err
+
+
+def test_an_output_that_is_a_fifo_or_folder_is_never_replaced(fresh, capsys):
+    """A rename over a non-regular file replaces it (as root, ``-o /dev/null`` would replace /dev/null for
+    every process): every file writer refuses. A FIFO stands in for a device here."""
+    from bitmos.errors import FormatError
+    from bitmos.fileio import write_bytes_atomic
+    fifo = fresh / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(FormatError, match="is not a regular file"):
+        write_bytes_atomic(fifo, b"x")
+    (fresh / "p.s").write_text("halt\n")
+    fails_cleanly(["asm", "p.s", "-o", fifo], capsys, match="is not a regular file")
+    fails_cleanly(["asm", "p.s", "-o", fresh], capsys, match="is a folder")
+    fails_cleanly(["train", "--out", fifo, "--steps", "1"], capsys, match="--out: ")
+    fails_cleanly(["generate", fifo, "--prompt", "hi"], capsys, match="is not a regular file")
+    assert fifo.is_fifo() and sorted(p.name for p in fresh.iterdir()) == ["fifo", "p.s"]
