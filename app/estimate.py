@@ -33,7 +33,8 @@ def cmd_estimate(args) -> int:
     from bitmos.explore.perf import estimate
 
     cfg = AcceleratorConfig.load(args.config)
-    est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table)
+    est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table,
+                   max_work=args.max_work or None)
     if args.plots:
         from bitmos.fileio import atomic_folder, write_json_atomic
         from bitmos.sim.report import write_plots
@@ -52,6 +53,8 @@ def cmd_estimate(args) -> int:
 
 def add_commands(sub) -> None:
     from bitmos.compiler import MODEL_SHAPES
+    from bitmos.cliargs import int_at_least
+    from bitmos.explore.perf import DEFAULT_MAX_WORK
 
     p = sub.add_parser("estimate", help="whole-model prefill/decode throughput and energy of a model shape "
                        "(e.g. LLaMA-2-7B) on a config, in timing-only simulation")
@@ -60,6 +63,9 @@ def add_commands(sub) -> None:
     p.add_argument("--config", default="asic32", help="accelerator config file or preset (default asic32)")
     p.add_argument("--prefill", type=int, default=2048, help="prompt tokens (default 2048)")
     p.add_argument("--decode", type=int, default=128, help="generated tokens (default 128)")
+    p.add_argument("--max-work", type=int_at_least(0), default=DEFAULT_MAX_WORK, metavar="N",
+                   help=f"refuse a prefill that is more than N array tile steps to compile and simulate (default "
+                        f"{DEFAULT_MAX_WORK:,}, about 20 s; 0: no limit)")
     p.add_argument("--energy-table", help="energy table name or TOML file (default by memory bandwidth)")
     p.add_argument("--plots", metavar="DIR", help="write estimate.json and roofline/energy plots per phase")
     p.add_argument("--json", action="store_true", help="print JSON")

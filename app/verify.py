@@ -57,6 +57,7 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
     import torch
 
     from bitmos.compiler import compile_linear, read_layer_output, write_layer_input
+    from bitmos.fileio import check_safe_name
     from bitmos.model.checkpoint import load_checkpoint, shipped_path
     from bitmos.model.data import ByteTokenizer
     from bitmos.model.export import export_model
@@ -72,6 +73,7 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
         raise BitmosUserError(f"--layers must be at least 1, got {layers}")
     torch.set_num_threads(1)
     cfg = AcceleratorConfig.load(config)
+    check_safe_name(cfg.name, "config name")   # the RTL build folder and Verilog file are named after it
     path = Path(checkpoint) if checkpoint else shipped_path("student")
     model, _ = load_checkpoint(path)
     if model.config.vocab_size != 256:

@@ -187,7 +187,12 @@ class AcceleratorConfig:
             # an empty (or truncated to nothing) file must not silently become the default config
             raise ConfigError(f"{p}: the config sets no fields (empty or truncated file?); give fields or "
                               "'preset = \"NAME\"'")
-        return cls.from_dict(data, source=str(p))
+        toml = p.suffix.lower() != ".json"
+        if toml:
+            _check_not_cut_in_a_number(p, text)
+        cfg = cls.from_dict(data, source=str(p))
+        _check_whole(p, fields_given, toml)
+        return cfg
 
     def to_toml(self) -> str:
         lines = ["[accelerator]"]
@@ -202,6 +207,39 @@ class AcceleratorConfig:
         machine = {k: v for k, v in self.to_dict().items() if k not in REPORTING_FIELDS}
         blob = json.dumps(machine, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---- a config file cut off is an error, not a shorter config --------------------------------------------
+#
+# A config file names every field (what `bitmos config NAME` prints), or names a preset to take the fields it
+# does not set from. In TOML the preset line comes last. Then every truncation of a config file is refused:
+# a JSON document cut short does not parse; a TOML file cut at a line end lacks fields (a whole config) or its
+# preset line (a partial one); cut inside a line it does not parse, or its last line is a number without a
+# line end (``rows = 1`` of ``rows = 16``), which is refused too.
+
+def _check_not_cut_in_a_number(p: Path, text: str) -> None:
+    if text.endswith("\n"):
+        return
+    last = text.rsplit("\n", 1)[-1].split("#", 1)[0].strip()
+    if last and last[-1] in "0123456789.":
+        raise ConfigError(f"{p}: the last line {last!r} has no line end, so the file may be cut off inside that "
+                          "number; end the file with a newline")
+
+
+def _check_whole(p: Path, given: dict[str, Any], toml: bool) -> None:
+    names = [f.name for f in fields(AcceleratorConfig)]
+    if "preset" not in given:
+        missing = [n for n in names if n not in given]
+        if missing:
+            shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            raise ConfigError(f"{p}: sets {len(names) - len(missing)} of the {len(names)} fields and names no "
+                              f"preset, so it may be cut off (missing {shown}); name every field (`bitmos config "
+                              "small` prints a whole config) or take the others from a preset with "
+                              "preset = \"NAME\" as the last line")
+    elif toml and list(given)[-1] != "preset":
+        raise ConfigError(f"{p}: preset = {given['preset']!r} must be the last line of the config, after the "
+                          "fields it overrides, so that a file cut off early is not read as the preset with "
+                          "fewer overrides")
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float) -> None:
@@ -271,4 +309,6 @@ def preset_config(name: str) -> AcceleratorConfig:
     acc = data.get("accelerator", data)
     if "preset" in acc:
         raise ConfigError(f"preset {name!r} must not itself name a preset")
-    return AcceleratorConfig.from_dict(data, source=f"preset {name}")
+    cfg = AcceleratorConfig.from_dict(data, source=f"preset {name}")
+    _check_whole(Path(f"preset {name}"), acc, toml=True)   # a shipped preset is a whole config too
+    return cfg

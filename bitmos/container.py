@@ -26,7 +26,7 @@ from typing import Any
 
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import FormatError
-from bitmos.fileio import check_safe_name, read_text_file, sha256_hex, write_bytes_atomic
+from bitmos.fileio import check_safe_name, read_text_file, why_not_a_file, sha256_hex, write_bytes_atomic
 
 FORMAT_VERSION = 2
 #: Version 2 added the SHA-256 of every named file and of the manifest itself.
@@ -115,7 +115,7 @@ class Program:
     def load(cls, path: str | Path) -> "Program":
         p = Path(path)
         if not p.is_file():
-            raise FormatError(f"program file {str(p)!r} does not exist")
+            raise FormatError(f"program file {str(p)!r} {why_not_a_file(p)}")
         return cls.from_bytes(p.read_bytes(), source=str(p))
 
 
@@ -145,7 +145,7 @@ class MemoryImage:
     def load(cls, path: str | Path) -> "MemoryImage":
         p = Path(path)
         if not p.is_file():
-            raise FormatError(f"memory image {str(p)!r} does not exist")
+            raise FormatError(f"memory image {str(p)!r} {why_not_a_file(p)}")
         return cls.from_bytes(p.read_bytes(), source=str(p))
 
 

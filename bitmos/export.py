@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from bitmos.errors import FormatError
-from bitmos.fileio import check_safe_name, write_bytes_atomic
+from bitmos.fileio import check_safe_name, why_not_a_file, write_bytes_atomic
 
 EXPORT_VERSION = 2
 _META_KEY = "bitmos_export"
@@ -115,7 +115,7 @@ class ModelExport:
 
         p = Path(path)
         if not p.is_file():
-            raise FormatError(f"export file {str(p)!r} does not exist")
+            raise FormatError(f"export file {str(p)!r} {why_not_a_file(p)}")
         data = p.read_bytes()
         try:
             (hlen,) = struct.unpack_from("<Q", data, 0)

@@ -20,8 +20,14 @@ from bitmos.errors import BitmosUserError, FormatError
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
+
+    An existing ``path`` that is not a regular file (a device such as ``/dev/null``, a FIFO, a folder) is
+    refused: the rename would replace it, and as root that replaces ``/dev/null`` for every process.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise FormatError(f"output {str(path)!r} {why_not_a_file(path)}; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -75,11 +81,30 @@ def check_safe_name(name: object, what: str) -> str:
 
 # ---- reading text the user names ------------------------------------------------------------------------
 
-def read_text_file(path: str | os.PathLike, what: str, *, error: type[BitmosUserError] = FormatError) -> str:
-    """The UTF-8 text of ``path``; a missing file, a folder or a binary file is a one-line user error."""
+def why_not_a_file(path: str | os.PathLike) -> str:
+    """Why ``path`` (for which ``is_file()`` is false) cannot be read as a file, to end an error message."""
+    p = Path(path)
+    if p.is_dir():
+        return "is a folder, not a file"
+    if p.exists():
+        return "is not a regular file (a device, FIFO or socket)"
+    return "does not exist"
+
+
+#: Largest text file bitmos reads (a listing of a full 2^20-word instruction memory is about 40 MiB).
+MAX_TEXT_BYTES = 256 << 20
+
+
+def read_text_file(path: str | os.PathLike, what: str, *, error: type[BitmosUserError] = FormatError,
+                   max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of ``path``; a missing file, a folder, a binary file or one larger than ``max_bytes``
+    (``/dev/zero``, ``/dev/urandom``: endless) is a one-line user error. Pipes (``<(...)``) are read."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise error(f"{what} {str(p)!r} is larger than {max_bytes >> 20} MiB; not a text file bitmos reads")
     except FileNotFoundError:
         raise error(f"{what} {str(p)!r} does not exist") from None
     except IsADirectoryError:
@@ -97,22 +122,27 @@ def read_text_file(path: str | os.PathLike, what: str, *, error: type[BitmosUser
 # ---- whole output folders -------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike, *, marker: str) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, *, marker: str, keep_existing: bool = False) -> Iterator[Path]:
     """Build an output folder whole, or not at all.
 
     Yields a fresh temporary sibling of ``path`` to write into; when the block finishes, the sibling replaces
     ``path`` by rename (an atomic exchange on Linux), so a reader sees the old folder or the new one, never a
     mixture. If the block raises, the sibling is removed and ``path`` is left exactly as it was.
 
-    ``marker`` is the file every folder of this kind holds (``manifest.json``, ``report.json``, ...): an
-    existing ``path`` is replaced only if it is empty or holds the marker, so pointing ``-o`` at a folder of
-    other files is refused instead of deleting them.
+    ``marker`` is the file every folder of this kind holds (``manifest.json``, ``report.json``, ...; a glob
+    pattern such as ``bitmos_accel_*.json`` matches any of several): an existing ``path`` is replaced only if
+    it is empty or holds the marker, so pointing ``-o`` at a folder of other files is refused instead of
+    deleting them.
+
+    ``keep_existing``: the sibling starts as a copy of the existing folder, so the block adds or replaces
+    files and everything else in the folder is kept (``bitmos rtl emit`` of a second config into one folder);
+    the whole folder still changes in one rename.
     """
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not path.is_dir() or path.is_symlink():
             raise FormatError(f"output {str(path)!r} exists and is not a folder")
-        if not (path / marker).is_file() and any(path.iterdir()):
+        if not any(p.is_file() for p in path.glob(marker)) and any(path.iterdir()):
             raise FormatError(f"output folder {str(path)!r} is not empty and holds no {marker}, so it is not an "
                               "earlier output of this command; choose a new folder or empty it")
     parent = path.parent
@@ -122,6 +152,8 @@ def atomic_folder(path: str | os.PathLike, *, marker: str) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it owner-only; give it a plain mkdir's permissions
+        if keep_existing and path.is_dir():
+            _copy_entries(path, tmp)
         yield tmp
         _fsync_tree(tmp)
         if path.is_dir():
@@ -137,6 +169,18 @@ def atomic_folder(path: str | os.PathLike, *, marker: str) -> Iterator[Path]:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_entries(src: Path, dst: Path) -> None:
+    """Copy every entry of folder ``src`` into the existing folder ``dst`` (symlinks as symlinks)."""
+    for entry in src.iterdir():
+        target = dst / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), target)
+        elif entry.is_dir():
+            shutil.copytree(entry, target, symlinks=True)
+        else:
+            shutil.copy2(entry, target)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -17,8 +17,8 @@ from bitmos.config import AcceleratorConfig
 from bitmos.container import MANIFEST_VERSION, MemoryImage, Program, manifest_digest
 from bitmos.errors import ConfigError, FormatError, UnsupportedError
 from bitmos.export import BinaryLinearExport, ModelExport
-from bitmos.fileio import (atomic_folder, check_safe_name, sha256_hex, write_bytes_atomic, write_json_atomic,
-                           write_text_atomic)
+from bitmos.fileio import (atomic_folder, check_safe_name, sha256_hex, why_not_a_file, write_bytes_atomic,
+                           write_json_atomic, write_text_atomic)
 from bitmos.isa import Op, Reg, disassemble, encode, setr
 
 from bitmos.compiler.lower import LayerSpec, ceil_div, lower_linear, synthetic_spec
@@ -98,6 +98,22 @@ def _candidates(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> list[Ti
 
 
 _TILING_CACHE: dict[tuple, Tiling] = {}
+
+
+def check_fits_memory(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> None:
+    """The UnsupportedError :func:`choose_tiling` raises when no tiling of ``spec`` at ``tokens`` tokens fits the
+    external memory, without scheduling anything (for a caller that checks before deciding what to run)."""
+    least = None
+    for til in _candidates(spec, cfg, tokens):
+        regions, sizes = _layout(til, cfg, 0)
+        end = _align(regions.output + sizes["output"])
+        if end <= cfg.ext_mem_bytes:
+            return
+        least = end if least is None else min(least, end)
+    if least is not None:
+        raise UnsupportedError(f"layer {spec.name!r}: its memory regions need {least} bytes at {tokens} "
+                               f"token(s), beyond the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)",
+                               field="ext_mem_mib")
 
 
 def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tiling:
@@ -411,7 +427,7 @@ def load_model_input(source) -> tuple[str, Any]:
         return "shape", load_shape(source)
     p = Path(source)
     if not p.is_file():
-        raise FormatError(f"model file {str(p)!r} does not exist")
+        raise FormatError(f"model file {str(p)!r} {why_not_a_file(p)}")
     return "export", ModelExport.load(p)
 
 

@@ -102,8 +102,8 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: i
         for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens)):
             runs += layer_runs
             names += [name] * len(layer_runs)
-        steps = decode if phase == "decode" else 1
-        s = summarize(runs * steps, table, tokens=tokens * steps)
+        steps = decode if phase == "decode" else 1   # identical one-token steps: summed, not replayed
+        s = summarize(runs, table, tokens=tokens * steps, repeat=steps)
         s.pop("per_run", None)
         s["per_layer"] = [{"name": n, "cycles": r.cycles, "stall_cycles": r.stall_cycles}
                           for n, r in zip(names, runs)]
@@ -111,8 +111,24 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: i
     return out
 
 
+#: Most decode steps an estimate scales its one simulated step to (beyond it the figures mean nothing).
+MAX_DECODE_TOKENS = 10 ** 12
+#: Default budget of :func:`prefill_work` for ``bitmos estimate`` (about 20 s of compile and simulation here;
+#: LLaMA-2-7B on asic32 then takes a prompt of up to about 10,000 tokens).
+DEFAULT_MAX_WORK = 1 << 24
+
+
+def prefill_work(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, tokens: int) -> int:
+    """Array tile steps the prefill of ``tokens`` tokens compiles and simulates: per distinct (K, N) of the
+    walk (each is compiled and simulated once), token tiles x column tiles x lane chunks. The estimate's time
+    grows with it (3.3 M tile steps, LLaMA-2-7B at 2048 tokens on asic32, take about 4 s)."""
+    rows = cfg.rows
+    return sum(-(-tokens // rows) * -(-N // cfg.cols) * -(-K // cfg.lanes) for K, N in {(K, N) for _, K, N in walk})
+
+
 def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, prefill: int, decode: int,
-             energy_table: str | None = None, auto_buffers: bool = False) -> dict[str, Any]:
+             energy_table: str | None = None, auto_buffers: bool = False,
+             max_work: int | None = None) -> dict[str, Any]:
     """Prefill (``prefill`` tokens, one pass) and decode (``decode`` one-token steps) of ``shape`` on ``cfg``.
 
     Keys: ``model`` (name, layers, binary_weights), ``config`` (grown when ``auto_buffers``), ``grown``,
@@ -124,8 +140,21 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
 
     if prefill < 0 or decode < 0 or prefill + decode == 0:
         raise ConfigError(f"--prefill ({prefill}) and --decode ({decode}) must be >= 0 and not both 0")
+    if decode > MAX_DECODE_TOKENS:
+        raise ConfigError(f"--decode {decode} is beyond the limit of {MAX_DECODE_TOKENS:,} decode steps the "
+                          "estimate scales its simulated step to", field="decode")
     shape = resolve_shape(shape)
     walk = llama_linears(shape)
+    if max_work is not None and prefill and prefill_work(walk, cfg, prefill) > max_work:
+        from bitmos.compiler import synthetic_spec
+        from bitmos.compiler.api import check_fits_memory
+        if not auto_buffers:   # a prompt that cannot fit at all says so, rather than that it would be slow
+            for i, (name, K, N) in enumerate(walk):
+                check_fits_memory(synthetic_spec(name, K, N, cfg, seed=i, materialize=False), cfg, prefill)
+        raise ConfigError(f"--prefill {prefill} on {shape.get('name', 'this model')} and config {cfg.name} is "
+                          f"{prefill_work(walk, cfg, prefill):,} array tile steps to compile and simulate, beyond "
+                          f"the limit of {max_work:,} (--max-work, about 20 s here); lower --prefill or raise "
+                          "--max-work", field="prefill")
     t0 = time.perf_counter()
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:

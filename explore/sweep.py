@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,9 @@ class SweepSpec:
             raise ConfigError(f"{source}: prefill_tokens = {d['prefill_tokens']}, allowed 1..{MAX_PREFILL_TOKENS}")
         if d.get("workers", 0) < 0:
             raise ConfigError(f"{source}: workers = {d['workers']} must be >= 0")
+        if "out" in d and (Path(d["out"]).is_absolute() or ".." in Path(d["out"]).parts or not d["out"]):
+            raise ConfigError(f"{source}: out = {d['out']!r} must be a relative folder without '..' (a spec "
+                              "file does not choose where outside the current folder to write; use -o for that)")
         grid = {}
         for k, v in d.get("grid", {}).items():
             if not isinstance(v, list) or not v:
@@ -157,11 +161,17 @@ class SweepSpec:
     def load(cls, path: str | Path) -> "SweepSpec":
         from bitmos.fileio import read_text_file
 
+        from bitmos.config import _check_not_cut_in_a_number
+
         p = Path(path)
+        text = read_text_file(p, "sweep spec", error=ConfigError)
         try:
-            data = tomllib.loads(read_text_file(p, "sweep spec", error=ConfigError))
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: cannot parse: {exc}") from None
+        if not data:   # an empty (or truncated to nothing) spec must not run the defaults
+            raise ConfigError(f"{p}: the sweep spec sets nothing (empty or truncated file?)")
+        _check_not_cut_in_a_number(p, text)
         data.setdefault("name", p.stem)
         return cls.from_dict(data, source=str(p), source_dir=str(p.parent))
 
@@ -358,7 +368,9 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, workers: int | 
 
     t0 = time.perf_counter()
     be = pick_backend(backend or spec.backend)
-    outdir = Path(out or spec.out or f"sweep-{spec.name}")
+    # the spec's name becomes one folder name: anything but letters, digits, '.', '_', '-' is mapped to '_', so
+    # a name such as '../../x' cannot reach outside the current folder
+    outdir = Path(out or spec.out or "sweep-" + re.sub(r"[^A-Za-z0-9._-]", "_", spec.name)[:200])
     outdir.mkdir(parents=True, exist_ok=True)
     results_path = outdir / "results.jsonl"
     tasks = make_tasks(spec, be)

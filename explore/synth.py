@@ -344,6 +344,86 @@ def default_cache_dir() -> Path:
     return Path(base) / "bitmos" / "synth" if not os.environ.get("BITMOS_CACHE") else Path(base) / "synth"
 
 
+# ---- the result cache ------------------------------------------------------------------------------
+#
+# One JSON file per result, ``<key>.json`` (the key is a hex hash, never a name from a file), holding the result's
+# fields and ``entry_sha256`` over them. Reading is forgiving in one direction only: anything that is not a whole
+# entry of this key (missing, a folder or a FIFO, corrupt, truncated, of another key, a field of the wrong type)
+# is a cache miss, so the design is synthesized again and the entry rewritten; nothing in it becomes a path.
+
+_CACHE_MAX_BYTES = 16 << 20
+_DERIVED_KEYS = {"binary_ops_per_lut_cycle", "luts_per_binary_op"}
+
+
+def _entry_digest(d: dict[str, Any]) -> str:
+    body = {k: v for k, v in d.items() if k != "entry_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _type_ok(annotation: str, v: Any) -> bool:
+    """``v`` has the type a SynthResult field is annotated with (the annotations are strings)."""
+    alts = [a.strip() for a in annotation.split("|")]
+    if v is None:
+        return "None" in alts
+    for a in alts:
+        if a == "int" and isinstance(v, int) and not isinstance(v, bool):
+            return True
+        if a == "float" and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+            return True
+        if a in ("str", "bool") and type(v).__name__ == a:
+            return True
+        if a.startswith("dict[str, str]") and isinstance(v, dict):
+            return all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+        if a.startswith("dict[str, dict[str, int]]") and isinstance(v, dict):
+            return all(isinstance(k, str) and isinstance(x, dict) and all(
+                isinstance(n, str) and isinstance(c, int) and not isinstance(c, bool) for n, c in x.items())
+                for k, x in v.items())
+        if a.startswith("dict[str, Any]") and isinstance(v, dict):
+            return all(isinstance(k, str) for k in v)
+        if a.startswith("list[str]") and isinstance(v, list):
+            return all(isinstance(x, str) for x in v)
+    return False
+
+
+def read_cache_entry(entry: Path, key: str) -> "SynthResult | None":
+    """The cached result of ``key`` in ``entry``, or None (a miss) if it is not a whole, valid entry of that key."""
+    try:
+        if not entry.is_file() or entry.stat().st_size > _CACHE_MAX_BYTES:
+            return None
+        d = json.loads(entry.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(d, dict) or d.get("key") != key:
+        return None
+    if "entry_sha256" in d:
+        if d["entry_sha256"] != _entry_digest(d):
+            return None
+    # an entry of an older bitmos carries no checksum: only the field checks below guard it
+    types = {f.name: f.type for f in dataclasses.fields(SynthResult)}
+    required = {f.name for f in dataclasses.fields(SynthResult)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if set(d) - set(types) - _DERIVED_KEYS - {"entry_sha256"} or required - set(d):
+        return None
+    if not all(_type_ok(types[k], v) for k, v in d.items() if k in types):
+        return None
+    if any(isinstance(d[k], (int, float)) and d[k] < 0 for k in ("luts", "ffs", "brams", "dsps", "lut_available")
+           if d.get(k) is not None):
+        return None
+    return SynthResult.from_dict(d)
+
+
+def write_cache_entry(entry: Path, result: "SynthResult") -> str | None:
+    """Write ``result`` to ``entry`` atomically; the reason as a string if the cache cannot be written."""
+    d = result.to_dict()
+    d["cached"] = False
+    d["entry_sha256"] = _entry_digest(d)
+    try:
+        write_json_atomic(entry, d)
+    except OSError as exc:
+        return f"cannot write {entry}: {exc.strerror or exc}"
+    return None
+
+
 def synth_key(verilog: str, top: str, target: str, device: str, package: str, opts: dict[str, Any],
               tools: dict[str, str]) -> str:
     blob = json.dumps({"verilog": hashlib.sha256(verilog.encode()).hexdigest(), "top": top,
@@ -376,8 +456,8 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
     key = synth_key(verilog, top, target, device, package, opts, tools)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     entry = cache / f"{key}.json"
-    if use_cache and entry.exists():
-        res = SynthResult.from_dict(json.loads(entry.read_text()))
+    res = read_cache_entry(entry, key) if use_cache else None
+    if res is not None:
         res.cached = True
         res.config, res.config_name, res.component = config, config_name, component
         if binary_ops_per_cycle is not None:
@@ -447,7 +527,9 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
             shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     if use_cache:
-        write_json_atomic(entry, result.to_dict())
+        problem = write_cache_entry(entry, result)
+        if problem:   # an hour of place and route is not thrown away because the cache folder is read-only
+            say(f"result not cached: {problem}")
     if tmp_dir is not None:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # success: nothing to inspect
     return result

@@ -16,8 +16,10 @@ read back with ``torch.load(weights_only=True)`` (tensors, numbers and container
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -88,6 +90,9 @@ def checkpoint_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) ->
 def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata with parsed ``config``/``train_args``/``step``, float32 state dict). Raises FormatError."""
     path = Path(path)
+    if path.exists() and not path.is_file():   # /dev/zero would be read for ever
+        from bitmos.fileio import why_not_a_file
+        raise FormatError(f"checkpoint {path} {why_not_a_file(path)}")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -186,20 +191,148 @@ def upgrade_checkpoint(path) -> None:
     read_checkpoint(path)
 
 
+#: The trainer state file: this magic, the SHA-256 of the payload (32 bytes), then a ``torch.save`` payload.
+TRAINER_MAGIC = b"BITMOS-TRAINER-STATE-2\n"
+_TRAINER_KEYS = {"optimizer", "step", "rng", "extra"}
+
+
 def save_trainer_state(path, optimizer, step: int, rng_state: torch.Tensor, extra: dict | None = None) -> None:
+    """Atomically write the optimizer state, the step and the RNG state, checksummed (:data:`TRAINER_MAGIC`)."""
     buf = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "step": int(step), "rng": rng_state,
                 "extra": extra or {}}, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    payload = buf.getvalue()
+    write_bytes_atomic(path, TRAINER_MAGIC + hashlib.sha256(payload).digest() + payload)
 
 
 def load_trainer_state(path) -> dict:
+    """The dict :func:`save_trainer_state` wrote, checked: the checksum, then every entry's type.
+
+    A file without the magic (written before the checksum) is read if its entries check out. Everything else
+    (missing, truncated, corrupt, of the wrong types, a pickle that needs code) is a one-line FormatError.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise FormatError(f"trainer state {path} not found") from exc
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"trainer state {path} not found") from None
+    except IsADirectoryError:
+        raise FormatError(f"trainer state {path} is a folder, not a file") from None
+    if data.startswith(TRAINER_MAGIC):
+        digest, payload = data[len(TRAINER_MAGIC):len(TRAINER_MAGIC) + 32], data[len(TRAINER_MAGIC) + 32:]
+        if len(digest) < 32 or hashlib.sha256(payload).digest() != digest:
+            raise FormatError(f"trainer state {path}: checksum mismatch: the file is corrupt or truncated")
+    else:
+        payload = data   # an unchecksummed state of an older bitmos: only the type checks below guard it
+    try:
+        st = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncation, disallowed globals
-        raise FormatError(f"trainer state {path} is corrupt or unsafe: {exc}") from exc
+        raise FormatError(f"trainer state {path} is corrupt or unsafe: {_one_line(exc)}") from None
+    bad = _trainer_state_problem(st)
+    if bad:
+        raise FormatError(f"trainer state {path} is not a bitmos trainer state: {bad}")
+    return st
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _trainer_state_problem(st) -> str | None:
+    if not isinstance(st, dict) or set(st) != _TRAINER_KEYS:
+        return f"expected a dict with {sorted(_TRAINER_KEYS)}, got {type(st).__name__}" + (
+            f" with {sorted(map(str, st))[:6]}" if isinstance(st, dict) else "")
+    if isinstance(st["step"], bool) or not isinstance(st["step"], int) or st["step"] < 0:
+        return f"step {st['step']!r} is not a non-negative integer"
+    rng = st["rng"]
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
+        return "rng is not a 1-D uint8 tensor"
+    opt = st["optimizer"]
+    if (not isinstance(opt, dict) or not isinstance(opt.get("state"), dict)
+            or not isinstance(opt.get("param_groups"), list)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
+        return "optimizer is not an optimizer state (state, param_groups)"
+    if not isinstance(st["extra"], dict):
+        return "extra is not a dict"
+    return None
+
+
+def _short(v) -> str:
+    r = " ".join(repr(v).split())
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _same_kind(a, b) -> bool:
+    """``a`` (read from a file) may stand where the optimizer holds ``b``: same type, numbers finite."""
+    if isinstance(b, bool) or b is None or isinstance(b, str):
+        return type(a) is type(b) and (not isinstance(b, str) or a == b or len(a) < 100)
+    if isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+    if isinstance(b, (tuple, list)):
+        return (isinstance(a, (tuple, list)) and len(a) == len(b)
+                and all(_same_kind(x, y) for x, y in zip(a, b)))
+    if isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+    return type(a) is type(b)
+
+
+def restore_trainer_state(path, optimizer, checkpoint_step: int) -> int:
+    """Load ``path`` into ``optimizer`` and the torch RNG; returns the step. The state must be the one saved with
+    the checkpoint being resumed (same step) and fit ``optimizer`` tensor by tensor, else a FormatError."""
+    st = load_trainer_state(path)
+    if st["step"] != checkpoint_step:
+        raise FormatError(f"trainer state {path} is of step {st['step']}, the checkpoint of step {checkpoint_step}: "
+                          "they were not saved together; resume from a matching pair or start afresh")
+    flat = [q for g in optimizer.param_groups for q in g["params"]]
+    saved = st["optimizer"]["param_groups"]
+    ids = [i for g in saved for i in g["params"]]
+    if (len(saved) != len(optimizer.param_groups) or len(ids) != len(flat)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids)):
+        raise FormatError(f"trainer state {path} does not fit this model's optimizer (parameter groups differ)")
+    for i, (a, b) in enumerate(zip(saved, optimizer.param_groups)):
+        keys = set(b) - {"params"}
+        if set(a) - {"params"} != keys or len(a["params"]) != len(b["params"]):
+            raise FormatError(f"trainer state {path}: parameter group {i} does not fit this model's optimizer")
+        for k in sorted(keys):
+            if not _same_kind(a[k], b[k]):
+                raise FormatError(f"trainer state {path}: parameter group {i} has {k} = {_short(a[k])}, "
+                                  f"this optimizer {_short(b[k])}")
+        # the optimizer's own constructor checks the ranges (0 <= beta < 1, lr >= 0, eps >= 0, ...)
+        accepted = inspect.signature(type(optimizer)).parameters
+        try:
+            type(optimizer)([torch.zeros(1, requires_grad=True)], **{k: a[k] for k in keys if k in accepted})
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise FormatError(f"trainer state {path}: parameter group {i}: {_one_line(exc)}") from None
+    by_id = dict(zip(ids, flat))
+    adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+    for pid, state in st["optimizer"]["state"].items():
+        p = by_id.get(pid) if isinstance(pid, int) else None
+        if p is None or not isinstance(state, dict):
+            raise FormatError(f"trainer state {path}: optimizer state for unknown parameter {pid!r}")
+        if adam:
+            amsgrad = next(g for g in saved if pid in g["params"]).get("amsgrad")
+            want = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
+            if set(state) != want:
+                raise FormatError(f"trainer state {path}: optimizer state of parameter {pid} has "
+                                  f"{sorted(map(str, state))}, Adam needs {sorted(want)}")
+        for name, v in state.items():
+            where = f"trainer state {path}: optimizer state {name!r} of parameter {pid}"
+            if not isinstance(v, (torch.Tensor, int, float)) or isinstance(v, bool):
+                raise FormatError(f"{where} is a {type(v).__name__}")
+            if isinstance(v, torch.Tensor) and (not v.is_floating_point() or not bool(torch.isfinite(v).all())):
+                raise FormatError(f"{where} is not a finite floating-point tensor")
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                raise FormatError(f"{where} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}")
+            if adam and name != "step" and not (isinstance(v, torch.Tensor) and v.shape == p.shape):
+                raise FormatError(f"{where} is not a tensor of the parameter's shape {tuple(p.shape)}")
+            if adam and name == "step" and ((isinstance(v, torch.Tensor) and v.dim() != 0) or not float(v) >= 0):
+                raise FormatError(f"{where} is not a scalar >= 0")
+    try:
+        optimizer.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise FormatError(f"trainer state {path} does not fit this model's optimizer: {_one_line(exc)}") from None
+    return st["step"]
 
 
 def trainer_state_path(ckpt_path) -> Path:

@@ -176,7 +176,9 @@ def get_tokenizer(name: str = "byte", directory=None):
     if name == "byte":
         return ByteTokenizer()
     if name.startswith("bpe:"):
-        path = Path(directory or ".") / f"{name[4:]}.json"
+        from bitmos.fileio import check_safe_name
+        # the name comes from a config or a checkpoint: it must not reach outside ``directory``
+        path = Path(directory or ".") / f"{check_safe_name(name[4:], 'BPE tokenizer name')}.json"
         if not path.exists():
             raise BitmosUserError(f"BPE tokenizer file {path} not found")
         return BPETokenizer.from_file(path)

@@ -21,8 +21,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from bitmos.errors import BitmosUserError
-from bitmos.model.checkpoint import (load_checkpoint, load_trainer_state, save_checkpoint,
-                                     save_trainer_state, trainer_state_path)
+from bitmos.model.checkpoint import (load_checkpoint, restore_trainer_state, save_checkpoint, save_trainer_state,
+                                     trainer_state_path)
 from bitmos.model.config import ModelConfig
 from bitmos.model.data import (check_tokenizer, encode_corpus, eval_windows, get_batch, get_tokenizer,
                                load_corpus)
@@ -120,6 +120,10 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
     a mismatch is an error naming both. It is stored in the checkpoint.
     """
     rank, world = dist_info()
+    for out in (Path(args.out), trainer_state_path(args.out)):   # before the run, not after it
+        if out.exists() and not out.is_file():
+            from bitmos.fileio import why_not_a_file
+            raise BitmosUserError(f"--out: {out} {why_not_a_file(out)}; give a checkpoint file name to write")
     torch.manual_seed(args.seed)
     tok = tokenizer if tokenizer is not None else getattr(teacher, "tokenizer", None)
     if tok is None:
@@ -152,12 +156,11 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
     if resume:
         if not (Path(args.out).exists() and state_path.exists()):
             raise BitmosUserError(f"cannot resume: {args.out} or {state_path} is missing")
-        loaded, _ = load_checkpoint(args.out)
+        loaded, meta = load_checkpoint(args.out)
+        if loaded.config != model.config:
+            raise BitmosUserError(f"cannot resume: {args.out} holds another model config than the one to train")
         model.load_state_dict(loaded.state_dict())
-        st = load_trainer_state(state_path)
-        opt.load_state_dict(st["optimizer"])
-        step = int(st["step"])
-        torch.set_rng_state(st["rng"])
+        step = restore_trainer_state(state_path, opt, int(meta["step"]))
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import ConfigError
+from bitmos.errors import BitmosUserError, ConfigError
 
 
 def _emit(args: argparse.Namespace) -> int:
@@ -14,7 +14,7 @@ def _emit(args: argparse.Namespace) -> int:
     try:
         vpath, jpath = emit(cfg, args.output)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, BitmosUserError):   # a bad config field or output folder, already one line
             raise
         raise ConfigError(f"config {cfg.name!r} is not supported by the RTL: {exc}") from None
     print(f"wrote {vpath}")

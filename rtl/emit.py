@@ -22,7 +22,8 @@ from amaranth._toolchain.yosys import find_yosys
 from amaranth.back import rtlil
 
 from bitmos.config import AcceleratorConfig
-from bitmos.fileio import write_json_atomic, write_text_atomic
+from bitmos.errors import ConfigError, FormatError
+from bitmos.fileio import atomic_folder, check_safe_name, write_json_atomic, write_text_atomic
 from bitmos.rtl.buffers import buffer_shapes
 from bitmos.rtl.common import check_config
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS
@@ -96,17 +97,27 @@ def _convert(cfg: AcceleratorConfig) -> tuple[Accelerator, str]:
 
 
 def emit(cfg: AcceleratorConfig, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``bitmos_accel_<name>.v`` and ``bitmos_accel_<name>.json`` into ``out_dir`` (atomically).
+    """Write ``bitmos_accel_<name>.v`` and ``bitmos_accel_<name>.json`` into ``out_dir``.
+
+    The folder changes whole (``bitmos.fileio.atomic_folder``): a failing or interrupted emit leaves it as it
+    was. Other files in it (another config's emit) are kept; a folder that is not empty and holds no
+    ``bitmos_accel_*.json`` is refused rather than written into.
 
     Raises
     ------
     TypeError, ValueError
         ``cfg`` is not a supported AcceleratorConfig (see :func:`bitmos.rtl.common.check_config`).
     """
-    top, text = _convert(cfg)
+    check_config(cfg)   # before touching the folder
+    try:
+        check_safe_name(cfg.name, "config name")   # it becomes the file names
+    except FormatError as exc:
+        raise ConfigError(str(exc), field="name") from None
     out = Path(out_dir)
     stem = f"{TOP_NAME}_{cfg.name}"
-    vpath, jpath = out / f"{stem}.v", out / f"{stem}.json"
-    write_text_atomic(vpath, text)
-    write_json_atomic(jpath, manifest(cfg, top, vpath.name))
-    return vpath, jpath
+    vname, jname = f"{stem}.v", f"{stem}.json"
+    with atomic_folder(out, marker=f"{TOP_NAME}_*.json", keep_existing=True) as tmp:
+        top, text = _convert(cfg)
+        write_text_atomic(tmp / vname, text)
+        write_json_atomic(tmp / jname, manifest(cfg, top, vname))
+    return out / vname, out / jname

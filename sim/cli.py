@@ -29,7 +29,8 @@ def load_programs(path: str | Path) -> tuple[list[tuple[str, Program]], MemoryIm
         folder = load_compiled_folder(p)
         return folder.programs, folder.memory, folder.manifest
     if not p.is_file():
-        raise FormatError(f"program {str(p)!r} does not exist")
+        from bitmos.fileio import why_not_a_file
+        raise FormatError(f"program {str(p)!r} {why_not_a_file(p)}")
     return [(p.stem, Program.load(p))], None, {}
 
 

@@ -23,15 +23,21 @@ from bitmos.sim.machine import RunResult
 
 
 def summarize(results: RunResult | Sequence[RunResult], table: EnergyTable, *, tokens: int | None = None,
-              names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Metrics of one run or of runs executed one after another (JSON-serialisable dict)."""
+              names: Sequence[str] | None = None, repeat: int = 1) -> dict[str, Any]:
+    """Metrics of one run or of runs executed one after another (JSON-serialisable dict).
+
+    ``repeat``: the runs are executed that many times over (identical decode steps): the figures are those of
+    ``list(results) * repeat`` without building that list, so a million steps cost what one does.
+    """
     runs = [results] if isinstance(results, RunResult) else list(results)
     if not runs:
         raise ValueError("summarize needs at least one run")
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
     cfg: AcceleratorConfig = runs[0].config
-    cycles = sum(r.cycles for r in runs)
-    counts = {k: sum(r.counts[k] for r in runs) for k in COUNT_KEYS}
-    stall = sum(r.stall_cycles for r in runs)
+    cycles = sum(r.cycles for r in runs) * repeat
+    counts = {k: sum(r.counts[k] for r in runs) * repeat for k in COUNT_KEYS}
+    stall = sum(r.stall_cycles for r in runs) * repeat
     f_hz = cfg.clock_mhz * 1e6
     seconds = cycles / f_hz
     energy = energy_breakdown(counts, cycles, cfg, table)
@@ -42,7 +48,7 @@ def summarize(results: RunResult | Sequence[RunResult], table: EnergyTable, *, t
     peak_bw = cfg.ext_bw_bits / 8 * f_hz
     out: dict[str, Any] = {
         "config": cfg.name, "clock_mhz": cfg.clock_mhz, "energy_table": table.name,
-        "runs": len(runs), "errors": [{"run": i, "cause": r.cause, "pc": r.error_pc, "message": r.error_message}
+        "runs": len(runs) * repeat, "errors": [{"run": i, "cause": r.cause, "pc": r.error_pc, "message": r.error_message}
                                       for i, r in enumerate(runs) if r.error],
         "cycles": cycles, "seconds": seconds, "stall_cycles": stall,
         "instructions": counts["instructions"],
@@ -66,7 +72,7 @@ def summarize(results: RunResult | Sequence[RunResult], table: EnergyTable, *, t
         out["tokens_per_s"] = tokens / seconds if seconds else 0.0
         out["energy_per_token_j"] = total_j / tokens
         out["tokens_per_joule"] = tokens / total_j if total_j else 0.0
-    if len(runs) > 1:
+    if len(runs) > 1 and repeat == 1:
         out["per_run"] = [{"name": names[i] if names else str(i), "cycles": r.cycles,
                            "stall_cycles": r.stall_cycles} for i, r in enumerate(runs)]
     return out

@@ -241,7 +241,7 @@ def test_bad_arguments(tmp_path, capsys):
         (["asm", missing, "-o", out], "does not exist"), (["asm", folder, "-o", out], "is a folder"),
         (["asm", binary, "-o", out], "binary file"),
         (["compile", missing, "--config", "small", "-o", out], "does not exist"),
-        (["compile", folder, "--config", "small", "-o", out], "does not exist"),
+        (["compile", folder, "--config", "small", "-o", out], "is a folder, not a file"),
         (["compile", "x", "--config", "small", "-o", out, "--tokens", "0"], "--tokens: must be at least 1"),
         (["compile", "x", "--config", "small", "-o", out, "--tokens", "-3"], "--tokens: must be at least 1"),
         (["disasm", missing], "does not exist"), (["disasm", binary], "bad magic"),
@@ -277,7 +277,7 @@ def test_bad_arguments(tmp_path, capsys):
 
 def test_sizes_beyond_the_config_are_refused_up_front(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[accelerator]\npreset = "small"\next_mem_mib = 1\n')
+    cfg.write_text('[accelerator]\next_mem_mib = 1\npreset = "small"\n')
     t0 = time.perf_counter()
     fails_cleanly(["estimate", "--model", "toy", "--config", cfg, "--prefill", "300000", "--decode", "1"], capsys,
                   match="beyond the external memory")
@@ -358,7 +358,7 @@ def test_manifest_values_are_checked(compiled, capsys):
 
 def test_store_near_the_top_of_a_huge_memory_is_refused_before_it_allocates(tmp_path, capsys):
     cfg = tmp_path / "huge.toml"
-    cfg.write_text('[accelerator]\npreset = "small"\next_mem_mib = 262144\n')
+    cfg.write_text('[accelerator]\next_mem_mib = 262144\npreset = "small"\n')
     src = tmp_path / "p.s"
     top = (262144 << 20) // 64 - 1024          # EBASE near the top of 256 GiB
     src.write_text(f"setr EBASE {top}\nstore buf=O line=0 nlines=1 ext=0\nwait\nhalt\n")

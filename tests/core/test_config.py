@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import unittest
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_toml_and_json_round_trip(tmp_path):
 
 def test_preset_with_overrides(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text('[accelerator]\npreset = "small"\nact_bits = 4\n')
+    p.write_text('[accelerator]\nact_bits = 4\npreset = "small"\n')
     c = AcceleratorConfig.load(p)
     assert c.act_bits == 4 and c.rows == 4 and c.name == "small"
 
@@ -121,3 +122,66 @@ def test_fingerprint_changes_with_every_machine_field_and_only_those():
         same = a.fingerprint() == b.fingerprint()
         # a name or a clock describes the machine, it does not change what it computes or its cycles
         assert same == (f.name in REPORTING_FIELDS), f.name
+
+
+# ---- a config file cut off is an error, never a shorter config (issue 22) ------------------------------------
+
+def _whole_files():
+    """(file name, bytes) of configs as people and bitmos write them."""
+    small = preset_config("small")
+    return [
+        ("whole.toml", small.to_toml().encode()),                                   # `bitmos config small`
+        ("shipped.toml", (Path(__file__).parents[2] / "explore" / "configs" / "ecp5_85f.toml").read_bytes()),
+        ("partial.toml", b'# mine\n[accelerator]\nname = "mine"\nrows = 16\nlanes = 64\next_mem_mib = 128\n'
+                         b'preset = "small"\n# end\n'),
+        ("toplevel.toml", b'rows = 8\nact_bits = 4\npreset = "medium"\n'),
+        ("whole.json", json.dumps(small.to_dict(), indent=1).encode()),
+        ("partial.json", b'{"preset": "small", "rows": 16, "lanes": 64}\n'),
+    ]
+
+
+@pytest.mark.parametrize("name, data", _whole_files(), ids=[n for n, _ in _whole_files()])
+def test_every_truncation_of_a_config_file_is_refused_or_the_same(tmp_path, name, data):
+    """Cut the file after every byte: each prefix is refused with a ConfigError naming the file, or it loads to
+    exactly the config of the whole file (only trailing comments or blank space were cut)."""
+    p = tmp_path / name
+    p.write_bytes(data)
+    want = AcceleratorConfig.load(p)
+    same = refused = 0
+    for n in range(len(data)):
+        p.write_bytes(data[:n])
+        try:
+            got = AcceleratorConfig.load(p)
+        except ConfigError as exc:
+            assert str(p) in str(exc) and "\n" not in str(exc)
+            refused += 1
+            continue
+        assert got == want, f"{name} cut to {n} bytes loads as another config: {data[:n]!r}"
+        same += 1
+    assert refused > 0.8 * len(data)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ('[accelerator]\nrows = 8\nlanes = 64\n', r"sets 2 of the 20 fields and names no preset, so it may be cut off "
+                                             r"\(missing name, cols, act_bits"),
+    ('[accelerator]\npreset = "small"\nrows = 8\n', r"preset = 'small' must be the last line"),
+    ('[accelerator]\nrows = 8\npreset = "small"\nlanes = 64\n', r"must be the last line"),
+    ('[accelerator]\nrows = 16\npreset = "small"\nact_bits = 1', r"last line 'act_bits = 1' has no line end"),
+])
+def test_partial_or_cut_config_messages(tmp_path, text, pattern):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
+        AcceleratorConfig.load(p)
+
+
+def test_a_partial_json_config_may_name_its_preset_anywhere(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text('{"preset": "small", "rows": 8}')   # a JSON document cut short never parses
+    assert AcceleratorConfig.load(p).rows == 8
+
+
+def test_every_preset_names_every_field():
+    from bitmos.config import PRESETS
+    for name in PRESETS:
+        assert preset_config(name) == AcceleratorConfig.load(name)

@@ -48,6 +48,6 @@ def test_cli_emit_and_lint(tmp_path, capsys):
 
 def test_cli_unsupported(tmp_path, capsys):
     cfg = tmp_path / "big.toml"
-    cfg.write_text("[accelerator]\nrows = 4\ncols = 32\nlanes = 32\next_bw_bits = 1024\n")
+    cfg.write_text("[accelerator]\nrows = 4\ncols = 32\nlanes = 32\next_bw_bits = 1024\npreset = \"small\"\n")
     assert main(["rtl", "emit", "--config", str(cfg), "-o", str(tmp_path)]) == 2
     assert "not supported by the RTL" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""``bitmos estimate`` with huge ``--prefill`` / ``--decode`` (issue 22): decode steps are summed, not
+replayed, so any count up to the limit answers in seconds; a prefill beyond the work budget, or a decode
+beyond its limit, is refused up front in one line naming the limit."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from .test_cli_errors import fails_cleanly, run
+
+
+def test_summarize_repeat_is_the_replayed_list():
+    from bitmos.compiler import compile_spec, synthetic_spec
+    from bitmos.config import preset_config
+    from bitmos.sim import Simulator
+    from bitmos.sim.energy import EnergyTable, default_table
+    from bitmos.sim.report import summarize
+
+    cfg = preset_config("small")
+    spec = synthetic_spec("l", 64, 32, cfg, seed=0, materialize=False)
+    runs = [Simulator(cfg).run(p.words, None, functional=False) for p in compile_spec(spec, cfg, 1).programs] * 2
+    table = EnergyTable.load(default_table(cfg))
+    a = summarize(runs * 7, table, tokens=7)
+    b = summarize(runs, table, tokens=7, repeat=7)
+    a.pop("per_run", None)
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], float):
+            assert b[k] == pytest.approx(a[k], rel=1e-12), k
+        elif isinstance(a[k], dict):
+            assert b[k] == pytest.approx(a[k], rel=1e-12), k
+        else:
+            assert a[k] == b[k], k
+
+
+def test_a_trillion_decode_tokens_answer_in_seconds(capsys):
+    t0 = time.perf_counter()
+    rc, out, err = run(["estimate", "--model", "toy", "--config", "asic32", "--prefill", "4",
+                        "--decode", str(10 ** 12), "--json"], capsys)
+    assert rc == 0, err
+    assert time.perf_counter() - t0 < 30
+    big = json.loads(out)
+    rc, out, err = run(["estimate", "--model", "toy", "--config", "asic32", "--prefill", "4", "--decode", "1",
+                        "--json"], capsys)
+    one = json.loads(out)
+    assert big["decode"]["tokens"] == 10 ** 12
+    assert big["decode"]["cycles"] == one["decode"]["cycles"] * 10 ** 12
+    assert big["decode"]["tokens_per_s"] == pytest.approx(one["decode"]["tokens_per_s"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "toy", "--prefill", "4", "--decode", str(10 ** 12 + 1)], "beyond the limit of 1,000,000,000,000"),
+    (["--prefill", str(10 ** 12), "--decode", "1"], "beyond the external memory"),   # the first reason
+    (["--prefill", "65536", "--decode", "1"], "beyond the limit of 16,777,216 (--max-work"),
+    (["--model", "toy", "--prefill", "200000", "--decode", "1", "--max-work", "1000"], "beyond the limit of 1,000"),
+    (["--max-work", "-1"], "--max-work: must be at least 0"),
+])
+def test_huge_sizes_are_refused_up_front(capsys, argv, match):
+    t0 = time.perf_counter()
+    fails_cleanly(["estimate", *argv], capsys, match=match)
+    assert time.perf_counter() - t0 < 20
