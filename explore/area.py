@@ -187,22 +187,41 @@ def memory_blocks(width: int, depth: int, target: str = "ecp5") -> int:
     return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in shapes)
 
 
+def true_dual_port_blocks(width: int, depth: int, target: str = "ecp5") -> int:
+    """Block RAMs for one width x depth memory used through both ports of the block (one read-write
+    port, one read port): the block's true-dual-port aspect ratios (ECP5 DP16KD: 18x1024 ... 1x16384;
+    no 36-bit mode). iCE40 SB_RAM40_4K has one read and one write port: two copies."""
+    if target != "ecp5":
+        return 2 * memory_blocks(width, depth, target)
+    if depth <= 16:
+        return 0
+    shapes = [(18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)]
+    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in shapes)
+
+
 def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5") -> int:
-    """Block RAMs of the whole accelerator (``rtl/buffers.py``), counted the way Yosys maps them: a
-    memory with two read ports (the unit's and the DMA engine's) is two copies; OBUF is two such
-    banks (its live-value table is flip-flops); SBUF has one reader when E = 0 (the scale unit never
-    reads it); QBUF's L-bit write slots each take whole 9-bit byte lanes; the softmax exponent table is
-    one more block when E >= 2. Measured: tiny 20, small 80, medium 188 DP16KD (docs/fpga.md), equal
-    to this count."""
+    """Block RAMs of the whole accelerator (``rtl/buffers.py``), counted the way Yosys maps them. X, W,
+    S and OBUF's DMA bank have a DMA read-write port and a datapath read port: one true-dual-port set
+    of blocks, or two simple-dual-port copies where those are fewer (36-bit lines of 512); SBUF has one
+    reader when E = 0 (the scale unit never reads it); OBUF's compute bank has two readers with their
+    own addresses: two copies; QBUF's L-bit write slots each take whole 9-bit byte lanes; the softmax
+    exponent table is one more block when E >= 2. Measured: tiny 18 DP16KD (docs/fpga.md), equal to
+    this count."""
     n = 0
     for b in "XWSQO":
-        readers = 1 if b == "Q" or (b == "S" and cfg.experts == 0) else 2
-        banks = 2 if b == "O" else 1
         width = cfg.line_bits(b)
-        if b == "Q" and target == "ecp5":
-            # QBUF is written one L-bit slot at a time: each slot takes whole 9-bit byte lanes
-            width = cfg.rows * math.ceil(cfg.lanes / 9) * 9
-        n += banks * readers * memory_blocks(width, cfg.depth(b), target)
+        if b == "Q":
+            if target == "ecp5":   # QBUF is written one L-bit slot at a time: whole 9-bit byte lanes per slot
+                width = cfg.rows * math.ceil(cfg.lanes / 9) * 9
+            n += memory_blocks(width, cfg.depth(b), target)
+        elif b == "S" and cfg.experts == 0:
+            n += memory_blocks(width, cfg.depth(b), target)
+        else:
+            shared = min(2 * memory_blocks(width, cfg.depth(b), target),
+                         true_dual_port_blocks(width, cfg.depth(b), target))
+            n += shared
+            if b == "O":   # the compute bank: read by scaleout and by the DMA engine, written by compute
+                n += 2 * memory_blocks(width, cfg.depth(b), target)
     n += memory_blocks(64, cfg.imem_words, target) + memory_blocks(cfg.meta_bits, cfg.meta_tokens, target)
     return n + (1 if cfg.experts >= 2 else 0)
 

@@ -47,9 +47,11 @@ def test_bram_count_equals_every_recorded_accelerator():
 
 def test_bram_count_follows_the_port_structure():
     tiny = AcceleratorConfig.load("tiny")
-    # tiny: IMEM 4, X 1 x 2 readers, W 2 x 2, S 1 (E = 0: one reader), Q 1, OBUF 2 banks x 2 readers x 2,
-    # META 16 lines -> distributed RAM, no exponent table (E < 2)
-    assert A.bram_blocks(tiny) == 4 + 2 + 4 + 1 + 1 + 8
+    # tiny: IMEM 4; X 32 x 512: 2 (true dual port, 18 bits x 1024, or two 36 x 512 copies); W 32 x 1024:
+    # 2 (true dual port; two copies would be 4); S 1 (E = 0: one reader); Q 1; OBUF 64 x 256: DMA bank 4
+    # (true dual port) + compute bank 2 readers x 2; META 16 lines -> distributed RAM; no exponent table
+    assert A.bram_blocks(tiny) == 4 + 2 + 2 + 1 + 1 + 4 + 4
+    assert A.true_dual_port_blocks(128, 1024) == 8 and A.memory_blocks(128, 1024) == 8   # small's W: 8, not 16
     assert A.memory_blocks(32, 16) == 0 and A.memory_blocks(32, 17) == 1 and A.memory_blocks(37, 512) == 2
 
 

