@@ -114,14 +114,21 @@ class SystolicArray(wiring.Component):
         A = cfg.acc_bits
 
         # ---- sequencer: tile n's steps start at n*T_tile; the last tile runs its own length --------
+        # Every per-cycle decision is a registered flag or a compare with zero (no wide compare
+        # between counters feeds the enables): ``tleft`` counts the tile's cycles down, ``reading``
+        # is set for the first S cycles of a tile.
         mode = Signal()
         nch = Signal(16)
         steps = Signal(20)       # S: steps per tile
-        pitch = Signal(20)       # T_tile: cycles between tile starts
-        tlast = Signal(20)       # the last tile's length, T_tile + T_drain
+        pitch_m1 = Signal(20)    # T_tile - 1: cycles between tile starts, minus one
+        tlast_m1 = Signal(20)    # T_tile + T_drain - 1: the last tile's length, minus one
         fill_end = Signal(20)    # S + C - 1: the cycle the drain is scheduled from
         tiles_left = Signal(9)
+        last_tile = Signal()     # tiles_left == 1
+        loading = Signal()       # the first cycle after start: tleft is loaded, not counted
+        tleft = Signal(20)       # cycles of this tile after the current one
         tc = Signal(20)          # cycle within the tile
+        reading = Signal()       # tc < S: this cycle issues a step's reads
         qline = Signal(17)       # q + s
         wbase = Signal(17)       # w + n*nch
         obase = Signal(17)       # o + n*R (token) or o + n (plane)
@@ -133,36 +140,37 @@ class SystolicArray(wiring.Component):
 
         nch_c = (self.regs.k + (L - 1)) // L
         steps_c = Mux(self.mode, nch_c * P, nch_c * k)
+        t_tile = sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, _AMARANTH)
         with m.If(self.start):
             m.d.sync += [
                 mode.eq(self.mode), nch.eq(nch_c), kreg.eq(self.regs.k), steps.eq(steps_c),
-                pitch.eq(sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, _AMARANTH)),
-                tlast.eq(sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, _AMARANTH)
-                         + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, _AMARANTH)),
+                pitch_m1.eq(t_tile - 1),
+                tlast_m1.eq(t_tile + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, _AMARANTH) - 1),
                 fill_end.eq(steps_c + (C - 1)),
-                tiles_left.eq(self.ntiles), tc.eq(0),
+                tiles_left.eq(self.ntiles), last_tile.eq(self.ntiles == 1), loading.eq(1), tc.eq(0),
+                reading.eq(1),
                 q0.eq(self.q), qline.eq(self.q), wbase.eq(self.w), obase.eq(self.o),
                 chunk.eq(0), sub.eq(0), rem.eq(self.regs.k),
             ]
         with m.Elif(self.busy):
             last_sub = Mux(mode, P - 1, k - 1)
-            with m.If(tc == Mux(tiles_left == 1, tlast, pitch) - 1):       # next tile
-                m.d.sync += [tc.eq(0), tiles_left.eq(tiles_left - 1), qline.eq(q0),
-                             wbase.eq(wbase + nch), obase.eq(obase + Mux(mode, 1, R)),
+            m.d.sync += loading.eq(0)
+            with m.If(~loading & (tleft == 0)):                    # next tile
+                m.d.sync += [tc.eq(0), tiles_left.eq(tiles_left - 1), last_tile.eq(tiles_left == 2),
+                             tleft.eq(Mux(tiles_left == 2, tlast_m1, pitch_m1)), reading.eq(1),
+                             qline.eq(q0), wbase.eq(wbase + nch), obase.eq(obase + Mux(mode, 1, R)),
                              chunk.eq(0), sub.eq(0), rem.eq(kreg)]
             with m.Else():
-                m.d.sync += tc.eq(tc + 1)
-                with m.If(tc < steps):
-                    m.d.sync += qline.eq(qline + 1)
+                m.d.sync += [tc.eq(tc + 1), tleft.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1), tleft) - 1)]
+                with m.If(reading):
+                    m.d.sync += [qline.eq(qline + 1), reading.eq(tc + 1 != steps)]
                     with m.If(sub == last_sub):
                         m.d.sync += [sub.eq(0), chunk.eq(chunk + 1), rem.eq(rem - L)]
                     with m.Else():
                         m.d.sync += sub.eq(sub + 1)
         m.d.comb += self.busy.eq(tiles_left != 0)
 
-        reading = Signal()
         m.d.comb += [
-            reading.eq(self.busy & (tc < steps)),
             self.qbuf.addr.eq(qline), self.wbuf.addr.eq(wbase + chunk),
             self.qbuf.en.eq(1), self.wbuf.en.eq(1),
         ]
@@ -170,8 +178,12 @@ class SystolicArray(wiring.Component):
         d_valid = Signal()
         d_sub = Signal(3)
         d_mask = Signal(L)
-        mask_now = Cat(Const(l, 18).as_signed() < rem for l in range(L))
-        m.d.sync += [d_valid.eq(reading), d_sub.eq(sub), d_mask.eq(mask_now)]
+        # lane l is in range iff l < rem: all lanes while rem >= L, else a thermometer of rem's low bits
+        lb = ceil_log2(L)
+        full = ~rem[-1] & (rem[lb:] != 0) if lb < len(rem) else Const(0)
+        mask_now = Cat(full | ~rem[-1] & ((Const(l, max(lb, 1)) < rem[:max(lb, 1)]) if l else (rem != 0))
+                       for l in range(L))
+        m.d.sync += [d_valid.eq(self.busy & reading), d_sub.eq(sub), d_mask.eq(mask_now)]
 
         # ---- the PE grid with skew ---------------------------------------------------------------
         pes = [[XnorPopcountPE(lanes=L, act_bits=k, acc_bits=A) for _ in range(C)] for _ in range(R)]
