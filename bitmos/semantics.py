@@ -222,8 +222,9 @@ def quant_token_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, o
     return router + xl + 1 + nch * (cfg.lanes // cfg.cols + writes) + 1
 
 
-#: The PE registers its popcount before the accumulate: a step reaches the accumulator one cycle later.
-ARRAY_PE_PIPELINE = 1
+#: The PE registers its popcount tree halfway and at its end: a step reaches the accumulator two
+#: cycles later (only the last tile of a MATMUL pays it; tiles overlap).
+ARRAY_PE_PIPELINE = 2
 #: The array's drain: one cycle registers the selected row's accumulators and row term, one adds them
 #: (plane mode: into the running column sum); the OBUF write follows from that register.
 ARRAY_DRAIN_PIPELINE = 2
@@ -247,7 +248,7 @@ def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, o
 
 def matmul_drain_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
     """T_drain, what the last tile adds after ntiles*T_tile: the PE pipeline, the drain rows not
-    overlapped (min(S + C, D)) and the drain pipeline. One tile alone takes S + C + 1 + D + 2."""
+    overlapped (min(S + C, D)) and the drain pipeline. One tile alone takes S + C + 2 + D + 2."""
     nch = nchunks(cfg, k_features)
     steps = ops.select(mode, nch * cfg.planes_per_row, nch * cfg.act_bits)
     rows = matmul_drain_rows(cfg, mode, ops)

@@ -20,9 +20,9 @@ row term (``ARRAY_DRAIN_PIPELINE``), and the OBUF write comes from that register
 Timing matches ``bitmos.semantics`` (``1 + ntiles*T_tile + T_drain``): the read for step s of tile n
 is issued at cycle n*T_tile + s (data one cycle later); PE (i, j) sees it j + i cycles after that and
 accumulates it ARRAY_PE_PIPELINE cycles later, so row i is final in every column at tile cycle
-S + C + 1 + i. The drain then visits row i (select and clear), so tile n+1 may start its steps at
+S + C + 2 + i. The drain then visits row i (select and clear), so tile n+1 may start its steps at
 S + C: a row is cleared the cycle before the next tile's first step reaches its column 0. Tiles
-overlap their drain with the next tile's fill; the last tile runs its own S + C + 1 + D + 2 cycles.
+overlap their drain with the next tile's fill; the last tile runs its own S + C + 2 + D + 2 cycles.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.layouts import instruction_layout
-from bitmos.rtl.pe import XnorPopcountPE, popcount
+from bitmos.rtl.pe import XnorPopcountPE, popcount, popcount_split
 from bitmos.rtl.signatures import LayerRegistersSignature
 
 #: The contract's formulas on Amaranth values (a choice is a mux), as the controller uses them.
@@ -310,11 +310,14 @@ class SystolicArray(wiring.Component):
         ``total`` is the row's active-lane count."""
         k, L = self._cfg.act_bits, self._cfg.lanes
         a, plane, valid = cur[0], cur[1], cur[2]
-        total_now = popcount(m, cur[3] if k == 1 else a, f"{name}_total")
+        # the same pipelined tree as the PEs', so the row term is updated in step with column 0
+        assert XnorPopcountPE.LATENCY == 2
+        total_now = popcount(m, cur[3] if k == 1 else a, f"{name}_total", register_at=popcount_split(L))
         total = Signal(ceil_log2(L + 1), name=f"{name}_total")
-        tplane = Signal.like(plane, name=f"{name}_tplane")
-        tvalid = Signal(name=f"{name}_tvalid")
-        m.d.sync += [total.eq(total_now), tplane.eq(plane), tvalid.eq(valid)]
+        tplane_mid, tplane = Signal.like(plane, name=f"{name}_tplane_mid"), Signal.like(plane, name=f"{name}_tplane")
+        tvalid_mid, tvalid = Signal(name=f"{name}_tvalid_mid"), Signal(name=f"{name}_tvalid")
+        m.d.sync += [tplane_mid.eq(plane), tvalid_mid.eq(valid),
+                     total.eq(total_now), tplane.eq(tplane_mid), tvalid.eq(tvalid_mid)]
         t = Signal(signed(len(total) + k + 1), name=f"{name}_t")
         if k == 1:
             m.d.comb += t.eq(-total)

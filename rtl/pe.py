@@ -11,8 +11,8 @@ term", ``bitmos.rtl.array``) and adds them at the drain. Per valid step the accu
 * XNOR form (k = 1): ``x = popcount(~(a ^ w) & mask) << 1`` (the row term adds ``-total``).
 
 Row term plus accumulator is then ``formats.plane_weight(plane, k) * formats.plane_dot(a, w, mask, k)``
-summed over the steps, modulo 2**acc_bits. Pipeline (``bitmos.semantics.ARRAY_PE_PIPELINE`` = 1): the
-popcount is registered, the accumulator adds it one cycle later. ``clear`` zeroes the accumulator
+summed over the steps, modulo 2**acc_bits. Pipeline (``bitmos.semantics.ARRAY_PE_PIPELINE`` = 2): the
+popcount tree is registered halfway and at its end, the accumulator adds it two cycles after the step. ``clear`` zeroes the accumulator
 (the array clears a row as it drains it), so no step needs a "first" flag.
 """
 
@@ -25,7 +25,7 @@ from amaranth.utils import ceil_log2
 
 from bitmos.semantics import ARRAY_PE_PIPELINE
 
-__all__ = ["XnorPopcountPE", "popcount", "full_adder"]
+__all__ = ["XnorPopcountPE", "popcount", "popcount_levels", "popcount_split", "full_adder"]
 
 
 def full_adder(m, a, b, c, name):
@@ -36,7 +36,34 @@ def full_adder(m, a, b, c, name):
     return s, cy
 
 
-def popcount(m, bits, name="pop"):
+def _reduce(cols, m, name, level):
+    """One level of the reduction: every three bits of a weight become a sum and a carry."""
+    nxt = [[] for _ in range(len(cols) + 1)]
+    for w, col in enumerate(cols):
+        i = 0
+        while len(col) - i >= 3:
+            if m is None:        # counting only
+                s = c = None
+            else:
+                s, c = full_adder(m, col[i], col[i + 1], col[i + 2], f"{name}_l{level}_w{w}_{i // 3}")
+            nxt[w].append(s)
+            nxt[w + 1].append(c)
+            i += 3
+        nxt[w].extend(col[i:])
+    while nxt and not nxt[-1]:
+        nxt.pop()
+    return nxt
+
+
+def popcount_levels(n: int) -> int:
+    """Full-adder levels of :func:`popcount` for ``n`` bits."""
+    cols, level = [[None] * n], 0
+    while any(len(c) > 2 for c in cols):
+        cols, level = _reduce(cols, None, "", level), level + 1
+    return level
+
+
+def popcount(m, bits, name="pop", register_at=None):
     """Number of set bits of ``bits`` (a Value or a list of 1-bit Values), as a compressor tree
     whose full adders are added to module ``m``.
 
@@ -44,6 +71,8 @@ def popcount(m, bits, name="pop"):
     every weight holds at most two bits (a Dadda-style reduction, no carry chain); the two remaining
     rows are added once, which Yosys maps to one CCU2C carry chain. A balanced tree of ``+`` (the
     previous form) puts a carry chain on every level, wasting most of each chain on 1- and 2-bit sums.
+    With ``register_at = n`` the bits left after n levels are registered (``m.d.sync``), so the
+    result comes one cycle later.
     """
     if not isinstance(bits, list):
         v = Signal(len(bits), name=f"{name}_in")
@@ -53,25 +82,31 @@ def popcount(m, bits, name="pop"):
         return Const(0, 1)
     cols = [list(bits)]                      # cols[w]: bits of weight 2**w
     level = 0
-    while any(len(c) > 2 for c in cols):
-        nxt = [[] for _ in range(len(cols) + 1)]
-        for w, col in enumerate(cols):
-            i = 0
-            while len(col) - i >= 3:
-                s, c = full_adder(m, col[i], col[i + 1], col[i + 2], f"{name}_l{level}_w{w}_{i // 3}")
-                nxt[w].append(s)
-                nxt[w + 1].append(c)
-                i += 3
-            nxt[w].extend(col[i:])
-        while nxt and not nxt[-1]:
-            nxt.pop()
-        cols = nxt
-        level += 1
+    while True:
+        if level == register_at:
+            regs = []
+            for w, col in enumerate(cols):
+                rcol = []
+                for i, bit in enumerate(col):
+                    r = Signal(name=f"{name}_r{level}_w{w}_{i}")
+                    m.d.sync += r.eq(bit)
+                    rcol.append(r)
+                regs.append(rcol)
+            cols = regs
+        if not any(len(c) > 2 for c in cols):
+            break
+        cols, level = _reduce(cols, m, name, level), level + 1
+    assert register_at is None or level >= register_at
     row0 = Cat(*(c[0] if len(c) > 0 else Const(0, 1) for c in cols))
     row1 = Cat(*(c[1] if len(c) > 1 else Const(0, 1) for c in cols))
     if all(len(c) < 2 for c in cols):
         return row0
     return row0 + row1
+
+
+def popcount_split(n: int) -> int:
+    """Where the pipelined PE registers its popcount tree of ``n`` bits: after half its levels."""
+    return (popcount_levels(n) + 1) // 2
 
 
 class XnorPopcountPE(wiring.Component):
@@ -110,7 +145,7 @@ class XnorPopcountPE(wiring.Component):
         A parameter is out of range.
     """
 
-    #: Cycles between a step at the inputs and the accumulator add (its popcount register).
+    #: Cycles between a step at the inputs and the accumulator add (its two popcount registers).
     LATENCY = ARRAY_PE_PIPELINE
 
     def __init__(self, *, lanes: int, act_bits: int, acc_bits: int):
@@ -143,18 +178,20 @@ class XnorPopcountPE(wiring.Component):
         return self._acc_bits
 
     def elaborate(self, platform):
-        assert self.LATENCY == 1, "the RTL below has one popcount register"
+        assert self.LATENCY == 2, "the RTL below registers the popcount tree halfway and at its end"
         m = Module()
         L, k = self._lanes, self._act_bits
+        split = popcount_split(L)
         if k == 1:  # XNOR form: a bit 1 = +1
-            agree_now = popcount(m, ~(self.a ^ self.w) & self.mask)
+            agree_now = popcount(m, ~(self.a ^ self.w) & self.mask, register_at=split)
         else:       # AND form on two's complement planes; a arrives masked
-            agree_now = popcount(m, self.a & self.w)
-        # stage 1: the popcount register
+            agree_now = popcount(m, self.a & self.w, register_at=split)
+        # stage 1: halfway through the tree (inside popcount); stage 2: the popcount register
         agree = Signal(ceil_log2(L + 1))
-        plane = Signal.like(self.plane)
-        valid = Signal()
-        m.d.sync += [agree.eq(agree_now), plane.eq(self.plane), valid.eq(self.valid)]
+        plane_mid, plane = Signal.like(self.plane), Signal.like(self.plane)
+        valid_mid, valid = Signal(), Signal()
+        m.d.sync += [plane_mid.eq(self.plane), valid_mid.eq(self.valid),
+                     agree.eq(agree_now), plane.eq(plane_mid), valid.eq(valid_mid)]
         # stage 2: scale and accumulate
         x = Signal(signed(len(agree) + k + 1))
         if k == 1:

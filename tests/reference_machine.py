@@ -123,11 +123,11 @@ class ReferenceMachine:
             t_quant = (XL + E + 4 if E >= 2 else 0) + XL + 1 + nch * (L // C + W) + 1
             return 1 + ins["ntok"] * t_quant
         if ins.op is Op.MATMUL:
-            # tiles start every max(S + C, D) cycles; the last adds 1 + min(S + C, D) + 2
+            # tiles start every max(S + C, D) cycles; the last adds 2 + min(S + C, D) + 2
             steps = nch * k if ins["mode"] == 0 else nch * P
             drain_rows = R if ins["mode"] == 0 else Ra
             t_tile = max(steps + C, drain_rows)
-            return 1 + ins["ntiles"] * t_tile + 1 + min(steps + C, drain_rows) + 2
+            return 1 + ins["ntiles"] * t_tile + 2 + min(steps + C, drain_rows) + 2
         if ins.op is Op.SCALEOUT:
             return 1 + ins["ntiles"] * ins["ntok"] + 2
         return 1

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """XnorPopcountPE against its contract (Amaranth simulator): the weight-dependent half of
-``bitmos.formats.plane_weight * plane_dot`` one cycle after the step, which with the array's row term
+``bitmos.formats.plane_weight * plane_dot`` two cycles after the step, which with the array's row term
 (written out here independently) is the reference product."""
 
 import random
@@ -15,12 +15,12 @@ from bitmos.rtl.pe import XnorPopcountPE, popcount
 
 def run_pe(lanes, k, acc_bits, steps):
     """steps: list of (a, w, mask, plane, valid, clear) per cycle; returns the accumulator after each
-    clock edge, two idle cycles appended (a is masked here for the AND form, as the array does)."""
+    clock edge, three idle cycles appended (a is masked here for the AND form, as the array does)."""
     dut = XnorPopcountPE(lanes=lanes, act_bits=k, acc_bits=acc_bits)
     out = []
 
     async def tb(ctx):
-        for a, w, mask, plane, valid, clear in steps + [(0, 0, 0, 0, 0, 0)] * 2:
+        for a, w, mask, plane, valid, clear in steps + [(0, 0, 0, 0, 0, 0)] * 3:
             ctx.set(dut.a, a if k == 1 else a & mask); ctx.set(dut.w, w); ctx.set(dut.mask, mask)
             ctx.set(dut.plane, plane); ctx.set(dut.valid, valid); ctx.set(dut.clear, clear)
             await ctx.tick()
@@ -50,14 +50,16 @@ def row_part(a, mask, plane, k):
 
 
 def model(steps, k, acc_bits):
-    """Accumulator after each edge: the add of step c lands at the edge ending cycle c + 1; clear wins."""
-    acc, out, pending = 0, [], None
-    for a, w, mask, plane, valid, clear in steps + [(0, 0, 0, 0, 0, 0)] * 2:
+    """Accumulator after each edge: the add of step c lands at the edge ending cycle c + 2 (two
+    popcount registers); clear wins over an add due in the same cycle."""
+    acc, out, pipe = 0, [], [None, None]
+    for a, w, mask, plane, valid, clear in steps + [(0, 0, 0, 0, 0, 0)] * 3:
+        due = pipe.pop(0)
         if clear:
             acc = 0
-        elif pending is not None:
-            acc = F.to_signed(acc + pending, acc_bits)
-        pending = pe_part(a, w, mask, plane, k) if valid else None
+        elif due is not None:
+            acc = F.to_signed(acc + due, acc_bits)
+        pipe.append(pe_part(a, w, mask, plane, k) if valid else None)
         out.append(acc)
     return out
 
@@ -69,7 +71,7 @@ class PopcountTestCase(unittest.TestCase):
             with self.subTest(n=n):
                 v, o = Signal(n), Signal(8)
                 m = Module()
-                m.d.comb += o.eq(popcount(m, v))
+                m.d.comb += o.eq(popcount(m, v))      # the pipelined form is checked in the PE
                 vals = [0, (1 << n) - 1] + [rng.getrandbits(n) for _ in range(20)]
 
                 async def tb(ctx, vals=vals):
