@@ -318,14 +318,18 @@ class SystolicArray(wiring.Component):
         tvalid_mid, tvalid = Signal(name=f"{name}_tvalid_mid"), Signal(name=f"{name}_tvalid")
         m.d.sync += [tplane_mid.eq(plane), tvalid_mid.eq(valid),
                      total.eq(total_now), tplane.eq(tplane_mid), tvalid.eq(tvalid_mid)]
+        # t + 1 with t = x (sign plane) or ~x = -x - 1 (the others), x = total << b zero-extended; the
+        # + 1 is the carry into one adder (both operands get a low 1 bit), so the path is shift, XOR
+        # and one carry chain, as in the PEs
         t = Signal(signed(len(total) + k + 1), name=f"{name}_t")
         if k == 1:
-            m.d.comb += t.eq(-total)
+            m.d.comb += t.eq(~Cat(total, Const(0, 1)).as_signed())
         else:
-            shifted = Signal(len(total) + k, name=f"{name}_tshift")
-            m.d.comb += shifted.eq(total << tplane)
-            m.d.comb += t.eq(Mux(tplane == k - 1, shifted + 1, -shifted))
+            shifted = Cat(total << tplane, Const(0, 1)).as_signed()
+            m.d.comb += t.eq(Mux(tplane == k - 1, shifted, ~shifted))
+        plus_one = Signal(signed(len(term) + 1), name=f"{name}_sum")
+        m.d.comb += plus_one.eq(Cat(Const(1, 1), term).as_signed() + Cat(Const(1, 1), t).as_signed())
         with m.If(clear):
             m.d.sync += term.eq(0)
         with m.Elif(tvalid):
-            m.d.sync += term.eq(term + t)
+            m.d.sync += term.eq(plus_one[1:])
