@@ -127,6 +127,7 @@ class SystolicArray(wiring.Component):
         last_tile = Signal()     # tiles_left == 1
         loading = Signal()       # the first cycle after start: tleft is loaded, not counted
         tleft = Signal(20)       # cycles of this tile after the current one
+        tile_end = Signal()      # registered tleft == 0 (not loading): the enable of every tile register
         tc = Signal(20)          # cycle within the tile
         reading = Signal()       # tc < S: this cycle issues a step's reads
         qline = Signal(17)       # q + s
@@ -147,7 +148,8 @@ class SystolicArray(wiring.Component):
                 pitch_m1.eq(t_tile - 1),
                 tlast_m1.eq(t_tile + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, _AMARANTH) - 1),
                 fill_end.eq(steps_c + (C - 1)),
-                tiles_left.eq(self.ntiles), last_tile.eq(self.ntiles == 1), loading.eq(1), tc.eq(0),
+                tiles_left.eq(self.ntiles), last_tile.eq(self.ntiles == 1), loading.eq(1), tile_end.eq(0),
+                tc.eq(0),
                 reading.eq(1),
                 q0.eq(self.q), qline.eq(self.q), wbase.eq(self.w), obase.eq(self.o),
                 chunk.eq(0), sub.eq(0), rem.eq(self.regs.k),
@@ -155,13 +157,14 @@ class SystolicArray(wiring.Component):
         with m.Elif(self.busy):
             last_sub = Mux(mode, P - 1, k - 1)
             m.d.sync += loading.eq(0)
-            with m.If(~loading & (tleft == 0)):                    # next tile
-                m.d.sync += [tc.eq(0), tiles_left.eq(tiles_left - 1), last_tile.eq(tiles_left == 2),
+            with m.If(tile_end):                                   # next tile (its length is >= 2)
+                m.d.sync += [tile_end.eq(0), tc.eq(0), tiles_left.eq(tiles_left - 1), last_tile.eq(tiles_left == 2),
                              tleft.eq(Mux(tiles_left == 2, tlast_m1, pitch_m1)), reading.eq(1),
                              qline.eq(q0), wbase.eq(wbase + nch), obase.eq(obase + Mux(mode, 1, R)),
                              chunk.eq(0), sub.eq(0), rem.eq(kreg)]
             with m.Else():
-                m.d.sync += [tc.eq(tc + 1), tleft.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1), tleft) - 1)]
+                m.d.sync += [tc.eq(tc + 1), tleft.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1), tleft) - 1),
+                             tile_end.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1) == 1, tleft == 1))]
                 with m.If(reading):
                     m.d.sync += [qline.eq(qline + 1), reading.eq(tc + 1 != steps)]
                     with m.If(sub == last_sub):
