@@ -258,12 +258,38 @@ def quant_token_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, o
     return router + xl + MIX_LATENCY + rq_cycles(cfg) + quantize + 1
 
 
+#: The PE registers its popcount tree halfway and at its end: a step reaches the accumulator two
+#: cycles later (only the last tile of a MATMUL pays it; tiles overlap).
+ARRAY_PE_PIPELINE = 2
+#: The array's drain: one cycle registers the selected row's accumulators and row term, one adds them
+#: (plane mode: into the running column sum); the OBUF write follows from that register.
+ARRAY_DRAIN_PIPELINE = 2
+
+
+def matmul_drain_rows(cfg: AcceleratorConfig, mode: Value, ops: Ops = PY) -> Value:
+    """Rows the drain visits per tile, one a cycle: R (token mode) or Ra (plane mode)."""
+    return ops.select(mode, cfg.plane_rows, cfg.rows)
+
+
 def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
-    """Array cycles for one output tile of a MATMUL: steps + fill + drain."""
+    """T_tile, the interval at which a MATMUL starts its output tiles: max(S + C, D) with S steps
+    (nch*k token, nch*P plane) and D drain rows. A tile's steps enter every C + S cycles at the
+    earliest (a PE row is drained and cleared C cycles after its last step left column 0), and the
+    drain, one row a cycle, must be done before the next tile's starts."""
     nch = nchunks(cfg, k_features)
-    token = nch * cfg.act_bits + (cfg.rows + cfg.cols - 1) + cfg.rows          # rows = tokens
-    plane = nch * cfg.planes_per_row + (cfg.plane_rows + cfg.cols - 1) + 1     # rows = planes
-    return ops.select(mode, plane, token)
+    steps = ops.select(mode, nch * cfg.planes_per_row, nch * cfg.act_bits)
+    rows = matmul_drain_rows(cfg, mode, ops)
+    return ops.select(steps + cfg.cols >= rows, steps + cfg.cols, rows)
+
+
+def matmul_drain_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
+    """T_drain, what the last tile adds after ntiles*T_tile: the PE pipeline, the drain rows not
+    overlapped (min(S + C, D)) and the drain pipeline. One tile alone takes S + C + 2 + D + 2."""
+    nch = nchunks(cfg, k_features)
+    steps = ops.select(mode, nch * cfg.planes_per_row, nch * cfg.act_bits)
+    rows = matmul_drain_rows(cfg, mode, ops)
+    overlap = ops.select(steps + cfg.cols >= rows, rows, steps + cfg.cols)
+    return ARRAY_PE_PIPELINE + overlap + ARRAY_DRAIN_PIPELINE
 
 
 def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
@@ -274,7 +300,7 @@ def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value],
     if op is Op.QUANT:
         return 1 + f["ntok"] * quant_token_cycles(cfg, K, f["mode"], ops)
     if op is Op.MATMUL:
-        return 1 + f["ntiles"] * matmul_tile_cycles(cfg, K, f["mode"], ops)
+        return 1 + f["ntiles"] * matmul_tile_cycles(cfg, K, f["mode"], ops) + matmul_drain_cycles(cfg, K, f["mode"], ops)
     if op is Op.SCALEOUT:
         return 1 + f["ntiles"] * f["ntok"] + SCALEOUT_PIPELINE
     return 1
@@ -371,6 +397,8 @@ class Timeline:
 
 __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
            "depth", "lookup", "nchunks", "xlines", "plane_lines", "dma_busy_cycles", "dma_cycles",
-           "quant_token_cycles", "matmul_tile_cycles", "controller_cycles", "compute_cycles",
+           "quant_token_cycles", "matmul_tile_cycles", "matmul_drain_cycles", "matmul_drain_rows",
+           "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_cycles",
            "rq_cycles", "chunk_period", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
-           "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS", "Timeline", "WORD_BITS"]
+           "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
+           "Timeline", "WORD_BITS"]

@@ -3,17 +3,26 @@
 Dataflow: each step the sequencer reads one QBUF line (R slots of L bits) and one WBUF line (C words
 of L bits). Activation slot i enters row i and moves right one PE per cycle; weight word j enters
 column j and moves down one PE per cycle; row i and column j inputs are skewed by i and j cycles, so
-PE (i, j) sees step s at cycle s + i + j after it enters. The chunk's lane mask, the plane index and
-the first-step flag travel with the activation.
+PE (i, j) sees step s at cycle s + i + j after it enters. The plane index and
+the valid flag travel with the activation (the mask in the XNOR form only).
 
-* token mode: row i holds token slot i; each step is one (chunk, plane); drain writes one OBUF line
-  per row in R cycles (``o + n*R + i``).
-* plane mode: row i < Ra holds plane b = p*R + i; each step is one (chunk, plane group); one drain
-  cycle writes the column sums over the Ra rows (``o + n``).
+* token mode: row i holds token slot i; each step is one (chunk, plane); the drain writes one OBUF
+  line per row (``o + n*R + i``).
+* plane mode: row i < Ra holds plane b = p*R + i; each step is one (chunk, plane group); the drain
+  sums the Ra rows of each column and writes one line (``o + n``).
 
-Timing per tile matches ``bitmos.semantics.matmul_tile_cycles`` exactly: the read for step s is issued in
-tile cycle s (data one cycle later), the last partial sum reaches PE (Ra-1, C-1) in cycle
-S + Ra + C - 2 and the drain occupies the final R (token) or 1 (plane) cycles.
+Each PE holds only the weight-dependent half of ``plane_weight * plane_dot``; the half a row shares
+(its active-lane count and the sign plane's correction) is one "row term" per row (``_row_term``), added
+at the drain. Pipeline: a PE registers its popcount before accumulating
+(``bitmos.semantics.ARRAY_PE_PIPELINE``); the drain registers the selected row, then its sum with the
+row term (``ARRAY_DRAIN_PIPELINE``), and the OBUF write comes from that register.
+
+Timing matches ``bitmos.semantics`` (``1 + ntiles*T_tile + T_drain``): the read for step s of tile n
+is issued at cycle n*T_tile + s (data one cycle later); PE (i, j) sees it j + i cycles after that and
+accumulates it ARRAY_PE_PIPELINE cycles later, so row i is final in every column at tile cycle
+S + C + 2 + i. The drain then visits row i (select and clear), so tile n+1 may start its steps at
+S + C: a row is cleared the cycle before the next tile's first step reaches its column 0. Tiles
+overlap their drain with the next tile's fill; the last tile runs its own S + C + 2 + D + 2 cycles.
 """
 
 from __future__ import annotations
@@ -25,11 +34,15 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from bitmos import isa
+from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import addr_bits, check_config
 from bitmos.rtl.layouts import instruction_layout
-from bitmos.rtl.pe import XnorPopcountPE
+from bitmos.rtl.pe import XnorPopcountPE, popcount, popcount_split
 from bitmos.rtl.signatures import LayerRegistersSignature
+
+#: The contract's formulas on Amaranth values (a choice is a mux), as the controller uses them.
+_AMARANTH = sem.Ops(select=Mux)
 
 __all__ = ["SystolicArray", "sext"]
 
@@ -98,14 +111,25 @@ class SystolicArray(wiring.Component):
         R, C, L, k = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits
         P, Ra = cfg.planes_per_row, cfg.plane_rows
         pbits = max(1, ceil_log2(k))
+        A = cfg.acc_bits
 
-        # ---- sequencer --------------------------------------------------------------------------
+        # ---- sequencer: tile n's steps start at n*T_tile; the last tile runs its own length --------
+        # Every per-cycle decision is a registered flag or a compare with zero (no wide compare
+        # between counters feeds the enables): ``tleft`` counts the tile's cycles down, ``reading``
+        # is set for the first S cycles of a tile.
         mode = Signal()
         nch = Signal(16)
         steps = Signal(20)       # S: steps per tile
-        tlen = Signal(20)        # T_tile
+        pitch_m1 = Signal(20)    # T_tile - 1: cycles between tile starts, minus one
+        tlast_m1 = Signal(20)    # T_tile + T_drain - 1: the last tile's length, minus one
+        fill_end = Signal(20)    # S + C - 1: the cycle the drain is scheduled from
         tiles_left = Signal(9)
+        last_tile = Signal()     # tiles_left == 1
+        loading = Signal()       # the first cycle after start: tleft is loaded, not counted
+        tleft = Signal(20)       # cycles of this tile after the current one
+        tile_end = Signal()      # registered tleft == 0 (not loading): the enable of every tile register
         tc = Signal(20)          # cycle within the tile
+        reading = Signal()       # tc < S: this cycle issues a step's reads
         qline = Signal(17)       # q + s
         wbase = Signal(17)       # w + n*nch
         obase = Signal(17)       # o + n*R (token) or o + n (plane)
@@ -116,57 +140,67 @@ class SystolicArray(wiring.Component):
         kreg = Signal(16)
 
         nch_c = (self.regs.k + (L - 1)) // L
+        steps_c = Mux(self.mode, nch_c * P, nch_c * k)
+        t_tile = sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, _AMARANTH)
         with m.If(self.start):
             m.d.sync += [
-                mode.eq(self.mode), nch.eq(nch_c), kreg.eq(self.regs.k),
-                steps.eq(Mux(self.mode, nch_c * P, nch_c * k)),
-                tlen.eq(Mux(self.mode, nch_c * P + (Ra + C - 1) + 1, nch_c * k + (R + C - 1) + R)),
-                tiles_left.eq(self.ntiles), tc.eq(0),
+                mode.eq(self.mode), nch.eq(nch_c), kreg.eq(self.regs.k), steps.eq(steps_c),
+                pitch_m1.eq(t_tile - 1),
+                tlast_m1.eq(t_tile + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, _AMARANTH) - 1),
+                fill_end.eq(steps_c + (C - 1)),
+                tiles_left.eq(self.ntiles), last_tile.eq(self.ntiles == 1), loading.eq(1), tile_end.eq(0),
+                tc.eq(0),
+                reading.eq(1),
                 q0.eq(self.q), qline.eq(self.q), wbase.eq(self.w), obase.eq(self.o),
                 chunk.eq(0), sub.eq(0), rem.eq(self.regs.k),
             ]
         with m.Elif(self.busy):
             last_sub = Mux(mode, P - 1, k - 1)
-            with m.If(tc == tlen - 1):                    # next tile
-                m.d.sync += [tc.eq(0), tiles_left.eq(tiles_left - 1), qline.eq(q0),
-                             wbase.eq(wbase + nch), obase.eq(obase + Mux(mode, 1, R)),
+            m.d.sync += loading.eq(0)
+            with m.If(tile_end):                                   # next tile (its length is >= 2)
+                m.d.sync += [tile_end.eq(0), tc.eq(0), tiles_left.eq(tiles_left - 1), last_tile.eq(tiles_left == 2),
+                             tleft.eq(Mux(tiles_left == 2, tlast_m1, pitch_m1)), reading.eq(1),
+                             qline.eq(q0), wbase.eq(wbase + nch), obase.eq(obase + Mux(mode, 1, R)),
                              chunk.eq(0), sub.eq(0), rem.eq(kreg)]
             with m.Else():
-                m.d.sync += tc.eq(tc + 1)
-                with m.If(tc < steps):
-                    m.d.sync += qline.eq(qline + 1)
+                m.d.sync += [tc.eq(tc + 1), tleft.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1), tleft) - 1),
+                             tile_end.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1) == 1, tleft == 1))]
+                with m.If(reading):
+                    m.d.sync += [qline.eq(qline + 1), reading.eq(tc + 1 != steps)]
                     with m.If(sub == last_sub):
                         m.d.sync += [sub.eq(0), chunk.eq(chunk + 1), rem.eq(rem - L)]
                     with m.Else():
                         m.d.sync += sub.eq(sub + 1)
         m.d.comb += self.busy.eq(tiles_left != 0)
 
-        reading = Signal()
         m.d.comb += [
-            reading.eq(self.busy & (tc < steps)),
             self.qbuf.addr.eq(qline), self.wbuf.addr.eq(wbase + chunk),
             self.qbuf.en.eq(1), self.wbuf.en.eq(1),
         ]
         # Step info, aligned with the read data one cycle later.
         d_valid = Signal()
-        d_first = Signal()
         d_sub = Signal(3)
         d_mask = Signal(L)
-        mask_now = Cat(Const(l, 18).as_signed() < rem for l in range(L))
-        m.d.sync += [d_valid.eq(reading), d_first.eq(reading & (tc == 0)), d_sub.eq(sub),
-                     d_mask.eq(mask_now)]
+        # lane l is in range iff l < rem: all lanes while rem >= L, else a thermometer of rem's low bits
+        lb = ceil_log2(L)
+        full = ~rem[-1] & (rem[lb:] != 0) if lb < len(rem) else Const(0)
+        mask_now = Cat(full | ~rem[-1] & ((Const(l, max(lb, 1)) < rem[:max(lb, 1)]) if l else (rem != 0))
+                       for l in range(L))
+        m.d.sync += [d_valid.eq(self.busy & reading), d_sub.eq(sub), d_mask.eq(mask_now)]
 
         # ---- the PE grid with skew ---------------------------------------------------------------
-        pes = [[XnorPopcountPE(lanes=L, act_bits=k, acc_bits=cfg.acc_bits) for _ in range(C)]
-               for _ in range(R)]
+        pes = [[XnorPopcountPE(lanes=L, act_bits=k, acc_bits=A) for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
+        assert XnorPopcountPE.LATENCY == sem.ARRAY_PE_PIPELINE
 
-        def bundle(name):  # what moves right: a, mask, plane, valid, first
-            return [Signal(L, name=f"{name}_a"), Signal(L, name=f"{name}_mask"),
-                    Signal(pbits, name=f"{name}_plane"), Signal(name=f"{name}_valid"),
-                    Signal(name=f"{name}_first")]
+        # What moves right: the activation word (AND form: masked at the row entry, so the mask need
+        # not travel), the mask (XNOR form only), the plane index and valid.
+        def bundle(name):
+            sigs = [Signal(L, name=f"{name}_a"), Signal(pbits, name=f"{name}_plane"),
+                    Signal(name=f"{name}_valid")]
+            return sigs + ([Signal(L, name=f"{name}_mask")] if k == 1 else [])
 
         def delay(m, src, n, name):
             cur = src
@@ -176,22 +210,28 @@ class SystolicArray(wiring.Component):
                 cur = nxt
             return cur
 
+        clear = [Signal(name=f"row{i}_clear") for i in range(R)]
+        row_term = [Signal(signed(A), name=f"row{i}_term") for i in range(R)]
         for i in range(R):
             src = bundle(f"row{i}_in")
             plane_tok = d_sub
             plane_pl = d_sub * R + i
             row_ok = Const(1) if i < Ra else Const(0)
+            a_in = self.qbuf.data.word_select(i, L)
             m.d.comb += [
-                src[0].eq(self.qbuf.data.word_select(i, L)), src[1].eq(d_mask),
-                src[2].eq(Mux(mode, plane_pl, plane_tok)),
-                src[3].eq(d_valid & Mux(mode, row_ok & (plane_pl < k), 1)),
-                src[4].eq(d_first),
+                src[0].eq(a_in if k == 1 else a_in & d_mask),
+                src[1].eq(Mux(mode, plane_pl, plane_tok)),
+                src[2].eq(d_valid & Mux(mode, row_ok & (plane_pl < k), 1)),
             ]
+            if k == 1:
+                m.d.comb += src[3].eq(d_mask)
             cur = delay(m, src, i, f"row{i}_skew")
+            self._row_term(m, cur, row_term[i], clear[i], f"row{i}")
             for j in range(C):
                 pe = pes[i][j]
-                m.d.comb += [pe.a.eq(cur[0]), pe.mask.eq(cur[1]), pe.plane.eq(cur[2]),
-                             pe.valid.eq(cur[3]), pe.first.eq(cur[4])]
+                m.d.comb += [pe.a.eq(cur[0]), pe.plane.eq(cur[1]), pe.valid.eq(cur[2]), pe.clear.eq(clear[i])]
+                if k == 1:
+                    m.d.comb += pe.mask.eq(cur[3])
                 if j < C - 1:
                     cur = delay(m, cur, 1, f"pe_{i}_{j}_right")
         for j in range(C):
@@ -203,22 +243,96 @@ class SystolicArray(wiring.Component):
                 if i < R - 1:
                     cur = delay(m, cur, 1, f"pe_{i}_{j}_down")
 
-        # ---- drain -----------------------------------------------------------------------------------
-        fill_tok = steps + (R + C - 1)
-        drow = Signal(range(max(R, 2)))
-        m.d.comb += drow.eq((tc - fill_tok)[:len(drow)])
-        tok_line = Signal(C * 32)
-        with m.Switch(drow):
+        # ---- drain: row r of a tile is final in every column S + C + ARRAY_PE_PIPELINE cycles after
+        # the tile's start; it is visited (selected and cleared) then, one row a cycle, while the
+        # next tile's steps may already be entering. Scheduled at tile cycle S + C - 1, the last
+        # cycle before that any tile reaches, and carried by a delay line.
+        rows = Signal(range(R + 1))
+        m.d.comb += rows.eq(Mux(mode, Ra, R))
+        go_delay = sem.ARRAY_PE_PIPELINE + 1
+        go = [Signal(name=f"drain_go_{d}") for d in range(go_delay + 1)]
+        go_obase = Signal(17)
+        m.d.comb += go[0].eq(self.busy & (tc == fill_end))
+        m.d.sync += [go[d + 1].eq(go[d]) for d in range(go_delay)]
+        with m.If(go[0]):
+            m.d.sync += go_obase.eq(obase)
+        dr_active = Signal()
+        dr_row = Signal(range(max(R, 2)))
+        dr_obase = Signal(17)
+        # row 0 is visited in the cycle go arrives, rows 1..rows-1 on the following cycles; the row
+        # being visited is drained from and cleared in the same cycle
+        visit = Signal()
+        m.d.comb += visit.eq(go[go_delay] | dr_active)
+        vrow = Signal.like(dr_row)
+        m.d.comb += vrow.eq(Mux(go[go_delay], 0, dr_row))
+        vobase = Signal(17)
+        m.d.comb += vobase.eq(Mux(go[go_delay], go_obase, dr_obase))
+        with m.If(go[go_delay]):
+            m.d.sync += [dr_active.eq(rows != 1), dr_row.eq(1), dr_obase.eq(go_obase)]
+        with m.Elif(dr_active):
+            m.d.sync += dr_row.eq(dr_row + 1)
+            with m.If(dr_row == rows - 1):
+                m.d.sync += dr_active.eq(0)
+        for i in range(R):
+            m.d.comb += clear[i].eq(visit & (vrow == i))
+
+        # stage 1: the visited row's accumulators and row term
+        sel = [Signal(signed(A), name=f"drain_sel_{j}") for j in range(C)]
+        sel_term = Signal(signed(A))
+        s1 = Signal()
+        s1_row = Signal.like(dr_row)
+        s1_obase = Signal(17)
+        m.d.sync += [s1.eq(visit), s1_row.eq(vrow), s1_obase.eq(vobase)]
+        with m.Switch(vrow):
             for i in range(R):
                 with m.Case(i):
-                    m.d.comb += tok_line.eq(Cat(sext(pes[i][j].acc, 32) for j in range(C)))
-        plane_line = Cat(sext(sum(pes[i][j].acc for i in range(Ra))[:cfg.acc_bits], 32)
-                         for j in range(C))
-        tok_drain = ~mode & (tc >= fill_tok)
-        pl_drain = mode & (tc == tlen - 1)
+                    m.d.sync += [sel[j].eq(pes[i][j].acc) for j in range(C)]
+                    m.d.sync += sel_term.eq(row_term[i])
+        # stage 2: add the row term; plane mode sums the rows into the same register
+        val = [Signal(signed(A), name=f"drain_val_{j}") for j in range(C)]
+        s2 = Signal()
+        s2_row = Signal.like(dr_row)
+        s2_obase = Signal(17)
+        m.d.sync += [s2.eq(s1), s2_row.eq(s1_row), s2_obase.eq(s1_obase)]
+        keep = mode & (s1_row != 0)
+        with m.If(s1):
+            m.d.sync += [val[j].eq(Mux(keep, val[j], 0) + sel[j] + sel_term) for j in range(C)]
+        # the OBUF write, from the stage-2 register
+        write = s2 & (~mode | (s2_row == rows - 1))
         m.d.comb += [
-            self.obuf.en.eq(Mux(self.busy & (tok_drain | pl_drain), (1 << len(self.obuf.en)) - 1, 0)),
-            self.obuf.addr.eq(Mux(mode, obase, obase + drow)),
-            self.obuf.data.eq(Mux(mode, plane_line, tok_line)),
+            self.obuf.en.eq(Mux(self.busy & write, (1 << len(self.obuf.en)) - 1, 0)),
+            self.obuf.addr.eq(Mux(mode, s2_obase, s2_obase + s2_row)),
+            self.obuf.data.eq(Cat(sext(v, 32) for v in val)),
         ]
         return m
+
+    def _row_term(self, m, cur, term, clear, name):
+        """The part of ``plane_weight * plane_dot`` every PE of a row shares, accumulated in step with
+        the row's column-0 PE (same pipeline, same clear): AND form ``-(total << b)``, and for the
+        sign plane ``(total << b) + 1`` (undoing the PEs' ones' complement); XNOR form ``-total``;
+        ``total`` is the row's active-lane count."""
+        k, L = self._cfg.act_bits, self._cfg.lanes
+        a, plane, valid = cur[0], cur[1], cur[2]
+        # the same pipelined tree as the PEs', so the row term is updated in step with column 0
+        assert XnorPopcountPE.LATENCY == 2
+        total_now = popcount(m, cur[3] if k == 1 else a, f"{name}_total", register_at=popcount_split(L))
+        total = Signal(ceil_log2(L + 1), name=f"{name}_total")
+        tplane_mid, tplane = Signal.like(plane, name=f"{name}_tplane_mid"), Signal.like(plane, name=f"{name}_tplane")
+        tvalid_mid, tvalid = Signal(name=f"{name}_tvalid_mid"), Signal(name=f"{name}_tvalid")
+        m.d.sync += [tplane_mid.eq(plane), tvalid_mid.eq(valid),
+                     total.eq(total_now), tplane.eq(tplane_mid), tvalid.eq(tvalid_mid)]
+        # t + 1 with t = x (sign plane) or ~x = -x - 1 (the others), x = total << b zero-extended; the
+        # + 1 is the carry into one adder (both operands get a low 1 bit), so the path is shift, XOR
+        # and one carry chain, as in the PEs
+        t = Signal(signed(len(total) + k + 1), name=f"{name}_t")
+        if k == 1:
+            m.d.comb += t.eq(~Cat(total, Const(0, 1)).as_signed())
+        else:
+            shifted = Cat(total << tplane, Const(0, 1)).as_signed()
+            m.d.comb += t.eq(Mux(tplane == k - 1, shifted, ~shifted))
+        plus_one = Signal(signed(len(term) + 1), name=f"{name}_sum")
+        m.d.comb += plus_one.eq(Cat(Const(1, 1), term).as_signed() + Cat(Const(1, 1), t).as_signed())
+        with m.If(clear):
+            m.d.sync += term.eq(0)
+        with m.Elif(tvalid):
+            m.d.sync += term.eq(plus_one[1:])

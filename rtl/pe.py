@@ -1,32 +1,116 @@
 """XnorPopcountPE: one processing element of the systolic array.
 
-Each cycle with ``valid`` it forms the +-1-weighted sum of one activation plane over ``lanes`` lanes
-(``bitmos.formats.plane_dot``: AND form for k >= 2, XNOR form for k = 1), scales it by the plane's
-significance (``formats.plane_weight``: shift left by ``plane``, negated for the sign plane k-1) and
-adds it to an ``acc_bits`` two's complement accumulator that wraps. ``first`` starts a new sum.
+A PE holds only what depends on both its activation and its weight word: the popcount of the lanes
+where they agree, scaled by the plane's significance. The terms that depend on the activation alone
+(the active-lane count ``total`` of ``dot = 2*agree - total`` and the sign plane's two's complement
+correction) are the same for every PE of a row, so the array computes them once per row (its "row
+term", ``bitmos.rtl.array``) and adds them at the drain. Per valid step the accumulator adds
+
+* AND form (k >= 2; ``a`` already masked): ``x = popcount(a & w) << (plane + 1)``, and for the sign
+  plane k-1 its ones' complement ``~x = -x - 1`` (the row term adds ``total << plane`` and the 1 back);
+* XNOR form (k = 1): ``x = popcount(~(a ^ w) & mask) << 1`` (the row term adds ``-total``).
+
+Row term plus accumulator is then ``formats.plane_weight(plane, k) * formats.plane_dot(a, w, mask, k)``
+summed over the steps, modulo 2**acc_bits. Pipeline (``bitmos.semantics.ARRAY_PE_PIPELINE`` = 2): the
+popcount tree is registered halfway and at its end, the accumulator adds it two cycles after the step. ``clear`` zeroes the accumulator
+(the array clears a row as it drains it), so no step needs a "first" flag.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["XnorPopcountPE", "popcount"]
+from bitmos.semantics import ARRAY_PE_PIPELINE
+
+__all__ = ["XnorPopcountPE", "popcount", "popcount_levels", "popcount_split", "full_adder"]
 
 
-def popcount(v):
-    """Sum of the bits of ``v`` as a balanced adder tree."""
-    terms = [v[i] for i in range(len(v))]
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                 for i in range(0, len(terms), 2)]
-    return terms[0]
+def full_adder(m, a, b, c, name):
+    """3:2 compressor: (sum, carry) of three bits; each output is one LUT4 on ECP5. The outputs are
+    signals so the tree stays a DAG (an expression reused as a value would be copied per use)."""
+    s, cy = Signal(name=f"{name}_s"), Signal(name=f"{name}_c")
+    m.d.comb += [s.eq(a ^ b ^ c), cy.eq((a & b) | (a & c) | (b & c))]
+    return s, cy
+
+
+def _reduce(cols, m, name, level):
+    """One level of the reduction: every three bits of a weight become a sum and a carry."""
+    nxt = [[] for _ in range(len(cols) + 1)]
+    for w, col in enumerate(cols):
+        i = 0
+        while len(col) - i >= 3:
+            if m is None:        # counting only
+                s = c = None
+            else:
+                s, c = full_adder(m, col[i], col[i + 1], col[i + 2], f"{name}_l{level}_w{w}_{i // 3}")
+            nxt[w].append(s)
+            nxt[w + 1].append(c)
+            i += 3
+        nxt[w].extend(col[i:])
+    while nxt and not nxt[-1]:
+        nxt.pop()
+    return nxt
+
+
+def popcount_levels(n: int) -> int:
+    """Full-adder levels of :func:`popcount` for ``n`` bits."""
+    cols, level = [[None] * n], 0
+    while any(len(c) > 2 for c in cols):
+        cols, level = _reduce(cols, None, "", level), level + 1
+    return level
+
+
+def popcount(m, bits, name="pop", register_at=None):
+    """Number of set bits of ``bits`` (a Value or a list of 1-bit Values), as a compressor tree
+    whose full adders are added to module ``m``.
+
+    Bits of equal weight are reduced with full adders (3:2 compressors, one LUT4 per output) until
+    every weight holds at most two bits (a Dadda-style reduction, no carry chain); the two remaining
+    rows are added once, which Yosys maps to one CCU2C carry chain. A balanced tree of ``+`` (the
+    previous form) puts a carry chain on every level, wasting most of each chain on 1- and 2-bit sums.
+    With ``register_at = n`` the bits left after n levels are registered (``m.d.sync``), so the
+    result comes one cycle later.
+    """
+    if not isinstance(bits, list):
+        v = Signal(len(bits), name=f"{name}_in")
+        m.d.comb += v.eq(bits)
+        bits = [v[i] for i in range(len(v))]
+    if not bits:
+        return Const(0, 1)
+    cols = [list(bits)]                      # cols[w]: bits of weight 2**w
+    level = 0
+    while True:
+        if level == register_at:
+            regs = []
+            for w, col in enumerate(cols):
+                rcol = []
+                for i, bit in enumerate(col):
+                    r = Signal(name=f"{name}_r{level}_w{w}_{i}")
+                    m.d.sync += r.eq(bit)
+                    rcol.append(r)
+                regs.append(rcol)
+            cols = regs
+        if not any(len(c) > 2 for c in cols):
+            break
+        cols, level = _reduce(cols, m, name, level), level + 1
+    assert register_at is None or level >= register_at
+    row0 = Cat(*(c[0] if len(c) > 0 else Const(0, 1) for c in cols))
+    row1 = Cat(*(c[1] if len(c) > 1 else Const(0, 1) for c in cols))
+    if all(len(c) < 2 for c in cols):
+        return row0
+    return row0 + row1
+
+
+def popcount_split(n: int) -> int:
+    """Where the pipelined PE registers its popcount tree of ``n`` bits: after half its levels."""
+    return (popcount_levels(n) + 1) // 2
 
 
 class XnorPopcountPE(wiring.Component):
-    """One bit-serial XNOR/AND-popcount processing element.
+    """One bit-serial XNOR/AND-popcount processing element (see the module docstring).
 
     Parameters
     ----------
@@ -39,12 +123,17 @@ class XnorPopcountPE(wiring.Component):
 
     Attributes
     ----------
-    a, w, mask : In(lanes)
-        Activation plane word, weight sign word (1 = +1), lane mask.
+    a, w : In(lanes)
+        Activation plane word (AND form: already masked by the chunk's lane mask), weight sign word
+        (1 = +1).
+    mask : In(lanes)
+        Lane mask; used by the XNOR form only (the AND form gets ``a`` masked).
     plane : In(ceil_log2(act_bits)) (at least 1 bit)
         Index b of the activation plane.
-    valid, first : In(1)
-        Accumulate this cycle; ``first`` replaces the accumulator instead of adding to it.
+    valid : In(1)
+        Accumulate this step (the add happens ``LATENCY`` cycles later).
+    clear : In(1)
+        Zero the accumulator this cycle (takes priority over an add).
     acc : Out(signed(acc_bits))
         The accumulator.
 
@@ -55,6 +144,9 @@ class XnorPopcountPE(wiring.Component):
     ValueError
         A parameter is out of range.
     """
+
+    #: Cycles between a step at the inputs and the accumulator add (its two popcount registers).
+    LATENCY = ARRAY_PE_PIPELINE
 
     def __init__(self, *, lanes: int, act_bits: int, acc_bits: int):
         for name, value in (("lanes", lanes), ("act_bits", act_bits), ("acc_bits", acc_bits)):
@@ -69,7 +161,7 @@ class XnorPopcountPE(wiring.Component):
         self._lanes, self._act_bits, self._acc_bits = lanes, act_bits, acc_bits
         super().__init__({
             "a": In(lanes), "w": In(lanes), "mask": In(lanes),
-            "plane": In(max(1, ceil_log2(act_bits))), "valid": In(1), "first": In(1),
+            "plane": In(max(1, ceil_log2(act_bits))), "valid": In(1), "clear": In(1),
             "acc": Out(signed(acc_bits)),
         })
 
@@ -86,22 +178,32 @@ class XnorPopcountPE(wiring.Component):
         return self._acc_bits
 
     def elaborate(self, platform):
+        assert self.LATENCY == 2, "the RTL below registers the popcount tree halfway and at its end"
         m = Module()
-        k = self._act_bits
+        L, k = self._lanes, self._act_bits
+        split = popcount_split(L)
         if k == 1:  # XNOR form: a bit 1 = +1
-            agree = popcount(~(self.a ^ self.w) & self.mask)
-            total = popcount(self.mask)
-        else:       # AND form on two's complement planes
-            agree = popcount(self.a & self.w & self.mask)
-            total = popcount(self.a & self.mask)
-        dot = Signal(signed(ceil_log2(self._lanes + 1) + 2))
-        m.d.comb += dot.eq((agree << 1) - total)
-        weighted = Signal(signed(len(dot) + k))
+            agree_now = popcount(m, ~(self.a ^ self.w) & self.mask, register_at=split)
+        else:       # AND form on two's complement planes; a arrives masked
+            agree_now = popcount(m, self.a & self.w, register_at=split)
+        # stage 1: halfway through the tree (inside popcount); stage 2: the popcount register
+        agree = Signal(ceil_log2(L + 1))
+        plane_mid, plane = Signal.like(self.plane), Signal.like(self.plane)
+        valid_mid, valid = Signal(), Signal()
+        m.d.sync += [plane_mid.eq(self.plane), valid_mid.eq(self.valid),
+                     agree.eq(agree_now), plane.eq(plane_mid), valid.eq(valid_mid)]
+        # stage 2: scale and accumulate
+        x = Signal(signed(len(agree) + k + 1))
         if k == 1:
-            m.d.comb += weighted.eq(dot)
+            m.d.comb += x.eq(agree << 1)
         else:
-            shifted = dot << self.plane
-            m.d.comb += weighted.eq(Mux(self.plane == k - 1, -shifted, shifted))
-        with m.If(self.valid):
-            m.d.sync += self.acc.eq(Mux(self.first, 0, self.acc) + weighted)
+            shifted = Signal(len(agree) + k)            # agree << (plane + 1), non-negative
+            m.d.comb += shifted.eq((agree << plane) << 1)
+            # ~ of the zero-extended value is -shifted - 1, the ones' complement (no carry-in needed)
+            m.d.comb += x.eq(Mux(plane == k - 1, ~Cat(shifted, Const(0, 1)).as_signed(),
+                                 Cat(shifted, Const(0, 1)).as_signed()))
+        with m.If(self.clear):
+            m.d.sync += self.acc.eq(0)
+        with m.Elif(valid):
+            m.d.sync += self.acc.eq(self.acc + x)
         return m

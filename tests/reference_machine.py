@@ -126,8 +126,11 @@ class ReferenceMachine:
             t_quant = (XL + E + 23 if E >= 2 else 0) + (XL + 4) + d_rq + q_pass + 1
             return 1 + ins["ntok"] * t_quant
         if ins.op is Op.MATMUL:
-            t_tile = nch * k + (R + C - 1) + R if ins["mode"] == 0 else nch * P + (Ra + C - 1) + 1
-            return 1 + ins["ntiles"] * t_tile
+            # tiles start every max(S + C, D) cycles; the last adds 2 + min(S + C, D) + 2
+            steps = nch * k if ins["mode"] == 0 else nch * P
+            drain_rows = R if ins["mode"] == 0 else Ra
+            t_tile = max(steps + C, drain_rows)
+            return 1 + ins["ntiles"] * t_tile + 2 + min(steps + C, drain_rows) + 2
         if ins.op is Op.SCALEOUT:
             return 1 + ins["ntiles"] * ins["ntok"] + 6
         return 1

@@ -73,6 +73,9 @@ CONFIGS = {
     "r3k4": AcceleratorConfig(rows=3, cols=2, lanes=8, act_bits=4, experts=2, ext_bw_bits=16),
     "r2k8": AcceleratorConfig(rows=2, cols=4, lanes=16, act_bits=8, experts=1, ext_bw_bits=64),
     "k2": AcceleratorConfig(rows=4, cols=2, lanes=8, act_bits=2, experts=0, acc_bits=16, ext_bw_bits=16),
+    # more drain rows than S + C at K <= L, so the tile interval is the drain's (token R = 8, plane Ra = 8)
+    "r8c2k1": AcceleratorConfig(rows=8, cols=2, lanes=8, act_bits=1, experts=0, acc_bits=16, ext_bw_bits=16),
+    "r8c1k8": AcceleratorConfig(rows=8, cols=1, lanes=8, act_bits=8, experts=0, acc_bits=16, ext_bw_bits=8),
 }
 
 
@@ -94,6 +97,13 @@ class SystolicArrayTestCase(unittest.TestCase):
                     seed += 1
                     with self.subTest(cfg=name, K=K, mode=mode):
                         check_case(self, cfg, K, mode, 1 + seed % 3, seed)
+
+    def test_drain_bound_interval(self):
+        # T_tile = max(S + C, D): S + C = 1 + 2 < R = 8 (token), 1 + 1 < Ra = 8 (plane), 3 tiles each
+        for name, mode in (("r8c2k1", 0), ("r8c1k8", 1), ("r8c1k8", 0)):
+            cfg = CONFIGS[name]
+            with self.subTest(cfg=name, mode=mode):
+                check_case(self, cfg, 3, mode, 3, 11)
 
     def test_extremes(self):
         # All-ones activation planes (q = -1 in every lane) against all +1 and all -1 weights.

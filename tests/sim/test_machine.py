@@ -58,16 +58,16 @@ class TestTiming(unittest.TestCase):
         words = assemble("""
             setr K 64                                   ; issue 0, now 1
             load buf=W line=0 nlines=2 ext=0            ; issue 1: busy 20 + ceil(2*128/64) = 24, free at 1+1+24 = 26
-            matmul mode=token q=0 w=8 o=0 ntiles=1      ; issue 2: 1 + (2*8 + (4+4-1) + 4) = 28 cycles, now 30
-            wait                                        ; 30 >= 26: no stall, issue 30, now 31
-            load buf=O line=0 nlines=4 ext=0            ; issue 31: busy 20 + 4*128/64 = 28, free at 60
-            halt                                        ; waits 60 - 32 = 28 cycles, issue 60, run ends at 61
+            matmul mode=token q=0 w=8 o=0 ntiles=1      ; issue 2: 1 + max(2*8 + 4, 4) + (2 + 4 + 2) = 29 cycles, now 31
+            wait                                        ; 31 >= 26: no stall, issue 31, now 32
+            load buf=O line=0 nlines=4 ext=0            ; issue 32: busy 20 + 4*128/64 = 28, free at 61
+            halt                                        ; waits 61 - 33 = 28 cycles, issue 61, run ends at 62
         """)
         r = run_both(SMALL, words, bytes(4096))
-        self.assertEqual(r.cycles, 61)
+        self.assertEqual(r.cycles, 62)
         self.assertEqual(r.stall_cycles, 28)
-        self.assertEqual(list(r.trace.issue), [0, 1, 2, 30, 31, 60])
-        self.assertEqual(list(r.trace.busy), [0, 24, 27, 0, 28, 0])
+        self.assertEqual(list(r.trace.issue), [0, 1, 2, 31, 32, 61])
+        self.assertEqual(list(r.trace.busy), [0, 24, 28, 0, 28, 0])
         self.assertTrue(r.done and not r.error)
 
     def test_back_to_back_dma_stalls(self):
@@ -86,18 +86,18 @@ class TestTiming(unittest.TestCase):
         # T_quant token = (XL+E+23) + (XL+4) + 40 + ((nch-1)*T + L/C + 5 + k) + 1, T = max(8, 8) = 8
         #               = 43 + 20 + 40 + (8 + 8 + 5 + 8) + 1 = 133
         # T_quant plane = 43 + 20 + 40 + (8 + 8 + 5 + 2) + 1 = 127 (T = max(8, P) = 8)
-        # T_tile plane = nch*P + (Ra + C - 1) + 1 = 4 + 7 + 1 = 12
+        # T_tile plane = max(nch*P + C, Ra) = max(4 + 4, 4) = 8, T_drain = 2 + min(8, 4) + 2 = 8
         words = assemble("""
             setr K 64
             quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*133 = 267
             quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 127 = 128
-            matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*12 = 37
+            matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*8 + 8 = 33
             scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 6 = 13
             halt
         """)
         r = run_both(SMALL, words)
-        self.assertEqual(list(r.trace.issue), [0, 1, 268, 396, 433, 446])
-        self.assertEqual(r.cycles, 447)
+        self.assertEqual(list(r.trace.issue), [0, 1, 268, 396, 429, 442])
+        self.assertEqual(r.cycles, 443)
 
     def test_timeline_class_agrees(self):
         for seed in range(5):
