@@ -132,10 +132,11 @@ class Controller(wiring.Component):
         ]
 
         # ---- legality one instruction ahead: the contract's definitions (bitmos.semantics) on Amaranth
-        # values, for ``ir_next`` with the registers as they are after this cycle (a SETR issuing now is
-        # seen), registered as it becomes ``ir``. A stalled instruction keeps its result: registers only
-        # change when an instruction issues.
-        regs_after = {r: Mux(issue & is_op[Op.SETR] & (reg == int(r)), val[:len(target)], target)
+        # values, for ``ir_next`` with the registers as ``ir`` leaves them (a SETR in ``ir`` is seen),
+        # registered as it becomes ``ir``. The result is only taken when ``ir`` issues, so the forwarding
+        # does not wait for the issue decision; a stalled instruction keeps its result (registers only
+        # change when an instruction issues).
+        regs_after = {r: Mux(is_op[Op.SETR] & (reg == int(r)), val[:len(target)], target)
                       for r, target in regs.items()}
         self._legality(m, word_next, regs_after, next_cause)
         dma_busy, dma_addr = Signal(32), Signal.like(self.dma_addr)
