@@ -184,8 +184,13 @@ class SystolicArray(wiring.Component):
         # lane l is in range iff l < rem: all lanes while rem >= L, else a thermometer of rem's low bits
         lb = ceil_log2(L)
         full = ~rem[-1] & (rem[lb:] != 0) if lb < len(rem) else Const(0)
-        mask_now = Cat(full | ~rem[-1] & ((Const(l, max(lb, 1)) < rem[:max(lb, 1)]) if l else (rem != 0))
-                       for l in range(L))
+        def partial(l):   # lane l of a partial chunk; the top lane of a power-of-two L only when full
+            if l == 0:
+                return rem != 0
+            if l >= (1 << lb) - 1:
+                return Const(0)
+            return Const(l, max(lb, 1)) < rem[:max(lb, 1)]
+        mask_now = Cat(full | ~rem[-1] & partial(l) for l in range(L))
         m.d.sync += [d_valid.eq(self.busy & reading), d_sub.eq(sub), d_mask.eq(mask_now)]
 
         # ---- the PE grid with skew ---------------------------------------------------------------
