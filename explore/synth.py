@@ -29,7 +29,7 @@ from bitmos.errors import BitmosUserError
 from bitmos.fileio import write_json_atomic
 
 #: Bumped when the flow (scripts, options, parsing) changes in a way that changes results.
-FLOW_VERSION = 2   # 2: the critical path is parsed from the report
+FLOW_VERSION = 3   # 2: the critical path is parsed from the report; 3: -dsp on the iCE40 UP5K
 
 #: target -> device name -> (nextpnr device flag, default package, part name)
 DEVICES: dict[str, dict[str, tuple[str, str, str]]] = {
@@ -472,6 +472,8 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
         (wd / "design.v").write_text(verilog)
         t0 = time.monotonic()
         synth_cmd = "synth_ecp5" if target == "ecp5" else "synth_ice40"
+        if target == "ice40" and device == "up5k":
+            synth_cmd += " -dsp"   # the UP5K has 8 SB_MAC16; without -dsp every multiply is LUTs
         script = f"read_verilog -sv design.v; {synth_cmd} -top {top} -json synth.json; tee -o stat.txt stat"
         ycmd = find_tool("yosys") + ["-q", "-p", script]
         say(f"yosys: {synth_cmd} -top {top} ({len(verilog)} bytes of Verilog)")
