@@ -161,7 +161,8 @@ def fit(records: Sequence[dict[str, Any]], target: str = "ecp5", component: str 
         A = np.array([features(r["config"], component, res) for r in rows], dtype=float)
         under = np.array([base.predict(r["config"]).get(res, 0.0) if base is not None else 0.0
                           for r in rows])
-        used = len(names) if len(rows) > len(names) else max(1, len(rows) - 1)
+        # n records fix n coefficients: the leading n - 1 features and the constant (one record: a constant)
+        used = len(names) if len(rows) > len(names) else len(rows) - 1
         keep = np.array([i < used or name == "one" for i, name in enumerate(names)])
         A = A * keep
         # Scale columns so the active-set solver sees comparable magnitudes.
