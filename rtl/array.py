@@ -36,13 +36,10 @@ from amaranth.utils import ceil_log2
 from bitmos import isa
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.common import AMARANTH_OPS, addr_bits, check_config
 from bitmos.rtl.layouts import instruction_layout
 from bitmos.rtl.pe import XnorPopcountPE, popcount, popcount_split
 from bitmos.rtl.signatures import LayerRegistersSignature
-
-#: The contract's formulas on Amaranth values (a choice is a mux), as the controller uses them.
-_AMARANTH = sem.Ops(select=Mux)
 
 __all__ = ["SystolicArray", "sext"]
 
@@ -141,12 +138,12 @@ class SystolicArray(wiring.Component):
 
         nch_c = (self.regs.k + (L - 1)) // L
         steps_c = Mux(self.mode, nch_c * P, nch_c * k)
-        t_tile = sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, _AMARANTH)
+        t_tile = sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, AMARANTH_OPS)
         with m.If(self.start):
             m.d.sync += [
                 mode.eq(self.mode), nch.eq(nch_c), kreg.eq(self.regs.k), steps.eq(steps_c),
                 pitch_m1.eq(t_tile - 1),
-                tlast_m1.eq(t_tile + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, _AMARANTH) - 1),
+                tlast_m1.eq(t_tile + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, AMARANTH_OPS) - 1),
                 fill_end.eq(steps_c + (C - 1)),
                 tiles_left.eq(self.ntiles), last_tile.eq(self.ntiles == 1), loading.eq(1), tile_end.eq(0),
                 tc.eq(0),

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from amaranth import Const, Mux, Value
+from amaranth import Const, Mux, Signal, Value
 from amaranth.utils import ceil_log2
 
 from bitmos import formats as F
+from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
-__all__ = ["check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "addr_bits", "signed_lanes", "expert_lanes"]
+__all__ = ["AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
+           "pipelined_mix_scale", "addr_bits", "signed_lanes", "expert_lanes"]
+
+
+#: The contract's definitions (bitmos.semantics) evaluated on Amaranth values: a choice is a mux.
+AMARANTH_OPS = sem.Ops(select=Mux)
 
 
 def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
@@ -65,6 +71,20 @@ def mix_sum(products) -> Value:
     total = sum(products)
     # 40 bits: E <= 8 products of a 16-bit gate and a 16-bit scale (each below 2^31), plus the rounding half
     return sat(rshift_round(total, Const(F.GATE_FRAC, 4), 40), F.SCALE_BITS)
+
+
+def registered(m, value: Value, name: str) -> Signal:
+    """A register of ``value``'s shape that takes ``value`` every cycle (one pipeline stage)."""
+    reg = Signal(value.shape(), name=name)
+    m.d.sync += reg.eq(value)
+    return reg
+
+
+def pipelined_mix_scale(m, gates, scales, name: str) -> Signal:
+    """:func:`mix_scale` over two stages: the gate x scale products are registered, then their rounded,
+    saturated sum (the value is out two cycles after its inputs)."""
+    products = [registered(m, g * s, f"{name}_gs{e}") for e, (g, s) in enumerate(zip(gates, scales, strict=True))]
+    return registered(m, mix_sum(products), name)
 
 
 def signed_lanes(line: Value, count: int, width: int) -> list[Value]:

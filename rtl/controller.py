@@ -30,17 +30,14 @@ from amaranth.lib.wiring import In, Out
 from bitmos import isa
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.common import AMARANTH_OPS, addr_bits, check_config
 from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.layouts import INSTRUCTION
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, LayerRegistersSignature
 
-__all__ = ["Controller", "AMARANTH_OPS"]
+__all__ = ["Controller"]
 
 Op = isa.Op
-
-#: The contract's definitions (bitmos.semantics) evaluated on Amaranth values: a choice is a mux.
-AMARANTH_OPS = sem.Ops(select=Mux)
 
 
 class Controller(wiring.Component):
@@ -153,7 +150,7 @@ class Controller(wiring.Component):
         busy_of = {op: sem.controller_cycles(op, issued_word[op.name.lower()], regs, cfg, AMARANTH_OPS) - 2
                    for op in sem.COMPUTE_OPS}
         deferred = Signal()
-        is_compute = is_op[Op.QUANT] | is_op[Op.MATMUL] | is_op[Op.SCALEOUT]
+        is_compute = Cat(is_op[op] for op in sem.COMPUTE_OPS).any()
 
         # IMEM's read address: two words past the one ``ir`` holds next cycle
         m.d.comb += self.imem.addr.eq(Mux(running, Mux(advance, pc + 3, pc + 2), priming))
@@ -195,11 +192,8 @@ class Controller(wiring.Component):
                     m.d.sync += [running.eq(0), self.done.eq(1), self.cycles.eq(now + 1)]
                 with m.If(is_compute):   # held until the deferred count arrives next cycle
                     m.d.sync += [busy_cnt.eq(1), deferred.eq(1), issued.eq(ir)]
-                with m.If(is_op[Op.SETR]):
-                    with m.Switch(reg):
-                        for r, target in regs.items():   # the value is legal: it fits (SMUL: its low bits)
-                            with m.Case(int(r)):
-                                m.d.sync += target.eq(val[:len(target)])
+                # SETR: the registers as ``regs_after`` has them (the value is legal: it fits; SMUL: its low bits)
+                m.d.sync += [target.eq(regs_after[r]) for r, target in regs.items()]
         return m
 
     def _legality(self, m, word, regs, cause):

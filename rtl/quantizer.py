@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import check_config, expert_lanes, mix_sum, signed_lanes
+from bitmos.rtl.common import check_config, expert_lanes, pipelined_mix_scale, signed_lanes
 from bitmos.rtl.divider import SequentialDivider
 
 __all__ = ["Quantizer"]
@@ -126,11 +126,9 @@ class Quantizer(wiring.Component):
             m.d.sync += [v[j].eq(x2[j]) for j in range(C)]
             return v
         s_in = expert_lanes(self.scales, E, C)
-        # s0: the gate x scale products (each below 2^31 in magnitude), s1: their rounded sum
-        products = [[Signal(signed(2 * F.SCALE_BITS + 1), name=f"gs{e}_{j}") for j in range(C)] for e in range(E)]
-        m.d.sync += [products[e][j].eq(self.gates[e] * s_in[e][j]) for e in range(E) for j in range(C)]
-        mixed = [Signal(signed(F.SCALE_BITS), name=f"s_in{j}") for j in range(C)]
-        m.d.sync += [mixed[j].eq(mix_sum(products[e][j] for e in range(E))) for j in range(C)]
+        gates = [self.gates[e] for e in range(E)]
+        # s0: the gate x scale products, s1: their rounded sum
+        mixed = [pipelined_mix_scale(m, gates, [s[j] for s in s_in], f"s_in{j}") for j in range(C)]
         m.d.sync += [v[j].eq(x2[j] * mixed[j]) for j in range(C)]
         return v
 

@@ -36,7 +36,7 @@ from bitmos import formats as F
 from bitmos import isa
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.common import AMARANTH_OPS, addr_bits, check_config
 from bitmos.rtl.layouts import instruction_layout, meta_layout
 from bitmos.rtl.quantizer import Quantizer
 from bitmos.rtl.router import Router
@@ -84,7 +84,6 @@ class _Registers:
         self.nch = Signal(16)
         self.xl = Signal(20)
         self.wcount = Signal(4)      # W: plane writes per chunk
-        self.period = Signal(8)      # T = max(L/C, W): cycles per chunk of the quantize pass
         self.xbase = Signal(24)      # x + t*XL (quant) / o (scaleout)
         self.bfield = Signal(16)
         self.metab = Signal(10)
@@ -207,23 +206,26 @@ class ScaleSequencer(wiring.Component):
 
         def begin_token():   # the router sums and the quantizer's max restart with token_start
             m.d.comb += self.token_start.eq(1)
-            m.d.sync += [r.cnt.eq(0), r.state.eq(first_state), r.rline.eq(0)]
+            m.d.sync += [r.cnt.eq(0), r.state.eq(first_state), r.rline.eq(0),
+                         r.rchunk.eq(0), r.rsub.eq(0), r.wchunk.eq(0), r.wsub.eq(0), r.writing.eq(0)]
 
         def count(last, then):   # cnt runs 0..last, then the state becomes ``then``
             m.d.sync += r.cnt.eq(r.cnt + 1)
             with m.If(r.cnt == last):
                 m.d.sync += [r.state.eq(then), r.cnt.eq(0)]
 
+        period = sem.chunk_period(cfg, r.mode, AMARANTH_OPS)   # T: cycles per chunk of the quantize pass
+
         def advance(chunk, sub):   # the next cycle of a quantize-pass side: sub runs 0..T-1 per chunk
             m.d.sync += sub.eq(sub + 1)
-            with m.If(sub == r.period - 1):
+            with m.If(sub == period - 1):
                 m.d.sync += [sub.eq(0), chunk.eq(chunk + 1)]
 
         with m.Switch(r.state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.sync += [r.mode.eq(self.mode), r.kreg.eq(self.regs.k), r.nch.eq(nch), r.xl.eq(nch * G),
-                                 r.wcount.eq(Mux(self.mode, P, k)), r.period.eq(Mux(self.mode, max(G, P), max(G, k))),
+                                 r.wcount.eq(Mux(self.mode, P, k)),
                                  r.xbase.eq(self.a), r.bfield.eq(self.b),
                                  r.metab.eq(self.meta), r.ntok.eq(self.ntok), r.tok.eq(0), r.qline.eq(self.b),
                                  r.total.eq(self.ntiles * self.ntok), r.so_t.eq(0), r.so_n.eq(0),
@@ -238,10 +240,8 @@ class ScaleSequencer(wiring.Component):
                 count(r.xl + sem.MIX_LATENCY - 1, _State.RQ)
             with m.Case(_State.RQ):
                 count(sem.rq_cycles(cfg) - 1, _State.QUANT)
-                with m.If(r.cnt == sem.rq_cycles(cfg) - 1):
-                    m.d.sync += [r.rchunk.eq(0), r.rsub.eq(0), r.wchunk.eq(0), r.wsub.eq(0), r.writing.eq(0)]
-                    with m.If(r.nch == 0):   # K = 0: no chunks to quantize
-                        m.d.sync += r.state.eq(_State.META)
+                with m.If((r.cnt == sem.rq_cycles(cfg) - 1) & (r.nch == 0)):   # K = 0: no chunks to quantize
+                    m.d.sync += r.state.eq(_State.META)
             with m.Case(_State.QUANT):
                 m.d.sync += r.cnt.eq(r.cnt + 1)
                 with m.If(r.cnt == G + sem.GATHER_LATENCY - 2):   # chunk 0's last line is in its bank next cycle

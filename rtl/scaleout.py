@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In
 
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config, expert_lanes, mix_sum, rshift_round, sat, signed_lanes
+from bitmos.rtl.common import (addr_bits, check_config, expert_lanes, pipelined_mix_scale, registered,
+                               rshift_round, sat, signed_lanes)
 from bitmos.rtl.layouts import meta_layout
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -72,17 +73,14 @@ class ScaleOut(wiring.Component):
         s_out_experts = expert_lanes(self.scales, E, C)
         gates = [self.meta.gates[e] for e in range(E)] if E else []
 
-        def reg(value, name, shape=None):
-            r = Signal(shape if shape is not None else value.shape(), name=name)
-            m.d.sync += r.eq(value)
-            return r
+        def reg(value, name):
+            return registered(m, value, name)
 
         results = []
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
             acc_d = reg(acc * self.meta.d, f"acc_d{j}")                                        # s0
             if E >= 1:
-                products = [reg(g * s[j], f"gs{e}_{j}") for e, (g, s) in enumerate(zip(gates, s_out_experts))]
-                s_out = reg(mix_sum(products), f"s_out{j}")                                    # s1
+                s_out = pipelined_mix_scale(m, gates, [s[j] for s in s_out_experts], f"s_out{j}")  # s0, s1
             else:
                 s_out = reg(reg(self.regs.smul, f"smul{j}_s0"), f"s_out{j}")
             acc_d1 = reg(acc_d, f"acc_d{j}_s1")
