@@ -177,18 +177,28 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
     return conds
 
 
+def _same(v: Value) -> Value:
+    return v
+
+
 def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
-           ops: Ops = PY) -> list[Fault]:
+           ops: Ops = PY, stage: Callable[[Value], Value] = _same) -> list[Fault]:
     """The fault conditions of a legal opcode, highest priority first (the first that holds is reported).
 
     Cause 1 (illegal opcode) and 5 (pc past IMEM) are not per instruction; see docs/isa.md.
+
+    ``stage`` marks where a pipelined checker may cut: every value it is applied to (the field-fault
+    condition, each access's guard and end line, a load/store's external end) is computed from the
+    fields and registers only, and everything after it is a comparison with a constant. The identity
+    by default; the RTL controller passes a register, so the products of count fields and registers
+    are found one cycle before the comparisons.
     """
-    out = [Fault(CAUSE_ILLEGAL_FIELD, _any(field_faults(op, word, f, cfg)))]
+    out = [Fault(CAUSE_ILLEGAL_FIELD, stage(_any(field_faults(op, word, f, cfg))))]
     for a in footprint(op, f, regs, cfg, ops):
-        past = a.end > depth(cfg, a.buffer)
-        out.append(Fault(CAUSE_BUFFER_RANGE, past if a.when is True else a.when & past, a))
+        past = stage(a.end) > depth(cfg, a.buffer)
+        out.append(Fault(CAUSE_BUFFER_RANGE, past if a.when is True else stage(a.when) & past, a))
     if op in (Op.LOAD, Op.STORE):
-        out.append(Fault(CAUSE_EXT_RANGE, ext_end(f, regs, cfg, ops) > cfg.ext_mem_bytes))
+        out.append(Fault(CAUSE_EXT_RANGE, stage(ext_end(f, regs, cfg, ops)) > cfg.ext_mem_bytes))
     return out
 
 
@@ -292,18 +302,35 @@ def matmul_drain_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, 
     return ARRAY_PE_PIPELINE + overlap + ARRAY_DRAIN_PIPELINE
 
 
+def compute_items(op: Op, f: Mapping[str, Value]) -> Value:
+    """How many items a compute instruction processes: tokens (QUANT), tiles (MATMUL), tile x token
+    accumulator lines (SCALEOUT)."""
+    if op is Op.QUANT:
+        return f["ntok"]
+    if op is Op.MATMUL:
+        return f["ntiles"]
+    return f["ntiles"] * f["ntok"]
+
+
+def item_cycles(op: Op, k_features: Value, mode: Value, cfg: AcceleratorConfig, ops: Ops = PY) -> tuple[Value, Value]:
+    """(cycles per item, cycles after the last item) of a compute instruction: functions of register K
+    and the mode only, so a controller can hold them ready in registers before the instruction comes."""
+    if op is Op.QUANT:
+        return quant_token_cycles(cfg, k_features, mode, ops), 0
+    if op is Op.MATMUL:
+        return matmul_tile_cycles(cfg, k_features, mode, ops), matmul_drain_cycles(cfg, k_features, mode, ops)
+    return 1, SCALEOUT_PIPELINE
+
+
 def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
                       ops: Ops = PY) -> Value:
-    """Cycles a compute instruction holds the controller, its issue cycle included; 1 for the others
+    """Cycles a compute instruction holds the controller, its issue cycle included:
+    1 + items * per-item + tail (:func:`compute_items`, :func:`item_cycles`); 1 for the others
     (load/store/wait/halt stalls come from the DMA timeline, see :class:`Timeline`)."""
-    K = regs[Reg.K]
-    if op is Op.QUANT:
-        return 1 + f["ntok"] * quant_token_cycles(cfg, K, f["mode"], ops)
-    if op is Op.MATMUL:
-        return 1 + f["ntiles"] * matmul_tile_cycles(cfg, K, f["mode"], ops) + matmul_drain_cycles(cfg, K, f["mode"], ops)
-    if op is Op.SCALEOUT:
-        return 1 + f["ntiles"] * f["ntok"] + SCALEOUT_PIPELINE
-    return 1
+    if op not in COMPUTE_OPS:
+        return 1
+    per_item, tail = item_cycles(op, regs[Reg.K], f["mode"], cfg, ops)
+    return 1 + compute_items(op, f) * per_item + tail
 
 
 #: Instructions that synchronise with the DMA engine (wait for it to be idle before issuing).
@@ -398,7 +425,7 @@ class Timeline:
 __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
            "depth", "lookup", "nchunks", "xlines", "plane_lines", "dma_busy_cycles", "dma_cycles",
            "quant_token_cycles", "matmul_tile_cycles", "matmul_drain_cycles", "matmul_drain_rows",
-           "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_cycles",
+           "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
            "rq_cycles", "chunk_period", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS"]

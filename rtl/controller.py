@@ -11,13 +11,15 @@ the DMA engine and marks it busy for exactly ``dma_cycles``.
 
 Three choices keep the block RAM and the multipliers off the issue path (contract v2, docs/fpga.md),
 none of them visible in the contract's cycles: the instruction issues from an instruction register
-``ir``, not from IMEM's output; its faults (range checks are products of count fields and register
-values), its DMA busy count and address were found one cycle earlier, while it waited in a second
-register ``ir_next``, with the registers as the instruction before it leaves them (IMEM is read
-three words ahead; two priming cycles after ``start`` fill the registers and are not counted); and
-a compute instruction's busy count, a product of its count field and its per-token or per-tile
-cycles, is loaded one cycle after its issue from a copy of the issued word (the controller is held
-meanwhile; every compute instruction takes at least 3 cycles).
+``ir``, not from IMEM's output; its legality is found in the two cycles before, a two-stage pipeline
+behind it (``ir_next2``: the products of count fields and registers, with the registers as the two
+instructions ahead leave them, forwarding their SETRs; ``ir_next``: those sums compared with the
+buffer depths, the cause registered; the split is :func:`bitmos.semantics.faults`' ``stage``), so
+IMEM is read four words ahead and three priming cycles after ``start`` fill the queue (not counted);
+and a compute instruction's busy count, items x per-item cycles + tail, is loaded one cycle after
+its issue from a copy of the issued word and per-item cycles held ready in registers, computed from
+the committed K every cycle (the controller is held meanwhile; every compute instruction takes at
+least 3 cycles, and a SETR of K is committed two cycles before the count is loaded).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from bitmos import isa
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import AMARANTH_OPS, addr_bits, check_config
+from bitmos.rtl.common import AMARANTH_OPS, addr_bits, check_config, registered
 from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.layouts import INSTRUCTION
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, LayerRegistersSignature
@@ -95,25 +97,23 @@ class Controller(wiring.Component):
         cfg = self._cfg
 
         running = Signal()
-        priming = Signal(2)      # the two cycles after start fill the instruction registers
+        priming = Signal(2)      # the three cycles after start fill the instruction queue
         now = Signal(CYCLE_BITS)
         busy_cnt = Signal(32)
         dma_cnt = Signal(32)
         pc = self.pc
-        ir = Signal(64)          # the instruction at pc: checked and issued this cycle
-        ir_next = Signal(64)     # the instruction at pc + 1: its faults are found this cycle
-        word, word_next = INSTRUCTION(ir), INSTRUCTION(ir_next)
+        ir = Signal(64)          # the instruction at pc: issued this cycle if legal and not stalled
+        ir_next = Signal(64)     # pc + 1: its staged legality values are compared this cycle
+        ir_next2 = Signal(64)    # pc + 2: its legality values (products) are computed this cycle
+        word, word_next, word_next2 = INSTRUCTION(ir), INSTRUCTION(ir_next), INSTRUCTION(ir_next2)
         m.d.comb += [self.running.eq(running | (priming != 0)), self.word.eq(word), self.imem.en.eq(1)]
 
         is_op = {op: (word.opcode == int(op)) for op in Op}
-        f = {op: word[op.name.lower()] for op in Op}
         regs = {reg: getattr(self.regs, reg.name.lower()) for reg in isa.Reg}
-        reg, val = f[Op.SETR]["reg"], f[Op.SETR]["value"]
 
         # ---- issue ----------------------------------------------------------------------------------
         bad_pc = Signal()
-        cause = Signal(CAUSE_BITS)   # of ``ir``: pc range now, the others found a cycle ahead (below)
-        next_cause = Signal(CAUSE_BITS)
+        cause = Signal(CAUSE_BITS)   # of ``ir``: pc range now, the others found in the two cycles before
         m.d.comb += bad_pc.eq(pc >= cfg.imem_words)
         head = running & (busy_cnt == 0)
         dma_op = is_op[Op.LOAD] | is_op[Op.STORE] | is_op[Op.WAIT] | is_op[Op.HALT]
@@ -128,14 +128,16 @@ class Controller(wiring.Component):
             self.dma_start.eq(issue & (is_op[Op.LOAD] | is_op[Op.STORE])),
         ]
 
-        # ---- legality one instruction ahead: the contract's definitions (bitmos.semantics) on Amaranth
-        # values, for ``ir_next`` with the registers as ``ir`` leaves them (a SETR in ``ir`` is seen),
-        # registered as it becomes ``ir``. The result is only taken when ``ir`` issues, so the forwarding
-        # does not wait for the issue decision; a stalled instruction keeps its result (registers only
-        # change when an instruction issues).
-        regs_after = {r: Mux(is_op[Op.SETR] & (reg == int(r)), val[:len(target)], target)
-                      for r, target in regs.items()}
-        self._legality(m, word_next, regs_after, next_cause)
+        # ---- legality two instructions ahead: the contract's definitions (bitmos.semantics) on Amaranth
+        # values. ``take`` is when the queue moves (an issue, or a priming cycle); the values staged for
+        # ``ir_next2`` then move with it into ``ir_next``. The registers are taken as ``ir`` and
+        # ``ir_next`` will leave them (their SETRs forwarded) without waiting for the issue decision: the
+        # result is only used if they issue, and a stalled queue keeps it (registers change only at issue).
+        take = Signal()
+        regs_after = self._after_setr(word, regs)           # as ``ir`` leaves them
+        regs_after2 = self._after_setr(word_next, regs_after)  # as ``ir_next`` leaves them
+        next_cause = Signal(CAUSE_BITS)
+        self._legality(m, word_next2, regs_after2, next_cause, take)
         dma_busy, dma_addr = Signal(32), Signal.like(self.dma_addr)
         fl_next = word_next[Op.LOAD.name.lower()]   # load and store share field positions
         next_busy, next_addr = Signal(32), Signal.like(self.dma_addr)
@@ -143,36 +145,45 @@ class Controller(wiring.Component):
                      next_addr.eq((regs_after[isa.Reg.EBASE] << 6) + fl_next["ext"]),
                      self.dma_addr.eq(dma_addr)]
 
-        # a compute instruction's busy count is computed in the cycle after its issue, from ``issued``
+        # a compute instruction's busy count, loaded the cycle after its issue from ``issued`` and the
+        # per-item and tail cycles of each op and mode, registered from the committed K
         issued = Signal(64)
         issued_word = INSTRUCTION(issued)
         issued_is = {op: issued_word.opcode == int(op) for op in sem.COMPUTE_OPS}
-        busy_of = {op: sem.controller_cycles(op, issued_word[op.name.lower()], regs, cfg, AMARANTH_OPS) - 2
-                   for op in sem.COMPUTE_OPS}
+        busy_of = {}
+        for op in sem.COMPUTE_OPS:
+            f_issued = issued_word[op.name.lower()]
+            held = [[v if isinstance(v, int) else registered(m, v, f"{op.name.lower()}_mode{mode}_{what}")
+                     for what, v in zip(("item", "tail"),
+                                        sem.item_cycles(op, regs[isa.Reg.K], mode, cfg, AMARANTH_OPS))]
+                    for mode in (0, 1)]
+            per_item = Mux(f_issued["mode"], held[1][0], held[0][0])
+            tail = Mux(f_issued["mode"], held[1][1], held[0][1])
+            busy_of[op] = sem.compute_items(op, f_issued) * per_item + tail - 1   # 1 + n*item + tail, less 2
         deferred = Signal()
         is_compute = Cat(is_op[op] for op in sem.COMPUTE_OPS).any()
 
-        # IMEM's read address: two words past the one ``ir`` holds next cycle
-        m.d.comb += self.imem.addr.eq(Mux(running, Mux(advance, pc + 3, pc + 2), priming))
+        # IMEM's read address: three words past the one ``ir`` holds next cycle
+        m.d.comb += self.imem.addr.eq(Mux(running, Mux(advance, pc + 4, pc + 3), priming))
 
-        def take_next():   # ir <- ir_next (with its legality), ir_next <- the word IMEM delivers
-            m.d.sync += [ir.eq(ir_next), ir_next.eq(self.imem.data), cause.eq(next_cause),
-                         dma_busy.eq(next_busy), dma_addr.eq(next_addr)]
+        m.d.comb += take.eq((priming != 0) | (running & advance))
+        with m.If(take):   # the queue moves: ir <- ir_next (with its cause), ir_next <- ir_next2, <- IMEM
+            m.d.sync += [ir.eq(ir_next), ir_next.eq(ir_next2), ir_next2.eq(self.imem.data),
+                         cause.eq(next_cause), dma_busy.eq(next_busy), dma_addr.eq(next_addr)]
 
         with m.If(self.start & ~running & (priming == 0)):
             m.d.sync += [priming.eq(1), pc.eq(0), now.eq(0), busy_cnt.eq(0), dma_cnt.eq(0), deferred.eq(0),
-                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0)]
+                         self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
+                         ir.eq(0), ir_next.eq(0), ir_next2.eq(0)]   # NOPs: nothing stale is forwarded
             m.d.sync += [r.eq(0) for r in regs.values()]
-        with m.If(priming == 1):
-            m.d.sync += [priming.eq(2), ir_next.eq(self.imem.data)]
-        with m.If(priming == 2):
-            m.d.sync += [priming.eq(0), running.eq(1)]
-            take_next()
+        with m.If(priming != 0):
+            m.d.sync += priming.eq(priming + 1)
+            with m.If(priming == 3):
+                m.d.sync += [priming.eq(0), running.eq(1)]
         with m.If(running):
             m.d.sync += now.eq(now + 1)
             with m.If(advance):
                 m.d.sync += pc.eq(pc + 1)
-                take_next()
             with m.If(deferred):
                 m.d.sync += deferred.eq(0)
                 for op, cycles in busy_of.items():
@@ -196,19 +207,43 @@ class Controller(wiring.Component):
                 m.d.sync += [target.eq(regs_after[r]) for r, target in regs.items()]
         return m
 
-    def _legality(self, m, word, regs, cause):
-        """``cause``: the highest-priority fault of ``word`` (causes 1-4; 0 if none) with registers ``regs``."""
+    @staticmethod
+    def _after_setr(word, regs):
+        """The registers as instruction ``word`` leaves them: its SETR value where it writes one (the
+        value's low bits: a legal value fits)."""
+        f = word[Op.SETR.name.lower()]
+        is_setr = word.opcode == int(Op.SETR)
+        return {r: Mux(is_setr & (f["reg"] == int(r)), f["value"][:len(target)], target)
+                for r, target in regs.items()}
+
+    def _legality(self, m, word, regs, cause, take):
+        """``cause``: the highest-priority fault (causes 1-4; 0 if none) of the instruction ``word`` holds
+        now, with registers ``regs``, known one ``take`` later: the values :func:`bitmos.semantics.faults`
+        stages (each guarded by its opcode) are registered at ``take``, and compared after it."""
         cfg = self._cfg
-        is_op = {op: (word.opcode == int(op)) for op in Op}
+        n_staged = 0
+
+        def stage(value):
+            nonlocal n_staged
+            if isinstance(value, (bool, int)):
+                return value
+            reg = Signal(value.shape(), name=f"legality_stage{n_staged}")
+            n_staged += 1
+            with m.If(take):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        opcode = stage(word.opcode)
+        staged_is = {op: opcode == int(op) for op in Op}
         by_cause: dict[int, list] = {isa.CAUSE_ILLEGAL_FIELD: [], isa.CAUSE_BUFFER_RANGE: [],
                                      isa.CAUSE_EXT_RANGE: []}
         for op in Op:
-            for flt in sem.faults(op, word.as_value(), word[op.name.lower()], regs, cfg, AMARANTH_OPS):
-                by_cause[flt.cause].append(is_op[op] & flt.cond)
+            for flt in sem.faults(op, word.as_value(), word[op.name.lower()], regs, cfg, AMARANTH_OPS, stage):
+                by_cause[flt.cause].append(staged_is[op] & flt.cond)
         bad = {code: Signal(name=f"bad_cause{code}") for code in by_cause}
         for code, conds in by_cause.items():
             m.d.comb += bad[code].eq(Cat(*conds).any())
-        with m.If(word.opcode > max(Op)):
+        with m.If(opcode > max(Op)):
             m.d.comb += cause.eq(isa.CAUSE_ILLEGAL_OPCODE)
         with m.Elif(bad[isa.CAUSE_ILLEGAL_FIELD]):
             m.d.comb += cause.eq(isa.CAUSE_ILLEGAL_FIELD)

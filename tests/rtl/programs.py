@@ -66,6 +66,9 @@ def error_programs(cfg: AcceleratorConfig) -> list[tuple[str, list[int], bytes]]
         "setr K 0": [(int(Op.SETR) << 58)],
         "setr reg 7": [(int(Op.SETR) << 58) | (7 << 52)],
         "setr SMUL 40000": [(int(Op.SETR) << 58) | (5 << 52) | 40000],
+        "setr K 70000": [(int(Op.SETR) << 58) | 70000],
+        # the next program must see K = 0 (reset), not the faulted SETR's value left in the queue
+        "quant after a faulted setr": [enc(I(Op.QUANT, ntok=1)), enc(I(Op.HALT))],
         "nlines 0": [(int(Op.LOAD) << 58)],
         "plane ntok 2": [k, enc(I(Op.QUANT, mode="plane", ntok=1)) + (1 << 8)],
         "token ntok > R": [k, enc(I(Op.SCALEOUT, mode="token", ntok=1, ntiles=1)) + (cfg.rows << 8)],
