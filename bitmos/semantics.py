@@ -237,8 +237,8 @@ RCP_QUOTIENT_BITS = 16
 #: GATES window beyond the E exponent-table reads: router drain (2), logits, max, table latency,
 #: reciprocal load + RCP_QUOTIENT_BITS iterations, gate products.
 GATES_FIXED = 7 + RCP_QUOTIENT_BITS
-#: Cycles from a scaleout read issue to its write-back: read, the gate x scale products with
-#: acc * D, s_out, times s_out, rounding shift, saturate, write.
+#: Cycles from a scaleout read issue to its write-back: read, the gate x scale products (the line and
+#: D registered), s_out with acc * D, times s_out, rounding shift, saturate, write.
 SCALEOUT_PIPELINE = 6
 
 

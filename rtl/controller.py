@@ -16,10 +16,11 @@ behind it (``ir_next2``: the products of count fields and registers, with the re
 instructions ahead leave them, forwarding their SETRs; ``ir_next``: those sums compared with the
 buffer depths, the cause registered; the split is :func:`bitmos.semantics.faults`' ``stage``), so
 IMEM is read four words ahead and three priming cycles after ``start`` fill the queue (not counted);
-and a compute instruction's busy count, items x per-item cycles + tail, is loaded one cycle after
-its issue from a copy of the issued word and per-item cycles held ready in registers, computed from
-the committed K every cycle (the controller is held meanwhile; every compute instruction takes at
-least 3 cycles, and a SETR of K is committed two cycles before the count is loaded).
+and a compute instruction's busy count, items x per-item cycles + tail, is built in the two cycles
+after its issue (the product, then the sum) from a copy of the issued word and per-item cycles held
+ready in registers, computed from the committed K every cycle (the controller is held meanwhile;
+every compute instruction takes at least 7 cycles, and a SETR of K is committed two cycles before
+the product is taken).
 """
 
 from __future__ import annotations
@@ -159,8 +160,10 @@ class Controller(wiring.Component):
                     for mode in (0, 1)]
             per_item = Mux(f_issued["mode"], held[1][0], held[0][0])
             tail = Mux(f_issued["mode"], held[1][1], held[0][1])
-            busy_of[op] = sem.compute_items(op, f_issued) * per_item + tail - 1   # 1 + n*item + tail, less 2
-        deferred = Signal()
+            busy_of[op] = (sem.compute_items(op, f_issued) * per_item, tail)
+        # two cycles after issue: items x per-item registered in the first, + tail in the second
+        deferred = Signal(2)
+        product, tail_of = Signal(32), Signal(32)
         is_compute = Cat(is_op[op] for op in sem.COMPUTE_OPS).any()
 
         # IMEM's read address: three words past the one ``ir`` holds next cycle
@@ -184,11 +187,14 @@ class Controller(wiring.Component):
             m.d.sync += now.eq(now + 1)
             with m.If(advance):
                 m.d.sync += pc.eq(pc + 1)
-            with m.If(deferred):
-                m.d.sync += deferred.eq(0)
-                for op, cycles in busy_of.items():
+            with m.If(deferred == 1):
+                m.d.sync += [deferred.eq(2), busy_cnt.eq(busy_cnt - 1)]
+                for op, (prod, tail) in busy_of.items():
                     with m.If(issued_is[op]):
-                        m.d.sync += busy_cnt.eq(cycles)
+                        m.d.sync += [product.eq(prod), tail_of.eq(tail)]
+            with m.Elif(deferred == 2):
+                # 1 + n*item + tail cycles from issue: 3 of them have passed when the count starts
+                m.d.sync += [deferred.eq(0), busy_cnt.eq(product + tail_of - 2)]
             with m.Elif(busy_cnt != 0):
                 m.d.sync += busy_cnt.eq(busy_cnt - 1)
             with m.If(self.dma_start):
@@ -201,8 +207,8 @@ class Controller(wiring.Component):
             with m.If(issue):
                 with m.If(is_op[Op.HALT]):
                     m.d.sync += [running.eq(0), self.done.eq(1), self.cycles.eq(now + 1)]
-                with m.If(is_compute):   # held until the deferred count arrives next cycle
-                    m.d.sync += [busy_cnt.eq(1), deferred.eq(1), issued.eq(ir)]
+                with m.If(is_compute):   # held until the deferred count arrives two cycles later
+                    m.d.sync += [busy_cnt.eq(2), deferred.eq(1), issued.eq(ir)]
                 # SETR: the registers as ``regs_after`` has them (the value is legal: it fits; SMUL: its low bits)
                 m.d.sync += [target.eq(regs_after[r]) for r, target in regs.items()]
         return m

@@ -1,9 +1,10 @@
 """ScaleOut: the ``scaleout`` datapath, y = sat32(rshift_round(acc * D * s_out, OSHIFT)) (``formats.scale_output``).
 
 Five register stages from the cycle the OBUF line, the token's META record and the SBUF line of the
-output scale experts arrive (``valid``, for OBUF line ``line``): s0 the gate x scale products and
-acc * D, s1 s_out, s2 acc * D * s_out, s3 the rounding shift, s4 the saturation; the cycle after, the
-C results are written back to that line (``bitmos.semantics.SCALEOUT_PIPELINE`` = 6 counts the read
+output scale experts arrive (``valid``, for OBUF line ``line``): s0 the gate x scale products and the
+line and D registered, s1 s_out and acc * D, s2 acc * D * s_out, s3 the rounding shift, s4 the
+saturation; the cycle after, the C results are written back to that line
+(``bitmos.semantics.SCALEOUT_PIPELINE`` = 6 counts the read
 too). s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
 """
 
@@ -78,12 +79,13 @@ class ScaleOut(wiring.Component):
 
         results = []
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
-            acc_d = reg(acc * self.meta.d, f"acc_d{j}")                                        # s0
+            # the line comes straight from a block RAM (and OBUF's bank select): registered before the
+            # 32 x 33-bit product, which s_out's two stages leave room for
+            acc_d1 = reg(reg(acc, f"acc{j}") * reg(self.meta.d, f"d{j}"), f"acc_d{j}")           # s0, s1
             if E >= 1:
                 s_out = pipelined_mix_scale(m, gates, [s[j] for s in s_out_experts], f"s_out{j}")  # s0, s1
             else:
                 s_out = reg(reg(self.regs.smul, f"smul{j}_s0"), f"s_out{j}")
-            acc_d1 = reg(acc_d, f"acc_d{j}_s1")
             # acc * D * s_out is 32 + 33 + 16 = 81 bits signed; 84 leave room for the rounding half
             scaled = reg(acc_d1 * s_out, f"scaled{j}")                                         # s2
             rounded = reg(rshift_round(scaled, self.regs.oshift, 84), f"rounded{j}")           # s3
