@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from bitmos.model.__main__ import main
 from bitmos.model.checkpoint import SHIPPED, load_shipped, shipped_path
@@ -15,6 +16,18 @@ def test_shipped_student_is_mos4_a8():
     assert (c.scheme, c.experts, c.act_bits) == ("mos", 4, 8)
     assert c.dim % 64 == 0 and c.hidden_dim % 64 == 0
     assert len(model.binarized_linears()) == 7 * c.n_layers
+
+
+@shipped
+def test_shipped_ternary_student_is_ternary_a8():
+    model, meta = load_shipped("student-ternary")
+    c = model.config
+    assert (c.scheme, c.act_bits) == ("ternary", 8) and meta["step"] == meta["train_args"]["steps"]
+    teacher, _ = load_shipped("teacher")
+    assert all(getattr(c, f) == getattr(teacher.config, f) for f in ("dim", "n_layers", "n_heads", "hidden_dim"))
+    trits = torch.cat([m.trits().flatten() for _, m in model.binarized_linears()])
+    zero = (trits == 0).float().mean().item()
+    assert set(trits.unique().tolist()) == {-1.0, 0.0, 1.0} and 0.05 < zero < 0.95
 
 
 @shipped
