@@ -2,8 +2,9 @@
 
 Each student starts from the same float teacher's weights and is distilled (FBI-LLM autoregressive distillation)
 with identical hyper-parameters; only ``scheme``/``experts`` differ. Reported: parameters, deployed bytes
-(1 bit per sign weight, fp16 for everything else, see ``Transformer.packed_bytes``) and validation perplexity on
-the built-in corpus's held-out split, with the activation bits given by ``--act-bits`` (default 8).
+(1 bit per sign weight, 2 bits per ternary weight, fp16 for everything else, see ``Transformer.packed_bytes``) and
+validation perplexity on the built-in corpus's held-out split, with the activation bits given by ``--act-bits``
+(default 8).
 
     python benchmarks/bench_schemes.py --teacher bitmos/model/assets/teacher.safetensors --steps 300
 """
@@ -25,7 +26,7 @@ from bitmos.model.distill import make_student
 from bitmos.model.train import TrainArgs, evaluate, train
 
 RUNS = [("sign", 1), ("bitnet", 1), ("fbi", 1), ("onebit", 1), ("pb", 1),
-        ("mos", 1), ("mos", 2), ("mos", 4), ("mos", 8)]
+        ("mos", 1), ("mos", 2), ("mos", 4), ("mos", 8), ("ternary", 1)]
 BEGIN, END = "<!-- bench_schemes:begin -->", "<!-- bench_schemes:end -->"
 
 

@@ -4,7 +4,7 @@ Modules, small to large:
 
 * :mod:`bitmos.model.config` -- :class:`ModelConfig`, the one dataclass every module takes.
 * :mod:`bitmos.model.quant` -- :func:`quantize_per_token`, the activation quantizer (hardware contract).
-* :mod:`bitmos.model.binarize` -- binarized linear layers for every scheme (sign, fbi, onebit, bitnet, pb, mos).
+* :mod:`bitmos.model.binarize` -- binarized linear layers for every scheme (sign, fbi, onebit, bitnet, pb, mos, ternary).
 * :mod:`bitmos.model.transformer` -- the LLaMA-style decoder (:class:`Transformer`).
 * :mod:`bitmos.model.checkpoint` -- safetensors checkpoints with an embedded JSON config.
 * :mod:`bitmos.model.data` -- tokenizers, the built-in offline corpus, batch sampling.

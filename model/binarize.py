@@ -13,13 +13,16 @@ onebit    v = x*g;         y = (Q(v) B^T) * h                     OneBit (Xu et 
 bitnet    v = LN(x);       y = (Q(v) sign(W-mean W)^T) * mean|W|  BitNet (Wang et al., 2023)
 pb        v = x;           y = Q(v) (m*s_b*B + M*W_int8)^T        PB-LLM (Shang et al., 2023)
 mos       v = x*(G S_in);  y = (Q(v) B^T) * (G S_out)             BinaryMoS (Jo et al., 2024)
+ternary   v = x;           y = (Q(v) T^T) * mean|W|               BitNet b1.58 (Ma et al., 2024)
 ========  =====================================================  ==========================================
 
-(B = sign(W); G = softmax(x W_R^T) per token, or 1 when E = 1; M = salient mask, m = 1 - M.)
+(B = sign(W); G = softmax(x W_R^T) per token, or 1 when E = 1; M = salient mask, m = 1 - M;
+T = RoundClip(W / (mean|W| + eps), -1, 1) in {-1, 0, +1}: the one scheme whose weight is not +-1.)
 
 Hooks: each layer knows its module path (``.path``, e.g. ``layers.0.attn.q_proj``). If ``.override`` is set to a
 callable ``fn(path, module, x) -> y`` the layer returns that instead; ``module.binary_forward(x)`` is always the
-float reference. :meth:`BinarizedLinear.export` gives the hardware view (sign bits, scales, router, act_bits).
+float reference. :meth:`BinarizedLinear.export` gives the hardware view (sign bits, scales, router, act_bits;
+for ``ternary`` also the trits).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class BinarizedLinear(nn.Module):
 
     scheme = "?"
     ste = "identity"
+    bf16_keeps_bits = True   # rounding the latent W to bfloat16 keeps the stored bits (a sign survives rounding);
+                             # False makes ``save_checkpoint(compact=True)`` keep W in float32
 
     def __init__(self, in_features: int, out_features: int, act_bits: int | None = 8):
         super().__init__()
@@ -293,6 +298,63 @@ class MoSLinear(BinarizedLinear):
                 "s_in": self.s_in.detach().clone(), "s_out": self.s_out.detach().clone()}         # (E, d_*)
 
 
+class TernaryLinear(BinarizedLinear):
+    """BitNet b1.58 (Ma et al., 2024, "The Era of 1-bit LLMs: All Large Language Models are in 1.58 Bits",
+    arXiv:2402.17764): ternary weights with one absmean scale per tensor.
+
+    gamma = mean|W| (per tensor), T = RoundClip(W / (gamma + eps), -1, 1) in {-1, 0, +1} with
+    RoundClip(u, a, b) = max(a, min(b, round(u))) (``torch.round``: half to even), y = (Q(x) T^T) * gamma, Q the
+    per-token absmax quantizer at ``act_bits`` (:func:`~bitmos.model.quant.quantize_per_token`, as every scheme).
+
+    Backward: straight through RoundClip (identity, no clipping mask, as the authors' ``w + (quant(w) - w).detach()``);
+    gamma is not differentiated. So dL/dW = gamma / (gamma + eps) * dL/dW_eff with W_eff = gamma * T.
+    Init from a float weight (the teacher's): the latent W is that weight, so the first T is the paper's absmean
+    quantization of it. The stored bit of :meth:`sign_bits` is T >= 0 (a zero trit has sign bit True, like
+    sign(0) = +1 elsewhere); which trits are zero is a second plane, ``export()["nonzero"]``.
+    Deviations from the authors' released training code (the paper's FAQ): it normalizes the input inside
+    BitLinear (here the input is the block's own, RMSNorm before q/k/v/gate/up, so the hardware contract Q(x) is
+    unchanged) and clamps mean|W| at 1e-5 where the paper's formula, used here, adds eps.
+    """
+
+    scheme = "ternary"
+    bf16_keeps_bits = False  # a trit depends on |W| against 0.5 * mean|W|, which bfloat16 rounding can cross
+    eps = 1e-5   # the paper's small epsilon in W / (gamma + eps): an all-zero weight gives T = 0, not NaN
+
+    def scale(self) -> torch.Tensor:
+        """gamma = mean|W| (no gradient: the STE treats it as a constant)."""
+        return self.weight.detach().abs().mean()
+
+    def trits(self) -> torch.Tensor:
+        """float {-1, 0, +1} [d_out, d_in], no gradient."""
+        u = self.weight.detach() / (self.scale() + self.eps)
+        return torch.clamp(torch.round(u), -1, 1)
+
+    def trit_weight(self) -> torch.Tensor:
+        """The trits as used by the matmul, with the straight-through gradient to the latent weight."""
+        u = self.weight / (self.scale() + self.eps)                          # (d_out, d_in)
+        return u + (torch.clamp(torch.round(u.detach()), -1, 1) - u).detach()
+
+    def sign_weight(self):
+        """The matmul's weights: for this scheme {-1, 0, +1}, not +-1 (see :meth:`trit_weight`)."""
+        return self.trit_weight()
+
+    def sign_bits(self):
+        """bool [d_out, d_in]: True where the trit is >= 0 (+1 or 0); the zeros are ``trits() == 0``."""
+        return self.trits() >= 0
+
+    def binary_forward(self, x):
+        v = quantize_per_token(x, self.act_bits)                             # (B, T, d_in)
+        return F.linear(v, self.trit_weight()) * self.scale()                # (B, T, d_out)
+
+    def export(self):
+        """Common keys plus ``trit`` (int8 [d_out, d_in] in {-1, 0, +1}), ``nonzero`` (bool, True where the trit
+        is +-1) and ``scale`` (gamma, float). ``sign`` is True where trit >= 0, so a zero trit has sign True:
+        trit = nonzero * (2 * sign - 1); the chip's two planes are pos = sign & nonzero, neg = ~sign & nonzero."""
+        t = self.trits()
+        return {**super().export(), "trit": t.to(torch.int8), "nonzero": t != 0,
+                "scale": float(self.scale())}
+
+
 def make_linear(config, in_features: int, out_features: int) -> nn.Module:
     """The linear for one decoder-block projection under ``config.scheme`` (nn.Linear for the float teacher)."""
     s, a = config.scheme, config.act_bits
@@ -310,20 +372,25 @@ def make_linear(config, in_features: int, out_features: int) -> nn.Module:
         return PBLinear(in_features, out_features, a, config.pb_fraction)
     if s == "mos":
         return MoSLinear(in_features, out_features, a, config.experts)
+    if s == "ternary":
+        return TernaryLinear(in_features, out_features, a)
     raise AssertionError(f"unknown scheme {s!r}")  # ModelConfig validates the scheme
 
 
 def packed_bytes(module: nn.Module) -> int:
     """Bytes to store a linear on the accelerator: 1 bit per sign weight, fp16 per float parameter,
-    int8 + 2 index bytes per PB-LLM salient weight (and the binary plane kept dense)."""
+    int8 + 2 index bytes per PB-LLM salient weight (and the binary plane kept dense); ternary (BitNet b1.58):
+    2 bits per weight -- the sign plane and the nonzero plane, as the chip will store them (not the 1.58-bit
+    entropy bound; denser packings such as 5 trits per byte need a decoder) -- plus the fp16 scale."""
     if isinstance(module, nn.Linear):
         return module.weight.numel() * 2
     assert isinstance(module, BinarizedLinear), f"not a linear: {type(module).__name__}"
-    n = math.ceil(module.weight.numel() / 8)
+    bits_per_weight = 2 if isinstance(module, TernaryLinear) else 1
+    n = math.ceil(module.weight.numel() * bits_per_weight / 8)
     extra = [p for name, p in module.named_parameters() if name != "weight"]
     n += sum(p.numel() for p in extra) * 2
     if isinstance(module, PBLinear):
         n += int(module.salient_mask().sum()) * 3 + module.out_features * 2
-    if isinstance(module, (SignLinear, BitNetLinear, PBLinear)):
+    if isinstance(module, (SignLinear, BitNetLinear, PBLinear, TernaryLinear)):
         n += 2  # the per-layer scale
     return n

@@ -7,7 +7,9 @@ metadata entry and every tensor (name, dtype, shape, bytes), verified on load, s
 instead of loading changed weights. Version 2 added the checksum; a version 1 file is refused with the command that
 upgrades it (:func:`upgrade_checkpoint`). Tied embeddings (``config.tie_embeddings``) are stored once, under
 ``tok_embeddings.weight``. With ``compact=True`` large tensors (>= 4096 elements) are stored as bfloat16:
-the sign of every latent weight is preserved exactly, so a binarized model's bits do not change.
+the sign of every latent weight is preserved exactly, so a binarized model's bits do not change. The latent
+weights of a ``ternary`` linear stay float32 (rounding W and mean|W| to bfloat16 could move a weight across the
+0.5 * mean|W| threshold and change its trit; see ``BinarizedLinear.bf16_keeps_bits``).
 
 Resumable training state (optimizer, data RNG) goes beside it in ``<name>.trainer.pt`` via :func:`save_trainer_state`,
 read back with ``torch.load(weights_only=True)`` (tensors, numbers and containers only).
@@ -48,15 +50,19 @@ def save_checkpoint(path, model, train_args: dict | None = None, step: int = 0, 
     ``tokenizer`` (a :class:`~bitmos.model.data.BPETokenizer`) is embedded in the metadata; a model whose config
     names a non-byte tokenizer needs one (or the one attached to the model as ``model.tokenizer``).
     """
+    from bitmos.model.binarize import BinarizedLinear
     from bitmos.model.data import check_tokenizer
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     tied = model.tied_keys() if hasattr(model, "tied_keys") else {}
+    # latent weights whose stored bits a bfloat16 rounding could change (ternary): kept float32 under compact
+    exact = {f"{n}.weight" for n, m in model.named_modules()
+             if isinstance(m, BinarizedLinear) and not m.bf16_keeps_bits}
     sd = {}
     for k, v in model.state_dict().items():
         if k in tied:
             continue
         v = v.detach().contiguous().cpu()
-        if compact and v.is_floating_point() and v.numel() >= 4096:
+        if compact and v.is_floating_point() and v.numel() >= 4096 and k not in exact:
             v = v.to(torch.bfloat16)
         sd[k] = v.clone()
     meta = {"format": FORMAT, "version": VERSION, "config": json.dumps(model.config.to_dict()),
@@ -343,11 +349,15 @@ def trainer_state_path(ckpt_path) -> Path:
 # -- shipped checkpoints ---------------------------------------------------------------------------------------
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-SHIPPED = {"teacher": "teacher.safetensors", "student": "student-mos4-a8.safetensors"}
+SHIPPED = {"teacher": "teacher.safetensors", "student": "student-mos4-a8.safetensors",
+           "student-ternary": "student-ternary-a8.safetensors"}
+#: what ``bitmos eval`` without a checkpoint argument evaluates (the pair every hardware command runs)
+SHIPPED_PAIR = ("teacher", "student")
 
 
 def shipped_path(name: str = "student") -> Path:
-    """Path of a checkpoint shipped in ``bitmos/model/assets`` (``"teacher"`` or ``"student"``)."""
+    """Path of a checkpoint shipped in ``bitmos/model/assets``: ``"teacher"`` (float), ``"student"`` (BinaryMoS,
+    E = 4, A8) or ``"student-ternary"`` (BitNet b1.58, A8; no hardware path yet)."""
     if name not in SHIPPED:
         raise FormatError(f"no shipped checkpoint {name!r}; have {sorted(SHIPPED)}")
     return ASSETS / SHIPPED[name]

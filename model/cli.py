@@ -143,10 +143,10 @@ def cmd_distill(args) -> int:
 
 
 def _eval_targets(args):
-    from bitmos.model.checkpoint import SHIPPED, shipped_path
+    from bitmos.model.checkpoint import SHIPPED_PAIR, shipped_path
     if args.checkpoints:
         return [(c, Path(c)) for c in args.checkpoints]
-    return [(name, shipped_path(name)) for name in SHIPPED]
+    return [(name, shipped_path(name)) for name in SHIPPED_PAIR]
 
 
 def cmd_eval(args) -> int:

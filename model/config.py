@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from bitmos.errors import ConfigError
 
-# "float" is the teacher (plain nn.Linear); every other scheme binarizes the seven linears of each decoder block.
-SCHEMES = ("float", "sign", "fbi", "onebit", "bitnet", "pb", "mos")
+# "float" is the teacher (plain nn.Linear); every other scheme binarizes (ternary: ternarizes) the seven linears of
+# each decoder block.
+SCHEMES = ("float", "sign", "fbi", "onebit", "bitnet", "pb", "mos", "ternary")
 
 
 @dataclass

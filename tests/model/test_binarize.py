@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bitmos.model.binarize import (BitNetLinear, FBILinear, MoSLinear, OneBitLinear, PBLinear, SignLinear,
-                                   packed_bytes, rank1_abs, sign_ste)
+                                   TernaryLinear, packed_bytes, rank1_abs, sign_ste)
 from bitmos.model.quant import quantize_per_token
 
 
@@ -150,3 +150,99 @@ def test_packed_bytes_counts_one_bit_per_weight():
     m = MoSLinear(64, 128, experts=4)
     assert packed_bytes(m) == 64 * 128 // 8 + (4 * 64 + 4 * 64 + 4 * 128) * 2
     assert packed_bytes(torch.nn.Linear(64, 128, bias=False)) == 64 * 128 * 2
+
+
+# ---- ternary (BitNet b1.58) ----------------------------------------------------------------------------------------
+
+def _hand_ternary(act_bits=None):
+    """A hand-made 2x4 weight: mean|W| = 1.8 / 8 = 0.225, so the trit thresholds sit at +-0.1125 (and +-0.3375
+    for the clip): 0.4 -> 1.78 -> +1, -0.05 -> -0.22 -> 0, 0.1 -> 0.44 -> 0, -0.3 -> -1.33 -> -1, 0.0 -> 0,
+    0.2 -> 0.89 -> +1, -0.15 -> -0.67 -> -1, 0.6 -> 2.67 -> clipped to +1."""
+    m = TernaryLinear(4, 2, act_bits)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[0.4, -0.05, 0.1, -0.3], [0.0, 0.2, -0.15, 0.6]]))
+    return m
+
+
+def test_ternary_trits_and_scale_on_a_hand_made_weight():
+    m = _hand_ternary()
+    assert m.scale().item() == pytest.approx(0.225, abs=1e-7)
+    assert torch.equal(m.trits(), torch.tensor([[1.0, 0, 0, -1], [0, 1, -1, 1]]))
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 2.0]])
+    # W1A16: y = (x T^T) * gamma = [1 - 4, 2 - 3 + 4] * 0.225 and [-1 - 2, 0.5 + 2] * 0.225
+    expect = torch.tensor([[-3.0, 3.0], [-3.0, 2.5]]) * 0.225
+    assert torch.allclose(m(x), expect, atol=1e-6)
+
+
+def test_ternary_rounding_is_half_to_even_at_the_threshold():
+    m = TernaryLinear(4, 1, None)
+    m.eps = 0.0   # exact arithmetic: mean|W| = 1, W / gamma = W
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[0.5, -0.5, 1.5, 1.5]]))   # mean|W| = 1; round(+-0.5) = 0, round(1.5) = 2 -> 1
+    assert torch.equal(m.trits(), torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("bits", [8, 4, 1])
+def test_ternary_forward_uses_the_per_token_quantizer(bits):
+    m = _hand_ternary(bits)
+    x = torch.randn(2, 3, 4)
+    ref = quantize_per_token(x, bits) @ m.trits().T * 0.225
+    assert torch.allclose(m(x), ref, atol=1e-6)
+    if bits < 8:   # the quantizer is really in the path: the float product differs
+        assert not torch.allclose(m(x), x @ m.trits().T * 0.225, atol=1e-3)
+
+
+def test_ternary_all_zero_weight_is_finite():
+    m = TernaryLinear(4, 2, 8)
+    with torch.no_grad():
+        m.weight.zero_()
+    y = m(torch.randn(3, 4))
+    y.sum().backward()
+    assert torch.equal(y, torch.zeros(3, 2)) and torch.isfinite(m.weight.grad).all()
+
+
+def test_ternary_ste_gradient_reaches_the_latent_weight():
+    m = _hand_ternary(None)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 2.0]])
+    gy = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    m(x).backward(gy)
+    gamma = 0.225
+    # straight through RoundClip (no clipping mask: the clipped 0.6 and the zero trits get gradient too):
+    # dL/dW = gamma / (gamma + eps) * gy^T x
+    expect = gamma / (gamma + m.eps) * gy.T @ x
+    assert torch.allclose(m.weight.grad, expect, atol=1e-6)
+    assert (m.weight.grad != 0).all()
+
+
+def test_ternary_init_from_teacher_is_absmean_quantization():
+    torch.manual_seed(3)
+    w = torch.randn(8, 16) * 0.05
+    m = TernaryLinear(16, 8, 8)
+    m.init_from_weight(w)
+    gamma = w.abs().mean()
+    assert torch.equal(m.weight.detach(), w) and m.scale().item() == pytest.approx(gamma.item())
+    assert torch.equal(m.trits(), torch.clamp(torch.round(w / (gamma + 1e-5)), -1, 1))
+    assert 0 < (m.trits() == 0).float().mean() < 1   # a real ternary weight, not a sign weight
+
+
+def test_ternary_export_keys_and_values():
+    m = _hand_ternary(8)
+    e = m.export()
+    assert set(e) == {"scheme", "in_features", "out_features", "act_bits", "sign", "trit", "nonzero", "scale"}
+    assert (e["scheme"], e["in_features"], e["out_features"], e["act_bits"]) == ("ternary", 4, 2, 8)
+    assert e["trit"].dtype == torch.int8 and torch.equal(e["trit"], torch.tensor([[1, 0, 0, -1], [0, 1, -1, 1]],
+                                                                                  dtype=torch.int8))
+    assert e["nonzero"].dtype == torch.bool and torch.equal(e["nonzero"], e["trit"] != 0)
+    assert e["sign"].dtype == torch.bool and torch.equal(e["sign"], e["trit"] >= 0)   # zero trit: sign True
+    assert e["scale"] == pytest.approx(0.225, abs=1e-7)
+    rebuilt = e["nonzero"].to(torch.int8) * (2 * e["sign"].to(torch.int8) - 1)
+    assert torch.equal(rebuilt, e["trit"])
+    pos, neg = e["sign"] & e["nonzero"], ~e["sign"] & e["nonzero"]
+    p = torch.tensor([[True, False, True, True]])   # one bit plane of an activation
+    popcount_form = (p & pos).sum(-1) - (p & neg).sum(-1)           # the PE form for w in {-1, 0, +1}
+    assert torch.equal(popcount_form, (p.to(torch.int64) @ e["trit"].to(torch.int64).T).squeeze(0))
+
+
+def test_ternary_packed_bytes_two_bits_per_weight_plus_scale():
+    assert packed_bytes(TernaryLinear(64, 128)) == 64 * 128 * 2 // 8 + 2
+    assert packed_bytes(TernaryLinear(3, 3)) == 3 + 2   # 18 bits -> 3 bytes, rounded up

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load as st_load
 
 from bitmos.errors import FormatError
 from bitmos.model.checkpoint import (checkpoint_digest, load_checkpoint, load_trainer_state, read_checkpoint,
@@ -11,7 +12,7 @@ from bitmos.model.transformer import Transformer
 from .model_helpers import tiny_config
 
 
-@pytest.mark.parametrize("scheme", ["float", "mos", "pb", "fbi"])
+@pytest.mark.parametrize("scheme", ["float", "mos", "pb", "fbi", "ternary"])
 def test_round_trip(tmp_path, scheme):
     m = Transformer(tiny_config(scheme=scheme, experts=2, act_bits=4))
     p = tmp_path / "m.safetensors"
@@ -30,6 +31,39 @@ def test_compact_keeps_every_sign(tmp_path):
     for (path, a), (_, b) in zip(m.binarized_linears(), m2.binarized_linears()):
         assert torch.equal(a.sign_bits(), b.sign_bits()), path
     assert p.stat().st_size < 0.7 * sum(v.numel() * 4 for v in m.state_dict().values())
+
+
+def test_ternary_round_trip_keeps_trits_and_scale(tmp_path):
+    m = Transformer(tiny_config(scheme="ternary", act_bits=8))
+    p = tmp_path / "t.safetensors"
+    save_checkpoint(p, m, {"scheme": "ternary"}, step=3)
+    m2, meta = load_checkpoint(p)
+    assert m2.config.scheme == "ternary" and meta["step"] == 3
+    for (path, a), (_, b) in zip(m.binarized_linears(), m2.binarized_linears()):
+        ea, eb = a.export(), b.export()
+        assert torch.equal(ea["trit"], eb["trit"]) and ea["scale"] == eb["scale"], path
+    idx = torch.randint(0, 64, (2, 10))
+    assert torch.equal(m.eval()(idx)[0], m2(idx)[0])
+
+
+def test_compact_keeps_every_trit(tmp_path):
+    """bfloat16 would move weights across 0.5 * mean|W|: compact keeps ternary latents float32 (trits exact)."""
+    m = Transformer(tiny_config(scheme="ternary", dim=64, hidden_dim=128))
+    lin = dict(m.binarized_linears())["layers.0.mlp.up_proj"]
+    with torch.no_grad():   # put weights just beside the threshold, where bfloat16 rounding would cross it
+        gamma = lin.weight.abs().mean()
+        lin.weight[0, :64] = 0.5 * (gamma + lin.eps) * (1 + 1e-4 * torch.linspace(-1, 1, 64))
+        bf16 = lin.weight.detach().to(torch.bfloat16).float()
+        flips = (torch.clamp(torch.round(bf16 / (bf16.abs().mean() + lin.eps)), -1, 1) != lin.trits()).sum()
+    assert flips > 0   # the case the rule is for really happens with bfloat16
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, m, compact=True)
+    m2, _ = load_checkpoint(p)
+    for (path, a), (_, b) in zip(m.binarized_linears(), m2.binarized_linears()):
+        assert torch.equal(a.trits(), b.trits()) and torch.equal(a.weight, b.weight), path
+    raw = st_load(p.read_bytes())
+    assert raw["layers.0.mlp.up_proj.weight"].dtype == torch.float32       # ternary latent: float32
+    assert raw["tok_embeddings.weight"].dtype == torch.bfloat16             # everything else large: compact
 
 
 def test_corrupt_truncated_and_foreign_files(tmp_path):

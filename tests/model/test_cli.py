@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from bitmos.model.__main__ import main
 from bitmos.model.checkpoint import SHIPPED, load_shipped, shipped_path
@@ -15,6 +16,18 @@ def test_shipped_student_is_mos4_a8():
     assert (c.scheme, c.experts, c.act_bits) == ("mos", 4, 8)
     assert c.dim % 64 == 0 and c.hidden_dim % 64 == 0
     assert len(model.binarized_linears()) == 7 * c.n_layers
+
+
+@shipped
+def test_shipped_ternary_student_is_ternary_a8():
+    model, meta = load_shipped("student-ternary")
+    c = model.config
+    assert (c.scheme, c.act_bits) == ("ternary", 8) and meta["step"] == meta["train_args"]["steps"]
+    teacher, _ = load_shipped("teacher")
+    assert all(getattr(c, f) == getattr(teacher.config, f) for f in ("dim", "n_layers", "n_heads", "hidden_dim"))
+    trits = torch.cat([m.trits().flatten() for _, m in model.binarized_linears()])
+    zero = (trits == 0).float().mean().item()
+    assert set(trits.unique().tolist()) == {-1.0, 0.0, 1.0} and 0.05 < zero < 0.95
 
 
 @shipped
@@ -49,3 +62,50 @@ def test_train_tiny_from_cli(tmp_path, text_corpus, capsys):
                  "--hidden-dim", "64", "--max-seq-len", "32", "--steps", "3", "--batch-size", "2",
                  "--seq-len", "16", "--eval-tokens", "256", "--corpus", text_corpus, "--no-progress"]) == 0
     assert out.exists() and "val ppl" in capsys.readouterr().out
+
+
+def _ternary_checkpoint(tmp_path):
+    from bitmos.model.checkpoint import save_checkpoint
+    from bitmos.model.config import ModelConfig
+    from bitmos.model.transformer import Transformer
+    m = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_seq_len=64, scheme="ternary"))
+    path = tmp_path / "ternary.safetensors"
+    save_checkpoint(path, m)
+    return path
+
+
+def test_ternary_student_evaluates(tmp_path, capsys):
+    path = _ternary_checkpoint(tmp_path)
+    assert main(["eval", str(path), "--json", "--max-tokens", "512"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["scheme"] == "ternary" and row["act_bits"] == 8 and row["tokens"] == 512 and row["ppl"] > 1
+
+
+def test_ternary_has_no_hardware_path_one_line_errors(tmp_path, capsys):
+    """Like fbi/bitnet/pb: refused by the export with one line (exit 2), in every command that exports."""
+    from bitmos.app.cli import main as bitmos_main
+    path = _ternary_checkpoint(tmp_path)
+    expect = "scheme 'ternary' has no hardware path yet"
+    for argv in (["export", str(path), "-o", str(tmp_path / "t.bmx")],
+                 ["eval", str(path), "--golden", "--max-tokens", "256"],
+                 ["demo", "--checkpoint", str(path), "--tokens", "1", "--out", str(tmp_path / "demo")],
+                 ["verify", "--checkpoint", str(path), "--tokens", "1"]):
+        assert bitmos_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "t.bmx").exists()
+
+
+@shipped
+def test_scheme_ternary_binarizes_the_float_teacher(capsys):
+    assert main(["eval", str(shipped_path("teacher")), "--scheme", "ternary", "--json", "--max-tokens", "512"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["scheme"] == "ternary" and 1 < row["ppl"] < 256
+
+
+def test_unknown_scheme_is_a_usage_error(tmp_path, capsys):
+    from bitmos.app.cli import main as bitmos_main
+    assert bitmos_main(["distill", "--teacher", "t.safetensors", "--scheme", "trinary",
+                        "--out", str(tmp_path / "s.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'trinary'" in err and "'ternary'" in err and "Traceback" not in err

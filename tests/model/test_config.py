@@ -19,7 +19,7 @@ def test_round_trip():
 @pytest.mark.parametrize("field,value,msg", [
     ("dim", 0, r"ModelConfig.dim must be a positive int, got 0"),
     ("n_heads", 3, r"ModelConfig.dim must be divisible by n_heads=3, got 128"),
-    ("scheme", "ternary", r"ModelConfig.scheme must be one of .*got 'ternary'"),
+    ("scheme", "trinary", r"ModelConfig.scheme must be one of .*'ternary'.*got 'trinary'"),
     ("act_bits", 0, r"ModelConfig.act_bits must be an int in 1..16, or None/'off', got 0"),
     ("act_bits", 17, r"ModelConfig.act_bits .* got 17"),
     ("pb_fraction", 1.0, r"ModelConfig.pb_fraction must be in \[0, 1\), got 1.0"),

@@ -93,7 +93,7 @@ def test_sign_export_is_zero_experts():
         assert 2**13 <= abs(lin.smul) < 2**14
 
 
-@pytest.mark.parametrize("scheme", ["fbi", "bitnet", "pb"])
+@pytest.mark.parametrize("scheme", ["fbi", "bitnet", "pb", "ternary"])
 def test_unsupported_schemes_name_layer_and_scheme(scheme):
     model = student(scheme=scheme)
     with pytest.raises(UnsupportedError, match=rf"layers\.0\.attn\.q_proj.*{scheme}"):
