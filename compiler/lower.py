@@ -40,6 +40,7 @@ UNSUPPORTED_SCHEMES = {
     "fbi": "FBI-LLM's per-channel alpha/beta affine needs a bias-add stage the scale unit lacks",
     "bitnet": "BitNet's parameter-free LayerNorm before quantization has no hardware stage",
     "pb": "PB-LLM's int8 salient weights need a second (8-bit) datapath",
+    "ternary": "ternary weights need a second (nonzero) weight plane and a {-1, 0, +1} PE",
     "float": "the float teacher has no binarized linears",
 }
 

@@ -114,7 +114,7 @@ def test_shape_errors_name_the_layer_and_buffer():
         compile_linear(lin, cfg, 1)
 
 
-@pytest.mark.parametrize("scheme", ["fbi", "bitnet", "pb", "float", "weird"])
+@pytest.mark.parametrize("scheme", ["fbi", "bitnet", "pb", "ternary", "float", "weird"])
 def test_unsupported_schemes(scheme):
     rng = np.random.default_rng(6)
     lin = random_layer(rng, 8, 4, 2, 4, scheme=scheme, name="layers.1.mlp.gate_proj")
