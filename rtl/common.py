@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from amaranth import Const, Mux, Signal, Value
+from amaranth import Const, Module, Mux, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
-__all__ = ["AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
+__all__ = ["Countdown", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
            "pipelined_mix_scale", "addr_bits", "signed_lanes", "expert_lanes"]
 
 
@@ -95,3 +97,24 @@ def signed_lanes(line: Value, count: int, width: int) -> list[Value]:
 def expert_lanes(line: Value, experts: int, cols: int) -> list[list[Value]]:
     """An SBUF line as ``[e][j]``: expert (or router row) e's int16 for lane j is element ``e*cols + j``."""
     return [signed_lanes(line, experts * cols, F.SCALE_BITS)[e * cols:(e + 1) * cols] for e in range(experts)]
+
+
+class Countdown(wiring.Component):
+    """A down-counter whose "is zero" is a register, so a wide zero test is not on the path it gates.
+
+    ``load`` sets the count to ``value``; otherwise a non-zero count goes down by one each cycle.
+    ``zero`` is registered with the count (``value == 0`` on a load, ``count == 1`` on a tick).
+    """
+
+    def __init__(self, width: int):
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"Countdown width must be a positive integer, not {width!r}")
+        super().__init__({"load": In(1), "value": In(width), "count": Out(width), "zero": Out(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.load):
+            m.d.sync += [self.count.eq(self.value), self.zero.eq(self.value == 0)]
+        with m.Elif(~self.zero):
+            m.d.sync += [self.count.eq(self.count - 1), self.zero.eq(self.count == 1)]
+        return m

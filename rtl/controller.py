@@ -11,16 +11,17 @@ the DMA engine and marks it busy for exactly ``dma_cycles``.
 
 Three choices keep the block RAM and the multipliers off the issue path (contract v2, docs/fpga.md),
 none of them visible in the contract's cycles: the instruction issues from an instruction register
-``ir``, not from IMEM's output; its legality is found in the two cycles before, a two-stage pipeline
-behind it (``ir_next2``: the products of count fields and registers, with the registers as the two
-instructions ahead leave them, forwarding their SETRs; ``ir_next``: those sums compared with the
-buffer depths, the cause registered; the split is :func:`bitmos.semantics.faults`' ``stage``), so
-IMEM is read four words ahead and three priming cycles after ``start`` fill the queue (not counted);
-and a compute instruction's busy count, items x per-item cycles + tail, is built in the two cycles
-after its issue (the product, then the sum) from a copy of the issued word and per-item cycles held
+``ir``, not from IMEM's output; its legality is found in a pipeline behind it, a four-word queue
+(``ir_next3``: the registers it will see, as the instructions ahead leave them, are formed as it moves
+up, forwarding one SETR a cycle into ``regs_for2``; ``ir_next2``: the products of count fields and
+those registers; ``ir_next``: those sums compared with the buffer depths, the cause registered; the
+split is :func:`bitmos.semantics.faults`' ``stage``), so IMEM is read five words ahead and four
+priming cycles after ``start`` fill the queue (not counted);
+and a compute instruction's busy count, items x per-item cycles + tail, is built in the three cycles
+after its issue (operands, product, sum) from a copy of the issued word and per-item cycles held
 ready in registers, computed from the committed K every cycle (the controller is held meanwhile;
 every compute instruction takes at least 7 cycles, and a SETR of K is committed two cycles before
-the product is taken).
+the operands are taken).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 from bitmos import isa
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import AMARANTH_OPS, addr_bits, check_config, registered
+from bitmos.rtl.common import AMARANTH_OPS, Countdown, addr_bits, check_config, registered
 from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.layouts import INSTRUCTION
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, LayerRegistersSignature
@@ -98,14 +99,15 @@ class Controller(wiring.Component):
         cfg = self._cfg
 
         running = Signal()
-        priming = Signal(2)      # the three cycles after start fill the instruction queue
+        priming = Signal(3)      # the four cycles after start fill the instruction queue
         now = Signal(CYCLE_BITS)
-        busy_cnt = Signal(32)
-        dma_cnt = Signal(32)
+        m.submodules.busy_count = busy = Countdown(32)   # cycles the issued compute instruction still holds
+        m.submodules.dma_count = dma = Countdown(32)   # cycles the DMA engine is still busy
         pc = self.pc
         ir = Signal(64)          # the instruction at pc: issued this cycle if legal and not stalled
         ir_next = Signal(64)     # pc + 1: its staged legality values are compared this cycle
         ir_next2 = Signal(64)    # pc + 2: its legality values (products) are computed this cycle
+        ir_next3 = Signal(64)    # pc + 3: the registers it will see are found this cycle
         word, word_next, word_next2 = INSTRUCTION(ir), INSTRUCTION(ir_next), INSTRUCTION(ir_next2)
         m.d.comb += [self.running.eq(running | (priming != 0)), self.word.eq(word), self.imem.en.eq(1)]
 
@@ -116,10 +118,10 @@ class Controller(wiring.Component):
         bad_pc = Signal()
         cause = Signal(CAUSE_BITS)   # of ``ir``: pc range now, the others found in the two cycles before
         m.d.comb += bad_pc.eq(pc >= cfg.imem_words)
-        head = running & (busy_cnt == 0)
+        head = running & busy.zero
         dma_op = is_op[Op.LOAD] | is_op[Op.STORE] | is_op[Op.WAIT] | is_op[Op.HALT]
         fault = head & (bad_pc | (cause != 0))
-        stall = head & ~fault & dma_op & (dma_cnt != 0)
+        stall = head & ~fault & dma_op & ~dma.zero
         issue = head & ~fault & ~stall
         advance = issue & ~is_op[Op.HALT]
         m.d.comb += [
@@ -131,14 +133,15 @@ class Controller(wiring.Component):
 
         # ---- legality two instructions ahead: the contract's definitions (bitmos.semantics) on Amaranth
         # values. ``take`` is when the queue moves (an issue, or a priming cycle); the values staged for
-        # ``ir_next2`` then move with it into ``ir_next``. The registers are taken as ``ir`` and
-        # ``ir_next`` will leave them (their SETRs forwarded) without waiting for the issue decision: the
-        # result is only used if they issue, and a stalled queue keeps it (registers change only at issue).
+        # ``ir_next2`` then move with it into ``ir_next``. ``regs_for2`` holds the registers as ``ir`` and
+        # ``ir_next`` will leave them (their SETRs forwarded, a cycle before, as the word entered
+        # ``ir_next2``) without waiting for the issue decision: the result is only used if they issue,
+        # and a stalled queue keeps it (registers change only at issue).
         take = Signal()
         regs_after = self._after_setr(word, regs)           # as ``ir`` leaves them
-        regs_after2 = self._after_setr(word_next, regs_after)  # as ``ir_next`` leaves them
+        regs_for2 = {r: Signal.like(target, name=f"regs_for2_{r.name.lower()}") for r, target in regs.items()}
         next_cause = Signal(CAUSE_BITS)
-        self._legality(m, word_next2, regs_after2, next_cause, take)
+        self._legality(m, word_next2, regs_for2, next_cause, take)
         dma_busy, dma_addr = Signal(32), Signal.like(self.dma_addr)
         fl_next = word_next[Op.LOAD.name.lower()]   # load and store share field positions
         next_busy, next_addr = Signal(32), Signal.like(self.dma_addr)
@@ -146,8 +149,8 @@ class Controller(wiring.Component):
                      next_addr.eq((regs_after[isa.Reg.EBASE] << 6) + fl_next["ext"]),
                      self.dma_addr.eq(dma_addr)]
 
-        # a compute instruction's busy count, loaded the cycle after its issue from ``issued`` and the
-        # per-item and tail cycles of each op and mode, registered from the committed K
+        # a compute instruction's busy count, built in the three cycles after its issue from ``issued``
+        # and the per-item and tail cycles of each op and mode, registered from the committed K
         issued = Signal(64)
         issued_word = INSTRUCTION(issued)
         issued_is = {op: issued_word.opcode == int(op) for op in sem.COMPUTE_OPS}
@@ -160,55 +163,59 @@ class Controller(wiring.Component):
                     for mode in (0, 1)]
             per_item = Mux(f_issued["mode"], held[1][0], held[0][0])
             tail = Mux(f_issued["mode"], held[1][1], held[0][1])
-            busy_of[op] = (sem.compute_items(op, f_issued) * per_item, tail)
-        # two cycles after issue: items x per-item registered in the first, + tail in the second
+            busy_of[op] = (sem.compute_items(op, f_issued), per_item, tail)
+        # after issue: the operands of the op and mode registered, their product, then + tail
         deferred = Signal(2)
-        product, tail_of = Signal(32), Signal(32)
+        items, per_item_of, product, tail_of = Signal(16), Signal(32), Signal(48), Signal(32)
         is_compute = Cat(is_op[op] for op in sem.COMPUTE_OPS).any()
 
-        # IMEM's read address: three words past the one ``ir`` holds next cycle
-        m.d.comb += self.imem.addr.eq(Mux(running, Mux(advance, pc + 4, pc + 3), priming))
+        # IMEM's read address: four words past the one ``ir`` holds next cycle
+        m.d.comb += self.imem.addr.eq(Mux(running, Mux(advance, pc + 5, pc + 4), priming))
 
         m.d.comb += take.eq((priming != 0) | (running & advance))
-        with m.If(take):   # the queue moves: ir <- ir_next (with its cause), ir_next <- ir_next2, <- IMEM
-            m.d.sync += [ir.eq(ir_next), ir_next.eq(ir_next2), ir_next2.eq(self.imem.data),
+        with m.If(take):   # the queue moves: ir <- ir_next (with its cause), ..., ir_next3 <- IMEM
+            m.d.sync += [ir.eq(ir_next), ir_next.eq(ir_next2), ir_next2.eq(ir_next3), ir_next3.eq(self.imem.data),
                          cause.eq(next_cause), dma_busy.eq(next_busy), dma_addr.eq(next_addr)]
+            # ir_next3 moves up: it will see the registers as ir_next2 leaves them
+            after2 = self._after_setr(word_next2, regs_for2)
+            m.d.sync += [regs_for2[r].eq(after2[r]) for r in regs]
 
         with m.If(self.start & ~running & (priming == 0)):
-            m.d.sync += [priming.eq(1), pc.eq(0), now.eq(0), busy_cnt.eq(0), dma_cnt.eq(0), deferred.eq(0),
+            m.d.comb += [busy.load.eq(1), dma.load.eq(1)]   # both to 0 (value's default)
+            m.d.sync += [priming.eq(1), pc.eq(0), now.eq(0), deferred.eq(0),
                          self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
-                         ir.eq(0), ir_next.eq(0), ir_next2.eq(0)]   # NOPs: nothing stale is forwarded
-            m.d.sync += [r.eq(0) for r in regs.values()]
+                         ir.eq(0), ir_next.eq(0), ir_next2.eq(0), ir_next3.eq(0)]   # NOPs: nothing stale is forwarded
+            m.d.sync += [r.eq(0) for r in regs.values()] + [r.eq(0) for r in regs_for2.values()]
         with m.If(priming != 0):
             m.d.sync += priming.eq(priming + 1)
-            with m.If(priming == 3):
+            with m.If(priming == 4):
                 m.d.sync += [priming.eq(0), running.eq(1)]
         with m.If(running):
             m.d.sync += now.eq(now + 1)
             with m.If(advance):
                 m.d.sync += pc.eq(pc + 1)
             with m.If(deferred == 1):
-                m.d.sync += [deferred.eq(2), busy_cnt.eq(busy_cnt - 1)]
-                for op, (prod, tail) in busy_of.items():
+                m.d.sync += deferred.eq(2)
+                for op, (n, per_item, tail) in busy_of.items():
                     with m.If(issued_is[op]):
-                        m.d.sync += [product.eq(prod), tail_of.eq(tail)]
+                        m.d.sync += [items.eq(n), per_item_of.eq(per_item), tail_of.eq(tail)]
             with m.Elif(deferred == 2):
-                # 1 + n*item + tail cycles from issue: 3 of them have passed when the count starts
-                m.d.sync += [deferred.eq(0), busy_cnt.eq(product + tail_of - 2)]
-            with m.Elif(busy_cnt != 0):
-                m.d.sync += busy_cnt.eq(busy_cnt - 1)
+                m.d.sync += [deferred.eq(3), product.eq(items * per_item_of)]
+            with m.Elif(deferred == 3):
+                # 1 + n*item + tail cycles from issue: 4 of them have passed when the count starts
+                m.d.sync += deferred.eq(0)
+                m.d.comb += [busy.load.eq(1), busy.value.eq(product + tail_of - 3)]
             with m.If(self.dma_start):
-                m.d.sync += dma_cnt.eq(dma_busy)
-            with m.Elif(dma_cnt != 0):
-                m.d.sync += dma_cnt.eq(dma_cnt - 1)
+                m.d.comb += [dma.load.eq(1), dma.value.eq(dma_busy)]
             with m.If(fault):
                 m.d.sync += [running.eq(0), self.done.eq(1), self.error.eq(1),
                              self.cause.eq(Mux(bad_pc, isa.CAUSE_PC_RANGE, cause)), self.cycles.eq(now + 1)]
             with m.If(issue):
                 with m.If(is_op[Op.HALT]):
                     m.d.sync += [running.eq(0), self.done.eq(1), self.cycles.eq(now + 1)]
-                with m.If(is_compute):   # held until the deferred count arrives two cycles later
-                    m.d.sync += [busy_cnt.eq(2), deferred.eq(1), issued.eq(ir)]
+                with m.If(is_compute):   # held until the deferred count arrives three cycles later
+                    m.d.sync += [deferred.eq(1), issued.eq(ir)]
+                    m.d.comb += [busy.load.eq(1), busy.value.eq(3)]
                 # SETR: the registers as ``regs_after`` has them (the value is legal: it fits; SMUL: its low bits)
                 m.d.sync += [target.eq(regs_after[r]) for r, target in regs.items()]
         return m

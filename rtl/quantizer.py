@@ -82,8 +82,8 @@ class Quantizer(wiring.Component):
         cfg = self._cfg
         C, k, Q = cfg.cols, cfg.act_bits, cfg.act_qmax
         tags = self._tag_pipeline(m)
-        v = self._values(m)
-        vmax = self._running_max(m, v, tags[3])
+        v, vabs = self._values(m)
+        vmax = self._running_max(m, vabs, tags[3])
         rq = self._reciprocal(m, vmax)
 
         # s3: v * RQ (k >= 2) or the sign (k = 1) of the gathered line
@@ -114,7 +114,8 @@ class Quantizer(wiring.Component):
         return out
 
     def _values(self, m):
-        """v_j of the line in stage s3 (registered at the end of s2)."""
+        """v_j and |v_j| of the line in stage s3 (registered at the end of s2). |v| is formed from the
+        operands' magnitudes, |x| * |s_in|, so no negation follows the product on the max path."""
         cfg = self._cfg
         C, E = cfg.cols, cfg.experts
         x0 = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
@@ -122,24 +123,31 @@ class Quantizer(wiring.Component):
         x2 = [Signal(signed(F.X_BITS), name=f"x{j}_s2") for j in range(C)]
         m.d.sync += [a.eq(b) for a, b in zip(x1, x0)] + [a.eq(b) for a, b in zip(x2, x1)]
         v = [Signal(signed(F.V_BITS), name=f"v{j}") for j in range(C)]
+        vabs = [Signal(F.V_BITS - 1, name=f"vabs{j}") for j in range(C)]   # |v| <= 2^30
+
+        def magnitude(a):
+            return Mux(a < 0, -a, a)[:len(a)]   # |a| of a signed value, as unsigned of the same width
+
         if E == 0:
-            m.d.sync += [v[j].eq(x2[j]) for j in range(C)]
-            return v
+            m.d.sync += [v[j].eq(x2[j]) for j in range(C)] + [vabs[j].eq(magnitude(x2[j])) for j in range(C)]
+            return v, vabs
         s_in = expert_lanes(self.scales, E, C)
         gates = [self.gates[e] for e in range(E)]
         # s0: the gate x scale products, s1: their rounded sum
         mixed = [pipelined_mix_scale(m, gates, [s[j] for s in s_in], f"s_in{j}") for j in range(C)]
         m.d.sync += [v[j].eq(x2[j] * mixed[j]) for j in range(C)]
-        return v
+        m.d.sync += [vabs[j].eq(magnitude(x2[j]) * magnitude(mixed[j])) for j in range(C)]
+        return v, vabs
 
-    def _running_max(self, m, v, tags3):
-        """s3: m = max|v| over the tracked lines of the token (clear: 0)."""
+    def _running_max(self, m, vabs, tags3):
+        """s3: m = max|v| over the tracked lines of the token (clear: 0): the line's lanes by a tree."""
         vmax = Signal(F.V_BITS - 1)   # |v| <= 2^30
         with m.If(tags3[0]):
-            newmax = vmax
-            for a in (Mux(vj < 0, -vj, vj)[:len(vmax)] for vj in v):
-                newmax = Mux(a > newmax, a, newmax)
-            m.d.sync += vmax.eq(newmax)
+            level = list(vabs)
+            while len(level) > 1:
+                pairs = [level[i:i + 2] for i in range(0, len(level), 2)]
+                level = [p[0] if len(p) == 1 else Mux(p[1] > p[0], p[1], p[0]) for p in pairs]
+            m.d.sync += vmax.eq(Mux(level[0] > vmax, level[0], vmax))
         with m.If(self.clear):
             m.d.sync += vmax.eq(0)
         return vmax
