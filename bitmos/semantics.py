@@ -238,8 +238,10 @@ RCP_QUOTIENT_BITS = 16
 #: reciprocal load + RCP_QUOTIENT_BITS iterations, gate products.
 GATES_FIXED = 7 + RCP_QUOTIENT_BITS
 #: Cycles from a scaleout read issue to its write-back: read, the gate x scale products (the line and
-#: D registered), s_out with acc * D, times s_out, rounding shift, saturate, write.
-SCALEOUT_PIPELINE = 6
+#: D registered), s_out with acc * D's limb products, their sum, times s_out's limb products, their
+#: sum, the rounding half added, the shift, saturate, write (each wide product is two stages: one
+#: MULT18X18D per limb pair, then their sum).
+SCALEOUT_PIPELINE = 9
 
 
 def rq_cycles(cfg: AcceleratorConfig) -> int:

@@ -12,7 +12,7 @@ from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
 __all__ = ["Countdown", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
-           "pipelined_mix_scale", "addr_bits", "signed_lanes", "expert_lanes"]
+           "pipelined_mix_scale", "pipelined_product", "pipelined_rshift_round", "addr_bits", "signed_lanes", "expert_lanes"]
 
 
 #: The contract's definitions (bitmos.semantics) evaluated on Amaranth values: a choice is a mux.
@@ -53,6 +53,14 @@ def rshift_round(v: Value, s: Value, width: int) -> Value:
     return ((v.as_signed() + half) >> s)[:width].as_signed()
 
 
+def pipelined_rshift_round(m, v: Value, s: Value, width: int, name: str) -> Signal:
+    """:func:`rshift_round` over two stages: the rounding half added (from a register of ``s``, which
+    must hold still for a cycle before ``v`` arrives: a layer register does), then the shift."""
+    half = registered(m, (Value.cast(1).as_unsigned() << s) >> 1, f"{name}_half")
+    total = registered(m, v.as_signed() + half, f"{name}_sum")
+    return registered(m, (total >> s)[:width].as_signed(), name)
+
+
 def sat(v: Value, bits: int) -> Value:
     """formats.sat: clamp a signed value to ``bits`` bits."""
     hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
@@ -80,6 +88,30 @@ def registered(m, value: Value, name: str) -> Signal:
     reg = Signal(value.shape(), name=name)
     m.d.sync += reg.eq(value)
     return reg
+
+
+#: Limb width of :func:`pipelined_product`: a 17-bit unsigned limb is an 18-bit signed DSP operand.
+PRODUCT_LIMB_BITS = 17
+
+
+def _limbs(v: Value) -> list[tuple[int, Value]]:
+    """(bit offset, limb) of ``v`` in PRODUCT_LIMB_BITS pieces, low ones unsigned, a signed value's top one signed."""
+    v = Value.cast(v)
+    n, signed = len(v), v.shape().signed
+    out = []
+    for lo in range(0, n, PRODUCT_LIMB_BITS):
+        hi = min(lo + PRODUCT_LIMB_BITS, n)
+        out.append((lo, v[lo:hi].as_signed() if signed and hi == n else v[lo:hi]))
+    return out
+
+
+def pipelined_product(m, a: Value, b: Value, name: str) -> Signal:
+    """``a * b`` over two stages, exact: every limb x limb product (one MULT18X18D each) is registered,
+    then their shifted sum (the value is out two cycles after its inputs). A wide product in one
+    stage is several DSP blocks and an adder tree, the longest path of the scale unit otherwise."""
+    terms = [registered(m, la * lb, f"{name}_p{i}_{j}") << (oa + ob)
+             for i, (oa, la) in enumerate(_limbs(a)) for j, (ob, lb) in enumerate(_limbs(b))]
+    return registered(m, sum(terms[1:], terms[0]), name)
 
 
 def pipelined_mix_scale(m, gates, scales, name: str) -> Signal:

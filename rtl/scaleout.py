@@ -1,10 +1,11 @@
 """ScaleOut: the ``scaleout`` datapath, y = sat32(rshift_round(acc * D * s_out, OSHIFT)) (``formats.scale_output``).
 
-Five register stages from the cycle the OBUF line, the token's META record and the SBUF line of the
-output scale experts arrive (``valid``, for OBUF line ``line``): s0 the gate x scale products and the
-line and D registered, s1 s_out and acc * D, s2 acc * D * s_out, s3 the rounding shift, s4 the
+Eight register stages from the cycle the OBUF line, the token's META record and the SBUF line of the
+output scale experts arrive (``valid``, for OBUF line ``line``): s0 the line and D registered and the
+gate x scale products, s1 s_out and the limb products of acc * D, s2 their sum, s3 the limb
+products of acc * D * s_out, s4 their sum, s5 the rounding half added, s6 the shift, s7 the
 saturation; the cycle after, the C results are written back to that line
-(``bitmos.semantics.SCALEOUT_PIPELINE`` = 6 counts the read
+(``bitmos.semantics.SCALEOUT_PIPELINE`` = 9 counts the read
 too). s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
 """
 
@@ -16,9 +17,10 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In
 
 from bitmos import formats as F
+from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import (addr_bits, check_config, expert_lanes, pipelined_mix_scale, registered,
-                               rshift_round, sat, signed_lanes)
+from bitmos.rtl.common import (addr_bits, check_config, expert_lanes, pipelined_mix_scale, pipelined_product,
+                               pipelined_rshift_round, registered, sat, signed_lanes)
 from bitmos.rtl.layouts import meta_layout
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -29,7 +31,7 @@ LINE_BITS = 24
 
 
 class ScaleOut(wiring.Component):
-    """Output scaling of C lanes per cycle, five stages and the write-back.
+    """Output scaling of C lanes per cycle, eight stages and the write-back.
 
     Parameters
     ----------
@@ -79,19 +81,19 @@ class ScaleOut(wiring.Component):
 
         results = []
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
-            # the line comes straight from a block RAM (and OBUF's bank select): registered before the
-            # 32 x 33-bit product, which s_out's two stages leave room for
-            acc_d1 = reg(reg(acc, f"acc{j}") * reg(self.meta.d, f"d{j}"), f"acc_d{j}")           # s0, s1
+            # the line comes straight from a block RAM (and OBUF's bank select): registered first
+            acc_d = pipelined_product(m, reg(acc, f"acc{j}"), reg(self.meta.d, f"d{j}"), f"acc_d{j}")  # s0-s2
             if E >= 1:
                 s_out = pipelined_mix_scale(m, gates, [s[j] for s in s_out_experts], f"s_out{j}")  # s0, s1
             else:
-                s_out = reg(reg(self.regs.smul, f"smul{j}_s0"), f"s_out{j}")
+                s_out = reg(reg(self.regs.smul, f"smul{j}_s0"), f"smul{j}_s1")
+            s_out = reg(s_out, f"s_out{j}_s2")
+            scaled = pipelined_product(m, acc_d, s_out, f"scaled{j}")                          # s3, s4
             # acc * D * s_out is 32 + 33 + 16 = 81 bits signed; 84 leave room for the rounding half
-            scaled = reg(acc_d1 * s_out, f"scaled{j}")                                         # s2
-            rounded = reg(rshift_round(scaled, self.regs.oshift, 84), f"rounded{j}")           # s3
-            results.append(reg(sat(rounded, F.OUT_BITS), f"y{j}"))                             # s4
+            rounded = pipelined_rshift_round(m, scaled, self.regs.oshift, 84, f"rounded{j}")  # s5, s6
+            results.append(reg(sat(rounded, F.OUT_BITS), f"y{j}"))                             # s7
         valid, line = self.valid, self.line
-        for s in range(5):
+        for s in range(sem.SCALEOUT_PIPELINE - 1):
             valid, line = reg(valid, f"valid_s{s}"), reg(line, f"line_s{s}")
         m.d.comb += [self.obuf_w.addr.eq(line), self.obuf_w.data.eq(Cat(results)), self.obuf_w.en.eq(valid)]
         return m

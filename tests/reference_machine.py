@@ -132,7 +132,7 @@ class ReferenceMachine:
             t_tile = max(steps + C, drain_rows)
             return 1 + ins["ntiles"] * t_tile + 2 + min(steps + C, drain_rows) + 2
         if ins.op is Op.SCALEOUT:
-            return 1 + ins["ntiles"] * ins["ntok"] + 6
+            return 1 + ins["ntiles"] * ins["ntok"] + 9
         return 1
 
     def step_time(self, ins) -> None:

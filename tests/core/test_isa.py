@@ -157,7 +157,7 @@ def test_cycle_formulas_by_hand():
     mm2 = Instruction.make("matmul", mode="token", q=0, w=0, o=0, ntiles=2)
     assert semantics.compute_cycles(mm2, d, 3) == 1 + 2 * 8 + 7
     so = Instruction.make("scaleout", mode="token", o=0, s=0, meta=0, ntok=4, ntiles=3)
-    assert semantics.compute_cycles(so, c, K) == 1 + 12 + 6   # read, five stages, write-back
+    assert semantics.compute_cycles(so, c, K) == 1 + 12 + 9   # read, eight stages, write-back
     assert semantics.dma_cycles(10, 128, c) == 20 + 20
 
 

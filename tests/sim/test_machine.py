@@ -92,12 +92,12 @@ class TestTiming(unittest.TestCase):
             quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*133 = 267
             quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 127 = 128
             matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*8 + 8 = 33
-            scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 6 = 13
+            scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 9 = 16
             halt
         """)
         r = run_both(SMALL, words)
-        self.assertEqual(list(r.trace.issue), [0, 1, 268, 396, 429, 442])
-        self.assertEqual(r.cycles, 443)
+        self.assertEqual(list(r.trace.issue), [0, 1, 268, 396, 429, 445])
+        self.assertEqual(r.cycles, 446)
 
     def test_timeline_class_agrees(self):
         for seed in range(5):
@@ -151,7 +151,7 @@ class TestErrors(unittest.TestCase):
         self.check(f"setr K 1024\nmatmul mode=plane w={dW - 32} ntiles=2", CAUSE_BUFFER_RANGE, 1, 2,
                    match="WBUF")
         self.check(f"scaleout mode=token o={dO - 4} ntok=4 ntiles=1\n"
-                   f"scaleout mode=token o={dO - 4} ntok=4 ntiles=2", CAUSE_BUFFER_RANGE, 1, (1 + 1 * 4 + 6) + 1)
+                   f"scaleout mode=token o={dO - 4} ntok=4 ntiles=2", CAUSE_BUFFER_RANGE, 1, (1 + 1 * 4 + 9) + 1)
         self.check(f"setr K 32\nsetr SIN {SMALL.depth('S') - 1}\nquant x=0 ntok=1", CAUSE_BUFFER_RANGE, 2,
                    3, match="s_in")
         self.check(f"setr K 32\nquant meta={SMALL.meta_tokens - 1} ntok=2", CAUSE_BUFFER_RANGE, 1, 2,
