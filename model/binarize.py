@@ -191,6 +191,8 @@ class OneBitLinear(BinarizedLinear):
 class BitNetLinear(BinarizedLinear):
     """BitNet BitLinear: parameter-free LayerNorm, absmax per-token activations, sign(W - mean W) * mean|W|."""
 
+    bf16_keeps_bits = False  # sign(W - mean W): bfloat16 rounding moves weights near the mean across it
+
     scheme = "bitnet"
     ln_eps = 1e-5
 
@@ -215,6 +217,8 @@ class BitNetLinear(BinarizedLinear):
 
 class PBLinear(BinarizedLinear):
     """PB-LLM: the top ``fraction`` of |W| kept as per-row absmax int8, the rest sign(W) * mean|W_rest|."""
+
+    bf16_keeps_bits = False  # the salient set (top |W|) and its int8 values move under bfloat16 rounding
 
     scheme = "pb"
 
