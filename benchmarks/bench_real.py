@@ -127,9 +127,9 @@ def run(args) -> int:
         budgets = [0]
     if not budgets or min(budgets) < 1:
         raise BitmosUserError(f"--distill-tokens: positive token counts, comma separated; got {args.distill_tokens!r}")
-    t0 = time.time()
+    t0 = time.perf_counter()
     teacher, _ = load_any(args.teacher)
-    load_s = time.time() - t0
+    load_s = time.perf_counter() - t0
     tok = teacher.tokenizer
     _, val_text = load_corpus(args.corpus, args.cache_dir)
     val = encode_corpus(val_text, tok)
@@ -142,31 +142,32 @@ def run(args) -> int:
     print(f"teacher {args.teacher} loaded in {load_s:.0f} s; {x.size(0)} windows of {seq} tokens "
           f"(validation: {val.numel()} tokens, {setup['val_bytes']} bytes)", flush=True)
 
-    t = time.time()
+    t = time.perf_counter()
     t_ev = measure(teacher, x, y, bpt)
     ref = t_ev["argmax"]
-    rows = [row("teacher", teacher, t_ev, time.time() - t)]
+    t_row = row("teacher", teacher, t_ev, time.perf_counter() - t)
+    rows = [t_row]
     data = {"setup": setup, "rows": rows}
     if args.append:
-        data, rows = appended(args.append, setup, rows[0])
+        data, rows = appended(args.append, setup, t_row)
 
     def save_json():   # after every row: a run stopped early keeps what it measured (--render draws it)
         if args.json:
-            setup["total_s"] = time.time() - t0
+            setup["total_s"] = time.perf_counter() - t0
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
 
     save_json()
-    print(f"teacher: ppl {t_ev['ppl']:.3f}, bpb {t_ev['bpb']:.4f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+    print(f"teacher: ppl {t_ev['ppl']:.3f}, bpb {t_ev['bpb']:.4f} ({t_row['seconds']:.0f} s)", flush=True)
     for scheme in schemes:
         if args.append:
             break      # the no-training rows are the earlier run's
-        t = time.time()
+        t = time.perf_counter()
         torch.manual_seed(args.seed)   # MoS routers start from nn.Linear's random init
         student = make_student(teacher, scheme, act_bits=act_bits).eval()
-        init_s = time.time() - t
+        init_s = time.perf_counter() - t
         ev = measure(student, x, y, bpt, ref)
-        rows.append(row(scheme, student, ev, time.time() - t, init_s=init_s, trained_tokens=0))
+        rows.append(row(scheme, student, ev, time.perf_counter() - t, init_s=init_s, trained_tokens=0))
         print(f"{scheme}: ppl {ev['ppl']:.1f}, bpb {ev['bpb']:.4f}, agree {ev['agree']:.4f} "
               f"(init {init_s:.0f} s, total {rows[-1]['seconds']:.0f} s)", flush=True)
         save_json()
@@ -203,15 +204,15 @@ def distill_one(args, scheme, budget, teacher, tok, act_bits, x, y, bpt, ref, ro
                       eval_tokens=args.distill_seq_len, corpus=args.corpus, cache_dir=args.cache_dir,
                       teacher=str(args.teacher), train_only=args.train, hidden_weight=args.hidden_weight,
                       compact=True, progress=False)
-    t = time.time()
+    t, cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(args.seed)
     student = make_student(teacher, scheme, act_bits=act_bits)
     res = train(student.config, targs, teacher=teacher, model=student, tokenizer=tok)
-    train_s = time.time() - t
+    train_s, train_cpu_s = time.perf_counter() - t, time.process_time() - cpu
     ev = measure(res["model"], x, y, bpt, ref)
-    rows.append(row(f"{scheme} + distill", res["model"], ev, time.time() - t,
+    rows.append(row(f"{scheme} + distill", res["model"], ev, time.perf_counter() - t,
                     trained_tokens=steps * per_step, hidden_weight=args.hidden_weight,
-                    train_s=train_s, train=args.train, steps=steps, batch=args.distill_batch,
+                    train_s=train_s, train_cpu_s=train_cpu_s, train=args.train, steps=steps, batch=args.distill_batch,
                     train_seq_len=args.distill_seq_len, lr=args.distill_lr, final_loss=res["train"]["loss"]))
     print(f"{scheme} after {steps * per_step} tokens ({args.train}, {train_s / 60:.1f} min): ppl {ev['ppl']:.2f}, "
           f"agree {ev['agree']:.4f}", flush=True)
@@ -266,11 +267,15 @@ def render(data) -> str:
                      f"{r['train_seq_len']}), `--train {r['train']}`"
                      f"{', hidden-state MSE weight ' + format(r['hidden_weight'], 'g') if r.get('hidden_weight') else ''}"
                      f", lr {r['lr']}, {r['train_s'] / 60:.1f} minutes "
-                     f"of training on {s['threads']} thread(s) (final training loss {r['final_loss']:.3f}).")
+                     f"of training on {s['threads']} thread(s){_cpu(r)} (final training loss {r['final_loss']:.3f}).")
     lines.append("'wall s' = binarize (scheme init) + evaluation (+ training): wall time, not a speed measurement. "
                  "Greedy agreement = fraction of positions where the model's argmax next token equals the "
                  "teacher's.")
     return "\n".join(lines)
+
+
+def _cpu(r) -> str:
+    return f" ({r['train_cpu_s'] / 60:.1f} CPU minutes)" if r.get("train_cpu_s") is not None else ""
 
 
 def _label(r) -> str:
