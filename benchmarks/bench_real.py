@@ -198,7 +198,8 @@ def distill_one(args, scheme, budget, teacher, tok, act_bits, x, y, bpt, ref, ro
     """FBI-LLM distillation of ``scheme``'s student (from its init) for ``budget`` tokens; appends its row."""
     per_step = args.distill_batch * args.distill_seq_len
     steps = max(1, -(-budget // per_step))
-    targs = TrainArgs(out=f"{args.work}/{scheme}-{args.train}-{steps * per_step}tok.safetensors", steps=steps,
+    name = f"{scheme}-{args.train}{f'-hidden{args.hidden_weight:g}' if args.hidden_weight else ''}-{steps * per_step}tok"
+    targs = TrainArgs(out=f"{args.work}/{name}.safetensors", steps=steps,
                       batch_size=args.distill_batch, seq_len=args.distill_seq_len, lr=args.distill_lr,
                       warmup=max(1, steps // 10), seed=args.seed, eval_interval=0, ckpt_interval=0,
                       eval_tokens=args.distill_seq_len, corpus=args.corpus, cache_dir=args.cache_dir,
