@@ -198,7 +198,8 @@ def distill_one(args, scheme, budget, teacher, tok, act_bits, x, y, bpt, ref, ro
     """FBI-LLM distillation of ``scheme``'s student (from its init) for ``budget`` tokens; appends its row."""
     per_step = args.distill_batch * args.distill_seq_len
     steps = max(1, -(-budget // per_step))
-    name = f"{scheme}-{args.train}{f'-hidden{args.hidden_weight:g}' if args.hidden_weight else ''}-{steps * per_step}tok"
+    hidden = f"-hidden{args.hidden_weight:g}" if args.hidden_weight else ""
+    name = f"{scheme}-{args.train}{hidden}-{steps * per_step}tok"
     targs = TrainArgs(out=f"{args.work}/{name}.safetensors", steps=steps,
                       batch_size=args.distill_batch, seq_len=args.distill_seq_len, lr=args.distill_lr,
                       warmup=max(1, steps // 10), seed=args.seed, eval_interval=0, ckpt_interval=0,
@@ -266,13 +267,17 @@ def render(data) -> str:
     for r in dist:
         lines.append(f"`{_label(r)}`: {r['trained_tokens']:,} training tokens ({r['steps']} steps of {r['batch']} x "
                      f"{r['train_seq_len']}), `--train {r['train']}`"
-                     f"{', hidden-state MSE weight ' + format(r['hidden_weight'], 'g') if r.get('hidden_weight') else ''}"
+                     f"{_hidden(r)}"
                      f", lr {r['lr']}, {r['train_s'] / 60:.1f} minutes "
                      f"of training on {s['threads']} thread(s){_cpu(r)} (final training loss {r['final_loss']:.3f}).")
     lines.append("'wall s' = binarize (scheme init) + evaluation (+ training): wall time, not a speed measurement. "
                  "Greedy agreement = fraction of positions where the model's argmax next token equals the "
                  "teacher's.")
     return "\n".join(lines)
+
+
+def _hidden(r) -> str:
+    return f", hidden-state MSE weight {r['hidden_weight']:g}" if r.get("hidden_weight") else ""
 
 
 def _cpu(r) -> str:

