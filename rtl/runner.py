@@ -12,6 +12,10 @@ Two modes (same cases, same report):
   program, the clock runs in the simulator's C++/VPI layer.
 * ``"edge"``: the bare accelerator with the Python memory model awaited on every clock edge
   (the original bench, kept for debugging; 20-100x slower on Verilator).
+* ``"native"`` (Verilator only): the same wrapper under a C++ ``main`` (:mod:`bitmos.rtl.native_bench`),
+  no Python and no cocotb in the simulation loop; the cleared model is snapshotted once and
+  restored before each program instead of a clear per program. Same cases, same report, compared
+  in Python with the same messages.
 
 Every failure of the HDL toolchain (emit, compile, simulator crash, missing report) raises
 :class:`bitmos.rtl.tools.RTLToolchainError` naming the step and its log file.
@@ -32,7 +36,7 @@ from bitmos.rtl.tools import RTLToolchainError, available_simulators, setup_veri
 #: Verilator flags for Amaranth's output; every waiver is explained in docs/rtl.md.
 VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2",
                         "--x-assign", "fast", "--x-initial", "fast"]
-MODES = ("fast", "edge")
+MODES = ("fast", "edge", "native")
 #: Backdoor row width of the memory model per simulator: wide rows make loading cheap (one VPI access
 #: per row) but every cycle's beat select and byte-enable write work on two rows, which Icarus
 #: evaluates bit by bit (small, 15 hand programs: 29 s with 64-byte rows, 24 s with 8-byte rows).
@@ -100,7 +104,8 @@ def _source_stamp(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: 
     import bitmos
     import bitmos.rtl
     h = hashlib.sha256(f"{cfg.fingerprint()} {mode} {mem_bytes} {row_bytes} {amaranth.__version__}".encode())
-    bench_files = {"cocotb_bench.py", "runner.py", "tools.py", "cli.py"}   # not part of the design
+    # not part of the design (the native bench's C++ main is in the build key instead)
+    bench_files = {"cocotb_bench.py", "runner.py", "tools.py", "cli.py", "native_bench.py"}
     for pkg in (bitmos, bitmos.rtl):
         for p in sorted(Path(pkg.__file__).parent.glob("*.py")):
             if pkg is bitmos or p.name not in bench_files:
@@ -124,7 +129,7 @@ def _emit(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpa
         new_v, _ = emit(cfg, vpath.parent.parent / "emit")
         text = new_v.read_text()
     else:
-        text = testbed_verilog(cfg, mem_bytes=mem_bytes, row_bytes=row_bytes)
+        text = testbed_verilog(cfg, mem_bytes=mem_bytes, row_bytes=row_bytes, bench_top=mode == "fast")
     if not vpath.exists() or vpath.read_text() != text:
         write_text_atomic(vpath, text)
     write_text_atomic(stamp_path, stamp)
@@ -145,6 +150,10 @@ def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | 
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode == "native":
+        if sim != "verilator":
+            raise ValueError(f"mode 'native' runs on Verilator only, not {sim!r} (use mode 'fast' there)")
+        return build_native(cfg, build_root=build_root, mem_bytes=mem_bytes)
     if sim == "verilator":
         setup_verilator()
     if sim not in available_simulators():
@@ -198,6 +207,106 @@ def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | 
     return runner, bdir, top
 
 
+#: The native bench's executable (Verilator's name for the model's top, in the build's obj_dir).
+NATIVE_TOP = "bitmos_testbed"
+
+
+def build_native(cfg: AcceleratorConfig, *, build_root: Path | None = None, mem_bytes: int = DEFAULT_MEM_BYTES):
+    """Emit the wrapper and compile it with the native C++ main (reused while nothing changed).
+
+    Returns ``(executable, build_dir, top)``; raises RTLToolchainError (one line, with the log path).
+    """
+    import subprocess
+
+    from bitmos.fileio import write_text_atomic
+    from bitmos.rtl.native_bench import MAIN_CPP
+
+    if setup_verilator() is None:
+        raise RTLToolchainError("Verilator is not available here (the native bench needs it); "
+                                "install the 'dev' extra")
+    root = Path(build_root).resolve() if build_root else default_build_root()
+    row_bytes = row_bytes_for(cfg, "verilator")
+    bdir = root / "verilator" / cfg.name / f"{cfg.fingerprint()}-native-{mem_bytes >> 10}KiB-row{row_bytes}"
+    vdir = bdir / "src"
+    vdir.mkdir(parents=True, exist_ok=True)
+    vpath = vdir / f"{NATIVE_TOP}_{cfg.name}.v"
+    try:
+        stamp = _emit(cfg, "native", mem_bytes, row_bytes, vpath)
+    except Exception as exc:
+        import traceback
+        log = bdir / "emit.log"
+        log.write_text("".join(traceback.format_exception(exc)))
+        raise RTLToolchainError(f"emitting the native design of config {cfg.name!r} failed "
+                                f"({type(exc).__name__}); log: {log}") from None
+    main = vdir / "native_main.cpp"
+    if not main.exists() or main.read_text() != MAIN_CPP:
+        write_text_atomic(main, MAIN_CPP)
+    obj = bdir / "obj_dir"
+    exe = obj / f"V{NATIVE_TOP}"
+    args = VERILATOR_BUILD_ARGS + ["--cc", "--exe", "--build", "-j", "2",
+                                   "--top-module", NATIVE_TOP, "-Mdir", str(obj), str(vpath), str(main)]
+    built_key = json.dumps([stamp, args, hashlib.sha256(MAIN_CPP.encode()).hexdigest()])
+    built_path = bdir / "built.json"
+    if exe.exists() and built_path.exists() and built_path.read_text() == built_key:
+        return exe, bdir, NATIVE_TOP
+    log = bdir / "build.log"
+    env = dict(os.environ)
+    # the wheel's verilated.mk compiles the model with -Os; -O2 as for the fast bench
+    env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} OPT_FAST=-O2".strip()
+    if built_path.exists():
+        built_path.unlink()
+    try:
+        with open(log, "w") as f:
+            proc = subprocess.run(["verilator", *args], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=bdir)
+    except OSError as exc:
+        raise RTLToolchainError(f"building the native Verilator model of config {cfg.name!r} failed "
+                                f"({exc}); log: {log}") from None
+    if proc.returncode != 0 or not exe.exists():
+        raise RTLToolchainError(f"building the native Verilator model of config {cfg.name!r} failed "
+                                f"(verilator exited with {proc.returncode}); log: {log}")
+    built_path.write_text(built_key)
+    return exe, bdir, NATIVE_TOP
+
+
+def _run_native(cfg: AcceleratorConfig, cases: Sequence[Case], work: Path, *, build_root, mem_bytes: int,
+                max_cycles: int | None = None) -> dict[str, Any]:
+    import subprocess
+    import time
+
+    from bitmos.rtl import native_bench as nb
+
+    exe, bdir, _ = build_native(cfg, build_root=build_root, mem_bytes=mem_bytes)
+    row_bytes = row_bytes_for(cfg, "verilator")
+    jpath, rpath, log = work / "job.bin", work / "results.bin", work / "sim.log"
+    if rpath.exists():
+        rpath.unlink()
+    nb.write_job(jpath, cases, mem_bytes, row_bytes)
+    cmd = [str(exe), str(jpath), str(rpath), str(max_cycles or nb.DEFAULT_MAX_CYCLES)]
+    t0 = time.perf_counter()
+    try:
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=work)
+    except OSError as exc:
+        raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} could not start ({exc}); "
+                                f"log: {log}") from None
+    launch_s = time.perf_counter() - t0
+    if proc.returncode != 0 or not rpath.exists():
+        raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} failed (exit code "
+                                f"{proc.returncode}, crashed or aborted); log: {log}")
+    try:
+        raw, trailer = nb.read_results(rpath, len(cases))
+    except (nb.ResultsError, OSError) as exc:
+        raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} wrote no usable results "
+                                f"({exc}); log: {log}") from None
+    results, failures = nb.compare(cases, raw, mem_bytes)
+    with open(log, "a") as f:
+        for line in failures:
+            f.write(f"FAIL {line}\n")
+    report = {"programs": len(cases), "failures": failures, "results": results, "launch_s": launch_s, **trailer}
+    (work / "report.json").write_text(json.dumps(report))
+    return report
+
+
 def run_cases(cfg: AcceleratorConfig, cases: Sequence[Case], workdir: str | Path, *, sim: str = "verilator",
               build_root: Path | None = None, waves: bool = False, mode: str = "fast") -> dict[str, Any]:
     """Run every case on the RTL in one simulator process; returns the bench's report (per-case results).
@@ -211,6 +320,16 @@ def run_cases(cfg: AcceleratorConfig, cases: Sequence[Case], workdir: str | Path
         if not 1 <= len(c.words) <= cfg.imem_words:
             raise ValueError(f"{c.name}: {len(c.words)} program words; IMEM holds 1..{cfg.imem_words}")
     mem_bytes = model_bytes(cases)
+    if mode == "native":
+        if sim != "verilator":
+            raise ValueError(f"mode 'native' runs on Verilator only, not {sim!r} (use mode 'fast' there)")
+        if waves:
+            raise ValueError("the native bench dumps no waveforms: use mode 'fast' with waves")
+        work = Path(workdir).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        report = _run_native(cfg, cases, work, build_root=build_root, mem_bytes=mem_bytes)
+        report.update(mode=mode, simulator=sim, log=str(work / "sim.log"), mem_bytes=mem_bytes)
+        return report
     runner, bdir, top = build(cfg, sim=sim, build_root=build_root, waves=waves, mode=mode, mem_bytes=mem_bytes)
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
