@@ -183,7 +183,10 @@ int main(int argc, char** argv) {
         auto td = clk::now();
         const uint64_t cycles = top->cycles;
         run_cycles += cycles;
-        const uint64_t lo = top->written_lo, hi = top->written_hi;
+        // a request beyond the model (range_fault, reported as a failure) wraps inside the banks:
+        // read back no further than the model, and zero all of it before the next program
+        const uint64_t lo = std::min<uint64_t>(top->written_lo, mem_bytes);
+        const uint64_t hi = std::min<uint64_t>(top->written_hi, mem_bytes);
         wr<uint64_t>(out, cycles);
         wr<uint8_t>(out, top->error);
         wr<uint8_t>(out, top->cause);
@@ -199,7 +202,7 @@ int main(int argc, char** argv) {
             std::fwrite(row.data() + off, 1, n, out);
             a += n;
         }
-        dirty = std::max<uint64_t>(nbytes, lo < hi ? hi : 0);
+        dirty = top->range_fault ? mem_bytes : std::max<uint64_t>(nbytes, lo < hi ? hi : 0);
         top->go = 0;
         top->no_clear = 0;
         auto te = clk::now();

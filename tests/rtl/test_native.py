@@ -130,3 +130,4 @@ def test_results_file_truncation_is_detected(tmp_path):
     path.write_bytes(native_bench.MAGIC_RESULTS + (1).to_bytes(4, "little") + bytes(10))
     with pytest.raises(native_bench.ResultsError):
         native_bench.read_results(path, 1)
+
