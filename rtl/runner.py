@@ -5,7 +5,7 @@ program's memory image and the expected result (final external memory, cycles, e
 normally from the simulator; :mod:`bitmos.rtl.cocotb_bench` runs a whole batch in one simulator
 process and reports per program.
 
-Two modes (same cases, same report):
+Three modes (same cases, same report):
 
 * ``"fast"`` (default): the design is :class:`bitmos.rtl.testbed.ProgramTestbed` (the accelerator
   with an HDL external-memory model and host sequencer); cocotb touches it a few times per

@@ -125,6 +125,22 @@ def test_native_bench_failure_is_one_line_with_the_log(tmp_path, monkeypatch):
     assert "not a job file" in (tmp_path / "sim.log").read_text()
 
 
+def test_native_build_failure_is_one_line_with_the_log(tmp_path, monkeypatch):
+    """Verilator rejecting the design ends in one RTLToolchainError line naming build.log."""
+    cfg = preset_config("tiny")
+
+    def broken_emit(cfg, mode, mem_bytes, row_bytes, vpath):
+        vpath.write_text("module bitmos_testbed(; endmodule\n")
+        return "broken"
+    monkeypatch.setattr(runner, "_emit", broken_emit)
+    with pytest.raises(RTLToolchainError) as exc:
+        runner.build(cfg, mode="native", build_root=tmp_path / "build")
+    msg = str(exc.value)
+    assert "\n" not in msg and "building the native Verilator model of config 'tiny' failed" in msg
+    log = Path(msg.rsplit("log: ", 1)[1])
+    assert log.name == "build.log" and "syntax error" in log.read_text()
+
+
 def test_results_file_truncation_is_detected(tmp_path):
     path = tmp_path / "r.bin"
     path.write_bytes(native_bench.MAGIC_RESULTS + (1).to_bytes(4, "little") + bytes(10))
