@@ -11,6 +11,8 @@ programs (``tests/progen.py``, every 4th with a planted fault; expected results 
 * ``native`` (Verilator only): the same wrapper under a C++ main (``bitmos.rtl.native_bench``), no
   Python in the loop; the cleared model is restored from a snapshot before each program instead
   of the clear (1,024 cycles on tiny, 4,096 on small) the other benches simulate per program.
+  ``native-xP`` (``--native-processes P``): the same N programs shared by P processes side by side
+  (wall = the slowest process, CPU seconds summed).
 
 Reported per row: program cycles (``host.cycles`` summed: the programs' own cycles, not the clear
 phase or IMEM loading), the bench's wall seconds (from the first program to the report, build and
@@ -24,7 +26,7 @@ Builds are cached in ``tmp/sim_build`` (``BITMOS_RTL_BUILD``); the first run com
 designs (the small Verilator builds take minutes each).
 
 Run: python benchmarks/bench_rtl.py [--programs N] [--edge-programs M] [--configs tiny,small]
-     [--sims verilator,icarus] [--benches edge,fast,native]
+     [--sims verilator,icarus] [--benches edge,fast,native] [--native-processes P]
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sims", default="verilator,icarus")
     ap.add_argument("--benches", default="edge,fast,native",
                     help="which benches to run (native: Verilator only)")
+    ap.add_argument("--native-processes", type=int, default=1,
+                    help="N > 1: one more native row, all N programs shared by N bench processes side by side")
     args = ap.parse_args(argv)
     benches = args.benches.split(",")
     build_root = ROOT / "tmp" / "sim_build"
@@ -105,14 +109,18 @@ def main(argv=None) -> int:
                 runs = [("edge", edge_cases, "edge"), ("fast", edge_cases, "fast-same"),
                         ("fast", fast_cases, "fast-all"), ("native", edge_cases, "native-same"),
                         ("native", fast_cases, "native-all")]
+                if args.native_processes > 1:
+                    runs.append(("native", fast_cases, f"native-x{args.native_processes}"))
                 runs = [r for r in runs if r[0] in benches and not (r[0] == "native" and sim != "verilator")]
                 for mode, cases, tag in runs:
+                    procs = args.native_processes if tag.startswith("native-x") else 1
                     t = time.perf_counter()
                     runner.build(cfg, sim=sim, build_root=build_root, mode=mode,
                                  mem_bytes=runner.model_bytes(cases))
                     t_build = time.perf_counter() - t
                     t = time.perf_counter()
-                    rep = runner.run_cases(cfg, cases, Path(tmp) / tag, sim=sim, build_root=build_root, mode=mode)
+                    rep = runner.run_cases(cfg, cases, Path(tmp) / tag, sim=sim, build_root=build_root, mode=mode,
+                                           processes=procs)
                     t_launch = time.perf_counter() - t
                     bad += [f"{name} {sim} {mode}: {f}" for f in rep["failures"]]
                     res[tag] = dict(rep, build_s=t_build, launch_s=t_launch)

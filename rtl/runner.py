@@ -290,51 +290,88 @@ def build_native(cfg: AcceleratorConfig, *, build_root: Path | None = None, mem_
 
 
 def _run_native(cfg: AcceleratorConfig, cases: Sequence[Case], work: Path, *, build_root, mem_bytes: int,
-                max_cycles: int | None = None) -> dict[str, Any]:
+                max_cycles: int | None = None, processes: int = 1) -> dict[str, Any]:
+    """The native bench on ``cases``: ``processes`` bench processes at once, each on a contiguous share.
+
+    The programs are independent (each starts from the snapshot of the cleared model), so shares
+    run side by side on free cores; results come back in case order. Files in ``work``: job.bin,
+    results.bin, sim.log (with several processes: job.<i>.bin, results.<i>.bin, sim.<i>.log)."""
     import subprocess
     import time
 
     from bitmos.rtl import native_bench as nb
 
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be an integer >= 1, not {processes!r}")
     exe, bdir, _ = build_native(cfg, build_root=build_root, mem_bytes=mem_bytes)
     row_bytes = native_row_bytes(cfg)
-    jpath, rpath, log = work / "job.bin", work / "results.bin", work / "sim.log"
-    if rpath.exists():
-        rpath.unlink()
-    nb.write_job(jpath, cases, mem_bytes, row_bytes)
-    cmd = [str(exe), str(jpath), str(rpath), str(max_cycles or nb.DEFAULT_MAX_CYCLES)]
+    k = min(processes, len(cases))
+    bounds = [len(cases) * i // k for i in range(k + 1)]
+    shares = []
+    for i in range(k):
+        tag = "" if k == 1 else f".{i}"
+        jpath, rpath, log = work / f"job{tag}.bin", work / f"results{tag}.bin", work / f"sim{tag}.log"
+        if rpath.exists():
+            rpath.unlink()
+        part = cases[bounds[i]:bounds[i + 1]]
+        nb.write_job(jpath, part, mem_bytes, row_bytes)
+        shares.append((part, jpath, rpath, log))
     t0 = time.perf_counter()
+    procs = []
     try:
-        with open(log, "w") as f:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=work)
+        for part, jpath, rpath, log in shares:
+            cmd = [str(exe), str(jpath), str(rpath), str(max_cycles or nb.DEFAULT_MAX_CYCLES)]
+            with open(log, "w") as f:
+                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=work))
     except OSError as exc:
+        for p in procs:
+            p.kill()
         raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} could not start ({exc}); "
-                                f"log: {log}") from None
+                                f"log: {shares[len(procs)][3]}") from None
+    codes = [p.wait() for p in procs]
     launch_s = time.perf_counter() - t0
-    if proc.returncode != 0 or not rpath.exists():
-        raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} failed (exit code "
-                                f"{proc.returncode}, crashed or aborted); log: {log}")
-    try:
-        raw, trailer = nb.read_results(rpath, len(cases))
-    except (nb.ResultsError, OSError) as exc:
-        raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} wrote no usable results "
-                                f"({exc}); log: {log}") from None
-    results, failures = nb.compare(cases, raw, mem_bytes)
-    with open(log, "a") as f:
-        for line in failures:
-            f.write(f"FAIL {line}\n")
-    report = {"programs": len(cases), "failures": failures, "results": results, "launch_s": launch_s, **trailer}
+    results, failures = [], []
+    trailer = {"run_cycles": 0, "sim_cycles": 0, "wall_s": 0.0, "cpu_s": 0.0, "snapshot_bytes": 0,
+               "phases": {}}
+    for (part, jpath, rpath, log), code in zip(shares, codes):
+        if code != 0 or not rpath.exists():
+            raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} failed (exit code "
+                                    f"{code}, crashed or aborted); log: {log}")
+        try:
+            raw, tr = nb.read_results(rpath, len(part))
+        except (nb.ResultsError, OSError) as exc:
+            raise RTLToolchainError(f"the native Verilator bench of config {cfg.name!r} wrote no usable "
+                                    f"results ({exc}); log: {log}") from None
+        res, fails = nb.compare(part, raw, mem_bytes)
+        with open(log, "a") as f:
+            for line in fails:
+                f.write(f"FAIL {line}\n")
+        results += res
+        failures += fails
+        # side by side: cycles and CPU add up, wall is the slowest process (per phase too)
+        for key in ("run_cycles", "sim_cycles", "cpu_s"):
+            trailer[key] += tr[key]
+        trailer["wall_s"] = max(trailer["wall_s"], tr["wall_s"])
+        trailer["snapshot_bytes"] = tr["snapshot_bytes"]
+        for name, v in tr["phases"].items():
+            trailer["phases"][name] = max(trailer["phases"].get(name, 0.0), v)
+    report = {"programs": len(cases), "failures": failures, "results": results, "launch_s": launch_s,
+              "processes": k, **trailer}
     (work / "report.json").write_text(json.dumps(report))
     return report
 
 
 def run_cases(cfg: AcceleratorConfig, cases: Sequence[Case], workdir: str | Path, *, sim: str = "verilator",
-              build_root: Path | None = None, waves: bool = False, mode: str = "fast") -> dict[str, Any]:
+              build_root: Path | None = None, waves: bool = False, mode: str = "fast",
+              processes: int = 1) -> dict[str, Any]:
     """Run every case on the RTL in one simulator process; returns the bench's report (per-case results).
 
     ``workdir`` (made absolute here: the simulator runs in another folder) receives the job file,
-    the report and the simulator log.
+    the report and the simulator log. ``processes`` (native mode only): that many bench processes
+    side by side, each on a contiguous share of the cases (same report, results in case order).
     """
+    if processes != 1 and mode != "native":
+        raise ValueError(f"processes > 1 needs mode 'native', not {mode!r}")
     if not cases:
         raise ValueError("no cases to run")
     for c in cases:
@@ -348,8 +385,9 @@ def run_cases(cfg: AcceleratorConfig, cases: Sequence[Case], workdir: str | Path
             raise ValueError("the native bench dumps no waveforms: use mode 'fast' with waves")
         work = Path(workdir).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        report = _run_native(cfg, cases, work, build_root=build_root, mem_bytes=mem_bytes)
-        report.update(mode=mode, simulator=sim, log=str(work / "sim.log"), mem_bytes=mem_bytes)
+        report = _run_native(cfg, cases, work, build_root=build_root, mem_bytes=mem_bytes, processes=processes)
+        log = work / ("sim.log" if report["processes"] == 1 else "sim.0.log")
+        report.update(mode=mode, simulator=sim, log=str(log), mem_bytes=mem_bytes)
         return report
     runner, bdir, top = build(cfg, sim=sim, build_root=build_root, waves=waves, mode=mode, mem_bytes=mem_bytes)
     work = Path(workdir).resolve()

@@ -147,3 +147,20 @@ def test_results_file_truncation_is_detected(tmp_path):
     with pytest.raises(native_bench.ResultsError):
         native_bench.read_results(path, 1)
 
+
+
+def test_native_processes_side_by_side_give_the_same_report(tmp_path):
+    """Two bench processes on shares of the batch: results in case order, failures still named."""
+    cfg = preset_config("tiny")
+    cases = _random(cfg, 41, seed0=2000)
+    bad = cases[30]
+    cases[30] = Case(bad.name, bad.words, bad.memory, bad.cycles + 1, bad.error, bad.cause, bad.final_memory)
+    one = runner.run_cases(cfg, cases, tmp_path / "one", build_root=BUILD, mode="native")
+    two = runner.run_cases(cfg, cases, tmp_path / "two", build_root=BUILD, mode="native", processes=2)
+    assert two["processes"] == 2 and (tmp_path / "two" / "sim.1.log").exists()
+    assert [r["name"] for r in two["results"]] == [c.name for c in cases]
+    assert [r["ok"] for r in two["results"]] == [r["ok"] for r in one["results"]] == [i != 30 for i in range(41)]
+    assert two["failures"] == one["failures"] and two["failures"][0].startswith(bad.name)
+    assert two["run_cycles"] == one["run_cycles"]
+    with pytest.raises(ValueError, match="needs mode 'native'"):
+        runner.run_cases(cfg, cases, tmp_path / "x", build_root=BUILD, mode="fast", processes=2)
