@@ -42,7 +42,7 @@ class _Recorder:
 
 def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: str = DEFAULT_PROMPT,
                tokens: int = DEFAULT_TOKENS, layers: int | None = None, sim: str = "verilator",
-               workdir: str = "bitmos-verify", waves: bool = False, mode: str = "fast",
+               workdir: str = "bitmos-verify", waves: bool = False, mode: str = "auto",
                progress=print) -> dict[str, Any]:
     """A whole greedy generation of ``tokens`` tokens, every binarized linear call on the RTL.
 
@@ -50,8 +50,10 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
     per new token but the last), recording each binarized linear's int16 input and output. Every
     call of the first ``layers`` linears (all by default) is compiled for its token count; the
     cycle-accurate simulator gives its expected memory and cycles (its outputs checked against the
-    golden outputs), and all programs run in one simulator process on the RTL (``mode`` "fast":
-    the HDL memory model wrapper; "edge": the edge-by-edge Python bench).
+    golden outputs), and all programs run in one simulator process on the RTL (``mode`` "native":
+    the HDL wrapper under a C++ main, Verilator only; "fast": the wrapper under cocotb; "edge": the
+    edge-by-edge Python bench; "auto", the default: native on Verilator, fast on Icarus or with
+    ``waves``).
     """
     import numpy as np
     import torch
@@ -66,6 +68,12 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
     from bitmos.sim import Simulator
 
     t0 = time.perf_counter()
+    if mode == "auto":
+        mode = "native" if sim == "verilator" and not waves else "fast"
+    if mode == "native" and sim != "verilator":
+        raise BitmosUserError(f"--bench native runs on Verilator only, not {sim}; use --bench fast")
+    if mode == "native" and waves:
+        raise BitmosUserError("--bench native dumps no waveforms; use --bench fast with --waves")
     work = Path(workdir).expanduser().resolve()   # the simulator runs in another folder
     if tokens < 1:
         raise BitmosUserError(f"--tokens must be at least 1, got {tokens}")
@@ -187,9 +195,11 @@ def add_commands(sub) -> None:
                         "decode step are verified")
     p.add_argument("--layers", type=int, help="verify only the first N binarized linears at each step (default: all)")
     p.add_argument("--sim", default="verilator", choices=["verilator", "icarus"], help="HDL simulator")
-    p.add_argument("--bench", default="fast", choices=["fast", "edge"],
-                   help="fast: memory model inside the HDL wrapper (default); edge: the Python memory model "
-                        "awaited on every clock edge (debugging, 20-100x slower)")
+    p.add_argument("--bench", default="auto", choices=["auto", "native", "fast", "edge"],
+                   help="native: the HDL wrapper (memory model and host sequencer in HDL) under a C++ main, no "
+                        "Python per cycle (Verilator only); fast: the same wrapper under cocotb; edge: the Python "
+                        "memory model awaited on every clock edge (debugging, 20-100x slower than fast); "
+                        "auto (default): native on Verilator, fast on Icarus or with --waves")
     p.add_argument("--workdir", default="bitmos-verify", help="folder for the bench's job, report and logs")
     p.add_argument("--waves", action="store_true", help="dump waveforms (FST on Verilator, VCD on Icarus)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -1,4 +1,4 @@
-"""RTL bench speed: the edge-by-edge cocotb bench against the fast bench, on the same programs, in one run.
+"""RTL bench speed: the edge-by-edge cocotb bench, the fast bench and the native bench, on the same programs, in one run.
 
 For each config (tiny, small) and simulator (Verilator, Icarus) the same batch of random legal
 programs (``tests/progen.py``, every 4th with a planted fault; expected results from
@@ -8,18 +8,25 @@ programs (``tests/progen.py``, every 4th with a planted fault; expected results 
 * ``fast``: the verification wrapper (``bitmos.rtl.testbed``), memory model, host sequencer and
   clock inside the simulated model; cocotb loads each program and image through the backdoor and
   waits once per program.
+* ``native`` (Verilator only): the same wrapper under a C++ main (``bitmos.rtl.native_bench``), no
+  Python in the loop; the cleared model is restored from a snapshot before each program instead
+  of the clear (1,024 cycles on tiny, 4,096 on small) the other benches simulate per program.
+  ``native-xP`` (``--native-processes P``): the same N programs shared by P processes side by side
+  (wall = the slowest process, CPU seconds summed).
 
 Reported per row: program cycles (``host.cycles`` summed: the programs' own cycles, not the clear
 phase or IMEM loading), the bench's wall seconds (from the first program to the report, build and
 process start excluded), program cycles per second, all simulated cycles per second (clears
-included; fast bench only) and the ratio fast/edge. Every row also checks that both benches
-agree with the simulator on every program (a failed comparison is printed and exits 1).
+included; fast and native benches; the native bench also reports its CPU seconds, since on a
+shared machine its wall time is mostly waiting for a core) and the ratios to the edge and the fast bench on the same programs.
+Every row also checks that its bench agrees with the simulator on every program (a failed
+comparison is printed and exits 1).
 
 Builds are cached in ``tmp/sim_build`` (``BITMOS_RTL_BUILD``); the first run compiles up to eight
 designs (the small Verilator builds take minutes each).
 
 Run: python benchmarks/bench_rtl.py [--programs N] [--edge-programs M] [--configs tiny,small]
-     [--sims verilator,icarus]
+     [--sims verilator,icarus] [--benches edge,fast,native] [--native-processes P]
 """
 
 from __future__ import annotations
@@ -52,16 +59,23 @@ def cases_for(cfg, n, seed0=0):
     return out
 
 
-HEADER = (f"{'config':6s} {'sim':9s} {'bench':9s} {'programs':>8s} {'prog cycles':>11s} {'bench s':>8s} "
-          f"{'launch s':>8s} {'prog cycles/s':>13s} {'all cycles/s':>12s} {'vs edge':>8s}")
+HEADER = (f"{'config':6s} {'sim':9s} {'bench':11s} {'programs':>8s} {'prog cycles':>11s} {'bench s':>8s} "
+          f"{'launch s':>8s} {'prog cycles/s':>13s} {'all cycles/s':>12s} {'vs edge':>8s} {'vs fast':>8s}")
+
+
+def _ratio(x):
+    return "-" if x is None else f"{x:,.1f}x" if x < 10 else f"{x:,.0f}x"
 
 
 def _fmt(row) -> str:
-    name, sim, tag, n, cyc, wall, launch, cps, all_cps, ratio, phases = row
-    line = (f"{name:6s} {sim:9s} {tag:9s} {n:>8d} {cyc:>11,d} {wall:>8.2f} {launch:>8.2f} {cps:>13,.0f} "
-            f"{'-' if all_cps is None else f'{all_cps:,.0f}':>12s} {ratio:>7,.0f}x")
+    name, sim, tag, n, cyc, wall, launch, cps, all_cps, ratio, ratio_fast, phases, cpu = row
+    line = (f"{name:6s} {sim:9s} {tag:11s} {n:>8d} {cyc:>11,d} {wall:>8.3f} {launch:>8.2f} {cps:>13,.0f} "
+            f"{'-' if all_cps is None else f'{all_cps:,.0f}':>12s} {_ratio(ratio):>8s} {_ratio(ratio_fast):>8s}")
     if phases:
-        line += f"\n{'':26s} fast bench wall by phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+        line += (f"\n{'':28s} {tag.split('-')[0]} bench wall by phase: "
+                 + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+    if cpu:
+        line += f"; CPU {cpu:.3f} s: {cyc / max(cpu, 1e-9):,.0f} program cycles per CPU second"
     return line
 
 
@@ -72,7 +86,12 @@ def main(argv=None) -> int:
                     help="of those, how many also run on the edge bench (it is 20-100x slower)")
     ap.add_argument("--configs", default="tiny,small")
     ap.add_argument("--sims", default="verilator,icarus")
+    ap.add_argument("--benches", default="edge,fast,native",
+                    help="which benches to run (native: Verilator only)")
+    ap.add_argument("--native-processes", type=int, default=1,
+                    help="N > 1: one more native row, all N programs shared by N bench processes side by side")
     args = ap.parse_args(argv)
+    benches = args.benches.split(",")
     build_root = ROOT / "tmp" / "sim_build"
     have = available_simulators()
     rows, bad = [], []
@@ -86,26 +105,41 @@ def main(argv=None) -> int:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 res = {}
-                # the same programs on both benches: edge on the first M, fast on those M and on all N
-                for mode, cases, tag in (("edge", edge_cases, "edge"), ("fast", edge_cases, "fast-same"),
-                                         ("fast", fast_cases, "fast-all")):
+                # the same programs on every bench: edge on the first M, fast and native on those M and on all N
+                runs = [("edge", edge_cases, "edge"), ("fast", edge_cases, "fast-same"),
+                        ("fast", fast_cases, "fast-all"), ("native", edge_cases, "native-same"),
+                        ("native", fast_cases, "native-all")]
+                if args.native_processes > 1:
+                    runs.append(("native", fast_cases, f"native-x{args.native_processes}"))
+                runs = [r for r in runs if r[0] in benches and not (r[0] == "native" and sim != "verilator")]
+                for mode, cases, tag in runs:
+                    procs = args.native_processes if tag.startswith("native-x") else 1
                     t = time.perf_counter()
                     runner.build(cfg, sim=sim, build_root=build_root, mode=mode,
                                  mem_bytes=runner.model_bytes(cases))
                     t_build = time.perf_counter() - t
                     t = time.perf_counter()
-                    rep = runner.run_cases(cfg, cases, Path(tmp) / tag, sim=sim, build_root=build_root, mode=mode)
+                    rep = runner.run_cases(cfg, cases, Path(tmp) / tag, sim=sim, build_root=build_root, mode=mode,
+                                           processes=procs)
                     t_launch = time.perf_counter() - t
                     bad += [f"{name} {sim} {mode}: {f}" for f in rep["failures"]]
                     res[tag] = dict(rep, build_s=t_build, launch_s=t_launch)
                 print(HEADER, file=sys.stderr)
-                for tag in ("edge", "fast-same", "fast-all"):
+
+                def rate(tag):
+                    r = res.get(tag)
+                    return None if r is None else r["run_cycles"] / max(r["wall_s"], 1e-9)
+                for _, _, tag in runs:
                     r = res[tag]
-                    cps = r["run_cycles"] / max(r["wall_s"], 1e-9)
+                    cps = rate(tag)
                     all_cps = r["sim_cycles"] / max(r["wall_s"], 1e-9) if r.get("sim_cycles") else None
-                    ratio = cps / (res["edge"]["run_cycles"] / max(res["edge"]["wall_s"], 1e-9))
+                    same = tag.endswith("-same")
+                    # against the edge bench on the same M programs; against fast on the same set (M or N)
+                    ratio = cps / rate("edge") if rate("edge") and (same or tag == "edge") else None
+                    fast_tag = "fast-same" if same or tag == "edge" else "fast-all"
+                    ratio_fast = cps / rate(fast_tag) if rate(fast_tag) and tag != "edge" else None
                     rows.append((name, sim, tag, r["programs"], r["run_cycles"], r["wall_s"], r["launch_s"], cps,
-                                 all_cps, ratio, r.get("phases")))
+                                 all_cps, ratio, ratio_fast, r.get("phases"), r.get("cpu_s")))
                     print(_fmt(rows[-1]), file=sys.stderr, flush=True)   # progress: the table so far
     print(HEADER)
     for row in rows:

@@ -206,6 +206,11 @@ class ProgramTestbed(wiring.Component):
     ``busy`` to fall and latches ``cycles``, ``error`` and ``cause``; then ``finished`` is high
     until ``go`` falls (a four-phase handshake, so the bench needs no clock edges of its own).
 
+    Two inputs split a run for the native bench (:mod:`bitmos.rtl.native_bench`), which clears
+    once and then restores a snapshot of the cleared model before every program: ``go`` with
+    ``clear_only`` clears and raises ``finished`` without loading or starting; ``go`` with
+    ``no_clear`` skips the clear. Both low (the cocotb bench never drives them): a whole run.
+
     Parameters
     ----------
     cfg : AcceleratorConfig
@@ -217,6 +222,8 @@ class ProgramTestbed(wiring.Component):
     Attributes
     ----------
     go : In(1)
+    clear_only, no_clear : In(1)
+        See above (sampled with ``go``).
     prog_words : In
         Program length in words (1 .. imem_words).
     finished : Out(1)
@@ -234,7 +241,7 @@ class ProgramTestbed(wiring.Component):
         self.progmem = Memory(shape=64, depth=cfg.imem_words, init=[])
         wa = ceil_log2(mem_bytes) + 1
         super().__init__({
-            "go": In(1), "prog_words": In(addr_bits(cfg.imem_words) + 1),
+            "go": In(1), "clear_only": In(1), "no_clear": In(1), "prog_words": In(addr_bits(cfg.imem_words) + 1),
             "finished": Out(1), "cycles": Out(CYCLE_BITS), "error": Out(1), "cause": Out(CAUSE_BITS),
             "range_fault": Out(1), "protocol_fault": Out(1), "written_lo": Out(wa), "written_hi": Out(wa),
         })
@@ -259,7 +266,10 @@ class ProgramTestbed(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.go):
+                    m.d.sync += word.eq(0)
                     m.next = "CLEAR"
+                    with m.If(self.no_clear):
+                        m.next = "LOAD"
             with m.State("CLEAR"):
                 # the accelerator is idle here (the previous run ended), so the pulse is taken
                 m.d.comb += [host.clear.eq(1), mem.clear_status.eq(1)]
@@ -268,6 +278,8 @@ class ProgramTestbed(wiring.Component):
             with m.State("WAIT_CLEAR"):
                 with m.If(~host.busy):
                     m.next = "LOAD"
+                    with m.If(self.clear_only):
+                        m.next = "FINISHED"
             with m.State("LOAD"):
                 with m.If(word == self.prog_words):
                     m.next = "START"
@@ -293,8 +305,12 @@ class ProgramTestbed(wiring.Component):
 HALF_PERIOD_NS = 5
 
 
-def testbed_verilog(cfg: AcceleratorConfig, *, mem_bytes: int = 1 << 20, row_bytes: int = DEFAULT_ROW_BYTES) -> str:
+def testbed_verilog(cfg: AcceleratorConfig, *, mem_bytes: int = 1 << 20, row_bytes: int = DEFAULT_ROW_BYTES,
+                    bench_top: bool = True) -> str:
     """Verilog of the :class:`ProgramTestbed` plus the bench top ``bitmos_bench`` that clocks it.
+
+    ``bench_top=False``: the wrapper alone (top module ``bitmos_testbed``), for the native bench,
+    whose C++ main drives the clock and the ports itself.
 
     The clock and reset are generated inside the simulated model (``always #5 clk = ~clk``), so the
     simulator runs free between the bench's few accesses per program; a clock driven from cocotb
@@ -317,6 +333,8 @@ def testbed_verilog(cfg: AcceleratorConfig, *, mem_bytes: int = 1 << 20, row_byt
         text, n = re.subn(rf"(\n  reg \[\d+:0\] {name} \[\d+:0\])", rf"\1 {public}", text)
         if n != 1:
             raise RuntimeError(f"expected one memory {name!r} in the emitted wrapper, found {n}")
+    if not bench_top:
+        return "`timescale 1ns/1ps\n" + text
     decls, conns = [], [".clk(clk)", ".rst(rst)"]
     for path, member in tb.signature.members.flatten():
         name = "__".join(str(p) for p in path)
