@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 # Areas that contribute subcommands, in the order they appear in --help.
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`bitmos config small | head`): stop quietly, as Unix tools do; stdout is
+        # pointed at /dev/null so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BitmosUserError as exc:
         print(f"bitmos {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -434,3 +434,15 @@ def test_zz_counts(capsys):
         per[cmd] += n
     with capsys.disabled():
         print("\nCLI error cases per subcommand:", dict(sorted(per.items())), "total", sum(per.values()))
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback():
+    """`bitmos config small | head -1`: the pipe closes before the output is written; no traceback."""
+    import subprocess
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from bitmos.app.cli import main; "
+                             "sys.exit(main(['config', 'small']))"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()   # before the child has imported anything, so its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and err == "", err
