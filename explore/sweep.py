@@ -91,6 +91,22 @@ def _unique(values: list[Any]) -> list[Any]:
     return out
 
 
+def builtin_specs() -> list[str]:
+    """Names of the sweep specs shipped in ``bitmos/explore/sweeps`` (``bitmos sweep NAME``)."""
+    return sorted(p.stem for p in (Path(__file__).parent / "sweeps").glob("*.toml"))
+
+
+def _spec_path(path: str | Path) -> Path:
+    """A spec file, or the shipped spec of that name (a bare name: letters, digits, '_', '-')."""
+    p = Path(path)
+    if p.exists() or not re.fullmatch(r"[A-Za-z0-9_-]+", str(path)):
+        return p
+    if str(path) in builtin_specs():
+        return Path(__file__).parent / "sweeps" / f"{path}.toml"
+    raise ConfigError(f"sweep spec {str(path)!r} is neither a file nor a shipped spec "
+                      f"(shipped: {', '.join(builtin_specs())})")
+
+
 @dataclass
 class SweepSpec:
     name: str = "sweep"
@@ -163,7 +179,7 @@ class SweepSpec:
 
         from bitmos.config import _check_not_cut_in_a_number
 
-        p = Path(path)
+        p = _spec_path(path)
         text = read_text_file(p, "sweep spec", error=ConfigError)
         try:
             data = tomllib.loads(text)

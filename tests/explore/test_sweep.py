@@ -57,3 +57,15 @@ def test_dask_local_cluster(tmp_path):
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         summary = run_sweep(spec(grid={"rows": [2, 4]}), out=tmp_path / "d", scheduler=cluster.scheduler_address)
     assert summary["computed"] == 2 and summary["infeasible"] == 0
+
+
+def test_a_shipped_spec_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    """`bitmos sweep llama7b` works outside the repo; an unknown bare name says which specs are shipped."""
+    from bitmos.config import ConfigError
+    monkeypatch.chdir(tmp_path)
+    spec = SweepSpec.load("llama7b")
+    assert spec.name == "llama7b" and spec.base_config().name == "asic32"
+    with pytest.raises(ConfigError, match=r"'nosuch' is neither a file nor a shipped spec \(shipped: .*llama7b"):
+        SweepSpec.load("nosuch")
+    (tmp_path / "llama7b").write_text('name = "mine"\nbase = "tiny"\n')   # a file of that name wins
+    assert SweepSpec.load("llama7b").name == "mine"
