@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,13 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from bitmos.errors import BitmosUserError
+from bitmos.fileio import replace_marked_block
 from bitmos.model.data import encode_corpus, eval_windows, load_corpus
 from bitmos.model.distill import SCALE_PARAMS, make_student
 from bitmos.model.hf import load_any
 from bitmos.model.train import TrainArgs, train
 
 SCHEMES = ["sign", "fbi", "onebit", "bitnet", "pb", "mos", "ternary"]
-BEGIN, END = "<!-- bench_real:begin -->", "<!-- bench_real:end -->"
 
 
 @torch.no_grad()
@@ -296,13 +295,7 @@ def _num(v: float) -> str:
 
 
 def update_doc(path: Path, table: str) -> None:
-    text = path.read_text("utf-8") if path.exists() else ""
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text, "utf-8")
+    replace_marked_block(path, "bench_real", table)
 
 
 if __name__ == "__main__":

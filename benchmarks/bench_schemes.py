@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bitmos.fileio import replace_marked_block
 from bitmos.model.checkpoint import load_checkpoint, shipped_path
 from bitmos.model.data import encode_corpus, get_tokenizer, load_corpus
 from bitmos.model.distill import make_student
@@ -27,7 +27,6 @@ from bitmos.model.train import TrainArgs, evaluate, train
 
 RUNS = [("sign", 1), ("bitnet", 1), ("fbi", 1), ("onebit", 1), ("pb", 1),
         ("mos", 1), ("mos", 2), ("mos", 4), ("mos", 8), ("ternary", 1)]
-BEGIN, END = "<!-- bench_schemes:begin -->", "<!-- bench_schemes:end -->"
 
 
 def main(argv=None) -> int:
@@ -120,13 +119,7 @@ def render(rows, args, teacher_path, act_bits) -> str:
 
 
 def update_doc(path: Path, table: str) -> None:
-    text = path.read_text("utf-8") if path.exists() else ""
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text, "utf-8")
+    replace_marked_block(path, "bench_schemes", table)
 
 
 if __name__ == "__main__":

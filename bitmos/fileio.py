@@ -52,6 +52,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def replace_marked_block(path: str | os.PathLike, name: str, block: str) -> None:
+    """Put ``block`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in a text file (a doc
+    table a benchmark regenerates), appending the markers if the file has none; written atomically."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    p = Path(path)
+    text = p.read_text("utf-8") if p.exists() else ""
+    marked = f"{begin}\n{block}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: marked, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + marked + "\n"
+    write_text_atomic(p, text)
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

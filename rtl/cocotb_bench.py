@@ -23,6 +23,8 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
+from bitmos.rtl.native_bench import check_case
+
 
 def _load_job():
     with open(os.environ["BITMOS_JOBS"], encoding="utf-8") as f:
@@ -30,22 +32,11 @@ def _load_job():
 
 
 def _check(case, got, final_memory, results, failures, log, extra_fault=None):
-    """Compare one run with its expectation; append the result (and a failure line) to the lists."""
-    exp = case["expect"]
-    want_mem = bytes.fromhex(exp["memory"])
-    n = max(len(want_mem), len(final_memory))
-    mem_ok = bytes(final_memory).ljust(n, b"\0") == want_mem.ljust(n, b"\0")
-    bad = [k for k in ("cycles", "error", "cause") if got[k] != exp[k]]
-    ok = not bad and mem_ok and not extra_fault
-    results.append(dict(got, name=case["name"], memory_ok=mem_ok, ok=ok))
-    if not ok:
-        results[-1]["memory"] = bytes(final_memory).hex()  # the final memory, for diagnosis
-        first = next((i for i in range(n) if (final_memory[i] if i < len(final_memory) else 0)
-                      != (want_mem[i] if i < len(want_mem) else 0)), None)
-        failures.append(f"{case['name']}: got {got}, expected "
-                        f"{ {k: exp[k] for k in ('cycles', 'error', 'cause')} }, memory "
-                        f"{'ok' if mem_ok else f'differs from byte {first}'}"
-                        + (f"; {extra_fault}" if extra_fault else ""))
+    """Compare one run with its expectation (:func:`bitmos.rtl.native_bench.check_case`, one comparison for
+    every bench) and log a failure as it happens."""
+    before = len(failures)
+    check_case(case, got, final_memory, results, failures, extra_fault)
+    if len(failures) > before:
         log.error(failures[-1])
 
 

@@ -301,8 +301,8 @@ def final_memory(image: bytes, res: dict, expect_len: int) -> bytes:
 def check_case(case, got, final_memory, results, failures, extra_fault=None):
     """Compare one run with its expectation; append the result (and a failure line) to the lists.
 
-    ``case`` is a job-format dict (name, expect: cycles, error, cause, memory hex). The same
-    comparison and messages as the cocotb benches (:mod:`bitmos.rtl.cocotb_bench`)."""
+    ``case`` is a job-format dict (name, expect: cycles, error, cause, memory hex). The cocotb benches
+    (:mod:`bitmos.rtl.cocotb_bench`) call it too, so every bench compares and words failures alike."""
     exp = case["expect"]
     want_mem = bytes.fromhex(exp["memory"])
     n = max(len(want_mem), len(final_memory))

@@ -30,7 +30,7 @@ def _argv(tmp_path, *extra):
 def test_rows_agreement_distilled_row_and_doc_block(tmp_path, capsys):
     bench = _bench()
     doc = tmp_path / "model.md"
-    doc.write_text(f"# doc\n\nbefore\n\n{bench.BEGIN}\nold table\n{bench.END}\n\nafter\n")
+    doc.write_text("# doc\n\nbefore\n\n<!-- bench_real:begin -->\nold table\n<!-- bench_real:end -->\n\nafter\n")
     out = tmp_path / "rows.json"
     assert bench.main(_argv(tmp_path, "--schemes", "sign,onebit,mos", "--json", str(out), "--doc", str(doc))) == 0
     data = json.loads(out.read_text())
