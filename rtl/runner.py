@@ -147,6 +147,19 @@ def _emit(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpa
     return stamp
 
 
+def _emit_logged(cfg: AcceleratorConfig, mode: str, mem_bytes: int, row_bytes: int, vpath: Path, bdir: Path) -> str:
+    """:func:`_emit`, with Yosys or Amaranth failing reported as a toolchain failure in one line (the
+    traceback goes to ``bdir/emit.log``)."""
+    try:
+        return _emit(cfg, mode, mem_bytes, row_bytes, vpath)
+    except Exception as exc:
+        import traceback
+        log = bdir / "emit.log"
+        log.write_text("".join(traceback.format_exception(exc)))
+        raise RTLToolchainError(f"emitting the {mode} design of config {cfg.name!r} failed "
+                                f"({type(exc).__name__}); log: {log}") from None
+
+
 def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | None = None,
           waves: bool = False, mode: str = "fast", mem_bytes: int = DEFAULT_MEM_BYTES):
     """Emit and compile the design for ``cfg`` (reused while its sources are unchanged).
@@ -178,14 +191,7 @@ def build(cfg: AcceleratorConfig, *, sim: str = "verilator", build_root: Path | 
     vdir = bdir / "src"
     vdir.mkdir(parents=True, exist_ok=True)
     vpath = vdir / f"{top}_{cfg.name}.v"
-    try:
-        stamp = _emit(cfg, mode, mem_bytes, row_bytes, vpath)
-    except Exception as exc:  # Yosys or Amaranth failing is a toolchain failure, reported in one line
-        import traceback
-        log = bdir / "emit.log"
-        log.write_text("".join(traceback.format_exception(exc)))
-        raise RTLToolchainError(f"emitting the {mode} design of config {cfg.name!r} failed "
-                                f"({type(exc).__name__}); log: {log}") from None
+    stamp = _emit_logged(cfg, mode, mem_bytes, row_bytes, vpath, bdir)
     runner = _FastVerilator() if sim == "verilator" and mode == "fast" else get_runner(sim)
     args: dict[str, Any] = {}
     if sim == "verilator":
@@ -243,14 +249,7 @@ def build_native(cfg: AcceleratorConfig, *, build_root: Path | None = None, mem_
     vdir = bdir / "src"
     vdir.mkdir(parents=True, exist_ok=True)
     vpath = vdir / f"{NATIVE_TOP}_{cfg.name}.v"
-    try:
-        stamp = _emit(cfg, "native", mem_bytes, row_bytes, vpath)
-    except Exception as exc:
-        import traceback
-        log = bdir / "emit.log"
-        log.write_text("".join(traceback.format_exception(exc)))
-        raise RTLToolchainError(f"emitting the native design of config {cfg.name!r} failed "
-                                f"({type(exc).__name__}); log: {log}") from None
+    stamp = _emit_logged(cfg, "native", mem_bytes, row_bytes, vpath, bdir)
     main = vdir / "native_main.cpp"
     if not main.exists() or main.read_text() != MAIN_CPP:
         write_text_atomic(main, MAIN_CPP)
