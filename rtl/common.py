@@ -12,7 +12,7 @@ from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
 __all__ = ["Countdown", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
-           "pipelined_mix_scale", "pipelined_product", "pipelined_rshift_round", "addr_bits", "signed_lanes", "expert_lanes"]
+           "pipelined_mix_scale", "pipelined_product", "pipelined_rshift_round", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes"]
 
 
 #: The contract's definitions (bitmos.semantics) evaluated on Amaranth values: a choice is a mux.
@@ -47,16 +47,20 @@ def addr_bits(depth: int) -> int:
     return max(1, ceil_log2(depth))
 
 
+def rounding_half(s: Value) -> Value:
+    """2^(s-1) for a shift ``s`` >= 1, 0 for s = 0: what formats.rshift_round adds before shifting."""
+    return (Value.cast(1).as_unsigned() << s) >> 1
+
+
 def rshift_round(v: Value, s: Value, width: int) -> Value:
     """formats.rshift_round for a signed ``v`` and a variable shift ``s`` >= 0; result ``width`` bits."""
-    half = (Value.cast(1).as_unsigned() << s) >> 1
-    return ((v.as_signed() + half) >> s)[:width].as_signed()
+    return ((v.as_signed() + rounding_half(s)) >> s)[:width].as_signed()
 
 
-def pipelined_rshift_round(m, v: Value, s: Value, width: int, name: str) -> Signal:
-    """:func:`rshift_round` over two stages: the rounding half added (from a register of ``s``, which
-    must hold still for a cycle before ``v`` arrives: a layer register does), then the shift."""
-    half = registered(m, (Value.cast(1).as_unsigned() << s) >> 1, f"{name}_half")
+def pipelined_rshift_round(m, v: Value, s: Value, half: Value, width: int, name: str) -> Signal:
+    """:func:`rshift_round` over two stages: ``half`` (:func:`rounding_half` of ``s``, typically a
+    register of it shared by every lane; ``s`` is a layer register, steady while a line is in flight)
+    added, then the shift."""
     total = registered(m, v.as_signed() + half, f"{name}_sum")
     return registered(m, (total >> s)[:width].as_signed(), name)
 

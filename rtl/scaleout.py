@@ -20,7 +20,7 @@ from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import (addr_bits, check_config, expert_lanes, pipelined_mix_scale, pipelined_product,
-                               pipelined_rshift_round, registered, sat, signed_lanes)
+                               pipelined_rshift_round, registered, rounding_half, sat, signed_lanes)
 from bitmos.rtl.layouts import meta_layout
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -79,18 +79,20 @@ class ScaleOut(wiring.Component):
         def reg(value, name):
             return registered(m, value, name)
 
+        # layer-register terms every lane shares, registered once
+        half = reg(rounding_half(self.regs.oshift), "round_half")
+        smul = reg(reg(reg(self.regs.smul, "smul_s0"), "smul_s1"), "smul_s2") if E == 0 else None
         results = []
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
             # the line comes straight from a block RAM (and OBUF's bank select): registered first
             acc_d = pipelined_product(m, reg(acc, f"acc{j}"), reg(self.meta.d, f"d{j}"), f"acc_d{j}")  # s0-s2
-            if E >= 1:
-                s_out = pipelined_mix_scale(m, gates, [s[j] for s in s_out_experts], f"s_out{j}")  # s0, s1
+            if E >= 1:   # s0, s1, and held for s2
+                s_out = reg(pipelined_mix_scale(m, gates, [s[j] for s in s_out_experts], f"s_out{j}"), f"s_out{j}_s2")
             else:
-                s_out = reg(reg(self.regs.smul, f"smul{j}_s0"), f"smul{j}_s1")
-            s_out = reg(s_out, f"s_out{j}_s2")
+                s_out = smul
             scaled = pipelined_product(m, acc_d, s_out, f"scaled{j}")                          # s3, s4
             # acc * D * s_out is 32 + 33 + 16 = 81 bits signed; 84 leave room for the rounding half
-            rounded = pipelined_rshift_round(m, scaled, self.regs.oshift, 84, f"rounded{j}")  # s5, s6
+            rounded = pipelined_rshift_round(m, scaled, self.regs.oshift, half, 84, f"rounded{j}")  # s5, s6
             results.append(reg(sat(rounded, F.OUT_BITS), f"y{j}"))                             # s7
         valid, line = self.valid, self.line
         for s in range(sem.SCALEOUT_PIPELINE - 1):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth import Module, Shape, signed
+from amaranth import Module, Shape, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from bitmos import formats as F
-from bitmos.rtl.common import Countdown, pipelined_product, pipelined_rshift_round
+from bitmos.rtl.common import Countdown, pipelined_product, pipelined_rshift_round, rounding_half
 
 
 def simulate(dut, bench):
@@ -62,7 +62,9 @@ class _Pipelined(wiring.Component):
         m = Module()
         product = pipelined_product(m, self.a, self.b, "p")
         m.d.comb += self.product.eq(product)
-        m.d.comb += self.rounded.eq(pipelined_rshift_round(m, product, self.s, 40, "r"))
+        half = Signal.like(rounding_half(self.s), name="half")
+        m.d.sync += half.eq(rounding_half(self.s))
+        m.d.comb += self.rounded.eq(pipelined_rshift_round(m, product, self.s, half, 40, "r"))
         return m
 
 
