@@ -40,7 +40,8 @@ class AcceleratorConfig:
     rows: int = 4            # R: PE rows; a row holds one token (token mode) or activation planes (plane mode)
     cols: int = 4            # C: PE columns; a column holds one output channel; also the scale unit's lane count
     lanes: int = 32          # L: binary lanes per PE per cycle (XNOR/AND + popcount width); multiple of 8 and of cols
-    act_bits: int = 8        # k: activation bits, fed bit-serially as planes (1 = fully binary, 2 = ternary)
+    act_bits: int = 8        # k: activation bits, fed bit-serially as planes (1 = fully binary)
+    weight_bits: int = 1     # widest integer weight the PE takes (1 = sign weights only; 2 = ternary; up to 8)
     acc_bits: int = 24       # PE accumulator width; the compiler refuses layers that could overflow it
     experts: int = 4         # E: scale experts (0 = plain sign + one per-layer scale, 1 = one scale set, 4 = BinaryMoS)
     # -- on-chip buffers (KiB each; depth in lines is derived from the line widths) ------------------
@@ -265,6 +266,12 @@ def _validate(c: AcceleratorConfig) -> None:
     if c.act_bits not in (1, 2, 4, 8):
         raise ConfigError(f"field 'act_bits' = {c.act_bits!r} is not supported; allowed 1, 2, 4, 8",
                           field="act_bits")
+    _check_range("weight_bits", c.weight_bits, 1, 8)
+    if c.weight_bits >= 2 and c.act_bits == 1:
+        # k = 1 activations are +-1 (XNOR form): an integer weight plane would need a per-column term
+        # popcount(w & mask) beside the popcount the PE has; no 1-bit LLM pairs such weights with them
+        raise ConfigError(f"field 'weight_bits' = {c.weight_bits} needs act_bits >= 2 (integer weight planes "
+                          "use the AND form); set weight_bits = 1 for act_bits = 1", field="weight_bits")
     _check_range("acc_bits", c.acc_bits, 16, 32)
     _check_range("experts", c.experts, 0, 8)
     for buf in ("xbuf", "wbuf", "sbuf", "qbuf", "obuf"):

@@ -50,6 +50,17 @@ class BinaryLinearExport:
     smul: int = 0                   # E = 0: int16 output scale
     smul_exp: int = 0
     scheme: str = "mos"
+    nonzero: np.ndarray | None = None  # bool [d_out, d_in]: ternary only; trit = nonzero * (2*sign - 1)
+
+    @property
+    def weight_bits(self) -> int:
+        """The accelerator weight format the layer needs (register WBITS): 0 = sign (+-1), 2 = ternary."""
+        return 2 if self.nonzero is not None else 0
+
+    def weights(self) -> np.ndarray:
+        """int8 [d_out, d_in]: the layer's integer weights, +-1 (sign schemes) or {-1, 0, +1} (ternary)."""
+        w = np.where(self.signs, 1, -1).astype(np.int8)
+        return w if self.nonzero is None else np.where(self.nonzero, w, 0).astype(np.int8)
 
     def validate(self) -> None:
         check_safe_name(self.name, "layer name")
@@ -57,6 +68,12 @@ class BinaryLinearExport:
         if self.signs.shape != (self.d_out, self.d_in) or self.signs.dtype != np.bool_:
             raise FormatError(f"{where}: signs must be bool [{self.d_out}, {self.d_in}], got "
                               f"{self.signs.dtype} {tuple(self.signs.shape)}")
+        if (self.nonzero is not None) != (self.scheme == "ternary"):
+            raise FormatError(f"{where}: a nonzero plane belongs to ternary layers only (scheme {self.scheme!r}, "
+                              f"nonzero {'present' if self.nonzero is not None else 'missing'})")
+        if self.nonzero is not None and (self.nonzero.shape != self.signs.shape or self.nonzero.dtype != np.bool_):
+            raise FormatError(f"{where}: nonzero must be bool [{self.d_out}, {self.d_in}], got "
+                              f"{self.nonzero.dtype} {tuple(self.nonzero.shape)}")
         if not 0 <= self.experts <= 8:
             raise FormatError(f"{where}: experts = {self.experts}, allowed 0..8")
         want = {"router": (self.experts, self.d_in) if self.experts >= 2 else None,
@@ -96,6 +113,8 @@ class ModelExport:
         for lin in self.linears:
             lin.validate()
             tensors[f"{lin.name}.signs"] = np.packbits(lin.signs, axis=1, bitorder="little")
+            if lin.nonzero is not None:
+                tensors[f"{lin.name}.nonzero"] = np.packbits(lin.nonzero, axis=1, bitorder="little")
             for key in ("router", "s_in", "s_out"):
                 t = getattr(lin, key)
                 if t is not None:
@@ -171,7 +190,13 @@ class ModelExport:
                 raise FormatError(f"{where}: packed signs of {name!r} must be uint8 "
                                   f"[{info['d_out']}, {-(-info['d_in'] // 8)}], got {got}")
             signs = np.unpackbits(packed, axis=1, count=info["d_in"], bitorder="little").astype(bool)
-            lin = BinaryLinearExport(signs=signs, **info,
+            nz = tensors.get(f"{name}.nonzero")
+            if nz is not None:
+                if nz.dtype != np.uint8 or nz.shape != packed.shape:
+                    raise FormatError(f"{where}: packed nonzero plane of {name!r} must be uint8 "
+                                      f"{list(packed.shape)}, got {nz.dtype} {list(nz.shape)}")
+                nz = np.unpackbits(nz, axis=1, count=info["d_in"], bitorder="little").astype(bool)
+            lin = BinaryLinearExport(signs=signs, nonzero=nz, **info,
                                      **{k: tensors.get(f"{name}.{k}") for k in ("router", "s_in", "s_out")})
             lin.validate()
             linears.append(lin)

@@ -54,6 +54,10 @@ def to_signed(u: int, bits: int) -> int:
 X_BITS = 16
 #: Packed sign weights: 1 bit each, 1 -> +1, 0 -> -1; lane l of a word is input c*L + l (LSB first).
 #: One bit per weight is the point of the design: decode reads weights once, so bits = traffic.
+#: Integer weights (register WBITS = b in 2..cfg.weight_bits; ternary BitNet b1.58 is b = 2, codes
+#: 00 = 0, 01 = +1, 11 = -1) are b such planes of 0/1 bits, bit p of the two's complement value, so a
+#: weight costs b bits of traffic and b array steps: the bit-serial weight form of BISMO
+#: (Umuroglu et al., FPL 2018), beside the bit-serial activations.
 WEIGHT_BITS = 1
 #: Router weights and scale experts: int16 in SBUF, each tensor with a per-layer power-of-two exponent
 #: chosen by the compiler so the largest magnitude uses the full range (the exponent never reaches the
@@ -221,15 +225,36 @@ def plane_weight(b: int, bits: int) -> int:
     return -(1 << b) if b == bits - 1 else (1 << b)
 
 
-def plane_dot(a_word: int, w_word: int, mask: int, bits: int) -> int:
-    """One PE step over one lanes-wide word: the +-1-weighted sum of one activation plane.
+def plane_dot(a_word: int, w_word: int, mask: int, bits: int, w_bits: int = 0) -> int:
+    """One PE step over one lanes-wide word: the weighted sum of one activation plane.
 
+    Sign weights (``w_bits`` = 0, a bit 1 = +1, 0 = -1):
     k >= 2 (AND form, bits of a two's complement plane): 2*popcount(a & w & m) - popcount(a & m).
     k = 1  (XNOR form, a bit 1 = +1):                 2*popcount(~(a ^ w) & m) - popcount(m).
+    One plane of integer weights (``w_bits`` >= 2, k >= 2): popcount(a & w & m), both planes 0/1 bits.
     """
+    if w_bits:
+        assert bits >= 2, "integer weight planes need k >= 2 (AcceleratorConfig refuses the rest)"
+        return bin(a_word & w_word & mask).count("1")
     if bits == 1:
         return 2 * bin(~(a_word ^ w_word) & mask).count("1") - bin(mask).count("1")
     return 2 * bin(a_word & w_word & mask).count("1") - bin(a_word & mask).count("1")
+
+
+def step_weight(b: int, p: int, bits: int, w_bits: int) -> int:
+    """Significance of the step of activation plane b and weight plane p: plane_weight(b, k), times
+    plane_weight(p, WBITS) for integer weights (the product of two sign planes is positive)."""
+    return plane_weight(b, bits) * (plane_weight(p, w_bits) if w_bits else 1)
+
+
+def weight_planes(w: list[int], w_bits: int) -> list[int]:
+    """The planes a weight row is stored as (element i -> bit i): sign weights (w_bits = 0) one plane,
+    bit = (w > 0); integer weights bit p of the w_bits-bit two's complement, for p < w_bits."""
+    if not w_bits:
+        return [sum(1 << i for i, s in enumerate(w) if s > 0)]
+    lo, hi = -(1 << (w_bits - 1)), (1 << (w_bits - 1)) - 1
+    assert all(lo <= t <= hi for t in w), f"a weight is outside {w_bits}-bit two's complement"
+    return [sum(((to_unsigned(t, w_bits) >> p) & 1) << i for i, t in enumerate(w)) for p in range(w_bits)]
 
 
 def activation_planes(q: list[int], bits: int) -> list[int]:
@@ -239,15 +264,16 @@ def activation_planes(q: list[int], bits: int) -> list[int]:
     return [sum(((to_unsigned(t, bits) >> b) & 1) << i for i, t in enumerate(q)) for b in range(bits)]
 
 
-def binary_dot(q: list[int], signs: list[int], bits: int) -> int:
-    """Reference dot product of k-bit activations with +-1 weights, via planes and popcounts.
+def binary_dot(q: list[int], weights: list[int], bits: int, w_bits: int = 0) -> int:
+    """Reference dot product of k-bit activations with +-1 weights (``w_bits`` = 0) or ``w_bits``-bit
+    integer weights, via planes and popcounts.
 
-    Equal to sum(q_i * sign_i) exactly; this is the identity the PE relies on.
+    Equal to sum(q_i * w_i) exactly; this is the identity the PE relies on.
     """
-    w = sum(1 << i for i, s in enumerate(signs) if s > 0)
     mask = (1 << len(q)) - 1
     planes = activation_planes(q, bits)
-    return sum(plane_weight(b, bits) * plane_dot(p, w, mask, bits) for b, p in enumerate(planes))
+    return sum(step_weight(b, p, bits, w_bits) * plane_dot(a, w, mask, bits, w_bits)
+               for p, w in enumerate(weight_planes(weights, w_bits)) for b, a in enumerate(planes))
 
 
 # ---- host <-> accelerator conversions -------------------------------------------------------------

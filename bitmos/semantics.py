@@ -68,6 +68,25 @@ def xlines(cfg: AcceleratorConfig, k_features: Value) -> Value:
     return nchunks(cfg, k_features) * (cfg.lanes // cfg.cols)
 
 
+def weight_planes(cfg: AcceleratorConfig, w_bits: Value, ops: Ops = PY) -> Value:
+    """Weight planes per chunk of a MATMUL under register WBITS: 1 for sign weights (WBITS = 0), else
+    WBITS (one plane per bit of the two's complement integer). A sign-only config has no choice."""
+    if cfg.weight_bits == 1:
+        return 1
+    return ops.select(w_bits == 0, 1, w_bits)
+
+
+def times_weight_planes(cfg: AcceleratorConfig, x: Value, w_bits: Value, ops: Ops = PY) -> Value:
+    """``x * weight_planes(cfg, w_bits)``, as a choice among the constant multiples of the legal WBITS
+    values (shifts and adds in the RTL, no multiplier); an illegal WBITS never reaches a MATMUL."""
+    if cfg.weight_bits == 1:
+        return x
+    out = x
+    for b in range(2, cfg.weight_bits + 1):
+        out = ops.select(w_bits == b, x * b, out)
+    return out
+
+
 def plane_lines(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
     """QBUF lines of one token's (or one row block's) activation planes: nch * (k or P)."""
     return nchunks(cfg, k_features) * ops.select(mode, cfg.planes_per_row, cfg.act_bits)
@@ -122,7 +141,8 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         return acc
     if op is Op.MATMUL:
         return [Access("Q", False, f["q"], plane_lines(cfg, K, f["mode"], ops), what="QBUF lines"),
-                Access("W", False, f["w"], f["ntiles"] * nchunks(cfg, K), what="WBUF lines"),
+                Access("W", False, f["w"], f["ntiles"] * times_weight_planes(cfg, nchunks(cfg, K), regs[Reg.WBITS], ops),
+                       what="WBUF lines"),
                 Access("O", True, f["o"], f["ntiles"] * ops.select(f["mode"], 1, R), what="OBUF lines")]
     if op is Op.SCALEOUT:
         # token mode: each tile's accumulators are R lines apart, of which ntok are used
@@ -171,6 +191,9 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
                 bad = ([raw < lo] if lo > 0 else []) + ([raw > hi] if hi < top else [])
             if bad:
                 conds.append((f["reg"] == int(r)) & _any(bad))
+        # WBITS: 0 (sign) or 2..weight_bits (a 1-bit two's complement weight, {0, -1}, is no format)
+        wb = f["reg"] == int(Reg.WBITS)
+        conds.append(wb & ((raw == 1) | (raw > cfg.weight_bits)) if cfg.weight_bits >= 2 else wb & (raw != 0))
     if op in (Op.QUANT, Op.SCALEOUT):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
@@ -283,22 +306,29 @@ def matmul_drain_rows(cfg: AcceleratorConfig, mode: Value, ops: Ops = PY) -> Val
     return ops.select(mode, cfg.plane_rows, cfg.rows)
 
 
-def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
+def matmul_steps(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY, *, w_bits: Value = 0) -> Value:
+    """S, a MATMUL tile's steps (one QBUF and one WBUF line read each): for every chunk and weight
+    plane, the k activation planes (token mode) or P plane groups (plane mode)."""
+    nch = times_weight_planes(cfg, nchunks(cfg, k_features), w_bits, ops)
+    return nch * ops.select(mode, cfg.planes_per_row, cfg.act_bits)
+
+
+def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY, *,
+                       w_bits: Value = 0) -> Value:
     """T_tile, the interval at which a MATMUL starts its output tiles: max(S + C, D) with S steps
-    (nch*k token, nch*P plane) and D drain rows. A tile's steps enter every C + S cycles at the
+    (:func:`matmul_steps`) and D drain rows. A tile's steps enter every C + S cycles at the
     earliest (a PE row is drained and cleared C cycles after its last step left column 0), and the
     drain, one row a cycle, must be done before the next tile's starts."""
-    nch = nchunks(cfg, k_features)
-    steps = ops.select(mode, nch * cfg.planes_per_row, nch * cfg.act_bits)
+    steps = matmul_steps(cfg, k_features, mode, ops, w_bits=w_bits)
     rows = matmul_drain_rows(cfg, mode, ops)
     return ops.select(steps + cfg.cols >= rows, steps + cfg.cols, rows)
 
 
-def matmul_drain_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
+def matmul_drain_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY, *,
+                        w_bits: Value = 0) -> Value:
     """T_drain, what the last tile adds after ntiles*T_tile: the PE pipeline, the drain rows not
     overlapped (min(S + C, D)) and the drain pipeline. One tile alone takes S + C + 2 + D + 2."""
-    nch = nchunks(cfg, k_features)
-    steps = ops.select(mode, nch * cfg.planes_per_row, nch * cfg.act_bits)
+    steps = matmul_steps(cfg, k_features, mode, ops, w_bits=w_bits)
     rows = matmul_drain_rows(cfg, mode, ops)
     overlap = ops.select(steps + cfg.cols >= rows, rows, steps + cfg.cols)
     return ARRAY_PE_PIPELINE + overlap + ARRAY_DRAIN_PIPELINE
@@ -314,13 +344,16 @@ def compute_items(op: Op, f: Mapping[str, Value]) -> Value:
     return f["ntiles"] * f["ntok"]
 
 
-def item_cycles(op: Op, k_features: Value, mode: Value, cfg: AcceleratorConfig, ops: Ops = PY) -> tuple[Value, Value]:
-    """(cycles per item, cycles after the last item) of a compute instruction: functions of register K
-    and the mode only, so a controller can hold them ready in registers before the instruction comes."""
+def item_cycles(op: Op, k_features: Value, mode: Value, cfg: AcceleratorConfig, ops: Ops = PY, *,
+                w_bits: Value = 0) -> tuple[Value, Value]:
+    """(cycles per item, cycles after the last item) of a compute instruction: functions of registers K
+    and WBITS and the mode only, so a controller can hold them ready in registers before the
+    instruction comes."""
     if op is Op.QUANT:
         return quant_token_cycles(cfg, k_features, mode, ops), 0
     if op is Op.MATMUL:
-        return matmul_tile_cycles(cfg, k_features, mode, ops), matmul_drain_cycles(cfg, k_features, mode, ops)
+        return (matmul_tile_cycles(cfg, k_features, mode, ops, w_bits=w_bits),
+                matmul_drain_cycles(cfg, k_features, mode, ops, w_bits=w_bits))
     return 1, SCALEOUT_PIPELINE
 
 
@@ -331,7 +364,7 @@ def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value],
     (load/store/wait/halt stalls come from the DMA timeline, see :class:`Timeline`)."""
     if op not in COMPUTE_OPS:
         return 1
-    per_item, tail = item_cycles(op, regs[Reg.K], f["mode"], cfg, ops)
+    per_item, tail = item_cycles(op, regs[Reg.K], f["mode"], cfg, ops, w_bits=regs[Reg.WBITS])
     return 1 + compute_items(op, f) * per_item + tail
 
 
@@ -344,18 +377,12 @@ COMPUTE_OPS = (Op.QUANT, Op.MATMUL, Op.SCALEOUT)
 # ---- Python-integer conveniences ---------------------------------------------------------------
 
 
-def _fields_regs(ins: Instruction, regs: Mapping[Reg, int] | None, k_features: int | None):
-    f = dict(ins.args)
-    r = dict(regs) if regs is not None else {x: 0 for x in Reg}
-    if k_features is not None:
-        r[Reg.K] = k_features
-    return f, r
-
-
-def compute_cycles(ins: Instruction, cfg: AcceleratorConfig, k_features: int) -> int:
-    """:func:`controller_cycles` of a decoded instruction with register K = ``k_features``."""
-    f, r = _fields_regs(ins, None, k_features)
-    return controller_cycles(ins.op, f, r, cfg)
+def compute_cycles(ins: Instruction, cfg: AcceleratorConfig, k_features: int, w_bits: int = 0) -> int:
+    """:func:`controller_cycles` of a decoded instruction with registers K = ``k_features`` and WBITS =
+    ``w_bits`` (0, the reset value: sign weights)."""
+    r = {x: 0 for x in Reg}
+    r[Reg.K], r[Reg.WBITS] = k_features, w_bits
+    return controller_cycles(ins.op, dict(ins.args), r, cfg)
 
 
 def first_fault(ins: Instruction, word: int, regs: Mapping[Reg, int], cfg: AcceleratorConfig) -> Fault | None:
@@ -412,7 +439,7 @@ class Timeline:
         self.now += 1
         return issue
 
-    def step(self, ins: Instruction, cfg: AcceleratorConfig, k_features: int) -> tuple[int, int]:
+    def step(self, ins: Instruction, cfg: AcceleratorConfig, k_features: int, w_bits: int = 0) -> tuple[int, int]:
         """Advance past ``ins``; returns (issue cycle, cycles the instruction's unit is busy)."""
         op = ins.op
         if op in DMA_OPS:
@@ -420,12 +447,12 @@ class Timeline:
             return self.transfer(busy), busy
         if op in (Op.WAIT, Op.HALT):
             return self.sync(), 0
-        cycles = compute_cycles(ins, cfg, k_features)
+        cycles = compute_cycles(ins, cfg, k_features, w_bits)
         return self.compute(cycles), cycles - 1
 
 
 __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
-           "depth", "lookup", "nchunks", "xlines", "plane_lines", "dma_busy_cycles", "dma_cycles",
+           "depth", "lookup", "nchunks", "xlines", "plane_lines", "weight_planes", "times_weight_planes", "matmul_steps", "dma_busy_cycles", "dma_cycles",
            "quant_token_cycles", "matmul_tile_cycles", "matmul_drain_cycles", "matmul_drain_rows",
            "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
            "rq_cycles", "chunk_period", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",

@@ -39,7 +39,7 @@ def _align(n: int) -> int:
 def region_sizes(til: Tiling, cfg: AcceleratorConfig) -> dict[str, int]:
     """Bytes of each external region of a layer with tiling ``til``."""
     wb, sb, xb, ob = (cfg.line_bits(b) // 8 for b in "WSXO")
-    sizes = {"weights": til.NT * til.nch * wb,
+    sizes = {"weights": til.NT * til.wlines * wb,
              "sbuf": (til.sout_line + til.NT) * sb if cfg.experts >= 1 else 0,
              "input": til.T * til.XL * xb,
              "output": (til.ngroups * til.NT * cfg.rows if til.mode == "token" else til.NT) * ob}
@@ -118,7 +118,7 @@ def check_fits_memory(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> N
 
 def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tiling:
     """The candidate (mode x weight-block size) with the fewest Timeline cycles; cached per shape."""
-    key = (cfg, spec.d_in, spec.d_out, tokens)  # the whole config: programs embed its name and clock
+    key = (cfg, spec.d_in, spec.d_out, tokens, spec.w_bits)  # the whole config: programs embed its name and clock
     if key in _TILING_CACHE:
         return _TILING_CACHE[key]
     best, best_cycles, least_bytes = None, None, None
@@ -203,6 +203,8 @@ class CompiledLinear:
             regs["SIN"] = til.sin_line
         else:
             regs["SMUL"] = s.smul
+        if s.w_bits:
+            regs["WBITS"] = s.w_bits
         r = self.regions
         return {
             "name": self.name, "d_in": s.d_in, "d_out": s.d_out, "tokens": til.T, "mode": til.mode,
@@ -216,8 +218,9 @@ class CompiledLinear:
             "tiling": til.to_dict(),
             "regions": {
                 "weights": {"addr": r.weights, "bytes": self.sizes["weights"],
-                            "layout": "WBUF lines, tile-major then chunk: line n*nch + c holds output tile n, "
-                                      "input chunk c"},
+                            "layout": "WBUF lines, tile-major, then chunk, then weight plane: line "
+                                      "(n*nch + c)*planes + p holds plane p of output tile n, input chunk c "
+                                      "(planes = 1 for sign weights, WBITS for integer weights)"},
                 "sbuf": {"addr": r.sbuf, "bytes": self.sizes["sbuf"],
                          "layout": "SBUF lines: router (XL lines, E>=2), S_in (XL lines), S_out (one line per tile)"},
                 "input": {"addr": r.input, "bytes": self.sizes["input"], "layout": "xbuf", "dtype": "int16",
@@ -236,9 +239,14 @@ def _pack_layer(spec: LayerSpec, til: Tiling, cfg: AcceleratorConfig, regions: R
     mem = bytearray(end - base)
     C, L, E = cfg.cols, cfg.lanes, cfg.experts
     K, N, NT, nch, XL = til.K, til.N, til.NT, til.nch, til.XL
-    signs = np.zeros((NT * C, nch * L), dtype=bool)       # padded outputs: 0 bits; padded inputs: masked
-    signs[:N, :K] = spec.signs
-    w = signs.reshape(NT, C, nch, L).transpose(0, 2, 1, 3)   # (tile, chunk, col, lane)
+    nwp = max(1, spec.w_bits)
+    weights = np.zeros((NT * C, nch * L), dtype=np.int64)   # padded outputs: 0 bits; padded inputs: masked
+    weights[:N, :K] = spec.weights
+    if spec.w_bits:   # bit p of the two's complement integer
+        planes = (np.bitwise_and(weights, (1 << spec.w_bits) - 1)[None] >> np.arange(nwp)[:, None, None]) & 1
+    else:             # sign weights: 1 = +1 (padding is 0, masked off by the hardware)
+        planes = (weights > 0)[None]
+    w = planes.astype(bool).reshape(nwp, NT, C, nch, L).transpose(1, 3, 0, 2, 4)   # (tile, chunk, plane, col, lane)
     wbytes = np.packbits(w, axis=-1, bitorder="little").tobytes()
     mem[regions.weights - base: regions.weights - base + len(wbytes)] = wbytes
     if E >= 1:
@@ -279,7 +287,7 @@ def _relocate(sch: Schedule, units: int, name: str) -> Schedule:
 def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: int = 0) -> CompiledLinear:
     """Compile a lowered layer; identical shapes reuse one schedule, relocated to this layer's regions."""
     base = _align(base)
-    key = (cfg, spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul)
+    key = (cfg, spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul, spec.w_bits)
     cached = _SCHEDULE_CACHE.get(key)
     til = cached[0] if cached else choose_tiling(spec, cfg, tokens)
     regions, sizes = _layout(til, cfg, base)

@@ -33,14 +33,14 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
 from bitmos.export import BinaryLinearExport
 
-#: Export schemes with a hardware path: sign (E = 0, one scale), onebit (E = 1) and BinaryMoS.
-SUPPORTED_SCHEMES = ("mos", "sign", "onebit")
+#: Export schemes with a hardware path: sign (E = 0, one scale), onebit (E = 1), BinaryMoS, and ternary
+#: (BitNet b1.58: E = 0, one scale, weights as two planes under WBITS = 2; needs cfg.weight_bits >= 2).
+SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary")
 #: Schemes that exist in the model zoo but have no hardware path yet (and the reason).
 UNSUPPORTED_SCHEMES = {
     "fbi": "FBI-LLM's per-channel alpha/beta affine needs a bias-add stage the scale unit lacks",
     "bitnet": "BitNet's parameter-free LayerNorm before quantization has no hardware stage",
     "pb": "PB-LLM's int8 salient weights need a second (8-bit) datapath",
-    "ternary": "ternary weights need a second (nonzero) weight plane and a {-1, 0, +1} PE",
     "float": "the float teacher has no binarized linears",
 }
 
@@ -55,8 +55,9 @@ class LayerSpec:
     rshift: int
     oshift: int
     smul: int
+    w_bits: int = 0           # register WBITS: 0 = sign weights, 2 = ternary (two's complement planes)
     # Mapped tables, already with the hardware's expert count (None when unused or timing-only).
-    signs: np.ndarray | None = None    # bool [N, K]
+    weights: np.ndarray | None = None  # int8 [N, K]: +-1 (w_bits = 0) or w_bits-bit integers
     router: np.ndarray | None = None   # int16 [E_h, K] (E_h >= 2)
     s_in: np.ndarray | None = None     # int16 [E_h', K] (E_h >= 1)
     s_out: np.ndarray | None = None    # int16 [E_h', N] (E_h >= 1)
@@ -64,15 +65,19 @@ class LayerSpec:
 
     @property
     def materialized(self) -> bool:
-        return self.signs is not None
+        return self.weights is not None
 
 
 def _fail(name: str, what: str) -> None:
     raise UnsupportedError(f"layer {name!r}: {what}")
 
 
-def check_shape(name: str, d_in: int, d_out: int, act_bits: int, cfg: AcceleratorConfig) -> None:
-    """Shape limits that do not depend on the schedule (K range, accumulator width, act_bits)."""
+def check_shape(name: str, d_in: int, d_out: int, act_bits: int, cfg: AcceleratorConfig, w_bits: int = 0) -> None:
+    """Shape limits that do not depend on the schedule (K range, accumulator width, act_bits, weight format)."""
+    if w_bits > cfg.weight_bits or (w_bits and cfg.weight_bits < 2):
+        _fail(name, f"{w_bits}-bit integer weights (ternary) but the accelerator has weight_bits = "
+                    f"{cfg.weight_bits} (sign weights only); compile for a config with weight_bits >= {w_bits} "
+                    "(the presets small, medium, asic32)")
     if act_bits != cfg.act_bits:
         _fail(name, f"act_bits = {act_bits} but the accelerator quantizes to act_bits = {cfg.act_bits}; "
                     "re-export the student with matching activation bits")
@@ -80,10 +85,13 @@ def check_shape(name: str, d_in: int, d_out: int, act_bits: int, cfg: Accelerato
         _fail(name, f"K = d_in = {d_in} is outside the K register's range 1..65535")
     if d_out < 1:
         _fail(name, f"d_out = {d_out} must be >= 1")
-    worst = d_in * ((1 << cfg.act_bits) - 1)
+    # |q| <= 2^(k-1) (the sign plane's weight; k = 1: 1) and |w| <= 1 (sign) or 2^(b-1) (b-bit integers)
+    qmax = 1 if cfg.act_bits == 1 else 1 << (cfg.act_bits - 1)
+    wmax = 1 << (w_bits - 1) if w_bits else 1
+    worst = d_in * max((1 << cfg.act_bits) - 1, qmax * wmax)
     limit = (1 << (cfg.acc_bits - 1)) - 1
     if worst > limit:
-        _fail(name, f"accumulator could overflow: K*(2^k-1) = {d_in}*{(1 << cfg.act_bits) - 1} = {worst} > "
+        _fail(name, f"accumulator could overflow: K = {d_in} inputs of up to {worst // d_in} each = {worst} > "
                     f"2^(acc_bits-1)-1 = {limit} (acc_bits = {cfg.acc_bits}); split the layer or widen acc_bits")
 
 
@@ -139,17 +147,17 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
         _fail(name, f"scheme {scheme!r} has no hardware path: {UNSUPPORTED_SCHEMES[scheme]}")
     if scheme not in SUPPORTED_SCHEMES:
         _fail(name, f"unknown scheme {scheme!r}; supported: {', '.join(SUPPORTED_SCHEMES)}")
-    check_shape(name, lin.d_in, lin.d_out, lin.act_bits, cfg)
+    check_shape(name, lin.d_in, lin.d_out, lin.act_bits, cfg, lin.weight_bits)
     mapping = check_experts(name, lin.experts, cfg)
     el, eh = lin.experts, cfg.experts
     s_in_exp = lin.s_in_exp if el >= 1 else 0
     rshift, oshift = formats.layer_shifts(name, cfg, experts=el, router_exp=lin.router_exp, s_in_exp=s_in_exp,
                                           s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp)
     spec = LayerSpec(name, lin.d_in, lin.d_out, el, rshift, oshift, lin.smul if el == 0 else 0,
-                     expert_mapping=mapping)
+                     w_bits=lin.weight_bits, expert_mapping=mapping)
     if not materialize:
         return spec
-    spec.signs = np.asarray(lin.signs, dtype=bool)
+    spec.weights = lin.weights()
     if mapping == "direct":
         spec.router = None if eh < 2 else np.asarray(lin.router, np.int16)
         spec.s_in = None if eh < 1 else np.asarray(lin.s_in, np.int16)
@@ -173,25 +181,31 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
 
 
 def synthetic_spec(name: str, d_in: int, d_out: int, cfg: AcceleratorConfig, *, seed: int,
-                   materialize: bool) -> LayerSpec:
-    """A layer with seeded random signs / scales in the hardware's own expert count (performance studies).
+                   materialize: bool, w_bits: int = 0) -> LayerSpec:
+    """A layer with seeded random weights / scales in the hardware's own expert count (performance studies):
+    signs (``w_bits`` = 0) or ternary weights (``w_bits`` = 2, about a third of them zero).
 
     Exponents are chosen so RSHIFT and OSHIFT are in range for any config: router/scales ~ +-1.0 with
     12 fraction bits.
     """
-    check_shape(name, d_in, d_out, cfg.act_bits, cfg)
+    if w_bits not in (0, 2):
+        _fail(name, f"weight format w_bits = {w_bits}: synthetic layers are sign (0) or ternary (2)")
+    check_shape(name, d_in, d_out, cfg.act_bits, cfg, w_bits)
     eh = cfg.experts
     exp = 12
     out_exp = max(exp, cfg.out_frac_bits - cfg.x_frac_bits - (exp if eh >= 1 else 0))
     rshift, oshift = formats.layer_shifts(name, cfg, experts=eh, router_exp=max(exp, 8 - cfg.x_frac_bits),
                                           s_in_exp=exp, s_out_exp=out_exp, smul_exp=out_exp)
-    spec = LayerSpec(name, d_in, d_out, eh, rshift, oshift, 0, expert_mapping="synthetic")
+    spec = LayerSpec(name, d_in, d_out, eh, rshift, oshift, 0, w_bits=w_bits, expert_mapping="synthetic")
     if eh == 0:
         spec.smul = 1 << (out_exp - 1) if out_exp >= 1 else 1
     if not materialize:
         return spec
     rng = np.random.default_rng(seed)
-    spec.signs = rng.random((d_out, d_in)) < 0.5
+    if w_bits:
+        spec.weights = rng.integers(-1, 2, size=(d_out, d_in)).astype(np.int8)
+    else:
+        spec.weights = np.where(rng.random((d_out, d_in)) < 0.5, 1, -1).astype(np.int8)
     if eh >= 2:
         spec.router = rng.integers(-(1 << exp), 1 << exp, size=(eh, d_in)).astype(np.int16)
     if eh >= 1:

@@ -62,7 +62,7 @@ class Tiling:
     q_slot: int               # QBUF lines per group (nch*k or nch*P)
     groups_per_block: int     # groups whose planes stay in QBUF while all weight blocks pass (token block)
     tpb: int                  # tiles per weight block (one DMA transfer)
-    w_slot: int               # WBUF lines per weight slot (tpb*nch)
+    w_slot: int               # WBUF lines per weight slot (tpb*wlines)
     nws: int                  # weight slots (2 = double-buffered)
     w_resident: bool          # every weight block of the program fits at once: loaded once
     mt: int                   # tiles per matmul / scaleout
@@ -75,6 +75,8 @@ class Tiling:
     sout_resident: bool
     nss: int                  # S_out slots when streamed (each tpb lines)
     out_resident: bool        # plane mode: all outputs of the program stay in OBUF, one store at the end
+    wlines: int               # WBUF lines per output tile: nch * weight planes (1 sign, WBITS integer)
+    w_bits: int               # register WBITS of the layer (0 = sign weights)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -121,9 +123,11 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
                      "sbuf_kib")
     sout_line = fixed
     # -- weights ---------------------------------------------------------------------------------
-    if nch > dW:
-        _unsupported(name, f"one output tile's weights need {nch} WBUF lines (K = {K}), WBUF has {dW}", "wbuf_kib")
-    max_tpb = min(NT, max(1, (dW // 2) // nch), MAX_MATMUL_TILES)
+    wlines = nch * max(1, spec.w_bits)     # one line per chunk and weight plane
+    if wlines > dW:
+        _unsupported(name, f"one output tile's weights need {wlines} WBUF lines (K = {K}"
+                           f"{f', {spec.w_bits} weight planes' if spec.w_bits else ''}), WBUF has {dW}", "wbuf_kib")
+    max_tpb = min(NT, max(1, (dW // 2) // wlines), MAX_MATMUL_TILES)
     if E >= 1:
         room = dS - fixed
         sout_resident = NT <= room
@@ -132,7 +136,7 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
     else:
         sout_resident = True
     tpb = max_tpb if tpb is None else max(1, min(tpb, max_tpb))
-    w_slot = tpb * nch
+    w_slot = tpb * wlines
     nws = dW // w_slot
     nblocks = ceil_div(NT, tpb)
     w_resident = nblocks <= nws
@@ -156,7 +160,7 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
         nslabs = dO // slab
     return Tiling(mode, K, N, T, nch, XL, NT, g, ngroups, x_slot, nxs, q_slot, gpb, tpb, w_slot, nws,
                   w_resident, mt, rowstride, slab, nslabs, router_line, sin_line, sout_line, sout_resident,
-                  nss, out_resident)
+                  nss, out_resident, wlines, spec.w_bits)
 
 
 # ---- the logical program --------------------------------------------------------------------------
@@ -219,6 +223,8 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
     else:
         cmp(setr(Reg.SMUL, spec.smul), (), "per-layer output scale")
     cmp(setr(Reg.OSHIFT, spec.oshift), (), "output shift")
+    if til.w_bits:   # back to the reset value (sign weights) at the end, so a layer never inherits it
+        cmp(setr(Reg.WBITS, til.w_bits), (), f"{til.w_bits}-bit integer weights (ternary: {til.w_bits} planes)")
     # SBUF: router + S_in (+ S_out when resident) in one transfer.
     if E >= 1:
         fixed = til.sout_line
@@ -254,7 +260,7 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
                 wseq += 1
                 need_load = True
             if need_load:
-                dma(False, "W", ws * til.w_slot, len(blk) * til.nch, regions.weights + blk.start * til.nch * wb,
+                dma(False, "W", ws * til.w_slot, len(blk) * til.wlines, regions.weights + blk.start * til.wlines * wb,
                     ("W", ws), f"weights tiles {blk.start}..{blk.stop - 1}")
             if E >= 1 and not til.sout_resident:
                 ss = sseq % til.nss
@@ -281,7 +287,7 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
                         ores = ("O", sl)
                     where = f"tiles {c0}..{c0 + nt - 1} (outputs {c0 * cfg.cols}..{(c0 + nt) * cfg.cols - 1})"
                     cmp(Instruction.make(Op.MATMUL, mode=mode, q=m * til.q_slot,
-                                         w=ws * til.w_slot + (c0 - blk.start) * til.nch, o=obase, ntiles=nt),
+                                         w=ws * til.w_slot + (c0 - blk.start) * til.wlines, o=obase, ntiles=nt),
                         (("Q", m), ("W", ws), ores), f"{name}: matmul tokens {t0}..{t0 + ntok - 1} x {where}")
                     s_line = sbase + (c0 - blk.start) if E >= 1 else 0
                     cmp(Instruction.make(Op.SCALEOUT, mode=mode, o=obase, s=s_line, meta=m * til.g, ntok=ntok,
@@ -298,10 +304,13 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
     if til.out_resident:
         dma(True, "O", 0, len(tiles), regions.output + tiles.start * ob, ("O", 0),
             f"store y tiles {tiles.start}..{tiles.stop - 1}")
-    return _place(compute, dmas, cfg, til.K, home=min(regions.weights, regions.sbuf, regions.input, regions.output) // 64)
+    if til.w_bits:
+        cmp(setr(Reg.WBITS, 0), (), "sign weights again (the reset value)")
+    return _place(compute, dmas, cfg, til.K, til.w_bits,
+                  home=min(regions.weights, regions.sbuf, regions.input, regions.output) // 64)
 
 
-def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int = 0) -> Schedule:
+def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: int, home: int = 0) -> Schedule:
     """Turn the logical program into instructions: DMA windows, EDF placement, waits, halt."""
     n = len(compute)
     touches: dict[tuple, list[int]] = {}
@@ -321,7 +330,7 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
     # Compute-bound programs never stall the controller for a transfer that could still wait; DMA-bound
     # ones may, when the stall is shorter than the DMA idle time it avoids.
     dma_total = sum(1 + cfg.ext_latency + -(-d.nlines * cfg.line_bits(d.buf) // cfg.ext_bw_bits) for d in dmas)
-    dma_bound = dma_total > sum(compute_cycles(c[0], cfg, K) for c in compute)
+    dma_bound = dma_total > sum(compute_cycles(c[0], cfg, K, w_bits) for c in compute)
     ready: list[tuple[int, int, _Dma]] = []
     nxt = 0
     tl = Timeline()
@@ -338,7 +347,7 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
         if note:
             comments[len(words)] = note
         words.append(ins.encode())
-        _, busy = tl.step(ins, cfg, K)
+        _, busy = tl.step(ins, cfg, K, w_bits)
         if ins.op in (Op.LOAD, Op.STORE):
             dma_busy += busy + 1
         elif ins.op not in (Op.WAIT, Op.HALT):
@@ -377,7 +386,7 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, home: int 
                 issue(heapq.heappop(ready)[2])
             break
         ins, res, note = compute[i]
-        c_i = compute_cycles(ins, cfg, K)
+        c_i = compute_cycles(ins, cfg, K, w_bits)
         # (a) transfers whose deadline is this instruction: issue now, whatever the stall
         while ready and ready[0][0] <= i:
             issue(heapq.heappop(ready)[2])

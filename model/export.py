@@ -30,7 +30,7 @@ from bitmos.errors import UnsupportedError
 from bitmos.export import EXPORT_VERSION, BinaryLinearExport, ModelExport, quantize_to_int16
 
 #: schemes with a hardware path, and the experts count each one exports with
-SUPPORTED_SCHEMES = ("sign", "onebit", "mos")
+SUPPORTED_SCHEMES = ("sign", "onebit", "mos", "ternary")
 #: activation widths the accelerator's quantizer produces
 HW_ACT_BITS = (1, 2, 4, 8)
 
@@ -69,7 +69,9 @@ def export_linear(path: str, module) -> BinaryLinearExport:
     d_out, d_in = signs.shape
     lin = BinaryLinearExport(name=path, d_in=d_in, d_out=d_out, experts=0, act_bits=int(act_bits),
                              signs=np.ascontiguousarray(signs), scheme=scheme)
-    if scheme == "sign":
+    if scheme == "ternary":   # one per-tensor scale gamma, like sign; the zero trits as a second plane
+        lin.nonzero = np.ascontiguousarray(info["nonzero"].cpu().numpy().astype(bool))
+    if scheme in ("sign", "ternary"):
         smul, smul_exp = _int16(np.array([info["scale"]], dtype=np.float64), path, "scale")
         lin.smul, lin.smul_exp = int(smul[0]), int(smul_exp)
     else:

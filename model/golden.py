@@ -161,7 +161,7 @@ class GoldenLinear:
         act_qmax(self.bits)  # validates 1/2/4/8
         self.rshift, self.oshift = layer_shifts(lin, cfg)
         t = lambda a: torch.from_numpy(np.asarray(a).astype(np.int64))  # noqa: E731
-        self.w_pm1 = torch.from_numpy(np.where(lin.signs, 1, -1).astype(np.int64).T.copy())   # [K, N] +-1
+        self.w_int = torch.from_numpy(lin.weights().astype(np.int64).T.copy())    # [K, N] +-1 or {-1, 0, +1}
         self.router = t(lin.router) if lin.experts >= 2 else None                             # [E, K]
         self.s_in = t(lin.s_in) if lin.experts >= 1 else None                                 # [E, K]
         self.s_out = t(lin.s_out) if lin.experts >= 1 else None                               # [E, N]
@@ -200,7 +200,7 @@ class GoldenLinear:
         tr["v"] = v
         q, d = quantize_token(v, self.bits)
         tr["q"], tr["D"] = q, d
-        acc_full = q @ self.w_pm1                         # exact: |acc| <= K*Q < 2^23, integer matmul
+        acc_full = q @ self.w_int                         # exact: |acc| <= K*Q < 2^23, integer matmul
         tr["acc_unwrapped"] = acc_full
         tr["acc"] = wrap(acc_full, self.cfg.acc_bits)
         tr["s_out"] = mix_scale(tr["gates"], self.s_out) if E >= 1 else self.smul.expand(1, self.lin.d_out)

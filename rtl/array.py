@@ -135,15 +135,31 @@ class SystolicArray(wiring.Component):
         sub = Signal(3)          # plane b (token) or plane group p (plane) of the current step
         rem = Signal(signed(18))  # K - c*L: lanes of this chunk that are in range
         kreg = Signal(16)
+        # integer weights (weight_bits >= 2): each chunk is read once per weight plane p, the k (or P)
+        # activation steps innermost, so WBUF line w + n*wlines + c*planes + p is read for k steps
+        WB = cfg.weight_bits
+        wint = Signal()          # this MATMUL's weights are integer planes (WBITS != 0); held for it
+        nwp_m1 = Signal(3)       # weight planes - 1
+        wp = Signal(max(1, ceil_log2(WB)))   # weight plane p of the current step
+        wlines = Signal(20)      # WBUF lines per tile: nch * planes
+        wline = Signal(17)       # the current step's WBUF line
+        qchunk = Signal(17)      # q + c*(k or P): where the chunk's activation steps restart
 
+        wbits = self.regs.wbits
         nch_c = (self.regs.k + (L - 1)) // L
-        steps_c = Mux(self.mode, nch_c * P, nch_c * k)
-        t_tile = sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, AMARANTH_OPS)
+        steps_c = sem.matmul_steps(cfg, self.regs.k, self.mode, AMARANTH_OPS, w_bits=wbits)
+        t_tile = sem.matmul_tile_cycles(cfg, self.regs.k, self.mode, AMARANTH_OPS, w_bits=wbits)
+        if WB >= 2:
+            with m.If(self.start):
+                m.d.sync += [wint.eq(wbits != 0), nwp_m1.eq(Mux(wbits == 0, 0, wbits - 1)),
+                             wlines.eq(sem.times_weight_planes(cfg, nch_c, wbits, AMARANTH_OPS)),
+                             wp.eq(0), wline.eq(self.w), qchunk.eq(self.q)]
         with m.If(self.start):
             m.d.sync += [
                 mode.eq(self.mode), nch.eq(nch_c), kreg.eq(self.regs.k), steps.eq(steps_c),
                 pitch_m1.eq(t_tile - 1),
-                tlast_m1.eq(t_tile + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, AMARANTH_OPS) - 1),
+                tlast_m1.eq(t_tile + sem.matmul_drain_cycles(cfg, self.regs.k, self.mode, AMARANTH_OPS,
+                                                             w_bits=wbits) - 1),
                 fill_end.eq(steps_c + (C - 1)),
                 tiles_left.eq(self.ntiles), last_tile.eq(self.ntiles == 1), loading.eq(1), tile_end.eq(0),
                 tc.eq(0),
@@ -157,27 +173,37 @@ class SystolicArray(wiring.Component):
             with m.If(tile_end):                                   # next tile (its length is >= 2)
                 m.d.sync += [tile_end.eq(0), tc.eq(0), tiles_left.eq(tiles_left - 1), last_tile.eq(tiles_left == 2),
                              tleft.eq(Mux(tiles_left == 2, tlast_m1, pitch_m1)), reading.eq(1),
-                             qline.eq(q0), wbase.eq(wbase + nch), obase.eq(obase + Mux(mode, 1, R)),
+                             qline.eq(q0), obase.eq(obase + Mux(mode, 1, R)),
                              chunk.eq(0), sub.eq(0), rem.eq(kreg)]
+                if WB >= 2:
+                    m.d.sync += [wbase.eq(wbase + wlines), wline.eq(wbase + wlines), wp.eq(0), qchunk.eq(q0)]
+                else:
+                    m.d.sync += wbase.eq(wbase + nch)
             with m.Else():
                 m.d.sync += [tc.eq(tc + 1), tleft.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1), tleft) - 1),
                              tile_end.eq(Mux(loading, Mux(last_tile, tlast_m1, pitch_m1) == 1, tleft == 1))]
                 with m.If(reading):
-                    m.d.sync += [qline.eq(qline + 1), reading.eq(tc + 1 != steps)]
-                    with m.If(sub == last_sub):
-                        m.d.sync += [sub.eq(0), chunk.eq(chunk + 1), rem.eq(rem - L)]
-                    with m.Else():
-                        m.d.sync += sub.eq(sub + 1)
+                    m.d.sync += reading.eq(tc + 1 != steps)
+                    if WB >= 2:
+                        self._next_step_planes(m, L, sub, last_sub, wp, nwp_m1, wline, qline, qchunk, chunk, rem)
+                    else:
+                        m.d.sync += qline.eq(qline + 1)
+                        with m.If(sub == last_sub):
+                            m.d.sync += [sub.eq(0), chunk.eq(chunk + 1), rem.eq(rem - L)]
+                        with m.Else():
+                            m.d.sync += sub.eq(sub + 1)
         m.d.comb += self.busy.eq(tiles_left != 0)
 
         m.d.comb += [
-            self.qbuf.addr.eq(qline), self.wbuf.addr.eq(wbase + chunk),
+            self.qbuf.addr.eq(qline), self.wbuf.addr.eq(wline if WB >= 2 else wbase + chunk),
             self.qbuf.en.eq(1), self.wbuf.en.eq(1),
         ]
         # Step info, aligned with the read data one cycle later.
         d_valid = Signal()
         d_sub = Signal(3)
         d_mask = Signal(L)
+        d_wp, d_wneg = Signal.like(wp), Signal()
+        m.d.sync += [d_wp.eq(wp), d_wneg.eq(wint & (wp == nwp_m1))]
         # lane l is in range iff l < rem: all lanes while rem >= L, else a thermometer of rem's low bits
         lb = ceil_log2(L)
         full = ~rem[-1] & (rem[lb:] != 0) if lb < len(rem) else Const(0)
@@ -191,17 +217,20 @@ class SystolicArray(wiring.Component):
         m.d.sync += [d_valid.eq(self.busy & reading), d_sub.eq(sub), d_mask.eq(mask_now)]
 
         # ---- the PE grid with skew ---------------------------------------------------------------
-        pes = [[XnorPopcountPE(lanes=L, act_bits=k, acc_bits=A) for _ in range(C)] for _ in range(R)]
+        pes = [[XnorPopcountPE(lanes=L, act_bits=k, acc_bits=A, weight_bits=WB) for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
         assert XnorPopcountPE.LATENCY == sem.ARRAY_PE_PIPELINE
 
         # What moves right: the activation word (AND form: masked at the row entry, so the mask need
-        # not travel), the mask (XNOR form only), the plane index and valid.
+        # not travel), the mask (XNOR form only), the plane index and valid; with integer weights
+        # also the weight plane index and its sign-plane flag (wint is held for the whole MATMUL).
         def bundle(name):
             sigs = [Signal(L, name=f"{name}_a"), Signal(pbits, name=f"{name}_plane"),
                     Signal(name=f"{name}_valid")]
+            if WB >= 2:
+                return sigs + [Signal.like(wp, name=f"{name}_wplane"), Signal(name=f"{name}_wneg")]
             return sigs + ([Signal(L, name=f"{name}_mask")] if k == 1 else [])
 
         def delay(m, src, n, name):
@@ -227,13 +256,17 @@ class SystolicArray(wiring.Component):
             ]
             if k == 1:
                 m.d.comb += src[3].eq(d_mask)
+            if WB >= 2:
+                m.d.comb += [src[3].eq(d_wp), src[4].eq(d_wneg)]
             cur = delay(m, src, i, f"row{i}_skew")
-            self._row_term(m, cur, row_term[i], clear[i], f"row{i}")
+            self._row_term(m, cur, row_term[i], clear[i], f"row{i}", wint)
             for j in range(C):
                 pe = pes[i][j]
                 m.d.comb += [pe.a.eq(cur[0]), pe.plane.eq(cur[1]), pe.valid.eq(cur[2]), pe.clear.eq(clear[i])]
                 if k == 1:
                     m.d.comb += pe.mask.eq(cur[3])
+                if WB >= 2:
+                    m.d.comb += [pe.wint.eq(wint), pe.wplane.eq(cur[3]), pe.wneg.eq(cur[4])]
                 if j < C - 1:
                     cur = delay(m, cur, 1, f"pe_{i}_{j}_right")
         for j in range(C):
@@ -308,11 +341,27 @@ class SystolicArray(wiring.Component):
         ]
         return m
 
-    def _row_term(self, m, cur, term, clear, name):
+    @staticmethod
+    def _next_step_planes(m, lanes, sub, last_sub, wp, nwp_m1, wline, qline, qchunk, chunk, rem):
+        """The step after this one with weight planes: the activation steps of a chunk (sub) are run
+        once per weight plane p (the QBUF lines from the chunk's start again), then the next chunk; the
+        WBUF line moves on after each run, as (chunk, plane) pairs are consecutive lines."""
+        with m.If(sub == last_sub):
+            m.d.sync += [sub.eq(0), wline.eq(wline + 1)]
+            with m.If(wp == nwp_m1):
+                m.d.sync += [wp.eq(0), chunk.eq(chunk + 1), rem.eq(rem - lanes),
+                             qline.eq(qline + 1), qchunk.eq(qline + 1)]
+            with m.Else():
+                m.d.sync += [wp.eq(wp + 1), qline.eq(qchunk)]
+        with m.Else():
+            m.d.sync += [sub.eq(sub + 1), qline.eq(qline + 1)]
+
+    def _row_term(self, m, cur, term, clear, name, wint):
         """The part of ``plane_weight * plane_dot`` every PE of a row shares, accumulated in step with
         the row's column-0 PE (same pipeline, same clear): AND form ``-(total << b)``, and for the
         sign plane ``(total << b) + 1`` (undoing the PEs' ones' complement); XNOR form ``-total``;
-        ``total`` is the row's active-lane count."""
+        ``total`` is the row's active-lane count. An integer-weight step (``wint``) adds only the 1
+        of a negated step (activation sign plane XOR weight sign plane) and no total."""
         k, L = self._cfg.act_bits, self._cfg.lanes
         a, plane, valid = cur[0], cur[1], cur[2]
         # the same pipelined tree as the PEs', so the row term is updated in step with column 0
@@ -331,7 +380,14 @@ class SystolicArray(wiring.Component):
             m.d.comb += t.eq(~Cat(total, Const(0, 1)).as_signed())
         else:
             shifted = Cat(total << tplane, Const(0, 1)).as_signed()
-            m.d.comb += t.eq(Mux(tplane == k - 1, shifted, ~shifted))
+            sign_form = Mux(tplane == k - 1, shifted, ~shifted)
+            if self._cfg.weight_bits >= 2:   # t + 1 = 1 for a negated integer step, else 0
+                twneg_mid, twneg = Signal(name=f"{name}_twneg_mid"), Signal(name=f"{name}_twneg")
+                m.d.sync += [twneg_mid.eq(cur[4]), twneg.eq(twneg_mid)]
+                negated = (tplane == k - 1) ^ twneg
+                m.d.comb += t.eq(Mux(wint, Mux(negated, 0, -1), sign_form))
+            else:
+                m.d.comb += t.eq(sign_form)
         plus_one = Signal(signed(len(term) + 1), name=f"{name}_sum")
         m.d.comb += plus_one.eq(Cat(Const(1, 1), term).as_signed() + Cat(Const(1, 1), t).as_signed())
         with m.If(clear):

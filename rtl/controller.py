@@ -159,7 +159,8 @@ class Controller(wiring.Component):
             f_issued = issued_word[op.name.lower()]
             held = [[v if isinstance(v, int) else registered(m, v, f"{op.name.lower()}_mode{mode}_{what}")
                      for what, v in zip(("item", "tail"),
-                                        sem.item_cycles(op, regs[isa.Reg.K], mode, cfg, AMARANTH_OPS))]
+                                        sem.item_cycles(op, regs[isa.Reg.K], mode, cfg, AMARANTH_OPS,
+                                                        w_bits=regs[isa.Reg.WBITS]))]
                     for mode in (0, 1)]
             per_item = Mux(f_issued["mode"], held[1][0], held[0][0])
             tail = Mux(f_issued["mode"], held[1][1], held[0][1])

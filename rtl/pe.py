@@ -8,7 +8,10 @@ term", ``bitmos.rtl.array``) and adds them at the drain. Per valid step the accu
 
 * AND form (k >= 2; ``a`` already masked): ``x = popcount(a & w) << (plane + 1)``, and for the sign
   plane k-1 its ones' complement ``~x = -x - 1`` (the row term adds ``total << plane`` and the 1 back);
-* XNOR form (k = 1): ``x = popcount(~(a ^ w) & mask) << 1`` (the row term adds ``-total``).
+* XNOR form (k = 1): ``x = popcount(~(a ^ w) & mask) << 1`` (the row term adds ``-total``);
+* integer weights (``weight_bits`` >= 2, a step with ``wint``; ``w`` is weight plane ``wplane`` of
+  0/1 bits): ``x = popcount(a & w) << (plane + wplane)``, its ones' complement when exactly one of
+  the two is a sign plane (``plane = k-1``, ``wneg``); the row term adds the 1 back and no total.
 
 Row term plus accumulator is then ``formats.plane_weight(plane, k) * formats.plane_dot(a, w, mask, k)``
 summed over the steps, modulo 2**acc_bits. Pipeline (``bitmos.semantics.ARRAY_PE_PIPELINE`` = 2): the
@@ -120,6 +123,9 @@ class XnorPopcountPE(wiring.Component):
         k, activation bits (1, 2, 4 or 8); k = 1 selects the XNOR form.
     acc_bits : int
         Accumulator width (16..32); the sum wraps in two's complement.
+    weight_bits : int
+        Widest integer weight (1 = sign weights only, the default; 2..8 add the integer form and
+        needs act_bits >= 2).
 
     Attributes
     ----------
@@ -130,6 +136,8 @@ class XnorPopcountPE(wiring.Component):
         Lane mask; used by the XNOR form only (the AND form gets ``a`` masked).
     plane : In(ceil_log2(act_bits)) (at least 1 bit)
         Index b of the activation plane.
+    wint, wplane, wneg : In(1), In(ceil_log2(weight_bits)), In(1) (``weight_bits`` >= 2 only)
+        This step is one plane of integer weights; its index p; it is the weight's sign plane.
     valid : In(1)
         Accumulate this step (the add happens ``LATENCY`` cycles later).
     clear : In(1)
@@ -148,8 +156,9 @@ class XnorPopcountPE(wiring.Component):
     #: Cycles between a step at the inputs and the accumulator add (its two popcount registers).
     LATENCY = ARRAY_PE_PIPELINE
 
-    def __init__(self, *, lanes: int, act_bits: int, acc_bits: int):
-        for name, value in (("lanes", lanes), ("act_bits", act_bits), ("acc_bits", acc_bits)):
+    def __init__(self, *, lanes: int, act_bits: int, acc_bits: int, weight_bits: int = 1):
+        for name, value in (("lanes", lanes), ("act_bits", act_bits), ("acc_bits", acc_bits),
+                            ("weight_bits", weight_bits)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if lanes < 1:
@@ -158,12 +167,19 @@ class XnorPopcountPE(wiring.Component):
             raise ValueError(f"act_bits must be 1, 2, 4 or 8, not {act_bits!r}")
         if not 16 <= acc_bits <= 32:
             raise ValueError(f"acc_bits must be 16..32, not {acc_bits!r}")
-        self._lanes, self._act_bits, self._acc_bits = lanes, act_bits, acc_bits
-        super().__init__({
+        if not 1 <= weight_bits <= 8:
+            raise ValueError(f"weight_bits must be 1..8, not {weight_bits!r}")
+        if weight_bits >= 2 and act_bits == 1:
+            raise ValueError(f"weight_bits = {weight_bits!r} needs act_bits >= 2 (integer weights use the AND form)")
+        self._lanes, self._act_bits, self._acc_bits, self._weight_bits = lanes, act_bits, acc_bits, weight_bits
+        ports = {
             "a": In(lanes), "w": In(lanes), "mask": In(lanes),
             "plane": In(max(1, ceil_log2(act_bits))), "valid": In(1), "clear": In(1),
             "acc": Out(signed(acc_bits)),
-        })
+        }
+        if weight_bits >= 2:
+            ports.update(wint=In(1), wplane=In(max(1, ceil_log2(weight_bits))), wneg=In(1))
+        super().__init__(ports)
 
     @property
     def lanes(self) -> int:
@@ -176,6 +192,10 @@ class XnorPopcountPE(wiring.Component):
     @property
     def acc_bits(self) -> int:
         return self._acc_bits
+
+    @property
+    def weight_bits(self) -> int:
+        return self._weight_bits
 
     def elaborate(self, platform):
         assert self.LATENCY == 2, "the RTL below registers the popcount tree halfway and at its end"
@@ -193,10 +213,13 @@ class XnorPopcountPE(wiring.Component):
         m.d.sync += [plane_mid.eq(self.plane), valid_mid.eq(self.valid),
                      agree.eq(agree_now), plane.eq(plane_mid), valid.eq(valid_mid)]
         # stage 2: scale and accumulate
-        x = Signal(signed(len(agree) + k + 1))
-        if k == 1:
+        if self._weight_bits >= 2:
+            x = self._integer_step(m, agree, plane)
+        elif k == 1:
+            x = Signal(signed(len(agree) + k + 1))
             m.d.comb += x.eq(agree << 1)
         else:
+            x = Signal(signed(len(agree) + k + 1))
             shifted = Signal(len(agree) + k)            # agree << (plane + 1), non-negative
             m.d.comb += shifted.eq((agree << plane) << 1)
             # ~ of the zero-extended value is -shifted - 1, the ones' complement (no carry-in needed)
@@ -207,3 +230,22 @@ class XnorPopcountPE(wiring.Component):
         with m.Elif(valid):
             m.d.sync += self.acc.eq(self.acc + x)
         return m
+
+    def _integer_step(self, m, agree, plane):
+        """Stage 2 of a PE that also takes integer weight planes: the step's shift is plane + 1 (sign
+        weights) or plane + wplane (integer), and its ones' complement is taken when the step's
+        significance is negative: the activation sign plane, XOR (integer steps) the weight sign plane."""
+        k = self._act_bits
+        # wint is held for a whole MATMUL by the array; wplane and wneg travel with the step
+        wplane_mid, wplane = Signal.like(self.wplane), Signal.like(self.wplane)
+        wneg_mid, wneg = Signal(), Signal()
+        m.d.sync += [wplane_mid.eq(self.wplane), wplane.eq(wplane_mid), wneg_mid.eq(self.wneg), wneg.eq(wneg_mid)]
+        top = max(k, (k - 1) + (self._weight_bits - 1))        # the largest shift
+        shift = Signal(range(top + 1))
+        m.d.comb += shift.eq(Mux(self.wint, plane + wplane, plane + 1))
+        shifted = Signal(len(agree) + top)
+        m.d.comb += shifted.eq(agree << shift)
+        negative = (plane == k - 1) ^ (self.wint & wneg)
+        x = Signal(signed(len(shifted) + 1))
+        m.d.comb += x.eq(Mux(negative, ~Cat(shifted, Const(0, 1)).as_signed(), Cat(shifted, Const(0, 1)).as_signed()))
+        return x

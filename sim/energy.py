@@ -120,7 +120,9 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
     # matmul
     sel = op == int(Op.MATMUL)
     if sel.any():
-        nt, mode, ch, kk = f["ntiles"][sel], f["mode"][sel], nch[sel], K[sel]
+        # every weight plane is a pass over the chunk: steps, WBUF and QBUF reads scale with it
+        wp = np.where(dec.regs[Reg.WBITS][:n][sel] == 0, 1, dec.regs[Reg.WBITS][:n][sel])
+        nt, mode, ch, kk = f["ntiles"][sel], f["mode"][sel], nch[sel] * wp, K[sel] * wp
         # valid token rows: ntok of the latest quant before each matmul (0 if none)
         is_q = op == int(Op.QUANT)
         lastq = np.maximum.accumulate(np.where(is_q, np.arange(n), -1))[sel]

@@ -286,8 +286,11 @@ class Simulator:
             a = np.stack([blk[:, b // R, b % R] for b in range(k)]).reshape(k, 1, nb)
             pw = np.array([formats.plane_weight(b, k) for b in range(k)], dtype=np.int64)
         a64 = _to_u64(a, nw) & mask                                                       # [k, rows, nw]
-        wb = st.buf["W"][w0:w0 + ntiles * nch].reshape(ntiles, nch, C, Lb).transpose(0, 2, 1, 3)
-        w64 = _to_u64(np.ascontiguousarray(wb).reshape(ntiles, C, nb), nw)                # [T, C, nw]
+        # WBUF line w + (n*nch + c)*nwp + p holds weight plane p of chunk c of tile n
+        wbits = st.regs[Reg.WBITS]
+        nwp = max(1, wbits)
+        wb = st.buf["W"][w0:w0 + ntiles * nch * nwp].reshape(ntiles, nch, nwp, C, Lb).transpose(0, 2, 3, 1, 4)
+        w64 = _to_u64(np.ascontiguousarray(wb).reshape(ntiles, nwp, C, nb), nw)          # [T, nwp, C, nw]
         rows = a64.shape[1]
         acc = np.zeros((ntiles, rows, C), dtype=np.int64)
         if k == 1:
@@ -295,7 +298,13 @@ class Simulator:
         else:
             pa_sum = np.bitwise_count(a64).sum(axis=-1, dtype=np.int64)                   # [k, rows]
         for n in range(ntiles):
-            wn = w64[n][None, None, :, :]                                                 # [1,1,C,nw]
+            if wbits:   # integer weights: step (b, p) adds plane_weight(b) * plane_weight(p) * popcount(a & w)
+                for p in range(nwp):
+                    x = a64[:, :, None, :] & w64[n, p][None, None, :, :]
+                    dot = np.bitwise_count(x).sum(axis=-1, dtype=np.int64)                # [k, rows, C]
+                    acc[n] += formats.plane_weight(p, wbits) * np.tensordot(pw, dot, axes=(0, 0))
+                continue
+            wn = w64[n, 0][None, None, :, :]                                              # [1,1,C,nw]
             if k == 1:
                 x = ~(a64[:, :, None, :] ^ wn) & mask
                 dot = 2 * np.bitwise_count(x).sum(axis=-1, dtype=np.int64) - nmask        # [1, rows, C]

@@ -21,7 +21,7 @@ def _k_max(cfg: AcceleratorConfig) -> int:
     for K in range(1, 65536, max(1, cfg.lanes // 2)):
         nch, xl = cfg.nchunks(K), cfg.xlines(K)
         if (xl <= cfg.depth("X") and xl <= cfg.depth("S") // 2 and nch * cfg.act_bits <= cfg.depth("Q")
-                and nch <= cfg.depth("W")):
+                and nch * cfg.weight_bits <= cfg.depth("W")):
             best = K
         else:
             break
@@ -66,12 +66,15 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
     emit(setr(Reg.OSHIFT, rng.choice([0, 8, 16, 24, 32, 40, rng.randrange(64)])))
     emit(setr(Reg.SMUL, rng.randrange(-32768, 32768)))
     set_k(rng.choice([1, kmax, rng.randrange(1, kmax + 1), rng.randrange(1, kmax + 1)]))
+    wformats = [0, *range(2, cfg.weight_bits + 1)]     # WBITS: sign, or integer weights of 2..weight_bits
+    if len(wformats) > 1:
+        emit(setr(Reg.WBITS, rng.choice(wformats)))
     base = regs[Reg.EBASE] * 64
     for _ in range(length):
         K = regs[Reg.K]
         nch, xl = cfg.nchunks(K), cfg.xlines(K)
-        kind = rng.choices(["load", "store", "wait", "nop", "setk", "quant", "matmul", "scaleout"],
-                           [6, 2, 1, 1, 1, 4, 4, 3])[0]
+        kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "quant", "matmul", "scaleout"],
+                           [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 4, 4, 3])[0]
         if kind in ("load", "store"):
             b = rng.choice(BUFFERS)
             nl = rng.randrange(1, min(dep[b], max(1, (mem_bytes - base) // lb[b]), 64) + 1)
@@ -85,6 +88,8 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
             emit(Instruction.make(Op.NOP))
         elif kind == "setk":
             set_k(rng.randrange(1, kmax + 1))
+        elif kind == "setw":
+            emit(setr(Reg.WBITS, rng.choice(wformats)))
         elif kind == "quant":
             mode = rng.randrange(2)
             planes = nch * (cfg.act_bits if mode == 0 else cfg.planes_per_row)
@@ -97,10 +102,11 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
             mode = rng.randrange(2)
             planes = nch * (cfg.act_bits if mode == 0 else cfg.planes_per_row)
             per_o = R if mode == 0 else 1
-            nt_max = max(1, min(dep["W"] // nch, dep["O"] // per_o, 4))
+            wlines = nch * (regs[Reg.WBITS] or 1)          # WBUF lines per tile
+            nt_max = max(1, min(dep["W"] // wlines, dep["O"] // per_o, 4))
             nt = rng.randrange(1, nt_max + 1)
             emit(Instruction.make(Op.MATMUL, mode=mode, q=rng.randrange(0, dep["Q"] - planes + 1),
-                                  w=rng.randrange(0, dep["W"] - nt * nch + 1),
+                                  w=rng.randrange(0, dep["W"] - nt * wlines + 1),
                                   o=rng.randrange(0, dep["O"] - nt * per_o + 1), ntiles=nt))
         else:
             mode = rng.randrange(2)
@@ -123,7 +129,7 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     """Replace one word by a faulting one (each cause), or drop the halt."""
     words = list(words)
     pc = rng.randrange(len(words))
-    choice = rng.randrange(6)
+    choice = rng.randrange(7)
     if choice == 0:
         words[pc] = rng.randrange(0x09, 0x40) << 58                                   # illegal opcode
     elif choice == 1:
@@ -135,6 +141,9 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     elif choice == 4:
         words[pc] = encode(setr(Reg.EBASE, (cfg.ext_mem_bytes // 64) - 1))
         words.insert(pc + 1, encode(Instruction.make(Op.LOAD, buf="X", line=0, nlines=65)))
+    elif choice == 5:   # a WBITS value this config has no format for (1, or one bit wider than it takes)
+        bad = rng.choice([1] + ([cfg.weight_bits + 1] if cfg.weight_bits < 8 else []))
+        words[pc] = encode(setr(Reg.WBITS, bad))
     else:
         words = [w for w in words if w >> 58 != Op.HALT][:cfg.imem_words]
     return words[:cfg.imem_words]
@@ -154,7 +163,7 @@ def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
         if E >= 1:
             ranges.append(("S", regs[Reg.SIN], regs[Reg.SIN] + xl))
     elif ins.op is Op.MATMUL:
-        ranges.append(("W", ins["w"], ins["w"] + ins["ntiles"] * nch))
+        ranges.append(("W", ins["w"], ins["w"] + ins["ntiles"] * nch * (regs[Reg.WBITS] or 1)))
         ranges.append(("O", ins["o"], ins["o"] + ins["ntiles"] * (R if ins["mode"] == 0 else 1)))
     elif ins.op is Op.SCALEOUT:
         end = ins["o"] + ((ins["ntiles"] - 1) * R + ins["ntok"] if ins["mode"] == 0 else ins["ntiles"])

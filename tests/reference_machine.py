@@ -126,8 +126,10 @@ class ReferenceMachine:
             t_quant = (XL + E + 23 if E >= 2 else 0) + (XL + 4) + d_rq + q_pass + 1
             return 1 + ins["ntok"] * t_quant
         if ins.op is Op.MATMUL:
-            # tiles start every max(S + C, D) cycles; the last adds 2 + min(S + C, D) + 2
-            steps = nch * k if ins["mode"] == 0 else nch * P
+            # tiles start every max(S + C, D) cycles; the last adds 2 + min(S + C, D) + 2; S counts
+            # every chunk once per weight plane (WBITS planes for integer weights, else one)
+            wp = self.regs[Reg.WBITS] or 1
+            steps = (nch * k if ins["mode"] == 0 else nch * P) * wp
             drain_rows = R if ins["mode"] == 0 else Ra
             t_tile = max(steps + C, drain_rows)
             return 1 + ins["ntiles"] * t_tile + 2 + min(steps + C, drain_rows) + 2
@@ -160,7 +162,10 @@ class ReferenceMachine:
                 self.step_time(ins)
                 return RefResult(self.t, self.mem, None, pc + 1, self.stalls)
             if op is Op.SETR:
-                self.regs[Reg(ins["reg"])] = reg_value(Reg(ins["reg"]), ins["value"])
+                reg, value = Reg(ins["reg"]), reg_value(Reg(ins["reg"]), ins["value"])
+                if reg is Reg.WBITS and not (value == 0 or 2 <= value <= self.cfg.weight_bits):
+                    self.fail(pc, f"WBITS = {value}: allowed 0 or 2..weight_bits = {self.cfg.weight_bits}")
+                self.regs[reg] = value
             elif op in (Op.LOAD, Op.STORE):
                 self.dma(ins, pc)
             elif op is Op.WAIT:
@@ -249,8 +254,10 @@ class ReferenceMachine:
         K = self.regs[Reg.K]
         nch, P, Ra = cfg.nchunks(K), cfg.planes_per_row, cfg.plane_rows
         plane, nt = ins["mode"] == 1, ins["ntiles"]
+        wbits = self.regs[Reg.WBITS]
+        wp = wbits or 1                      # weight planes per chunk
         self.touch("Q", ins["q"], ins["q"] + nch * (P if plane else k), pc, "matmul")
-        self.touch("W", ins["w"], ins["w"] + nt * nch, pc, "matmul")
+        self.touch("W", ins["w"], ins["w"] + nt * nch * wp, pc, "matmul")
         self.touch("O", ins["o"], ins["o"] + (nt if plane else nt * R), pc, "matmul")
         Lmask = (1 << L) - 1
         for n in range(nt):
@@ -258,19 +265,21 @@ class ReferenceMachine:
                 for i in (range(1) if plane else range(R)):
                     acc = 0
                     for c in range(nch):
-                        mask = sum(1 << l for l in range(L) if c * L + l < K)
-                        wword = field(self.buf["W"][ins["w"] + n * nch + c], j, L, signed=False)
-                        if not plane:
-                            for b in range(k):
-                                a = field(self.buf["Q"][ins["q"] + c * k + b], i, L, signed=False)
-                                acc += F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k)
-                        else:
-                            for p in range(P):
-                                for ii in range(Ra):
-                                    b = p * R + ii
-                                    if b < k:
-                                        a = field(self.buf["Q"][ins["q"] + c * P + p], ii, L, signed=False)
-                                        acc += F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k)
+                        for wq in range(wp):
+                            mask = sum(1 << l for l in range(L) if c * L + l < K)
+                            wword = field(self.buf["W"][ins["w"] + (n * nch + c) * wp + wq], j, L, signed=False)
+                            ws = F.plane_weight(wq, wbits) if wbits else 1
+                            if not plane:
+                                for b in range(k):
+                                    a = field(self.buf["Q"][ins["q"] + c * k + b], i, L, signed=False)
+                                    acc += ws * F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k, wbits)
+                            else:
+                                for p in range(P):
+                                    for ii in range(Ra):
+                                        b = p * R + ii
+                                        if b < k:
+                                            a = field(self.buf["Q"][ins["q"] + c * P + p], ii, L, signed=False)
+                                            acc += ws * F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k, wbits)
                     acc = F.to_signed(acc, cfg.acc_bits)      # acc_bits wide, wraps
                     self.set_o(ins["o"] + n if plane else ins["o"] + n * R + i, j, acc)
 
@@ -311,7 +320,7 @@ def golden(lin, cfg: AcceleratorConfig, x: list[list[int]]) -> list[list[int]]:
         oshift = cfg.x_frac_bits + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
     else:
         oshift = cfg.x_frac_bits + lin.smul_exp - cfg.out_frac_bits
-    signs = [[1 if s else -1 for s in row] for row in lin.signs.tolist()]
+    signs = lin.weights().astype(int).tolist()    # +-1, or {-1, 0, +1} for ternary layers
     out = []
     for xt in x:
         if E >= 2:

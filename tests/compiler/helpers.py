@@ -27,8 +27,11 @@ def random_layer(rng, K: int, N: int, experts: int, act_bits: int, *, name: str 
     s_out = rng.integers(-4000, 4000, (E, N)).astype(np.int16) if E >= 1 else None
     if scheme is None:
         scheme = "mos" if E >= 2 else ("onebit" if E == 1 else "sign")
+    # ternary (BitNet b1.58, one scale like sign): about a third of the weights zero
+    nonzero = rng.random((N, K)) < 0.67 if scheme == "ternary" else None
     return BinaryLinearExport(name, K, N, E, act_bits, rng.random((N, K)) < 0.5, router, 12, s_in, 12, s_out, 12,
-                              smul=int(rng.integers(-3000, 3000)) if E == 0 else 0, smul_exp=12, scheme=scheme)
+                              smul=int(rng.integers(-3000, 3000)) if E == 0 else 0, smul_exp=12, scheme=scheme,
+                              nonzero=nonzero)
 
 
 def run_programs(cfg: AcceleratorConfig, programs, memory: bytearray, *, use_sim: bool = True) -> tuple[bytearray, int]:
@@ -52,12 +55,14 @@ def run_programs(cfg: AcceleratorConfig, programs, memory: bytearray, *, use_sim
 
 def timeline_cycles(cfg: AcceleratorConfig, words: list[int], K: int) -> int:
     tl = Timeline()
-    k = 0
+    k = wbits = 0
     for w in words:
         ins = decode(w)
         if ins.op.name == "SETR" and ins["reg"] == 0:
             k = ins["value"]
-        tl.step(ins, cfg, k)
+        if ins.op.name == "SETR" and ins["reg"] == 7:
+            wbits = ins["value"]
+        tl.step(ins, cfg, k, wbits)
     return tl.now
 
 

@@ -162,7 +162,7 @@ def test_every_truncation_of_a_config_file_is_refused_or_the_same(tmp_path, name
 
 
 @pytest.mark.parametrize("text, pattern", [
-    ('[accelerator]\nrows = 8\nlanes = 64\n', r"sets 2 of the 20 fields and names no preset, so it may be cut off "
+    ('[accelerator]\nrows = 8\nlanes = 64\n', r"sets 2 of the 21 fields and names no preset, so it may be cut off "
                                              r"\(missing name, cols, act_bits"),
     ('[accelerator]\npreset = "small"\nrows = 8\n', r"preset = 'small' must be the last line"),
     ('[accelerator]\nrows = 8\npreset = "small"\nlanes = 64\n', r"must be the last line"),

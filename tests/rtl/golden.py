@@ -23,10 +23,12 @@ def set_field(line: int, idx: int, bits: int, value: int) -> int:
     return (line & ~mask) | ((value & ((1 << bits) - 1)) << (idx * bits))
 
 
-def matmul_tile(cfg: AcceleratorConfig, qbuf, wbuf, K: int, mode: int, q: int, w: int, n: int):
-    """Accumulators (C values, or R rows of C in token mode) of tile n, wrapped to acc_bits."""
+def matmul_tile(cfg: AcceleratorConfig, qbuf, wbuf, K: int, mode: int, q: int, w: int, n: int, wbits: int = 0):
+    """Accumulators (C values, or R rows of C in token mode) of tile n, wrapped to acc_bits; ``wbits``
+    is register WBITS (0 = sign weights, one plane per chunk; b >= 2 = b planes per chunk)."""
     R, C, L, k = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits
     nch, P = cfg.nchunks(K), cfg.planes_per_row
+    wp = wbits or 1
     rows = []
     for i in (range(R) if mode == 0 else [None]):
         line = []
@@ -34,18 +36,16 @@ def matmul_tile(cfg: AcceleratorConfig, qbuf, wbuf, K: int, mode: int, q: int, w
             acc = 0
             for c in range(nch):
                 mask = sum(1 << l for l in range(L) if c * L + l < K)
-                wword = field_of(wbuf[w + n * nch + c], j, L)
-                if mode == 0:
-                    for b in range(k):
-                        a = field_of(qbuf[q + c * k + b], i, L)
-                        acc += F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k)
-                else:
-                    for p in range(P):
-                        for r in range(cfg.plane_rows):
-                            b = p * R + r
-                            if b < k:
-                                a = field_of(qbuf[q + c * P + p], r, L)
-                                acc += F.plane_weight(b, k) * F.plane_dot(a, wword, mask, k)
+                for pw in range(wp):
+                    wword = field_of(wbuf[w + (n * nch + c) * wp + pw], j, L)
+                    if mode == 0:
+                        steps = [(b, q + c * k + b, i) for b in range(k)]
+                    else:
+                        steps = [(p * R + r, q + c * P + p, r) for p in range(P) for r in range(cfg.plane_rows)
+                                 if p * R + r < k]
+                    for b, qline, slot in steps:
+                        a = field_of(qbuf[qline], slot, L)
+                        acc += F.step_weight(b, pw, k, wbits) * F.plane_dot(a, wword, mask, k, wbits)
             line.append(F.to_signed(acc, cfg.acc_bits))
         rows.append(line)
     return rows

@@ -94,6 +94,10 @@ class XnorPopcountPETestCase(unittest.TestCase):
             XnorPopcountPE(lanes=8, act_bits=3, acc_bits=16)
         with self.assertRaisesRegex(ValueError, r"acc_bits must be 16..32, not 33"):
             XnorPopcountPE(lanes=8, act_bits=1, acc_bits=33)
+        with self.assertRaisesRegex(ValueError, r"weight_bits must be 1..8, not 9"):
+            XnorPopcountPE(lanes=8, act_bits=4, acc_bits=16, weight_bits=9)
+        with self.assertRaisesRegex(ValueError, r"weight_bits = 2 needs act_bits >= 2"):
+            XnorPopcountPE(lanes=8, act_bits=1, acc_bits=16, weight_bits=2)
 
     def test_split_is_the_product(self):
         # PE part + row term = plane_weight * plane_dot, for every plane and extreme operands

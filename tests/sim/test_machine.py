@@ -103,12 +103,14 @@ class TestTiming(unittest.TestCase):
         for seed in range(5):
             words, mem = random_program(SMALL, seed)
             tl = Timeline()
-            k = 0
+            k = wbits = 0
             for w in words:
                 ins = decode(w)
                 if ins.op is Op.SETR and ins["reg"] == 0:
                     k = ins["value"]
-                tl.step(ins, SMALL, k)
+                if ins.op is Op.SETR and ins["reg"] == 7:
+                    wbits = ins["value"]
+                tl.step(ins, SMALL, k, wbits)
                 if ins.op is Op.HALT:
                     break
             r = Simulator(SMALL).run(words, mem, functional=False)
@@ -136,8 +138,12 @@ class TestErrors(unittest.TestCase):
 
     def test_zero_count_and_bad_register(self):
         self.check([int(Op.LOAD) << 58], CAUSE_ILLEGAL_FIELD, 0, 1, match="nlines")
-        self.check([(int(Op.SETR) << 58) | (7 << 52)], CAUSE_ILLEGAL_FIELD, 0, 1, match="reg")
+        self.check([(int(Op.SETR) << 58) | (8 << 52)], CAUSE_ILLEGAL_FIELD, 0, 1, match="reg")
         self.check([(int(Op.SETR) << 58) | (1 << 52) | 64], CAUSE_ILLEGAL_FIELD, 0, 1, match="RSHIFT")
+        # WBITS: 0 (sign) or 2..weight_bits (small: 2); 1 and 3 are no format this config has
+        self.check("setr WBITS 2\nsetr WBITS 1", CAUSE_ILLEGAL_FIELD, 1, 2, match="WBITS")
+        self.check("setr WBITS 3", CAUSE_ILLEGAL_FIELD, 0, 1, match="WBITS")
+        self.check([(int(Op.SETR) << 58) | (7 << 52) | 9], CAUSE_ILLEGAL_FIELD, 0, 1, match="WBITS")
 
     def test_mode_ntok(self):
         self.check("setr K 8\nquant mode=plane ntok=2", CAUSE_ILLEGAL_FIELD, 1, 2, match="plane.*ntok=2")
