@@ -16,9 +16,11 @@ from bitmos.config import AcceleratorConfig
 def _fmt_estimate(est: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
 
-    lines = [f"model: {est['model']['layers']} binarized linears, "
-             f"{est['model']['binary_weights'] / 1e9:.2f} G binary weights "
-             f"({est['model']['binary_weights'] / 8 / 2**20:.0f} MiB at 1 bit)"]
+    m = est["model"]
+    planes = max(1, m.get("w_bits", 0))
+    fmt = "1 bit" if planes == 1 else f"{planes} bits (ternary: two weight planes)"
+    lines = [f"model: {m['layers']} binarized linears, {m['binary_weights'] / 1e9:.2f} G weights "
+             f"({m['binary_weights'] * planes / 8 / 2**20:.0f} MiB at {fmt})"]
     for phase in ("prefill", "decode"):
         if phase in est:
             lines.append(f"\n== {phase} ({est[phase]['tokens']} tokens)")
@@ -32,9 +34,11 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
 def cmd_estimate(args) -> int:
     from bitmos.explore.perf import estimate
 
+    from bitmos.compiler.lower import SCHEME_WEIGHT_BITS
+
     cfg = AcceleratorConfig.load(args.config)
     est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table,
-                   max_work=args.max_work or None)
+                   max_work=args.max_work or None, w_bits=SCHEME_WEIGHT_BITS[args.scheme])
     if args.plots:
         from bitmos.fileio import atomic_folder, write_json_atomic
         from bitmos.sim.report import write_plots
@@ -53,6 +57,7 @@ def cmd_estimate(args) -> int:
 
 def add_commands(sub) -> None:
     from bitmos.compiler import MODEL_SHAPES
+    from bitmos.compiler.lower import SUPPORTED_SCHEMES
     from bitmos.cliargs import int_at_least
     from bitmos.explore.perf import DEFAULT_MAX_WORK
 
@@ -66,6 +71,10 @@ def add_commands(sub) -> None:
     p.add_argument("--max-work", type=int_at_least(0), default=DEFAULT_MAX_WORK, metavar="N",
                    help=f"refuse a prefill that is more than N array tile steps to compile and simulate (default "
                         f"{DEFAULT_MAX_WORK:,}, about 20 s; 0: no limit)")
+    p.add_argument("--scheme", choices=SUPPORTED_SCHEMES, default="mos",
+                   help="the students' scheme: its weight format (sign, onebit, mos: 1 bit per weight; ternary: "
+                        "two weight planes, needs weight_bits >= 2); the scales run on the config's scale path, "
+                        "onto which every scheme maps exactly (default mos)")
     p.add_argument("--energy-table", help="energy table name or TOML file (default by memory bandwidth)")
     p.add_argument("--plots", metavar="DIR", help="write estimate.json and roofline/energy plots per phase")
     p.add_argument("--json", action="store_true", help="print JSON")

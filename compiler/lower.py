@@ -36,6 +36,8 @@ from bitmos.export import BinaryLinearExport
 #: Export schemes with a hardware path: sign (E = 0, one scale), onebit (E = 1), BinaryMoS, and ternary
 #: (BitNet b1.58: E = 0, one scale, weights as two planes under WBITS = 2; needs cfg.weight_bits >= 2).
 SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary")
+#: The weight format (register WBITS) each supported scheme's layers run in.
+SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2}
 #: Schemes that exist in the model zoo but have no hardware path yet (and the reason).
 UNSUPPORTED_SCHEMES = {
     "fbi": "FBI-LLM's per-channel alpha/beta affine needs a bias-add stage the scale unit lacks",
@@ -219,4 +221,4 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = ["LayerSpec", "lower_linear", "synthetic_spec", "check_shape",
-           "check_experts", "SUPPORTED_SCHEMES", "UNSUPPORTED_SCHEMES", "ceil_div"]
+           "check_experts", "SUPPORTED_SCHEMES", "SCHEME_WEIGHT_BITS", "UNSUPPORTED_SCHEMES", "ceil_div"]

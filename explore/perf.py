@@ -39,8 +39,10 @@ def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
 
 # ---- sim backend -----------------------------------------------------------------------------------
 
-def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]], tokens: int) -> list[list[Any]]:
-    """For each (name, K, N) of ``linears``: the timing-mode results of its programs for ``tokens`` tokens.
+def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]], tokens: int,
+                     w_bits: int = 0) -> list[list[Any]]:
+    """For each (name, K, N) of ``linears``: the timing-mode results of its programs for ``tokens`` tokens,
+    with weights in format ``w_bits`` (register WBITS: 0 = sign, 2 = ternary).
 
     Each distinct (K, N) is compiled once (``compile_spec`` of a timing-only ``synthetic_spec``) and
     simulated once; linears of the same shape share those results (q/k/v/o of LLaMA-2-7B are one shape,
@@ -55,7 +57,7 @@ def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]]
     out = []
     for name, K, N in linears:
         if (K, N) not in by_shape:
-            spec = synthetic_spec(name, K, N, cfg, seed=len(by_shape), materialize=False)
+            spec = synthetic_spec(name, K, N, cfg, seed=len(by_shape), materialize=False, w_bits=w_bits)
             runs = [sim.run(p.words, None, functional=False) for p in compile_spec(spec, cfg, tokens).programs]
             for r in runs:
                 if r.error:
@@ -91,7 +93,7 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
 # ---- the estimate ------------------------------------------------------------------------------
 
 def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: int, decode: int,
-            table) -> dict[str, Any]:
+            table, w_bits: int = 0) -> dict[str, Any]:
     from bitmos.sim.report import summarize
 
     out: dict[str, Any] = {}
@@ -99,7 +101,7 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: i
         if not tokens:
             continue
         runs, names = [], []
-        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens)):
+        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens, w_bits)):
             runs += layer_runs
             names += [name] * len(layer_runs)
         steps = decode if phase == "decode" else 1   # identical one-token steps: summed, not replayed
@@ -118,18 +120,20 @@ MAX_DECODE_TOKENS = 10 ** 12
 DEFAULT_MAX_WORK = 1 << 24
 
 
-def prefill_work(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, tokens: int) -> int:
+def prefill_work(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, tokens: int, w_bits: int = 0) -> int:
     """Array tile steps the prefill of ``tokens`` tokens compiles and simulates: per distinct (K, N) of the
     walk (each is compiled and simulated once), token tiles x column tiles x lane chunks. The estimate's time
     grows with it (3.3 M tile steps, LLaMA-2-7B at 2048 tokens on asic32, take about 4 s)."""
     rows = cfg.rows
-    return sum(-(-tokens // rows) * -(-N // cfg.cols) * -(-K // cfg.lanes) for K, N in {(K, N) for _, K, N in walk})
+    return max(1, w_bits) * sum(-(-tokens // rows) * -(-N // cfg.cols) * -(-K // cfg.lanes)
+                                for K, N in {(K, N) for _, K, N in walk})
 
 
 def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, prefill: int, decode: int,
              energy_table: str | None = None, auto_buffers: bool = False,
-             max_work: int | None = None) -> dict[str, Any]:
-    """Prefill (``prefill`` tokens, one pass) and decode (``decode`` one-token steps) of ``shape`` on ``cfg``.
+             max_work: int | None = None, w_bits: int = 0) -> dict[str, Any]:
+    """Prefill (``prefill`` tokens, one pass) and decode (``decode`` one-token steps) of ``shape`` on ``cfg``,
+    its weights in format ``w_bits`` (0 = sign, 1 bit each; 2 = ternary, two planes).
 
     Keys: ``model`` (name, layers, binary_weights), ``config`` (grown when ``auto_buffers``), ``grown``,
     ``energy_table``, ``prefill`` / ``decode`` (:func:`bitmos.sim.report.summarize` of the phase plus
@@ -145,29 +149,31 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
                           "estimate scales its simulated step to", field="decode")
     shape = resolve_shape(shape)
     walk = llama_linears(shape)
-    if max_work is not None and prefill and prefill_work(walk, cfg, prefill) > max_work:
+    if max_work is not None and prefill and prefill_work(walk, cfg, prefill, w_bits) > max_work:
         from bitmos.compiler import synthetic_spec
         from bitmos.compiler.api import check_fits_memory
         if not auto_buffers:   # a prompt that cannot fit at all says so, rather than that it would be slow
             for i, (name, K, N) in enumerate(walk):
-                check_fits_memory(synthetic_spec(name, K, N, cfg, seed=i, materialize=False), cfg, prefill)
+                check_fits_memory(synthetic_spec(name, K, N, cfg, seed=i, materialize=False, w_bits=w_bits),
+                                  cfg, prefill)
         raise ConfigError(f"--prefill {prefill} on {shape.get('name', 'this model')} and config {cfg.name} is "
-                          f"{prefill_work(walk, cfg, prefill):,} array tile steps to compile and simulate, beyond "
+                          f"{prefill_work(walk, cfg, prefill, w_bits):,} array tile steps to compile and simulate, beyond "
                           f"the limit of {max_work:,} (--max-work, about 20 s here); lower --prefill or raise "
                           "--max-work", field="prefill")
     t0 = time.perf_counter()
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        return dict(_phases(c, walk, prefill, decode, table), energy_table=table.name)
+        return dict(_phases(c, walk, prefill, decode, table, w_bits), energy_table=table.name)
 
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)
     else:
         phases, grown = run(cfg), {}
-    bits = sum(a * b for _, a, b in walk)
+    weights = sum(a * b for _, a, b in walk)
+    bits = weights * max(1, w_bits)          # weight bits a token reads: one per weight and plane
     out: dict[str, Any] = {"model": {"name": shape.get("name", "custom"), "layers": len(walk),
-                                     "binary_weights": bits},
+                                     "binary_weights": weights, "weight_bits": bits, "w_bits": w_bits},
                            "config": cfg.to_dict(), "grown": grown}
     out.update(phases)
     out["decode_bound_tokens_per_s"] = cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / bits

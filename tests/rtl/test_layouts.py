@@ -83,7 +83,7 @@ def test_layer_registers_hold_exactly_their_range():
     # the widths the controller and the units had before the signature was generated from REG_RANGE
     assert {name: (m.shape.width, m.shape.signed) for name, m in sig.members.items()} == {
         "k": (16, False), "rshift": (6, False), "oshift": (6, False), "router": (16, False),
-        "sin": (16, False), "smul": (16, True), "ebase": (32, False)}
+        "sin": (16, False), "smul": (16, True), "ebase": (32, False), "wbits": (4, False)}
 
 
 def test_units_share_the_register_signature():
