@@ -62,3 +62,22 @@ def test_huge_sizes_are_refused_up_front(capsys, argv, match):
     t0 = time.perf_counter()
     fails_cleanly(["estimate", *argv], capsys, match=match)
     assert time.perf_counter() - t0 < 20
+
+
+def test_scheme_sets_the_weight_format(capsys):
+    """--scheme ternary: twice the weight bits a decode token reads, so half the memory-bound limit and more
+    cycles than the same model in sign weights; a chip without integer weight planes refuses it in one line."""
+    base = ["estimate", "--model", "toy", "--config", "asic32", "--prefill", "4", "--decode", "2", "--json"]
+    rc, out, err = run(base + ["--scheme", "mos"], capsys)
+    assert rc == 0, err
+    sign = json.loads(out)
+    rc, out, err = run(base + ["--scheme", "ternary"], capsys)
+    assert rc == 0, err
+    tern = json.loads(out)
+    assert tern["model"]["weight_bits"] == 2 * sign["model"]["weight_bits"] == 2 * sign["model"]["binary_weights"]
+    assert tern["decode_bound_tokens_per_s"] == pytest.approx(sign["decode_bound_tokens_per_s"] / 2)
+    assert tern["decode"]["cycles"] > sign["decode"]["cycles"] and tern["prefill"]["cycles"] > sign["prefill"]["cycles"]
+    assert tern["decode"]["ext_bytes_read"] > sign["decode"]["ext_bytes_read"]
+    fails_cleanly(["estimate", "--model", "toy", "--config", "tiny", "--prefill", "4", "--decode", "2",
+                   "--scheme", "ternary"], capsys, match="weight_bits = 1")
+    fails_cleanly(["estimate", "--scheme", "pb"], capsys, match="--scheme")

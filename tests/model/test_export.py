@@ -93,7 +93,40 @@ def test_sign_export_is_zero_experts():
         assert 2**13 <= abs(lin.smul) < 2**14
 
 
-@pytest.mark.parametrize("scheme", ["fbi", "bitnet", "pb", "ternary"])
+def test_ternary_export_trits_scale_and_file(tmp_path):
+    """The trits come out exactly (nonzero plane beside the signs), gamma as one int16 scale like sign, and
+    both planes survive the file; the golden linear computes with the trits, not with +-1."""
+    model = student(scheme="ternary", act_bits=8)
+    exp = export_model(model, "small")
+    for (_, m), lin in zip(model.binarized_linears(), exp.linears):
+        assert lin.scheme == "ternary" and lin.experts == 0 and lin.weight_bits == 2
+        np.testing.assert_array_equal(lin.weights(), m.trits().numpy().astype(np.int8))
+        assert 0 < (lin.weights() == 0).mean() < 1
+        assert abs(lin.smul * 2.0 ** -lin.smul_exp - float(m.scale())) <= 0.5 * 2.0 ** -lin.smul_exp
+    path = tmp_path / "t.safetensors"
+    exp.save(path)
+    back = ModelExport.load(path)
+    for a, b in zip(exp.linears, back.linears):
+        np.testing.assert_array_equal(a.weights(), b.weights())
+    lin = back.linears[0]
+    x = torch.randint(-3000, 3000, (3, lin.d_in))
+    y_tern = golden_linear(lin, x, preset_config("small"))
+    lin.nonzero[:] = True      # the same signs as +-1 weights: a different layer, different outputs
+    assert not torch.equal(y_tern, golden_linear(lin, x, preset_config("small")))
+
+
+def test_ternary_plane_belongs_to_ternary_layers_only():
+    lin = export_model(student(scheme="sign", act_bits=8)).linears[0]
+    lin.nonzero = np.ones_like(lin.signs)
+    with pytest.raises(FormatError, match="nonzero plane belongs to ternary layers only"):
+        lin.validate()
+    lin = export_model(student(scheme="ternary", act_bits=8)).linears[0]
+    lin.nonzero = None
+    with pytest.raises(FormatError, match="nonzero missing"):
+        lin.validate()
+
+
+@pytest.mark.parametrize("scheme", ["fbi", "bitnet", "pb"])
 def test_unsupported_schemes_name_layer_and_scheme(scheme):
     model = student(scheme=scheme)
     with pytest.raises(UnsupportedError, match=rf"layers\.0\.attn\.q_proj.*{scheme}"):
