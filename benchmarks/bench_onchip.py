@@ -1,9 +1,10 @@
 """Every scheme on the chip, side by side: quality, bytes, exactness, cycles and energy in one table.
 
-For each student of ``benchmarks/bench_schemes.py`` (its ``--work`` checkpoints and ``--json`` rows, all
-distilled from the same teacher at the same budget):
+For each student of ``benchmarks/bench_schemes.py`` (the checkpoints of its ``--work`` folder, all distilled
+from the same teacher at the same budget):
 
-* quality: validation perplexity and its ratio to the teacher's, the packed bytes (from the JSON rows);
+* quality: validation perplexity on the built-in corpus's held-out split (as bench_schemes.py measures it) and
+  its ratio to the teacher's, the packed bytes;
 * on ``small`` (or ``small`` with the student's expert count when the preset's 4 experts cannot take it
   exactly): a greedy generation with every binarized linear on the cycle-accurate simulator, checked bit for
   bit against the integer golden model (``bitmos demo``), its decode cycles and mJ per token; the same
@@ -14,9 +15,9 @@ distilled from the same teacher at the same budget):
 Schemes without a hardware path are listed with the compiler's reason. The table goes between the
 ``bench_onchip`` markers of docs/model.md.
 
-    python benchmarks/bench_schemes.py --steps 300 --threads 1 --only sign,onebit,mos1,mos2,mos4,mos8,ternary \\
-        --work runs/bench --json runs/bench.json --doc ""
-    python benchmarks/bench_onchip.py --students runs/bench --rows runs/bench.json
+    python benchmarks/bench_schemes.py --steps 300 --threads 1 --only sign,onebit,mos4,ternary \\
+        --work runs/bench --doc ""
+    python benchmarks/bench_onchip.py --students runs/bench
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def at_7b(scheme: str, prefill: int, decode: int) -> dict:
 
 
 def render(rows: list[dict], teacher_ppl: float, args) -> str:
-    lines = [f"Students: `{args.rows}` (bench_schemes.py, same teacher, steps, data and seed). On chip: "
+    lines = [f"Students: bench_schemes.py's checkpoints (same teacher, steps, data and seed), runs "
+             f"{', '.join(r['run'] for r in rows if 'chip' in r)}. On chip: "
              f"{args.tokens} generated tokens on the simulator against the golden model, {args.verify_tokens} on the "
              "RTL (Verilator, native bench) against the simulator; decode figures on the simulator's generation; "
              "7B: LLaMA-2-7B shapes on asic32, prefill 0, 128 decode tokens.",
@@ -87,7 +89,7 @@ def render(rows: list[dict], teacher_ppl: float, args) -> str:
     for r in rows:
         q = f"{r['ppl']:.3f} | {r['ppl'] / teacher_ppl:.3f}" if "ppl" in r else "(table above) |"
         packed = f"{r['packed_bytes']:,}" if "packed_bytes" in r else ""
-        wfmt = "ternary (2 planes)" if r["scheme"] == "ternary" else ("fp16" if r["scheme"] == "float" else "sign")
+        wfmt = {"ternary": "ternary (2 planes)", "pb": "sign + int8 salient"}.get(r["scheme"], "sign")
         if "reason" in r:
             lines.append(f"| {r['run']} | {wfmt} | {packed} | {q} | no hardware path: {r['reason']} | | | | | | |")
             continue
@@ -106,34 +108,40 @@ def render(rows: list[dict], teacher_ppl: float, args) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--students", default="runs/bench", help="bench_schemes.py --work folder")
-    ap.add_argument("--rows", default="runs/bench.json", help="bench_schemes.py --json rows")
+    ap.add_argument("--runs", default="sign,onebit,mos1,mos2,mos4,mos8,ternary",
+                    help="runs to take from it, those present (default: every on-chip scheme of bench_schemes.py)")
+    ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=16, help="tokens generated on the simulator (default 16)")
     ap.add_argument("--verify-tokens", type=int, default=4, help="tokens of the RTL generation (default 4)")
     ap.add_argument("--doc", default="docs/model.md", help="markdown file with the bench_onchip markers")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    from bitmos.compiler.lower import SUPPORTED_SCHEMES, UNSUPPORTED_SCHEMES
+    import torch
 
-    try:
-        rows = json.loads(Path(args.rows).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        print(f"bench_onchip: cannot read --rows {args.rows}: {exc}", file=sys.stderr)
+    from bitmos.compiler.lower import UNSUPPORTED_SCHEMES
+    from bitmos.model.checkpoint import load_checkpoint, shipped_path
+    from bitmos.model.data import encode_corpus, get_tokenizer, load_corpus
+    from bitmos.model.train import evaluate
+
+    torch.set_num_threads(args.threads)
+    teacher, _ = load_checkpoint(Path(args.teacher) if args.teacher else shipped_path("teacher"))
+    val = encode_corpus(load_corpus("builtin")[1], get_tokenizer(teacher.config.tokenizer))
+    teacher_ppl = evaluate(teacher, val, 128, None)["ppl"]
+    ckpts = [Path(args.students) / f"{run}.safetensors" for run in args.runs.split(",")]
+    ckpts = [c for c in ckpts if c.is_file()]
+    if not ckpts:
+        print(f"bench_onchip: no checkpoint of {args.runs} in {args.students}", file=sys.stderr)
         return 2
-    teacher_ppl = next(r["ppl"] for r in rows if r["run"] == "teacher")
     small = preset_config("small")
     out = []
     with tempfile.TemporaryDirectory(prefix="bench-onchip-") as tmp:
-        for r in rows:
-            if r["run"] == "teacher":
-                continue
-            if r["scheme"] not in SUPPORTED_SCHEMES:
-                out.append({**r, "reason": UNSUPPORTED_SCHEMES.get(r["scheme"], "unknown scheme")})
-                continue
-            ckpt = Path(args.students) / f"{r['run']}.safetensors"
-            if not ckpt.is_file():
-                print(f"bench_onchip: no checkpoint {ckpt} for run {r['run']!r}", file=sys.stderr)
-                return 2
-            experts = r["experts"] if isinstance(r["experts"], int) else (1 if r["scheme"] == "onebit" else 0)
+        for ckpt in ckpts:
+            model, _ = load_checkpoint(ckpt)
+            mc = model.config
+            experts = mc.experts if mc.scheme == "mos" else (1 if mc.scheme == "onebit" else 0)
+            r = {"run": ckpt.stem, "scheme": mc.scheme, "experts": experts, "packed_bytes": model.packed_bytes(),
+                 "ppl": evaluate(model, val, 128, None)["ppl"]}
             t0 = time.perf_counter()
             row = {**r, "chip": on_chip(ckpt, chip_config(experts, small), args.tokens, args.verify_tokens,
                                         Path(tmp)),
