@@ -20,7 +20,8 @@ def component(cfg: AcceleratorConfig, top: str):
     if top == "pe":
         from bitmos.rtl.pe import XnorPopcountPE
 
-        return XnorPopcountPE(lanes=cfg.lanes, act_bits=cfg.act_bits, acc_bits=cfg.acc_bits)
+        return XnorPopcountPE(lanes=cfg.lanes, act_bits=cfg.act_bits, acc_bits=cfg.acc_bits,
+                              weight_bits=cfg.weight_bits)
     if top == "array":
         from bitmos.rtl.array import SystolicArray
 
