@@ -104,7 +104,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     """Generate text with every binarized linear on the simulated accelerator; check it against golden."""
     import torch
 
-    from bitmos.model.checkpoint import load_checkpoint, shipped_path
+    from bitmos.model.checkpoint import checkpoint_arg, load_checkpoint
     from bitmos.model.data import ByteTokenizer
     from bitmos.model.export import export_model
     from bitmos.model.golden import AcceleratorSide, HostSide
@@ -115,7 +115,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     # The shipped model is tiny: one thread is fastest, and avoids oversubscribing a busy machine.
     torch.set_num_threads(1)
     cfg = AcceleratorConfig.load(config)
-    path = Path(checkpoint) if checkpoint else shipped_path("student")
+    path = checkpoint_arg(checkpoint)
     model, meta = load_checkpoint(path)
     if model.config.vocab_size != 256:
         raise BitmosUserError(f"{path}: the demo uses the byte tokenizer (vocab 256); this model has "
@@ -229,7 +229,8 @@ def cmd_demo(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("demo", help="generate text with the shipped 1-bit student on the simulated accelerator, "
                        "checked against the integer golden model; throughput and energy report")
-    p.add_argument("--checkpoint", help="student checkpoint (default: the shipped BinaryMoS student)")
+    p.add_argument("--checkpoint", help="student checkpoint, or a shipped one by name: student (the default, BinaryMoS), "
+                   "student-ternary (BitNet b1.58)")
     p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text")
     p.add_argument("--tokens", type=positive_int, default=24, help="tokens to generate (default 24)")

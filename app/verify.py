@@ -60,7 +60,7 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
 
     from bitmos.compiler import compile_linear, read_layer_output, write_layer_input
     from bitmos.fileio import check_safe_name
-    from bitmos.model.checkpoint import load_checkpoint, shipped_path
+    from bitmos.model.checkpoint import checkpoint_arg, load_checkpoint
     from bitmos.model.data import ByteTokenizer
     from bitmos.model.export import export_model
     from bitmos.model.golden import AcceleratorSide, HostSide
@@ -82,7 +82,7 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
     torch.set_num_threads(1)
     cfg = AcceleratorConfig.load(config)
     check_safe_name(cfg.name, "config name")   # the RTL build folder and Verilog file are named after it
-    path = Path(checkpoint) if checkpoint else shipped_path("student")
+    path = checkpoint_arg(checkpoint)
     model, _ = load_checkpoint(path)
     if model.config.vocab_size != 256:
         raise BitmosUserError(f"{path}: verify uses the byte tokenizer (vocab 256); this model has "
@@ -187,7 +187,8 @@ def cmd_verify(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("verify", help="run a whole generation of the student on the RTL (cocotb + Verilator); "
                        "check every binarized linear bit for bit and its cycles against the simulator")
-    p.add_argument("--checkpoint", help="student checkpoint (default: the shipped BinaryMoS student)")
+    p.add_argument("--checkpoint", help="student checkpoint, or a shipped one by name: student (the default, BinaryMoS), "
+                   "student-ternary (BitNet b1.58)")
     p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the verified generation")
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,

@@ -357,10 +357,19 @@ SHIPPED_PAIR = ("teacher", "student")
 
 def shipped_path(name: str = "student") -> Path:
     """Path of a checkpoint shipped in ``bitmos/model/assets``: ``"teacher"`` (float), ``"student"`` (BinaryMoS,
-    E = 4, A8) or ``"student-ternary"`` (BitNet b1.58, A8; no hardware path yet)."""
+    E = 4, A8) or ``"student-ternary"`` (BitNet b1.58, A8; runs on configs with weight_bits >= 2)."""
     if name not in SHIPPED:
         raise FormatError(f"no shipped checkpoint {name!r}; have {sorted(SHIPPED)}")
     return ASSETS / SHIPPED[name]
+
+
+def checkpoint_arg(arg: str | None) -> Path:
+    """A command's ``--checkpoint``: a path, or the name of a shipped checkpoint (``student-ternary``) when no
+    such file exists, or the shipped student when not given; so the shipped ones work from any folder."""
+    if not arg:
+        return shipped_path("student")
+    p = Path(arg)
+    return shipped_path(arg) if arg in SHIPPED and not p.exists() else p
 
 
 def load_shipped(name: str = "student"):

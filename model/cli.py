@@ -198,10 +198,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bitmos.model.checkpoint import shipped_path
+    from bitmos.model.checkpoint import checkpoint_arg
     from bitmos.model.export import export_checkpoint, export_model, resolve_accel
     _threads(args)
-    path = Path(args.checkpoint) if args.checkpoint else shipped_path("student")
+    path = checkpoint_arg(args.checkpoint)
     cfg = resolve_accel(args.config)
     if path.is_dir() or path.suffix == ".gguf" or args.scheme or args.tokenizer:
         model, meta = _load_model(path, args)
@@ -217,9 +217,9 @@ def cmd_export(args) -> int:
 
 def cmd_generate(args) -> int:
     import torch
-    from bitmos.model.checkpoint import shipped_path
+    from bitmos.model.checkpoint import checkpoint_arg
     _threads(args)
-    path = Path(args.checkpoint) if args.checkpoint else shipped_path("student")
+    path = checkpoint_arg(args.checkpoint)
     model, _ = _load_model(path, args)
     tok = model.tokenizer
     ids = tok.encode(args.prompt)

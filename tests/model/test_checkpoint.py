@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,14 @@ def test_trainer_state_round_trip_and_corrupt(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.raises(FormatError, match="corrupt or unsafe"):
         load_trainer_state(p)
+
+
+def test_checkpoint_arg_takes_shipped_names_and_paths(tmp_path, monkeypatch):
+    from bitmos.model.checkpoint import checkpoint_arg, shipped_path
+
+    assert checkpoint_arg(None) == shipped_path("student")
+    assert checkpoint_arg("student-ternary") == shipped_path("student-ternary")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "student-ternary").write_bytes(b"x")     # a file of that name wins over the shipped one
+    assert checkpoint_arg("student-ternary") == Path("student-ternary")
+    assert checkpoint_arg("runs/s.safetensors") == Path("runs/s.safetensors")
