@@ -310,7 +310,8 @@ def matmul_steps(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Op
     """S, a MATMUL tile's steps (one QBUF and one WBUF line read each): for every chunk and weight
     plane, the k activation planes (token mode) or P plane groups (plane mode)."""
     nch = times_weight_planes(cfg, nchunks(cfg, k_features), w_bits, ops)
-    return nch * ops.select(mode, cfg.planes_per_row, cfg.act_bits)
+    # a choice of two constant multiples, not a product with a chosen constant: shifts in the RTL
+    return ops.select(mode, nch * cfg.planes_per_row, nch * cfg.act_bits)
 
 
 def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY, *,
