@@ -81,19 +81,22 @@ def test_ternary_student_evaluates(tmp_path, capsys):
     assert row["scheme"] == "ternary" and row["act_bits"] == 8 and row["tokens"] == 512 and row["ppl"] > 1
 
 
-def test_ternary_has_no_hardware_path_one_line_errors(tmp_path, capsys):
-    """Like fbi/bitnet/pb: refused by the export with one line (exit 2), in every command that exports."""
+def test_ternary_runs_on_the_chip_and_a_sign_only_chip_refuses_it(tmp_path, capsys):
+    """A ternary student exports, runs its golden model and the demo on small (weight_bits = 2); on tiny (sign
+    weights only) every command that compiles refuses it with one line (exit 2) and writes nothing."""
     from bitmos.app.cli import main as bitmos_main
     path = _ternary_checkpoint(tmp_path)
-    expect = "scheme 'ternary' has no hardware path yet"
-    for argv in (["export", str(path), "-o", str(tmp_path / "t.bmx")],
-                 ["eval", str(path), "--golden", "--max-tokens", "256"],
-                 ["demo", "--checkpoint", str(path), "--tokens", "1", "--out", str(tmp_path / "demo")],
-                 ["verify", "--checkpoint", str(path), "--tokens", "1"]):
+    assert bitmos_main(["export", str(path), "--config", "small", "-o", str(tmp_path / "t.bmx")]) == 0
+    assert bitmos_main(["eval", str(path), "--golden", "--max-tokens", "256", "--accel", "small"]) == 0
+    assert bitmos_main(["demo", "--checkpoint", str(path), "--tokens", "1", "--out", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    for argv in (["demo", "--checkpoint", str(path), "--config", "tiny", "--tokens", "1", "--out",
+                  str(tmp_path / "demo-tiny")],
+                 ["compile", str(tmp_path / "t.bmx"), "--config", "tiny", "-o", str(tmp_path / "prog")]):
         assert bitmos_main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
-    assert not (tmp_path / "t.bmx").exists()
+        assert "weight_bits = 1" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "demo-tiny").exists() and not (tmp_path / "prog").exists()
 
 
 @shipped
