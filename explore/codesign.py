@@ -86,6 +86,10 @@ _TRAINING_CODE = ("config", "binarize", "quant", "transformer", "train", "distil
 
 # ---- model points and the chip they need ---------------------------------------------------------------
 
+#: Per scheme with a hardware path: the config fields its students need beyond act_bits (and beyond experts =
+#: the student's own E, which only BinaryMoS has). A scheme the compiler gains is one line here.
+CHIP_FIELDS: dict[str, dict[str, Any]] = {"sign": {"experts": 0}, "onebit": {"experts": 1}, "mos": {}}
+
 def chip_fields(scheme: str, experts: int, act_bits: int) -> dict[str, Any]:
     """The accelerator config fields a student of (scheme, experts, act_bits) compiles for: a sign student has no
     scale experts (E = 0), a onebit student one scale set (E = 1), a BinaryMoS student its own E; the chip
@@ -97,8 +101,10 @@ def chip_fields(scheme: str, experts: int, act_bits: int) -> dict[str, Any]:
         why = UNSUPPORTED_SCHEMES.get(scheme, "not a scheme the model zoo knows")
         raise ConfigError(f"scheme {scheme!r} has no hardware path ({why}); the compiler supports "
                           f"{', '.join(SUPPORTED_SCHEMES)}", field="scheme")
-    per_scheme = {"sign": {"experts": 0}, "onebit": {"experts": 1}}
-    return {"experts": experts, "act_bits": act_bits, **per_scheme.get(scheme, {})}
+    if scheme not in CHIP_FIELDS:
+        raise ConfigError(f"scheme {scheme!r} compiles, but the co-design sweep does not know its chip yet "
+                          "(add it to bitmos.explore.codesign.CHIP_FIELDS)", field="scheme")
+    return {"experts": experts, "act_bits": act_bits, **CHIP_FIELDS[scheme]}
 
 
 def model_point(override: dict[str, Any], base: AcceleratorConfig, source: str) -> dict[str, Any]:
@@ -117,7 +123,10 @@ def model_point(override: dict[str, Any], base: AcceleratorConfig, source: str) 
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ConfigError(f"{source}: {name} = {value!r} must be an integer in {lo}..{hi}")
     point: dict[str, Any] = {"scheme": scheme, "act_bits": act_bits}
-    point["experts"] = chip_fields(scheme, experts, act_bits)["experts"]
+    try:
+        point["experts"] = chip_fields(scheme, experts, act_bits)["experts"]
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}", field="scheme") from None
     if scheme == "pb":   # unreachable while pb has no hardware path; kept so the axis is ready for it
         point["pb_fraction"] = float(override.get("pb_fraction", 0.1))
     return point
@@ -386,7 +395,7 @@ def make_plan(spec, outdir: Path, backend: str) -> Plan:
         try:
             AcceleratorConfig.from_dict(cfgd, source=where)   # a bad hardware value fails before any training
         except ConfigError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(f"{where}: {exc}", field=exc.field) from None
         seed_keys = []
         for seed in budget.seeds:
             st = {"kind": "student", "model_point": mp, "seed": seed, "steps": budget.steps,
@@ -408,10 +417,12 @@ def make_plan(spec, outdir: Path, backend: str) -> Plan:
                               if f.name not in ("grid", "points", "distill")}, points=shape_overrides)
     shape_tasks = make_tasks(shape_spec, backend)
     by_ov = {json.dumps(t["overrides"], sort_keys=True): t for t in shape_tasks}
+    unique: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         pair["shape"] = by_ov[json.dumps(pair["chip_overrides"], sort_keys=True)]["key"]
         pair["key"] = _key({k: pair[k] for k in ("students", "chip", "shape")})
-    return Plan(teacher, list(students.values()), list(chips.values()), shape_tasks, pairs)
+        unique.setdefault(pair["key"], pair)   # sign x experts {1, 2, 4} is one student on one chip: one row
+    return Plan(teacher, list(students.values()), list(chips.values()), shape_tasks, list(unique.values()))
 
 
 def _student_ready(row: dict[str, Any] | None, task: dict[str, Any]) -> bool:
@@ -439,6 +450,7 @@ def run_codesign(spec, outdir: Path, *, workers: int, scheduler: Any = None, lim
     (outdir / "students").mkdir(exist_ok=True)
     results_path = outdir / "results.jsonl"
     plan = make_plan(spec, outdir, backend)
+    reference = reference_label(spec, plan)
     done = read_results(results_path)
     budget = DistillBudget.from_dict(spec.distill)
     n_units = len(plan.units())
@@ -474,7 +486,7 @@ def run_codesign(spec, outdir: Path, *, workers: int, scheduler: Any = None, lim
     chips = [c for c in plan.chips if c["student"] in ok]
     run_stage("chips and shapes", [*chips, *plan.shapes], lambda t: t["key"] in done)
     rows = join_rows(plan, done)
-    summary = write_codesign_outputs(spec, rows, done.get(plan.teacher["key"]), outdir)
+    summary = write_codesign_outputs(spec, rows, done.get(plan.teacher["key"]), outdir, reference)
     summary.update(points=len(plan.pairs), units=n_units, computed=computed, skipped=skipped, backend=backend,
                    seconds=time.perf_counter() - t0, results=str(results_path))
     return summary
@@ -542,6 +554,45 @@ CSV_COLUMNS = ("key", "label", "scheme", "experts", "act_bits", "rows", "cols", 
                "luts", "ffs", "brams", "dsps", "area_source", "reason")
 
 
+#: What :func:`model_costs` compares between model points on the same chip.
+COST_METRICS = ("val_ppl", "shape_decode_tokens_per_s", "shape_prefill_tokens_per_s", "shape_decode_uj_per_token",
+                "luts", "student_decode_tokens_per_s", "student_prefill_tokens_per_s", "student_decode_uj_per_token")
+
+
+def reference_label(spec, plan: Plan) -> str:
+    """The model point the cost table compares against: ``plot.reference`` (a label such as "mos E4 A8"), else
+    the spec's first model point."""
+    labels = list(dict.fromkeys(point_label(p["model_point"]) for p in plan.pairs))
+    ref = spec.plot.get("reference", labels[0] if labels else "")
+    if labels and ref not in labels:
+        raise ConfigError(f"{spec.name}: plot.reference = {ref!r} is not a model point of this sweep; "
+                          f"have {', '.join(labels)}")
+    return ref
+
+
+def model_costs(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Per model point: its perplexity and, against ``reference`` on the same hardware point, the mean relative
+    change (%) of every :data:`COST_METRICS` figure over the hardware points both have: "this scheme costs X %
+    perplexity at small scale and Y % tokens/s, Z % energy, W % LUTs at the large shape"."""
+    feas = [r for r in rows if r.get("feasible")]
+
+    def hw(r: dict[str, Any]) -> str:
+        return json.dumps(r["hardware"], sort_keys=True)
+
+    base = {hw(r): r for r in feas if r["label"] == reference}
+    out = []
+    for label in dict.fromkeys(r["label"] for r in feas):
+        mine = [r for r in feas if r["label"] == label and hw(r) in base]
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"label": label, "reference": reference, "hardware_points": len(mine),
+                                 "val_ppl": mine[0]["val_ppl"], "val_ppl_std": mine[0]["val_ppl_std"]}
+        for m in COST_METRICS:
+            entry[f"{m}_pct"] = sum(100 * (r[m] / base[hw(r)][m] - 1) for r in mine) / len(mine)
+        out.append(entry)
+    return out
+
+
 def fronts(rows: list[dict[str, Any]], objectives) -> dict[str, list[str]]:
     """Keys on the spec's front (``all``) and on each 2-D front of validation perplexity against a cost."""
     from bitmos.explore.pareto import pareto_front
@@ -554,7 +605,7 @@ def fronts(rows: list[dict[str, Any]], objectives) -> dict[str, list[str]]:
 
 
 def write_codesign_outputs(spec, rows: list[dict[str, Any]], teacher: dict[str, Any] | None,
-                           outdir: Path) -> dict[str, Any]:
+                           outdir: Path, reference: str) -> dict[str, Any]:
     import csv
 
     from bitmos.explore.sweep import fill_area
@@ -574,7 +625,15 @@ def write_codesign_outputs(spec, rows: list[dict[str, Any]], teacher: dict[str, 
                                "infeasible": sum(not r.get("feasible") for r in rows), "pareto": len(front["all"]),
                                "pareto_keys": front["all"], "csv": str(outdir / "results.csv"),
                                "json": str(outdir / "results.json"), "fronts": str(outdir / "fronts.json")}
-    write_json_atomic(outdir / "results.json", dict(summary, rows=rows))
+    costs = model_costs(rows, reference)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    cols = ["label", "reference", "hardware_points", "val_ppl", "val_ppl_std", *(f"{m}_pct" for m in COST_METRICS)]
+    w.writerow(cols)
+    w.writerows([[c.get(k) for k in cols] for c in costs])
+    write_text_atomic(outdir / "model_costs.csv", buf.getvalue())
+    summary["model_costs"] = str(outdir / "model_costs.csv")
+    write_json_atomic(outdir / "results.json", dict(summary, rows=rows, model_costs=costs))
     write_json_atomic(outdir / "fronts.json", {k: [_front_entry(r) for r in rows if r["key"] in keys]
                                                for k, keys in front.items()})
     feas = [r for r in rows if r.get("feasible")]
@@ -603,24 +662,27 @@ def plot_codesign(rows: list[dict[str, Any]], front: dict[str, list[str]], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     schemes = sorted({r["scheme"] for r in rows})
     colours = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(schemes)}
     bits = sorted({r["act_bits"] for r in rows})
     markers = {b: m for b, m in zip(bits, "osD^v<>p*h")}
-    fig, axes = plt.subplots(1, len(FRONT_COSTS), figsize=(4.2 * len(FRONT_COSTS), 4.6), layout="constrained")
-    for ax, (cost, label) in zip(axes, FRONT_COSTS):
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 8.2), layout="constrained")
+    for ax, (cost, label) in zip(axes.flat, FRONT_COSTS):
         metric = cost.split(":", 1)[1]
         for r in rows:
             ax.scatter(r[metric], r["val_ppl"], color=colours[r["scheme"]], marker=markers[r["act_bits"]], s=30,
                        alpha=0.8, zorder=2, linewidths=0)
         on = sorted((r[metric], r["val_ppl"]) for r in rows if r["key"] in front[metric])
-        ax.plot([p[0] for p in on], [p[1] for p in on], color="red", lw=1.4, zorder=3, drawstyle="steps-post"
-                if cost.startswith("min:") else "steps-pre")
+        ax.plot([p[0] for p in on], [p[1] for p in on], color="red", lw=1.2, marker="D", ms=4, zorder=3)
         allf = [r for r in rows if r["key"] in front["all"]]
         ax.scatter([r[metric] for r in allf], [r["val_ppl"] for r in allf], s=90, facecolors="none",
                    edgecolors="black", lw=0.9, zorder=4)
-        ax.set_xscale("log")
+        xs = [r[metric] for r in rows]
+        if min(xs) > 0 and max(xs) / min(xs) > 5:   # log only where the range spans orders of magnitude
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
         ax.set_xlabel(label + ("" if metric == "luts" else f" at {rows[0].get('shape_model') or 'the shape'}"))
         ax.set_ylabel("student validation perplexity")
         ax.grid(True, alpha=0.3, which="both")
@@ -629,7 +691,7 @@ def plot_codesign(rows: list[dict[str, Any]], front: dict[str, list[str]], path:
     handles += [Line2D([], [], color="red", label="2-D front (perplexity vs this cost)"),
                 Line2D([], [], ls="", marker="o", mfc="none", mec="black", ms=9,
                        label="on the front of " + ", ".join(spec.objectives))]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(f"Co-design sweep '{spec.name}': {len(rows)} (student, chip) points on base '{spec.base}'",
                  fontsize=11)
     tmp = path.with_name(f".{path.name}.tmp.png")
