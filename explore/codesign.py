@@ -682,7 +682,8 @@ def plot_codesign(rows: list[dict[str, Any]], front: dict[str, list[str]], path:
         xs = [r[metric] for r in rows]
         if min(xs) > 0 and max(xs) / min(xs) > 5:   # log only where the range spans orders of magnitude
             ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _pos: f"{v / 1000:,.0f}k" if v >= 10000 else f"{v:,.0f}" if v >= 100 else f"{v:g}"))
         ax.set_xlabel(label + ("" if metric == "luts" else f" at {rows[0].get('shape_model') or 'the shape'}"))
         ax.set_ylabel("student validation perplexity")
         ax.grid(True, alpha=0.3, which="both")
