@@ -604,46 +604,39 @@ def fronts(rows: list[dict[str, Any]], objectives) -> dict[str, list[str]]:
     return out
 
 
-def write_codesign_outputs(spec, rows: list[dict[str, Any]], teacher: dict[str, Any] | None,
-                           outdir: Path, reference: str) -> dict[str, Any]:
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     import csv
 
-    from bitmos.explore.sweep import fill_area
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_codesign_outputs(spec, rows: list[dict[str, Any]], teacher: dict[str, Any] | None,
+                           outdir: Path, reference: str) -> dict[str, Any]:
+    from bitmos.explore.sweep import fill_area, write_plot
 
     fill_area(rows, spec.target)
     front = fronts(rows, spec.objectives)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    names = ["front_" + k for k in front]
-    w.writerow([*CSV_COLUMNS, *names])
-    for r in rows:
-        cfg = r.get("config") or {}
-        w.writerow([*(r.get(c, cfg.get(c)) for c in CSV_COLUMNS), *(r["key"] in front[k] for k in front)])
-    write_text_atomic(outdir / "results.csv", buf.getvalue())
+    _write_csv(outdir / "results.csv", [*CSV_COLUMNS, *("front_" + k for k in front)],
+               [[*(r.get(c, (r.get("config") or {}).get(c)) for c in CSV_COLUMNS), *(r["key"] in front[k] for k in front)]
+                for r in rows])
+    costs = model_costs(rows, reference)
+    cols = ["label", "reference", "hardware_points", "val_ppl", "val_ppl_std", *(f"{m}_pct" for m in COST_METRICS)]
+    _write_csv(outdir / "model_costs.csv", cols, [[c.get(k) for k in cols] for c in costs])
     summary: dict[str, Any] = {"name": spec.name, "objectives": list(spec.objectives),
                                "teacher_val_ppl": teacher["val_ppl"] if teacher else None,
                                "infeasible": sum(not r.get("feasible") for r in rows), "pareto": len(front["all"]),
                                "pareto_keys": front["all"], "csv": str(outdir / "results.csv"),
-                               "json": str(outdir / "results.json"), "fronts": str(outdir / "fronts.json")}
-    costs = model_costs(rows, reference)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    cols = ["label", "reference", "hardware_points", "val_ppl", "val_ppl_std", *(f"{m}_pct" for m in COST_METRICS)]
-    w.writerow(cols)
-    w.writerows([[c.get(k) for k in cols] for c in costs])
-    write_text_atomic(outdir / "model_costs.csv", buf.getvalue())
-    summary["model_costs"] = str(outdir / "model_costs.csv")
+                               "json": str(outdir / "results.json"), "fronts": str(outdir / "fronts.json"),
+                               "model_costs": str(outdir / "model_costs.csv")}
     write_json_atomic(outdir / "results.json", dict(summary, rows=rows, model_costs=costs))
     write_json_atomic(outdir / "fronts.json", {k: [_front_entry(r) for r in rows if r["key"] in keys]
                                                for k, keys in front.items()})
     feas = [r for r in rows if r.get("feasible")]
-    if feas:
-        try:
-            summary["png"] = str(plot_codesign(feas, front, outdir / "pareto.png", spec))
-        except Exception as exc:  # the numbers matter more than the picture
-            summary["png_error"] = f"{type(exc).__name__}: {exc}"
-    if "png" not in summary:
-        (outdir / "pareto.png").unlink(missing_ok=True)
+    write_plot(summary, outdir / "pareto.png", (lambda path: plot_codesign(feas, front, path, spec)) if feas else None)
     return summary
 
 

@@ -500,15 +500,22 @@ def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], outdir: Path) -> 
                "pareto": len(front_keys), "pareto_keys": sorted(front_keys),
                "csv": str(outdir / "results.csv"), "json": str(outdir / "results.json")}
     write_json_atomic(outdir / "results.json", dict(summary, rows=rows))
-    if feas:
+    write_plot(summary, outdir / "pareto.png",
+               (lambda path: plot_pareto(feas, front_keys, path, spec)) if feas else None)
+    return summary
+
+
+def write_plot(summary: dict[str, Any], path: Path, draw: Callable[[Path], Path] | None) -> None:
+    """``summary["png"]`` = ``draw(path)``, or ``summary["png_error"]`` when drawing fails (the numbers matter
+    more than the picture); without a plot (``draw`` None or failed) an older ``path`` is removed: a plot of an
+    earlier run must not sit beside results it does not show."""
+    if draw is not None:
         try:
-            summary["png"] = str(plot_pareto(feas, front_keys, outdir / "pareto.png", spec))
-        except Exception as exc:  # the numbers matter more than the picture
+            summary["png"] = str(draw(path))
+        except Exception as exc:
             summary["png_error"] = f"{type(exc).__name__}: {exc}"
     if "png" not in summary:
-        # a plot of an earlier run must not sit beside results it does not show
-        (outdir / "pareto.png").unlink(missing_ok=True)
-    return summary
+        path.unlink(missing_ok=True)
 
 
 def plot_pareto(rows: list[dict[str, Any]], front_keys: set[str], path: Path, spec: SweepSpec) -> Path:
