@@ -30,8 +30,9 @@ line of ``OUT/results.jsonl`` (the sweep's resume file: a finished unit is never
   budget, the seed, the corpus and the training code; never a hardware axis, so every hardware point reuses it.
 * ``chip``: that student's compiled programs (:func:`bitmos.compiler.compile_model` of its export, materialized so
   the compiler's exactness refusals apply) on the chip (:func:`chip_fields` of the model point over the hardware
-  point), run in the simulator's timing mode: decode and prefill tokens/s and energy per token (``student_*``).
-  Timing and action counts do not depend on weight values, so the first seed's student stands for all seeds.
+  point), run in the simulator's functional mode with every layer's output checked bit for bit against the golden
+  model (:func:`run_checked`): decode and prefill tokens/s and energy per token (``student_*``). Cycles and action
+  counts do not depend on weight values, so the first seed's student stands for all seeds.
 * ``shape``: :func:`bitmos.explore.sweep.evaluate_point` of the large shape (``model``) on the same chip: the
   estimate the plain sweep makes, with the model point's experts and act_bits (``shape_*``), so a study can say
   what a scheme costs at 7B. Its key is the plain sweep's point key.
@@ -57,8 +58,10 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, ConfigError
 from bitmos.fileio import write_json_atomic, write_text_atomic
 
-#: Bumped when a unit's evaluation changes so cached units of older code are not reused.
-CODESIGN_VERSION = 1
+#: Bumped when a unit's evaluation changes so cached units of older code are not reused: students (and the
+#: teacher's perplexity) and chip evaluations separately, so a change in how chips are run keeps the students.
+STUDENT_VERSION = 1
+CHIP_VERSION = 2          # 2: every program run functionally and checked against the golden model
 
 #: Grid / point keys that describe the student rather than the chip.
 MODEL_AXES = ("scheme", "experts", "act_bits", "pb_fraction")
@@ -283,15 +286,14 @@ def evaluate_teacher(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_student_chip(task: dict[str, Any]) -> dict[str, Any]:
-    """The student's own compiled programs on the chip, timing-mode simulation: the plain sweep's row fields
-    (:func:`bitmos.explore.perf.flat_row`) prefixed ``student_``. Never raises for a bad point."""
+    """The student's own compiled programs on the chip, run and checked by :func:`run_checked`: the plain sweep's
+    row fields (:func:`bitmos.explore.perf.flat_row`) prefixed ``student_``. Never raises for a bad point."""
     import torch
 
     from bitmos.compiler import compile_model
-    from bitmos.explore.perf import Infeasible, _grow_buffers, flat_row
+    from bitmos.explore.perf import _grow_buffers, flat_row
     from bitmos.model.checkpoint import load_checkpoint
     from bitmos.model.export import export_model
-    from bitmos.sim import Simulator
     from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.report import summarize
 
@@ -305,14 +307,9 @@ def evaluate_student_chip(task: dict[str, Any]) -> dict[str, Any]:
         def run(c: AcceleratorConfig) -> dict[str, Any]:
             table = EnergyTable.load(task["energy_table"] or default_table(c))
             export = export_model(model, c)
-            sim = Simulator(c)
             phases = {}
             for phase, tokens in (("decode", 1), ("prefill", task["prefill_tokens"])):
-                runs = [sim.run(p.words, None, functional=False)
-                        for layer in compile_model(export, c, tokens).layers for p in layer.programs]
-                for r in runs:
-                    if r.error:
-                        raise Infeasible(f"the simulator stopped with {r.cause_name}: {r.error_message}")
+                runs = run_checked(export, compile_model(export, c, tokens), tokens, seed=tokens)
                 phases[phase] = summarize(runs, table, tokens=tokens)
             return dict(phases, energy_table=table.name)
 
@@ -325,11 +322,48 @@ def evaluate_student_chip(task: dict[str, Any]) -> dict[str, Any]:
                    decode_bound_tokens_per_s=cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / weights)
         flat = flat_row(est, task["prefill_tokens"])
         row.update({f"student_{k}": v for k, v in flat.items() if k not in ("backend", "model", "config")})
-        row.update(feasible=True, config=flat["config"])
+        row.update(feasible=True, config=flat["config"], student_golden_checked=True)
     except BitmosUserError as exc:
         row["reason"] = str(exc)
     row["seconds"] = round(time.perf_counter() - t0, 3)
     return row
+
+
+def run_checked(export, compiled, tokens: int, *, seed: int) -> list[Any]:
+    """Run every program of ``compiled`` (a whole-model compile of ``export``) in the simulator's functional mode
+    on seeded int16 inputs and compare every layer's output bit for bit with the golden model; the run results
+    (whose cycles and action counts equal the timing mode's) or Infeasible naming the first layer that differs.
+    The figures are then those of programs shown to compute the student exactly, not only of their schedule."""
+    import numpy as np
+    import torch
+
+    from bitmos.compiler import read_layer_output, write_layer_input
+    from bitmos.explore.perf import Infeasible
+    from bitmos.model.golden import golden_linear
+    from bitmos.sim import Simulator
+
+    sim = Simulator(compiled.config)
+    rng = np.random.default_rng(seed)
+    lins = {lin.name: lin for lin in export.linears}
+    mem, runs = compiled.memory, []
+    # inputs within +-8.0 in the chip's Q.x_frac_bits format: the range of a normed activation
+    bound = min(1 << 15, 8 << compiled.config.x_frac_bits)
+    for layer in compiled.layers:
+        lin = lins[layer.name]
+        x = rng.integers(-bound, bound, size=(tokens, lin.d_in)).astype(np.int16)
+        write_layer_input(mem, layer.manifest, x)
+        for prog in layer.programs:
+            r = sim.run(prog.words, mem)
+            if r.error:
+                raise Infeasible(f"{layer.name}: the simulator stopped with {r.cause_name}: {r.error_message}")
+            mem = r.memory
+            runs.append(r)
+        got = read_layer_output(mem, layer.manifest).astype(np.int64)
+        want = golden_linear(lin, torch.from_numpy(x.astype(np.int64)), compiled.config).numpy().astype(np.int64)
+        if not np.array_equal(got, want):
+            raise Infeasible(f"{layer.name} (T={tokens}): {int((got != want).sum())} of {got.size} outputs differ "
+                             "from the golden model")
+    return runs
 
 
 def run_unit(task: dict[str, Any]) -> dict[str, Any]:
@@ -379,7 +413,7 @@ def make_plan(spec, outdir: Path, backend: str) -> Plan:
     students_dir = (outdir / "students").resolve()
     common = {"teacher_sha256": teacher_sha, "budget": {k: v for k, v in asdict(budget).items()
                                                         if k not in ("teacher", "seeds")},
-              "code": code, "version": CODESIGN_VERSION}
+              "code": code, "version": STUDENT_VERSION}
     teacher = {"kind": "teacher", "teacher_path": str(teacher_path), **common}
     teacher["key"] = "teacher-" + _key({k: v for k, v in teacher.items() if k != "teacher_path"})
     students: dict[str, dict[str, Any]] = {}
@@ -406,7 +440,7 @@ def make_plan(spec, outdir: Path, backend: str) -> Plan:
             seed_keys.append(st["key"])
         chip = {"kind": "chip", "student": seed_keys[0], "checkpoint": students[seed_keys[0]]["checkpoint"],
                 "config": cfgd, "prefill_tokens": spec.prefill_tokens, "energy_table": spec.energy_table,
-                "auto_buffers": spec.auto_buffers, "version": CODESIGN_VERSION}
+                "auto_buffers": spec.auto_buffers, "version": CHIP_VERSION}
         chip["key"] = "chip-" + _key({k: v for k, v in chip.items() if k != "checkpoint"})
         chips.setdefault(chip["key"], chip)
         shape_overrides.append(cfg_ov)

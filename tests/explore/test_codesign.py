@@ -133,3 +133,37 @@ def test_tiny_study_on_dask(tmp_path):
                                   protocol="tcp://", host="127.0.0.1") as cluster:
         summary = run_sweep(spec(), out=tmp_path / "d", scheduler=cluster.scheduler_address)
     assert summary["computed"] == 1 + 2 + 2 + 2 and summary["infeasible"] == 0
+
+
+@pytest.fixture
+def one_thread():
+    # a tiny model on a shared 2-core machine: one torch thread, as the sweep's workers use
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_chip_figures_come_from_programs_checked_against_golden(one_thread):
+    import numpy as np
+
+    from bitmos.compiler import compile_model
+    from bitmos.config import AcceleratorConfig
+    from bitmos.explore.codesign import run_checked
+    from bitmos.explore.perf import Infeasible
+    from bitmos.model.checkpoint import load_shipped
+    from bitmos.model.export import export_model
+
+    model, _ = load_shipped("student")
+    cfg = AcceleratorConfig.load("small")
+    export = export_model(model, cfg)
+    compiled = compile_model(export, cfg, 2)
+    runs = run_checked(export, compiled, 2, seed=0)
+    assert len(runs) == sum(len(layer.programs) for layer in compiled.layers) and all(r.cycles > 0 for r in runs)
+    # programs that do not compute the layer the golden model holds are refused, naming the layer
+    lin = export.linears[3]
+    lin.signs = np.logical_not(np.asarray(lin.signs))
+    with pytest.raises(Infeasible, match=f"{lin.name}.*differ from the golden model"):
+        run_checked(export, compile_model(export_model(model, cfg), cfg, 2), 2, seed=0)
