@@ -43,7 +43,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("sweep", help="design-space exploration over configs and model shapes: "
                                      "tokens/s, energy/token, area; CSV, JSON, Pareto plot; resumable")
-    p.add_argument("spec", help="sweep spec (TOML file) or a shipped spec name, e.g. llama7b; see docs/dse.md")
+    p.add_argument("spec", help="sweep spec (TOML file) or a shipped spec name, e.g. llama7b; see docs/dse.md "
+                                "(a spec with a [distill] table sweeps model axes too: docs/codesign.md, codesign)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: the spec's `out`, else "
                                                      "sweep-<spec name>)")
     p.add_argument("--workers", type=non_negative_int, default=None,

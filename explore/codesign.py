@@ -40,7 +40,8 @@ line of ``OUT/results.jsonl`` (the sweep's resume file: a finished unit is never
 Area (``luts``, ``ffs``, ``brams``, ``dsps``) is the area model (:func:`bitmos.explore.sweep.fill_area`) of the
 chip the shape estimate settled on (``auto_buffers`` may grow its buffers). ``results.csv`` / ``results.json``
 hold one row per (model point, hardware point), ``fronts.json`` the 2-D fronts of validation perplexity against
-each cost in :data:`FRONT_COSTS`, and ``pareto.png`` plots them.
+each cost in :data:`FRONT_COSTS` (``pareto.png`` plots them), and ``model_costs.csv`` what each model point costs
+against a reference point on the same chips (:func:`model_costs`). docs/codesign.md has a worked study.
 """
 
 from __future__ import annotations

@@ -70,6 +70,12 @@ def test_bad_model_or_hardware_axis_is_one_error(tmp_path, grid, match):
     assert not list((tmp_path / "bad" / "students").glob("*"))   # nothing trained
 
 
+def test_unknown_reference_point_is_one_error(tmp_path):
+    with pytest.raises(ConfigError, match="plot.reference = 'mos E8 A8' is not a model point"):
+        run_sweep(spec(plot={"reference": "mos E8 A8"}), out=tmp_path / "r")
+    assert not list((tmp_path / "r" / "students").glob("*"))
+
+
 def test_bad_spec_fails_on_load():
     with pytest.raises(ConfigError, match="model axes"):
         SweepSpec.from_dict({"grid": {"scheme": ["mos"]}})
