@@ -22,7 +22,10 @@ A co-design spec is a sweep spec (:mod:`bitmos.explore.sweep`, docs/dse.md) with
 A *model point* is (scheme, experts, act_bits[, pb_fraction]) normalized to what the student really has
 (:func:`model_point`: a sign student has no experts, a onebit student one set of scales), so the grid's
 cross product does not train the same student twice. Every point is three kinds of cached units, each one
-line of ``OUT/results.jsonl`` (the sweep's resume file: a finished unit is never recomputed):
+line of ``OUT/results.jsonl`` (the sweep's resume file: a finished unit is never recomputed). This module plans,
+caches, joins and writes them; the units that need the model (students, the teacher's perplexity, the student on
+the chip) run in the application layer, :mod:`bitmos.app.codesign`, given here as a :class:`ModelSide` (this
+area does not import the model):
 
 * ``student``: one student per (model point, seed), distilled from the teacher with :func:`bitmos.model.train.train`
   at the budget; its validation perplexity; its checkpoint in ``OUT/students/<key>.safetensors``. The key hashes
@@ -31,7 +34,7 @@ line of ``OUT/results.jsonl`` (the sweep's resume file: a finished unit is never
 * ``chip``: that student's compiled programs (:func:`bitmos.compiler.compile_model` of its export, materialized so
   the compiler's exactness refusals apply) on the chip (:func:`chip_fields` of the model point over the hardware
   point), run in the simulator's functional mode with every layer's output checked bit for bit against the golden
-  model (:func:`run_checked`): decode and prefill tokens/s and energy per token (``student_*``). Cycles and action
+  model (``bitmos.app.codesign.run_checked``): decode and prefill tokens/s and energy per token (``student_*``). Cycles and action
   counts do not depend on weight values, so the first seed's student stands for all seeds.
 * ``shape``: :func:`bitmos.explore.sweep.evaluate_point` of the large shape (``model``) on the same chip: the
   estimate the plain sweep makes, with the model point's experts and act_bits (``shape_*``), so a study can say
@@ -56,7 +59,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import BitmosUserError, ConfigError
+from bitmos.errors import ConfigError
 from bitmos.fileio import write_json_atomic, write_text_atomic
 
 #: Bumped when a unit's evaluation changes so cached units of older code are not reused: students (and the
@@ -84,8 +87,6 @@ FRONT_COSTS = (("max:shape_decode_tokens_per_s", "decode tokens/s"),
                ("min:shape_decode_uj_per_token", "decode energy (µJ/token)"),
                ("min:luts", "area (LUTs, area model)"))
 
-# Modules whose source decides what a student becomes: part of every student's key.
-_TRAINING_CODE = ("config", "binarize", "quant", "transformer", "train", "distill", "data", "checkpoint")
 
 
 # ---- model points and the chip they need ---------------------------------------------------------------
@@ -114,13 +115,14 @@ def chip_fields(scheme: str, experts: int, act_bits: int) -> dict[str, Any]:
 def model_point(override: dict[str, Any], base: AcceleratorConfig, source: str) -> dict[str, Any]:
     """The student an override describes: scheme (required), experts and act_bits (default: the base config's),
     pb_fraction (kept for ``pb`` only), normalized to what the student has, so equal students compare equal."""
-    from bitmos.model.config import SCHEMES
+    from bitmos.compiler.lower import SUPPORTED_SCHEMES, UNSUPPORTED_SCHEMES
 
+    schemes = [*SUPPORTED_SCHEMES, *(s for s in UNSUPPORTED_SCHEMES if s != "float")]   # the model zoo's
     scheme = override.get("scheme")
     if scheme is None:
         raise ConfigError(f"{source}: a co-design point needs a scheme (grid.scheme or the point's scheme = ...)")
-    if not isinstance(scheme, str) or scheme not in SCHEMES or scheme == "float":
-        raise ConfigError(f"{source}: scheme = {scheme!r}; known: {', '.join(s for s in SCHEMES if s != 'float')}")
+    if not isinstance(scheme, str) or scheme not in schemes:
+        raise ConfigError(f"{source}: scheme = {scheme!r}; known: {', '.join(schemes)}")
     experts = override.get("experts", base.experts)
     act_bits = override.get("act_bits", base.act_bits)
     for name, value, lo, hi in (("experts", experts, 1, 8), ("act_bits", act_bits, 1, 15)):
@@ -187,36 +189,14 @@ class DistillBudget:
     def steps(self) -> int:
         return -(-self.tokens // (self.batch_size * self.seq_len))   # the budget is spent in whole steps
 
-    def teacher_path(self, source_dir: str) -> Path:
-        if self.teacher == "shipped":
-            from bitmos.model.checkpoint import shipped_path
-            return shipped_path("teacher")
-        p = Path(self.teacher)
-        p = p if p.is_absolute() else Path(source_dir) / p
-        if not p.is_file():
-            from bitmos.fileio import why_not_a_file
-            raise ConfigError(f"[distill] teacher = {self.teacher!r}: {p} {why_not_a_file(p)}")
-        return p.resolve()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def training_code_version() -> str:
-    """SHA-256 (16 hex) of the training code's source and the torch version: a change retrains every student."""
-    import importlib
-
-    import torch
-
-    h = hashlib.sha256(torch.__version__.encode())
-    for name in _TRAINING_CODE:
-        h.update(Path(importlib.import_module(f"bitmos.model.{name}").__file__).read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _key(obj: dict[str, Any]) -> str:
@@ -226,159 +206,6 @@ def _key(obj: dict[str, Any]) -> str:
 def student_key(task: dict[str, Any]) -> str:
     """The hash of everything that determines a student; the checkpoint path is where it goes, not what it is."""
     return _key({k: v for k, v in task.items() if k not in ("key", "kind", "checkpoint", "teacher_path")})
-
-
-# ---- the units -----------------------------------------------------------------------------------------
-
-def train_student(task: dict[str, Any]) -> dict[str, Any]:
-    """Distill one student (``bitmos distill`` with the budget) and record its validation perplexity."""
-    import torch
-
-    from bitmos.model.checkpoint import trainer_state_path
-    from bitmos.model.hf import load_any
-    from bitmos.model.train import TrainArgs, train
-
-    t0 = time.perf_counter()
-    row: dict[str, Any] = {"key": task["key"], "kind": "student", "model_point": task["model_point"],
-                           "seed": task["seed"], "feasible": False, "reason": ""}
-    try:
-        b = task["budget"]
-        torch.set_num_threads(b["threads"])
-        teacher, _ = load_any(task["teacher_path"])   # as bitmos distill reads it: with its tokenizer
-        mp = task["model_point"]
-        config = teacher.config.replace(scheme=mp["scheme"], experts=max(1, mp["experts"]),
-                                        act_bits=mp["act_bits"], pb_fraction=mp.get("pb_fraction", 0.1))
-        args = TrainArgs(out=task["checkpoint"], steps=task["steps"], batch_size=b["batch_size"],
-                         seq_len=b["seq_len"], lr=b["lr"], warmup=b["warmup"], seed=task["seed"],
-                         eval_interval=0, eval_tokens=b["eval_tokens"], ckpt_interval=0, corpus=b["corpus"],
-                         teacher=str(task["teacher_path"]), train_only=b["train"], progress=False)
-        res = train(config, args, teacher=teacher, tokenizer=teacher.tokenizer)
-        # resuming a finished student is never needed: the key says when to train again
-        trainer_state_path(task["checkpoint"]).unlink(missing_ok=True)
-        val = res["val"]
-        row.update(feasible=True, val_ppl=val["ppl"], val_loss=val["loss"], val_bpb=val["bpb"], val_acc=val["acc"],
-                   eval_tokens=val["tokens"], steps=res["step"],
-                   trained_tokens=res["step"] * b["batch_size"] * b["seq_len"],
-                   checkpoint=Path(task["checkpoint"]).name,
-                   checkpoint_sha256=_file_sha256(Path(task["checkpoint"])))
-    except BitmosUserError as exc:
-        row["reason"] = str(exc)
-    row["seconds"] = round(time.perf_counter() - t0, 3)
-    return row
-
-
-def evaluate_teacher(task: dict[str, Any]) -> dict[str, Any]:
-    """The teacher's validation perplexity on the students' validation windows (the quality reference)."""
-    import torch
-
-    from bitmos.model.data import encode_corpus, load_corpus
-    from bitmos.model.hf import load_any
-    from bitmos.model.train import evaluate
-
-    t0 = time.perf_counter()
-    b = task["budget"]
-    torch.set_num_threads(b["threads"])
-    teacher, _ = load_any(task["teacher_path"])
-    _, val_text = load_corpus(b["corpus"], None)
-    val = encode_corpus(val_text, teacher.tokenizer)
-    ev = evaluate(teacher, val, b["seq_len"], b["eval_tokens"], bytes_per_token=len(val_text.encode()) / val.numel())
-    return {"key": task["key"], "kind": "teacher", "feasible": True, "val_ppl": ev["ppl"], "val_bpb": ev["bpb"],
-            "val_acc": ev["acc"], "eval_tokens": ev["tokens"], "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def evaluate_student_chip(task: dict[str, Any]) -> dict[str, Any]:
-    """The student's own compiled programs on the chip, run and checked by :func:`run_checked`: the plain sweep's
-    row fields (:func:`bitmos.explore.perf.flat_row`) prefixed ``student_``. Never raises for a bad point."""
-    import torch
-
-    from bitmos.compiler import compile_model
-    from bitmos.explore.perf import _grow_buffers, flat_row
-    from bitmos.model.checkpoint import load_checkpoint
-    from bitmos.model.export import export_model
-    from bitmos.sim.energy import EnergyTable, default_table
-    from bitmos.sim.report import summarize
-
-    t0 = time.perf_counter()
-    row: dict[str, Any] = {"key": task["key"], "kind": "chip", "feasible": False, "reason": ""}
-    try:
-        torch.set_num_threads(1)
-        model, _ = load_checkpoint(task["checkpoint"])
-        cfg = AcceleratorConfig.from_dict(task["config"], source="co-design point")
-
-        def run(c: AcceleratorConfig) -> dict[str, Any]:
-            table = EnergyTable.load(task["energy_table"] or default_table(c))
-            export = export_model(model, c)
-            phases = {}
-            for phase, tokens in (("decode", 1), ("prefill", task["prefill_tokens"])):
-                runs = run_checked(export, compile_model(export, c, tokens), tokens, seed=tokens)
-                phases[phase] = summarize(runs, table, tokens=tokens)
-            return dict(phases, energy_table=table.name)
-
-        if task["auto_buffers"]:
-            cfg, phases, grown = _grow_buffers(cfg, run)
-        else:
-            phases, grown = run(cfg), {}
-        weights = sum(m.weight.numel() for _, m in model.binarized_linears())
-        est = dict(phases, config=cfg.to_dict(), grown=grown, model={"name": "student"},
-                   decode_bound_tokens_per_s=cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / weights)
-        flat = flat_row(est, task["prefill_tokens"])
-        row.update({f"student_{k}": v for k, v in flat.items() if k not in ("backend", "model", "config")})
-        row.update(feasible=True, config=flat["config"], student_golden_checked=True)
-    except BitmosUserError as exc:
-        row["reason"] = str(exc)
-    row["seconds"] = round(time.perf_counter() - t0, 3)
-    return row
-
-
-def run_checked(export, compiled, tokens: int, *, seed: int) -> list[Any]:
-    """Run every program of ``compiled`` (a whole-model compile of ``export``) in the simulator's functional mode
-    on seeded int16 inputs and compare every layer's output bit for bit with the golden model; the run results
-    (whose cycles and action counts equal the timing mode's) or Infeasible naming the first layer that differs.
-    The figures are then those of programs shown to compute the student exactly, not only of their schedule."""
-    import numpy as np
-    import torch
-
-    from bitmos.compiler import read_layer_output, write_layer_input
-    from bitmos.explore.perf import Infeasible
-    from bitmos.model.golden import golden_linear
-    from bitmos.sim import Simulator
-
-    sim = Simulator(compiled.config)
-    rng = np.random.default_rng(seed)
-    lins = {lin.name: lin for lin in export.linears}
-    mem, runs = compiled.memory, []
-    # inputs within +-8.0 in the chip's Q.x_frac_bits format: the range of a normed activation
-    bound = min(1 << 15, 8 << compiled.config.x_frac_bits)
-    for layer in compiled.layers:
-        lin = lins[layer.name]
-        x = rng.integers(-bound, bound, size=(tokens, lin.d_in)).astype(np.int16)
-        write_layer_input(mem, layer.manifest, x)
-        for prog in layer.programs:
-            r = sim.run(prog.words, mem)
-            if r.error:
-                raise Infeasible(f"{layer.name}: the simulator stopped with {r.cause_name}: {r.error_message}")
-            mem = r.memory
-            runs.append(r)
-        got = read_layer_output(mem, layer.manifest).astype(np.int64)
-        want = golden_linear(lin, torch.from_numpy(x.astype(np.int64)), compiled.config).numpy().astype(np.int64)
-        if not np.array_equal(got, want):
-            raise Infeasible(f"{layer.name} (T={tokens}): {int((got != want).sum())} of {got.size} outputs differ "
-                             "from the golden model")
-    return runs
-
-
-def run_unit(task: dict[str, Any]) -> dict[str, Any]:
-    """One unit of work (picklable for worker processes and Dask): a student, the teacher, a chip or a shape."""
-    from bitmos.explore.sweep import evaluate_point
-
-    kind = task.get("kind", "shape")
-    if kind == "student":
-        return train_student(task)
-    if kind == "teacher":
-        return evaluate_teacher(task)
-    if kind == "chip":
-        return evaluate_student_chip(task)
-    return dict(evaluate_point(task), kind="shape")
 
 
 # ---- planning --------------------------------------------------------------------------------------------
@@ -402,14 +229,23 @@ def split_override(ov: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             {k: v for k, v in ov.items() if k not in MODEL_AXES})
 
 
-def make_plan(spec, outdir: Path, backend: str) -> Plan:
+@dataclass(frozen=True)
+class ModelSide:
+    """What a co-design sweep needs from the model area, given by the application layer (bitmos.app.codesign):
+    this area joins compiler and simulator but does not import the model (tests/core/test_layering.py)."""
+    teacher: Path                                      # the teacher checkpoint the budget names
+    code_version: str                                  # hash of the training code: part of every student's key
+    run_unit: Callable[[dict[str, Any]], dict[str, Any]]   # picklable: runs any unit (student, teacher, chip, shape)
+
+
+def make_plan(spec, outdir: Path, backend: str, model_side: ModelSide) -> Plan:
     """All units of ``spec``; every model point and chip config is checked here, before anything runs."""
     from bitmos.explore.sweep import SweepSpec, make_tasks
 
     budget = DistillBudget.from_dict(spec.distill, source=f"{spec.name}: [distill]")
-    teacher_path = budget.teacher_path(spec.source_dir)
-    teacher_sha = _file_sha256(teacher_path)
-    code = training_code_version()
+    teacher_path = model_side.teacher
+    teacher_sha = file_sha256(teacher_path)
+    code = model_side.code_version
     base = spec.base_config()
     students_dir = (outdir / "students").resolve()
     common = {"teacher_sha256": teacher_sha, "budget": {k: v for k, v in asdict(budget).items()
@@ -468,13 +304,14 @@ def _student_ready(row: dict[str, Any] | None, task: dict[str, Any]) -> bool:
     if not row.get("feasible"):
         return True
     p = Path(task["checkpoint"])
-    return p.is_file() and _file_sha256(p) == row.get("checkpoint_sha256")
+    return p.is_file() and file_sha256(p) == row.get("checkpoint_sha256")
 
 
 # ---- running -----------------------------------------------------------------------------------------------
 
-def run_codesign(spec, outdir: Path, *, workers: int, scheduler: Any = None, limit: int | None = None,
-                 backend: str = "sim", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_codesign(spec, outdir: Path, model_side: ModelSide, *, workers: int, scheduler: Any = None,
+                 limit: int | None = None, backend: str = "sim",
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train the missing students (in parallel), then evaluate the missing chip and shape units, then write the
     joined rows, the fronts and the plot. ``limit`` caps the units computed now (students first)."""
     from bitmos.explore.sweep import _iter_dask, _iter_local, append_result, read_results
@@ -484,7 +321,7 @@ def run_codesign(spec, outdir: Path, *, workers: int, scheduler: Any = None, lim
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "students").mkdir(exist_ok=True)
     results_path = outdir / "results.jsonl"
-    plan = make_plan(spec, outdir, backend)
+    plan = make_plan(spec, outdir, backend, model_side)
     reference = reference_label(spec, plan)
     done = read_results(results_path)
     budget = DistillBudget.from_dict(spec.distill)
@@ -506,7 +343,8 @@ def run_codesign(spec, outdir: Path, *, workers: int, scheduler: Any = None, lim
         if not todo:
             return
         say(f"  {name}: {len(todo)} to run, {len(tasks) - len(todo)} cached")
-        it = _iter_dask(todo, scheduler, run_unit) if scheduler else _iter_local(todo, workers, run_unit)
+        run = model_side.run_unit
+        it = _iter_dask(todo, scheduler, run) if scheduler else _iter_local(todo, workers, run)
         for row in it:
             append_result(results_path, row)
             done[row["key"]] = row
@@ -656,8 +494,8 @@ def write_codesign_outputs(spec, rows: list[dict[str, Any]], teacher: dict[str, 
     fill_area(rows, spec.target)
     front = fronts(rows, spec.objectives)
     _write_csv(outdir / "results.csv", [*CSV_COLUMNS, *("front_" + k for k in front)],
-               [[*(r.get(c, (r.get("config") or {}).get(c)) for c in CSV_COLUMNS), *(r["key"] in front[k] for k in front)]
-                for r in rows])
+               [[*(r.get(c, (r.get("config") or {}).get(c)) for c in CSV_COLUMNS),
+                 *(r["key"] in front[k] for k in front)] for r in rows])
     costs = model_costs(rows, reference)
     cols = ["label", "reference", "hardware_points", "val_ppl", "val_ppl_std", *(f"{m}_pct" for m in COST_METRICS)]
     _write_csv(outdir / "model_costs.csv", cols, [[c.get(k) for k in cols] for c in costs])

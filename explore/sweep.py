@@ -402,7 +402,10 @@ def output_dir(spec: SweepSpec, out: str | Path | None) -> Path:
 
 def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, workers: int | None = None,
               scheduler: Any = None, limit: int | None = None, backend: str | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, model_side: Any = None) -> dict[str, Any]:
+    """Run the points of ``spec`` not yet in ``OUT/results.jsonl``, then write the outputs. A co-design spec (a
+    ``[distill]`` table) also trains students: ``model_side`` (:class:`bitmos.explore.codesign.ModelSide`) is the
+    model area's part of it, which the application layer supplies (``bitmos sweep``, ``bitmos.app.codesign``)."""
     from bitmos.explore.perf import pick_backend
 
     t0 = time.perf_counter()
@@ -411,7 +414,10 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, workers: int | 
     if spec.distill:
         from bitmos.explore.codesign import run_codesign
 
-        return run_codesign(spec, outdir, workers=spec.workers if workers is None else workers,
+        if model_side is None:
+            raise ConfigError(f"{spec.name}: a co-design spec ([distill]) trains students; run it with bitmos sweep "
+                              "or bitmos.app.codesign.run_sweep, which supply the model side")
+        return run_codesign(spec, outdir, model_side, workers=spec.workers if workers is None else workers,
                             scheduler=scheduler, limit=limit, backend=be, log=log)
     outdir.mkdir(parents=True, exist_ok=True)
     results_path = outdir / "results.jsonl"

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
+from bitmos.app.codesign import model_side, run_sweep
 from bitmos.errors import ConfigError
 from bitmos.explore.codesign import chip_fields, make_plan
-from bitmos.explore.sweep import SweepSpec, builtin_specs, read_results, run_sweep
+from bitmos.explore.sweep import SweepSpec, builtin_specs, read_results
 
 # A real study, as small as it gets: a few hundred training tokens per student, the toy shape, one chip.
 TINY = {"name": "tiny", "base": "small", "model": "toy", "prefill_tokens": 8, "energy_table": "horowitz45_hbm2",
@@ -27,7 +28,7 @@ def spec(**kw):
 
 
 def keys(s, tmp_path):
-    plan = make_plan(s, tmp_path, "sim")
+    plan = make_plan(s, tmp_path, "sim", model_side(s))
     return ({t["key"] for t in plan.students}, {t["key"] for t in plan.chips}, {t["key"] for t in plan.shapes})
 
 
@@ -50,7 +51,8 @@ def test_student_keys_follow_budget_and_seed_not_hardware(tmp_path):
 
 def test_equal_students_are_trained_once(tmp_path):
     # sign has no experts and onebit one scale set: the experts axis does not multiply them
-    plan = make_plan(spec(grid={"scheme": ["sign", "onebit"], "experts": [1, 2, 4]}), tmp_path, "sim")
+    s = spec(grid={"scheme": ["sign", "onebit"], "experts": [1, 2, 4]})
+    plan = make_plan(s, tmp_path, "sim", model_side(s))
     assert len(plan.students) == 2 and len(plan.pairs) == 2   # one row each, not one per experts value
     assert chip_fields("sign", 4, 8) == {"experts": 0, "act_bits": 8}
     assert chip_fields("onebit", 4, 4) == {"experts": 1, "act_bits": 4}
@@ -74,6 +76,13 @@ def test_unknown_reference_point_is_one_error(tmp_path):
     with pytest.raises(ConfigError, match="plot.reference = 'mos E8 A8' is not a model point"):
         run_sweep(spec(plot={"reference": "mos E8 A8"}), out=tmp_path / "r")
     assert not list((tmp_path / "r" / "students").glob("*"))
+
+
+def test_the_explore_layer_asks_for_the_model_side(tmp_path):
+    from bitmos.explore.sweep import run_sweep as explore_run_sweep
+
+    with pytest.raises(ConfigError, match="trains students"):
+        explore_run_sweep(spec(), out=tmp_path / "x")
 
 
 def test_bad_spec_fails_on_load():
@@ -157,7 +166,7 @@ def test_chip_figures_come_from_programs_checked_against_golden(one_thread):
 
     from bitmos.compiler import compile_model
     from bitmos.config import AcceleratorConfig
-    from bitmos.explore.codesign import run_checked
+    from bitmos.app.codesign import run_checked
     from bitmos.explore.perf import Infeasible
     from bitmos.model.checkpoint import load_shipped
     from bitmos.model.export import export_model
