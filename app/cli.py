@@ -14,7 +14,7 @@ import sys
 
 # Areas that contribute subcommands, in the order they appear in --help.
 _AREAS = ("bitmos.app.corecli", "bitmos.model.cli", "bitmos.compiler.cli", "bitmos.sim.cli",
-          "bitmos.rtl.cli", "bitmos.explore.cli", "bitmos.app.demo", "bitmos.app.verify",
+          "bitmos.rtl.cli", "bitmos.explore.cli", "bitmos.app.codesign", "bitmos.app.demo", "bitmos.app.verify",
           "bitmos.app.estimate")
 
 

@@ -43,7 +43,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("sweep", help="design-space exploration over configs and model shapes: "
                                      "tokens/s, energy/token, area; CSV, JSON, Pareto plot; resumable")
-    p.add_argument("spec", help="sweep spec (TOML file) or a shipped spec name, e.g. llama7b; see docs/dse.md")
+    p.add_argument("spec", help="sweep spec (TOML file) or a shipped spec name, e.g. llama7b; see docs/dse.md "
+                                "(a spec with a [distill] table sweeps model axes too: docs/codesign.md, codesign)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: the spec's `out`, else "
                                                      "sweep-<spec name>)")
     p.add_argument("--workers", type=non_negative_int, default=None,
@@ -127,19 +128,25 @@ def _synth(args) -> int:
 
 
 def _sweep(args) -> int:
+    return sweep_command(args)
+
+
+def sweep_command(args, run=None) -> int:
+    """``bitmos sweep``: ``run`` is the sweep runner (default :func:`bitmos.explore.sweep.run_sweep`; the
+    application layer passes one that also runs co-design specs, bitmos.app.codesign.run_sweep)."""
     from bitmos.explore.sweep import SweepSpec, run_sweep
 
     spec = SweepSpec.load(args.spec)
-    summary = run_sweep(spec, out=args.out, workers=args.workers, scheduler=args.scheduler,
-                        limit=args.limit, backend=args.backend,
-                        log=None if args.json else (lambda m: print(m, file=sys.stderr)))
+    summary = (run or run_sweep)(spec, out=args.out, workers=args.workers, scheduler=args.scheduler,
+                                 limit=args.limit, backend=args.backend,
+                                 log=None if args.json else (lambda m: print(m, file=sys.stderr)))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"{summary['points']} points ({summary['computed']} computed now, {summary['skipped']} "
               f"already done, {summary['infeasible']} infeasible) in {summary['seconds']:.1f} s; "
               f"backend {summary['backend']}; Pareto front {summary['pareto']} points")
-        for k in ("csv", "json", "png"):
+        for k in ("csv", "json", "png", "fronts", "model_costs"):
             if summary.get(k):
                 print(f"  {k}: {summary[k]}")
     return 0

@@ -196,6 +196,13 @@ def evaluate(cfg: AcceleratorConfig, shape: str | dict[str, Any] | None = None, 
                        auto_buffers=auto_buffers)
     except UnsupportedError as exc:
         raise Infeasible(str(exc)) from None
+    return flat_row(est, prefill_tokens)
+
+
+def flat_row(est: dict[str, Any], prefill_tokens: int) -> dict[str, Any]:
+    """:func:`evaluate`'s flat row of an estimate-shaped dict (``config``, ``grown``, ``energy_table``,
+    ``model.name``, ``decode`` of one token, ``prefill`` of ``prefill_tokens``, ``decode_bound_tokens_per_s``);
+    shared with the co-design sweep, whose student programs are compiled from a checkpoint, not a shape."""
     cfg = AcceleratorConfig.from_dict(est["config"])
     hz = cfg.clock_mhz * 1e6
     out: dict[str, Any] = {"backend": "sim", "energy_table": est["energy_table"], "model": est["model"]["name"],

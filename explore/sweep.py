@@ -56,14 +56,15 @@ SWEEP_VERSION = 1
 DEFAULT_OBJECTIVES = ("max:decode_tokens_per_s", "min:decode_uj_per_token", "min:luts")
 
 _SPEC_KEYS = {"name", "base", "model", "prefill_tokens", "energy_table", "backend", "auto_buffers", "synth",
-              "target", "device", "top", "workers", "objectives", "set", "grid", "points", "out", "plot"}
+              "target", "device", "top", "workers", "objectives", "set", "grid", "points", "out", "plot",
+              "distill"}
 
 #: The type each spec key must have (checked on load, so a bad value fails before any point runs).
 _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "base": (str,), "model": (str, dict), "prefill_tokens": (int,), "energy_table": (str,),
     "backend": (str,), "auto_buffers": (bool,), "synth": (bool,), "target": (str,), "device": (str,),
     "top": (str,), "workers": (int,), "objectives": (list,), "set": (dict,), "grid": (dict,), "points": (list,),
-    "out": (str,), "plot": (dict,)}
+    "out": (str,), "plot": (dict,), "distill": (dict,)}
 
 #: Largest prompt a sweep point may prefill (the compiler's tiling handles any count; this keeps a typo from
 #: turning into a run of hours).
@@ -127,6 +128,7 @@ class SweepSpec:
     points: list[dict[str, Any]] = field(default_factory=list)
     out: str | None = None
     plot: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)   # a co-design sweep (explore/codesign.py) when set
     source_dir: str = "."
 
     @classmethod
@@ -157,6 +159,17 @@ class SweepSpec:
         for i, pt in enumerate(d.get("points", [])):
             if not isinstance(pt, dict):
                 raise ConfigError(f"{source}: points[{i}] must be a table of config overrides, got {pt!r}")
+        named = set(grid).union(*d.get("points", []))
+        if "distill" not in d and named & {"scheme", "pb_fraction"}:
+            raise ConfigError(f"{source}: {sorted(named & {'scheme', 'pb_fraction'})} are model axes; a sweep "
+                              "over them needs a [distill] table (a co-design sweep, docs/codesign.md)")
+        metrics = OBJECTIVE_METRICS
+        if "distill" in d:   # a co-design sweep: model axes in the grid, students distilled per model point
+            from bitmos.explore.codesign import CODESIGN_METRICS, CODESIGN_OBJECTIVES, DistillBudget
+
+            DistillBudget.from_dict(d["distill"], source=f"{source}: [distill]")
+            metrics = OBJECTIVE_METRICS | CODESIGN_METRICS
+            d.setdefault("objectives", list(CODESIGN_OBJECTIVES))
         if "objectives" in d:
             from bitmos.explore.pareto import parse_objectives
 
@@ -166,10 +179,10 @@ class SweepSpec:
                 parsed = parse_objectives(d["objectives"])
             except ValueError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
-            unknown = [name for name, _ in parsed if name not in OBJECTIVE_METRICS]
+            unknown = [name for name, _ in parsed if name not in metrics]
             if unknown:
                 raise ConfigError(f"{source}: unknown objective metric(s) {unknown}; known: "
-                                  f"{', '.join(sorted(OBJECTIVE_METRICS))}")
+                                  f"{', '.join(sorted(metrics))}")
             d["objectives"] = tuple(d["objectives"])
         return cls(**d, source_dir=source_dir)
 
@@ -324,15 +337,17 @@ def append_result(path: Path, row: dict[str, Any]) -> None:
 
 # ---- running ----------------------------------------------------------------------------------------
 
-def _iter_local(tasks, workers: int):
+def _iter_local(tasks, workers: int, fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+    """Rows of ``fn`` (default :func:`evaluate_point`) over ``tasks``, in completion order."""
+    fn = fn or evaluate_point
     if workers <= 0:
         for t in tasks:
-            yield evaluate_point(t)
+            yield fn(t)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as ex:
-        futs = [ex.submit(evaluate_point, t) for t in tasks]
+        futs = [ex.submit(fn, t) for t in tasks]
         try:
             for f in as_completed(futs):
                 yield f.result()
@@ -362,14 +377,15 @@ def exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="bitmos-exit-with-parent", daemon=True).start()
 
 
-def _iter_dask(tasks, scheduler):
+def _iter_dask(tasks, scheduler, fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+    fn = fn or evaluate_point
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise ConfigError("--scheduler needs dask.distributed: pip install -e '.[dask]'") from None
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
-        futs = [client.submit(evaluate_point, t, pure=False, key=f"bitmos-point-{t['key']}") for t in tasks]
+        futs = [client.submit(fn, t, pure=False, key=f"bitmos-point-{t['key']}") for t in tasks]
         for f in as_completed(futs):
             yield f.result()
     finally:
@@ -377,16 +393,32 @@ def _iter_dask(tasks, scheduler):
             client.close()
 
 
+def output_dir(spec: SweepSpec, out: str | Path | None) -> Path:
+    """``out``, else the spec's ``out``, else ``sweep-<name>``. The spec's name becomes one folder name: anything
+    but letters, digits, '.', '_', '-' is mapped to '_', so a name such as '../../x' cannot reach outside the
+    current folder."""
+    return Path(out or spec.out or "sweep-" + re.sub(r"[^A-Za-z0-9._-]", "_", spec.name)[:200])
+
+
 def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, workers: int | None = None,
               scheduler: Any = None, limit: int | None = None, backend: str | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, model_side: Any = None) -> dict[str, Any]:
+    """Run the points of ``spec`` not yet in ``OUT/results.jsonl``, then write the outputs. A co-design spec (a
+    ``[distill]`` table) also trains students: ``model_side`` (:class:`bitmos.explore.codesign.ModelSide`) is the
+    model area's part of it, which the application layer supplies (``bitmos sweep``, ``bitmos.app.codesign``)."""
     from bitmos.explore.perf import pick_backend
 
     t0 = time.perf_counter()
     be = pick_backend(backend or spec.backend)
-    # the spec's name becomes one folder name: anything but letters, digits, '.', '_', '-' is mapped to '_', so
-    # a name such as '../../x' cannot reach outside the current folder
-    outdir = Path(out or spec.out or "sweep-" + re.sub(r"[^A-Za-z0-9._-]", "_", spec.name)[:200])
+    outdir = output_dir(spec, out)
+    if spec.distill:
+        from bitmos.explore.codesign import run_codesign
+
+        if model_side is None:
+            raise ConfigError(f"{spec.name}: a co-design spec ([distill]) trains students; run it with bitmos sweep "
+                              "or bitmos.app.codesign.run_sweep, which supply the model side")
+        return run_codesign(spec, outdir, model_side, workers=spec.workers if workers is None else workers,
+                            scheduler=scheduler, limit=limit, backend=be, log=log)
     outdir.mkdir(parents=True, exist_ok=True)
     results_path = outdir / "results.jsonl"
     tasks = make_tasks(spec, be)
@@ -474,15 +506,22 @@ def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], outdir: Path) -> 
                "pareto": len(front_keys), "pareto_keys": sorted(front_keys),
                "csv": str(outdir / "results.csv"), "json": str(outdir / "results.json")}
     write_json_atomic(outdir / "results.json", dict(summary, rows=rows))
-    if feas:
+    write_plot(summary, outdir / "pareto.png",
+               (lambda path: plot_pareto(feas, front_keys, path, spec)) if feas else None)
+    return summary
+
+
+def write_plot(summary: dict[str, Any], path: Path, draw: Callable[[Path], Path] | None) -> None:
+    """``summary["png"]`` = ``draw(path)``, or ``summary["png_error"]`` when drawing fails (the numbers matter
+    more than the picture); without a plot (``draw`` None or failed) an older ``path`` is removed: a plot of an
+    earlier run must not sit beside results it does not show."""
+    if draw is not None:
         try:
-            summary["png"] = str(plot_pareto(feas, front_keys, outdir / "pareto.png", spec))
-        except Exception as exc:  # the numbers matter more than the picture
+            summary["png"] = str(draw(path))
+        except Exception as exc:
             summary["png_error"] = f"{type(exc).__name__}: {exc}"
     if "png" not in summary:
-        # a plot of an earlier run must not sit beside results it does not show
-        (outdir / "pareto.png").unlink(missing_ok=True)
-    return summary
+        path.unlink(missing_ok=True)
 
 
 def plot_pareto(rows: list[dict[str, Any]], front_keys: set[str], path: Path, spec: SweepSpec) -> Path:

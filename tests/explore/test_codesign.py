@@ -1,0 +1,184 @@
+"""Co-design sweeps (explore/codesign.py): cache keys, resume, bad input, and one real tiny study."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bitmos.app.codesign import model_side, run_sweep
+from bitmos.errors import ConfigError
+from bitmos.explore.codesign import chip_fields, make_plan
+from bitmos.explore.sweep import SweepSpec, builtin_specs, read_results
+
+# A real study, as small as it gets: a few hundred training tokens per student, the toy shape, one chip.
+TINY = {"name": "tiny", "base": "small", "model": "toy", "prefill_tokens": 8, "energy_table": "horowitz45_hbm2",
+        "workers": 0, "grid": {"scheme": ["sign", "mos"], "experts": [2], "act_bits": [8], "rows": [4]},
+        "distill": {"tokens": 256, "batch_size": 4, "seq_len": 32, "eval_tokens": 512, "seeds": [1]}}
+
+
+def spec(**kw):
+    d = json.loads(json.dumps(TINY))
+    for k, v in kw.items():
+        if isinstance(v, dict) and k in ("grid", "distill"):
+            d[k].update(v)
+        else:
+            d[k] = v
+    return SweepSpec.from_dict(d)
+
+
+def keys(s, tmp_path):
+    plan = make_plan(s, tmp_path, "sim", model_side(s))
+    return ({t["key"] for t in plan.students}, {t["key"] for t in plan.chips}, {t["key"] for t in plan.shapes})
+
+
+def test_student_keys_follow_budget_and_seed_not_hardware(tmp_path):
+    students, chips, shapes = keys(spec(), tmp_path)
+    assert len(students) == 2 and len(chips) == 2 and len(shapes) == 2
+    # a budget or a seed change retrains every student
+    assert keys(spec(distill={"tokens": 512}), tmp_path)[0].isdisjoint(students)
+    assert keys(spec(distill={"seeds": [2]}), tmp_path)[0].isdisjoint(students)
+    assert keys(spec(distill={"lr": 2e-3}), tmp_path)[0].isdisjoint(students)
+    # a hardware axis does not: the same students, new chip and shape evaluations
+    s2, c2, h2 = keys(spec(grid={"rows": [8]}), tmp_path)
+    assert s2 == students and c2.isdisjoint(chips) and h2.isdisjoint(shapes)
+    s3, _, _ = keys(spec(grid={"rows": [4, 8]}, energy_table="horowitz45_lpddr4"), tmp_path)
+    assert s3 == students
+    # two seeds: two students per model point, one chip evaluation per pair
+    s4, c4, _ = keys(spec(distill={"seeds": [1, 2]}), tmp_path)
+    assert len(s4) == 4 and students <= s4 and c4 == chips
+
+
+def test_equal_students_are_trained_once(tmp_path):
+    # sign has no experts and onebit one scale set: the experts axis does not multiply them
+    s = spec(grid={"scheme": ["sign", "onebit"], "experts": [1, 2, 4]})
+    plan = make_plan(s, tmp_path, "sim", model_side(s))
+    assert len(plan.students) == 2 and len(plan.pairs) == 2   # one row each, not one per experts value
+    assert chip_fields("sign", 4, 8) == {"experts": 0, "act_bits": 8}
+    assert chip_fields("onebit", 4, 4) == {"experts": 1, "act_bits": 4}
+    assert chip_fields("mos", 2, 8) == {"experts": 2, "act_bits": 8}
+
+
+@pytest.mark.parametrize("grid, match", [
+    ({"scheme": ["bogus"]}, "scheme = 'bogus'"),
+    ({"scheme": ["pb"]}, "scheme 'pb' has no hardware path"),
+    ({"scheme": ["mos"], "experts": [9]}, "experts = 9"),
+    ({"scheme": ["mos"], "act_bits": ["8"]}, "act_bits = '8'"),
+    ({"scheme": ["mos"], "lanes": [36]}, "lanes"),
+])
+def test_bad_model_or_hardware_axis_is_one_error(tmp_path, grid, match):
+    with pytest.raises(ConfigError, match=match):
+        run_sweep(spec(grid=grid), out=tmp_path / "bad")
+    assert not list((tmp_path / "bad" / "students").glob("*"))   # nothing trained
+
+
+def test_unknown_reference_point_is_one_error(tmp_path):
+    with pytest.raises(ConfigError, match="plot.reference = 'mos E8 A8' is not a model point"):
+        run_sweep(spec(plot={"reference": "mos E8 A8"}), out=tmp_path / "r")
+    assert not list((tmp_path / "r" / "students").glob("*"))
+
+
+def test_the_explore_layer_asks_for_the_model_side(tmp_path):
+    from bitmos.explore.sweep import run_sweep as explore_run_sweep
+
+    with pytest.raises(ConfigError, match="trains students"):
+        explore_run_sweep(spec(), out=tmp_path / "x")
+
+
+def test_bad_spec_fails_on_load():
+    with pytest.raises(ConfigError, match="model axes"):
+        SweepSpec.from_dict({"grid": {"scheme": ["mos"]}})
+    with pytest.raises(ConfigError, match="tokens = 0"):
+        spec(distill={"tokens": 0})
+    with pytest.raises(ConfigError, match="unknown key"):
+        spec(distill={"steps": 3})
+    with pytest.raises(ConfigError, match="seeds"):
+        spec(distill={"seeds": [1, 1]})
+    with pytest.raises(ConfigError, match="unknown objective"):
+        spec(objectives=["min:val_pp"])
+
+
+def test_cli_bad_scheme_exits_with_one_line(tmp_path):
+    s = tmp_path / "s.toml"
+    s.write_text('name = "x"\nbase = "small"\n[grid]\nscheme = ["fbi"]\n[distill]\ntokens = 64\n')
+    p = subprocess.run([sys.executable, "-m", "bitmos.app.cli", "sweep", str(s), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "scheme 'fbi' has no hardware path" in p.stderr
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "cd"
+    first = run_sweep(spec(), out=out, limit=2)          # the teacher and one student, then stopped
+    assert first["computed"] == 2 and first["points"] == 2
+    second = run_sweep(spec(), out=out)
+    assert second["skipped"] == 2 and second["computed"] == 1 + 2 + 2   # one student, two chips, two shapes
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["feasible"] for r in rows), rows
+    for r in rows:
+        assert r["val_ppl"] > 1 and r["ppl_vs_teacher"] > 0
+        assert r["student_decode_tokens_per_s"] > 0 and r["student_prefill_uj_per_token"] > 0
+        assert r["shape_decode_tokens_per_s"] > 0 and r["luts"] > 0
+    assert {r["config"]["experts"] for r in rows} == {0, 2}
+    fronts = json.loads((out / "fronts.json").read_text())
+    assert set(fronts) >= {"all", "shape_decode_uj_per_token", "luts"} and fronts["all"]
+    assert (out / "results.csv").read_text().count("\n") == 3
+    assert (out / "pareto.png").stat().st_size > 1000
+    # a rerun computes nothing; a hardware point added later reuses both students
+    assert run_sweep(spec(), out=out)["computed"] == 0
+    third = run_sweep(spec(grid={"rows": [4, 8]}), out=out)
+    assert third["computed"] == 2 + 2 and third["points"] == 4
+    # a deleted student checkpoint is trained again (its chips need the weights), nothing else is
+    ckpt = next((out / "students").glob("*.safetensors"))
+    ckpt.unlink()
+    assert run_sweep(spec(), out=out)["computed"] == 1 and ckpt.exists()
+    assert len(read_results(out / "results.jsonl")) == 1 + 2 + 4 + 4
+
+
+def test_shipped_study_spec_loads():
+    assert "codesign" in builtin_specs()
+    s = SweepSpec.load("codesign")
+    assert s.distill and s.objectives[0] == "min:val_ppl"
+
+
+@pytest.mark.slow
+def test_tiny_study_on_dask(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  protocol="tcp://", host="127.0.0.1") as cluster:
+        summary = run_sweep(spec(), out=tmp_path / "d", scheduler=cluster.scheduler_address)
+    assert summary["computed"] == 1 + 2 + 2 + 2 and summary["infeasible"] == 0
+
+
+@pytest.fixture
+def one_thread():
+    # a tiny model on a shared 2-core machine: one torch thread, as the sweep's workers use
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_chip_figures_come_from_programs_checked_against_golden(one_thread):
+    import numpy as np
+
+    from bitmos.compiler import compile_model
+    from bitmos.config import AcceleratorConfig
+    from bitmos.app.codesign import run_checked
+    from bitmos.explore.perf import Infeasible
+    from bitmos.model.checkpoint import load_shipped
+    from bitmos.model.export import export_model
+
+    model, _ = load_shipped("student")
+    cfg = AcceleratorConfig.load("small")
+    export = export_model(model, cfg)
+    compiled = compile_model(export, cfg, 2)
+    runs = run_checked(export, compiled, 2, seed=0)
+    assert len(runs) == sum(len(layer.programs) for layer in compiled.layers) and all(r.cycles > 0 for r in runs)
+    # programs that do not compute the layer the golden model holds are refused, naming the layer
+    lin = export.linears[3]
+    lin.signs = np.logical_not(np.asarray(lin.signs))
+    with pytest.raises(Infeasible, match=f"{lin.name}.*differ from the golden model"):
+        run_checked(export, compile_model(export_model(model, cfg), cfg, 2), 2, seed=0)
