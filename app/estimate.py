@@ -17,10 +17,10 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
 
     m = est["model"]
-    planes = max(1, m.get("w_bits", 0))
+    planes = m["weight_bits"] // m["binary_weights"]
     fmt = "1 bit" if planes == 1 else f"{planes} bits (ternary: two weight planes)"
     lines = [f"model: {m['layers']} binarized linears, {m['binary_weights'] / 1e9:.2f} G weights "
-             f"({m['binary_weights'] * planes / 8 / 2**20:.0f} MiB at {fmt})"]
+             f"({m['weight_bits'] / 8 / 2**20:.0f} MiB at {fmt})"]
     for phase in ("prefill", "decode"):
         if phase in est:
             lines.append(f"\n== {phase} ({est[phase]['tokens']} tokens)")

@@ -239,7 +239,7 @@ def _pack_layer(spec: LayerSpec, til: Tiling, cfg: AcceleratorConfig, regions: R
     mem = bytearray(end - base)
     C, L, E = cfg.cols, cfg.lanes, cfg.experts
     K, N, NT, nch, XL = til.K, til.N, til.NT, til.nch, til.XL
-    nwp = max(1, spec.w_bits)
+    nwp = til.wlines // nch
     weights = np.zeros((NT * C, nch * L), dtype=np.int64)   # padded outputs: 0 bits; padded inputs: masked
     weights[:N, :K] = spec.weights
     if spec.w_bits:   # bit p of the two's complement integer

@@ -26,7 +26,7 @@ from typing import Any
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
 from bitmos.isa import Instruction, Op, Reg, setr
-from bitmos.semantics import Timeline, compute_cycles
+from bitmos.semantics import Timeline, compute_cycles, weight_planes
 
 from bitmos.compiler.lower import LayerSpec, ceil_div
 
@@ -123,7 +123,7 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
                      "sbuf_kib")
     sout_line = fixed
     # -- weights ---------------------------------------------------------------------------------
-    wlines = nch * max(1, spec.w_bits)     # one line per chunk and weight plane
+    wlines = nch * weight_planes(cfg, spec.w_bits)     # one line per chunk and weight plane
     if wlines > dW:
         _unsupported(name, f"one output tile's weights need {wlines} WBUF lines (K = {K}"
                            f"{f', {spec.w_bits} weight planes' if spec.w_bits else ''}), WBUF has {dW}", "wbuf_kib")

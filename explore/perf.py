@@ -125,7 +125,9 @@ def prefill_work(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, token
     walk (each is compiled and simulated once), token tiles x column tiles x lane chunks. The estimate's time
     grows with it (3.3 M tile steps, LLaMA-2-7B at 2048 tokens on asic32, take about 4 s)."""
     rows = cfg.rows
-    return max(1, w_bits) * sum(-(-tokens // rows) * -(-N // cfg.cols) * -(-K // cfg.lanes)
+    from bitmos.semantics import weight_planes
+
+    return weight_planes(cfg, w_bits) * sum(-(-tokens // rows) * -(-N // cfg.cols) * -(-K // cfg.lanes)
                                 for K, N in {(K, N) for _, K, N in walk})
 
 
@@ -171,7 +173,9 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
     else:
         phases, grown = run(cfg), {}
     weights = sum(a * b for _, a, b in walk)
-    bits = weights * max(1, w_bits)          # weight bits a token reads: one per weight and plane
+    from bitmos.semantics import weight_planes
+
+    bits = weights * weight_planes(cfg, w_bits)    # weight bits a token reads: one per weight and plane
     out: dict[str, Any] = {"model": {"name": shape.get("name", "custom"), "layers": len(walk),
                                      "binary_weights": weights, "weight_bits": bits, "w_bits": w_bits},
                            "config": cfg.to_dict(), "grown": grown}

@@ -40,6 +40,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import ConfigError
 from bitmos.fileio import read_text_file
 from bitmos.isa import BUFFERS, Op, Reg
+from bitmos.semantics import Ops, weight_planes
 
 try:  # Python 3.11+
     import tomllib
@@ -121,7 +122,7 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
     sel = op == int(Op.MATMUL)
     if sel.any():
         # every weight plane is a pass over the chunk: steps, WBUF and QBUF reads scale with it
-        wp = np.where(dec.regs[Reg.WBITS][:n][sel] == 0, 1, dec.regs[Reg.WBITS][:n][sel])
+        wp = weight_planes(cfg, dec.regs[Reg.WBITS][:n][sel], Ops(select=np.where))
         nt, mode, ch, kk = f["ntiles"][sel], f["mode"][sel], nch[sel] * wp, K[sel] * wp
         # valid token rows: ntok of the latest quant before each matmul (0 if none)
         is_q = op == int(Op.QUANT)

@@ -30,6 +30,7 @@ from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError
 from bitmos.isa import BUFFERS, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op, Reg, decode, reg_value
 from bitmos.sim.analysis import UNIT_CODES, Analysis, analyze
+from bitmos.semantics import weight_planes
 from bitmos.sim.energy import count_actions
 
 assert sys.byteorder == "little", "the simulator views buffer bytes as little-endian words"
@@ -288,7 +289,7 @@ class Simulator:
         a64 = _to_u64(a, nw) & mask                                                       # [k, rows, nw]
         # WBUF line w + (n*nch + c)*nwp + p holds weight plane p of chunk c of tile n
         wbits = st.regs[Reg.WBITS]
-        nwp = max(1, wbits)
+        nwp = weight_planes(cfg, wbits)
         wb = st.buf["W"][w0:w0 + ntiles * nch * nwp].reshape(ntiles, nch, nwp, C, Lb).transpose(0, 2, 3, 1, 4)
         w64 = _to_u64(np.ascontiguousarray(wb).reshape(ntiles, nwp, C, nb), nw)          # [T, nwp, C, nw]
         rows = a64.shape[1]
