@@ -128,7 +128,7 @@ class SystolicArray(wiring.Component):
         tc = Signal(20)          # cycle within the tile
         reading = Signal()       # tc < S: this cycle issues a step's reads
         qline = Signal(17)       # q + s
-        wbase = Signal(17)       # w + n*nch
+        wbase = Signal(17)       # w + n*nch (sign-only arrays; with weight planes wline runs on)
         obase = Signal(17)       # o + n*R (token) or o + n (plane)
         q0 = Signal(16)
         chunk = Signal(16)       # c of the current step
@@ -141,7 +141,6 @@ class SystolicArray(wiring.Component):
         wint = Signal()          # this MATMUL's weights are integer planes (WBITS != 0); held for it
         nwp_m1 = Signal(3)       # weight planes - 1
         wp = Signal(max(1, ceil_log2(WB)))   # weight plane p of the current step
-        wlines = Signal(20)      # WBUF lines per tile: nch * planes
         wline = Signal(17)       # the current step's WBUF line
         qchunk = Signal(17)      # q + c*(k or P): where the chunk's activation steps restart
 
@@ -152,7 +151,6 @@ class SystolicArray(wiring.Component):
         if WB >= 2:
             with m.If(self.start):
                 m.d.sync += [wint.eq(wbits != 0), nwp_m1.eq(Mux(wbits == 0, 0, wbits - 1)),
-                             wlines.eq(sem.times_weight_planes(cfg, nch_c, wbits, AMARANTH_OPS)),
                              wp.eq(0), wline.eq(self.w), qchunk.eq(self.q)]
         with m.If(self.start):
             m.d.sync += [
@@ -175,8 +173,8 @@ class SystolicArray(wiring.Component):
                              tleft.eq(Mux(tiles_left == 2, tlast_m1, pitch_m1)), reading.eq(1),
                              qline.eq(q0), obase.eq(obase + Mux(mode, 1, R)),
                              chunk.eq(0), sub.eq(0), rem.eq(kreg)]
-                if WB >= 2:
-                    m.d.sync += [wbase.eq(wbase + wlines), wline.eq(wbase + wlines), wp.eq(0), qchunk.eq(q0)]
+                if WB >= 2:   # wline is already the next tile's first line: the tile read wlines of them
+                    m.d.sync += [wp.eq(0), qchunk.eq(q0)]
                 else:
                     m.d.sync += wbase.eq(wbase + nch)
             with m.Else():
