@@ -37,6 +37,10 @@ def cmd_estimate(args) -> int:
     from bitmos.compiler.lower import SCHEME_WEIGHT_BITS
 
     cfg = AcceleratorConfig.load(args.config)
+    if args.scheme == "fbi" and cfg.experts < 2:   # the compiler's own refusal, before a whole estimate runs
+        from bitmos.errors import UnsupportedError
+        raise UnsupportedError(f"scheme fbi computes beta . x on the router, and config {cfg.name!r} has experts = "
+                               f"{cfg.experts} (no router); use a config with experts >= 2")
     est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table,
                    max_work=args.max_work or None, w_bits=SCHEME_WEIGHT_BITS[args.scheme])
     if args.plots:
@@ -72,9 +76,9 @@ def add_commands(sub) -> None:
                    help=f"refuse a prefill that is more than N array tile steps to compile and simulate (default "
                         f"{DEFAULT_MAX_WORK:,}, about 20 s; 0: no limit)")
     p.add_argument("--scheme", choices=SUPPORTED_SCHEMES, default="mos",
-                   help="the students' scheme: its weight format (sign, onebit, mos: 1 bit per weight; ternary: "
-                        "two weight planes, needs weight_bits >= 2); the scales run on the config's scale path, "
-                        "onto which every scheme maps exactly (default mos)")
+                   help="the students' scheme: its weight format (sign, onebit, mos, fbi: 1 bit per weight; ternary: "
+                        "two weight planes, needs weight_bits >= 2); the scales (and fbi's beta . x, on the router) "
+                        "run on the config's scale path, onto which every scheme maps exactly (default mos)")
     p.add_argument("--energy-table", help="energy table name or TOML file (default by memory bandwidth)")
     p.add_argument("--plots", metavar="DIR", help="write estimate.json and roofline/energy plots per phase")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -93,8 +93,9 @@ class AcceleratorConfig:
 
     @property
     def meta_bits(self) -> int:
-        """One per-token record: D (32 bits) then E gates (16 bits each)."""
-        return 32 + 16 * self.experts
+        """One per-token record: D (32 bits), E gates (16 bits each) and, with a router (E >= 2), the
+        token's bias (32 bits: register BIAS, FBI-LLM's beta . x)."""
+        return 32 + 16 * self.experts + (32 if self.experts >= 2 else 0)
 
     def line_bits(self, buffer: str) -> int:
         return {"X": self.xbuf_line_bits, "W": self.wbuf_line_bits, "S": self.sbuf_line_bits,

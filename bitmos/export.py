@@ -11,7 +11,9 @@ Per binarized linear (``BinaryLinearExport``), in the accelerator's formats (doc
 * ``signs``: bool [d_out, d_in], True = +1 (stored bit-packed, LSB first along d_in);
 * ``router``: int16 [E, d_in] with real value router * 2^-router_exp (E >= 2 only);
 * ``s_in`` / ``s_out``: int16 [E, d_in] / [E, d_out] with exponents s_in_exp / s_out_exp (E >= 1);
-* ``smul``/``smul_exp``: the single per-layer output scale when E = 0.
+* ``smul``/``smul_exp``: the single per-layer output scale when E = 0;
+* ``bias``: int16 [d_in] with real value bias * 2^-bias_exp (FBI-LLM's beta, scheme ``fbi`` only, E = 1): the
+  layer adds beta . x of each token to every output.
 Host-side float tensors (embeddings, norms, LM head, ...) are stored under ``host.`` names.
 """
 
@@ -51,6 +53,8 @@ class BinaryLinearExport:
     smul_exp: int = 0
     scheme: str = "mos"
     nonzero: np.ndarray | None = None  # bool [d_out, d_in]: ternary only; trit = nonzero * (2*sign - 1)
+    bias: np.ndarray | None = None     # int16 [d_in]: fbi only; the per-token shift beta . x, beta = bias * 2^-bias_exp
+    bias_exp: int = 0
 
     @property
     def weight_bits(self) -> int:
@@ -76,6 +80,15 @@ class BinaryLinearExport:
                               f"{self.nonzero.dtype} {tuple(self.nonzero.shape)}")
         if not 0 <= self.experts <= 8:
             raise FormatError(f"{where}: experts = {self.experts}, allowed 0..8")
+        if (self.bias is not None) != (self.scheme == "fbi"):
+            raise FormatError(f"{where}: a bias vector belongs to fbi layers only (scheme {self.scheme!r}, "
+                              f"bias {'present' if self.bias is not None else 'missing'})")
+        if self.bias is not None:
+            if self.bias.shape != (self.d_in,) or self.bias.dtype != np.int16:
+                raise FormatError(f"{where}: bias must be int16 [{self.d_in}], got {self.bias.dtype} "
+                                  f"{tuple(self.bias.shape)}")
+            if self.experts != 1:
+                raise FormatError(f"{where}: an fbi layer has one scale set (experts = 1), got {self.experts}")
         want = {"router": (self.experts, self.d_in) if self.experts >= 2 else None,
                 "s_in": (self.experts, self.d_in) if self.experts >= 1 else None,
                 "s_out": (self.experts, self.d_out) if self.experts >= 1 else None}
@@ -115,11 +128,12 @@ class ModelExport:
             tensors[f"{lin.name}.signs"] = np.packbits(lin.signs, axis=1, bitorder="little")
             if lin.nonzero is not None:
                 tensors[f"{lin.name}.nonzero"] = np.packbits(lin.nonzero, axis=1, bitorder="little")
-            for key in ("router", "s_in", "s_out"):
+            for key in ("router", "s_in", "s_out", "bias"):
                 t = getattr(lin, key)
                 if t is not None:
                     tensors[f"{lin.name}.{key}"] = np.ascontiguousarray(t)
-            layers.append({k: getattr(lin, k) for k in _LAYER_FIELDS})
+            fields = list(_LAYER_FIELDS) + (["bias_exp"] if lin.bias is not None else [])
+            layers.append({k: getattr(lin, k) for k in fields})
         for key, t in self.host.items():
             tensors[f"host.{key}"] = np.ascontiguousarray(t, dtype=np.float32)
         header = {"version": EXPORT_VERSION, "model_config": self.model_config, "layers": layers,
@@ -169,9 +183,11 @@ class ModelExport:
         linears, seen = [], set()
         for i, info in enumerate(header["layers"]):
             where = f"{source}: layer {i}"
-            if not isinstance(info, dict) or set(info) != set(_LAYER_FIELDS):
-                raise FormatError(f"{where}: expected the fields {', '.join(_LAYER_FIELDS)}")
-            for key, kind in _LAYER_FIELDS.items():
+            if not isinstance(info, dict) or not set(_LAYER_FIELDS) <= set(info) <= set(_LAYER_FIELDS) | {"bias_exp"}:
+                raise FormatError(f"{where}: expected the fields {', '.join(_LAYER_FIELDS)} (and bias_exp for fbi)")
+            for key, kind in {**_LAYER_FIELDS, "bias_exp": int}.items():
+                if key not in info:
+                    continue
                 v = info[key]
                 if kind is int and (isinstance(v, bool) or not isinstance(v, int) or abs(v) > 1 << 31):
                     raise FormatError(f"{where}: field {key!r} must be an integer, got {v!r}")
@@ -197,7 +213,9 @@ class ModelExport:
                                       f"{list(packed.shape)}, got {nz.dtype} {list(nz.shape)}")
                 nz = np.unpackbits(nz, axis=1, count=info["d_in"], bitorder="little").astype(bool)
             lin = BinaryLinearExport(signs=signs, nonzero=nz, **info,
-                                     **{k: tensors.get(f"{name}.{k}") for k in ("router", "s_in", "s_out")})
+                                     **{k: tensors.get(f"{name}.{k}") for k in ("router", "s_in", "s_out", "bias")})
+            if (lin.bias is None) != ("bias_exp" not in info):
+                raise FormatError(f"{where}: bias tensor and bias_exp field of {name!r} must come together")
             lin.validate()
             linears.append(lin)
         host_names = header["host"]

@@ -129,16 +129,23 @@ def inv_q(bits: int) -> int:
 
 
 def layer_shifts(name: str, cfg, *, experts: int, router_exp: int, s_in_exp: int, s_out_exp: int,
-                 smul_exp: int) -> tuple[int, int]:
+                 smul_exp: int, bias_exp: int | None = None) -> tuple[int, int]:
     """(RSHIFT, OSHIFT) of a layer: its tensors' power-of-two exponents folded into the two shifts.
 
     RSHIFT = x_frac_bits + router_exp - LOGIT_FRAC (the router's product back to Q7.8 logits; only used
-    when the layer has a router, else 0); OSHIFT = x_frac_bits + s_in_exp + s_out_exp - out_frac_bits
+    when the layer has a router, else 0); a layer with a bias (FBI-LLM, ``bias_exp`` given; no router of its
+    own) uses the router for beta . x instead: RSHIFT = x_frac_bits + bias_exp - out_frac_bits (the product
+    into output units). OSHIFT = x_frac_bits + s_in_exp + s_out_exp - out_frac_bits
     (E >= 1) or x_frac_bits + smul_exp - out_frac_bits (E = 0). Raises UnsupportedError naming the
     layer when one falls outside the registers' 0..63.
     """
     rshift = 0
-    if experts >= 2:
+    if bias_exp is not None:
+        rshift = cfg.x_frac_bits + bias_exp - cfg.out_frac_bits
+        if not 0 <= rshift <= 63:
+            raise UnsupportedError(f"layer {name!r}: RSHIFT = x_frac_bits + bias_exp - out_frac_bits = "
+                                   f"{cfg.x_frac_bits} + {bias_exp} - {cfg.out_frac_bits} = {rshift} is outside 0..63")
+    elif experts >= 2:
         rshift = cfg.x_frac_bits + router_exp - LOGIT_FRAC
         if not 0 <= rshift <= 63:
             raise UnsupportedError(f"layer {name!r}: RSHIFT = x_frac_bits + router_exp - {LOGIT_FRAC} = "
@@ -210,9 +217,18 @@ def quantize_token(v: list[int], bits: int) -> tuple[list[int], int]:
     return [max(-q_max, min(q_max, rshift_round(t * rq, RQ_SHIFT))) for t in v], d
 
 
-def scale_output(acc: int, d: int, s_out: int, oshift: int) -> int:
-    """y = sat32(rshift_round(acc * D * s_out, OSHIFT)): the output stage, per element."""
-    return sat(rshift_round(acc * d * s_out, oshift), OUT_BITS)
+def scale_output(acc: int, d: int, s_out: int, oshift: int, bias: int = 0) -> int:
+    """y = sat32(rshift_round(acc * D * s_out, OSHIFT) + bias): the output stage, per element; ``bias`` is the
+    token's (:func:`bias_term`; 0 unless register BIAS was set when the token was quantized)."""
+    return sat(rshift_round(acc * d * s_out, oshift) + bias, OUT_BITS)
+
+
+def bias_term(x: list[int], beta: list[int], rshift: int) -> int:
+    """FBI-LLM's per-token shift beta . x in output units: sat32(rshift_round(sum_i x_i * beta_i, RSHIFT)).
+
+    On the chip it is router row 0's sum when register BIAS = 1 (that layer's logits are then all 0, so its
+    gates are equal), with RSHIFT = x_frac_bits + bias_exp - out_frac_bits (:func:`layer_shifts`)."""
+    return sat(rshift_round(sum(xi * bi for xi, bi in zip(x, beta, strict=True)), rshift), OUT_BITS)
 
 
 # ---- the XNOR-popcount PE ------------------------------------------------------------------------

@@ -43,12 +43,14 @@ class Reg(enum.IntEnum):
     SMUL = 5     # output multiplier (signed 16-bit) used when experts = 0
     EBASE = 6    # external base address in 64-byte units
     WBITS = 7    # weight format of matmul: 0 = sign (1 plane, +-1), 2..8 = two's complement int, one plane per bit
+    BIAS = 8     # 1 = quant's router row 0 is a per-token bias (FBI-LLM's beta . x) added at scaleout; needs E >= 2
 
 
 #: (min, max) of each register's value; SMUL is signed.
 REG_RANGE: dict[Reg, tuple[int, int]] = {
     Reg.K: (1, 65535), Reg.RSHIFT: (0, 63), Reg.OSHIFT: (0, 63), Reg.ROUTER: (0, 65535),
     Reg.SIN: (0, 65535), Reg.SMUL: (-32768, 32767), Reg.EBASE: (0, (1 << 32) - 1), Reg.WBITS: (0, 8),
+    Reg.BIAS: (0, 1),
 }
 
 #: DMA buffer codes (the on-chip buffers the DMA engine can reach).

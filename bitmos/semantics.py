@@ -194,6 +194,9 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
         # WBITS: 0 (sign) or 2..weight_bits (a 1-bit two's complement weight, {0, -1}, is no format)
         wb = f["reg"] == int(Reg.WBITS)
         conds.append(wb & ((raw == 1) | (raw > cfg.weight_bits)) if cfg.weight_bits >= 2 else wb & (raw != 0))
+        # BIAS: the bias is router row 0's sum, so a config without a router (E < 2) has only BIAS = 0
+        if cfg.experts < 2:
+            conds.append((f["reg"] == int(Reg.BIAS)) & (raw != 0))
     if op in (Op.QUANT, Op.SCALEOUT):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))

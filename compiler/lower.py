@@ -33,14 +33,14 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
 from bitmos.export import BinaryLinearExport
 
-#: Export schemes with a hardware path: sign (E = 0, one scale), onebit (E = 1), BinaryMoS, and ternary
-#: (BitNet b1.58: E = 0, one scale, weights as two planes under WBITS = 2; needs cfg.weight_bits >= 2).
-SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary")
+#: Export schemes with a hardware path: sign (E = 0, one scale), onebit (E = 1), BinaryMoS, ternary
+#: (BitNet b1.58: E = 0, one scale, weights as two planes under WBITS = 2; needs cfg.weight_bits >= 2) and fbi
+#: (FBI-LLM: E = 1 with s_out = 1, its beta . x computed by router row 0 under BIAS = 1; needs cfg.experts >= 2).
+SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary", "fbi")
 #: The weight format (register WBITS) each supported scheme's layers run in.
-SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2}
+SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2, "fbi": 0}
 #: Schemes that exist in the model zoo but have no hardware path yet (and the reason).
 UNSUPPORTED_SCHEMES = {
-    "fbi": "FBI-LLM's per-channel alpha/beta affine needs a bias-add stage the scale unit lacks",
     "bitnet": "BitNet's parameter-free LayerNorm before quantization has no hardware stage",
     "pb": "PB-LLM's int8 salient weights need a second (8-bit) datapath",
     "float": "the float teacher has no binarized linears",
@@ -58,6 +58,7 @@ class LayerSpec:
     oshift: int
     smul: int
     w_bits: int = 0           # register WBITS: 0 = sign weights, 2 = ternary (two's complement planes)
+    bias: bool = False        # register BIAS: router row 0 is FBI-LLM's beta, its sum added to every output
     # Mapped tables, already with the hardware's expert count (None when unused or timing-only).
     weights: np.ndarray | None = None  # int8 [N, K]: +-1 (w_bits = 0) or w_bits-bit integers
     router: np.ndarray | None = None   # int16 [E_h, K] (E_h >= 2)
@@ -153,10 +154,16 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
     mapping = check_experts(name, lin.experts, cfg)
     el, eh = lin.experts, cfg.experts
     s_in_exp = lin.s_in_exp if el >= 1 else 0
+    has_bias = lin.bias is not None
+    if has_bias and eh < 2:
+        _fail(name, f"an FBI-LLM layer's beta . x runs on the router (register BIAS), but the accelerator has "
+                    f"experts = {eh} and no router; compile for a config with experts >= 2 (the presets small, "
+                    "medium, asic32)")
     rshift, oshift = formats.layer_shifts(name, cfg, experts=el, router_exp=lin.router_exp, s_in_exp=s_in_exp,
-                                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp)
+                                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp,
+                                          bias_exp=lin.bias_exp if has_bias else None)
     spec = LayerSpec(name, lin.d_in, lin.d_out, el, rshift, oshift, lin.smul if el == 0 else 0,
-                     w_bits=lin.weight_bits, expert_mapping=mapping)
+                     w_bits=lin.weight_bits, bias=has_bias, expert_mapping=mapping)
     if not materialize:
         return spec
     spec.weights = lin.weights()
@@ -176,6 +183,8 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
         t_in = np.asarray(lin.s_in[0], np.int64)
         t_out = np.asarray(lin.s_out[0], np.int64)
     spec.router = np.zeros((eh, lin.d_in), np.int16) if eh >= 2 else None
+    if has_bias:   # under BIAS = 1 the logits are 0 whatever the router holds, so the gates stay equal
+        spec.router[0] = lin.bias
     spec.s_in = _split_constant(name, "s_in", t_in, gate, eh)
     spec.s_out = _split_constant(name, "s_out", t_out, gate, eh)
     spec.smul = 0

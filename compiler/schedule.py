@@ -225,6 +225,8 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
     cmp(setr(Reg.OSHIFT, spec.oshift), (), "output shift")
     if til.w_bits:   # back to the reset value (sign weights) at the end, so a layer never inherits it
         cmp(setr(Reg.WBITS, til.w_bits), (), f"{til.w_bits}-bit integer weights (ternary: {til.w_bits} planes)")
+    if spec.bias:    # likewise reset at the end
+        cmp(setr(Reg.BIAS, 1), (), "router row 0 is beta: each token's beta . x is added to its outputs")
     # SBUF: router + S_in (+ S_out when resident) in one transfer.
     if E >= 1:
         fixed = til.sout_line
@@ -306,6 +308,8 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
             f"store y tiles {tiles.start}..{tiles.stop - 1}")
     if til.w_bits:
         cmp(setr(Reg.WBITS, 0), (), "sign weights again (the reset value)")
+    if spec.bias:
+        cmp(setr(Reg.BIAS, 0), (), "no bias again (the reset value)")
     return _place(compute, dmas, cfg, til.K, til.w_bits,
                   home=min(regions.weights, regions.sbuf, regions.input, regions.output) // 64)
 

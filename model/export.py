@@ -8,6 +8,8 @@ scheme      E    exported
 ``sign``    0    signs; ``smul``/``smul_exp`` = int16 of the single scale mean|W|
 ``onebit``  1    signs; ``s_in`` = g [1, d_in], ``s_out`` = h [1, d_out] (int16 + one exponent each)
 ``mos``     E    signs; ``s_in`` [E, d_in], ``s_out`` [E, d_out]; ``router`` [E, d_in] when E >= 2
+``ternary`` 0    signs and the nonzero plane (the trits); ``smul``/``smul_exp`` = int16 of gamma = mean|W|
+``fbi``     1    signs; ``s_in`` = alpha [1, d_in], ``s_out`` = 1 [1, d_out]; ``bias`` = beta [d_in] (int16 + bias_exp)
 other       --   :class:`bitmos.errors.UnsupportedError` naming the layer and the scheme
 ==========  ===  ==========================================================================================
 
@@ -30,7 +32,7 @@ from bitmos.errors import UnsupportedError
 from bitmos.export import EXPORT_VERSION, BinaryLinearExport, ModelExport, quantize_to_int16
 
 #: schemes with a hardware path, and the experts count each one exports with
-SUPPORTED_SCHEMES = ("sign", "onebit", "mos", "ternary")
+SUPPORTED_SCHEMES = ("sign", "onebit", "mos", "ternary", "fbi")
 #: activation widths the accelerator's quantizer produces
 HW_ACT_BITS = (1, 2, 4, 8)
 
@@ -74,6 +76,14 @@ def export_linear(path: str, module) -> BinaryLinearExport:
     if scheme in ("sign", "ternary"):
         smul, smul_exp = _int16(np.array([info["scale"]], dtype=np.float64), path, "scale")
         lin.smul, lin.smul_exp = int(smul[0]), int(smul_exp)
+    elif scheme == "fbi":   # y = sign(W) Q(alpha * x) + beta . x: alpha is s_in, no output scale, beta the bias
+        lin.experts = 1
+        lin.s_in, lin.s_in_exp = _int16(_np(info["alpha"]).reshape(1, d_in), path, "alpha")
+        lin.s_out, lin.s_out_exp = _int16(np.ones((1, d_out)), path, "s_out")
+        beta = _np(info["beta"]).reshape(d_in)
+        lin.bias, lin.bias_exp = _int16(beta, path, "beta")
+        if not beta.any():
+            lin.bias_exp = 16   # any exponent represents 0; this one keeps RSHIFT in range on every config
     else:
         s_in = _np(info["s_in"]).reshape(-1, d_in)      # onebit: g (d_in,) -> (1, d_in); mos: (E, d_in)
         s_out = _np(info["s_out"]).reshape(-1, d_out)

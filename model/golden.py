@@ -5,7 +5,8 @@ Two sides, one boundary:
 * :class:`AcceleratorSide` runs every binarized linear as the accelerator does (docs/isa.md, ``quant`` ->
   ``matmul`` -> ``scaleout``), on integers only: x (int16, ``x_frac_bits``) -> router logits (Q7.8) -> softmax gates
   (EXP2_LUT, Q1.15) -> mixed s_in -> v = x * s_in -> per-token k-bit quantization (RQ, D, INVQ) -> +-1 dot product ->
-  wrap to ``acc_bits`` -> mixed s_out (or SMUL) -> ``scale_output`` with OSHIFT -> y (int32, ``out_frac_bits``).
+  wrap to ``acc_bits`` -> mixed s_out (or SMUL) -> ``scale_output`` with OSHIFT -> y (int32, ``out_frac_bits``), plus,
+  for FBI-LLM layers, the per-token bias beta . x of the unscaled x (``bias_term``) added before the saturation.
   :func:`golden_linear` is the per-layer entry point the compiler, simulator and RTL tests call.
 * :class:`HostSide` runs everything else in float on the host (embedding, RMSNorm, rotary, attention, SiLU, residuals,
   LM head): the model engineer's :class:`~bitmos.model.transformer.Transformer` rebuilt from the export's config and
@@ -137,9 +138,21 @@ def quantize_token(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     return q, d
 
 
-def scale_output(acc: torch.Tensor, d: torch.Tensor, s_out: torch.Tensor, oshift: int) -> torch.Tensor:
-    """y = sat32(rshift_round(acc * D * s_out, OSHIFT)): acc [T, N], D [T], s_out [T, N] or [1, N]."""
-    return sat(mul_shift_round(acc, d[:, None] * s_out, oshift), OUT_BITS)
+def scale_output(acc: torch.Tensor, d: torch.Tensor, s_out: torch.Tensor, oshift: int,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = sat32(rshift_round(acc * D * s_out, OSHIFT) + bias): acc [T, N], D [T], s_out [T, N] or [1, N], bias [T].
+
+    The shifted product is first clamped to 34 bits: with |bias| < 2^31 that cannot change the saturated sum (a
+    value past +-(2^33 - 1) stays past +-2^31 after any bias), and it keeps the sum inside int64."""
+    y = mul_shift_round(acc, d[:, None] * s_out, oshift)
+    if bias is not None:
+        y = y.clamp(-(1 << 33), (1 << 33) - 1) + bias[:, None]
+    return sat(y, OUT_BITS)
+
+
+def bias_term(x: torch.Tensor, beta: torch.Tensor, rshift: int) -> torch.Tensor:
+    """x [T, K], beta [K] -> [T] = sat32(rshift_round(x . beta, RSHIFT)) (``formats.bias_term``); |x . beta| < 2^46."""
+    return sat(rshift_round(x @ beta, rshift), OUT_BITS)
 
 
 # ---- one binarized linear ----------------------------------------------------------------------------------------
@@ -148,7 +161,8 @@ def scale_output(acc: torch.Tensor, d: torch.Tensor, s_out: torch.Tensor, oshift
 def layer_shifts(lin: BinaryLinearExport, cfg: AcceleratorConfig) -> tuple[int, int]:
     """(RSHIFT, OSHIFT) of an exported layer (:func:`bitmos.formats.layer_shifts`)."""
     return F.layer_shifts(lin.name, cfg, experts=lin.experts, router_exp=lin.router_exp, s_in_exp=lin.s_in_exp,
-                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp)
+                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp,
+                          bias_exp=lin.bias_exp if lin.bias is not None else None)
 
 
 class GoldenLinear:
@@ -166,6 +180,7 @@ class GoldenLinear:
         self.s_in = t(lin.s_in) if lin.experts >= 1 else None                                 # [E, K]
         self.s_out = t(lin.s_out) if lin.experts >= 1 else None                               # [E, N]
         self.smul = torch.tensor([[int(lin.smul)]], dtype=I64)                                # [1, 1]
+        self.bias = t(lin.bias) if lin.bias is not None else None                             # [K] (fbi)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
@@ -204,7 +219,9 @@ class GoldenLinear:
         tr["acc_unwrapped"] = acc_full
         tr["acc"] = wrap(acc_full, self.cfg.acc_bits)
         tr["s_out"] = mix_scale(tr["gates"], self.s_out) if E >= 1 else self.smul.expand(1, self.lin.d_out)
-        tr["y"] = scale_output(tr["acc"], d, tr["s_out"], self.oshift)
+        if self.bias is not None:
+            tr["bias"] = bias_term(x, self.bias, self.rshift)
+        tr["y"] = scale_output(tr["acc"], d, tr["s_out"], self.oshift, tr.get("bias"))
         return tr
 
     def __call__(self, x_int16: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@
 * :data:`INSTRUCTION`: one word seen as every opcode at once (``word.matmul.ntiles``,
   ``word.load.buf``) plus ``word.opcode`` at ``bitmos.isa.OPCODE_LO``; the controller decodes
   through it and the top level hands its fields to the units.
-* :func:`meta_layout`: the per-token META record, D then one gate per expert (``bitmos.formats``
-  widths), laid out as ``AcceleratorConfig.meta_bits`` says.
+* :func:`meta_layout`: the per-token META record, D, one gate per expert and (E >= 2) the token's bias
+  (``bitmos.formats`` widths), laid out as ``AcceleratorConfig.meta_bits`` says.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ INSTRUCTION = data.FlexibleLayout(isa.WORD_BITS, {
 
 
 def meta_layout(cfg: AcceleratorConfig) -> data.StructLayout:
-    """META[t] of ``cfg``: ``d`` (D, ``formats.D_BITS``) then ``gates`` (E x ``formats.GATE_BITS``).
+    """META[t] of ``cfg``: ``d`` (D, ``formats.D_BITS``), ``gates`` (E x ``formats.GATE_BITS``) and, with a
+    router (E >= 2), ``bias`` (signed ``formats.OUT_BITS``: register BIAS's beta . x, else 0).
 
     E = 0 has no ``gates`` field (a zero-width one would be a ``[-1:0]`` wire in the Verilog).
 
@@ -45,7 +46,8 @@ def meta_layout(cfg: AcceleratorConfig) -> data.StructLayout:
         The layout's size is not ``cfg.meta_bits`` (the contract's record and this one disagree).
     """
     gates = {"gates": data.ArrayLayout(unsigned(F.GATE_BITS), cfg.experts)} if cfg.experts else {}
-    layout = data.StructLayout({"d": unsigned(F.D_BITS), **gates})
+    bias = {"bias": signed(F.OUT_BITS)} if cfg.experts >= 2 else {}
+    layout = data.StructLayout({"d": unsigned(F.D_BITS), **gates, **bias})
     if layout.size != cfg.meta_bits:
         raise ValueError(f"META layout of {layout.size} bits does not match cfg.meta_bits = {cfg.meta_bits}")
     return layout

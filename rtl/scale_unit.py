@@ -13,7 +13,7 @@
   lines are read from cycle c*T (x and s_in again, v recomputed, q gathered into plane bank c mod 2);
   its W plane words (token mode: slot t of k lines; plane mode: P lines) are written from cycle
   c*T + L/C + GATHER_LATENCY - 1, while chunk c+1 is gathered into the other bank;
-* META (1 cycle): META[meta + t] <- (D, gates).
+* META (1 cycle): META[meta + t] <- (D, gates, bias).
 
 ``scaleout``: one OBUF line per cycle for ntiles*ntok cycles (read OBUF, META, SBUF), then the
 :class:`~bitmos.rtl.scaleout.ScaleOut` pipeline: the last write-back SCALEOUT_PIPELINE cycles after
@@ -360,6 +360,8 @@ class ScaleExpertUnit(wiring.Component):
         m.d.comb += record.d.eq(quant.d)
         if E:
             m.d.comb += [quant.gates.eq(gates), record.gates.eq(gates)]
+        if E >= 2:
+            m.d.comb += record.bias.eq(softmax.bias)
 
         m.d.comb += [scaleout.acc_line.eq(self.obuf_r.data), scaleout.meta.eq(self.meta_r.data),
                      scaleout.scales.eq(self.sbuf.data), scaleout.valid.eq(seq.so_valid),

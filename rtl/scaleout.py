@@ -1,10 +1,10 @@
-"""ScaleOut: the ``scaleout`` datapath, y = sat32(rshift_round(acc * D * s_out, OSHIFT)) (``formats.scale_output``).
+"""ScaleOut: the ``scaleout`` datapath, y = sat32(rshift_round(acc * D * s_out, OSHIFT) + bias) (``formats.scale_output``).
 
 Eight register stages from the cycle the OBUF line, the token's META record and the SBUF line of the
 output scale experts arrive (``valid``, for OBUF line ``line``): s0 the line and D registered and the
 gate x scale products, s1 s_out and the limb products of acc * D, s2 their sum, s3 the limb
 products of acc * D * s_out, s4 their sum, s5 the rounding half added, s6 the shift, s7 the
-saturation; the cycle after, the C results are written back to that line
+saturation (E >= 2: of the sum with the token's META bias, which travels beside the line); the cycle after, the C results are written back to that line
 (``bitmos.semantics.SCALEOUT_PIPELINE`` = 9 counts the read
 too). s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
 """
@@ -82,6 +82,11 @@ class ScaleOut(wiring.Component):
         # layer-register terms every lane shares, registered once
         half = reg(rounding_half(self.regs.oshift), "round_half")
         smul = reg(reg(reg(self.regs.smul, "smul_s0"), "smul_s1"), "smul_s2") if E == 0 else None
+        bias = None
+        if E >= 2:   # the token's bias, shared by the lanes, beside the line until the saturation stage
+            bias = self.meta.bias
+            for s in range(sem.SCALEOUT_PIPELINE - 2):
+                bias = reg(bias, f"bias_s{s}")
         results = []
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
             # the line comes straight from a block RAM (and OBUF's bank select): registered first
@@ -93,6 +98,9 @@ class ScaleOut(wiring.Component):
             scaled = pipelined_product(m, acc_d, s_out, f"scaled{j}")                          # s3, s4
             # acc * D * s_out is 32 + 33 + 16 = 81 bits signed; 84 leave room for the rounding half
             rounded = pipelined_rshift_round(m, scaled, self.regs.oshift, half, 84, f"rounded{j}")  # s5, s6
+            if bias is not None:
+                # clamping to 34 bits first cannot change sat32(rounded + bias) (|bias| < 2^31) and keeps the add short
+                rounded = sat(rounded, F.OUT_BITS + 2) + bias
             results.append(reg(sat(rounded, F.OUT_BITS), f"y{j}"))                             # s7
         valid, line = self.valid, self.line
         for s in range(sem.SCALEOUT_PIPELINE - 1):

@@ -4,7 +4,8 @@ It runs on the sequencer's GATES window of E + GATES_FIXED cycles (``bitmos.sema
 0..E+22 while ``active``; every step registers its result, so no path holds more than one multiply:
 
 * steps 0-1: the router adds its last line (its products are registered first);
-* step 2: logits l_e = sat16(rshift_round(acc_e, RSHIFT));
+* step 2: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
+  gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter;
 * step 3: max(l);
 * steps 4..E+3: for expert e = step - 4, d = min(max(l) - l_e, SOFTMAX_DIFF_MAX) and
   u = rshift_round(d * LOG2E_Q10, LOG2E_FRAC); the exp table is read at u's EXP2_FRAC_BITS fraction bits;
@@ -64,7 +65,7 @@ class Softmax(wiring.Component):
         super().__init__({
             "acc": In(data.ArrayLayout(signed(F.ROUTER_ACC_BITS), E)), "regs": In(LayerRegistersSignature()),
             "active": In(1), "step": In(range(E + sem.GATES_FIXED)),
-            "gates": Out(data.ArrayLayout(unsigned(F.GATE_BITS), E)),
+            "gates": Out(data.ArrayLayout(unsigned(F.GATE_BITS), E)), "bias": Out(signed(F.OUT_BITS)),
         })
 
     @property
@@ -102,8 +103,10 @@ class Softmax(wiring.Component):
 
         with m.If(self.active):
             with m.If(step == 2):
-                m.d.sync += [logits[e].eq(sat(rshift_round(self.acc[e], self.regs.rshift, F.ROUTER_ACC_BITS + 1),
-                                              F.LOGIT_BITS)) for e in range(E)]
+                shifted = [rshift_round(self.acc[e], self.regs.rshift, F.ROUTER_ACC_BITS + 1) for e in range(E)]
+                on = self.regs.bias
+                m.d.sync += [logits[e].eq(Mux(on, 0, sat(shifted[e], F.LOGIT_BITS))) for e in range(E)]
+                m.d.sync += self.bias.eq(Mux(on, sat(shifted[0], F.OUT_BITS), 0))
             with m.If(step == 3):
                 top = logits[0]
                 for e in range(1, E):

@@ -279,6 +279,9 @@ def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> 
         return f"{head}: {exc}"
     regs = {r: int(v[pc]) for r, v in dec.regs.items()}
     flt = first_fault(ins, w, regs, cfg)
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.BIAS):  # decodable: E < 2
+        return (f"{head}: {ins}: BIAS = 1 needs a router (its bias is router row 0's sum), and this config has "
+                f"experts = {cfg.experts}")
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR:   # decodable, so WBITS against this config
         return (f"{head}: {ins}: WBITS = {ins['value']} is no weight format of this config (0 = sign weights"
                 + (f", 2..{cfg.weight_bits} = integer weights)" if cfg.weight_bits >= 2 else "; weight_bits = 1)"))

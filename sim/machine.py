@@ -58,6 +58,7 @@ class MachineState:
     buf: dict[str, np.ndarray] = field(default_factory=dict)
     meta_d: np.ndarray | None = None      # int64 [meta_tokens]
     meta_g: np.ndarray | None = None      # int64 [meta_tokens, max(E,1)]
+    meta_b: np.ndarray | None = None      # int64 [meta_tokens]: the token's bias (0 unless BIAS was set)
     regs: dict[Reg, int] = field(default_factory=dict)
 
     @classmethod
@@ -67,6 +68,7 @@ class MachineState:
             st.buf[b] = np.zeros((cfg.depth(b), cfg.line_bits(b) // 8), dtype=np.uint8)
         st.meta_d = np.zeros(cfg.meta_tokens, dtype=np.int64)
         st.meta_g = np.zeros((cfg.meta_tokens, max(cfg.experts, 1)), dtype=np.int64)
+        st.meta_b = np.zeros(cfg.meta_tokens, dtype=np.int64)
         st.regs = {r: 0 for r in Reg}
         return st
 
@@ -221,11 +223,16 @@ class Simulator:
         ntok, x0 = ins["ntok"], ins["x"]
         xs = st.xbuf()[x0:x0 + ntok * xl].astype(np.int64).reshape(ntok, xl * C)[:, :K]   # [T, K]
         gates = None
+        bias = np.zeros(ntok, dtype=np.int64)
         if E >= 2:
             r0 = st.regs[Reg.ROUTER]
             wr = st.sbuf()[r0:r0 + xl].astype(np.int64).transpose(1, 0, 2).reshape(E, xl * C)[:, :K]
-            acc = xs @ wr.T                                                                  # [T, E]
-            logits = _sat(_rshift_round(acc, st.regs[Reg.RSHIFT]), formats.LOGIT_BITS)
+            acc = xs @ wr.T                                                                  # [T, E], < 2^46
+            if st.regs[Reg.BIAS]:   # row 0's sum is the bias; the logits are 0, so the gates are equal
+                bias = _sat(_rshift_round(acc[:, 0], st.regs[Reg.RSHIFT]), formats.OUT_BITS)
+                logits = np.zeros_like(acc)
+            else:
+                logits = _sat(_rshift_round(acc, st.regs[Reg.RSHIFT]), formats.LOGIT_BITS)
             gates = softmax_gates(logits)                                                    # [T, E]
         elif E == 1:
             gates = np.full((ntok, 1), formats.GATE_ONE, dtype=np.int64)
@@ -261,6 +268,7 @@ class Simulator:
             qb[q0:q0 + nch * P] = block.reshape(nch * P, R * Lb)
         m0 = ins["meta"]
         st.meta_d[m0:m0 + ntok] = d
+        st.meta_b[m0:m0 + ntok] = bias
         if gates is not None:
             st.meta_g[m0:m0 + ntok, :E] = gates
 
@@ -340,7 +348,7 @@ class Simulator:
             s_out = _sat(_rshift_round(np.einsum("te,nec->ntc", g, so), formats.GATE_FRAC),
                          formats.SCALE_BITS)                                              # [N, T, C]
         mult = d[None, :, None] * s_out                                                   # |.| < 2^47
-        y = scale_exact(acc, mult, st.regs[Reg.OSHIFT])
+        y = scale_exact(acc, mult, st.regs[Reg.OSHIFT], st.meta_b[m0:m0 + ntok][None, :, None])
         ob[lines] = y.astype(np.int32)
 
 
@@ -383,16 +391,16 @@ def quantize(v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return q, d
 
 
-def scale_exact(acc: np.ndarray, mult: np.ndarray, oshift: int) -> np.ndarray:
-    """sat32(rshift_round(acc * mult, oshift)) exactly: int64 when the product stays below 2^62,
-    Python integers otherwise (only possible when OBUF holds DMA-loaded values)."""
+def scale_exact(acc: np.ndarray, mult: np.ndarray, oshift: int, bias: np.ndarray | int = 0) -> np.ndarray:
+    """sat32(rshift_round(acc * mult, oshift) + bias) exactly: int64 when the product stays below 2^62,
+    Python integers otherwise (only possible when OBUF holds DMA-loaded values). |bias| < 2^31."""
     amax = int(np.abs(acc).max(initial=0))
     mmax = int(np.abs(mult).max(initial=0))
     if amax * mmax < (1 << 62):
-        return _sat(_rshift_round(acc * mult, oshift), formats.OUT_BITS)
-    p = np.broadcast_arrays(acc.astype(object), mult.astype(object))
+        return _sat(_rshift_round(acc * mult, oshift) + bias, formats.OUT_BITS)
+    p = np.broadcast_arrays(acc.astype(object), mult.astype(object), np.asarray(bias).astype(object))
     prod = p[0] * p[1]
-    r = (prod + (1 << (oshift - 1))) >> oshift if oshift else prod
+    r = ((prod + (1 << (oshift - 1))) >> oshift if oshift else prod) + p[2]
     lo, hi = -(1 << 31), (1 << 31) - 1
     return np.vectorize(lambda t: max(lo, min(hi, t)), otypes=[np.int64])(r)
 

@@ -69,12 +69,15 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
     wformats = [0, *range(2, cfg.weight_bits + 1)]     # WBITS: sign, or integer weights of 2..weight_bits
     if len(wformats) > 1:
         emit(setr(Reg.WBITS, rng.choice(wformats)))
+    router = cfg.experts >= 2                        # BIAS = 1 (router row 0 as a per-token bias) needs a router
+    if router:
+        emit(setr(Reg.BIAS, rng.randrange(2)))
     base = regs[Reg.EBASE] * 64
     for _ in range(length):
         K = regs[Reg.K]
         nch, xl = cfg.nchunks(K), cfg.xlines(K)
-        kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "quant", "matmul", "scaleout"],
-                           [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 4, 4, 3])[0]
+        kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "setb", "quant", "matmul", "scaleout"],
+                           [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 1 if router else 0, 4, 4, 3])[0]
         if kind in ("load", "store"):
             b = rng.choice(BUFFERS)
             nl = rng.randrange(1, min(dep[b], max(1, (mem_bytes - base) // lb[b]), 64) + 1)
@@ -90,6 +93,8 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
             set_k(rng.randrange(1, kmax + 1))
         elif kind == "setw":
             emit(setr(Reg.WBITS, rng.choice(wformats)))
+        elif kind == "setb":
+            emit(setr(Reg.BIAS, rng.randrange(2)))
         elif kind == "quant":
             mode = rng.randrange(2)
             planes = nch * (cfg.act_bits if mode == 0 else cfg.planes_per_row)
@@ -129,7 +134,7 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     """Replace one word by a faulting one (each cause), or drop the halt."""
     words = list(words)
     pc = rng.randrange(len(words))
-    choice = rng.randrange(7)
+    choice = rng.randrange(8)
     if choice == 0:
         words[pc] = rng.randrange(0x09, 0x40) << 58                                   # illegal opcode
     elif choice == 1:
@@ -144,6 +149,9 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     elif choice == 5:   # a WBITS value this config has no format for (1, or one bit wider than it takes)
         bad = rng.choice([1] + ([cfg.weight_bits + 1] if cfg.weight_bits < 8 else []))
         words[pc] = encode(setr(Reg.WBITS, bad))
+    elif choice == 6:   # BIAS = 1 without a router, or a BIAS past its range (the word, as setr() refuses it)
+        value = 1 if cfg.experts < 2 else 2
+        words[pc] = (int(Op.SETR) << 58) | (int(Reg.BIAS) << 52) | value
     else:
         words = [w for w in words if w >> 58 != Op.HALT][:cfg.imem_words]
     return words[:cfg.imem_words]

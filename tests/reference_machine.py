@@ -72,7 +72,7 @@ class ReferenceMachine:
         self.mem = bytearray(memory)
         self.depth = {b: cfg.depth(b) for b in "XWSQO"}
         self.buf = {b: [0] * self.depth[b] for b in "XWSQO"}          # each line one little-endian integer
-        self.meta = [(0, [0] * cfg.experts) for _ in range(cfg.meta_tokens)]   # (D, gates)
+        self.meta = [(0, [0] * cfg.experts, 0) for _ in range(cfg.meta_tokens)]   # (D, gates, bias)
         self.regs = {r: 0 for r in Reg}
         self.inflight: list[tuple[int, str, int, int]] = []   # (pc, buf, lo, hi) of transfers since the last wait
 
@@ -165,6 +165,8 @@ class ReferenceMachine:
                 reg, value = Reg(ins["reg"]), reg_value(Reg(ins["reg"]), ins["value"])
                 if reg is Reg.WBITS and not (value == 0 or 2 <= value <= self.cfg.weight_bits):
                     self.fail(pc, f"WBITS = {value}: allowed 0 or 2..weight_bits = {self.cfg.weight_bits}")
+                if reg is Reg.BIAS and value and self.cfg.experts < 2:
+                    self.fail(pc, f"BIAS = {value} on a config without a router (experts = {self.cfg.experts})")
                 self.regs[reg] = value
             elif op in (Op.LOAD, Op.STORE):
                 self.dma(ins, pc)
@@ -218,9 +220,14 @@ class ReferenceMachine:
         Lmask = (1 << L) - 1
         for t in range(ntok):
             x = [self.x(ins["x"] + t * XL + i // C, i % C) for i in range(K)]
+            bias = 0
             if E >= 2:
                 router = [[self.s(self.regs[Reg.ROUTER] + i // C, e, i % C) for i in range(K)] for e in range(E)]
-                g = F.softmax_gates(F.router_logits(x, router, self.regs[Reg.RSHIFT]))
+                if self.regs[Reg.BIAS]:   # BIAS = 1: row 0 gives the bias, every logit is 0
+                    bias = F.bias_term(x, router[0], self.regs[Reg.RSHIFT])
+                    g = F.softmax_gates([0] * E)
+                else:
+                    g = F.softmax_gates(F.router_logits(x, router, self.regs[Reg.RSHIFT]))
             elif E == 1:
                 g = [F.GATE_ONE]
             else:
@@ -246,7 +253,7 @@ class ReferenceMachine:
                             if b < k:
                                 val |= words[b] << (i * L)
                         self.buf["Q"][ins["q"] + c * P + p] = val
-            self.meta[ins["meta"] + t] = (D, list(g) + [0] * (E - len(g)))
+            self.meta[ins["meta"] + t] = (D, list(g) + [0] * (E - len(g)), bias)
 
     def matmul(self, ins, pc: int) -> None:
         cfg = self.cfg
@@ -295,14 +302,14 @@ class ReferenceMachine:
         for n in range(nt):
             for t in range(ntok):
                 line = ins["o"] + n if plane else ins["o"] + n * R + t
-                D, g = self.meta[ins["meta"] + t]
+                D, g, bias = self.meta[ins["meta"] + t]
                 for j in range(C):
                     if E == 0:
                         s_out = self.regs[Reg.SMUL]
                     else:
                         s_out = F.mix_scale(g, [self.s(ins["s"] + n, e, j) for e in range(E)])
                     acc = field(self.buf["O"][line], j, 32)
-                    self.set_o(line, j, F.scale_output(acc, D, s_out, self.regs[Reg.OSHIFT]))
+                    self.set_o(line, j, F.scale_output(acc, D, s_out, self.regs[Reg.OSHIFT], bias))
 
 
 def run(cfg: AcceleratorConfig, words: list[int], memory: bytes, **options) -> RefResult:
@@ -314,7 +321,9 @@ def golden(lin, cfg: AcceleratorConfig, x: list[list[int]]) -> list[list[int]]:
     """The reference y_int of an exported layer, per token, straight from bitmos.formats."""
     k = lin.act_bits
     E = lin.experts
-    if E >= 2:
+    if lin.bias is not None:   # fbi: the bias shift into output units
+        rshift = cfg.x_frac_bits + lin.bias_exp - cfg.out_frac_bits
+    elif E >= 2:
         rshift = cfg.x_frac_bits + lin.router_exp - F.LOGIT_FRAC
     if E >= 1:
         oshift = cfg.x_frac_bits + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
@@ -333,10 +342,11 @@ def golden(lin, cfg: AcceleratorConfig, x: list[list[int]]) -> list[list[int]]:
         else:
             v = list(xt)
         q, D = F.quantize_token(v, k)
+        bias = F.bias_term(list(xt), lin.bias.astype(int).tolist(), rshift) if lin.bias is not None else 0
         row = []
         for o in range(lin.d_out):
             acc = sum(a * b for a, b in zip(q, signs[o]))
             s_out = F.mix_scale(g, [int(lin.s_out[e, o]) for e in range(E)]) if E >= 1 else lin.smul
-            row.append(F.scale_output(acc, D, s_out, oshift))
+            row.append(F.scale_output(acc, D, s_out, oshift, bias))
         out.append(row)
     return out

@@ -29,9 +29,11 @@ def random_layer(rng, K: int, N: int, experts: int, act_bits: int, *, name: str 
         scheme = "mos" if E >= 2 else ("onebit" if E == 1 else "sign")
     # ternary (BitNet b1.58, one scale like sign): about a third of the weights zero
     nonzero = rng.random((N, K)) < 0.67 if scheme == "ternary" else None
+    # fbi (FBI-LLM, E = 1): beta as int16 with exponent 12, i.e. RSHIFT = x_frac_bits + 12 - out_frac_bits
+    bias = rng.integers(-32768, 32768, K).astype(np.int16) if scheme == "fbi" else None
     return BinaryLinearExport(name, K, N, E, act_bits, rng.random((N, K)) < 0.5, router, 12, s_in, 12, s_out, 12,
                               smul=int(rng.integers(-3000, 3000)) if E == 0 else 0, smul_exp=12, scheme=scheme,
-                              nonzero=nonzero)
+                              nonzero=nonzero, bias=bias, bias_exp=12)
 
 
 def run_programs(cfg: AcceleratorConfig, programs, memory: bytearray, *, use_sim: bool = True) -> tuple[bytearray, int]:

@@ -19,7 +19,7 @@ def _random_fields(rng: random.Random, op: Op) -> dict[str, int]:
 def _random_regs(rng: random.Random) -> dict[Reg, int]:
     return {Reg.K: rng.randrange(0, 3000), Reg.RSHIFT: 0, Reg.OSHIFT: 0, Reg.ROUTER: rng.randrange(0, 400),
             Reg.SIN: rng.randrange(0, 400), Reg.SMUL: 0, Reg.EBASE: rng.randrange(0, 1 << 20),
-            Reg.WBITS: rng.choice([0, 0, 2, 1, 3, 8])}
+            Reg.WBITS: rng.choice([0, 0, 2, 1, 3, 8]), Reg.BIAS: rng.choice([0, 1])}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "asic32"])

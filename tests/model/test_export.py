@@ -126,7 +126,39 @@ def test_ternary_plane_belongs_to_ternary_layers_only():
         lin.validate()
 
 
-@pytest.mark.parametrize("scheme", ["fbi", "bitnet", "pb"])
+def test_fbi_export_alpha_beta_and_the_golden_bias(tmp_path):
+    """FBI-LLM: alpha as the one s_in set, s_out exactly 1, beta as the int16 bias vector; all survive the file;
+    the golden linear adds beta . x and follows the float layer (x exact in Q.8) within its quantization."""
+    model = student(scheme="fbi", act_bits=8)
+    with torch.no_grad():
+        for _, m in model.binarized_linears():   # a trained-looking beta: not the init's column means alone
+            m.beta.add_(0.02 * torch.randn_like(m.beta))
+    exp = export_model(model, "small")
+    for (_, m), lin in zip(model.binarized_linears(), exp.linears):
+        assert lin.scheme == "fbi" and lin.experts == 1 and lin.weight_bits == 0
+        close_int16(lin.s_in[0], lin.s_in_exp, m.alpha.detach().numpy())
+        close_int16(lin.bias, lin.bias_exp, m.beta.detach().numpy())
+        assert np.all(dequant(lin.s_out, lin.s_out_exp) == 1.0)
+    path = tmp_path / "f.safetensors"
+    exp.save(path)
+    back = ModelExport.load(path)
+    for a, b in zip(exp.linears, back.linears):
+        np.testing.assert_array_equal(a.bias, b.bias)
+        assert a.bias_exp == b.bias_exp
+    cfg = preset_config("small")
+    (_, m), lin = next(iter(model.binarized_linears())), back.linears[0]
+    xf = torch.randint(-800, 800, (4, lin.d_in)).to(torch.float32) / 256      # exact in Q.8
+    y = golden_linear(lin, (xf * 256).to(torch.int64), cfg).to(torch.float64) / 2 ** cfg.out_frac_bits
+    want = m.binary_forward(xf[None]).detach()[0].to(torch.float64)
+    assert torch.allclose(y, want, rtol=0.02, atol=0.02 * float(want.abs().max()))
+    shift = (xf.to(torch.float64) @ m.beta.detach().to(torch.float64))[:, None]
+    assert (y - want).abs().max() < 0.1 * shift.abs().max()   # the shift is there, not lost
+    lin.bias = None
+    with pytest.raises(FormatError, match="bias vector belongs to fbi layers only.*missing"):
+        lin.validate()
+
+
+@pytest.mark.parametrize("scheme", ["bitnet", "pb"])
 def test_unsupported_schemes_name_layer_and_scheme(scheme):
     model = student(scheme=scheme)
     with pytest.raises(UnsupportedError, match=rf"layers\.0\.attn\.q_proj.*{scheme}"):

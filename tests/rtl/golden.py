@@ -57,12 +57,21 @@ class State:
     mem: bytearray
     buf: dict = field(default_factory=dict)
     meta: list = field(default_factory=list)
-    regs: list = field(default_factory=lambda: [0] * 7)
+    regs: list = field(default_factory=lambda: [0] * 9)   # K RSHIFT OSHIFT ROUTER SIN SMUL EBASE WBITS BIAS
 
     def __post_init__(self):
         c = self.cfg
         self.buf = {b: [0] * c.depth(b) for b in "XWSQO"}
-        self.meta = [(0, [0] * c.experts) for _ in range(c.meta_tokens)]
+        self.meta = [(0, [0] * c.experts, 0) for _ in range(c.meta_tokens)]   # (D, gates, bias)
+
+
+def pack_meta(cfg: AcceleratorConfig, record) -> int:
+    """A META record (D, gates, bias) as the word docs/isa.md lays out: D, the E gates, then (E >= 2) the bias."""
+    d, gates, bias = record
+    word = d | sum(g << (32 + 16 * e) for e, g in enumerate(gates))
+    if cfg.experts >= 2:
+        word |= (bias & 0xFFFFFFFF) << (32 + 16 * cfg.experts)
+    return word
 
 
 def quant_token(cfg, st: State, mode, x, q, meta, t):
@@ -72,9 +81,14 @@ def quant_token(cfg, st: State, mode, x, q, meta, t):
     nch, XL, P = cfg.nchunks(K), cfg.xlines(K), cfg.planes_per_row
     xs = [field_of(st.buf["X"][x + t * XL + i // C], i % C, 16, True) for i in range(K)]
     sval = lambda line, e, j: field_of(st.buf["S"][line], e * C + j, 16, True)
+    bias = 0
     if E >= 2:
         wr = [[sval(router + i // C, e, i % C) for i in range(K)] for e in range(E)]
-        g = F.softmax_gates(F.router_logits(xs, wr, rshift))
+        if st.regs[8]:   # BIAS: row 0's sum is the bias, the logits are all 0
+            bias = F.bias_term(xs, wr[0], rshift)
+            g = F.softmax_gates([0] * E)
+        else:
+            g = F.softmax_gates(F.router_logits(xs, wr, rshift))
     elif E == 1:
         g = [F.GATE_ONE]
     else:
@@ -95,4 +109,4 @@ def quant_token(cfg, st: State, mode, x, q, meta, t):
             for p in range(P):
                 st.buf["Q"][q + c * P + p] = sum(planes[p * R + i] << (i * L)
                                                  for i in range(R) if p * R + i < k)
-    st.meta[meta + t] = (d, list(g))
+    st.meta[meta + t] = (d, list(g), bias)

@@ -4,7 +4,7 @@
 import random
 
 import pytest
-from amaranth import Const
+from amaranth import Const, signed
 from amaranth.lib import wiring
 
 from bitmos import formats as F
@@ -12,6 +12,7 @@ from bitmos import isa
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.array import SystolicArray
 from bitmos.rtl.controller import Controller
+from . import golden
 from bitmos.rtl.layouts import INSTRUCTION, instruction_layout, meta_layout
 from bitmos.rtl.scale_unit import ScaleExpertUnit
 from bitmos.rtl.signatures import LayerRegistersSignature, register_shape
@@ -59,11 +60,16 @@ def test_meta_layout(experts):
     assert layout.size == cfg.meta_bits
     rng = random.Random(experts)
     d, gates = rng.getrandbits(F.D_BITS), [rng.getrandbits(F.GATE_BITS) for _ in range(experts)]
-    word = d | sum(g << (F.D_BITS + F.GATE_BITS * e) for e, g in enumerate(gates))   # tests/rtl/golden.py's
+    bias = rng.randint(-(1 << 31), (1 << 31) - 1) if experts >= 2 else 0
+    word = golden.pack_meta(cfg, (d, gates, bias))
     view = layout(Const(word, cfg.meta_bits))
     assert Const.cast(view.d).value == d
+    if experts >= 2:   # the bias only exists beside a router: a signed 32-bit field where pack_meta puts it
+        assert layout["bias"].shape == signed(F.OUT_BITS) and layout["bias"].offset == F.D_BITS + F.GATE_BITS * experts
+        assert (word >> layout["bias"].offset) & 0xFFFFFFFF == bias & 0xFFFFFFFF
     if experts:
         assert [Const.cast(view.gates[e]).value for e in range(experts)] == gates
+        assert ("bias" in [name for name, _ in layout]) == (experts >= 2)
     else:
         assert [name for name, _ in layout] == ["d"]   # no zero-width field
 
@@ -83,7 +89,8 @@ def test_layer_registers_hold_exactly_their_range():
     # the widths the controller and the units had before the signature was generated from REG_RANGE
     assert {name: (m.shape.width, m.shape.signed) for name, m in sig.members.items()} == {
         "k": (16, False), "rshift": (6, False), "oshift": (6, False), "router": (16, False),
-        "sin": (16, False), "smul": (16, True), "ebase": (32, False), "wbits": (4, False)}
+        "sin": (16, False), "smul": (16, True), "ebase": (32, False), "wbits": (4, False),
+            "bias": (1, False)}
 
 
 def test_units_share_the_register_signature():

@@ -18,7 +18,7 @@ def run_unit(cfg, st: golden.State, ins: isa.Instruction):
     """Run one quant/scaleout on the unit from golden state ``st``; returns (cycles, Q, META, O)."""
     dut = ScaleExpertUnit(cfg)
     mb = cfg.meta_bits
-    meta_init = [d | sum(g << (32 + 16 * e) for e, g in enumerate(gs)) for d, gs in st.meta]
+    meta_init = [golden.pack_meta(cfg, rec) for rec in st.meta]
     h = WithMemories(dut, {
         "xbuf": ("r", cfg.depth("X"), cfg.xbuf_line_bits, st.buf["X"], None),
         "sbuf": ("r", cfg.depth("S"), cfg.sbuf_line_bits, st.buf["S"], None),
@@ -36,7 +36,7 @@ def run_unit(cfg, st: golden.State, ins: isa.Instruction):
 
     async def tb(ctx):
         ctx.set(dut.k_features, r[0]); ctx.set(dut.rshift, r[1]); ctx.set(dut.oshift, r[2])
-        ctx.set(dut.router, r[3]); ctx.set(dut.sin, r[4]); ctx.set(dut.smul, r[5])
+        ctx.set(dut.router, r[3]); ctx.set(dut.sin, r[4]); ctx.set(dut.smul, r[5]); ctx.set(dut.regs.bias, r[8])
         quant = ins.op is isa.Op.QUANT
         ctx.set(dut.op, 0 if quant else 1); ctx.set(dut.mode, ins["mode"])
         ctx.set(dut.a, ins["x"] if quant else ins["o"]); ctx.set(dut.b, ins["q"] if quant else ins["s"])
@@ -76,9 +76,11 @@ def random_state(cfg, rng, K, extreme=False):
     for i in range(min(cfg.depth("O"), 32)):
         st.buf["O"][i] = rng.getrandbits(cfg.obuf_line_bits)
     for t in range(cfg.meta_tokens):
-        st.meta[t] = (rng.getrandbits(rng.choice([8, 20, 32])), [rng.randint(0, 32768) for _ in range(E)])
+        bias = rng.choice([0, rng.randint(-(1 << 31), (1 << 31) - 1), rng.randint(-999, 999)]) if E >= 2 else 0
+        st.meta[t] = (rng.getrandbits(rng.choice([8, 20, 32])), [rng.randint(0, 32768) for _ in range(E)], bias)
+    # BIAS (FBI-LLM's beta . x from router row 0) on about half the runs of a config with a router
     st.regs = [K, rng.randrange(0, 24), rng.randrange(0, 40), rng.randrange(0, 4), rng.randrange(0, 4),
-               rng.randint(-32768, 32767), 0]
+               rng.randint(-32768, 32767), 0, 0, int(E >= 2 and rng.random() < 0.5)]
     return st
 
 
@@ -90,7 +92,7 @@ def compare(tc, cfg, st, ins, label):
         for t in range(ins["ntok"]):
             golden.quant_token(cfg, st, ins["mode"], ins["x"], ins["q"], ins["meta"], t)
         tc.assertEqual(res["Q"], st.buf["Q"], f"QBUF {label}")
-        meta = [d | sum(g << (32 + 16 * e) for e, g in enumerate(gs)) for d, gs in st.meta]
+        meta = [golden.pack_meta(cfg, rec) for rec in st.meta]
         tc.assertEqual(res["META"], meta, f"META {label}")
     else:
         R, C = cfg.rows, cfg.cols
@@ -98,14 +100,14 @@ def compare(tc, cfg, st, ins, label):
         for n in range(ins["ntiles"]):
             for t in range(ins["ntok"]):
                 line = ins["o"] + (n * R + t if ins["mode"] == 0 else n)
-                d, g = st.meta[ins["meta"] + t]
+                d, g, bias = st.meta[ins["meta"] + t]
                 vals = []
                 for j in range(C):
                     acc = golden.field_of(st.buf["O"][line], j, 32, True)
                     s_out = st.regs[5] if cfg.experts == 0 else F.mix_scale(
                         g, [golden.field_of(st.buf["S"][ins["s"] + n], e * C + j, 16, True)
                             for e in range(cfg.experts)])
-                    vals.append(F.scale_output(acc, d, s_out, st.regs[2]))
+                    vals.append(F.scale_output(acc, d, s_out, st.regs[2], bias))
                 st.buf["O"][line] = sum((v & 0xFFFFFFFF) << (32 * j) for j, v in enumerate(vals))
         tc.assertEqual(res["O"], st.buf["O"], f"OBUF {label}")
 

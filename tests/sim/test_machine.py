@@ -45,9 +45,10 @@ def assert_matches_naive(tc, cfg, words, mem):
             got = int.from_bytes(r.state.buf[b][i].tobytes(), "little")
             if got != line:
                 tc.fail(f"{b}BUF line {i}: simulator {got:#x}, naive {line:#x}")
-    for i, (d, g) in enumerate(nm.meta):
+    for i, (d, g, bias) in enumerate(nm.meta):
         tc.assertEqual(int(r.state.meta_d[i]), d, f"META {i} D")
         tc.assertEqual([int(v) for v in r.state.meta_g[i, :cfg.experts]], g[:cfg.experts], f"META {i} gates")
+        tc.assertEqual(int(r.state.meta_b[i]), bias, f"META {i} bias")
     tc.assertEqual(bytes(r.memory), bytes(ref.memory))
     tc.assertEqual((ref.cycles, ref.stall_cycles, ref.instructions), (r.cycles, r.stall_cycles, r.instructions))
     return r
@@ -138,7 +139,11 @@ class TestErrors(unittest.TestCase):
 
     def test_zero_count_and_bad_register(self):
         self.check([int(Op.LOAD) << 58], CAUSE_ILLEGAL_FIELD, 0, 1, match="nlines")
-        self.check([(int(Op.SETR) << 58) | (8 << 52)], CAUSE_ILLEGAL_FIELD, 0, 1, match="reg")
+        self.check([(int(Op.SETR) << 58) | (9 << 52)], CAUSE_ILLEGAL_FIELD, 0, 1, match="reg")
+        # BIAS: 0..1, and 1 only with a router (E >= 2)
+        self.check(assemble("setr BIAS 1") + [(int(Op.SETR) << 58) | (8 << 52) | 2], CAUSE_ILLEGAL_FIELD, 1, 2,
+                   match="BIAS")
+        self.check("setr BIAS 1", CAUSE_ILLEGAL_FIELD, 0, 1, cfg=preset_config("tiny"), match="BIAS = 1 needs a router")
         self.check([(int(Op.SETR) << 58) | (1 << 52) | 64], CAUSE_ILLEGAL_FIELD, 0, 1, match="RSHIFT")
         # WBITS: 0 (sign) or 2..weight_bits (small: 2); 1 and 3 are no format this config has
         self.check("setr WBITS 2\nsetr WBITS 1", CAUSE_ILLEGAL_FIELD, 1, 2, match="WBITS")
