@@ -605,7 +605,7 @@ def plot_codesign(rows: list[dict[str, Any]], front: dict[str, list[str]], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     schemes = sorted({r["scheme"] for r in rows})
     colours = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(schemes)}
@@ -625,6 +625,9 @@ def plot_codesign(rows: list[dict[str, Any]], front: dict[str, list[str]], path:
         xs = [r[metric] for r in rows]
         if min(xs) > 0 and max(xs) / min(xs) > 5:   # log only where the range spans orders of magnitude
             ax.set_xscale("log")
+            # labels at 1, 2, 5 x 10^n in the formatter below, none on the minor ticks (they overlap)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_major_formatter(FuncFormatter(
             lambda v, _pos: f"{v / 1000:,.0f}k" if v >= 10000 else f"{v:,.0f}" if v >= 100 else f"{v:g}"))
         ax.set_xlabel(label + ("" if metric == "luts" else f" at {rows[0].get('shape_model') or 'the shape'}"))
