@@ -10,7 +10,7 @@ A co-design spec is a sweep spec (:mod:`bitmos.explore.sweep`, docs/dse.md) with
     [set]
     ext_mem_mib = 4096
     [grid]
-    scheme = ["sign", "onebit", "mos"]   # model axes ...
+    scheme = ["sign", "onebit", "mos", "ternary"]   # model axes ...
     experts = [1, 2, 4]
     act_bits = [4, 8]
     rows = [8, 16]                       # ... and hardware axes
@@ -38,11 +38,13 @@ area does not import the model):
   counts do not depend on weight values, so the first seed's student stands for all seeds.
 * ``shape``: :func:`bitmos.explore.sweep.evaluate_point` of the large shape (``model``) on the same chip: the
   estimate the plain sweep makes, with the model point's experts and act_bits (``shape_*``), so a study can say
-  what a scheme costs at 7B. Its key is the plain sweep's point key.
+  what a scheme costs at 7B. Its key is the plain sweep's point key; a scheme with integer weights (ternary, two
+  planes) runs it in its weight format (:func:`evaluate_shape`), the task carrying ``w_bits`` in its key.
 
 Area (``luts``, ``ffs``, ``brams``, ``dsps``) is the area model (:func:`bitmos.explore.sweep.fill_area`) of the
-chip the shape estimate settled on (``auto_buffers`` may grow its buffers). ``results.csv`` / ``results.json``
-hold one row per (model point, hardware point), ``fronts.json`` the 2-D fronts of validation perplexity against
+chip the shape estimate settled on (``auto_buffers`` may grow its buffers); the model has no weight_bits term, so
+a ternary chip's area is its sign-only twin's, which its ``area_source`` says (:data:`AREA_WEIGHT_BITS_NOTE`).
+``results.csv`` / ``results.json`` hold one row per (model point, hardware point), ``fronts.json`` the 2-D fronts of validation perplexity against
 each cost in :data:`FRONT_COSTS` (``pareto.png`` plots them), and ``model_costs.csv`` what each model point costs
 against a reference point on the same chips (:func:`model_costs`). docs/codesign.md has a worked study.
 """
