@@ -114,6 +114,7 @@ def evaluate_student_chip(task: dict[str, Any]) -> dict[str, Any]:
     from bitmos.explore.perf import _grow_buffers, flat_row
     from bitmos.model.checkpoint import load_checkpoint
     from bitmos.model.export import export_model
+    from bitmos.semantics import weight_planes
     from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.report import summarize
 
@@ -137,9 +138,11 @@ def evaluate_student_chip(task: dict[str, Any]) -> dict[str, Any]:
             cfg, phases, grown = _grow_buffers(cfg, run)
         else:
             phases, grown = run(cfg), {}
-        weights = sum(m.weight.numel() for _, m in model.binarized_linears())
+        # weight bits a token reads: one per weight and weight plane (two for a ternary layer)
+        bits = sum(lin.d_in * lin.d_out * weight_planes(cfg, lin.weight_bits)
+                   for lin in export_model(model, cfg).linears)
         est = dict(phases, config=cfg.to_dict(), grown=grown, model={"name": "student"},
-                   decode_bound_tokens_per_s=cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / weights)
+                   decode_bound_tokens_per_s=cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / bits)
         flat = flat_row(est, task["prefill_tokens"])
         row.update({f"student_{k}": v for k, v in flat.items() if k not in ("backend", "model", "config")})
         row.update(feasible=True, config=flat["config"], student_golden_checked=True)
@@ -187,8 +190,9 @@ def run_checked(export, compiled, tokens: int, *, seed: int) -> list[Any]:
 
 
 def run_unit(task: dict[str, Any]) -> dict[str, Any]:
-    """One unit of work (picklable for worker processes and Dask): a student, the teacher, a chip or a shape."""
-    from bitmos.explore.sweep import evaluate_point
+    """One unit of work (picklable for worker processes and Dask): a student, the teacher, a chip or a shape (in
+    the scheme's weight format, :func:`bitmos.explore.codesign.evaluate_shape`)."""
+    from bitmos.explore.codesign import evaluate_shape
 
     kind = task.get("kind", "shape")
     if kind == "student":
@@ -197,7 +201,7 @@ def run_unit(task: dict[str, Any]) -> dict[str, Any]:
         return evaluate_teacher(task)
     if kind == "chip":
         return evaluate_student_chip(task)
-    return dict(evaluate_point(task), kind="shape")
+    return dict(evaluate_shape(task), kind="shape")
 
 
 def model_side(spec) -> ModelSide:

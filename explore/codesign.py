@@ -10,7 +10,7 @@ A co-design spec is a sweep spec (:mod:`bitmos.explore.sweep`, docs/dse.md) with
     [set]
     ext_mem_mib = 4096
     [grid]
-    scheme = ["sign", "onebit", "mos"]   # model axes ...
+    scheme = ["sign", "onebit", "mos", "ternary"]   # model axes ...
     experts = [1, 2, 4]
     act_bits = [4, 8]
     rows = [8, 16]                       # ... and hardware axes
@@ -38,11 +38,13 @@ area does not import the model):
   counts do not depend on weight values, so the first seed's student stands for all seeds.
 * ``shape``: :func:`bitmos.explore.sweep.evaluate_point` of the large shape (``model``) on the same chip: the
   estimate the plain sweep makes, with the model point's experts and act_bits (``shape_*``), so a study can say
-  what a scheme costs at 7B. Its key is the plain sweep's point key.
+  what a scheme costs at 7B. Its key is the plain sweep's point key; a scheme with integer weights (ternary, two
+  planes) runs it in its weight format (:func:`evaluate_shape`), the task carrying ``w_bits`` in its key.
 
 Area (``luts``, ``ffs``, ``brams``, ``dsps``) is the area model (:func:`bitmos.explore.sweep.fill_area`) of the
-chip the shape estimate settled on (``auto_buffers`` may grow its buffers). ``results.csv`` / ``results.json``
-hold one row per (model point, hardware point), ``fronts.json`` the 2-D fronts of validation perplexity against
+chip the shape estimate settled on (``auto_buffers`` may grow its buffers); the model has no weight_bits term, so
+a ternary chip's area is its sign-only twin's, which its ``area_source`` says (:data:`AREA_WEIGHT_BITS_NOTE`).
+``results.csv`` / ``results.json`` hold one row per (model point, hardware point), ``fronts.json`` the 2-D fronts of validation perplexity against
 each cost in :data:`FRONT_COSTS` (``pareto.png`` plots them), and ``model_costs.csv`` what each model point costs
 against a reference point on the same chips (:func:`model_costs`). docs/codesign.md has a worked study.
 """
@@ -92,14 +94,28 @@ FRONT_COSTS = (("max:shape_decode_tokens_per_s", "decode tokens/s"),
 # ---- model points and the chip they need ---------------------------------------------------------------
 
 #: Per scheme with a hardware path: the config fields its students need beyond act_bits (and beyond experts =
-#: the student's own E, which only BinaryMoS has). A scheme the compiler gains is one line here.
-CHIP_FIELDS: dict[str, dict[str, Any]] = {"sign": {"experts": 0}, "onebit": {"experts": 1}, "mos": {}}
+#: the student's own E, which only BinaryMoS has). A scheme the compiler gains is one line here. The sign
+#: schemes' chips are sign-only (``weight_bits = 1``); a ternary (BitNet b1.58) chip takes two weight planes.
+CHIP_FIELDS: dict[str, dict[str, Any]] = {"sign": {"experts": 0, "weight_bits": 1},
+                                          "onebit": {"experts": 1, "weight_bits": 1},
+                                          "mos": {"weight_bits": 1},
+                                          "ternary": {"experts": 0, "weight_bits": 2}}
+
+
+def scheme_w_bits(scheme: str) -> int:
+    """The weight format (register WBITS: 0 = sign, 2 = ternary) a scheme's layers run in, as the compiler
+    lowers them (:data:`bitmos.compiler.lower.SCHEME_WEIGHT_BITS`); the large-shape estimate takes it."""
+    from bitmos.compiler.lower import SCHEME_WEIGHT_BITS
+
+    return SCHEME_WEIGHT_BITS[scheme]
+
 
 def chip_fields(scheme: str, experts: int, act_bits: int) -> dict[str, Any]:
     """The accelerator config fields a student of (scheme, experts, act_bits) compiles for: a sign student has no
-    scale experts (E = 0), a onebit student one scale set (E = 1), a BinaryMoS student its own E; the chip
-    quantizes to the student's activation bits. A scheme the compiler has no hardware path for is a ConfigError
-    naming the compiler's reason."""
+    scale experts (E = 0), a onebit student one scale set (E = 1), a BinaryMoS student its own E, all on a
+    sign-only chip (weight_bits = 1); a ternary student E = 0 on a chip with weight_bits = 2. The chip quantizes
+    to the student's activation bits. A scheme the compiler has no hardware path for is a ConfigError naming the
+    compiler's reason, and so is a ternary student at act_bits = 1 (the chip has no such datapath)."""
     from bitmos.compiler.lower import SUPPORTED_SCHEMES, UNSUPPORTED_SCHEMES
 
     if scheme not in SUPPORTED_SCHEMES:
@@ -109,7 +125,13 @@ def chip_fields(scheme: str, experts: int, act_bits: int) -> dict[str, Any]:
     if scheme not in CHIP_FIELDS:
         raise ConfigError(f"scheme {scheme!r} compiles, but the co-design sweep does not know its chip yet "
                           "(add it to bitmos.explore.codesign.CHIP_FIELDS)", field="scheme")
-    return {"experts": experts, "act_bits": act_bits, **CHIP_FIELDS[scheme]}
+    out = {"experts": experts, "act_bits": act_bits, **CHIP_FIELDS[scheme]}
+    if out["weight_bits"] >= 2 and act_bits < 2:   # the config's own rule, said for the scheme
+        raise ConfigError(f"scheme {scheme!r} at act_bits = {act_bits}: its {out['weight_bits']}-bit integer "
+                          "weight planes need act_bits >= 2 (the PE's AND form; 1-bit activations take the XNOR "
+                          "form, sign weights only); give ternary points act_bits 2, 4 or 8 ([[points]] when "
+                          "the grid's act_bits axis has 1 for the other schemes)", field="act_bits")
+    return out
 
 
 def model_point(override: dict[str, Any], base: AcceleratorConfig, source: str) -> dict[str, Any]:
@@ -282,18 +304,65 @@ def make_plan(spec, outdir: Path, backend: str, model_side: ModelSide) -> Plan:
         chips.setdefault(chip["key"], chip)
         shape_overrides.append(cfg_ov)
         pairs.append({"model_point": mp, "hardware": hw_ov, "chip_overrides": cfg_ov, "students": seed_keys,
-                      "chip": chip["key"]})
-    # the large-shape estimates are the plain sweep's own tasks (same keys: a plain sweep's results are reusable)
+                      "chip": chip["key"], "w_bits": scheme_w_bits(mp["scheme"])})
+    # the large-shape estimates are the plain sweep's own tasks (same keys: a plain sweep's results are reusable),
+    # in the scheme's weight format: a sign-weight estimate (w_bits 0) is the plain sweep's task as it is, an
+    # integer-weight one (ternary: w_bits 2) that task with its w_bits, hashed into its key
     shape_spec = SweepSpec(**{f.name: getattr(spec, f.name) for f in fields(SweepSpec)
                               if f.name not in ("grid", "points", "distill")}, points=shape_overrides)
-    shape_tasks = make_tasks(shape_spec, backend)
-    by_ov = {json.dumps(t["overrides"], sort_keys=True): t for t in shape_tasks}
+    by_ov = {json.dumps(t["overrides"], sort_keys=True): t for t in make_tasks(shape_spec, backend)}
+    shapes: dict[tuple[str, int], dict[str, Any]] = {}
     unique: dict[str, dict[str, Any]] = {}
     for pair in pairs:
-        pair["shape"] = by_ov[json.dumps(pair["chip_overrides"], sort_keys=True)]["key"]
+        ov, w_bits = json.dumps(pair["chip_overrides"], sort_keys=True), pair["w_bits"]
+        if (ov, w_bits) not in shapes:
+            shapes[(ov, w_bits)] = shape_task(by_ov[ov], w_bits)
+        pair["shape"] = shapes[(ov, w_bits)]["key"]
         pair["key"] = _key({k: pair[k] for k in ("students", "chip", "shape")})
         unique.setdefault(pair["key"], pair)   # sign x experts {1, 2, 4} is one student on one chip: one row
-    return Plan(teacher, list(students.values()), list(chips.values()), shape_tasks, list(unique.values()))
+    return Plan(teacher, list(students.values()), list(chips.values()), list(shapes.values()),
+                list(unique.values()))
+
+
+def shape_task(task: dict[str, Any], w_bits: int) -> dict[str, Any]:
+    """The plain sweep's task ``task`` with the weights in format ``w_bits``: the task itself for sign weights
+    (0), else a copy carrying ``w_bits`` whose key hashes it, so a sign and a ternary estimate of one config are
+    two units."""
+    from bitmos.explore.sweep import point_key
+
+    if not w_bits:
+        return task
+    out = {k: v for k, v in task.items() if k != "key"}
+    out["w_bits"] = w_bits
+    out["key"] = point_key(out)
+    return out
+
+
+def evaluate_shape(task: dict[str, Any]) -> dict[str, Any]:
+    """One shape unit: :func:`bitmos.explore.sweep.evaluate_point` for sign weights; for integer weights
+    (``task["w_bits"]``) the same estimate with the weights in that format. Never raises for a bad point.
+    ``synth`` is not run here: the co-design join takes area from the area model (:func:`join_rows`)."""
+    from bitmos.errors import BitmosUserError
+    from bitmos.explore.perf import Infeasible, evaluate
+    from bitmos.explore.sweep import evaluate_point
+
+    w_bits = task.get("w_bits", 0)
+    if not w_bits:
+        return evaluate_point(task)
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"key": task["key"], "overrides": task["overrides"], "w_bits": w_bits, "feasible": False,
+                           "reason": ""}
+    try:
+        cfg = AcceleratorConfig.from_dict(task["config"], source="point")
+        res = evaluate(cfg, task["shape"], prefill_tokens=task["prefill_tokens"], energy_table=task["energy_table"],
+                       backend=task["backend"], auto_buffers=task["auto_buffers"], w_bits=w_bits)
+        row.update(res, feasible=True)
+        row["binary_ops_per_cycle"] = AcceleratorConfig.from_dict(res["config"]).binary_ops_per_cycle()
+    except (Infeasible, BitmosUserError) as exc:
+        row["reason"] = str(exc)
+        row["config"] = task["config"]
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
 
 
 def _student_ready(row: dict[str, Any] | None, task: dict[str, Any]) -> bool:
@@ -394,7 +463,8 @@ def join_rows(plan: Plan, done: dict[str, dict[str, Any]]) -> list[dict[str, Any
         if any(s is None for s in studs) or chip is None or shape is None:
             continue   # not computed yet (--limit, or an interrupted run): the next run fills it in
         mp = pair["model_point"]
-        row: dict[str, Any] = {"key": pair["key"], "label": point_label(mp), **mp, "hardware": pair["hardware"],
+        row: dict[str, Any] = {"key": pair["key"], "label": point_label(mp), **mp, "w_bits": pair["w_bits"],
+                               "hardware": pair["hardware"],
                                "overrides": pair["chip_overrides"], "feasible": False, "reason": ""}
         bad = [u for u in (*studs, chip, shape) if not u.get("feasible")]
         if bad:
@@ -420,12 +490,17 @@ def join_rows(plan: Plan, done: dict[str, dict[str, Any]]) -> list[dict[str, Any
     return rows
 
 
-CSV_COLUMNS = ("key", "label", "scheme", "experts", "act_bits", "rows", "cols", "lanes", "ext_bw_bits",
+CSV_COLUMNS = ("key", "label", "scheme", "experts", "act_bits", "w_bits", "weight_bits", "rows", "cols", "lanes", "ext_bw_bits",
                "feasible", "val_ppl", "val_ppl_std", "ppl_vs_teacher", "student_decode_tokens_per_s",
                "student_prefill_tokens_per_s", "student_decode_uj_per_token", "shape_decode_tokens_per_s",
                "shape_prefill_tokens_per_s", "shape_decode_uj_per_token", "shape_prefill_uj_per_token",
                "luts", "ffs", "brams", "dsps", "area_source", "reason")
 
+
+#: The area of a chip with weight_bits >= 2 (ternary) is the area model's figure of its sign-only twin: the model
+#: has no weight_bits term and none is invented here; the measured cost is the synthesis in docs/fpga.md.
+AREA_WEIGHT_BITS_NOTE = ("sign-only figure: the area model has no weight_bits term; measured (docs/fpga.md), "
+                         "weight_bits = 2 costs the small-geometry array +8.6 % LUT, +1.3 % FF")
 
 #: What :func:`model_costs` compares between model points on the same chip.
 COST_METRICS = ("val_ppl", "shape_decode_tokens_per_s", "shape_prefill_tokens_per_s", "shape_decode_uj_per_token",
@@ -492,6 +567,10 @@ def write_codesign_outputs(spec, rows: list[dict[str, Any]], teacher: dict[str, 
     from bitmos.explore.sweep import fill_area, write_plot
 
     fill_area(rows, spec.target)
+    for r in rows:   # the area model has no weight_bits term: say so on every integer-weight chip's row
+        if r.get("feasible") and str(r.get("area_source", "")).startswith("model:") \
+                and r["config"].get("weight_bits", 1) >= 2:
+            r["area_source"] += f" ({AREA_WEIGHT_BITS_NOTE})"
     front = fronts(rows, spec.objectives)
     _write_csv(outdir / "results.csv", [*CSV_COLUMNS, *("front_" + k for k in front)],
                [[*(r.get(c, (r.get("config") or {}).get(c)) for c in CSV_COLUMNS),
@@ -528,7 +607,7 @@ def plot_codesign(rows: list[dict[str, Any]], front: dict[str, list[str]], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     schemes = sorted({r["scheme"] for r in rows})
     colours = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(schemes)}
@@ -548,6 +627,9 @@ def plot_codesign(rows: list[dict[str, Any]], front: dict[str, list[str]], path:
         xs = [r[metric] for r in rows]
         if min(xs) > 0 and max(xs) / min(xs) > 5:   # log only where the range spans orders of magnitude
             ax.set_xscale("log")
+            # labels at 1, 2, 5 x 10^n in the formatter below, none on the minor ticks (they overlap)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_major_formatter(FuncFormatter(
             lambda v, _pos: f"{v / 1000:,.0f}k" if v >= 10000 else f"{v:,.0f}" if v >= 100 else f"{v:g}"))
         ax.set_xlabel(label + ("" if metric == "luts" else f" at {rows[0].get('shape_model') or 'the shape'}"))

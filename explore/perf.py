@@ -187,8 +187,9 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
 
 def evaluate(cfg: AcceleratorConfig, shape: str | dict[str, Any] | None = None, *, prefill_tokens: int = 128,
              energy_table: str | None = None, backend: str | None = None,
-             auto_buffers: bool = False) -> dict[str, Any]:
-    """The sweep's flat row of :func:`estimate` (one decode token, ``prefill_tokens`` of prefill):
+             auto_buffers: bool = False, w_bits: int = 0) -> dict[str, Any]:
+    """The sweep's flat row of :func:`estimate` (one decode token, ``prefill_tokens`` of prefill), the weights in
+    format ``w_bits`` (0 = sign; 2 = ternary, ``bitmos.compiler.lower.SCHEME_WEIGHT_BITS``):
     ``decode_tokens_per_s``, ``decode_uj_per_token``, ``prefill_tokens_per_s``, ``prefill_uj_per_token``,
     cycles, stall fraction, achieved DRAM bandwidth fraction, array use, the energy breakdown of a
     decode token, and ``config`` (grown when ``auto_buffers``)."""
@@ -197,7 +198,7 @@ def evaluate(cfg: AcceleratorConfig, shape: str | dict[str, Any] | None = None, 
 
     try:
         est = estimate(shape, cfg, prefill=prefill_tokens, decode=1, energy_table=energy_table,
-                       auto_buffers=auto_buffers)
+                       auto_buffers=auto_buffers, w_bits=w_bits)
     except UnsupportedError as exc:
         raise Infeasible(str(exc)) from None
     return flat_row(est, prefill_tokens)

@@ -54,9 +54,57 @@ def test_equal_students_are_trained_once(tmp_path):
     s = spec(grid={"scheme": ["sign", "onebit"], "experts": [1, 2, 4]})
     plan = make_plan(s, tmp_path, "sim", model_side(s))
     assert len(plan.students) == 2 and len(plan.pairs) == 2   # one row each, not one per experts value
-    assert chip_fields("sign", 4, 8) == {"experts": 0, "act_bits": 8}
-    assert chip_fields("onebit", 4, 4) == {"experts": 1, "act_bits": 4}
-    assert chip_fields("mos", 2, 8) == {"experts": 2, "act_bits": 8}
+    assert chip_fields("sign", 4, 8) == {"experts": 0, "act_bits": 8, "weight_bits": 1}
+    assert chip_fields("onebit", 4, 4) == {"experts": 1, "act_bits": 4, "weight_bits": 1}
+    assert chip_fields("mos", 2, 8) == {"experts": 2, "act_bits": 8, "weight_bits": 1}
+
+
+def test_ternary_point_is_one_student_on_a_two_plane_chip(tmp_path):
+    assert chip_fields("ternary", 4, 8) == {"experts": 0, "act_bits": 8, "weight_bits": 2}
+    assert chip_fields("ternary", 1, 2) == {"experts": 0, "act_bits": 2, "weight_bits": 2}
+    s = spec(grid={"scheme": ["sign", "ternary"], "experts": [1, 2, 4]})
+    plan = make_plan(s, tmp_path, "sim", model_side(s))
+    assert len(plan.students) == 2 and len(plan.pairs) == 2   # ternary has no experts either
+    pair = {p["model_point"]["scheme"]: p for p in plan.pairs}
+    assert pair["ternary"]["model_point"] == {"scheme": "ternary", "act_bits": 8, "experts": 0}
+    chips = {c["key"]: c for c in plan.chips}
+    assert chips[pair["ternary"]["chip"]]["config"]["weight_bits"] == 2
+    assert chips[pair["sign"]["chip"]]["config"]["weight_bits"] == 1
+    assert chips[pair["ternary"]["chip"]]["config"]["experts"] == 0
+
+
+def test_sign_and_ternary_estimates_are_two_shape_units_in_their_weight_format(tmp_path):
+    from bitmos.explore.codesign import evaluate_shape, shape_task
+
+    s = spec(grid={"scheme": ["sign", "ternary"]})
+    plan = make_plan(s, tmp_path, "sim", model_side(s))
+    shapes = {t["key"]: t for t in plan.shapes}
+    pair = {p["model_point"]["scheme"]: p for p in plan.pairs}
+    sign, tern = shapes[pair["sign"]["shape"]], shapes[pair["ternary"]["shape"]]
+    assert len(shapes) == 2 and "w_bits" not in sign and tern["w_bits"] == 2   # sign: the plain sweep's task
+    # on one and the same config, the weight format alone makes a distinct unit
+    plain = {k: v for k, v in tern.items() if k not in ("w_bits", "key")}
+    from bitmos.explore.sweep import point_key
+
+    plain["key"] = point_key(plain)
+    assert shape_task(plain, 0) is plain and shape_task(plain, 2)["key"] == tern["key"] != plain["key"]
+    # and the estimate runs in it: two planes per weight halve the bandwidth bound and slow decode
+    r0, r2 = evaluate_shape(plain), evaluate_shape(tern)
+    assert r0["feasible"] and r2["feasible"], (r0, r2)
+    assert r2["w_bits"] == 2 and r0["config"]["weight_bits"] == r2["config"]["weight_bits"] == 2
+    assert r0["decode_bound_tokens_per_s"] == pytest.approx(2 * r2["decode_bound_tokens_per_s"])
+    assert r2["decode_cycles"] > r0["decode_cycles"] and r2["prefill_cycles"] > r0["prefill_cycles"]
+    assert r2["decode_uj_per_token"] > r0["decode_uj_per_token"]
+
+
+def test_ternary_shape_unit_on_a_sign_only_config_is_infeasible_not_a_crash():
+    from bitmos.explore.codesign import evaluate_shape, shape_task
+    from bitmos.explore.sweep import make_tasks
+
+    task = make_tasks(SweepSpec.from_dict({"name": "p", "base": "small", "model": "toy", "prefill_tokens": 8,
+                                           "points": [{"weight_bits": 1}]}), "sim")[0]
+    row = evaluate_shape(shape_task(task, 2))
+    assert not row["feasible"] and "weight_bits" in row["reason"]
 
 
 @pytest.mark.parametrize("grid, match", [
@@ -65,6 +113,7 @@ def test_equal_students_are_trained_once(tmp_path):
     ({"scheme": ["mos"], "experts": [9]}, "experts = 9"),
     ({"scheme": ["mos"], "act_bits": ["8"]}, "act_bits = '8'"),
     ({"scheme": ["mos"], "lanes": [36]}, "lanes"),
+    ({"scheme": ["mos", "ternary"], "act_bits": [1]}, "scheme 'ternary' at act_bits = 1: .* need act_bits >= 2"),
 ])
 def test_bad_model_or_hardware_axis_is_one_error(tmp_path, grid, match):
     with pytest.raises(ConfigError, match=match):
@@ -107,6 +156,37 @@ def test_cli_bad_scheme_exits_with_one_line(tmp_path):
     assert p.stderr.count("\n") == 1 and "scheme 'fbi' has no hardware path" in p.stderr
 
 
+def test_cli_ternary_a1_point_exits_with_one_line(tmp_path):
+    s = tmp_path / "s.toml"
+    s.write_text('name = "x"\nbase = "small"\n[grid]\nscheme = ["ternary"]\nact_bits = [1]\n[distill]\ntokens = 64\n')
+    p = subprocess.run([sys.executable, "-m", "bitmos.app.cli", "sweep", str(s), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "scheme 'ternary' at act_bits = 1" in p.stderr, p.stderr
+    assert not list((tmp_path / "o").rglob("*.safetensors"))
+
+
+def test_ternary_area_is_marked_as_the_sign_only_figure(tmp_path):
+    from bitmos.config import AcceleratorConfig
+    from bitmos.explore.codesign import AREA_WEIGHT_BITS_NOTE, write_codesign_outputs
+
+    base = AcceleratorConfig.load("small").to_dict()
+    rows = []
+    for scheme, wb, ppl, tps in (("sign", 1, 5.0, 200.0), ("ternary", 2, 4.5, 120.0)):
+        rows.append({"key": scheme, "label": f"{scheme} A8", "scheme": scheme, "experts": 0, "act_bits": 8,
+                     "w_bits": 2 * (wb - 1), "hardware": {"rows": 4}, "feasible": True, "val_ppl": ppl,
+                     "val_ppl_std": 0.0, "config": dict(base, experts=0, weight_bits=wb),
+                     **{m: tps for m in ("shape_decode_tokens_per_s", "shape_prefill_tokens_per_s",
+                                         "student_decode_tokens_per_s", "student_prefill_tokens_per_s")},
+                     "shape_decode_uj_per_token": 1e4 / tps, "student_decode_uj_per_token": 1e3 / tps})
+    write_codesign_outputs(spec(), rows, None, tmp_path, "sign A8")
+    got = {r["key"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert got["sign"]["area_source"].startswith("model:") and "weight_bits" not in got["sign"]["area_source"]
+    assert got["ternary"]["area_source"].endswith(f"({AREA_WEIGHT_BITS_NOTE})")
+    assert got["ternary"]["luts"] == got["sign"]["luts"] > 0      # no weight_bits term: the same figure
+    assert "no weight_bits term" in (tmp_path / "results.csv").read_text()
+
+
 def test_tiny_study_end_to_end_and_resume(tmp_path):
     out = tmp_path / "cd"
     first = run_sweep(spec(), out=out, limit=2)          # the teacher and one student, then stopped
@@ -139,6 +219,23 @@ def test_shipped_study_spec_loads():
     assert "codesign" in builtin_specs()
     s = SweepSpec.load("codesign")
     assert s.distill and s.objectives[0] == "min:val_ppl"
+    assert s.grid["scheme"] == ["sign", "onebit", "mos", "ternary"]
+
+
+@pytest.mark.slow
+def test_tiny_ternary_study_end_to_end(tmp_path):
+    out = tmp_path / "t"
+    summary = run_sweep(spec(grid={"scheme": ["sign", "ternary"]}), out=out)
+    assert summary["computed"] == 1 + 2 + 2 + 2 and summary["infeasible"] == 0
+    rows = {r["scheme"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    sign, tern = rows["sign"], rows["ternary"]
+    assert tern["w_bits"] == 2 and tern["config"]["weight_bits"] == 2 and sign["config"]["weight_bits"] == 1
+    assert tern["student_config"]["weight_bits"] == 2 and tern["val_ppl"] > 1
+    # two planes per weight: half the bandwidth bound, for the student and at the shape
+    assert sign["student_decode_bound_tokens_per_s"] == pytest.approx(2 * tern["student_decode_bound_tokens_per_s"])
+    assert sign["shape_decode_bound_tokens_per_s"] == pytest.approx(2 * tern["shape_decode_bound_tokens_per_s"])
+    assert tern["shape_decode_tokens_per_s"] < sign["shape_decode_tokens_per_s"]
+    assert "no weight_bits term" in tern["area_source"]
 
 
 @pytest.mark.slow
