@@ -99,7 +99,10 @@ FRONT_COSTS = (("max:shape_decode_tokens_per_s", "decode tokens/s"),
 CHIP_FIELDS: dict[str, dict[str, Any]] = {"sign": {"experts": 0, "weight_bits": 1},
                                           "onebit": {"experts": 1, "weight_bits": 1},
                                           "mos": {"weight_bits": 1},
-                                          "ternary": {"experts": 0, "weight_bits": 2}}
+                                          "ternary": {"experts": 0, "weight_bits": 2},
+                                          # FBI-LLM's beta . x runs on the router (register BIAS): the
+                                          # smallest chip with one has two experts
+                                          "fbi": {"experts": 2, "weight_bits": 1}}
 
 
 def scheme_w_bits(scheme: str) -> int:

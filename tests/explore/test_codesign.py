@@ -57,6 +57,10 @@ def test_equal_students_are_trained_once(tmp_path):
     assert chip_fields("sign", 4, 8) == {"experts": 0, "act_bits": 8, "weight_bits": 1}
     assert chip_fields("onebit", 4, 4) == {"experts": 1, "act_bits": 4, "weight_bits": 1}
     assert chip_fields("mos", 2, 8) == {"experts": 2, "act_bits": 8, "weight_bits": 1}
+    # FBI-LLM needs a router for its beta . x: the two-expert chip, whatever the experts axis says
+    assert chip_fields("fbi", 4, 8) == {"experts": 2, "act_bits": 8, "weight_bits": 1}
+    s = spec(grid={"scheme": ["fbi"], "experts": [1, 4]})
+    assert len(make_plan(s, tmp_path / "fbi", "sim", model_side(s)).students) == 1
 
 
 def test_ternary_point_is_one_student_on_a_two_plane_chip(tmp_path):
@@ -149,11 +153,11 @@ def test_bad_spec_fails_on_load():
 
 def test_cli_bad_scheme_exits_with_one_line(tmp_path):
     s = tmp_path / "s.toml"
-    s.write_text('name = "x"\nbase = "small"\n[grid]\nscheme = ["fbi"]\n[distill]\ntokens = 64\n')
+    s.write_text('name = "x"\nbase = "small"\n[grid]\nscheme = ["bitnet"]\n[distill]\ntokens = 64\n')
     p = subprocess.run([sys.executable, "-m", "bitmos.app.cli", "sweep", str(s), "-o", str(tmp_path / "o")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.count("\n") == 1 and "scheme 'fbi' has no hardware path" in p.stderr
+    assert p.stderr.count("\n") == 1 and "scheme 'bitnet' has no hardware path" in p.stderr
 
 
 def test_cli_ternary_a1_point_exits_with_one_line(tmp_path):
