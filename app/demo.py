@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bitmos.cliargs import positive_int
+from bitmos.cliargs import non_negative_int, positive_int
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError
 
@@ -100,7 +100,7 @@ def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=
 
 def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: str = DEFAULT_PROMPT,
              tokens: int = 24, out_dir: str | None = "bitmos-demo", energy_table: str | None = None,
-             progress=print) -> dict[str, Any]:
+             calibrate: int = 0, progress=print) -> dict[str, Any]:
     """Generate text with every binarized linear on the simulated accelerator; check it against golden."""
     import torch
 
@@ -129,7 +129,9 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     if len(ids) + tokens > model.config.max_seq_len:
         raise BitmosUserError(f"prompt ({len(ids)} tokens) + {tokens} new tokens exceeds the model's context "
                               f"of {model.config.max_seq_len}")
-    export = export_model(model, cfg, info={"source": str(path)})
+    from bitmos.model.export import calibration_tokens
+    calib = calibration_tokens(model, "builtin", calibrate) if calibrate else None   # per-layer input formats
+    export = export_model(model, cfg, info={"source": str(path)}, calibration=calib)
     host = HostSide(export, cfg)
     progress(f"model {path.name}: {len(export.linears)} binarized linears; accelerator {cfg.name} "
              f"({cfg.rows}x{cfg.cols} PEs x {cfg.lanes} lanes, A{cfg.act_bits}, {cfg.experts} experts)")
@@ -217,7 +219,7 @@ def cmd_demo(args) -> int:
     import sys
     quiet = args.json
     rep = run_demo(checkpoint=args.checkpoint, config=args.config, prompt=args.prompt, tokens=args.tokens,
-                   out_dir=args.out, energy_table=args.energy_table,
+                   out_dir=args.out, energy_table=args.energy_table, calibrate=args.calibrate,
                    progress=(lambda *a: print(*a, file=sys.stderr)) if quiet else print)
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -236,5 +238,8 @@ def add_commands(sub) -> None:
     p.add_argument("--tokens", type=positive_int, default=24, help="tokens to generate (default 24)")
     p.add_argument("--out", default="bitmos-demo", help="folder for report.json, generated.txt and plots")
     p.add_argument("--energy-table", help="energy table name or TOML file")
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="TOKENS",
+                   help="per-layer input formats calibrated on TOKENS tokens of the built-in corpus's training split "
+                        "(as 'bitmos export --calibrate'; default 0: the config's x_frac_bits)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_demo)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bitmos.cliargs import non_negative_int
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError
 
@@ -42,7 +43,7 @@ class _Recorder:
 
 def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: str = DEFAULT_PROMPT,
                tokens: int = DEFAULT_TOKENS, layers: int | None = None, sim: str = "verilator",
-               workdir: str = "bitmos-verify", waves: bool = False, mode: str = "auto",
+               workdir: str = "bitmos-verify", waves: bool = False, mode: str = "auto", calibrate: int = 0,
                progress=print) -> dict[str, Any]:
     """A whole greedy generation of ``tokens`` tokens, every binarized linear call on the RTL.
 
@@ -93,7 +94,9 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
     if len(ids) + tokens > model.config.max_seq_len:
         raise BitmosUserError(f"prompt ({len(ids)} tokens) + {tokens} new tokens exceeds the model's context "
                               f"of {model.config.max_seq_len}")
-    export = export_model(model, cfg)
+    from bitmos.model.export import calibration_tokens
+    calib = calibration_tokens(model, "builtin", calibrate) if calibrate else None   # per-layer input formats
+    export = export_model(model, cfg, calibration=calib)
     host = HostSide(export, cfg)
     rec = _Recorder(AcceleratorSide(export, cfg))
     out_ids = _generate(host.transformer, host.linear_hook(rec), ids, tokens, on_phase=rec.on_phase)
@@ -179,7 +182,7 @@ def cmd_verify(args) -> int:
     import sys
     rep = run_verify(checkpoint=args.checkpoint, config=args.config, prompt=args.prompt, tokens=args.tokens,
                      layers=args.layers, sim=args.sim, workdir=args.workdir, waves=args.waves, mode=args.bench,
-                     progress=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+                     calibrate=args.calibrate, progress=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
     print(json.dumps(rep, indent=2) if args.json else _fmt_verify(rep), end="" if not args.json else "\n")
     return 0 if rep["passed"] else 1
 
@@ -203,5 +206,8 @@ def add_commands(sub) -> None:
                         "auto (default): native on Verilator, fast on Icarus or with --waves")
     p.add_argument("--workdir", default="bitmos-verify", help="folder for the bench's job, report and logs")
     p.add_argument("--waves", action="store_true", help="dump waveforms (FST on Verilator, VCD on Icarus)")
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="TOKENS",
+                   help="per-layer input formats calibrated on TOKENS tokens of the built-in corpus's training split "
+                        "(as 'bitmos export --calibrate'; default 0: the config's x_frac_bits)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_verify)

@@ -15,7 +15,7 @@ from the same teacher at the same budget):
 Schemes without a hardware path are listed with the compiler's reason. The table goes between the
 ``bench_onchip`` markers of docs/model.md.
 
-    python benchmarks/bench_schemes.py --steps 300 --threads 1 --only sign,onebit,mos4,ternary \\
+    python benchmarks/bench_schemes.py --steps 300 --threads 1 --only sign,onebit,mos4,ternary,fbi \\
         --work runs/bench --doc ""
     python benchmarks/bench_onchip.py --students runs/bench
 """
@@ -108,7 +108,7 @@ def render(rows: list[dict], teacher_ppl: float, args) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--students", default="runs/bench", help="bench_schemes.py --work folder")
-    ap.add_argument("--runs", default="sign,onebit,mos1,mos2,mos4,mos8,ternary",
+    ap.add_argument("--runs", default="sign,onebit,mos1,mos2,mos4,mos8,ternary,fbi",
                     help="runs to take from it, those present (default: every on-chip scheme of bench_schemes.py)")
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1)
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         for ckpt in ckpts:
             model, _ = load_checkpoint(ckpt)
             mc = model.config
-            experts = mc.experts if mc.scheme == "mos" else (1 if mc.scheme == "onebit" else 0)
+            experts = mc.experts if mc.scheme == "mos" else (1 if mc.scheme in ("onebit", "fbi") else 0)
             r = {"run": ckpt.stem, "scheme": mc.scheme, "experts": experts, "packed_bytes": model.packed_bytes(),
                  "ppl": evaluate(model, val, 128, None)["ppl"]}
             t0 = time.perf_counter()

@@ -13,7 +13,9 @@ Per binarized linear (``BinaryLinearExport``), in the accelerator's formats (doc
 * ``s_in`` / ``s_out``: int16 [E, d_in] / [E, d_out] with exponents s_in_exp / s_out_exp (E >= 1);
 * ``smul``/``smul_exp``: the single per-layer output scale when E = 0;
 * ``bias``: int16 [d_in] with real value bias * 2^-bias_exp (FBI-LLM's beta, scheme ``fbi`` only, E = 1): the
-  layer adds beta . x of each token to every output.
+  layer adds beta . x of each token to every output;
+* ``x_frac`` (optional): the fraction bits of this layer's int16 input, chosen from calibration on real inputs;
+  absent = the accelerator config's ``x_frac_bits``. Only the host's conversion and the shifts depend on it.
 Host-side float tensors (embeddings, norms, LM head, ...) are stored under ``host.`` names.
 """
 
@@ -55,11 +57,24 @@ class BinaryLinearExport:
     nonzero: np.ndarray | None = None  # bool [d_out, d_in]: ternary only; trit = nonzero * (2*sign - 1)
     bias: np.ndarray | None = None     # int16 [d_in]: fbi only; the per-token shift beta . x, beta = bias * 2^-bias_exp
     bias_exp: int = 0
+    x_frac: int | None = None          # the layer's input fraction bits (None: the config's x_frac_bits)
 
     @property
     def weight_bits(self) -> int:
         """The accelerator weight format the layer needs (register WBITS): 0 = sign (+-1), 2 = ternary."""
         return 2 if self.nonzero is not None else 0
+
+    def input_frac(self, cfg) -> int:
+        """Fraction bits of the layer's int16 input: its own (calibrated) ``x_frac``, else ``cfg.x_frac_bits``."""
+        return cfg.x_frac_bits if self.x_frac is None else self.x_frac
+
+    def shifts(self, cfg) -> tuple[int, int]:
+        """(RSHIFT, OSHIFT) of this layer on ``cfg`` (:func:`bitmos.formats.layer_shifts` of its exponents)."""
+        from bitmos.formats import layer_shifts
+        return layer_shifts(self.name, cfg, experts=self.experts, router_exp=self.router_exp,
+                            s_in_exp=self.s_in_exp if self.experts >= 1 else 0, s_out_exp=self.s_out_exp,
+                            smul_exp=self.smul_exp, bias_exp=self.bias_exp if self.bias is not None else None,
+                            x_frac=self.x_frac)
 
     def weights(self) -> np.ndarray:
         """int8 [d_out, d_in]: the layer's integer weights, +-1 (sign schemes) or {-1, 0, +1} (ternary)."""
@@ -80,6 +95,8 @@ class BinaryLinearExport:
                               f"{self.nonzero.dtype} {tuple(self.nonzero.shape)}")
         if not 0 <= self.experts <= 8:
             raise FormatError(f"{where}: experts = {self.experts}, allowed 0..8")
+        if self.x_frac is not None and not 0 <= self.x_frac <= 15:
+            raise FormatError(f"{where}: x_frac = {self.x_frac}, allowed 0..15 (fraction bits of an int16)")
         if (self.bias is not None) != (self.scheme == "fbi"):
             raise FormatError(f"{where}: a bias vector belongs to fbi layers only (scheme {self.scheme!r}, "
                               f"bias {'present' if self.bias is not None else 'missing'})")
@@ -132,7 +149,8 @@ class ModelExport:
                 t = getattr(lin, key)
                 if t is not None:
                     tensors[f"{lin.name}.{key}"] = np.ascontiguousarray(t)
-            fields = list(_LAYER_FIELDS) + (["bias_exp"] if lin.bias is not None else [])
+            fields = list(_LAYER_FIELDS) + (["bias_exp"] if lin.bias is not None else []) + \
+                (["x_frac"] if lin.x_frac is not None else [])
             layers.append({k: getattr(lin, k) for k in fields})
         for key, t in self.host.items():
             tensors[f"host.{key}"] = np.ascontiguousarray(t, dtype=np.float32)
@@ -183,9 +201,10 @@ class ModelExport:
         linears, seen = [], set()
         for i, info in enumerate(header["layers"]):
             where = f"{source}: layer {i}"
-            if not isinstance(info, dict) or not set(_LAYER_FIELDS) <= set(info) <= set(_LAYER_FIELDS) | {"bias_exp"}:
-                raise FormatError(f"{where}: expected the fields {', '.join(_LAYER_FIELDS)} (and bias_exp for fbi)")
-            for key, kind in {**_LAYER_FIELDS, "bias_exp": int}.items():
+            if not isinstance(info, dict) or not set(_LAYER_FIELDS) <= set(info) <= set(_LAYER_FIELDS) | set(_OPTIONAL):
+                raise FormatError(f"{where}: expected the fields {', '.join(_LAYER_FIELDS)} (and optionally "
+                                  f"{', '.join(_OPTIONAL)})")
+            for key, kind in {**_LAYER_FIELDS, **_OPTIONAL}.items():
                 if key not in info:
                     continue
                 v = info[key]
@@ -231,6 +250,8 @@ class ModelExport:
 #: The per-layer integers of the export header and their types (ModelExport.save writes exactly these).
 _LAYER_FIELDS = {"name": str, "d_in": int, "d_out": int, "experts": int, "act_bits": int, "router_exp": int,
                  "s_in_exp": int, "s_out_exp": int, "smul": int, "smul_exp": int, "scheme": str}
+#: Header fields a layer has only sometimes: bias_exp (fbi, with the bias tensor), x_frac (a calibrated input format).
+_OPTIONAL = {"bias_exp": int, "x_frac": int}
 
 
 def _digest(tensors: dict[str, np.ndarray], header: dict[str, Any]) -> str:

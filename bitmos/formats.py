@@ -129,34 +129,36 @@ def inv_q(bits: int) -> int:
 
 
 def layer_shifts(name: str, cfg, *, experts: int, router_exp: int, s_in_exp: int, s_out_exp: int,
-                 smul_exp: int, bias_exp: int | None = None) -> tuple[int, int]:
+                 smul_exp: int, bias_exp: int | None = None, x_frac: int | None = None) -> tuple[int, int]:
     """(RSHIFT, OSHIFT) of a layer: its tensors' power-of-two exponents folded into the two shifts.
 
     RSHIFT = x_frac_bits + router_exp - LOGIT_FRAC (the router's product back to Q7.8 logits; only used
     when the layer has a router, else 0); a layer with a bias (FBI-LLM, ``bias_exp`` given; no router of its
     own) uses the router for beta . x instead: RSHIFT = x_frac_bits + bias_exp - out_frac_bits (the product
     into output units). OSHIFT = x_frac_bits + s_in_exp + s_out_exp - out_frac_bits
-    (E >= 1) or x_frac_bits + smul_exp - out_frac_bits (E = 0). Raises UnsupportedError naming the
-    layer when one falls outside the registers' 0..63.
+    (E >= 1) or x_frac_bits + smul_exp - out_frac_bits (E = 0). ``x_frac`` is the layer's own input format
+    when it has one (a per-layer exponent chosen from calibration), else the config's ``x_frac_bits``: the chip
+    never sees it, only the shifts. Raises UnsupportedError naming the layer when one falls outside 0..63.
     """
+    xf = cfg.x_frac_bits if x_frac is None else x_frac
     rshift = 0
     if bias_exp is not None:
-        rshift = cfg.x_frac_bits + bias_exp - cfg.out_frac_bits
+        rshift = xf + bias_exp - cfg.out_frac_bits
         if not 0 <= rshift <= 63:
             raise UnsupportedError(f"layer {name!r}: RSHIFT = x_frac_bits + bias_exp - out_frac_bits = "
-                                   f"{cfg.x_frac_bits} + {bias_exp} - {cfg.out_frac_bits} = {rshift} is outside 0..63")
+                                   f"{xf} + {bias_exp} - {cfg.out_frac_bits} = {rshift} is outside 0..63")
     elif experts >= 2:
-        rshift = cfg.x_frac_bits + router_exp - LOGIT_FRAC
+        rshift = xf + router_exp - LOGIT_FRAC
         if not 0 <= rshift <= 63:
             raise UnsupportedError(f"layer {name!r}: RSHIFT = x_frac_bits + router_exp - {LOGIT_FRAC} = "
-                                   f"{cfg.x_frac_bits} + {router_exp} - {LOGIT_FRAC} = {rshift} is outside 0..63")
+                                   f"{xf} + {router_exp} - {LOGIT_FRAC} = {rshift} is outside 0..63")
     if experts >= 1:
-        oshift = cfg.x_frac_bits + s_in_exp + s_out_exp - cfg.out_frac_bits
-        how = (f"x_frac_bits + s_in_exp + s_out_exp - out_frac_bits = {cfg.x_frac_bits} + {s_in_exp} + "
+        oshift = xf + s_in_exp + s_out_exp - cfg.out_frac_bits
+        how = (f"x_frac_bits + s_in_exp + s_out_exp - out_frac_bits = {xf} + {s_in_exp} + "
                f"{s_out_exp} - {cfg.out_frac_bits}")
     else:
-        oshift = cfg.x_frac_bits + smul_exp - cfg.out_frac_bits
-        how = f"x_frac_bits + smul_exp - out_frac_bits = {cfg.x_frac_bits} + {smul_exp} - {cfg.out_frac_bits}"
+        oshift = xf + smul_exp - cfg.out_frac_bits
+        how = f"x_frac_bits + smul_exp - out_frac_bits = {xf} + {smul_exp} - {cfg.out_frac_bits}"
     if not 0 <= oshift <= 63:
         raise UnsupportedError(f"layer {name!r}: OSHIFT = {how} = {oshift} is outside 0..63")
     return rshift, oshift

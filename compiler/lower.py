@@ -153,15 +153,12 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
     check_shape(name, lin.d_in, lin.d_out, lin.act_bits, cfg, lin.weight_bits)
     mapping = check_experts(name, lin.experts, cfg)
     el, eh = lin.experts, cfg.experts
-    s_in_exp = lin.s_in_exp if el >= 1 else 0
     has_bias = lin.bias is not None
     if has_bias and eh < 2:
         _fail(name, f"an FBI-LLM layer's beta . x runs on the router (register BIAS), but the accelerator has "
                     f"experts = {eh} and no router; compile for a config with experts >= 2 (the presets small, "
                     "medium, asic32)")
-    rshift, oshift = formats.layer_shifts(name, cfg, experts=el, router_exp=lin.router_exp, s_in_exp=s_in_exp,
-                                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp,
-                                          bias_exp=lin.bias_exp if has_bias else None)
+    rshift, oshift = lin.shifts(cfg)
     spec = LayerSpec(name, lin.d_in, lin.d_out, el, rshift, oshift, lin.smul if el == 0 else 0,
                      w_bits=lin.weight_bits, bias=has_bias, expert_mapping=mapping)
     if not materialize:

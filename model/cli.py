@@ -201,17 +201,22 @@ def cmd_export(args) -> int:
     from bitmos.model.checkpoint import checkpoint_arg
     from bitmos.model.export import export_checkpoint, export_model, resolve_accel
     _threads(args)
+    from bitmos.model.export import calibration_tokens
     path = checkpoint_arg(args.checkpoint)
     cfg = resolve_accel(args.config)
-    if path.is_dir() or path.suffix == ".gguf" or args.scheme or args.tokenizer:
-        model, meta = _load_model(path, args)
-        exp = export_model(model, cfg, info={"source": str(path), "step": meta.get("step", 0),
-                                             "tokenizer": model.config.tokenizer})
-        exp.save(args.output)
+    model, meta = _load_model(path, args)
+    calib = calibration_tokens(model, args.corpus, args.calibrate) if args.calibrate else None
+    exp = export_model(model, cfg, info={"source": str(path), "step": meta.get("step", 0),
+                                         "teacher": meta.get("train_args", {}).get("teacher"),
+                                         "tokenizer": model.config.tokenizer}, calibration=calib)
+    exp.save(args.output)
+    if calib is not None:
+        fracs = sorted({lin.x_frac for lin in exp.linears})
+        fmt = f"x Q.{fracs[0]}..Q.{fracs[-1]} per layer, calibrated on {calib.numel():,} tokens of {args.corpus}"
     else:
-        exp = export_checkpoint(path, args.output, cfg)
+        fmt = f"x Q.{cfg.x_frac_bits}"
     print(f"wrote {args.output}: {len(exp.linears)} binarized linears of {path.name} in the number formats of "
-          f"accelerator {cfg.name!r} (x Q.{cfg.x_frac_bits}, y Q.{cfg.out_frac_bits}, A{cfg.act_bits})")
+          f"accelerator {cfg.name!r} ({fmt}, y Q.{cfg.out_frac_bits}, A{cfg.act_bits})")
     return 0
 
 
@@ -305,6 +310,10 @@ def add_commands(subparsers) -> None:
     _model_source_args(p)
     p.add_argument("--config", default="small", help="accelerator config (preset or file) whose formats to use")
     p.add_argument("-o", "--output", required=True, help="export file to write (safetensors + JSON header)")
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="TOKENS",
+                   help="give every binarized linear its own input format (fraction bits from the largest input it "
+                        "sees on TOKENS tokens of --corpus's training split; 0 = the config's x_frac_bits, default)")
+    p.add_argument("--corpus", default="builtin", help="calibration text (default builtin; kjv, files:PATH, ...)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_export)
 

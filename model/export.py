@@ -101,21 +101,79 @@ def export_linear(path: str, module) -> BinaryLinearExport:
     return lin
 
 
-def export_model(model, accel: AcceleratorConfig | str | None = None, *, info: dict[str, Any] | None = None
-                 ) -> ModelExport:
+#: Headroom of a calibrated input format: the largest input seen sits at half of the int16 range, so an input up
+#: to twice that (unseen in calibration) still does not saturate.
+CALIBRATION_HEADROOM_BITS = 1
+
+
+@torch.no_grad()
+def calibrate_inputs(model, idx: torch.Tensor) -> dict[str, float]:
+    """The largest |x| at each binarized linear's input over a float forward of tokens ``idx`` (B, T)."""
+    peaks: dict[str, float] = {}
+
+    def spy(path, module, x):
+        peaks[path] = max(peaks.get(path, 0.0), float(x.abs().max()) if x.numel() else 0.0)
+        return module.binary_forward(x)
+
+    model.eval()
+    model(idx, linear_override=spy)
+    return peaks
+
+
+def input_frac_for(peak: float, *, headroom_bits: int = CALIBRATION_HEADROOM_BITS) -> int:
+    """Fraction bits of an int16 input whose calibrated peak is ``peak``: the most, up to 15, that keep
+    peak * 2^f <= 2^(15 - headroom_bits) - 1 (0 when even 0 fraction bits cannot: the host saturates)."""
+    if not np.isfinite(peak):
+        raise UnsupportedError(f"calibration saw a non-finite input ({peak}); the model diverged")
+    limit = (1 << (15 - headroom_bits)) - 1
+    f = 15
+    while f > 0 and peak * (1 << f) > limit:
+        f -= 1
+    return f
+
+
+def calibration_tokens(model, corpus: str = "builtin", tokens: int = 4096) -> torch.Tensor:
+    """The first ``tokens`` tokens of ``corpus``'s training split (never the validation text) in the model's own
+    tokenizer, as windows of at most the model's context: the calibration set of :func:`export_model`."""
+    from bitmos.model.data import ByteTokenizer, encode_corpus, load_corpus
+
+    train, _ = load_corpus(corpus)
+    tok = getattr(model, "tokenizer", None) or ByteTokenizer()
+    ids = encode_corpus(train[: 64 * tokens], tok)[:tokens]   # a byte-level slice is enough text for any tokenizer
+    if ids.numel() < 2:
+        raise UnsupportedError(f"calibration corpus {corpus!r} gave {ids.numel()} tokens")
+    if int(ids.max()) >= model.config.vocab_size:
+        raise UnsupportedError(f"calibration corpus {corpus!r} has token {int(ids.max())}, outside the model's "
+                               f"vocabulary of {model.config.vocab_size} (the model's tokenizer does not fit it)")
+    seq = min(model.config.max_seq_len, ids.numel())
+    n = ids.numel() // seq
+    return ids[: n * seq].reshape(n, seq)
+
+
+def export_model(model, accel: AcceleratorConfig | str | None = None, *, info: dict[str, Any] | None = None,
+                 calibration: torch.Tensor | None = None) -> ModelExport:
     """A trained student (``bitmos.model.transformer.Transformer``) -> :class:`ModelExport`.
 
     ``accel`` is the target accelerator: its name and fingerprint (and number formats) are recorded in the header
     so the golden model and the compiler can check they run the export as intended; the integer parameters
     themselves do not depend on it (the compiler adapts the layer to the hardware).
+
+    ``calibration`` (token ids (B, T)): run the float student on them and give every binarized linear its own
+    input format (``x_frac``, :func:`input_frac_for` of the largest input it saw) instead of the config's
+    ``x_frac_bits``: real layers' inputs span very different ranges (a normed attention input peaks near 1, an MLP
+    down projection's input near 100), and one fixed Q7.8 wastes most of the int16 on the first.
     """
     accel = resolve_accel(accel)
     config = model.config
     if not config.binarized:
         raise UnsupportedError("the float teacher has no binarized linears to export; export a student")
+    peaks = calibrate_inputs(model, calibration) if calibration is not None else {}
     linears, prefixes = [], []
     for path, module in model.binarized_linears():
-        linears.append(export_linear(path, module))
+        lin = export_linear(path, module)
+        if calibration is not None:
+            lin.x_frac = input_frac_for(peaks[path])
+        linears.append(lin)
         prefixes.append(path + ".")
     host = {}
     for key, value in model.state_dict().items():
@@ -127,18 +185,23 @@ def export_model(model, accel: AcceleratorConfig | str | None = None, *, info: d
     prov = {"exporter": "bitmos.model.export", "bitmos_version": __version__, "export_version": EXPORT_VERSION,
             "accelerator": accel.name, "accelerator_fingerprint": accel.fingerprint(),
             "accelerator_config": accel.to_dict()}
+    if calibration is not None:
+        prov["calibration_tokens"] = int(calibration.numel())
     prov.update(info or {})
     return ModelExport(model_config=config.to_dict(), linears=linears, host=host, info=prov)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
-                      accel: AcceleratorConfig | str | None = None) -> ModelExport:
-    """Load a student checkpoint, export it, and write the export to ``out`` (if given). Returns the export."""
+                      accel: AcceleratorConfig | str | None = None, *,
+                      calibration: torch.Tensor | None = None) -> ModelExport:
+    """Load a student checkpoint, export it (calibrated on ``calibration`` tokens if given), and write the export
+    to ``out`` (if given). Returns the export."""
     from bitmos.model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     exp = export_model(model, accel, info={"source": str(checkpoint), "step": meta.get("step", 0),
-                                           "teacher": meta.get("train_args", {}).get("teacher")})
+                                           "teacher": meta.get("train_args", {}).get("teacher")},
+                       calibration=calibration)
     if out is not None:
         exp.save(out)
     return exp

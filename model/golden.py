@@ -160,9 +160,7 @@ def bias_term(x: torch.Tensor, beta: torch.Tensor, rshift: int) -> torch.Tensor:
 
 def layer_shifts(lin: BinaryLinearExport, cfg: AcceleratorConfig) -> tuple[int, int]:
     """(RSHIFT, OSHIFT) of an exported layer (:func:`bitmos.formats.layer_shifts`)."""
-    return F.layer_shifts(lin.name, cfg, experts=lin.experts, router_exp=lin.router_exp, s_in_exp=lin.s_in_exp,
-                          s_out_exp=lin.s_out_exp, smul_exp=lin.smul_exp,
-                          bias_exp=lin.bias_exp if lin.bias is not None else None)
+    return lin.shifts(cfg)
 
 
 class GoldenLinear:
@@ -304,6 +302,7 @@ class HostSide(nn.Module):
         from bitmos.model.transformer import Transformer
 
         self.cfg = cfg
+        self.x_frac = {lin.name: lin.input_frac(cfg) for lin in export.linears}   # each layer's input format
         self.config = ModelConfig.from_dict(dict(export.model_config))
         self.transformer = Transformer(self.config)
         names = {p for p, _ in self.transformer.binarized_linears()}
@@ -323,9 +322,10 @@ class HostSide(nn.Module):
                     p.fill_(float("nan"))
         self.transformer.eval()
 
-    def to_accelerator(self, x: torch.Tensor) -> torch.Tensor:
-        """float [T, K] -> int16 values (int64 tensor) with x_frac_bits fraction bits."""
-        return to_fixed(x, self.cfg.x_frac_bits)
+    def to_accelerator(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """float [T, K] -> int16 values (int64 tensor) with layer ``path``'s input fraction bits (its calibrated
+        ``x_frac``, else the config's ``x_frac_bits``)."""
+        return to_fixed(x, self.x_frac[path])
 
     def from_accelerator(self, y: torch.Tensor) -> torch.Tensor:
         """int32 values with out_frac_bits fraction bits -> float32."""
@@ -338,7 +338,7 @@ class HostSide(nn.Module):
         simulator or the RTL (``bitmos demo`` / ``verify``)."""
         def hook(path: str, module, x: torch.Tensor) -> torch.Tensor:
             lead, k = x.shape[:-1], x.shape[-1]
-            y = accel_fn(path, self.to_accelerator(x.reshape(-1, k)))
+            y = accel_fn(path, self.to_accelerator(x.reshape(-1, k), path))
             return self.from_accelerator(y).reshape(*lead, y.shape[-1])
         return hook
 
@@ -373,7 +373,7 @@ class GoldenModel(nn.Module):
         st = self.accelerator.stats[path]
         lim = 1 << (X_BITS - 1)
         st.x_values += x.numel()
-        raw = torch.floor(x.detach().double() * (1 << self.accel_cfg.x_frac_bits) + 0.5)
+        raw = torch.floor(x.detach().double() * (1 << self.host.x_frac[path]) + 0.5)
         st.x_saturated += int(((raw > lim - 1) | (raw < -lim)).sum())
         return self._to_golden(path, module, x)
 

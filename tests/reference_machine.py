@@ -321,14 +321,15 @@ def golden(lin, cfg: AcceleratorConfig, x: list[list[int]]) -> list[list[int]]:
     """The reference y_int of an exported layer, per token, straight from bitmos.formats."""
     k = lin.act_bits
     E = lin.experts
+    xf = cfg.x_frac_bits if lin.x_frac is None else lin.x_frac   # the layer's calibrated input format, if any
     if lin.bias is not None:   # fbi: the bias shift into output units
-        rshift = cfg.x_frac_bits + lin.bias_exp - cfg.out_frac_bits
+        rshift = xf + lin.bias_exp - cfg.out_frac_bits
     elif E >= 2:
-        rshift = cfg.x_frac_bits + lin.router_exp - F.LOGIT_FRAC
+        rshift = xf + lin.router_exp - F.LOGIT_FRAC
     if E >= 1:
-        oshift = cfg.x_frac_bits + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
+        oshift = xf + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
     else:
-        oshift = cfg.x_frac_bits + lin.smul_exp - cfg.out_frac_bits
+        oshift = xf + lin.smul_exp - cfg.out_frac_bits
     signs = lin.weights().astype(int).tolist()    # +-1, or {-1, 0, +1} for ternary layers
     out = []
     for xt in x:

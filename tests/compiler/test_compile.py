@@ -84,6 +84,19 @@ def test_fbi_exact_on_presets(preset, K, N, T):
     np.testing.assert_array_equal(with_bias - without, np.broadcast_to(beta_x[:, None], with_bias.shape))
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_per_layer_input_format_exact(preset):
+    """A layer with its own calibrated input format (x_frac): only RSHIFT/OSHIFT change, and the program still
+    computes exactly the golden outputs (the reference golden reads x in that format)."""
+    cfg = preset_config(preset)
+    rng = np.random.default_rng(21)
+    lin = random_layer(rng, 70, 33, cfg.experts, cfg.act_bits)
+    base = compile_linear(lin, cfg, 3).spec
+    lin.x_frac = cfg.x_frac_bits + 3
+    cl = check_layer(lin, cfg, 3, rng)
+    assert cl.spec.oshift == base.oshift + 3 and (cfg.experts < 2 or cl.spec.rshift == base.rshift + 3)
+
+
 def test_fbi_needs_a_router():
     rng = np.random.default_rng(13)
     lin = random_layer(rng, 8, 4, 1, 4, scheme="fbi")

@@ -261,3 +261,56 @@ def test_truncated_file_golden_load_is_refused(tmp_path):
 def test_truncated_file_is_refused(tmp_path):
     with pytest.raises(FormatError):
         ModelExport.load(_truncated(tmp_path))
+
+
+def test_calibrated_input_formats(tmp_path):
+    """--calibrate: each layer's own fraction bits from the largest input it saw (one bit of headroom), kept in
+    the file; the golden model converts each layer's input in its format and follows the float layers closer."""
+    from bitmos.model.export import calibration_tokens, input_frac_for
+    from bitmos.model.golden import from_fixed, to_fixed
+
+    assert [input_frac_for(p) for p in (0.0, 0.4, 1.0, 1.9, 2.0, 100.0, 1e9)] == [15, 15, 13, 13, 12, 7, 0]
+    with pytest.raises(UnsupportedError, match="non-finite"):
+        input_frac_for(float("nan"))
+    with pytest.raises(UnsupportedError, match="outside the model's vocabulary of 64"):
+        calibration_tokens(student(scheme="onebit", act_bits=8), "builtin", 256)
+    model = student(scheme="onebit", act_bits=8, vocab_size=256)
+    cfg = preset_config("small")
+    calib = calibration_tokens(model, "builtin", 256)
+    assert calib.numel() <= 256 and calib.shape[1] <= model.config.max_seq_len
+    exp, fixed = export_model(model, cfg, calibration=calib), export_model(model, cfg)
+    assert exp.info["calibration_tokens"] == calib.numel() and all(l.x_frac is None for l in fixed.linears)
+    seen = {}
+
+    def spy(path, module, x):
+        seen[path] = x.reshape(-1, x.shape[-1])
+        return module.binary_forward(x)
+
+    with torch.no_grad():
+        model(calib, linear_override=spy)
+    for lin in exp.linears:   # the largest calibration input fits with one bit to spare, one more bit would not
+        peak = float(seen[lin.name].abs().max())
+        assert lin.input_frac(cfg) == lin.x_frac and peak * 2 ** lin.x_frac <= 2 ** 14 - 1
+        assert lin.x_frac == 15 or peak * 2 ** (lin.x_frac + 1) > 2 ** 14 - 1
+    path = tmp_path / "c.bmx"
+    exp.save(path)
+    back = ModelExport.load(path)
+    assert [l.x_frac for l in back.linears] == [l.x_frac for l in exp.linears]
+    assert max(l.x_frac for l in back.linears) > cfg.x_frac_bits   # this student's inputs are small
+    # closer to the float layers than the one fixed format, on the inputs they were calibrated for
+    modules = dict(model.binarized_linears())
+    err = {}
+    for name, e in (("calibrated", back), ("fixed", fixed)):
+        total = 0.0
+        for lin in e.linears:
+            x = seen[lin.name]
+            with torch.no_grad():
+                want = modules[lin.name].binary_forward(x[None])[0].double()
+            got = from_fixed(golden_linear(lin, to_fixed(x, lin.input_frac(cfg)), cfg), cfg.out_frac_bits, torch.float64)
+            total += float((got - want).norm() / want.norm())
+        err[name] = total
+    assert err["calibrated"] < 0.7 * err["fixed"], err
+    lin = back.linears[0]
+    lin.x_frac = 16
+    with pytest.raises(FormatError, match="x_frac = 16, allowed 0..15"):
+        lin.validate()

@@ -297,7 +297,7 @@ def test_golden_model_routes_every_linear_and_tracks_student():
     seen = {}
 
     def spy(path, module, x):
-        xi = golden.host.to_accelerator(x.reshape(-1, x.shape[-1]))
+        xi = golden.host.to_accelerator(x.reshape(-1, x.shape[-1]), path)
         seen[path] = (xi, golden_linear(golden.export.linear(path), xi, golden.accel_cfg))
         return golden.boundary(path, module, x)
 
