@@ -232,7 +232,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("demo", help="generate text with the shipped 1-bit student on the simulated accelerator, "
                        "checked against the integer golden model; throughput and energy report")
     p.add_argument("--checkpoint", help="student checkpoint, or a shipped one by name: student (the default, BinaryMoS), "
-                   "student-ternary (BitNet b1.58)")
+                   "student-ternary (BitNet b1.58), student-fbi (FBI-LLM)")
     p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text")
     p.add_argument("--tokens", type=positive_int, default=24, help="tokens to generate (default 24)")

@@ -191,7 +191,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("verify", help="run a whole generation of the student on the RTL (cocotb + Verilator); "
                        "check every binarized linear bit for bit and its cycles against the simulator")
     p.add_argument("--checkpoint", help="student checkpoint, or a shipped one by name: student (the default, BinaryMoS), "
-                   "student-ternary (BitNet b1.58)")
+                   "student-ternary (BitNet b1.58), student-fbi (FBI-LLM)")
     p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the verified generation")
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                       "per_layer": err}
     nparams = sum(p.numel() for p in model.parameters())
     if args.ppl if args.ppl is not None else nparams < 10_000_000:
-        stride = seq
+        stride = min(model.config.max_seq_len, val.numel() - 1)   # windows of inputs and their next tokens
         rows["ppl_float"] = evaluate(model, val, stride, None)["ppl"]
         for name, exp in (("fixed", fixed), ("calibrated", calibrated)):
             rows[name]["ppl"] = evaluate(GoldenModel(exp, cfg), val, stride, None)["ppl"]

@@ -205,6 +205,8 @@ class CompiledLinear:
             regs["SMUL"] = s.smul
         if s.w_bits:
             regs["WBITS"] = s.w_bits
+        if s.bias:
+            regs["BIAS"] = 1
         r = self.regions
         return {
             "name": self.name, "d_in": s.d_in, "d_out": s.d_out, "tokens": til.T, "mode": til.mode,

@@ -350,14 +350,15 @@ def trainer_state_path(ckpt_path) -> Path:
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"teacher": "teacher.safetensors", "student": "student-mos4-a8.safetensors",
-           "student-ternary": "student-ternary-a8.safetensors"}
+           "student-ternary": "student-ternary-a8.safetensors", "student-fbi": "student-fbi-a8.safetensors"}
 #: what ``bitmos eval`` without a checkpoint argument evaluates (the pair every hardware command runs)
 SHIPPED_PAIR = ("teacher", "student")
 
 
 def shipped_path(name: str = "student") -> Path:
     """Path of a checkpoint shipped in ``bitmos/model/assets``: ``"teacher"`` (float), ``"student"`` (BinaryMoS,
-    E = 4, A8) or ``"student-ternary"`` (BitNet b1.58, A8; runs on configs with weight_bits >= 2)."""
+    E = 4, A8), ``"student-ternary"`` (BitNet b1.58, A8; runs on configs with weight_bits >= 2) or ``"student-fbi"``
+    (FBI-LLM, A8; runs on configs with a router, experts >= 2)."""
     if name not in SHIPPED:
         raise FormatError(f"no shipped checkpoint {name!r}; have {sorted(SHIPPED)}")
     return ASSETS / SHIPPED[name]

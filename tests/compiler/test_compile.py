@@ -72,6 +72,7 @@ def test_fbi_exact_on_presets(preset, K, N, T):
     rng = np.random.default_rng(K * 5 + N + T)
     lin = random_layer(rng, K, N, 1, cfg.act_bits, scheme="fbi")
     cl = check_layer(lin, cfg, T, rng)
+    assert cl.manifest["registers"]["BIAS"] == 1
     for p in cl.programs:
         setr_b = [i for i, w in enumerate(p.words) if w >> 58 == 2 and (w >> 52) & 0x3F == 8]
         assert [p.words[i] & 0xFFFFFFFF for i in setr_b] == [1, 0]

@@ -31,6 +31,23 @@ def test_shipped_ternary_student_is_ternary_a8():
 
 
 @shipped
+def test_shipped_fbi_student_is_fbi_a8_and_runs_on_a_chip_with_a_router(tmp_path):
+    from bitmos.config import preset_config
+    from bitmos.errors import UnsupportedError
+    from bitmos.compiler import compile_linear
+    from bitmos.model.export import export_model
+
+    model, meta = load_shipped("student-fbi")
+    c = model.config
+    assert (c.scheme, c.act_bits) == ("fbi", 8) and meta["step"] == meta["train_args"]["steps"]
+    exp = export_model(model, "small")
+    assert all(l.scheme == "fbi" and l.bias is not None and l.experts == 1 for l in exp.linears)
+    assert compile_linear(exp.linears[0], preset_config("small"), 1).manifest["registers"]["BIAS"] == 1
+    with pytest.raises(UnsupportedError, match="no router"):
+        compile_linear(exp.linears[0], preset_config("tiny"), 1)
+
+
+@shipped
 def test_eval_shipped_json(capsys):
     assert main(["eval", "--json", "--max-tokens", "2048"]) == 0
     rows = json.loads(capsys.readouterr().out)
