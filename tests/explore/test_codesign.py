@@ -151,22 +151,17 @@ def test_bad_spec_fails_on_load():
         spec(objectives=["min:val_pp"])
 
 
-def test_cli_bad_scheme_exits_with_one_line(tmp_path):
+@pytest.mark.parametrize("grid,message", [
+    ('scheme = ["bitnet"]', "scheme 'bitnet' has no hardware path"),
+    ('scheme = ["ternary"]\nact_bits = [1]', "scheme 'ternary' at act_bits = 1"),
+])
+def test_cli_refused_point_exits_with_one_line_before_training(tmp_path, grid, message):
     s = tmp_path / "s.toml"
-    s.write_text('name = "x"\nbase = "small"\n[grid]\nscheme = ["bitnet"]\n[distill]\ntokens = 64\n')
+    s.write_text(f'name = "x"\nbase = "small"\n[grid]\n{grid}\n[distill]\ntokens = 64\n')
     p = subprocess.run([sys.executable, "-m", "bitmos.app.cli", "sweep", str(s), "-o", str(tmp_path / "o")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.count("\n") == 1 and "scheme 'bitnet' has no hardware path" in p.stderr
-
-
-def test_cli_ternary_a1_point_exits_with_one_line(tmp_path):
-    s = tmp_path / "s.toml"
-    s.write_text('name = "x"\nbase = "small"\n[grid]\nscheme = ["ternary"]\nact_bits = [1]\n[distill]\ntokens = 64\n')
-    p = subprocess.run([sys.executable, "-m", "bitmos.app.cli", "sweep", str(s), "-o", str(tmp_path / "o")],
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert p.returncode == 2, p.stderr
-    assert p.stderr.count("\n") == 1 and "scheme 'ternary' at act_bits = 1" in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
     assert not list((tmp_path / "o").rglob("*.safetensors"))
 
 
