@@ -131,6 +131,31 @@ def prefill_work(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, token
                                 for K, N in {(K, N) for _, K, N in walk})
 
 
+#: Config fields of the on-chip buffers: a layer that fits none of them is refused with the presets that hold it.
+BUFFER_FIELDS = ("xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib")
+
+
+def presets_holding(walk: list[tuple[str, int, int]], w_bits: int = 0) -> list[str]:
+    """The presets on whose buffers every (K, N) of ``walk`` has a tiling (one token, plane mode, which needs the
+    least; larger prompts stream through the same buffers), with weights in format ``w_bits``."""
+    from bitmos.compiler import make_tiling, synthetic_spec
+    from bitmos.config import PRESETS, preset_config
+    from bitmos.errors import UnsupportedError
+
+    shapes = sorted({(K, N) for _, K, N in walk})
+    out = []
+    for name in PRESETS:
+        p = preset_config(name)
+        try:
+            for K, N in shapes:
+                make_tiling(synthetic_spec(f"K{K}_N{N}", K, N, p, seed=0, materialize=False, w_bits=w_bits),
+                            p, 1, "plane")
+        except UnsupportedError:
+            continue
+        out.append(name)
+    return out
+
+
 def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, prefill: int, decode: int,
              energy_table: str | None = None, auto_buffers: bool = False,
              max_work: int | None = None, w_bits: int = 0) -> dict[str, Any]:
@@ -171,7 +196,16 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)
     else:
-        phases, grown = run(cfg), {}
+        from bitmos.errors import UnsupportedError
+        try:
+            phases, grown = run(cfg), {}
+        except UnsupportedError as exc:
+            if exc.field not in BUFFER_FIELDS:
+                raise
+            holding = presets_holding(walk, w_bits)
+            hint = (f"; the presets whose buffers hold every layer of this model: {', '.join(holding)}" if holding
+                    else "; no preset's buffers hold every layer of this model (grow the named field)")
+            raise UnsupportedError(f"{exc}{hint}", field=exc.field) from None
     weights = sum(a * b for _, a, b in walk)
     from bitmos.semantics import weight_planes
 
