@@ -150,14 +150,14 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
         _fail(name, f"scheme {scheme!r} has no hardware path: {UNSUPPORTED_SCHEMES[scheme]}")
     if scheme not in SUPPORTED_SCHEMES:
         _fail(name, f"unknown scheme {scheme!r}; supported: {', '.join(SUPPORTED_SCHEMES)}")
+    has_bias = lin.bias is not None
+    if has_bias and cfg.experts < 2:   # before the other checks: the router is what such a chip lacks
+        _fail(name, f"an FBI-LLM layer's beta . x runs on the router (register BIAS), but the accelerator has "
+                    f"experts = {cfg.experts} and no router; compile for a config with experts >= 2 (the presets "
+                    "small, medium, asic32)")
     check_shape(name, lin.d_in, lin.d_out, lin.act_bits, cfg, lin.weight_bits)
     mapping = check_experts(name, lin.experts, cfg)
     el, eh = lin.experts, cfg.experts
-    has_bias = lin.bias is not None
-    if has_bias and eh < 2:
-        _fail(name, f"an FBI-LLM layer's beta . x runs on the router (register BIAS), but the accelerator has "
-                    f"experts = {eh} and no router; compile for a config with experts >= 2 (the presets small, "
-                    "medium, asic32)")
     rshift, oshift = lin.shifts(cfg)
     spec = LayerSpec(name, lin.d_in, lin.d_out, el, rshift, oshift, lin.smul if el == 0 else 0,
                      w_bits=lin.weight_bits, bias=has_bias, expert_mapping=mapping)

@@ -200,14 +200,15 @@ def true_dual_port_blocks(width: int, depth: int, target: str = "ecp5") -> int:
     return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in shapes)
 
 
-def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5") -> int:
+def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5", *, meta_bits: int | None = None) -> int:
     """Block RAMs of the whole accelerator (``rtl/buffers.py``), counted the way Yosys maps them. X, W,
     S and OBUF's DMA bank have a DMA read-write port and a datapath read port: one true-dual-port set
     of blocks, or two simple-dual-port copies where those are fewer (36-bit lines of 512); SBUF has one
     reader when E = 0 (the scale unit never reads it); OBUF's compute bank has two readers with their
     own addresses: two copies; QBUF's L-bit write slots each take whole 9-bit byte lanes; the softmax
     exponent table is one more block when E >= 2. Measured: tiny 18 DP16KD (docs/fpga.md), equal to
-    this count."""
+    this count. ``meta_bits``: the META width to count instead of ``cfg.meta_bits`` (a record synthesized
+    under an earlier contract: the record's own ``meta_bits``)."""
     n = 0
     for b in "XWSQO":
         width = cfg.line_bits(b)
@@ -223,7 +224,7 @@ def bram_blocks(cfg: AcceleratorConfig, target: str = "ecp5") -> int:
             n += shared
             if b == "O":   # the compute bank: read by scaleout and by the DMA engine, written by compute
                 n += 2 * memory_blocks(width, cfg.depth(b), target)
-    n += memory_blocks(64, cfg.imem_words, target) + memory_blocks(cfg.meta_bits, cfg.meta_tokens, target)
+    n += memory_blocks(64, cfg.imem_words, target) + memory_blocks(cfg.meta_bits if meta_bits is None else meta_bits, cfg.meta_tokens, target)
     return n + (1 if cfg.experts >= 2 else 0)
 
 

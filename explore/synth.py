@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError
 from bitmos.fileio import write_json_atomic
 
@@ -98,6 +99,7 @@ class SynthResult:
     out_of_context: bool = True
     pnr: bool = True                          # False: Yosys netlist counts only (no placement, no fmax)
     critical_path: dict[str, Any] | None = None   # see critical_path(): the slowest path nextpnr reports
+    meta_bits: int | None = None              # the META record width of the synthesized contract (it grew with BIAS)
     commands: list[str] = field(default_factory=list)
 
     @property
@@ -490,7 +492,8 @@ def synthesize(verilog: str, top: str, *, target: str = "ecp5", device: str | No
         commands = [" ".join(ycmd[-3:-1]) + f' "{script}"']
         common = dict(binary_ops_per_cycle=binary_ops_per_cycle, config=config, config_name=config_name,
                       component=component, tools=tools, key=key, out_of_context=ooc,
-                      verilog_sha256=hashlib.sha256(verilog.encode()).hexdigest())
+                      verilog_sha256=hashlib.sha256(verilog.encode()).hexdigest(),
+                      meta_bits=AcceleratorConfig.from_dict(config).meta_bits if config else None)
         if not pnr:
             result = SynthResult(**netlist_res, **common, seconds=round(time.monotonic() - t0, 2),
                                  commands=commands)
