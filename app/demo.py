@@ -98,6 +98,22 @@ def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=
     return out
 
 
+def export_student(model, cfg: AcceleratorConfig, calibrate: int, info: dict[str, Any] | None = None):
+    """The student's export for ``cfg``; with ``calibrate`` > 0, each layer's input format calibrated on that many
+    tokens of the built-in corpus's training split (as ``bitmos export --calibrate``)."""
+    from bitmos.model.export import calibration_tokens, export_model
+
+    calib = calibration_tokens(model, "builtin", calibrate) if calibrate else None
+    return export_model(model, cfg, info=info, calibration=calib)
+
+
+def add_calibrate_argument(p) -> None:
+    """``--calibrate TOKENS`` of demo and verify (:func:`export_student`)."""
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="TOKENS",
+                   help="per-layer input formats calibrated on TOKENS tokens of the built-in corpus's training split "
+                        "(as 'bitmos export --calibrate'; default 0: the config's x_frac_bits)")
+
+
 def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: str = DEFAULT_PROMPT,
              tokens: int = 24, out_dir: str | None = "bitmos-demo", energy_table: str | None = None,
              calibrate: int = 0, progress=print) -> dict[str, Any]:
@@ -106,7 +122,6 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
 
     from bitmos.model.checkpoint import checkpoint_arg, load_checkpoint
     from bitmos.model.data import ByteTokenizer
-    from bitmos.model.export import export_model
     from bitmos.model.golden import AcceleratorSide, HostSide
     from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.report import summarize
@@ -129,9 +144,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     if len(ids) + tokens > model.config.max_seq_len:
         raise BitmosUserError(f"prompt ({len(ids)} tokens) + {tokens} new tokens exceeds the model's context "
                               f"of {model.config.max_seq_len}")
-    from bitmos.model.export import calibration_tokens
-    calib = calibration_tokens(model, "builtin", calibrate) if calibrate else None   # per-layer input formats
-    export = export_model(model, cfg, info={"source": str(path)}, calibration=calib)
+    export = export_student(model, cfg, calibrate, info={"source": str(path)})
     host = HostSide(export, cfg)
     progress(f"model {path.name}: {len(export.linears)} binarized linears; accelerator {cfg.name} "
              f"({cfg.rows}x{cfg.cols} PEs x {cfg.lanes} lanes, A{cfg.act_bits}, {cfg.experts} experts)")
@@ -238,8 +251,6 @@ def add_commands(sub) -> None:
     p.add_argument("--tokens", type=positive_int, default=24, help="tokens to generate (default 24)")
     p.add_argument("--out", default="bitmos-demo", help="folder for report.json, generated.txt and plots")
     p.add_argument("--energy-table", help="energy table name or TOML file")
-    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="TOKENS",
-                   help="per-layer input formats calibrated on TOKENS tokens of the built-in corpus's training split "
-                        "(as 'bitmos export --calibrate'; default 0: the config's x_frac_bits)")
+    add_calibrate_argument(p)
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_demo)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bitmos.errors import FormatError
+from bitmos.formats import layer_shifts
 from bitmos.fileio import check_safe_name, why_not_a_file, write_bytes_atomic
 
 EXPORT_VERSION = 2
@@ -70,7 +71,6 @@ class BinaryLinearExport:
 
     def shifts(self, cfg) -> tuple[int, int]:
         """(RSHIFT, OSHIFT) of this layer on ``cfg`` (:func:`bitmos.formats.layer_shifts` of its exponents)."""
-        from bitmos.formats import layer_shifts
         return layer_shifts(self.name, cfg, experts=self.experts, router_exp=self.router_exp,
                             s_in_exp=self.s_in_exp if self.experts >= 1 else 0, s_out_exp=self.s_out_exp,
                             smul_exp=self.smul_exp, bias_exp=self.bias_exp if self.bias is not None else None,

@@ -199,7 +199,7 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from bitmos.model.checkpoint import checkpoint_arg
-    from bitmos.model.export import export_checkpoint, export_model, resolve_accel
+    from bitmos.model.export import export_model, resolve_accel
     _threads(args)
     from bitmos.model.export import calibration_tokens
     path = checkpoint_arg(args.checkpoint)

@@ -192,16 +192,13 @@ def export_model(model, accel: AcceleratorConfig | str | None = None, *, info: d
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
-                      accel: AcceleratorConfig | str | None = None, *,
-                      calibration: torch.Tensor | None = None) -> ModelExport:
-    """Load a student checkpoint, export it (calibrated on ``calibration`` tokens if given), and write the export
-    to ``out`` (if given). Returns the export."""
+                      accel: AcceleratorConfig | str | None = None) -> ModelExport:
+    """Load a student checkpoint, export it, and write the export to ``out`` (if given). Returns the export."""
     from bitmos.model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     exp = export_model(model, accel, info={"source": str(checkpoint), "step": meta.get("step", 0),
-                                           "teacher": meta.get("train_args", {}).get("teacher")},
-                       calibration=calibration)
+                                           "teacher": meta.get("train_args", {}).get("teacher")})
     if out is not None:
         exp.save(out)
     return exp
