@@ -5,10 +5,12 @@ Records are SynthResult dicts (``bitmos synth --record FILE`` appends one); the 
 (target, component) the model is linear in non-negative coefficients over features of the config.
 Array and PE (``--top array`` / ``pe``):
 
-    LUT ~ a * R*C*L  +  b * R*C*acc_bits  +  c * R*C*k_log  +  d * (R + C) * L  +  e
+    LUT ~ a * R*C*L  +  b * R*C*acc_bits  +  c * R*C*w_log  +  d * R*C*k_log  +  e * (R + C) * L  +  f
 
 * R*C*L: the XNOR/AND gates and popcount trees (one LUT4 handles ~2 lanes of a tree level);
 * R*C*acc_bits: the accumulators and their adders (carry chains: ~1 LUT per bit);
+* R*C*log2(weight_bits): integer weight planes (``weight_bits`` >= 2; 0 for sign-only): the wider plane
+  shift (b + p instead of b + 1) and the sign flag of the top weight plane in front of each accumulator;
 * R*C*log2(k): the plane-weight shifter / negation in front of the accumulator;
 * (R + C) * L: the skew registers and operand muxes at the array's edges;
 * e: control (counters, FSM).
@@ -38,7 +40,7 @@ import numpy as np
 from bitmos.config import AcceleratorConfig
 from bitmos.fileio import write_json_atomic
 
-FEATURES = ("rcl", "rc_acc", "rc_klog", "edge_l", "one")
+FEATURES = ("rcl", "rc_acc", "rc_wlog", "rc_klog", "edge_l", "one")
 ACCEL_FEATURES = ("scale_lanes", "one")   # on top of the array model (see fit)
 DSP_FEATURES = ("scale_lanes", "cols", "one")
 
@@ -56,7 +58,8 @@ def features(cfg: AcceleratorConfig | dict[str, Any], component: str = "array",
     if component == "pe":
         R = C = 1
     klog = max(1.0, math.log2(d["act_bits"]) + 1)
-    values = {"rcl": R * C * L, "rc_acc": R * C * d["acc_bits"], "rc_klog": R * C * klog,
+    wlog = math.log2(d.get("weight_bits", 1))   # records made before weight_bits existed are sign-only arrays
+    values = {"rcl": R * C * L, "rc_acc": R * C * d["acc_bits"], "rc_wlog": R * C * wlog, "rc_klog": R * C * klog,
               "edge_l": (R + C) * L if component != "pe" else 0, "scale_lanes": C * (d["experts"] + 1),
               "cols": C, "one": 1.0}
     return [float(values[n]) for n in feature_names(component, resource)]

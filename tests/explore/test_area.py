@@ -30,6 +30,18 @@ def test_model_matches_recorded_synthesis():
             assert abs(pred - r["luts"]) <= LUT_TOLERANCE * r["luts"]
 
 
+def test_integer_weight_planes_are_a_fitted_term():
+    recs = [r for r in A.load_records() if r.get("component") == "array" and r.get("target") == "ecp5"]
+    wide = [r for r in recs if r["config"].get("weight_bits", 1) >= 2]
+    assert wide, "no integer-weight (weight_bits >= 2) array records shipped"
+    model = A.fit(recs, "ecp5", "array")
+    small = AcceleratorConfig.load("small").to_dict()
+    sign, ternary = (model.predict(dict(small, weight_bits=b))["luts"] for b in (1, 2))
+    assert model.coef["luts"]["rc_wlog"] > 0 and ternary > sign
+    # a config dict from before the field existed is a sign-only array
+    assert model.predict({k: v for k, v in small.items() if k != "weight_bits"})["luts"] == pytest.approx(sign)
+
+
 def test_estimate_grows_with_the_array_and_counts_brams():
     small, medium = AcceleratorConfig.load("small"), AcceleratorConfig.load("medium")
     es, em = A.estimate(small), A.estimate(medium)
