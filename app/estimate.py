@@ -34,15 +34,12 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
 def cmd_estimate(args) -> int:
     from bitmos.explore.perf import estimate
 
-    from bitmos.compiler.lower import SCHEME_WEIGHT_BITS
+    from bitmos.compiler.lower import BIAS_SCHEMES, SCHEME_WEIGHT_BITS
 
     cfg = AcceleratorConfig.load(args.config)
-    if args.scheme == "fbi" and cfg.experts < 2:   # the compiler's own refusal, before a whole estimate runs
-        from bitmos.errors import UnsupportedError
-        raise UnsupportedError(f"scheme fbi computes beta . x on the router, and config {cfg.name!r} has experts = "
-                               f"{cfg.experts} (no router); use a config with experts >= 2")
     est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table,
-                   max_work=args.max_work or None, w_bits=SCHEME_WEIGHT_BITS[args.scheme])
+                   max_work=args.max_work or None, w_bits=SCHEME_WEIGHT_BITS[args.scheme],
+                   bias=args.scheme in BIAS_SCHEMES)
     if args.plots:
         from bitmos.fileio import atomic_folder, write_json_atomic
         from bitmos.sim.report import write_plots

@@ -65,11 +65,11 @@ def on_chip(ckpt: Path, cfg: AcceleratorConfig, tokens: int, verify_tokens: int,
 
 
 def at_7b(scheme: str, prefill: int, decode: int) -> dict:
-    from bitmos.compiler.lower import SCHEME_WEIGHT_BITS
+    from bitmos.compiler.lower import BIAS_SCHEMES, SCHEME_WEIGHT_BITS
     from bitmos.explore.perf import estimate
 
     est = estimate("llama-2-7b", preset_config("asic32"), prefill=prefill, decode=decode,
-                   w_bits=SCHEME_WEIGHT_BITS[scheme])
+                   w_bits=SCHEME_WEIGHT_BITS[scheme], bias=scheme in BIAS_SCHEMES)
     d = est["decode"]
     return {"tokens_per_s": d["tokens_per_s"], "mj_per_token": 1e3 * d["energy_per_token_j"],
             "bound_tokens_per_s": est["decode_bound_tokens_per_s"],

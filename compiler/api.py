@@ -289,7 +289,7 @@ def _relocate(sch: Schedule, units: int, name: str) -> Schedule:
 def compile_spec(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, *, base: int = 0) -> CompiledLinear:
     """Compile a lowered layer; identical shapes reuse one schedule, relocated to this layer's regions."""
     base = _align(base)
-    key = (cfg, spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul, spec.w_bits)
+    key = (cfg, spec.d_in, spec.d_out, tokens, spec.rshift, spec.oshift, spec.smul, spec.w_bits, spec.bias)
     cached = _SCHEDULE_CACHE.get(key)
     til = cached[0] if cached else choose_tiling(spec, cfg, tokens)
     regions, sizes = _layout(til, cfg, base)

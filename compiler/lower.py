@@ -39,6 +39,8 @@ from bitmos.export import BinaryLinearExport
 SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary", "fbi")
 #: The weight format (register WBITS) each supported scheme's layers run in.
 SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2, "fbi": 0}
+#: Schemes whose layers carry a per-token bias (register BIAS, computed on the router).
+BIAS_SCHEMES = ("fbi",)
 #: Schemes that exist in the model zoo but have no hardware path yet (and the reason).
 UNSUPPORTED_SCHEMES = {
     "bitnet": "BitNet's parameter-free LayerNorm before quantization has no hardware stage",
@@ -151,10 +153,8 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
     if scheme not in SUPPORTED_SCHEMES:
         _fail(name, f"unknown scheme {scheme!r}; supported: {', '.join(SUPPORTED_SCHEMES)}")
     has_bias = lin.bias is not None
-    if has_bias and cfg.experts < 2:   # before the other checks: the router is what such a chip lacks
-        _fail(name, f"an FBI-LLM layer's beta . x runs on the router (register BIAS), but the accelerator has "
-                    f"experts = {cfg.experts} and no router; compile for a config with experts >= 2 (the presets "
-                    "small, medium, asic32)")
+    if has_bias:   # before the other checks: the router is what such a chip lacks
+        check_bias(name, cfg)
     check_shape(name, lin.d_in, lin.d_out, lin.act_bits, cfg, lin.weight_bits)
     mapping = check_experts(name, lin.experts, cfg)
     el, eh = lin.experts, cfg.experts
@@ -188,23 +188,34 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
     return spec
 
 
+def check_bias(name: str, cfg: AcceleratorConfig) -> None:
+    """A layer with a per-token bias (FBI-LLM's beta . x, register BIAS) needs the router that computes it."""
+    if cfg.experts < 2:
+        _fail(name, f"an FBI-LLM layer's beta . x runs on the router (register BIAS), but the accelerator has "
+                    f"experts = {cfg.experts} and no router; compile for a config with experts >= 2 (the presets "
+                    "small, medium, asic32)")
+
+
 def synthetic_spec(name: str, d_in: int, d_out: int, cfg: AcceleratorConfig, *, seed: int,
-                   materialize: bool, w_bits: int = 0) -> LayerSpec:
+                   materialize: bool, w_bits: int = 0, bias: bool = False) -> LayerSpec:
     """A layer with seeded random weights / scales in the hardware's own expert count (performance studies):
-    signs (``w_bits`` = 0) or ternary weights (``w_bits`` = 2, about a third of them zero).
+    signs (``w_bits`` = 0) or ternary weights (``w_bits`` = 2, about a third of them zero); ``bias``: an
+    FBI-LLM layer (register BIAS: router row 0 is beta, its sum added at scale-out).
 
     Exponents are chosen so RSHIFT and OSHIFT are in range for any config: router/scales ~ +-1.0 with
     12 fraction bits.
     """
     if w_bits not in (0, 2):
         _fail(name, f"weight format w_bits = {w_bits}: synthetic layers are sign (0) or ternary (2)")
+    if bias:
+        check_bias(name, cfg)
     check_shape(name, d_in, d_out, cfg.act_bits, cfg, w_bits)
     eh = cfg.experts
     exp = 12
     out_exp = max(exp, cfg.out_frac_bits - cfg.x_frac_bits - (exp if eh >= 1 else 0))
     rshift, oshift = formats.layer_shifts(name, cfg, experts=eh, router_exp=max(exp, 8 - cfg.x_frac_bits),
                                           s_in_exp=exp, s_out_exp=out_exp, smul_exp=out_exp)
-    spec = LayerSpec(name, d_in, d_out, eh, rshift, oshift, 0, w_bits=w_bits, expert_mapping="synthetic")
+    spec = LayerSpec(name, d_in, d_out, eh, rshift, oshift, 0, w_bits=w_bits, bias=bias, expert_mapping="synthetic")
     if eh == 0:
         spec.smul = 1 << (out_exp - 1) if out_exp >= 1 else 1
     if not materialize:
@@ -227,4 +238,4 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = ["LayerSpec", "lower_linear", "synthetic_spec", "check_shape",
-           "check_experts", "SUPPORTED_SCHEMES", "SCHEME_WEIGHT_BITS", "UNSUPPORTED_SCHEMES", "ceil_div"]
+           "check_experts", "check_bias", "SUPPORTED_SCHEMES", "SCHEME_WEIGHT_BITS", "BIAS_SCHEMES", "UNSUPPORTED_SCHEMES", "ceil_div"]

@@ -40,9 +40,10 @@ def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
 # ---- sim backend -----------------------------------------------------------------------------------
 
 def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]], tokens: int,
-                     w_bits: int = 0) -> list[list[Any]]:
+                     w_bits: int = 0, bias: bool = False) -> list[list[Any]]:
     """For each (name, K, N) of ``linears``: the timing-mode results of its programs for ``tokens`` tokens,
-    with weights in format ``w_bits`` (register WBITS: 0 = sign, 2 = ternary).
+    with weights in format ``w_bits`` (register WBITS: 0 = sign, 2 = ternary) and, with ``bias``, FBI-LLM's
+    per-token bias on the router (register BIAS).
 
     Each distinct (K, N) is compiled once (``compile_spec`` of a timing-only ``synthetic_spec``) and
     simulated once; linears of the same shape share those results (q/k/v/o of LLaMA-2-7B are one shape,
@@ -57,7 +58,7 @@ def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]]
     out = []
     for name, K, N in linears:
         if (K, N) not in by_shape:
-            spec = synthetic_spec(name, K, N, cfg, seed=len(by_shape), materialize=False, w_bits=w_bits)
+            spec = synthetic_spec(name, K, N, cfg, seed=len(by_shape), materialize=False, w_bits=w_bits, bias=bias)
             runs = [sim.run(p.words, None, functional=False) for p in compile_spec(spec, cfg, tokens).programs]
             for r in runs:
                 if r.error:
@@ -93,7 +94,7 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
 # ---- the estimate ------------------------------------------------------------------------------
 
 def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: int, decode: int,
-            table, w_bits: int = 0) -> dict[str, Any]:
+            table, w_bits: int = 0, bias: bool = False) -> dict[str, Any]:
     from bitmos.sim.report import summarize
 
     out: dict[str, Any] = {}
@@ -101,7 +102,7 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: i
         if not tokens:
             continue
         runs, names = [], []
-        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens, w_bits)):
+        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens, w_bits, bias)):
             runs += layer_runs
             names += [name] * len(layer_runs)
         steps = decode if phase == "decode" else 1   # identical one-token steps: summed, not replayed
@@ -158,9 +159,10 @@ def presets_holding(walk: list[tuple[str, int, int]], w_bits: int = 0) -> list[s
 
 def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, prefill: int, decode: int,
              energy_table: str | None = None, auto_buffers: bool = False,
-             max_work: int | None = None, w_bits: int = 0) -> dict[str, Any]:
+             max_work: int | None = None, w_bits: int = 0, bias: bool = False) -> dict[str, Any]:
     """Prefill (``prefill`` tokens, one pass) and decode (``decode`` one-token steps) of ``shape`` on ``cfg``,
-    its weights in format ``w_bits`` (0 = sign, 1 bit each; 2 = ternary, two planes).
+    its weights in format ``w_bits`` (0 = sign, 1 bit each; 2 = ternary, two planes); ``bias``: FBI-LLM layers
+    (beta . x on the router, register BIAS), refused by the compiler on a config without a router.
 
     Keys: ``model`` (name, layers, binary_weights), ``config`` (grown when ``auto_buffers``), ``grown``,
     ``energy_table``, ``prefill`` / ``decode`` (:func:`bitmos.sim.report.summarize` of the phase plus
@@ -176,6 +178,9 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
                           "estimate scales its simulated step to", field="decode")
     shape = resolve_shape(shape)
     walk = llama_linears(shape)
+    if bias:   # the compiler's refusal, before any estimate runs
+        from bitmos.compiler.lower import check_bias
+        check_bias(walk[0][0], cfg)
     if max_work is not None and prefill and prefill_work(walk, cfg, prefill, w_bits) > max_work:
         from bitmos.compiler import synthetic_spec
         from bitmos.compiler.api import check_fits_memory
@@ -191,7 +196,7 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        return dict(_phases(c, walk, prefill, decode, table, w_bits), energy_table=table.name)
+        return dict(_phases(c, walk, prefill, decode, table, w_bits, bias), energy_table=table.name)
 
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)

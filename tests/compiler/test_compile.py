@@ -105,6 +105,25 @@ def test_fbi_needs_a_router():
         compile_linear(lin, _cfg(experts=1), 1)
 
 
+def test_a_bias_layer_never_reuses_the_schedule_of_its_shape_without_one():
+    # the schedule cache is keyed on what the program depends on: a sign layer of the same shape compiled first
+    # must not hand an FBI layer a program without its setr BIAS
+    from bitmos.compiler import compile_spec, synthetic_spec
+    from bitmos.isa import decode
+    cfg = preset_config("small")
+    for bias in (False, True, False):
+        spec = synthetic_spec("x", 96, 40, cfg, seed=0, materialize=False, bias=bias)
+        setr = [str(decode(w)) for p in compile_spec(spec, cfg, 1).programs for w in p.words
+                if str(decode(w)).startswith("setr BIAS")]
+        assert setr == (["setr BIAS 1", "setr BIAS 0"] if bias else [])
+
+
+def test_synthetic_fbi_layer_needs_a_router():
+    from bitmos.compiler import synthetic_spec
+    with pytest.raises(UnsupportedError, match=r"beta \. x runs on the router.*experts = 0"):
+        synthetic_spec("x", 8, 4, _cfg(experts=0), seed=0, materialize=False, bias=True)
+
+
 def test_ternary_streamed_weights_and_token_blocks():
     """Small buffers: weight planes streamed through both WBUF slots, several token blocks."""
     cfg = _cfg(weight_bits=2, experts=0, wbuf_kib=1, obuf_kib=1)
