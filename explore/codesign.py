@@ -42,8 +42,8 @@ area does not import the model):
   planes) runs it in its weight format (:func:`evaluate_shape`), the task carrying ``w_bits`` in its key.
 
 Area (``luts``, ``ffs``, ``brams``, ``dsps``) is the area model (:func:`bitmos.explore.sweep.fill_area`) of the
-chip the shape estimate settled on (``auto_buffers`` may grow its buffers); the model has no weight_bits term, so
-a ternary chip's area is its sign-only twin's, which its ``area_source`` says (:data:`AREA_WEIGHT_BITS_NOTE`).
+chip the shape estimate settled on (``auto_buffers`` may grow its buffers), including its weight format
+(``weight_bits``: the array's R*C*log2(weight_bits) term, fitted on synthesized integer-weight arrays).
 ``results.csv`` / ``results.json`` hold one row per (model point, hardware point), ``fronts.json`` the 2-D fronts of validation perplexity against
 each cost in :data:`FRONT_COSTS` (``pareto.png`` plots them), and ``model_costs.csv`` what each model point costs
 against a reference point on the same chips (:func:`model_costs`). docs/codesign.md has a worked study.
@@ -500,11 +500,6 @@ CSV_COLUMNS = ("key", "label", "scheme", "experts", "act_bits", "w_bits", "weigh
                "luts", "ffs", "brams", "dsps", "area_source", "reason")
 
 
-#: The area of a chip with weight_bits >= 2 (ternary) is the area model's figure of its sign-only twin: the model
-#: has no weight_bits term and none is invented here; the measured cost is the synthesis in docs/fpga.md.
-AREA_WEIGHT_BITS_NOTE = ("sign-only figure: the area model has no weight_bits term; measured (docs/fpga.md), "
-                         "weight_bits = 2 costs the small-geometry array +8.6 % LUT, +1.3 % FF")
-
 #: What :func:`model_costs` compares between model points on the same chip.
 COST_METRICS = ("val_ppl", "shape_decode_tokens_per_s", "shape_prefill_tokens_per_s", "shape_decode_uj_per_token",
                 "luts", "student_decode_tokens_per_s", "student_prefill_tokens_per_s", "student_decode_uj_per_token")
@@ -570,10 +565,6 @@ def write_codesign_outputs(spec, rows: list[dict[str, Any]], teacher: dict[str, 
     from bitmos.explore.sweep import fill_area, write_plot
 
     fill_area(rows, spec.target)
-    for r in rows:   # the area model has no weight_bits term: say so on every integer-weight chip's row
-        if r.get("feasible") and str(r.get("area_source", "")).startswith("model:") \
-                and r["config"].get("weight_bits", 1) >= 2:
-            r["area_source"] += f" ({AREA_WEIGHT_BITS_NOTE})"
     front = fronts(rows, spec.objectives)
     _write_csv(outdir / "results.csv", [*CSV_COLUMNS, *("front_" + k for k in front)],
                [[*(r.get(c, (r.get("config") or {}).get(c)) for c in CSV_COLUMNS),

@@ -165,9 +165,10 @@ def test_cli_refused_point_exits_with_one_line_before_training(tmp_path, grid, m
     assert not list((tmp_path / "o").rglob("*.safetensors"))
 
 
-def test_ternary_area_is_marked_as_the_sign_only_figure(tmp_path):
+def test_ternary_area_carries_the_weight_plane_term(tmp_path):
     from bitmos.config import AcceleratorConfig
-    from bitmos.explore.codesign import AREA_WEIGHT_BITS_NOTE, write_codesign_outputs
+    from bitmos.explore import area
+    from bitmos.explore.codesign import write_codesign_outputs
 
     base = AcceleratorConfig.load("small").to_dict()
     rows = []
@@ -180,10 +181,11 @@ def test_ternary_area_is_marked_as_the_sign_only_figure(tmp_path):
                      "shape_decode_uj_per_token": 1e4 / tps, "student_decode_uj_per_token": 1e3 / tps})
     write_codesign_outputs(spec(), rows, None, tmp_path, "sign A8")
     got = {r["key"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
-    assert got["sign"]["area_source"].startswith("model:") and "weight_bits" not in got["sign"]["area_source"]
-    assert got["ternary"]["area_source"].endswith(f"({AREA_WEIGHT_BITS_NOTE})")
-    assert got["ternary"]["luts"] == got["sign"]["luts"] > 0      # no weight_bits term: the same figure
-    assert "no weight_bits term" in (tmp_path / "results.csv").read_text()
+    assert got["sign"]["area_source"].startswith("model:") and got["ternary"]["area_source"].startswith("model:")
+    # the array's weight-plane term: a ternary chip costs more LUTs than its sign-only twin, by the model's figure
+    model = area.preferred_model(spec().target)
+    assert got["ternary"]["luts"] > got["sign"]["luts"] > 0
+    assert got["ternary"]["luts"] == round(model.predict(got["ternary"]["config"])["luts"])
 
 
 def test_tiny_study_end_to_end_and_resume(tmp_path):
@@ -234,7 +236,7 @@ def test_tiny_ternary_study_end_to_end(tmp_path):
     assert sign["student_decode_bound_tokens_per_s"] == pytest.approx(2 * tern["student_decode_bound_tokens_per_s"])
     assert sign["shape_decode_bound_tokens_per_s"] == pytest.approx(2 * tern["shape_decode_bound_tokens_per_s"])
     assert tern["shape_decode_tokens_per_s"] < sign["shape_decode_tokens_per_s"]
-    assert "no weight_bits term" in tern["area_source"]
+    assert tern["luts"] > sign["luts"]          # two weight planes: the area model's weight_bits term
 
 
 @pytest.mark.slow
