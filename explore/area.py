@@ -13,7 +13,7 @@ Array and PE (``--top array`` / ``pe``):
   shift (b + p instead of b + 1) and the sign flag of the top weight plane in front of each accumulator;
 * R*C*log2(k): the plane-weight shifter / negation in front of the accumulator;
 * (R + C) * L: the skew registers and operand muxes at the array's edges;
-* e: control (counters, FSM).
+* f: control (counters, FSM).
 
 The whole accelerator (``--top accelerator``) is the array model (fitted on the array records) plus
 the scale-expert unit, buffers and control, fitted on the accelerator records over C*(E+1) (the
