@@ -29,6 +29,7 @@ class SimulatedAccelerator:
     def __init__(self, export, cfg: AcceleratorConfig):
         from bitmos.sim import Simulator
         self.cfg = cfg
+        self.export = export
         self.layers = {lin.name: lin for lin in export.linears}
         self.sim = Simulator(cfg)
         self._compiled: dict[tuple[str, int], Any] = {}
@@ -46,6 +47,12 @@ class SimulatedAccelerator:
             self._compiled[key] = compile_linear(self.layers[name], self.cfg, tokens)
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
+
+    def compile_one_token(self) -> None:
+        """:func:`compile_one_token` into the program cache (counted as compile time)."""
+        t0 = time.perf_counter()
+        self._compiled.update(compile_one_token(self.export, self.cfg))
+        self.compile_seconds += time.perf_counter() - t0
 
     def __call__(self, name: str, x_int16):
         import numpy as np
@@ -74,6 +81,48 @@ class SimulatedAccelerator:
         return torch.from_numpy(y.astype(np.int64))
 
 
+def presets_holding(export) -> list[str]:
+    """The presets on which every layer of ``export`` compiles for one token, each at the preset's activation bits
+    (a float model binarized on the way in takes its chip's)."""
+    import dataclasses
+
+    from bitmos.compiler import compile_linear
+    from bitmos.config import PRESETS, preset_config
+    from bitmos.errors import UnsupportedError
+
+    shapes = list({(x.d_in, x.d_out, x.experts, x.weight_bits, x.bias is not None): x for x in export.linears}.values())
+    out = []
+    for name in PRESETS:
+        p = preset_config(name)
+        try:
+            for lin in shapes:
+                compile_linear(dataclasses.replace(lin, act_bits=p.act_bits), p, 1)
+        except UnsupportedError:
+            continue
+        out.append(name)
+    return out
+
+
+def compile_one_token(export, cfg: AcceleratorConfig) -> dict[tuple[str, int], Any]:
+    """Every binarized linear compiled for one token, before any generation runs -> ``{(name, 1): compiled}``.
+
+    So a chip that cannot run a layer of the model (a real checkpoint on a preset whose buffers are too small) is
+    refused at once, in one line naming the presets that hold every layer, not after the golden generation."""
+    from bitmos.compiler import compile_linear
+    from bitmos.errors import UnsupportedError
+
+    out = {}
+    for lin in export.linears:
+        try:
+            out[(lin.name, 1)] = compile_linear(lin, cfg, 1)
+        except UnsupportedError as exc:
+            holding = presets_holding(export)
+            hint = (f"; the presets that hold every layer of this model: {', '.join(holding)}" if holding
+                    else "; no preset holds every layer of this model")
+            raise UnsupportedError(f"{exc}{hint}", field=exc.field) from None
+    return out
+
+
 def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=None) -> list[int]:
     """Greedy generation with a KV cache: one prefill over the prompt, then one-token decode steps."""
     import torch
@@ -98,6 +147,40 @@ def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=
     return out
 
 
+def load_student(checkpoint: str | None, cfg: AcceleratorConfig, prompt: str, tokens: int, *,
+                 scheme: str | None = None, experts: int | None = None):
+    """The student of demo and verify -> ``(path, model, tokenizer, prompt ids)``: a bitmos checkpoint (a shipped
+    one by name, the BinaryMoS student by default), or a Hugging Face folder, a ``.gguf`` file or ``smollm2``
+    binarized on the way in with ``scheme`` (its init, no training) at the chip's activation bits. The prompt is
+    encoded with the model's own tokenizer and must fit the model's context with ``tokens`` new tokens."""
+    from bitmos.model.checkpoint import checkpoint_arg
+    from bitmos.model.hf import load_model_source
+
+    path = checkpoint_arg(checkpoint)
+    model, _ = load_model_source(path, scheme=scheme, experts=experts, act_bits=cfg.act_bits if scheme else None,
+                                 what="student")
+    tok = model.tokenizer
+    ids = tok.encode(prompt)
+    if not ids:
+        raise BitmosUserError("the prompt is empty")
+    if len(ids) + tokens > model.config.max_seq_len:
+        raise BitmosUserError(f"prompt ({len(ids)} tokens) + {tokens} new tokens exceeds the model's context "
+                              f"of {model.config.max_seq_len}")
+    return path, model, tok, ids
+
+
+def add_student_arguments(p, what: str) -> None:
+    """``--checkpoint``, ``--scheme`` and ``--experts`` of demo and verify (:func:`load_student`)."""
+    from bitmos.model.config import SCHEMES
+    p.add_argument("--checkpoint", help="student checkpoint, or a shipped one by name: student (the default, "
+                   "BinaryMoS), student-ternary (BitNet b1.58), student-fbi (FBI-LLM); or a float model to binarize "
+                   f"with --scheme: a Hugging Face LLaMA-family folder, a .gguf file, or smollm2 ({what})")
+    p.add_argument("--scheme", choices=[s for s in SCHEMES if s != "float"], default=None,
+                   help="binarize a float --checkpoint with this scheme's init (no training), at the config's "
+                        "activation bits")
+    p.add_argument("--experts", type=positive_int, default=None, help="scale experts for --scheme mos (default 4)")
+
+
 def export_student(model, cfg: AcceleratorConfig, calibrate: int, info: dict[str, Any] | None = None):
     """The student's export for ``cfg``; with ``calibrate`` > 0, each layer's input format calibrated on that many
     tokens of the built-in corpus's training split (as ``bitmos export --calibrate``)."""
@@ -116,12 +199,11 @@ def add_calibrate_argument(p) -> None:
 
 def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: str = DEFAULT_PROMPT,
              tokens: int = 24, out_dir: str | None = "bitmos-demo", energy_table: str | None = None,
-             calibrate: int = 0, progress=print) -> dict[str, Any]:
+             calibrate: int = 0, scheme: str | None = None, experts: int | None = None,
+             progress=print) -> dict[str, Any]:
     """Generate text with every binarized linear on the simulated accelerator; check it against golden."""
     import torch
 
-    from bitmos.model.checkpoint import checkpoint_arg, load_checkpoint
-    from bitmos.model.data import ByteTokenizer
     from bitmos.model.golden import AcceleratorSide, HostSide
     from bitmos.sim.energy import EnergyTable, default_table
     from bitmos.sim.report import summarize
@@ -130,21 +212,12 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     # The shipped model is tiny: one thread is fastest, and avoids oversubscribing a busy machine.
     torch.set_num_threads(1)
     cfg = AcceleratorConfig.load(config)
-    path = checkpoint_arg(checkpoint)
-    model, meta = load_checkpoint(path)
-    if model.config.vocab_size != 256:
-        raise BitmosUserError(f"{path}: the demo uses the byte tokenizer (vocab 256); this model has "
-                              f"vocab {model.config.vocab_size}")
     if tokens < 1:
         raise BitmosUserError(f"--tokens must be at least 1, got {tokens}")
-    tok = ByteTokenizer()
-    ids = tok.encode(prompt)
-    if not ids:
-        raise BitmosUserError("the prompt is empty")
-    if len(ids) + tokens > model.config.max_seq_len:
-        raise BitmosUserError(f"prompt ({len(ids)} tokens) + {tokens} new tokens exceeds the model's context "
-                              f"of {model.config.max_seq_len}")
+    path, model, tok, ids = load_student(checkpoint, cfg, prompt, tokens, scheme=scheme, experts=experts)
     export = export_student(model, cfg, calibrate, info={"source": str(path)})
+    accel = SimulatedAccelerator(export, cfg)
+    accel.compile_one_token()      # refuses a chip too small for the model before any generation runs
     host = HostSide(export, cfg)
     progress(f"model {path.name}: {len(export.linears)} binarized linears; accelerator {cfg.name} "
              f"({cfg.rows}x{cfg.cols} PEs x {cfg.lanes} lanes, A{cfg.act_bits}, {cfg.experts} experts)")
@@ -153,7 +226,6 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     golden = AcceleratorSide(export, cfg)
     golden_ids = _generate(host.transformer, host.linear_hook(golden), ids, tokens)
     # 2. the same generation with every binarized linear on the simulated accelerator
-    accel = SimulatedAccelerator(export, cfg)
     phase = {"name": "prefill", "marks": []}
 
     def on_phase(name):
@@ -233,6 +305,7 @@ def cmd_demo(args) -> int:
     quiet = args.json
     rep = run_demo(checkpoint=args.checkpoint, config=args.config, prompt=args.prompt, tokens=args.tokens,
                    out_dir=args.out, energy_table=args.energy_table, calibrate=args.calibrate,
+                   scheme=args.scheme, experts=args.experts,
                    progress=(lambda *a: print(*a, file=sys.stderr)) if quiet else print)
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -244,8 +317,7 @@ def cmd_demo(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("demo", help="generate text with the shipped 1-bit student on the simulated accelerator, "
                        "checked against the integer golden model; throughput and energy report")
-    p.add_argument("--checkpoint", help="student checkpoint, or a shipped one by name: student (the default, BinaryMoS), "
-                   "student-ternary (BitNet b1.58), student-fbi (FBI-LLM)")
+    add_student_arguments(p, "text generated with the model's own tokenizer")
     p.add_argument("--config", default="small", help="accelerator config file or preset (default small)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text")
     p.add_argument("--tokens", type=positive_int, default=24, help="tokens to generate (default 24)")

@@ -103,23 +103,14 @@ def _given_tokenizer(args):
     return tok
 
 
-def _load_model(path, args, what: str = "model"):
+def _load_model(path, args, what: str = "model", act_bits: int | None = None):
     """A bitmos checkpoint, a Hugging Face folder or a GGUF file, optionally binarized (``--scheme``, the scheme's
-    init from the float weights, no training); the model's own tokenizer is ``model.tokenizer``. A ``--tokenizer``
-    that is not the model's is an error naming both."""
+    init from the float weights, no training, at ``act_bits`` if given); the model's own tokenizer is
+    ``model.tokenizer``. A ``--tokenizer`` that is not the model's is an error naming both."""
     from bitmos.model.data import check_same_tokenizer
-    from bitmos.model.hf import load_any
-    model, meta = load_any(path)
-    scheme = getattr(args, "scheme", None)
-    if scheme and scheme != model.config.scheme:
-        if model.config.binarized:
-            raise BitmosUserError(f"{path} is already a {model.config.scheme!r} student; --scheme binarizes a "
-                                  "float model")
-        from bitmos.model.distill import make_student
-        tok = model.tokenizer
-        overrides = {"experts": args.experts} if getattr(args, "experts", None) else {}
-        model = make_student(model, scheme, **overrides).eval()
-        model.tokenizer = tok
+    from bitmos.model.hf import load_model_source
+    model, meta = load_model_source(path, scheme=getattr(args, "scheme", None),
+                                    experts=getattr(args, "experts", None), act_bits=act_bits, what=what)
     given = _given_tokenizer(args)
     if given is not None:
         check_same_tokenizer(model.tokenizer, f"{what} {path}", given, f"--tokenizer {args.tokenizer}")
@@ -204,7 +195,8 @@ def cmd_export(args) -> int:
     from bitmos.model.export import calibration_tokens
     path = checkpoint_arg(args.checkpoint)
     cfg = resolve_accel(args.config)
-    model, meta = _load_model(path, args)
+    # a float model binarized on the way in takes the chip's activation bits (the compiler refuses any other)
+    model, meta = _load_model(path, args, act_bits=cfg.act_bits)
     calib = calibration_tokens(model, args.corpus, args.calibrate) if args.calibrate else None
     exp = export_model(model, cfg, info={"source": str(path), "step": meta.get("step", 0),
                                          "teacher": meta.get("train_args", {}).get("teacher"),

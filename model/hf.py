@@ -187,3 +187,27 @@ def load_any(path, max_seq_len: int | None = None):
     if getattr(model, "tokenizer", None) is None:
         model.tokenizer = ByteTokenizer()
     return model, meta
+
+
+def load_model_source(path, *, scheme: str | None = None, experts: int | None = None, act_bits: int | None = None,
+                      what: str = "model"):
+    """:func:`load_any`, then, with ``scheme``, a float model binarized with that scheme's init from its float
+    weights (no training; ``experts`` and ``act_bits`` override the student's defaults) -> ``(model, meta)``.
+
+    The one loader of every command that takes a model (eval, generate, export, demo, verify): a real pretrained
+    checkpoint binarizes on the way in, and its tokenizer stays attached as ``model.tokenizer``."""
+    model, meta = load_any(path)
+    if scheme and scheme != model.config.scheme:
+        if model.config.binarized:
+            raise BitmosUserError(f"{path} is already a {model.config.scheme!r} student; --scheme binarizes a "
+                                  "float model")
+        from bitmos.model.distill import make_student
+        tok = model.tokenizer
+        overrides = {k: v for k, v in (("experts", experts), ("act_bits", act_bits)) if v is not None}
+        model = make_student(model, scheme, **overrides).eval()
+        model.tokenizer = tok
+        meta = {**meta, "binarized_from": str(path), "scheme": scheme}
+    elif not model.config.binarized and what == "student":
+        raise BitmosUserError(f"{path} is a float model; give --scheme to binarize it on the way in "
+                              "(each scheme's init from the float weights, no training)")
+    return model, meta
