@@ -34,16 +34,17 @@ from bitmos.errors import UnsupportedError
 from bitmos.export import BinaryLinearExport
 
 #: Export schemes with a hardware path: sign (E = 0, one scale), onebit (E = 1), BinaryMoS, ternary
-#: (BitNet b1.58: E = 0, one scale, weights as two planes under WBITS = 2; needs cfg.weight_bits >= 2) and fbi
-#: (FBI-LLM: E = 1 with s_out = 1, its beta . x computed by router row 0 under BIAS = 1; needs cfg.experts >= 2).
-SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary", "fbi")
+#: (BitNet b1.58: E = 0, one scale, weights as two planes under WBITS = 2; needs cfg.weight_bits >= 2), fbi
+#: (FBI-LLM: E = 1 with s_out = 1, its beta . x computed by router row 0 under BIAS = 1; needs cfg.experts >= 2)
+#: and bitnet (BitNet: a sign layer, E = 0, one scale, signs of W - mean W; its parameter-free LayerNorm runs on
+#: the host before the chip's input, like every norm until the whole decoder layer is on the chip).
+SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary", "fbi", "bitnet")
 #: The weight format (register WBITS) each supported scheme's layers run in.
-SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2, "fbi": 0}
+SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2, "fbi": 0, "bitnet": 0}
 #: Schemes whose layers carry a per-token bias (register BIAS, computed on the router).
 BIAS_SCHEMES = ("fbi",)
 #: Schemes that exist in the model zoo but have no hardware path yet (and the reason).
 UNSUPPORTED_SCHEMES = {
-    "bitnet": "BitNet's parameter-free LayerNorm before quantization has no hardware stage",
     "pb": "PB-LLM's int8 salient weights need a second (8-bit) datapath",
     "float": "the float teacher has no binarized linears",
 }

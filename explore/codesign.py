@@ -100,6 +100,7 @@ CHIP_FIELDS: dict[str, dict[str, Any]] = {"sign": {"experts": 0, "weight_bits": 
                                           "onebit": {"experts": 1, "weight_bits": 1},
                                           "mos": {"weight_bits": 1},
                                           "ternary": {"experts": 0, "weight_bits": 2},
+                                          "bitnet": {"experts": 0, "weight_bits": 1},
                                           # FBI-LLM's beta . x runs on the router (register BIAS): the
                                           # smallest chip with one has two experts
                                           "fbi": {"experts": 2, "weight_bits": 1}}

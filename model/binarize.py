@@ -106,6 +106,11 @@ class BinarizedLinear(nn.Module):
         with torch.no_grad():
             self.weight.copy_(w)
 
+    def host_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of the layer that runs on the host before the chip takes its input: nothing, except
+        BitNet's parameter-free LayerNorm (a norm, and norms run on the host like every RMSNorm today)."""
+        return x
+
     def binary_forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -206,9 +211,11 @@ class BitNetLinear(BinarizedLinear):
     def scale(self):
         return self.weight.abs().mean()
 
+    def host_input(self, x):
+        return F.layer_norm(x, (self.in_features,), eps=self.ln_eps)         # (B, T, d_in), no affine
+
     def binary_forward(self, x):
-        v = F.layer_norm(x, (self.in_features,), eps=self.ln_eps)            # (B, T, d_in), no affine
-        v = quantize_per_token(v, self.act_bits)
+        v = quantize_per_token(self.host_input(x), self.act_bits)
         return F.linear(v, self.sign_weight()) * self.scale()                # (B, T, d_out)
 
     def export(self):

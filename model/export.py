@@ -9,6 +9,7 @@ scheme      E    exported
 ``onebit``  1    signs; ``s_in`` = g [1, d_in], ``s_out`` = h [1, d_out] (int16 + one exponent each)
 ``mos``     E    signs; ``s_in`` [E, d_in], ``s_out`` [E, d_out]; ``router`` [E, d_in] when E >= 2
 ``ternary`` 0    signs and the nonzero plane (the trits); ``smul``/``smul_exp`` = int16 of gamma = mean|W|
+``bitnet``  0    signs of W - mean W; ``smul``/``smul_exp`` = int16 of mean|W|; its LayerNorm runs on the host
 ``fbi``     1    signs; ``s_in`` = alpha [1, d_in], ``s_out`` = 1 [1, d_out]; ``bias`` = beta [d_in] (int16 + bias_exp)
 other       --   :class:`bitmos.errors.UnsupportedError` naming the layer and the scheme
 ==========  ===  ==========================================================================================
@@ -32,7 +33,7 @@ from bitmos.errors import UnsupportedError
 from bitmos.export import EXPORT_VERSION, BinaryLinearExport, ModelExport, quantize_to_int16
 
 #: schemes with a hardware path, and the experts count each one exports with
-SUPPORTED_SCHEMES = ("sign", "onebit", "mos", "ternary", "fbi")
+SUPPORTED_SCHEMES = ("sign", "onebit", "mos", "ternary", "fbi", "bitnet")
 #: activation widths the accelerator's quantizer produces
 HW_ACT_BITS = (1, 2, 4, 8)
 
@@ -73,7 +74,9 @@ def export_linear(path: str, module) -> BinaryLinearExport:
                              signs=np.ascontiguousarray(signs), scheme=scheme)
     if scheme == "ternary":   # one per-tensor scale gamma, like sign; the zero trits as a second plane
         lin.nonzero = np.ascontiguousarray(info["nonzero"].cpu().numpy().astype(bool))
-    if scheme in ("sign", "ternary"):
+    # bitnet is a sign layer with centred signs on the chip: its parameter-free LayerNorm is the host's
+    # (``BinarizedLinear.host_input``), and absmax quantization of LN(x) is the chip's per-token quantizer
+    if scheme in ("sign", "ternary", "bitnet"):
         smul, smul_exp = _int16(np.array([info["scale"]], dtype=np.float64), path, "scale")
         lin.smul, lin.smul_exp = int(smul[0]), int(smul_exp)
     elif scheme == "fbi":   # y = sign(W) Q(alpha * x) + beta . x: alpha is s_in, no output scale, beta the bias
@@ -112,7 +115,8 @@ def calibrate_inputs(model, idx: torch.Tensor) -> dict[str, float]:
     peaks: dict[str, float] = {}
 
     def spy(path, module, x):
-        peaks[path] = max(peaks.get(path, 0.0), float(x.abs().max()) if x.numel() else 0.0)
+        v = module.host_input(x)          # what the chip takes (BitNet: after the host's LayerNorm)
+        peaks[path] = max(peaks.get(path, 0.0), float(v.abs().max()) if v.numel() else 0.0)
         return module.binary_forward(x)
 
     model.eval()

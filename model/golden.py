@@ -337,6 +337,7 @@ class HostSide(nn.Module):
         [T, N]`` -> :meth:`from_accelerator`. ``accel_fn`` is the golden :class:`AcceleratorSide`, the
         simulator or the RTL (``bitmos demo`` / ``verify``)."""
         def hook(path: str, module, x: torch.Tensor) -> torch.Tensor:
+            x = module.host_input(x)    # the layer's host part (BitNet's LayerNorm), then the chip's input
             lead, k = x.shape[:-1], x.shape[-1]
             y = accel_fn(path, self.to_accelerator(x.reshape(-1, k), path))
             return self.from_accelerator(y).reshape(*lead, y.shape[-1])
@@ -373,7 +374,8 @@ class GoldenModel(nn.Module):
         st = self.accelerator.stats[path]
         lim = 1 << (X_BITS - 1)
         st.x_values += x.numel()
-        raw = torch.floor(x.detach().double() * (1 << self.host.x_frac[path]) + 0.5)
+        v = module.host_input(x.detach())   # the chip's input (the hook computes it again: BitNet layers only)
+        raw = torch.floor(v.double() * (1 << self.host.x_frac[path]) + 0.5)
         st.x_saturated += int(((raw > lim - 1) | (raw < -lim)).sum())
         return self._to_golden(path, module, x)
 

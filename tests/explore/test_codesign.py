@@ -152,7 +152,7 @@ def test_bad_spec_fails_on_load():
 
 
 @pytest.mark.parametrize("grid,message", [
-    ('scheme = ["bitnet"]', "scheme 'bitnet' has no hardware path"),
+    ('scheme = ["pb"]', "scheme 'pb' has no hardware path"),
     ('scheme = ["ternary"]\nact_bits = [1]', "scheme 'ternary' at act_bits = 1"),
 ])
 def test_cli_refused_point_exits_with_one_line_before_training(tmp_path, grid, message):

@@ -158,7 +158,37 @@ def test_fbi_export_alpha_beta_and_the_golden_bias(tmp_path):
         lin.validate()
 
 
-@pytest.mark.parametrize("scheme", ["bitnet", "pb"])
+def test_bitnet_exports_centred_signs_one_scale_and_the_host_runs_its_layernorm():
+    """BitNet: the chip's layer is a sign layer (E = 0, one scale mean|W|) whose signs are those of W - mean W, not
+    of W; the parameter-free LayerNorm runs on the host, so the golden model (host LN, then the chip's arithmetic)
+    follows the float layer, and dropping the host's LN (feeding x itself) gives other outputs."""
+    model = student(scheme="bitnet", act_bits=8)
+    with torch.no_grad():      # shift every latent weight so sign(W - mean W) and sign(W) differ
+        for _, m in model.binarized_linears():
+            m.weight.add_(0.01)
+    exp = export_model(model, "small")
+    cfg = preset_config("small")
+    for (_, m), lin in zip(model.binarized_linears(), exp.linears):
+        assert lin.scheme == "bitnet" and lin.experts == 0 and lin.weight_bits == 0
+        w = m.weight.detach()
+        np.testing.assert_array_equal(lin.signs, ((w - w.mean()) >= 0).numpy())
+        assert (lin.signs != (w >= 0).numpy()).any()
+        assert abs(lin.smul * 2.0 ** -lin.smul_exp - float(w.abs().mean())) <= 0.5 * 2.0 ** -lin.smul_exp
+    (_, m), lin = model.binarized_linears()[0], exp.linears[0]
+    x = torch.randn(1, 8, lin.d_in, generator=torch.Generator().manual_seed(3)) * 3 + 1.5   # offset and scale
+    want = m.binary_forward(x).detach()[0].to(torch.float64)
+    golden = GoldenModel(exp, cfg)
+    y = golden.host.linear_hook(golden.accelerator)(lin.name, m, x)[0].to(torch.float64)
+    # exactly the chip's sign-layer arithmetic on the host's LayerNorm of x
+    normed = torch.nn.functional.layer_norm(x[0], (lin.d_in,), eps=m.ln_eps)
+    chip = golden_linear(lin, golden.host.to_accelerator(normed, lin.name), cfg).to(torch.float64)
+    assert torch.equal(y, chip / 2 ** cfg.out_frac_bits)
+    assert (y - want).norm() < 0.1 * want.norm()            # as close to float as a sign layer's golden output
+    no_ln = golden_linear(lin, golden.host.to_accelerator(x[0], lin.name), cfg).to(torch.float64)
+    assert (no_ln / 2 ** cfg.out_frac_bits - want).norm() > 0.5 * want.norm()
+
+
+@pytest.mark.parametrize("scheme", ["pb"])
 def test_unsupported_schemes_name_layer_and_scheme(scheme):
     model = student(scheme=scheme)
     with pytest.raises(UnsupportedError, match=rf"layers\.0\.attn\.q_proj.*{scheme}"):
