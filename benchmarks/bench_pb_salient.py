@@ -3,7 +3,7 @@
 PB-LLM (Shang et al., "PB-LLM: Partially Binarized Large Language Models", arXiv:2310.00034, 2023) keeps a small
 fraction of salient weights in 8 bit and binarizes the rest. ``pb_salient = "weights"`` is the paper's unstructured
 set (the top ``pb_fraction`` of |W|: a sparse int8 correction on hardware); ``"channels"`` is a structured variant
-(the round(pb_fraction * d_in) input channels of largest L2 norm, every weight of them int8: a second, multi-bit
+(the round(pb_fraction * d_in) input channels of largest max |W|, every weight of them int8: a second, multi-bit
 weight pass over a subset of the K dimension). Both students start from the same float teacher's weights and are
 distilled exactly as in ``bench_schemes.py`` (same steps, batch, sequence length, learning rate, warm-up, data and
 seeds); only ``pb_salient`` differs. Reported per (fraction, variant): the weights really kept int8, validation
@@ -171,7 +171,7 @@ def render(rows, args, teacher_path, act_bits) -> str:
                 if per:
                     ratio += f" (per seed {', '.join(f'{p:.4f}' for p in per)})"
             label = {"weights": "weights (unstructured top-abs(W))",
-                     "channels": "channels (input channels, largest L2)"}[variant]
+                     "channels": "channels (input channels, largest max abs(W))"}[variant]
             lines.append(f"| {frac:g} | {label} | {100 * ref['salient_frac']:.2f}% | "
                          f"{init['ppl']:.1f} | {ppl} | {per_seed} | {rel} | {ratio} | "
                          f"{ref['linear_bytes'] / ref['linear_weights']:.4f} | {ref['packed_bytes']:,} |"

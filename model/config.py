@@ -29,7 +29,7 @@ class ModelConfig:
     act_bits: int | None = 8       # per-token activation bits of every binarized matmul; None or 16 = off (W1A16)
     pb_fraction: float = 0.1       # scheme "pb": fraction of weights (by magnitude) kept in 8 bit
     pb_salient: str = "weights"    # scheme "pb": one of PB_SALIENT: "weights" = the paper's unstructured top-|W| set,
-                                   # "channels" = round(pb_fraction * d_in) whole input channels (largest L2 norm)
+                                   # "channels" = round(pb_fraction * d_in) whole input channels (largest max|W|)
     tokenizer: str = "byte"        # "byte", "bpe:<name>" or "hf:<name>" (a non-byte tokenizer travels in the
                                    # checkpoint's metadata; see bitmos.model.data.tokenizer_for)
     # Fields for pretrained LLaMA-family checkpoints; their defaults mean the original bitmos model.

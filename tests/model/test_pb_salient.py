@@ -1,5 +1,5 @@
 """PB-LLM's two salient sets (``ModelConfig.pb_salient``): the paper's unstructured top-|W| weights ("weights", the
-default) and the structured variant, whole input channels of largest L2 norm ("channels")."""
+default) and the structured variant, whole input channels of largest infinity norm, max |W| ("channels")."""
 
 import json
 
@@ -41,9 +41,9 @@ def with_weight(w, fraction, salient):
 
 # ---- the structured mask -----------------------------------------------------------------------------------------
 
-def test_channels_are_the_largest_l2_columns_of_a_hand_made_weight():
+def test_channels_are_the_largest_max_abs_columns_of_a_hand_made_weight():
     # column L2 / L1 / Linf norms:  0: 3 / 3 / 3;  1: 3.67 / 9 / 1.5;  2: 2.83 / 4 / 2;  3: 0.6 / 0.6 / 0.1;
-    # 4: 1.22 / 3 / 0.5. L2 picks {0, 1} for k = 2 (L1 would pick {1, 2}, Linf {0, 2}).
+    # 4: 1.22 / 3 / 0.5. Linf picks {0, 2} for k = 2 (L2 would pick {0, 1}, L1 {1, 2}).
     w = torch.zeros(6, 5)
     w[0, 0] = -3.0
     w[:, 1] = torch.tensor([1.5, -1.5, 1.5, 1.5, -1.5, 1.5])
@@ -51,9 +51,9 @@ def test_channels_are_the_largest_l2_columns_of_a_hand_made_weight():
     w[:, 3] = 0.1
     w[:, 4] = -0.5
     m = with_weight(w, 0.4, "channels")   # round(0.4 * 5) = 2 columns
-    assert m.salient_channels().tolist() == [0, 1]
+    assert m.salient_channels().tolist() == [0, 2]
     expect = torch.zeros(6, 5, dtype=torch.bool)
-    expect[:, [0, 1]] = True
+    expect[:, [0, 2]] = True
     assert torch.equal(m.salient_mask(), expect)
 
 
@@ -65,7 +65,7 @@ def test_channels_mask_is_whole_columns_of_the_largest_norms_on_a_random_weight(
     cols = mask.any(0)
     assert torch.equal(mask, cols.expand_as(mask))       # every chosen column entirely, nothing else
     assert int(cols.sum()) == 8                           # round(0.2 * 40)
-    norms = [float(sum(float(v) ** 2 for v in w[:, j])) for j in range(40)]
+    norms = [max(abs(float(v)) for v in w[:, j]) for j in range(40)]
     top = sorted(range(40), key=lambda j: -norms[j])[:8]
     assert sorted(torch.nonzero(cols).flatten().tolist()) == sorted(top)
     # the unstructured set of the same fraction is a different set of weights (so the option is really used)
@@ -83,8 +83,8 @@ def test_channel_count(d_in, fraction, k):
 
 
 def test_equal_norms_go_to_the_lower_index():
-    w = torch.tensor([[1.0, 0.0, -1.0, 0.0, 0.5],
-                      [0.0, 1.0, 0.0, -1.0, 0.5]])   # columns 0-3 have norm 1, column 4 norm 0.71
+    w = torch.tensor([[1.0, 0.5, -1.0, 0.0, 0.5],
+                      [0.0, 1.0, 0.0, -1.0, 0.5]])   # columns 0-3 have max |W| 1, column 4 0.5
     m = with_weight(w, 0.4, "channels")               # 2 of the 4 tied columns
     assert m.salient_channels().tolist() == [0, 1]
     w2 = w[:, [3, 2, 1, 0, 4]]
@@ -96,7 +96,7 @@ def test_channels_forward_matches_the_formula(bits):
     torch.manual_seed(1)
     m = PBLinear(32, 12, bits, fraction=0.125, salient="channels")
     w = m.weight.detach()
-    cols = sorted(range(32), key=lambda j: -float((w[:, j] ** 2).sum()))[:4]
+    cols = sorted(range(32), key=lambda j: -float(w[:, j].abs().max()))[:4]
     mask = torch.zeros(12, 32, dtype=torch.bool)
     mask[:, cols] = True
     x = torch.randn(3, 5, 32)
@@ -160,7 +160,7 @@ def test_config_validates_pb_salient_in_one_line():
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
 
 def _near_tie(model):
-    """Give the first linear two columns whose L2 order float32 sees and bfloat16 rounding erases (1.002 vs 1.001
+    """Give the first linear two columns whose max |W| order float32 sees and bfloat16 rounding erases (1.002 vs 1.001
     both round to 1.0 in bfloat16; every other column is made small), so a bf16 latent weight would pick column 0."""
     _, lin = next(iter(model.binarized_linears()))
     with torch.no_grad():
