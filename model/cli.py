@@ -84,7 +84,8 @@ def cmd_train(args) -> int:
     _threads(args)
     config = ModelConfig(vocab_size=args.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
                          hidden_dim=args.hidden_dim, max_seq_len=args.max_seq_len, scheme=args.scheme,
-                         experts=args.experts, act_bits=args.act_bits, pb_fraction=args.pb_fraction)
+                         experts=args.experts, act_bits=args.act_bits, pb_fraction=args.pb_fraction,
+                         pb_salient=args.pb_salient)
     return _report(train(config, _train_args(args), resume=args.resume), args)
 
 
@@ -129,7 +130,7 @@ def cmd_distill(args) -> int:
         raise BitmosUserError("distill needs --teacher CHECKPOINT or --hf-teacher DIR")
     teacher = _load_teacher(args)
     config = teacher.config.replace(scheme=args.scheme, experts=args.experts, act_bits=args.act_bits,
-                                    pb_fraction=args.pb_fraction)
+                                    pb_fraction=args.pb_fraction, pb_salient=args.pb_salient)
     targs = _train_args(args, teacher=args.teacher or args.hf_teacher, from_teacher=not args.from_scratch,
                         gt_weight=args.gt_weight, hidden_weight=args.hidden_weight, train_only=args.train)
     given = _given_tokenizer(args)
@@ -242,7 +243,7 @@ def _model_source_args(p):
 
 
 def add_commands(subparsers) -> None:
-    from bitmos.model.config import SCHEMES
+    from bitmos.model.config import PB_SALIENT, SCHEMES
 
     p = subparsers.add_parser("train", help="train a model (the float teacher, or a binarized model from scratch)")
     p.add_argument("--vocab-size", type=positive_int, default=256)
@@ -255,6 +256,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--act-bits", type=_act_bits, default=8)
     p.add_argument("--pb-fraction", type=float_in(0, 1), default=0.1)
+    p.add_argument("--pb-salient", choices=PB_SALIENT, default="weights",
+                   help="pb: 'weights' = the top-|W| weights (PB-LLM's set), 'channels' = whole input channels")
     _common_train(p)
     p.set_defaults(func=cmd_train)
 
@@ -268,6 +271,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--act-bits", type=_act_bits, default=8)
     p.add_argument("--pb-fraction", type=float_in(0, 1), default=0.1)
+    p.add_argument("--pb-salient", choices=PB_SALIENT, default="weights",
+                   help="pb: 'weights' = the top-|W| weights (PB-LLM's set), 'channels' = whole input channels")
     p.add_argument("--from-scratch", action="store_true", help="random student instead of the teacher's weights")
     p.add_argument("--gt-weight", type=float_in(0, 1), default=0.0, help="weight of the ground-truth CE (0..1)")
     p.add_argument("--hidden-weight", type=float_in(0), default=0.0, help="weight of sum of per-layer hidden MSE")

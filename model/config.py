@@ -10,6 +10,8 @@ from bitmos.errors import ConfigError
 # "float" is the teacher (plain nn.Linear); every other scheme binarizes (ternary: ternarizes) the seven linears of
 # each decoder block.
 SCHEMES = ("float", "sign", "fbi", "onebit", "bitnet", "pb", "mos", "ternary")
+#: how scheme "pb" picks its int8 (salient) weights; see bitmos.model.binarize.PBLinear
+PB_SALIENT = ("weights", "channels")
 
 
 @dataclass
@@ -26,6 +28,8 @@ class ModelConfig:
     experts: int = 4               # scale experts per linear (scheme "mos"); E=1 means no router
     act_bits: int | None = 8       # per-token activation bits of every binarized matmul; None or 16 = off (W1A16)
     pb_fraction: float = 0.1       # scheme "pb": fraction of weights (by magnitude) kept in 8 bit
+    pb_salient: str = "weights"    # scheme "pb": one of PB_SALIENT: "weights" = the paper's unstructured top-|W| set,
+                                   # "channels" = round(pb_fraction * d_in) whole input channels (largest max|W|)
     tokenizer: str = "byte"        # "byte", "bpe:<name>" or "hf:<name>" (a non-byte tokenizer travels in the
                                    # checkpoint's metadata; see bitmos.model.data.tokenizer_for)
     # Fields for pretrained LLaMA-family checkpoints; their defaults mean the original bitmos model.
@@ -65,6 +69,7 @@ class ModelConfig:
             self.act_bits = None  # 16 means unquantized (W1A16), stored canonically as None
         need(isinstance(self.pb_fraction, (int, float)) and 0.0 <= self.pb_fraction < 1.0,
              "pb_fraction", "must be in [0, 1)")
+        need(self.pb_salient in PB_SALIENT, "pb_salient", f"must be one of {PB_SALIENT}")
         need(isinstance(self.tokenizer, str) and (self.tokenizer == "byte" or self.tokenizer.startswith(("bpe:", "hf:"))),
              "tokenizer", "must be 'byte', 'bpe:<name>' or 'hf:<name>'")
 
