@@ -89,7 +89,8 @@ def render(rows: list[dict], teacher_ppl: float, args) -> str:
     for r in rows:
         q = f"{r['ppl']:.3f} | {r['ppl'] / teacher_ppl:.3f}" if "ppl" in r else "(table above) |"
         packed = f"{r['packed_bytes']:,}" if "packed_bytes" in r else ""
-        wfmt = {"ternary": "ternary (2 planes)", "pb": "sign + int8 salient"}.get(r["scheme"], "sign")
+        wfmt = {"ternary": "ternary (2 planes)", "pb": "sign + int8 salient",
+                "bitnet": "sign of W - mean W (LayerNorm on the host)"}.get(r["scheme"], "sign")
         if "reason" in r:
             lines.append(f"| {r['run']} | {wfmt} | {packed} | {q} | no hardware path: {r['reason']} | | | | | | |")
             continue
@@ -108,7 +109,7 @@ def render(rows: list[dict], teacher_ppl: float, args) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--students", default="runs/bench", help="bench_schemes.py --work folder")
-    ap.add_argument("--runs", default="sign,onebit,mos1,mos2,mos4,mos8,ternary,fbi",
+    ap.add_argument("--runs", default="sign,onebit,mos1,mos2,mos4,mos8,ternary,fbi,bitnet",
                     help="runs to take from it, those present (default: every on-chip scheme of bench_schemes.py)")
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1)

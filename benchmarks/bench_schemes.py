@@ -108,7 +108,9 @@ def render(rows, args, teacher_path, act_bits) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = r["ppl"] / t_ppl
-        vs = "" if r["run"] == "teacher" else f"{100 * (best_single - r['ppl']) / best_single:+.2f}%"
+        # no single-scale run in this table (--only mos4): nothing to compare with, the cell stays empty
+        vs = ("" if r["run"] == "teacher" or not single
+              else f"{100 * (best_single - r['ppl']) / best_single:+.2f}%")
         lines.append(f"| {r['run']} | {r['experts']} | {r['params']:,} | {r['packed_bytes']:,} | {r['ppl']:.3f} | "
                      f"{rel:.3f} | {vs} | {r['acc']:.4f} | {r['seconds']:.0f} |")
     lines.append("")
