@@ -14,6 +14,31 @@ SCHEMES = ("float", "sign", "fbi", "onebit", "bitnet", "pb", "mos", "ternary")
 PB_SALIENT = ("weights", "channels")
 
 
+#: RoPE scaling types and the parameters each one needs (Hugging Face ``rope_scaling`` / ``rope_parameters``)
+ROPE_SCALING = {"linear": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def _rope_scaling(d) -> dict:
+    """``rope_scaling`` checked and reduced to its type and that type's parameters (ConfigError otherwise)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"ModelConfig.rope_scaling must be a dict or None, got {d!r}")
+    kind = d.get("rope_type", d.get("type"))
+    if kind not in ROPE_SCALING:
+        raise ConfigError(f"ModelConfig.rope_scaling: RoPE scaling {kind!r} is not supported "
+                          f"(supported: {', '.join(ROPE_SCALING)})")
+    out: dict = {"rope_type": kind}
+    for key in ROPE_SCALING[kind]:
+        v = d.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"ModelConfig.rope_scaling: {kind} needs a positive number {key!r}, got {v!r}")
+        out[key] = float(v) if key != "original_max_position_embeddings" else int(v)
+    if kind == "llama3" and not out["high_freq_factor"] > out["low_freq_factor"]:
+        raise ConfigError("ModelConfig.rope_scaling: llama3 needs high_freq_factor > low_freq_factor, got "
+                          f"{out['high_freq_factor']} and {out['low_freq_factor']}")
+    return out
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 256          # byte-level tokenizer by default
@@ -36,6 +61,10 @@ class ModelConfig:
     n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None = n_heads
     head_dim: int | None = None    # width of one head; None = dim // n_heads
     tie_embeddings: bool = False   # lm_head.weight IS tok_embeddings.weight (one tensor, stored once)
+    attn_bias: bool = False        # float biases after q/k/v_proj (Qwen2), added on the host like the norms
+    rope_scaling: dict | None = None   # None = plain RoPE; {"rope_type": "linear", "factor": f} or Llama 3's
+                                       # {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+                                       #  "original_max_position_embeddings"} (see transformer.rope_tables)
 
     def __post_init__(self):
         def need(ok, field, why):
@@ -57,6 +86,9 @@ class ModelConfig:
         need(isinstance(self.head_dim, int) and not isinstance(self.head_dim, bool) and self.head_dim >= 2
              and self.head_dim % 2 == 0, "head_dim", "must be an even int >= 2 (rotary pairs) or None")
         need(isinstance(self.tie_embeddings, bool), "tie_embeddings", "must be a bool")
+        need(isinstance(self.attn_bias, bool), "attn_bias", "must be a bool")
+        if self.rope_scaling is not None:
+            self.rope_scaling = _rope_scaling(self.rope_scaling)
         need(isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0, "norm_eps", "must be > 0")
         need(isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0, "rope_theta", "must be > 0")
         need(self.scheme in SCHEMES, "scheme", f"must be one of {SCHEMES}")

@@ -32,15 +32,24 @@ def _get(cfg, key, default=None):
     return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
 
 
-def _rope_theta(cfg) -> float:
+def _rope(cfg) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling) of a Hugging Face config: plain RoPE, linear or Llama 3 scaling; any other
+    scaling (dynamic NTK, YaRN, LongRoPE) is refused in one line."""
+    from bitmos.model.config import ROPE_SCALING
     theta = _get(cfg, "rope_theta")
     params = _get(cfg, "rope_parameters") or _get(cfg, "rope_scaling") or {}
     if theta is None:
         theta = params.get("rope_theta", 10000.0)
     rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise UnsupportedError(f"Hugging Face model with RoPE scaling {rope_type!r}: only default RoPE is supported")
-    return float(theta)
+    if rope_type in ("default", None):
+        return float(theta), None
+    if rope_type not in ROPE_SCALING:
+        raise UnsupportedError(f"Hugging Face model with RoPE scaling {rope_type!r}: supported are default RoPE and "
+                               f"{', '.join(ROPE_SCALING)} scaling")
+    scaling = dict(params)
+    if rope_type == "llama3" and "original_max_position_embeddings" not in scaling:
+        scaling["original_max_position_embeddings"] = _get(cfg, "max_position_embeddings")
+    return float(theta), {"rope_type": rope_type, **{k: scaling.get(k) for k in ROPE_SCALING[rope_type]}}
 
 
 def config_from_hf(cfg, tokenizer: str = "byte", max_seq_len: int | None = None) -> ModelConfig:
@@ -54,8 +63,11 @@ def config_from_hf(cfg, tokenizer: str = "byte", max_seq_len: int | None = None)
     act = _get(cfg, "hidden_act", "silu")
     if act != "silu":
         raise UnsupportedError(f"Hugging Face model with hidden_act {act!r} (only silu)")
+    # Qwen2 always has q/k/v biases (no config flag); LLaMA's attention_bias would bias o_proj too
     if _get(cfg, "attention_bias", False) or _get(cfg, "mlp_bias", False):
-        raise UnsupportedError("Hugging Face model with attention or MLP biases (bitmos linears have none)")
+        raise UnsupportedError("Hugging Face model with o_proj or MLP biases (bitmos keeps float biases after "
+                               "q/k/v_proj only, as Qwen2 has them)")
+    theta, scaling = _rope(cfg)
     seq = int(_get(cfg, "max_position_embeddings", 2048))
     window = _get(cfg, "sliding_window")
     if window and (_get(cfg, "use_sliding_window", mt == "mistral")) and window < seq:
@@ -66,17 +78,19 @@ def config_from_hf(cfg, tokenizer: str = "byte", max_seq_len: int | None = None)
                        n_layers=_get(cfg, "num_hidden_layers"), n_heads=heads, n_kv_heads=kv,
                        head_dim=_get(cfg, "head_dim") or None, hidden_dim=_get(cfg, "intermediate_size"),
                        max_seq_len=seq, norm_eps=float(_get(cfg, "rms_norm_eps", 1e-6)),
-                       rope_theta=_rope_theta(cfg), tie_embeddings=bool(_get(cfg, "tie_word_embeddings", False)),
+                       rope_theta=theta, rope_scaling=scaling, attn_bias=mt == "qwen2",
+                       tie_embeddings=bool(_get(cfg, "tie_word_embeddings", False)),
                        tokenizer=tokenizer, scheme="float")
 
 
 @torch.no_grad()
 def model_from_state_dict(config: ModelConfig, sd: dict[str, torch.Tensor], source: str = "model") -> Transformer:
     """A float Transformer from Hugging Face state-dict names (``model.layers.<i>.self_attn.q_proj.weight``...)."""
-    biases = sorted(k for k in sd if k.endswith(".bias"))
+    qkv = tuple(f"self_attn.{p}_proj.bias" for p in "qkv") if config.attn_bias else ()
+    biases = sorted(k for k in sd if k.endswith(".bias") and not k.endswith(qkv))
     if biases:
-        raise UnsupportedError(f"{source} has bias tensors (e.g. {biases[0]}, {len(biases)} in all); "
-                               "bitmos linears have none")
+        raise UnsupportedError(f"{source} has bias tensors (e.g. {biases[0]}, {len(biases)} in all); bitmos keeps "
+                               "float biases after q/k/v_proj only (Qwen2)")
     model = Transformer(config)
 
     def take(key, into):
@@ -98,6 +112,9 @@ def model_from_state_dict(config: ModelConfig, sd: dict[str, torch.Tensor], sour
         take(pre + "post_attention_layernorm.weight", block.mlp_norm.weight)
         for name in LINEAR_NAMES:
             take(pre + _HF_LINEAR[name] + ".weight", block.get_submodule(name).weight)
+        if config.attn_bias:
+            for p in "qkv":
+                take(pre + f"self_attn.{p}_proj.bias", getattr(block.attn, f"{p}_bias"))
     model.eval()
     return model
 

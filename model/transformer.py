@@ -10,6 +10,7 @@ Names and the rotary convention (rotate-half) match Hugging Face ``LlamaForCausa
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn as nn
@@ -33,10 +34,30 @@ class RMSNorm(nn.Module):
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (max_seq_len, head_dim) in the rotate-half layout of Hugging Face LLaMA."""
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Rotary inverse frequencies (head_dim/2,): theta^(-2i/hd), scaled as ``config.rope_scaling`` says -- linear
+    position interpolation (all divided by the factor) or Llama 3's (Meta, "The Llama 3 Herd of Models", 2024):
+    long wavelengths divided by the factor, short ones kept, the band between interpolated smoothly."""
     hd = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))   # (hd/2,)
+    sc = config.rope_scaling
+    if sc is None:
+        return inv_freq
+    factor = sc["factor"]
+    if sc["rope_type"] == "linear":
+        return inv_freq / factor
+    old_len, low, high = sc["original_max_position_embeddings"], sc["low_freq_factor"], sc["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (max_seq_len, head_dim) in the rotate-half layout of Hugging Face LLaMA."""
+    inv_freq = rope_inv_freq(config)                                     # (hd/2,)
     t = torch.arange(config.max_seq_len, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)                                     # (T, hd/2)
     emb = torch.cat([freqs, freqs], dim=-1)                              # (T, hd)
@@ -61,12 +82,20 @@ class Attention(nn.Module):
         self.k_proj = make_linear(config, d, hkv)
         self.v_proj = make_linear(config, d, hkv)
         self.o_proj = make_linear(config, hq, d)
+        # Qwen2's q/k/v biases: float, outside the (binarized) linears, so the host adds them after the chip's output
+        self.q_bias = nn.Parameter(torch.zeros(hq)) if config.attn_bias else None
+        self.k_bias = nn.Parameter(torch.zeros(hkv)) if config.attn_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(hkv)) if config.attn_bias else None
+
+    @staticmethod
+    def _biased(y, bias):
+        return y if bias is None else y + bias
 
     def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, hd)
+        q = self._biased(self.q_proj(x), self.q_bias).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self._biased(self.k_proj(x), self.k_bias).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self._biased(self.v_proj(x), self.v_bias).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)                                             # (B, Hkv, Tk, hd)
@@ -231,7 +260,7 @@ class Transformer(nn.Module):
         """Copy embeddings, norms and head, and init every block linear from the teacher's float weight."""
         tc, sc = teacher.config, self.config
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim",
-                  "tie_embeddings", "tokenizer"):
+                  "tie_embeddings", "tokenizer", "attn_bias", "rope_scaling"):
             assert getattr(tc, f) == getattr(sc, f), f"teacher {f}={getattr(tc, f)} != student {getattr(sc, f)}"
         with torch.no_grad():
             self.tok_embeddings.weight.copy_(teacher.tok_embeddings.weight)
@@ -241,6 +270,9 @@ class Transformer(nn.Module):
             for i in range(sc.n_layers):
                 self.layers[i].attn_norm.weight.copy_(teacher.layers[i].attn_norm.weight)
                 self.layers[i].mlp_norm.weight.copy_(teacher.layers[i].mlp_norm.weight)
+                for b in ("q_bias", "k_bias", "v_bias"):
+                    if getattr(self.layers[i].attn, b) is not None:
+                        getattr(self.layers[i].attn, b).copy_(getattr(teacher.layers[i].attn, b))
             for (path, m), (_, t) in zip(self.block_linears(), teacher.block_linears()):
                 if isinstance(m, BinarizedLinear):
                     m.init_from_weight(t.weight.detach())

@@ -94,3 +94,22 @@ def test_a_chip_too_small_for_the_model_is_refused_up_front_naming_the_presets(t
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert "SBUF has 256" in err[0] and err[0].endswith("the presets that hold every layer of this model: asic32, medium")
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_of_a_binarized_qwen2_with_llama3_rope_matches_golden(tmp_path, capsys):
+    """Qwen2's q/k/v biases stay float on the host (added after the chip's output) and a Llama 3 RoPE table is
+    the host's too: the demo still matches the golden model bit for bit."""
+    folder = tmp_path / "qwen2"
+    tok = make_tokenizer()
+    cfg = transformers.Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=48,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=64, tie_word_embeddings=True,
+                                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+    capsys.readouterr()
+    assert main(["demo", "--checkpoint", str(folder), "--scheme", "mos", "--tokens", "3",
+                 "--out", str(tmp_path / "d"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["matches_golden"] and rep["layer_runs"] == 14 * 3

@@ -44,12 +44,12 @@ def test_save_and_load_local_directory(tmp_path):
         assert torch.allclose(ours(idx)[0], hf(idx).logits, atol=1e-4)
 
 
-def test_grouped_query_attention_supported_rope_scaling_refused():
+def test_grouped_query_attention_supported_dynamic_rope_scaling_refused():
     c = config_from_hf(transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2))
     assert (c.n_heads, c.n_kv_heads, c.head_dim) == (4, 2, 8)
-    with pytest.raises(UnsupportedError, match="RoPE scaling 'linear'"):
+    with pytest.raises(UnsupportedError, match="RoPE scaling 'dynamic'"):
         config_from_hf({"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 64,
                         "num_hidden_layers": 1, "intermediate_size": 64,
-                        "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
+                        "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
     with pytest.raises(UnsupportedError, match="model_type 'gemma'"):
         config_from_hf({"model_type": "gemma"})

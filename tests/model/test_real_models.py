@@ -316,12 +316,78 @@ def test_sharded_folder_and_mistral_qwen2_configs(hf_folder, tmp_path):
     assert (c.n_kv_heads, c.head_dim, c.max_seq_len, c.rope_theta) == (2, 8, 1024, 1e6)
     assert config_from_hf(dict(base, model_type="qwen2", sliding_window=1024, use_sliding_window=False,
                                tie_word_embeddings=True)).tie_embeddings
-    # a real Qwen2 checkpoint carries q/k/v biases: refused by name, not silently dropped
+    # a Qwen2 checkpoint carries q/k/v biases (kept, on the host); any other bias is refused by name, not dropped
+    from bitmos.model.hf import model_from_state_dict
     q = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         vocab_size=hf.config.vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
     qdir = tmp_path / "qwen2"
     q.save_pretrained(qdir)
     (qdir / "tokenizer.json").write_text((folder / "tokenizer.json").read_text())
-    with pytest.raises(UnsupportedError, match=r"bias tensors \(e.g. model.layers.0.self_attn.k_proj.bias, 3 in all\)"):
-        load_hf_llama(qdir)
+    assert load_hf_llama(qdir).config.attn_bias
+    sd = {k: v.detach() for k, v in q.state_dict().items()}
+    sd["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(32)
+    with pytest.raises(UnsupportedError, match=r"bias tensors \(e.g. model.layers.0.self_attn.o_proj.bias, 1 in all\)"):
+        model_from_state_dict(config_from_hf(q.config), sd, "q")
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama3", "linear"])
+def test_qwen2_biases_and_scaled_rope_match_transformers(kind, tmp_path):
+    """Qwen2 (float q/k/v biases, kept on the host) and LLaMA with Llama 3 or linear RoPE scaling load from a
+    folder with the logits of transformers; without the biases or the scaling they would differ."""
+    from bitmos.model.config import ModelConfig
+    from bitmos.model.transformer import Transformer
+    tok = make_tokenizer()
+    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+    if kind == "qwen2":
+        hf_cfg, cls = transformers.Qwen2Config(**common), transformers.Qwen2ForCausalLM
+    else:
+        scaling = ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 16} if kind == "llama3" else {"rope_type": "linear", "factor": 4.0})
+        hf_cfg, cls = transformers.LlamaConfig(rope_theta=500000.0, rope_scaling=scaling, **common), \
+            transformers.LlamaForCausalLM
+    torch.manual_seed(0)
+    hf = cls(hf_cfg).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if n.endswith(".bias"):
+                p.normal_(0, 0.5)
+    hf.save_pretrained(tmp_path)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model = load_hf_llama(tmp_path)
+    assert model.config.attn_bias == (kind == "qwen2")
+    assert (model.config.rope_scaling or {}).get("rope_type") == (None if kind == "qwen2" else kind)
+    idx = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = hf(idx).logits
+        got, _ = model(idx)
+        assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+        # the same weights without the biases / the scaling: other logits (so the test sees both)
+        plain = Transformer(model.config.replace(attn_bias=False, rope_scaling=None))
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("_bias")})
+        assert not torch.allclose(plain(idx)[0], ref, atol=1e-3)
+    # a binarized student keeps the biases on the host: the checkpoint and the export carry them
+    student = make_student(model, "onebit").eval()
+    if kind == "qwen2":
+        assert torch.equal(student.layers[1].attn.k_bias, model.layers[1].attn.k_bias)
+    path = tmp_path / "s.safetensors"
+    save_checkpoint(path, student, tokenizer=model.tokenizer)
+    back, _ = load_checkpoint(path)
+    assert back.config == student.config
+    with torch.no_grad():
+        assert torch.equal(back(idx)[0], student(idx)[0])
+
+
+def test_unsupported_rope_scaling_and_o_proj_bias_are_one_line():
+    from bitmos.errors import UnsupportedError
+    from bitmos.model.hf import config_from_hf
+    base = {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 64,
+            "num_hidden_layers": 1, "intermediate_size": 64}
+    with pytest.raises(UnsupportedError, match="RoPE scaling 'yarn'"):
+        config_from_hf({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(UnsupportedError, match="o_proj or MLP biases"):
+        config_from_hf({**base, "attention_bias": True})
+    with pytest.raises(Exception, match="llama3 needs a positive number 'low_freq_factor'"):
+        ModelConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 16})
