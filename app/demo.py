@@ -81,9 +81,10 @@ class SimulatedAccelerator:
         return torch.from_numpy(y.astype(np.int64))
 
 
-def presets_holding(export) -> list[str]:
+def presets_running(export) -> list[str]:
     """The presets on which every layer of ``export`` compiles for one token, each at the preset's activation bits
-    (a float model binarized on the way in takes its chip's)."""
+    (a float model binarized on the way in takes its chip's). The real layers, with their expert count, weight
+    format and bias; ``bitmos.explore.perf.presets_holding`` is the estimator's answer for synthetic shapes."""
     import dataclasses
 
     from bitmos.compiler import compile_linear
@@ -116,7 +117,7 @@ def compile_one_token(export, cfg: AcceleratorConfig) -> dict[tuple[str, int], A
         try:
             out[(lin.name, 1)] = compile_linear(lin, cfg, 1)
         except UnsupportedError as exc:
-            holding = presets_holding(export)
+            holding = presets_running(export)
             hint = (f"; the presets that hold every layer of this model: {', '.join(holding)}" if holding
                     else "; no preset holds every layer of this model")
             raise UnsupportedError(f"{exc}{hint}", field=exc.field) from None

@@ -167,7 +167,8 @@ def cmd_verify(args) -> int:
     import sys
     rep = run_verify(checkpoint=args.checkpoint, config=args.config, prompt=args.prompt, tokens=args.tokens,
                      layers=args.layers, sim=args.sim, workdir=args.workdir, waves=args.waves, mode=args.bench,
-                     calibrate=args.calibrate, scheme=args.scheme, experts=args.experts, progress=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+                     calibrate=args.calibrate, scheme=args.scheme, experts=args.experts,
+                     progress=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
     print(json.dumps(rep, indent=2) if args.json else _fmt_verify(rep), end="" if not args.json else "\n")
     return 0 if rep["passed"] else 1
 
