@@ -1,0 +1,108 @@
+"""Decode and prefill against their physical bounds (issue #21), each figure beside its bound, in one run.
+
+For each case, the estimator's timing-only run of the compiled programs (``bitmos.explore.perf.estimate``, the
+same as ``bitmos estimate``): LLaMA-2-7B shapes on ``asic32`` and the shipped student's shape on ``small``.
+
+* decode tokens/s against the memory bound: the external bandwidth over the weight bytes one decode token reads
+  (every weight once per token; the estimator's ``decode_bound_tokens_per_s``). Goal >= 0.97.
+* decode energy per token against the DRAM floor: the weight bits a token reads, read once at the energy table's
+  DRAM read energy (``dram.read_pj_per_bit``), nothing else. Goal <= 1.2 x.
+* prefill array utilization (useful binary ops over the array's peak in the prefill's cycles) against 1.
+  Goal >= 0.90.
+
+The bounds count weights only: the scale, router and activation traffic a token also moves is part of the gap
+this benchmark shows, not of the bound. Exit code 0 whatever the ratios: a measurement, not a test.
+
+    python benchmarks/bench_roofline.py
+    python benchmarks/bench_roofline.py --prefill 2048 --decode 128 --json roofline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+GOALS = {"decode_vs_bound": 0.97, "energy_vs_floor": 1.2, "prefill_utilization": 0.90}
+
+
+def shipped_student_shape() -> dict:
+    """The shipped student's shape (its checkpoint header's model config), for the estimator."""
+    from bitmos.model.checkpoint import load_shipped
+
+    model, _ = load_shipped("student")
+    c = model.config
+    return {"name": "shipped student", "dim": c.dim, "hidden_dim": c.hidden_dim, "n_layers": c.n_layers,
+            "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim}
+
+
+def measure(shape, config: str, prefill: int, decode: int) -> dict:
+    from bitmos.config import AcceleratorConfig
+    from bitmos.explore.perf import estimate
+    from bitmos.sim.energy import EnergyTable
+
+    cfg = AcceleratorConfig.load(config)
+    est = estimate(shape, cfg, prefill=prefill, decode=decode)
+    table = EnergyTable.load(est["energy_table"])
+    dec, pre = est["decode"], est["prefill"]
+    weight_bits = est["model"]["weight_bits"]
+    floor_j = weight_bits * table["dram.read_pj_per_bit"] * 1e-12
+    bw = cfg.ext_bw_bits / 8 * cfg.clock_mhz * 1e6
+    return {
+        "model": est["model"]["name"], "config": cfg.name, "energy_table": table.name,
+        "prefill_tokens": prefill, "decode_tokens": decode,
+        "weight_bytes": weight_bits / 8, "bandwidth_bytes_per_s": bw,
+        "decode_tokens_per_s": dec["tokens_per_s"], "decode_bound_tokens_per_s": est["decode_bound_tokens_per_s"],
+        "decode_mj_per_token": 1e3 * dec["energy_per_token_j"], "dram_floor_mj_per_token": 1e3 * floor_j,
+        "dram_read_pj_per_bit": table["dram.read_pj_per_bit"],
+        "decode_ext_bytes_per_token": dec["ext_bytes_read"] / max(1, decode),
+        "prefill_utilization": pre["array_utilization"],
+        "prefill_tokens_per_s": pre["tokens_per_s"],
+    }
+
+
+def render(rows: list[dict]) -> str:
+    lines = ["| model on config | decode tok/s | bound | ratio (goal >= 0.97) | decode mJ/token | DRAM floor | "
+             "ratio (goal <= 1.2) | prefill array utilization (goal >= 0.90) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} on {r['config']} | {r['decode_tokens_per_s']:,.1f} | {r['decode_bound_tokens_per_s']:,.1f} "
+            f"| {r['decode_tokens_per_s'] / r['decode_bound_tokens_per_s']:.3f} | {r['decode_mj_per_token']:.4g} | "
+            f"{r['dram_floor_mj_per_token']:.4g} | {r['decode_mj_per_token'] / r['dram_floor_mj_per_token']:.2f} | "
+            f"{r['prefill_utilization']:.3f} ({r['prefill_tokens']} tokens) |")
+    lines.append("")
+    for r in rows:
+        lines.append(
+            f"{r['model']} on {r['config']}: decode bound = bandwidth / weight bytes per token = "
+            f"{r['bandwidth_bytes_per_s'] / 1e9:.4g} GB/s / {r['weight_bytes'] / 1e6:.4g} MB = "
+            f"{r['decode_bound_tokens_per_s']:,.1f} tokens/s (a token reads {r['decode_ext_bytes_per_token'] / 1e6:.4g} "
+            f"MB: weights plus scales, router and activations); DRAM floor = weight bits x "
+            f"{r['dram_read_pj_per_bit']} pJ/bit ({r['energy_table']}) = {r['dram_floor_mj_per_token']:.4g} mJ/token.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prefill", type=int, default=2048, help="prefill tokens of the LLaMA-2-7B case (default 2048)")
+    ap.add_argument("--decode", type=int, default=128, help="decode tokens of every case (default 128)")
+    ap.add_argument("--student-prefill", type=int, default=256,
+                    help="prefill tokens of the shipped student's case (default 256, its context)")
+    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    from bitmos.errors import BitmosUserError
+    try:
+        rows = [measure("llama-2-7b", "asic32", args.prefill, args.decode),
+                measure(shipped_student_shape(), "small", args.student_prefill, args.decode)]
+    except BitmosUserError as exc:
+        print(f"bench_roofline: error: {exc}", file=sys.stderr)
+        return 2
+    print(render(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

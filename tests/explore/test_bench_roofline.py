@@ -1,0 +1,39 @@
+"""benchmarks/bench_roofline.py: each figure against a bound derived independently here (bandwidth over the weight
+bytes a token reads; weight bits at the table's DRAM read energy), and its ratio as printed."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_roofline", ROOT / "benchmarks" / "bench_roofline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bounds_and_ratios_of_llama7b_and_the_student(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert _bench().main(["--prefill", "64", "--decode", "2", "--student-prefill", "16", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["config"]) for r in rows] == [("llama-2-7b", "asic32"), ("shipped student", "small")]
+    for r in rows:
+        # LLaMA-2-7B: 32 layers of 4 x 4096^2 + 3 x 4096 x 11008 sign weights, one bit each
+        if r["model"] == "llama-2-7b":
+            assert r["weight_bytes"] == 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008) / 8
+            assert r["bandwidth_bytes_per_s"] == 1024 / 8 * 1e9
+            assert r["dram_read_pj_per_bit"] == 3.9
+        assert abs(r["decode_bound_tokens_per_s"] - r["bandwidth_bytes_per_s"] / r["weight_bytes"]) < 1e-6 * r[
+            "decode_bound_tokens_per_s"]
+        assert abs(r["dram_floor_mj_per_token"] - r["weight_bytes"] * 8 * r["dram_read_pj_per_bit"] * 1e-9) < 1e-9
+        # below the bound and above the floor: a token reads more than its weights and spends more than DRAM
+        assert 0 < r["decode_tokens_per_s"] < r["decode_bound_tokens_per_s"]
+        assert r["decode_mj_per_token"] > r["dram_floor_mj_per_token"]
+        assert r["decode_ext_bytes_per_token"] > r["weight_bytes"]
+        assert 0 < r["prefill_utilization"] <= 1
+        ratio = f"{r['decode_tokens_per_s'] / r['decode_bound_tokens_per_s']:.3f}"
+        assert f"| {r['model']} on {r['config']} | " in printed and ratio in printed
