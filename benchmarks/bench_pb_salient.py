@@ -29,7 +29,10 @@ from bitmos.model.binarize import packed_bytes
 from bitmos.model.checkpoint import load_checkpoint, shipped_path
 from bitmos.model.data import encode_corpus, get_tokenizer, load_corpus
 from bitmos.model.distill import make_student
-from bitmos.model.train import TrainArgs, evaluate, train
+from bitmos.model.train import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_schemes import add_recipe_arguments, distill  # noqa: E402  (the scheme table's recipe, one definition)
 
 VARIANTS = ("weights", "channels")
 MARKER = "bench_pb_salient"
@@ -47,15 +50,9 @@ def linear_stats(model) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--act-bits", default="8", help="1..15 or off")
+    add_recipe_arguments(ap)
     ap.add_argument("--fractions", default="0.1,0.05", help="comma list of pb_fraction values")
     ap.add_argument("--seeds", default="1337,1338", help="comma list of training seeds (1337 = bench_schemes')")
-    ap.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the whole split)")
     ap.add_argument("--work", default="runs/bench_pb", help="folder for the students' checkpoints")
     ap.add_argument("--doc", default="docs/model.md", help="markdown file to update between the "
                     f"<!-- {MARKER}:begin/end --> markers ('' = do not write)")
@@ -96,18 +93,12 @@ def main(argv=None) -> int:
             for variant in VARIANTS:
                 name = f"pb-{variant}-{frac}-s{seed}"
                 student = make_student(teacher, "pb", act_bits=act_bits, pb_fraction=frac, pb_salient=variant)
-                targs = TrainArgs(out=f"{args.work}/{name}.safetensors", steps=args.steps,
-                                  batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                                  warmup=max(1, args.steps // 20), seed=seed, eval_interval=0, ckpt_interval=0,
-                                  eval_tokens=args.eval_tokens or 10**9, teacher=str(teacher_path), progress=False)
-                t0 = time.time()
-                torch.manual_seed(seed)
-                res = train(student.config, targs, teacher=teacher, model=student)
+                res, seconds = distill(student, teacher, teacher_path, args, name, seed)
                 m = res["model"]
                 rows.append({"run": "trained", "fraction": frac, "variant": variant, "seed": seed,
                              "ppl": res["val"]["ppl"], "acc": res["val"]["acc"], "packed_bytes": m.packed_bytes(),
-                             **linear_stats(m), "seconds": time.time() - t0})
-                print(f"{name}: ppl {res['val']['ppl']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+                             **linear_stats(m), "seconds": seconds})
+                print(f"{name}: ppl {res['val']['ppl']:.4f} ({seconds:.0f} s)", flush=True)
                 _save(rows, args)
     return _emit(rows, args, teacher_path, act_bits)
 

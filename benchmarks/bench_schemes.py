@@ -29,16 +29,35 @@ RUNS = [("sign", 1), ("bitnet", 1), ("fbi", 1), ("onebit", 1), ("pb", 1),
         ("mos", 1), ("mos", 2), ("mos", 4), ("mos", 8), ("ternary", 1)]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_recipe_arguments(ap) -> None:
+    """The distillation recipe of the scheme table (teacher, steps, batch, sequence length, lr, activation bits,
+    validation tokens): one definition for every benchmark that compares students with it."""
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--act-bits", default="8", help="1..15 or off")
-    ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the whole split)")
+
+
+def distill(student, teacher, teacher_path: Path, args, name: str, seed: int) -> tuple[dict, float]:
+    """``student`` distilled from ``teacher`` with the recipe of :func:`add_recipe_arguments` (checkpoint
+    ``<work>/<name>.safetensors``) -> (``train``'s result, wall seconds)."""
+    targs = TrainArgs(out=f"{args.work}/{name}.safetensors", steps=args.steps, batch_size=args.batch_size,
+                      seq_len=args.seq_len, lr=args.lr, warmup=max(1, args.steps // 20), seed=seed,
+                      eval_interval=0, ckpt_interval=0, eval_tokens=args.eval_tokens or 10**9,
+                      teacher=str(teacher_path), progress=False)
+    t0 = time.time()
+    torch.manual_seed(seed)
+    res = train(student.config, targs, teacher=teacher, model=student)
+    return res, time.time() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recipe_arguments(ap)
+    ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--only", default=None, help="comma list of run names to do, e.g. mos4,sign")
     ap.add_argument("--work", default="runs/bench", help="folder for the students' checkpoints")
     ap.add_argument("--doc", default="docs/model.md", help="markdown file to update between the bench markers")
@@ -72,18 +91,12 @@ def main(argv=None) -> int:
         if only and name not in only:
             continue
         student = make_student(teacher, scheme, experts=experts, act_bits=act_bits)
-        targs = TrainArgs(out=f"{args.work}/{name}.safetensors", steps=args.steps, batch_size=args.batch_size,
-                          seq_len=args.seq_len, lr=args.lr, warmup=max(1, args.steps // 20), seed=args.seed,
-                          eval_interval=0, ckpt_interval=0, eval_tokens=args.eval_tokens or 10**9,
-                          teacher=str(teacher_path), progress=False)
-        t0 = time.time()
-        torch.manual_seed(args.seed)
-        res = train(student.config, targs, teacher=teacher, model=student)
+        res, seconds = distill(student, teacher, teacher_path, args, name, args.seed)
         m = res["model"]
         rows.append({"run": name, "scheme": scheme, "experts": experts if scheme == "mos" else "-",
                      "params": m.num_params(False), "packed_bytes": m.packed_bytes(), "ppl": res["val"]["ppl"],
-                     "acc": res["val"]["acc"], "seconds": time.time() - t0})
-        print(f"{name}: ppl {res['val']['ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+                     "acc": res["val"]["acc"], "seconds": seconds})
+        print(f"{name}: ppl {res['val']['ppl']:.3f} ({seconds:.0f} s)", flush=True)
 
     table = render(rows, args, teacher_path, act_bits)
     print(table)

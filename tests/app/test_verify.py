@@ -1,28 +1,13 @@
 """`bitmos verify` as a new user runs it: from a fresh folder, default (relative) work folder, and its errors."""
 
-import os
-
 import pytest
 
 from bitmos.app.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .rtl_helpers import have_simulator as _have, needs_verilator
 
 
-def _have(sim):
-    from bitmos.rtl.tools import available_simulators
-    return sim in available_simulators()
-
-
-@pytest.fixture
-def fresh_folder(tmp_path, monkeypatch):
-    """An empty working folder; the RTL build cache stays the repository's (a cached build, as for a user)."""
-    monkeypatch.setenv("BITMOS_RTL_BUILD", os.path.join(ROOT, "tmp", "sim_build"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.mark.skipif(not _have("verilator"), reason="Verilator (dev extra) not installed")
+@needs_verilator
 def test_verify_from_a_fresh_folder_with_the_default_work_folder(fresh_folder, capsys):
     # default arguments except the scope: 2 linears x (prefill + 2 decode steps) keeps the test short
     assert main(["verify", "--layers", "2", "--tokens", "3"]) == 0
