@@ -88,20 +88,14 @@ def presets_running(export) -> list[str]:
     import dataclasses
 
     from bitmos.compiler import compile_linear
-    from bitmos.config import PRESETS, preset_config
-    from bitmos.errors import UnsupportedError
+    from bitmos.config import presets_where
 
     shapes = list({(x.d_in, x.d_out, x.experts, x.weight_bits, x.bias is not None): x for x in export.linears}.values())
-    out = []
-    for name in PRESETS:
-        p = preset_config(name)
-        try:
-            for lin in shapes:
-                compile_linear(dataclasses.replace(lin, act_bits=p.act_bits), p, 1)
-        except UnsupportedError:
-            continue
-        out.append(name)
-    return out
+
+    def runs(p: AcceleratorConfig) -> None:
+        for lin in shapes:
+            compile_linear(dataclasses.replace(lin, act_bits=p.act_bits), p, 1)
+    return presets_where(runs)
 
 
 def compile_one_token(export, cfg: AcceleratorConfig) -> dict[tuple[str, int], Any]:
@@ -159,7 +153,7 @@ def load_student(checkpoint: str | None, cfg: AcceleratorConfig, prompt: str, to
 
     path = checkpoint_arg(checkpoint)
     model, _ = load_model_source(path, scheme=scheme, experts=experts, act_bits=cfg.act_bits if scheme else None,
-                                 what="student")
+                                 require_student=True)
     tok = model.tokenizer
     ids = tok.encode(prompt)
     if not ids:

@@ -320,3 +320,18 @@ def preset_config(name: str) -> AcceleratorConfig:
     cfg = AcceleratorConfig.from_dict(data, source=f"preset {name}")
     _check_whole(Path(f"preset {name}"), acc, toml=True)   # a shipped preset is a whole config too
     return cfg
+
+
+def presets_where(check) -> list[str]:
+    """The presets ``p`` for which ``check(preset_config(p))`` raises no UnsupportedError (a compiler refusal):
+    the one loop behind every "the presets that hold this model" hint."""
+    from bitmos.errors import UnsupportedError
+
+    out = []
+    for name in PRESETS:
+        try:
+            check(preset_config(name))
+        except UnsupportedError:
+            continue
+        out.append(name)
+    return out

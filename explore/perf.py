@@ -140,21 +140,15 @@ def presets_holding(walk: list[tuple[str, int, int]], w_bits: int = 0) -> list[s
     """The presets on whose buffers every (K, N) of ``walk`` has a tiling (one token, plane mode, which needs the
     least; larger prompts stream through the same buffers), with weights in format ``w_bits``."""
     from bitmos.compiler import make_tiling, synthetic_spec
-    from bitmos.config import PRESETS, preset_config
-    from bitmos.errors import UnsupportedError
+    from bitmos.config import presets_where
 
     shapes = sorted({(K, N) for _, K, N in walk})
-    out = []
-    for name in PRESETS:
-        p = preset_config(name)
-        try:
-            for K, N in shapes:
-                make_tiling(synthetic_spec(f"K{K}_N{N}", K, N, p, seed=0, materialize=False, w_bits=w_bits),
-                            p, 1, "plane")
-        except UnsupportedError:
-            continue
-        out.append(name)
-    return out
+
+    def holds(p: AcceleratorConfig) -> None:
+        for K, N in shapes:
+            make_tiling(synthetic_spec(f"K{K}_N{N}", K, N, p, seed=0, materialize=False, w_bits=w_bits), p, 1,
+                        "plane")
+    return presets_where(holds)
 
 
 def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, prefill: int, decode: int,

@@ -111,7 +111,7 @@ def _load_model(path, args, what: str = "model", act_bits: int | None = None):
     from bitmos.model.data import check_same_tokenizer
     from bitmos.model.hf import load_model_source
     model, meta = load_model_source(path, scheme=getattr(args, "scheme", None),
-                                    experts=getattr(args, "experts", None), act_bits=act_bits, what=what)
+                                    experts=getattr(args, "experts", None), act_bits=act_bits)
     given = _given_tokenizer(args)
     if given is not None:
         check_same_tokenizer(model.tokenizer, f"{what} {path}", given, f"--tokenizer {args.tokenizer}")

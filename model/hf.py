@@ -207,12 +207,13 @@ def load_any(path, max_seq_len: int | None = None):
 
 
 def load_model_source(path, *, scheme: str | None = None, experts: int | None = None, act_bits: int | None = None,
-                      what: str = "model"):
+                      require_student: bool = False):
     """:func:`load_any`, then, with ``scheme``, a float model binarized with that scheme's init from its float
     weights (no training; ``experts`` and ``act_bits`` override the student's defaults) -> ``(model, meta)``.
 
     The one loader of every command that takes a model (eval, generate, export, demo, verify): a real pretrained
-    checkpoint binarizes on the way in, and its tokenizer stays attached as ``model.tokenizer``."""
+    checkpoint binarizes on the way in, and its tokenizer stays attached as ``model.tokenizer``. ``require_student``:
+    a float model without ``scheme`` is a one-line error (demo and verify run binarized linears only)."""
     model, meta = load_any(path)
     if scheme and scheme != model.config.scheme:
         if model.config.binarized:
@@ -224,7 +225,7 @@ def load_model_source(path, *, scheme: str | None = None, experts: int | None = 
         model = make_student(model, scheme, **overrides).eval()
         model.tokenizer = tok
         meta = {**meta, "binarized_from": str(path), "scheme": scheme}
-    elif not model.config.binarized and what == "student":
+    elif require_student and not model.config.binarized:
         raise BitmosUserError(f"{path} is a float model; give --scheme to binarize it on the way in "
                               "(each scheme's init from the float weights, no training)")
     return model, meta
