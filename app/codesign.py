@@ -65,8 +65,10 @@ def train_student(task: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(b["threads"])
         teacher, _ = load_any(task["teacher_path"])   # as bitmos distill reads it: with its tokenizer
         mp = task["model_point"]
+        # pb: the structured salient set, the one the chip runs (whole input channels in int8)
         config = teacher.config.replace(scheme=mp["scheme"], experts=max(1, mp["experts"]),
-                                        act_bits=mp["act_bits"], pb_fraction=mp.get("pb_fraction", 0.1))
+                                        act_bits=mp["act_bits"], pb_fraction=mp.get("pb_fraction", 0.1),
+                                        pb_salient="channels" if mp["scheme"] == "pb" else "weights")
         args = TrainArgs(out=task["checkpoint"], steps=task["steps"], batch_size=b["batch_size"],
                          seq_len=b["seq_len"], lr=b["lr"], warmup=b["warmup"], seed=task["seed"],
                          eval_interval=0, eval_tokens=b["eval_tokens"], ckpt_interval=0, corpus=b["corpus"],

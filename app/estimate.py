@@ -34,12 +34,9 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
 def cmd_estimate(args) -> int:
     from bitmos.explore.perf import estimate
 
-    from bitmos.compiler.lower import BIAS_SCHEMES, SCHEME_WEIGHT_BITS
-
     cfg = AcceleratorConfig.load(args.config)
     est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table,
-                   max_work=args.max_work or None, w_bits=SCHEME_WEIGHT_BITS[args.scheme],
-                   bias=args.scheme in BIAS_SCHEMES)
+                   max_work=args.max_work or None, scheme=args.scheme, pb_fraction=args.pb_fraction)
     if args.plots:
         from bitmos.fileio import atomic_folder, write_json_atomic
         from bitmos.sim.report import write_plots
@@ -59,7 +56,7 @@ def cmd_estimate(args) -> int:
 def add_commands(sub) -> None:
     from bitmos.compiler import MODEL_SHAPES
     from bitmos.compiler.lower import SUPPORTED_SCHEMES
-    from bitmos.cliargs import int_at_least
+    from bitmos.cliargs import float_in, int_at_least
     from bitmos.explore.perf import DEFAULT_MAX_WORK
 
     p = sub.add_parser("estimate", help="whole-model prefill/decode throughput and energy of a model shape "
@@ -73,9 +70,13 @@ def add_commands(sub) -> None:
                    help=f"refuse a prefill that is more than N array tile steps to compile and simulate (default "
                         f"{DEFAULT_MAX_WORK:,}, about 20 s; 0: no limit)")
     p.add_argument("--scheme", choices=SUPPORTED_SCHEMES, default="mos",
-                   help="the students' scheme: its weight format (sign, onebit, mos, fbi: 1 bit per weight; ternary: "
-                        "two weight planes, needs weight_bits >= 2); the scales (and fbi's beta . x, on the router) "
-                        "run on the config's scale path, onto which every scheme maps exactly (default mos)")
+                   help="the students' scheme: its weight format (sign, onebit, mos, fbi, bitnet: 1 bit per weight; "
+                        "ternary: two weight planes, needs weight_bits >= 2; pb: each linear as a sign layer over "
+                        "its non-salient input channels and an int8 layer over the salient ones, needs "
+                        "weight_bits = 8); the scales (and fbi's beta . x, on the router) run on the config's scale "
+                        "path, onto which every scheme maps exactly (default mos)")
+    p.add_argument("--pb-fraction", type=float_in(0.0, 1.0), default=0.1, metavar="F",
+                   help="--scheme pb: the fraction of each linear's input channels kept in int8 (default 0.1)")
     p.add_argument("--energy-table", help="energy table name or TOML file (default by memory bandwidth)")
     p.add_argument("--plots", metavar="DIR", help="write estimate.json and roofline/energy plots per phase")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -34,9 +34,12 @@ from bitmos.config import AcceleratorConfig, preset_config
 from bitmos.fileio import replace_marked_block
 
 
-def chip_config(experts: int, base: AcceleratorConfig) -> AcceleratorConfig:
+def chip_config(scheme: str, experts: int, base: AcceleratorConfig) -> AcceleratorConfig:
     """``base``, or ``base`` with the student's expert count where the compiler cannot map it onto base's
-    experts exactly (2 <= E < base's, or more than base's): the smallest change that runs the student."""
+    experts exactly (2 <= E < base's, or more than base's): the smallest change that runs the student; a
+    structured PB-LLM student on the preset with int8 weight planes (small-w8)."""
+    if scheme == "pb":
+        return preset_config(f"{base.name}-w8")
     if experts <= 1 or experts == base.experts:
         return base
     return dataclasses.replace(base, name=f"{base.name}-e{experts}", experts=experts)
@@ -64,12 +67,15 @@ def on_chip(ckpt: Path, cfg: AcceleratorConfig, tokens: int, verify_tokens: int,
             "rtl_tokens": verify_tokens, "rtl_seconds": time.perf_counter() - t0}
 
 
-def at_7b(scheme: str, prefill: int, decode: int) -> dict:
-    from bitmos.compiler.lower import BIAS_SCHEMES, SCHEME_WEIGHT_BITS
+def at_7b(scheme: str, prefill: int, decode: int, pb_fraction: float = 0.1) -> dict:
+    """The scheme at LLaMA-2-7B shapes on asic32 (structured PB-LLM: asic32 with 8-bit weight planes and 32-bit
+    sums, which LLaMA-2's int8 channel groups need), ``bitmos estimate --scheme``."""
     from bitmos.explore.perf import estimate
 
-    est = estimate("llama-2-7b", preset_config("asic32"), prefill=prefill, decode=decode,
-                   w_bits=SCHEME_WEIGHT_BITS[scheme], bias=scheme in BIAS_SCHEMES)
+    cfg = preset_config("asic32")
+    if scheme == "pb":
+        cfg = dataclasses.replace(cfg, name="asic32-w8", weight_bits=8, acc_bits=32)
+    est = estimate("llama-2-7b", cfg, prefill=prefill, decode=decode, scheme=scheme, pb_fraction=pb_fraction)
     d = est["decode"]
     return {"tokens_per_s": d["tokens_per_s"], "mj_per_token": 1e3 * d["energy_per_token_j"],
             "bound_tokens_per_s": est["decode_bound_tokens_per_s"],
@@ -89,7 +95,7 @@ def render(rows: list[dict], teacher_ppl: float, args) -> str:
     for r in rows:
         q = f"{r['ppl']:.3f} | {r['ppl'] / teacher_ppl:.3f}" if "ppl" in r else "(table above) |"
         packed = f"{r['packed_bytes']:,}" if "packed_bytes" in r else ""
-        wfmt = {"ternary": "ternary (2 planes)", "pb": "sign + int8 salient",
+        wfmt = {"ternary": "ternary (2 planes)", "pb": f"sign + int8 salient channels ({r.get('pb_fraction', 0.1):g})",
                 "bitnet": "sign of W - mean W (LayerNorm on the host)"}.get(r["scheme"], "sign")
         if "reason" in r:
             lines.append(f"| {r['run']} | {wfmt} | {packed} | {q} | no hardware path: {r['reason']} | | | | | | |")
@@ -109,13 +115,15 @@ def render(rows: list[dict], teacher_ppl: float, args) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--students", default="runs/bench", help="bench_schemes.py --work folder")
-    ap.add_argument("--runs", default="sign,onebit,mos1,mos2,mos4,mos8,ternary,fbi,bitnet",
+    ap.add_argument("--runs", default="sign,onebit,mos1,mos2,mos4,mos8,ternary,fbi,bitnet,pb-channels",
                     help="runs to take from it, those present (default: every on-chip scheme of bench_schemes.py)")
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=16, help="tokens generated on the simulator (default 16)")
     ap.add_argument("--verify-tokens", type=int, default=4, help="tokens of the RTL generation (default 4)")
     ap.add_argument("--doc", default="docs/model.md", help="markdown file with the bench_onchip markers")
+    ap.add_argument("--marker", default="bench_onchip",
+                    help="the markers of --doc to write the table between (default bench_onchip)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     import torch
@@ -142,11 +150,12 @@ def main(argv=None) -> int:
             mc = model.config
             experts = mc.experts if mc.scheme == "mos" else (1 if mc.scheme in ("onebit", "fbi") else 0)
             r = {"run": ckpt.stem, "scheme": mc.scheme, "experts": experts, "packed_bytes": model.packed_bytes(),
+                 "pb_fraction": mc.pb_fraction,
                  "ppl": evaluate(model, val, 128, None)["ppl"]}
             t0 = time.perf_counter()
-            row = {**r, "chip": on_chip(ckpt, chip_config(experts, small), args.tokens, args.verify_tokens,
-                                        Path(tmp)),
-                   "7b": at_7b(r["scheme"], 0, 128)}
+            row = {**r, "chip": on_chip(ckpt, chip_config(mc.scheme, experts, small), args.tokens,
+                                        args.verify_tokens, Path(tmp)),
+                   "7b": at_7b(r["scheme"], 0, 128, mc.pb_fraction)}
             out.append(row)
             c = row["chip"]
             print(f"{r['run']}: golden = sim {c['golden_equals_sim']}, RTL {c['rtl_passed']} "
@@ -162,7 +171,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     if args.doc:
-        replace_marked_block(Path(args.doc), "bench_onchip", table)
+        replace_marked_block(Path(args.doc), args.marker, table)
     ok = all("reason" in r or (r["chip"]["golden_equals_sim"] and r["chip"]["rtl_passed"]
                                and r["chip"]["rtl_cycles"] == r["chip"]["sim_cycles"]) for r in out)
     return 0 if ok else 1

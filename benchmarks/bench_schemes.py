@@ -25,8 +25,11 @@ from bitmos.model.data import encode_corpus, get_tokenizer, load_corpus
 from bitmos.model.distill import make_student
 from bitmos.model.train import TrainArgs, evaluate, train
 
-RUNS = [("sign", 1), ("bitnet", 1), ("fbi", 1), ("onebit", 1), ("pb", 1),
-        ("mos", 1), ("mos", 2), ("mos", 4), ("mos", 8), ("ternary", 1)]
+#: (run name, scheme, student overrides): pb is the paper's unstructured salient set, pb-channels the structured
+#: one the chip runs (whole input channels in int8)
+RUNS = [("sign", "sign", {}), ("bitnet", "bitnet", {}), ("fbi", "fbi", {}), ("onebit", "onebit", {}),
+        ("pb", "pb", {}), ("pb-channels", "pb", {"pb_salient": "channels"}),
+        *((f"mos{e}", "mos", {"experts": e}) for e in (1, 2, 4, 8)), ("ternary", "ternary", {})]
 
 
 def add_recipe_arguments(ap) -> None:
@@ -86,14 +89,13 @@ def main(argv=None) -> int:
              "packed_bytes": teacher.packed_bytes(), "ppl": t_eval["ppl"], "acc": t_eval["acc"], "seconds": 0.0}]
     print(f"teacher: ppl {t_eval['ppl']:.3f}", flush=True)
     only = set(args.only.split(",")) if args.only else None
-    for scheme, experts in RUNS:
-        name = f"{scheme}{experts}" if scheme == "mos" else scheme
+    for name, scheme, overrides in RUNS:
         if only and name not in only:
             continue
-        student = make_student(teacher, scheme, experts=experts, act_bits=act_bits)
+        student = make_student(teacher, scheme, **{"experts": 1, **overrides}, act_bits=act_bits)
         res, seconds = distill(student, teacher, teacher_path, args, name, args.seed)
         m = res["model"]
-        rows.append({"run": name, "scheme": scheme, "experts": experts if scheme == "mos" else "-",
+        rows.append({"run": name, "scheme": scheme, "experts": overrides["experts"] if scheme == "mos" else "-",
                      "params": m.num_params(False), "packed_bytes": m.packed_bytes(), "ppl": res["val"]["ppl"],
                      "acc": res["val"]["acc"], "seconds": seconds})
         print(f"{name}: ppl {res['val']['ppl']:.3f} ({seconds:.0f} s)", flush=True)

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 
 from bitmos.compiler import MODEL_SHAPES, compile_spec, llama_linears, synthetic_spec
+from bitmos.compiler.shapes import scheme_linears
 from bitmos.config import preset_config
 from bitmos.explore.perf import simulate_linears
 from bitmos.isa import BUFFERS, Op, decode
@@ -102,7 +103,7 @@ def main() -> None:
         t_reuse = time.perf_counter() - t0
         assert cycles == cycles_all
         # the same count through the path bitmos estimate / bitmos sweep use
-        layer = simulate_linears(cfg, llama_linears(dict(MODEL, n_layers=1)), tokens)
+        layer = simulate_linears(cfg, scheme_linears(dict(MODEL, n_layers=1), "sign"), tokens)
         assert cycles == LAYERS * sum(r.cycles for runs in layer for r in runs)
         secs = cycles / (cfg.clock_mhz * 1e6)
         print(f"{label:22s}: {cycles:,} cycles = {secs * 1e3:.2f} ms simulated ({tokens / secs:,.0f} tokens/s); "

@@ -16,6 +16,14 @@ Per binarized linear (``BinaryLinearExport``), in the accelerator's formats (doc
   layer adds beta . x of each token to every output;
 * ``x_frac`` (optional): the fraction bits of this layer's int16 input, chosen from calibration on real inputs;
   absent = the accelerator config's ``x_frac_bits``. Only the host's conversion and the shifts depend on it.
+* ``int_weights`` (PB-LLM's salient part only): int8 [d_out, d_in], weights as 8-bit two's complement planes
+  (register WBITS = 8) instead of signs;
+* ``source`` / ``channels`` / ``absmax_pads`` (the parts of a split model linear, PB-LLM): the layer computes one
+  part of model linear ``source``; its input is the source input's ``channels`` (int32, in order) followed by
+  ``absmax_pads`` channels that the host fills with -max|x| of the whole source input (so every part's
+  per-token quantizer sees the whole token's absmax and quantizes exactly as one quantizer would); their
+  weights sum to zero per output (+1 and -1 for signs, 0 for integers), so they add nothing to the dot product.
+  The host adds the parts' int32 outputs (:data:`SPLIT_SCHEMES`, ``bitmos.model.golden.HostSide``).
 Host-side float tensors (embeddings, norms, LM head, ...) are stored under ``host.`` names.
 """
 
@@ -36,6 +44,37 @@ from bitmos.fileio import check_safe_name, why_not_a_file, write_bytes_atomic
 
 EXPORT_VERSION = 2
 _META_KEY = "bitmos_export"
+
+#: Schemes whose linears the accelerator runs (model/export.py writes them, compiler/lower.py lowers them).
+#: PB-LLM runs in its structured variant (salient input channels) as two chip layers per model linear.
+CHIP_SCHEMES = ("mos", "sign", "onebit", "ternary", "fbi", "bitnet", "pb")
+#: Schemes whose model linear is split into parts (chip layers over gathered input channels, outputs added on
+#: the host): PB-LLM's binary part (sign weights over the non-salient channels) and its salient part (int8).
+SPLIT_SCHEMES = ("pb",)
+#: Bits of an ``int_weights`` layer's weights (register WBITS): PB-LLM's int8 salient weights, codes -127..127.
+INT_WEIGHT_BITS = 8
+#: Trailing absmax channels a part needs so that its weights cancel on them: sign weights +1 and -1 (two),
+#: integer weights 0 (one).
+ABSMAX_PADS = {"sign": 2, "int": 1}
+
+
+def salient_channel_count(fraction: float, d_in: int) -> int:
+    """How many of ``d_in`` input channels structured PB-LLM keeps in int8 at salient ``fraction``: round(fraction *
+    d_in) (Python's round). One definition for the model (``PBLinear.salient_channels``) and the estimator."""
+    return int(round(fraction * d_in))
+
+
+def split_part_shapes(d_in: int, salient: int) -> list[tuple[str, int, int]]:
+    """The chip layers of a split (PB-LLM) linear with ``d_in`` inputs of which ``salient`` are salient channels:
+    [(part, K, WBITS)] -- "binary" (sign weights, WBITS 0) over the d_in - salient others and "salient"
+    (int8, WBITS 8) over the salient ones, each with its absmax pads; a part without channels is left out, and a
+    single part needs no pads (its own absmax is the token's). One definition for the export and the estimator."""
+    if not 0 <= salient <= d_in:
+        raise FormatError(f"{salient} salient channels of {d_in}")
+    parts = [(name, n, bits, pads) for name, n, bits, pads in
+             (("binary", d_in - salient, 0, ABSMAX_PADS["sign"]), ("salient", salient, INT_WEIGHT_BITS, ABSMAX_PADS["int"]))
+             if n]
+    return [(name, n + (pads if len(parts) > 1 else 0), bits) for name, n, bits, pads in parts]
 
 
 @dataclass
@@ -59,11 +98,23 @@ class BinaryLinearExport:
     bias: np.ndarray | None = None     # int16 [d_in]: fbi only; the per-token shift beta . x, beta = bias * 2^-bias_exp
     bias_exp: int = 0
     x_frac: int | None = None          # the layer's input fraction bits (None: the config's x_frac_bits)
+    int_weights: np.ndarray | None = None  # int8 [d_out, d_in]: PB-LLM's salient part (WBITS = 8)
+    source: str = ""                   # split layers: the model linear this is a part of ("" = the layer itself)
+    channels: np.ndarray | None = None  # split layers: int32 [d_in - absmax_pads], the source input channels taken
+    absmax_pads: int = 0               # split layers: trailing channels the host fills with -max|x| of the source
 
     @property
     def weight_bits(self) -> int:
-        """The accelerator weight format the layer needs (register WBITS): 0 = sign (+-1), 2 = ternary."""
+        """The accelerator weight format the layer needs (register WBITS): 0 = sign (+-1), 2 = ternary,
+        8 = int8 (PB-LLM's salient part)."""
+        if self.int_weights is not None:
+            return INT_WEIGHT_BITS
         return 2 if self.nonzero is not None else 0
+
+    @property
+    def model_linear(self) -> str:
+        """The model linear (module path) this layer computes, or computes a part of."""
+        return self.source or self.name
 
     def input_frac(self, cfg) -> int:
         """Fraction bits of the layer's int16 input: its own (calibrated) ``x_frac``, else ``cfg.x_frac_bits``."""
@@ -77,7 +128,9 @@ class BinaryLinearExport:
                             x_frac=self.x_frac)
 
     def weights(self) -> np.ndarray:
-        """int8 [d_out, d_in]: the layer's integer weights, +-1 (sign schemes) or {-1, 0, +1} (ternary)."""
+        """int8 [d_out, d_in]: the layer's integer weights, +-1 (sign schemes), {-1, 0, +1} (ternary) or int8."""
+        if self.int_weights is not None:
+            return self.int_weights
         w = np.where(self.signs, 1, -1).astype(np.int8)
         return w if self.nonzero is None else np.where(self.nonzero, w, 0).astype(np.int8)
 
@@ -95,6 +148,7 @@ class BinaryLinearExport:
                               f"{self.nonzero.dtype} {tuple(self.nonzero.shape)}")
         if not 0 <= self.experts <= 8:
             raise FormatError(f"{where}: experts = {self.experts}, allowed 0..8")
+        self._validate_split(where)
         if self.x_frac is not None and not 0 <= self.x_frac <= 15:
             raise FormatError(f"{where}: x_frac = {self.x_frac}, allowed 0..15 (fraction bits of an int16)")
         if (self.bias is not None) != (self.scheme == "fbi"):
@@ -119,6 +173,39 @@ class BinaryLinearExport:
                 raise FormatError(f"{where}: {key} must be int16 {shape}, got {got}")
         if self.experts == 0 and not -32768 <= self.smul <= 32767:
             raise FormatError(f"{where}: smul = {self.smul} does not fit int16")
+
+    def _validate_split(self, where: str) -> None:
+        """int_weights, source, channels and absmax_pads: present together with a split scheme, consistent."""
+        if self.int_weights is not None:
+            if self.scheme not in SPLIT_SCHEMES:
+                raise FormatError(f"{where}: int8 weights belong to the parts of split schemes "
+                                  f"({', '.join(SPLIT_SCHEMES)}), not scheme {self.scheme!r}")
+            if self.int_weights.shape != (self.d_out, self.d_in) or self.int_weights.dtype != np.int8:
+                raise FormatError(f"{where}: int_weights must be int8 [{self.d_out}, {self.d_in}], got "
+                                  f"{self.int_weights.dtype} {tuple(self.int_weights.shape)}")
+            if int(self.int_weights.min(initial=0)) < -127:
+                raise FormatError(f"{where}: int_weights hold -128; the codes are -127..127")
+        if not self.source:
+            if self.channels is not None or self.absmax_pads or self.scheme in SPLIT_SCHEMES:
+                raise FormatError(f"{where}: scheme {self.scheme!r} layers are parts of a model linear: "
+                                  "source, channels and absmax_pads come together with a split scheme")
+            return
+        check_safe_name(self.source, f"{where}: source")
+        if self.scheme not in SPLIT_SCHEMES:
+            raise FormatError(f"{where}: only split schemes ({', '.join(SPLIT_SCHEMES)}) have parts, not {self.scheme!r}")
+        if not 0 <= self.absmax_pads < self.d_in:
+            raise FormatError(f"{where}: absmax_pads = {self.absmax_pads}, allowed 0..d_in-1 = {self.d_in - 1}")
+        c = self.channels
+        n = self.d_in - self.absmax_pads
+        if c is None or c.dtype != np.int32 or c.shape != (n,):
+            got = None if c is None else (c.dtype, tuple(c.shape))
+            raise FormatError(f"{where}: channels must be int32 [{n}] (d_in - absmax_pads), got {got}")
+        if int(c.min()) < 0 or (n > 1 and not bool(np.all(np.diff(c) > 0))):
+            raise FormatError(f"{where}: channels must be distinct non-negative input channels in ascending order")
+        if self.absmax_pads:
+            w = self.weights()[:, n:].astype(np.int64)
+            if np.any(w.sum(1) != 0):
+                raise FormatError(f"{where}: the weights of the absmax pads must sum to 0 in every row")
 
 
 @dataclass
@@ -145,12 +232,13 @@ class ModelExport:
             tensors[f"{lin.name}.signs"] = np.packbits(lin.signs, axis=1, bitorder="little")
             if lin.nonzero is not None:
                 tensors[f"{lin.name}.nonzero"] = np.packbits(lin.nonzero, axis=1, bitorder="little")
-            for key in ("router", "s_in", "s_out", "bias"):
+            for key in ("router", "s_in", "s_out", "bias", "int_weights", "channels"):
                 t = getattr(lin, key)
                 if t is not None:
                     tensors[f"{lin.name}.{key}"] = np.ascontiguousarray(t)
             fields = list(_LAYER_FIELDS) + (["bias_exp"] if lin.bias is not None else []) + \
-                (["x_frac"] if lin.x_frac is not None else [])
+                (["x_frac"] if lin.x_frac is not None else []) + \
+                (["source", "absmax_pads"] if lin.source else [])
             layers.append({k: getattr(lin, k) for k in fields})
         for key, t in self.host.items():
             tensors[f"host.{key}"] = np.ascontiguousarray(t, dtype=np.float32)
@@ -232,7 +320,8 @@ class ModelExport:
                                       f"{list(packed.shape)}, got {nz.dtype} {list(nz.shape)}")
                 nz = np.unpackbits(nz, axis=1, count=info["d_in"], bitorder="little").astype(bool)
             lin = BinaryLinearExport(signs=signs, nonzero=nz, **info,
-                                     **{k: tensors.get(f"{name}.{k}") for k in ("router", "s_in", "s_out", "bias")})
+                                     **{k: tensors.get(f"{name}.{k}")
+                                        for k in ("router", "s_in", "s_out", "bias", "int_weights", "channels")})
             if (lin.bias is None) != ("bias_exp" not in info):
                 raise FormatError(f"{where}: bias tensor and bias_exp field of {name!r} must come together")
             lin.validate()
@@ -250,8 +339,9 @@ class ModelExport:
 #: The per-layer integers of the export header and their types (ModelExport.save writes exactly these).
 _LAYER_FIELDS = {"name": str, "d_in": int, "d_out": int, "experts": int, "act_bits": int, "router_exp": int,
                  "s_in_exp": int, "s_out_exp": int, "smul": int, "smul_exp": int, "scheme": str}
-#: Header fields a layer has only sometimes: bias_exp (fbi, with the bias tensor), x_frac (a calibrated input format).
-_OPTIONAL = {"bias_exp": int, "x_frac": int}
+#: Header fields a layer has only sometimes: bias_exp (fbi, with the bias tensor), x_frac (a calibrated input format),
+#: source and absmax_pads (a part of a split model linear, with the channels tensor).
+_OPTIONAL = {"bias_exp": int, "x_frac": int, "source": str, "absmax_pads": int}
 
 
 def _digest(tensors: dict[str, np.ndarray], header: dict[str, Any]) -> str:

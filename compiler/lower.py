@@ -31,21 +31,24 @@ import numpy as np
 from bitmos import formats
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
-from bitmos.export import BinaryLinearExport
+from bitmos.export import CHIP_SCHEMES, BinaryLinearExport
 
 #: Export schemes with a hardware path: sign (E = 0, one scale), onebit (E = 1), BinaryMoS, ternary
 #: (BitNet b1.58: E = 0, one scale, weights as two planes under WBITS = 2; needs cfg.weight_bits >= 2), fbi
 #: (FBI-LLM: E = 1 with s_out = 1, its beta . x computed by router row 0 under BIAS = 1; needs cfg.experts >= 2)
 #: and bitnet (BitNet: a sign layer, E = 0, one scale, signs of W - mean W; its parameter-free LayerNorm runs on
-#: the host before the chip's input, like every norm until the whole decoder layer is on the chip).
-SUPPORTED_SCHEMES = ("mos", "sign", "onebit", "ternary", "fbi", "bitnet")
-#: The weight format (register WBITS) each supported scheme's layers run in.
-SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2, "fbi": 0, "bitnet": 0}
+#: the host before the chip's input, like every norm until the whole decoder layer is on the chip) and pb
+#: (structured PB-LLM: two layers per model linear, a sign layer over the non-salient input channels and an int8
+#: layer, WBITS = 8, E = 1, over the salient ones; the host gathers their inputs and adds their outputs,
+#: :data:`bitmos.export.SPLIT_SCHEMES`; needs cfg.weight_bits = 8).
+SUPPORTED_SCHEMES = CHIP_SCHEMES
+#: The weight format (register WBITS) each supported scheme's layers run in (pb: its binary part's; its salient
+#: part runs in INT_WEIGHT_BITS, :func:`bitmos.export.split_part_shapes`).
+SCHEME_WEIGHT_BITS = {"mos": 0, "sign": 0, "onebit": 0, "ternary": 2, "fbi": 0, "bitnet": 0, "pb": 0}
 #: Schemes whose layers carry a per-token bias (register BIAS, computed on the router).
 BIAS_SCHEMES = ("fbi",)
-#: Schemes that exist in the model zoo but have no hardware path yet (and the reason).
+#: Schemes that exist in the model zoo but have no hardware path (and the reason).
 UNSUPPORTED_SCHEMES = {
-    "pb": "PB-LLM's int8 salient weights need a second (8-bit) datapath",
     "float": "the float teacher has no binarized linears",
 }
 
@@ -81,9 +84,14 @@ def _fail(name: str, what: str) -> None:
 def check_shape(name: str, d_in: int, d_out: int, act_bits: int, cfg: AcceleratorConfig, w_bits: int = 0) -> None:
     """Shape limits that do not depend on the schedule (K range, accumulator width, act_bits, weight format)."""
     if w_bits > cfg.weight_bits or (w_bits and cfg.weight_bits < 2):
-        _fail(name, f"{w_bits}-bit integer weights (ternary) but the accelerator has weight_bits = "
-                    f"{cfg.weight_bits} (sign weights only); compile for a config with weight_bits >= {w_bits} "
-                    "(the presets small, medium, asic32)")
+        what = "ternary" if w_bits == 2 else "PB-LLM's int8 salient part" if w_bits == 8 else "integer"
+        have = "sign weights only" if cfg.weight_bits < 2 else f"integer weights up to {cfg.weight_bits} bits"
+        from bitmos.config import PRESETS, preset_config
+        wide = [p for p in PRESETS if preset_config(p).weight_bits >= w_bits]
+        hint = (f"the preset{'s' if len(wide) > 1 else ''} {', '.join(wide)}, or " if wide else "") + \
+            f"a config file with the lines 'weight_bits = {w_bits}' and 'preset = \"NAME\"'"
+        _fail(name, f"{w_bits}-bit integer weights ({what}) but the accelerator has weight_bits = "
+                    f"{cfg.weight_bits} ({have}); compile for a config with weight_bits >= {w_bits} ({hint})")
     if act_bits != cfg.act_bits:
         _fail(name, f"act_bits = {act_bits} but the accelerator quantizes to act_bits = {cfg.act_bits}; "
                     "re-export the student with matching activation bits")
@@ -200,14 +208,15 @@ def check_bias(name: str, cfg: AcceleratorConfig) -> None:
 def synthetic_spec(name: str, d_in: int, d_out: int, cfg: AcceleratorConfig, *, seed: int,
                    materialize: bool, w_bits: int = 0, bias: bool = False) -> LayerSpec:
     """A layer with seeded random weights / scales in the hardware's own expert count (performance studies):
-    signs (``w_bits`` = 0) or ternary weights (``w_bits`` = 2, about a third of them zero); ``bias``: an
+    signs (``w_bits`` = 0) or ``w_bits``-bit integers, uniform in +-(2^(w_bits-1) - 1) (2: ternary, about a third
+    of them zero; 8: int8 codes -127..127 like PB-LLM's salient weights); ``bias``: an
     FBI-LLM layer (register BIAS: router row 0 is beta, its sum added at scale-out).
 
     Exponents are chosen so RSHIFT and OSHIFT are in range for any config: router/scales ~ +-1.0 with
     12 fraction bits.
     """
-    if w_bits not in (0, 2):
-        _fail(name, f"weight format w_bits = {w_bits}: synthetic layers are sign (0) or ternary (2)")
+    if w_bits != 0 and not 2 <= w_bits <= 8:
+        _fail(name, f"weight format w_bits = {w_bits}: synthetic layers are sign (0) or 2..8-bit integers")
     if bias:
         check_bias(name, cfg)
     check_shape(name, d_in, d_out, cfg.act_bits, cfg, w_bits)
@@ -223,7 +232,8 @@ def synthetic_spec(name: str, d_in: int, d_out: int, cfg: AcceleratorConfig, *, 
         return spec
     rng = np.random.default_rng(seed)
     if w_bits:
-        spec.weights = rng.integers(-1, 2, size=(d_out, d_in)).astype(np.int8)
+        top = (1 << (w_bits - 1)) - 1
+        spec.weights = rng.integers(-top, top + 1, size=(d_out, d_in)).astype(np.int8)
     else:
         spec.weights = np.where(rng.random((d_out, d_in)) < 0.5, 1, -1).astype(np.int8)
     if eh >= 2:

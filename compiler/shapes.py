@@ -75,6 +75,26 @@ def llama_linears(shape: dict) -> list[tuple[str, int, int]]:
     return out
 
 
+def scheme_linears(shape: dict, scheme: str, pb_fraction: float = 0.1) -> list[tuple[str, int, int, int]]:
+    """(chip layer name, K, N, WBITS) of every chip layer of ``shape`` with its linears in ``scheme``: one per
+    linear in the scheme's weight format (:data:`bitmos.compiler.lower.SCHEME_WEIGHT_BITS`), or for a split scheme
+    (PB-LLM at salient fraction ``pb_fraction``) its parts, ``<path>.binary`` and ``<path>.salient``, as the export
+    makes them (:func:`bitmos.export.split_part_shapes`)."""
+    from bitmos.compiler.lower import SCHEME_WEIGHT_BITS
+    from bitmos.export import SPLIT_SCHEMES, salient_channel_count, split_part_shapes
+
+    if scheme not in SCHEME_WEIGHT_BITS:
+        raise UnsupportedError(f"scheme {scheme!r} has no hardware path; schemes: {', '.join(SCHEME_WEIGHT_BITS)}")
+    out = []
+    for name, K, N in llama_linears(shape):
+        if scheme in SPLIT_SCHEMES:
+            out += [(f"{name}.{part}", k, N, bits)
+                    for part, k, bits in split_part_shapes(K, salient_channel_count(pb_fraction, K))]
+        else:
+            out.append((name, K, N, SCHEME_WEIGHT_BITS[scheme]))
+    return out
+
+
 def is_shape_source(source: str | Path) -> bool:
     """Does ``source`` name a shape (a built-in name or a JSON file) rather than an export file?"""
     if str(source) in MODEL_SHAPES:

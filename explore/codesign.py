@@ -103,15 +103,30 @@ CHIP_FIELDS: dict[str, dict[str, Any]] = {"sign": {"experts": 0, "weight_bits": 
                                           "bitnet": {"experts": 0, "weight_bits": 1},
                                           # FBI-LLM's beta . x runs on the router (register BIAS): the
                                           # smallest chip with one has two experts
-                                          "fbi": {"experts": 2, "weight_bits": 1}}
+                                          "fbi": {"experts": 2, "weight_bits": 1},
+                                          # structured PB-LLM: its int8 part has per-row scales (E = 1) and
+                                          # eight weight planes, whose sums at 7B (LLaMA-2's down_proj keeps
+                                          # 1,101 int8 channels) need a 32-bit accumulator
+                                          "pb": {"experts": 1, "weight_bits": 8, "acc_bits": 32}}
 
 
 def scheme_w_bits(scheme: str) -> int:
-    """The weight format (register WBITS: 0 = sign, 2 = ternary) a scheme's layers run in, as the compiler
-    lowers them (:data:`bitmos.compiler.lower.SCHEME_WEIGHT_BITS`); the large-shape estimate takes it."""
+    """The widest weight format (register WBITS: 0 = sign, 2 = ternary, 8 = PB-LLM's int8 part) a scheme's layers
+    run in, as the compiler lowers them (:data:`bitmos.compiler.lower.SCHEME_WEIGHT_BITS`)."""
     from bitmos.compiler.lower import SCHEME_WEIGHT_BITS
+    from bitmos.export import INT_WEIGHT_BITS, SPLIT_SCHEMES
 
-    return SCHEME_WEIGHT_BITS[scheme]
+    return INT_WEIGHT_BITS if scheme in SPLIT_SCHEMES else SCHEME_WEIGHT_BITS[scheme]
+
+
+def shape_split(mp: dict[str, Any]) -> dict[str, Any]:
+    """What the large-shape estimate of model point ``mp`` needs beyond its weight format: for a split scheme
+    (PB-LLM) the scheme and its salient fraction (each linear becomes two chip layers), else nothing."""
+    from bitmos.export import SPLIT_SCHEMES
+
+    if mp["scheme"] in SPLIT_SCHEMES:
+        return {"scheme": mp["scheme"], "pb_fraction": mp["pb_fraction"]}
+    return {}
 
 
 def chip_fields(scheme: str, experts: int, act_bits: int) -> dict[str, Any]:
@@ -159,15 +174,19 @@ def model_point(override: dict[str, Any], base: AcceleratorConfig, source: str) 
         point["experts"] = chip_fields(scheme, experts, act_bits)["experts"]
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}", field="scheme") from None
-    if scheme == "pb":   # unreachable while pb has no hardware path; kept so the axis is ready for it
-        point["pb_fraction"] = float(override.get("pb_fraction", 0.1))
+    if scheme == "pb":   # the chip runs structured PB-LLM: the fraction of input channels kept in int8
+        frac = override.get("pb_fraction", 0.1)
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac < 1.0:
+            raise ConfigError(f"{source}: pb_fraction = {frac!r} must be a number in [0, 1)")
+        point["pb_fraction"] = float(frac)
     return point
 
 
 def point_label(mp: dict[str, Any]) -> str:
-    """``mos E4 A8``, ``sign A4``: short names for tables and plots."""
+    """``mos E4 A8``, ``sign A4``, ``pb 0.1 A8``: short names for tables and plots."""
     e = f" E{mp['experts']}" if mp["scheme"] == "mos" else ""
-    return f"{mp['scheme']}{e} A{mp['act_bits']}"
+    f = f" {mp['pb_fraction']:g}" if mp["scheme"] == "pb" else ""
+    return f"{mp['scheme']}{e}{f} A{mp['act_bits']}"
 
 
 # ---- the distillation budget ---------------------------------------------------------------------------
@@ -308,43 +327,47 @@ def make_plan(spec, outdir: Path, backend: str, model_side: ModelSide) -> Plan:
         chips.setdefault(chip["key"], chip)
         shape_overrides.append(cfg_ov)
         pairs.append({"model_point": mp, "hardware": hw_ov, "chip_overrides": cfg_ov, "students": seed_keys,
-                      "chip": chip["key"], "w_bits": scheme_w_bits(mp["scheme"])})
+                      "chip": chip["key"], "w_bits": scheme_w_bits(mp["scheme"]), "split": shape_split(mp)})
     # the large-shape estimates are the plain sweep's own tasks (same keys: a plain sweep's results are reusable),
     # in the scheme's weight format: a sign-weight estimate (w_bits 0) is the plain sweep's task as it is, an
     # integer-weight one (ternary: w_bits 2) that task with its w_bits, hashed into its key
     shape_spec = SweepSpec(**{f.name: getattr(spec, f.name) for f in fields(SweepSpec)
                               if f.name not in ("grid", "points", "distill")}, points=shape_overrides)
     by_ov = {json.dumps(t["overrides"], sort_keys=True): t for t in make_tasks(shape_spec, backend)}
-    shapes: dict[tuple[str, int], dict[str, Any]] = {}
+    shapes: dict[tuple[str, int, str], dict[str, Any]] = {}
     unique: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         ov, w_bits = json.dumps(pair["chip_overrides"], sort_keys=True), pair["w_bits"]
-        if (ov, w_bits) not in shapes:
-            shapes[(ov, w_bits)] = shape_task(by_ov[ov], w_bits)
-        pair["shape"] = shapes[(ov, w_bits)]["key"]
+        split = pair.pop("split")
+        at = (ov, w_bits, json.dumps(split, sort_keys=True))
+        if at not in shapes:
+            shapes[at] = shape_task(by_ov[ov], w_bits, split)
+        pair["shape"] = shapes[at]["key"]
         pair["key"] = _key({k: pair[k] for k in ("students", "chip", "shape")})
         unique.setdefault(pair["key"], pair)   # sign x experts {1, 2, 4} is one student on one chip: one row
     return Plan(teacher, list(students.values()), list(chips.values()), list(shapes.values()),
                 list(unique.values()))
 
 
-def shape_task(task: dict[str, Any], w_bits: int) -> dict[str, Any]:
+def shape_task(task: dict[str, Any], w_bits: int, split: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plain sweep's task ``task`` with the weights in format ``w_bits``: the task itself for sign weights
-    (0), else a copy carrying ``w_bits`` whose key hashes it, so a sign and a ternary estimate of one config are
-    two units."""
+    (0), else a copy carrying ``w_bits`` (and a split scheme's :func:`shape_split`) whose key hashes it, so a sign,
+    a ternary and a PB-LLM estimate of one config are three units."""
     from bitmos.explore.sweep import point_key
 
-    if not w_bits:
+    if not w_bits and not split:
         return task
     out = {k: v for k, v in task.items() if k != "key"}
     out["w_bits"] = w_bits
+    out.update(split or {})
     out["key"] = point_key(out)
     return out
 
 
 def evaluate_shape(task: dict[str, Any]) -> dict[str, Any]:
     """One shape unit: :func:`bitmos.explore.sweep.evaluate_point` for sign weights; for integer weights
-    (``task["w_bits"]``) the same estimate with the weights in that format. Never raises for a bad point.
+    (``task["w_bits"]``) the same estimate with the weights in that format, and for a split scheme
+    (``task["scheme"]``, PB-LLM) with its two chip layers per linear. Never raises for a bad point.
     ``synth`` is not run here: the co-design join takes area from the area model (:func:`join_rows`)."""
     from bitmos.errors import BitmosUserError
     from bitmos.explore.perf import Infeasible, evaluate
@@ -359,7 +382,8 @@ def evaluate_shape(task: dict[str, Any]) -> dict[str, Any]:
     try:
         cfg = AcceleratorConfig.from_dict(task["config"], source="point")
         res = evaluate(cfg, task["shape"], prefill_tokens=task["prefill_tokens"], energy_table=task["energy_table"],
-                       backend=task["backend"], auto_buffers=task["auto_buffers"], w_bits=w_bits)
+                       backend=task["backend"], auto_buffers=task["auto_buffers"], w_bits=w_bits,
+                       scheme=task.get("scheme"), pb_fraction=task.get("pb_fraction", 0.1))
         row.update(res, feasible=True)
         row["binary_ops_per_cycle"] = AcceleratorConfig.from_dict(res["config"]).binary_ops_per_cycle()
     except (Infeasible, BitmosUserError) as exc:

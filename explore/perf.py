@@ -39,13 +39,13 @@ def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
 
 # ---- sim backend -----------------------------------------------------------------------------------
 
-def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]], tokens: int,
-                     w_bits: int = 0, bias: bool = False) -> list[list[Any]]:
-    """For each (name, K, N) of ``linears``: the timing-mode results of its programs for ``tokens`` tokens,
-    with weights in format ``w_bits`` (register WBITS: 0 = sign, 2 = ternary) and, with ``bias``, FBI-LLM's
-    per-token bias on the router (register BIAS).
+def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int, int]], tokens: int,
+                     bias: bool = False) -> list[list[Any]]:
+    """For each (name, K, N, WBITS) of ``linears``: the timing-mode results of its programs for ``tokens`` tokens,
+    with weights in format WBITS (0 = sign, 2 = ternary, 8 = int8) and, with ``bias``, FBI-LLM's per-token bias
+    on the router (register BIAS).
 
-    Each distinct (K, N) is compiled once (``compile_spec`` of a timing-only ``synthetic_spec``) and
+    Each distinct (K, N, WBITS) is compiled once (``compile_spec`` of a timing-only ``synthetic_spec``) and
     simulated once; linears of the same shape share those results (q/k/v/o of LLaMA-2-7B are one shape,
     gate/up another): a linear's timing and action counts do not depend on where its data sits in
     external memory. Raises :class:`Infeasible` naming the linear when a program faults.
@@ -54,18 +54,18 @@ def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int]]
     from bitmos.sim import Simulator
 
     sim = Simulator(cfg)
-    by_shape: dict[tuple[int, int], list[Any]] = {}
+    by_shape: dict[tuple[int, int, int], list[Any]] = {}
     out = []
-    for name, K, N in linears:
-        if (K, N) not in by_shape:
+    for name, K, N, w_bits in linears:
+        if (K, N, w_bits) not in by_shape:
             spec = synthetic_spec(name, K, N, cfg, seed=len(by_shape), materialize=False, w_bits=w_bits, bias=bias)
             runs = [sim.run(p.words, None, functional=False) for p in compile_spec(spec, cfg, tokens).programs]
             for r in runs:
                 if r.error:
                     raise Infeasible(f"{name} ({K}x{N}): the simulator stopped with {r.cause_name}: "
                                      f"{r.error_message}")
-            by_shape[(K, N)] = runs
-        out.append(by_shape[(K, N)])
+            by_shape[(K, N, w_bits)] = runs
+        out.append(by_shape[(K, N, w_bits)])
     return out
 
 
@@ -93,8 +93,8 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
 
 # ---- the estimate ------------------------------------------------------------------------------
 
-def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: int, decode: int,
-            table, w_bits: int = 0, bias: bool = False) -> dict[str, Any]:
+def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefill: int, decode: int,
+            table, bias: bool = False) -> dict[str, Any]:
     from bitmos.sim.report import summarize
 
     out: dict[str, Any] = {}
@@ -102,7 +102,7 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int]], prefill: i
         if not tokens:
             continue
         runs, names = [], []
-        for (name, _, _), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens, w_bits, bias)):
+        for (name, *_), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens, bias)):
             runs += layer_runs
             names += [name] * len(layer_runs)
         steps = decode if phase == "decode" else 1   # identical one-token steps: summed, not replayed
@@ -121,31 +121,32 @@ MAX_DECODE_TOKENS = 10 ** 12
 DEFAULT_MAX_WORK = 1 << 24
 
 
-def prefill_work(walk: list[tuple[str, int, int]], cfg: AcceleratorConfig, tokens: int, w_bits: int = 0) -> int:
-    """Array tile steps the prefill of ``tokens`` tokens compiles and simulates: per distinct (K, N) of the
-    walk (each is compiled and simulated once), token tiles x column tiles x lane chunks. The estimate's time
+def prefill_work(walk: list[tuple[str, int, int, int]], cfg: AcceleratorConfig, tokens: int) -> int:
+    """Array tile steps the prefill of ``tokens`` tokens compiles and simulates: per distinct (K, N, WBITS) of
+    the walk (each is compiled and simulated once), weight planes x token tiles x column tiles x lane chunks.
+    The estimate's time
     grows with it (3.3 M tile steps, LLaMA-2-7B at 2048 tokens on asic32, take about 4 s)."""
     rows = cfg.rows
     from bitmos.semantics import weight_planes
 
-    return weight_planes(cfg, w_bits) * sum(-(-tokens // rows) * -(-N // cfg.cols) * -(-K // cfg.lanes)
-                                for K, N in {(K, N) for _, K, N in walk})
+    return sum(weight_planes(cfg, w_bits) * -(-tokens // rows) * -(-N // cfg.cols) * -(-K // cfg.lanes)
+               for K, N, w_bits in {(K, N, w_bits) for _, K, N, w_bits in walk})
 
 
 #: Config fields of the on-chip buffers: a layer that fits none of them is refused with the presets that hold it.
 BUFFER_FIELDS = ("xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib")
 
 
-def presets_holding(walk: list[tuple[str, int, int]], w_bits: int = 0) -> list[str]:
-    """The presets on whose buffers every (K, N) of ``walk`` has a tiling (one token, plane mode, which needs the
-    least; larger prompts stream through the same buffers), with weights in format ``w_bits``."""
+def presets_holding(walk: list[tuple[str, int, int, int]]) -> list[str]:
+    """The presets on whose buffers every (K, N, WBITS) of ``walk`` has a tiling (one token, plane mode, which
+    needs the least; larger prompts stream through the same buffers)."""
     from bitmos.compiler import make_tiling, synthetic_spec
     from bitmos.config import presets_where
 
-    shapes = sorted({(K, N) for _, K, N in walk})
+    shapes = sorted({(K, N, w_bits) for _, K, N, w_bits in walk})
 
     def holds(p: AcceleratorConfig) -> None:
-        for K, N in shapes:
+        for K, N, w_bits in shapes:
             make_tiling(synthetic_spec(f"K{K}_N{N}", K, N, p, seed=0, materialize=False, w_bits=w_bits), p, 1,
                         "plane")
     return presets_where(holds)
@@ -153,10 +154,13 @@ def presets_holding(walk: list[tuple[str, int, int]], w_bits: int = 0) -> list[s
 
 def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, prefill: int, decode: int,
              energy_table: str | None = None, auto_buffers: bool = False,
-             max_work: int | None = None, w_bits: int = 0, bias: bool = False) -> dict[str, Any]:
+             max_work: int | None = None, w_bits: int = 0, bias: bool = False, scheme: str | None = None,
+             pb_fraction: float = 0.1) -> dict[str, Any]:
     """Prefill (``prefill`` tokens, one pass) and decode (``decode`` one-token steps) of ``shape`` on ``cfg``,
     its weights in format ``w_bits`` (0 = sign, 1 bit each; 2 = ternary, two planes); ``bias``: FBI-LLM layers
-    (beta . x on the router, register BIAS), refused by the compiler on a config without a router.
+    (beta . x on the router, register BIAS), refused by the compiler on a config without a router. ``scheme``
+    (instead of the two): the scheme's chip layers (:func:`bitmos.compiler.shapes.scheme_linears`: its weight
+    format and bias; PB-LLM's two parts per linear at ``pb_fraction``).
 
     Keys: ``model`` (name, layers, binary_weights), ``config`` (grown when ``auto_buffers``), ``grown``,
     ``energy_table``, ``prefill`` / ``decode`` (:func:`bitmos.sim.report.summarize` of the phase plus
@@ -171,26 +175,32 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
         raise ConfigError(f"--decode {decode} is beyond the limit of {MAX_DECODE_TOKENS:,} decode steps the "
                           "estimate scales its simulated step to", field="decode")
     shape = resolve_shape(shape)
-    walk = llama_linears(shape)
+    if scheme is not None:
+        from bitmos.compiler.lower import BIAS_SCHEMES
+        from bitmos.compiler.shapes import scheme_linears
+        walk = scheme_linears(shape, scheme, pb_fraction)
+        bias = scheme in BIAS_SCHEMES
+    else:
+        walk = [(name, K, N, w_bits) for name, K, N in llama_linears(shape)]
     if bias:   # the compiler's refusal, before any estimate runs
         from bitmos.compiler.lower import check_bias
         check_bias(walk[0][0], cfg)
-    if max_work is not None and prefill and prefill_work(walk, cfg, prefill, w_bits) > max_work:
+    if max_work is not None and prefill and prefill_work(walk, cfg, prefill) > max_work:
         from bitmos.compiler import synthetic_spec
         from bitmos.compiler.api import check_fits_memory
         if not auto_buffers:   # a prompt that cannot fit at all says so, rather than that it would be slow
-            for i, (name, K, N) in enumerate(walk):
-                check_fits_memory(synthetic_spec(name, K, N, cfg, seed=i, materialize=False, w_bits=w_bits),
+            for i, (name, K, N, bits) in enumerate(walk):
+                check_fits_memory(synthetic_spec(name, K, N, cfg, seed=i, materialize=False, w_bits=bits),
                                   cfg, prefill)
         raise ConfigError(f"--prefill {prefill} on {shape.get('name', 'this model')} and config {cfg.name} is "
-                          f"{prefill_work(walk, cfg, prefill, w_bits):,} array tile steps to compile and simulate, beyond "
+                          f"{prefill_work(walk, cfg, prefill):,} array tile steps to compile and simulate, beyond "
                           f"the limit of {max_work:,} (--max-work, about 20 s here); lower --prefill or raise "
                           "--max-work", field="prefill")
     t0 = time.perf_counter()
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        return dict(_phases(c, walk, prefill, decode, table, w_bits, bias), energy_table=table.name)
+        return dict(_phases(c, walk, prefill, decode, table, bias), energy_table=table.name)
 
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)
@@ -201,16 +211,17 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
         except UnsupportedError as exc:
             if exc.field not in BUFFER_FIELDS:
                 raise
-            holding = presets_holding(walk, w_bits)
+            holding = presets_holding(walk)
             hint = (f"; the presets whose buffers hold every layer of this model: {', '.join(holding)}" if holding
                     else "; no preset's buffers hold every layer of this model (grow the named field)")
             raise UnsupportedError(f"{exc}{hint}", field=exc.field) from None
-    weights = sum(a * b for _, a, b in walk)
     from bitmos.semantics import weight_planes
 
-    bits = weights * weight_planes(cfg, w_bits)    # weight bits a token reads: one per weight and plane
+    weights = sum(K * N for _, K, N, _ in walk)
+    bits = sum(K * N * weight_planes(cfg, b) for _, K, N, b in walk)   # weight bits a token reads: one per plane
     out: dict[str, Any] = {"model": {"name": shape.get("name", "custom"), "layers": len(walk),
-                                     "binary_weights": weights, "weight_bits": bits, "w_bits": w_bits},
+                                     "binary_weights": weights, "weight_bits": bits,
+                                     "w_bits": max(b for *_, b in walk), "scheme": scheme},
                            "config": cfg.to_dict(), "grown": grown}
     out.update(phases)
     out["decode_bound_tokens_per_s"] = cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / bits
@@ -220,9 +231,11 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
 
 def evaluate(cfg: AcceleratorConfig, shape: str | dict[str, Any] | None = None, *, prefill_tokens: int = 128,
              energy_table: str | None = None, backend: str | None = None,
-             auto_buffers: bool = False, w_bits: int = 0) -> dict[str, Any]:
+             auto_buffers: bool = False, w_bits: int = 0, scheme: str | None = None,
+             pb_fraction: float = 0.1) -> dict[str, Any]:
     """The sweep's flat row of :func:`estimate` (one decode token, ``prefill_tokens`` of prefill), the weights in
-    format ``w_bits`` (0 = sign; 2 = ternary, ``bitmos.compiler.lower.SCHEME_WEIGHT_BITS``):
+    format ``w_bits`` (0 = sign; 2 = ternary, ``bitmos.compiler.lower.SCHEME_WEIGHT_BITS``) or a ``scheme``'s chip
+    layers (:func:`estimate`):
     ``decode_tokens_per_s``, ``decode_uj_per_token``, ``prefill_tokens_per_s``, ``prefill_uj_per_token``,
     cycles, stall fraction, achieved DRAM bandwidth fraction, array use, the energy breakdown of a
     decode token, and ``config`` (grown when ``auto_buffers``)."""
@@ -231,7 +244,7 @@ def evaluate(cfg: AcceleratorConfig, shape: str | dict[str, Any] | None = None, 
 
     try:
         est = estimate(shape, cfg, prefill=prefill_tokens, decode=1, energy_table=energy_table,
-                       auto_buffers=auto_buffers, w_bits=w_bits)
+                       auto_buffers=auto_buffers, w_bits=w_bits, scheme=scheme, pb_fraction=pb_fraction)
     except UnsupportedError as exc:
         raise Infeasible(str(exc)) from None
     return flat_row(est, prefill_tokens)

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bitmos.export import salient_channel_count
 from bitmos.model.config import PB_SALIENT  # "weights" (top |W|) or "channels" (whole input columns)
 from bitmos.model.quant import quantize_per_token
 
@@ -250,7 +251,7 @@ class PBLinear(BinarizedLinear):
     def salient_channels(self) -> torch.Tensor:
         """int64 (k,), ascending: the k = round(fraction * d_in) input channels (columns of W) with the largest
         max |W|; equal maxima go to the lower index (a stable sort), so the choice is deterministic."""
-        k = int(round(self.fraction * self.in_features))
+        k = salient_channel_count(self.fraction, self.in_features)
         norms = self.weight.detach().float().abs().amax(0)                   # (d_in,) column infinity norms
         order = torch.sort(norms, descending=True, stable=True).indices
         return order[:k].sort().values

@@ -11,6 +11,11 @@ scheme      E    exported
 ``ternary`` 0    signs and the nonzero plane (the trits); ``smul``/``smul_exp`` = int16 of gamma = mean|W|
 ``bitnet``  0    signs of W - mean W; ``smul``/``smul_exp`` = int16 of mean|W|; its LayerNorm runs on the host
 ``fbi``     1    signs; ``s_in`` = alpha [1, d_in], ``s_out`` = 1 [1, d_out]; ``bias`` = beta [d_in] (int16 + bias_exp)
+``pb``      0/1  two parts (structured PB-LLM, ``pb_salient = "channels"``): ``<path>.binary``, E = 0, signs over
+                 the non-salient input channels, ``smul`` = the binary scale; ``<path>.salient``, E = 1,
+                 ``int_weights`` = the int8 codes of the salient channels, ``s_in`` = 1 (exponent 0, so v = x as
+                 in the binary part), ``s_out`` = the per-row scales; each with its absmax pads
+                 (:func:`bitmos.export.split_part_shapes`). The paper's unstructured set has no chip path.
 other       --   :class:`bitmos.errors.UnsupportedError` naming the layer and the scheme
 ==========  ===  ==========================================================================================
 
@@ -30,10 +35,8 @@ import torch
 from bitmos import __version__
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
-from bitmos.export import EXPORT_VERSION, BinaryLinearExport, ModelExport, quantize_to_int16
-
-#: schemes with a hardware path, and the experts count each one exports with
-SUPPORTED_SCHEMES = ("sign", "onebit", "mos", "ternary", "fbi", "bitnet")
+from bitmos.export import (ABSMAX_PADS, CHIP_SCHEMES, EXPORT_VERSION, BinaryLinearExport, ModelExport,
+                           quantize_to_int16, split_part_shapes)
 #: activation widths the accelerator's quantizer produces
 HW_ACT_BITS = (1, 2, 4, 8)
 
@@ -57,17 +60,81 @@ def _int16(values: np.ndarray, where: str, what: str) -> tuple[np.ndarray, int]:
     return quantize_to_int16(values)
 
 
-def export_linear(path: str, module) -> BinaryLinearExport:
-    """One binarized linear -> :class:`BinaryLinearExport` (raises UnsupportedError for schemes without hardware)."""
+def export_layers(path: str, module) -> list[BinaryLinearExport]:
+    """One binarized linear -> its chip layers: one :class:`BinaryLinearExport`, or the parts of a split scheme
+    (PB-LLM). Raises UnsupportedError for schemes without hardware."""
     info = module.export()
-    scheme = info["scheme"]
-    if scheme not in SUPPORTED_SCHEMES:
+    if info["scheme"] == "pb":
+        return export_pb_parts(path, info)
+    return [export_linear(path, module, info)]
+
+
+def _check_exportable(path: str, info: dict) -> None:
+    scheme, act_bits = info["scheme"], info["act_bits"]
+    if scheme not in CHIP_SCHEMES:
         raise UnsupportedError(f"layer {path!r}: scheme {scheme!r} has no hardware path yet "
-                               f"(exportable schemes: {', '.join(SUPPORTED_SCHEMES)})")
-    act_bits = info["act_bits"]
+                               f"(exportable schemes: {', '.join(CHIP_SCHEMES)})")
     if act_bits not in HW_ACT_BITS:
         raise UnsupportedError(f"layer {path!r}: act_bits = {act_bits!r}; the accelerator quantizes activations "
                                f"to {', '.join(map(str, HW_ACT_BITS))} bits (W1A16 has no hardware path)")
+
+
+def export_pb_parts(path: str, info: dict) -> list[BinaryLinearExport]:
+    """A structured PB-LLM linear (``PBLinear.export()``) -> its binary and salient chip layers (module docstring).
+
+    Exact split: the float layer is Q(x) (m * s_b * B + M * codes * row)^T with one per-token quantizer over all of
+    x; each part's input carries x's absmax in its pads, so both parts quantize every channel to the same code
+    with the same D, and the host's sum of the two outputs is the layer (up to each part's output rounding)."""
+    _check_exportable(path, info)
+    if "salient_channels" not in info:
+        raise UnsupportedError(f"layer {path!r}: PB-LLM with the paper's unstructured salient set "
+                               "(pb_salient = 'weights') has no chip path: the chip runs structured PB-LLM, whole "
+                               "salient input channels in an int8 pass (pb_salient = 'channels'); docs/model.md")
+    if info["act_bits"] < 2:
+        raise UnsupportedError(f"layer {path!r}: PB-LLM's int8 pass uses integer weight planes, which need "
+                               f"act_bits >= 2 (got {info['act_bits']})")
+    signs = info["sign"].cpu().numpy().astype(bool)
+    d_out, d_in = signs.shape
+    salient = info["salient_channels"].cpu().numpy().astype(np.int64)
+    rest = np.setdiff1d(np.arange(d_in), salient)
+    shapes = {part: (k, bits) for part, k, bits in split_part_shapes(d_in, len(salient))}
+    split = len(shapes) > 1
+    parts = []
+    if "binary" in shapes:
+        pads = ABSMAX_PADS["sign"] if split else 0
+        pad_signs = np.tile(np.array([True, False]), (d_out, 1))[:, :pads]      # +1 and -1: they cancel
+        lin = BinaryLinearExport(name=f"{path}.binary", d_in=shapes["binary"][0], d_out=d_out, experts=0,
+                                 act_bits=int(info["act_bits"]), signs=np.ascontiguousarray(
+                                     np.concatenate([signs[:, rest], pad_signs], 1)),
+                                 scheme="pb", source=path, channels=rest.astype(np.int32), absmax_pads=pads)
+        smul, smul_exp = _int16(np.array([info["scale"]], dtype=np.float64), path, "binary scale")
+        lin.smul, lin.smul_exp = int(smul[0]), int(smul_exp)
+        parts.append(lin)
+    if "salient" in shapes:
+        pads = ABSMAX_PADS["int"] if split else 0
+        codes = info["int8"].cpu().numpy().astype(np.int8)[:, salient]
+        codes = np.concatenate([codes, np.zeros((d_out, pads), np.int8)], 1)  # the pad's weight is 0
+        lin = BinaryLinearExport(name=f"{path}.salient", d_in=shapes["salient"][0], d_out=d_out, experts=1,
+                                 act_bits=int(info["act_bits"]), signs=np.ascontiguousarray(codes >= 0),
+                                 scheme="pb", int_weights=np.ascontiguousarray(codes), source=path,
+                                 channels=salient.astype(np.int32), absmax_pads=pads)
+        lin.s_in, lin.s_in_exp = np.ones((1, lin.d_in), np.int16), 0      # v = x, as in the binary part
+        lin.s_out, lin.s_out_exp = _int16(_np(info["row_scale"]).reshape(1, d_out), path, "row scales")
+        parts.append(lin)
+    for lin in parts:
+        lin.validate()
+    return parts
+
+
+def export_linear(path: str, module, info: dict | None = None) -> BinaryLinearExport:
+    """One binarized linear of an unsplit scheme -> :class:`BinaryLinearExport` (raises UnsupportedError for
+    schemes without hardware and for split schemes, which :func:`export_layers` exports)."""
+    info = module.export() if info is None else info
+    scheme = info["scheme"]
+    _check_exportable(path, info)
+    if scheme == "pb":
+        raise UnsupportedError(f"layer {path!r}: a PB-LLM linear is exported as parts (export_layers)")
+    act_bits = info["act_bits"]
     signs = info["sign"].cpu().numpy().astype(bool)
     d_out, d_in = signs.shape
     lin = BinaryLinearExport(name=path, d_in=d_in, d_out=d_out, experts=0, act_bits=int(act_bits),
@@ -174,10 +241,10 @@ def export_model(model, accel: AcceleratorConfig | str | None = None, *, info: d
     peaks = calibrate_inputs(model, calibration) if calibration is not None else {}
     linears, prefixes = [], []
     for path, module in model.binarized_linears():
-        lin = export_linear(path, module)
-        if calibration is not None:
-            lin.x_frac = input_frac_for(peaks[path])
-        linears.append(lin)
+        for lin in export_layers(path, module):
+            if calibration is not None:   # the parts of a split linear share its input, so its format
+                lin.x_frac = input_frac_for(peaks[path])
+            linears.append(lin)
         prefixes.append(path + ".")
     host = {}
     for key, value in model.state_dict().items():

@@ -256,6 +256,35 @@ def from_fixed(y: torch.Tensor, frac_bits: int, dtype=torch.float32) -> torch.Te
     return (y.to(torch.float64) / (1 << frac_bits)).to(dtype)
 
 
+def check_parts(path: str, parts: list[BinaryLinearExport], d_in: int, cfg: AcceleratorConfig) -> None:
+    """The chip layers of model linear ``path`` (``d_in`` inputs) fit together: one layer of the whole input, or
+    parts of one split scheme whose channels are disjoint, inside the input, cover it, and share one input format."""
+    if len(parts) == 1 and not parts[0].source:
+        if parts[0].d_in != d_in:
+            raise FormatError(f"layer {path!r}: d_in = {parts[0].d_in}, the model's linear takes {d_in}")
+        return
+    if any(not lin.source for lin in parts):
+        raise FormatError(f"layer {path!r}: a layer and parts of it at once")
+    taken = np.concatenate([lin.channels for lin in parts]).astype(np.int64)
+    if taken.size and (int(taken.max()) >= d_in or np.unique(taken).size != taken.size or taken.size != d_in):
+        raise FormatError(f"layer {path!r}: its parts' channels must split its {d_in} inputs exactly once each")
+    if len({lin.input_frac(cfg) for lin in parts}) != 1 or len({lin.d_out for lin in parts}) != 1:
+        raise FormatError(f"layer {path!r}: its parts differ in input format or output width")
+    if len(parts) > 1 and any(not lin.absmax_pads for lin in parts):
+        raise FormatError(f"layer {path!r}: a part without absmax pads would quantize with its own absmax")
+
+
+def part_input(lin: BinaryLinearExport, x: torch.Tensor) -> torch.Tensor:
+    """The chip input of layer ``lin`` from its model linear's int16 input x [T, K]: x itself, or for a part of a
+    split linear x's ``channels`` followed by ``absmax_pads`` columns of -max|x| per token (-m fits int16 even
+    for m = 32768; the quantizer takes |.|, so the sign does not matter)."""
+    if not lin.source:
+        return x
+    cols = x[:, torch.from_numpy(lin.channels.astype(np.int64))]
+    pad = (-x.abs().amax(-1, keepdim=True)).expand(x.shape[0], lin.absmax_pads)
+    return torch.cat([cols, pad], 1)
+
+
 @dataclass
 class LinearStats:
     """Per-layer counters of the integer path (for reports): tokens, saturated inputs/outputs, accumulator wraps."""
@@ -302,14 +331,21 @@ class HostSide(nn.Module):
         from bitmos.model.transformer import Transformer
 
         self.cfg = cfg
-        self.x_frac = {lin.name: lin.input_frac(cfg) for lin in export.linears}   # each layer's input format
         self.config = ModelConfig.from_dict(dict(export.model_config))
         self.transformer = Transformer(self.config)
-        names = {p for p, _ in self.transformer.binarized_linears()}
-        exported = {lin.name for lin in export.linears}
+        modules = dict(self.transformer.binarized_linears())
+        #: model linear path -> its chip layers (one, or the parts of a split scheme, in export order)
+        self.parts: dict[str, list[BinaryLinearExport]] = {}
+        for lin in export.linears:
+            self.parts.setdefault(lin.model_linear, []).append(lin)
+        names, exported = set(modules), set(self.parts)
         if names != exported:
             raise FormatError(f"export's binarized linears {sorted(exported - names)[:4]} / model's "
                               f"{sorted(names - exported)[:4]} do not match the model config")
+        for path, parts in self.parts.items():
+            check_parts(path, parts, modules[path].in_features, cfg)
+        #: each model linear's input format (its parts share it: they take one conversion of one input)
+        self.x_frac = {path: parts[0].input_frac(cfg) for path, parts in self.parts.items()}
         state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in export.host.items()}
         missing, unexpected = self.transformer.load_state_dict(state, strict=False)
         bad_missing = [k for k in missing if not any(k.startswith(n + ".") for n in names)]
@@ -327,6 +363,15 @@ class HostSide(nn.Module):
         ``x_frac``, else the config's ``x_frac_bits``)."""
         return to_fixed(x, self.x_frac[path])
 
+    def run_linear(self, path: str, x_int: torch.Tensor, accel_fn) -> torch.Tensor:
+        """Model linear ``path`` on the chip: x_int [T, K] (int16 values) -> y [T, N] (int64; int32 values, or for a
+        split linear the exact sum of its parts' int32 outputs), each chip layer through ``accel_fn``."""
+        y = None
+        for lin in self.parts[path]:
+            part = accel_fn(lin.name, part_input(lin, x_int))
+            y = part if y is None else y + part.to(I64)
+        return y
+
     def from_accelerator(self, y: torch.Tensor) -> torch.Tensor:
         """int32 values with out_frac_bits fraction bits -> float32."""
         return from_fixed(y, self.cfg.out_frac_bits)
@@ -339,7 +384,7 @@ class HostSide(nn.Module):
         def hook(path: str, module, x: torch.Tensor) -> torch.Tensor:
             x = module.host_input(x)    # the layer's host part (BitNet's LayerNorm), then the chip's input
             lead, k = x.shape[:-1], x.shape[-1]
-            y = accel_fn(path, self.to_accelerator(x.reshape(-1, k), path))
+            y = self.run_linear(path, self.to_accelerator(x.reshape(-1, k), path), accel_fn)
             return self.from_accelerator(y).reshape(*lead, y.shape[-1])
         return hook
 
@@ -371,7 +416,7 @@ class GoldenModel(nn.Module):
     def boundary(self, path: str, module, x: torch.Tensor) -> torch.Tensor:
         """The linear_override hook: :meth:`HostSide.linear_hook` over the golden accelerator, counting
         the inputs that saturate int16 on the way."""
-        st = self.accelerator.stats[path]
+        st = self.accelerator.stats[self.host.parts[path][0].name]   # a split linear's input: its first part's
         lim = 1 << (X_BITS - 1)
         st.x_values += x.numel()
         v = module.host_input(x.detach())   # the chip's input (the hook computes it again: BitNet layers only)

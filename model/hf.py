@@ -222,6 +222,8 @@ def load_model_source(path, *, scheme: str | None = None, experts: int | None = 
         from bitmos.model.distill import make_student
         tok = model.tokenizer
         overrides = {k: v for k, v in (("experts", experts), ("act_bits", act_bits)) if v is not None}
+        if scheme == "pb":   # the salient set the chip runs (whole input channels in an int8 pass)
+            overrides["pb_salient"] = "channels"
         model = make_student(model, scheme, **overrides).eval()
         model.tokenizer = tok
         meta = {**meta, "binarized_from": str(path), "scheme": scheme}

@@ -11,7 +11,7 @@ from bitmos.errors import ConfigError
 
 class TestAcceleratorConfig(unittest.TestCase):
     def test_presets_load_and_have_sane_depths(self):
-        self.assertEqual(set(PRESETS), {"tiny", "small", "medium", "asic32"})
+        self.assertEqual(set(PRESETS), {"tiny", "small", "small-w8", "medium", "asic32"})
         for name in PRESETS:
             with self.subTest(name=name):
                 c = preset_config(name)

@@ -113,7 +113,7 @@ def test_ternary_shape_unit_on_a_sign_only_config_is_infeasible_not_a_crash():
 
 @pytest.mark.parametrize("grid, match", [
     ({"scheme": ["bogus"]}, "scheme = 'bogus'"),
-    ({"scheme": ["pb"]}, "scheme 'pb' has no hardware path"),
+    ({"scheme": ["pb"], "pb_fraction": [1.5]}, "pb_fraction = 1.5 must be a number in"),
     ({"scheme": ["mos"], "experts": [9]}, "experts = 9"),
     ({"scheme": ["mos"], "act_bits": ["8"]}, "act_bits = '8'"),
     ({"scheme": ["mos"], "lanes": [36]}, "lanes"),
@@ -152,7 +152,7 @@ def test_bad_spec_fails_on_load():
 
 
 @pytest.mark.parametrize("grid,message", [
-    ('scheme = ["pb"]', "scheme 'pb' has no hardware path"),
+    ('scheme = ["pb"]\npb_fraction = ["0.1"]', "pb_fraction = '0.1' must be a number in [0, 1)"),
     ('scheme = ["ternary"]\nact_bits = [1]', "scheme 'ternary' at act_bits = 1"),
 ])
 def test_cli_refused_point_exits_with_one_line_before_training(tmp_path, grid, message):
@@ -223,6 +223,26 @@ def test_shipped_study_spec_loads():
     assert s.grid["scheme"] == ["sign", "onebit", "mos", "ternary", "fbi", "bitnet"]
 
 
+def test_pb_points_get_their_chip_and_a_split_estimate(tmp_path):
+    """Structured PB-LLM: an int8-capable chip (E = 1, eight weight planes, 32-bit sums) and, per salient
+    fraction, its own large-shape unit in which every linear is a sign layer and an int8 layer."""
+    from bitmos.explore.codesign import evaluate_shape, point_label
+
+    assert chip_fields("pb", 4, 8) == {"experts": 1, "act_bits": 8, "weight_bits": 8, "acc_bits": 32}
+    s = spec(grid={"scheme": ["sign", "pb"], "pb_fraction": [0.1, 0.25]})
+    plan = make_plan(s, tmp_path, "sim", model_side(s))
+    assert len(plan.students) == 3 and len(plan.shapes) == 3      # sign once; pb at two fractions
+    shapes = {t["key"]: t for t in plan.shapes}
+    by = {point_label(p["model_point"]): shapes[p["shape"]] for p in plan.pairs}
+    assert set(by) == {"sign A8", "pb 0.1 A8", "pb 0.25 A8"}
+    assert by["pb 0.1 A8"]["scheme"] == "pb" and by["pb 0.1 A8"]["w_bits"] == 8 and "scheme" not in by["sign A8"]
+    r10, r25 = evaluate_shape(by["pb 0.1 A8"]), evaluate_shape(by["pb 0.25 A8"])
+    assert r10["feasible"] and r25["feasible"], (r10, r25)
+    # more int8 channels: more weight bits per token, a lower bandwidth bound and slower decode
+    assert r25["decode_bound_tokens_per_s"] < r10["decode_bound_tokens_per_s"]
+    assert r25["decode_cycles"] > r10["decode_cycles"]
+
+
 @pytest.mark.slow
 def test_tiny_ternary_study_end_to_end(tmp_path):
     out = tmp_path / "t"
@@ -280,3 +300,20 @@ def test_chip_figures_come_from_programs_checked_against_golden(one_thread):
     lin.signs = np.logical_not(np.asarray(lin.signs))
     with pytest.raises(Infeasible, match=f"{lin.name}.*differ from the golden model"):
         run_checked(export, compile_model(export_model(model, cfg), cfg, 2), 2, seed=0)
+
+
+@pytest.mark.slow
+def test_tiny_pb_study_end_to_end(tmp_path):
+    """A structured PB-LLM student trained, run on its int8-capable chip with every layer checked against golden,
+    and estimated at the shape as two chip layers per linear, beside sign."""
+    out = tmp_path / "pb"
+    summary = run_sweep(spec(grid={"scheme": ["sign", "pb"]}), out=out)
+    assert summary["infeasible"] == 0
+    rows = {r["scheme"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    sign, pb = rows["sign"], rows["pb"]
+    assert pb["w_bits"] == 8 and pb["config"]["weight_bits"] == 8 and pb["config"]["acc_bits"] == 32
+    assert pb["student_golden_checked"] and pb["val_ppl"] > 1
+    # int8 salient channels: more weight bits per token than sign, for the student and at the shape
+    assert pb["student_decode_bound_tokens_per_s"] < sign["student_decode_bound_tokens_per_s"]
+    assert pb["shape_decode_bound_tokens_per_s"] < sign["shape_decode_bound_tokens_per_s"]
+    assert pb["shape_decode_tokens_per_s"] < sign["shape_decode_tokens_per_s"]

@@ -12,10 +12,10 @@ SMOL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
 
 
 def test_presets_holding_a_real_layer():
-    walk = [("q", 576, 576), ("down", 1536, 576)]
+    walk = [("q", 576, 576, 0), ("down", 1536, 576, 0)]
     got = presets_holding(walk)
     assert "small" not in got and "tiny" not in got and {"medium", "asic32"} <= set(got)
-    assert set(presets_holding([("toy", 128, 128)])) >= {"tiny", "small", "medium", "asic32"}
+    assert set(presets_holding([("toy", 128, 128, 0)])) >= {"tiny", "small", "medium", "asic32"}
 
 
 def test_estimate_refusal_names_the_presets_that_fit():

@@ -82,6 +82,9 @@ CONFIGS = {
     "k2w2": AcceleratorConfig(rows=2, cols=2, lanes=8, act_bits=2, weight_bits=2, experts=0, acc_bits=16,
                               ext_bw_bits=16),
     "r3k4w4": AcceleratorConfig(rows=3, cols=2, lanes=8, act_bits=4, weight_bits=4, experts=2, ext_bw_bits=16),
+    # PB-LLM's int8 salient part: 8-bit weights against 8-bit activations (64 plane steps per chunk, 32-bit sums)
+    "k8w8": AcceleratorConfig(rows=2, cols=2, lanes=8, act_bits=8, weight_bits=8, experts=1, acc_bits=32,
+                              ext_bw_bits=16),
 }
 
 

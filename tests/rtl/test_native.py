@@ -63,7 +63,8 @@ def test_native_hand_programs(preset, tmp_path):
     _run(cfg, cases, tmp_path)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+# small-w8: small with 8-bit integer weight planes (PB-LLM's int8 salient part), random WBITS in 0, 2..8
+@pytest.mark.parametrize("preset", [*PRESETS, "small-w8"])
 def test_native_random_programs(preset, tmp_path):
     cfg = preset_config(preset)
     n = int(os.environ.get("BITMOS_RTL_NATIVE_PROGRAMS", "300"))
