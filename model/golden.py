@@ -376,13 +376,16 @@ class HostSide(nn.Module):
         """int32 values with out_frac_bits fraction bits -> float32."""
         return from_fixed(y, self.cfg.out_frac_bits)
 
-    def linear_hook(self, accel_fn):
+    def linear_hook(self, accel_fn, on_input=None):
         """A ``linear_override`` hook (see ``Transformer.forward``) that runs every binarized linear on an
         accelerator: float x (..., K) -> :meth:`to_accelerator` -> ``accel_fn(path, x_int [T, K]) -> y_int
         [T, N]`` -> :meth:`from_accelerator`. ``accel_fn`` is the golden :class:`AcceleratorSide`, the
-        simulator or the RTL (``bitmos demo`` / ``verify``)."""
+        simulator or the RTL (``bitmos demo`` / ``verify``); ``on_input(path, v)``, if given, sees each layer's
+        float input after its host part (the golden model counts the values that saturate int16)."""
         def hook(path: str, module, x: torch.Tensor) -> torch.Tensor:
             x = module.host_input(x)    # the layer's host part (BitNet's LayerNorm), then the chip's input
+            if on_input is not None:
+                on_input(path, x)
             lead, k = x.shape[:-1], x.shape[-1]
             y = self.run_linear(path, self.to_accelerator(x.reshape(-1, k), path), accel_fn)
             return self.from_accelerator(y).reshape(*lead, y.shape[-1])
@@ -401,7 +404,7 @@ class GoldenModel(nn.Module):
         self.host = HostSide(export, cfg)
         self.accelerator = AcceleratorSide(export, cfg)
         self.config = self.host.config
-        self._to_golden = self.host.linear_hook(self.accelerator)
+        self._to_golden = self.host.linear_hook(self.accelerator, on_input=self._count_input)
 
     @classmethod
     def from_model(cls, model, accel: AcceleratorConfig | str | None = None) -> "GoldenModel":
@@ -415,14 +418,16 @@ class GoldenModel(nn.Module):
 
     def boundary(self, path: str, module, x: torch.Tensor) -> torch.Tensor:
         """The linear_override hook: :meth:`HostSide.linear_hook` over the golden accelerator, counting
-        the inputs that saturate int16 on the way."""
+        the inputs that saturate int16 on the way (:meth:`_count_input`)."""
+        return self._to_golden(path, module, x)
+
+    def _count_input(self, path: str, v: torch.Tensor) -> None:
+        """Count layer ``path``'s chip input values (after its host part) and those beyond int16 at its format."""
         st = self.accelerator.stats[self.host.parts[path][0].name]   # a split linear's input: its first part's
         lim = 1 << (X_BITS - 1)
-        st.x_values += x.numel()
-        v = module.host_input(x.detach())   # the chip's input (the hook computes it again: BitNet layers only)
-        raw = torch.floor(v.double() * (1 << self.host.x_frac[path]) + 0.5)
+        st.x_values += v.numel()
+        raw = torch.floor(v.detach().double() * (1 << self.host.x_frac[path]) + 0.5)
         st.x_saturated += int(((raw > lim - 1) | (raw < -lim)).sum())
-        return self._to_golden(path, module, x)
 
     @torch.no_grad()
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):

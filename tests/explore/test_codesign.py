@@ -220,7 +220,7 @@ def test_shipped_study_spec_loads():
     assert "codesign" in builtin_specs()
     s = SweepSpec.load("codesign")
     assert s.distill and s.objectives[0] == "min:val_ppl"
-    assert s.grid["scheme"] == ["sign", "onebit", "mos", "ternary", "fbi", "bitnet"]
+    assert s.grid["scheme"] == ["sign", "onebit", "mos", "ternary", "fbi", "bitnet", "pb"]
 
 
 def test_pb_points_get_their_chip_and_a_split_estimate(tmp_path):
