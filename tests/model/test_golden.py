@@ -340,3 +340,19 @@ def test_evaluate_golden_reports_both_models():
     assert evaluate(golden, tokens, 16, 256)["ppl"] == pytest.approx(res["golden"]["ppl"], rel=1e-9)
     g = greedy_agreement(golden, model, tokens[:24].view(3, 8), 4)
     assert g["prompts"] == 3 and 0 <= g["token_agreement"] <= 1
+
+
+@pytest.mark.parametrize("scheme", ["sign", "bitnet"])
+def test_input_saturation_is_counted_on_the_chip_input(scheme):
+    """x_values counts every input value of every layer once; x_saturated those beyond int16 at the layer's
+    format: none at Q7.8, many at Q0.15 (|x| >= 1 saturates), taken after the host part (BitNet's LayerNorm)."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(scheme=scheme, act_bits=8)).eval()
+    idx = torch.randint(0, 64, (1, 8))
+    n_in = sum(m.in_features for _, m in model.binarized_linears()) * idx.numel()
+    for frac, saturates in ((8, False), (15, True)):
+        golden = GoldenModel.from_model(model, AcceleratorConfig(x_frac_bits=frac, experts=0))
+        golden(idx)
+        st = golden.stats()
+        assert sum(s["x_values"] for s in st.values()) == n_in
+        assert (sum(s["x_saturated"] for s in st.values()) > 0) == saturates
