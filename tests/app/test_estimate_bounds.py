@@ -80,4 +80,26 @@ def test_scheme_sets_the_weight_format(capsys):
     assert tern["decode"]["ext_bytes_read"] > sign["decode"]["ext_bytes_read"]
     fails_cleanly(["estimate", "--model", "toy", "--config", "tiny", "--prefill", "4", "--decode", "2",
                    "--scheme", "ternary"], capsys, match="weight_bits = 1")
-    fails_cleanly(["estimate", "--scheme", "pb"], capsys, match="--scheme")
+    fails_cleanly(["estimate", "--scheme", "float"], capsys, match="--scheme")
+
+
+def test_scheme_pb_is_two_chip_layers_per_linear(capsys, tmp_path):
+    """--scheme pb: every linear a sign layer and an int8 layer (8 planes on round(0.25 K) channels at
+    --pb-fraction 0.25), so 1 + 7 x 0.25 weight bits per weight; a chip without 8-bit planes refuses it naming the
+    preset that has them."""
+    base = ["estimate", "--model", "toy", "--prefill", "4", "--decode", "2", "--json"]
+    w8 = tmp_path / "asic32-w8.toml"
+    w8.write_text('name = "asic32-w8"\nweight_bits = 8\nacc_bits = 32\npreset = "asic32"\n')
+    rc, out, err = run(base + ["--config", str(w8), "--scheme", "sign"], capsys)
+    assert rc == 0, err
+    sign = json.loads(out)
+    rc, out, err = run(base + ["--config", str(w8), "--scheme", "pb", "--pb-fraction", "0.25"], capsys)
+    assert rc == 0, err
+    pb = json.loads(out)
+    assert pb["model"]["layers"] == 2 * sign["model"]["layers"] and pb["model"]["w_bits"] == 8
+    ratio = pb["model"]["weight_bits"] / sign["model"]["weight_bits"]
+    assert 1 + 7 * 0.24 < ratio < 1 + 7 * 0.26 + 0.05   # plus the pads' few bits
+    assert pb["decode"]["cycles"] > sign["decode"]["cycles"]
+    fails_cleanly(base + ["--config", "asic32", "--scheme", "pb"], capsys,
+                  match="weight_bits >= 8 (the preset small-w8")
+    fails_cleanly(base + ["--scheme", "pb", "--pb-fraction", "1.5"], capsys, match="--pb-fraction")
