@@ -6,9 +6,14 @@ It runs on the sequencer's GATES window of E + GATES_FIXED cycles (``bitmos.sema
 * steps 0-1: the router adds its last line (its products are registered first);
 * step 2: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
   gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter;
-* step 3: max(l);
-* steps 4..E+3: for expert e = step - 4, d = min(max(l) - l_e, SOFTMAX_DIFF_MAX) and
-  u = rshift_round(d * LOG2E_Q10, LOG2E_FRAC); the exp table is read at u's EXP2_FRAC_BITS fraction bits;
+* step 3: the index of max(l), and every logit scaled, c_e = l_e * LOG2E_Q10, also with the rounding
+  half added, h_e = c_e + 2^(LOG2E_FRAC-1);
+* steps 4..E+3: for expert e = step - 4, u = (h_max - c_e) >> LOG2E_FRAC, which is
+  rshift_round(d * LOG2E_Q10, LOG2E_FRAC) with d = max(l) - l_e: one subtract in front of the exp table's
+  address (it is read at u's EXP2_FRAC_BITS fraction bits), not a subtract, a multiply and a rounding
+  add in one cycle (the small chip's critical path, 24.3 ns, when it was so). The golden model clamps d
+  to SOFTMAX_DIFF_MAX first; the hardware need not: a d beyond it has u >> EXP2_FRAC_BITS >= 369, so
+  p_e = 0 either way (and with 16-bit logits d <= 2^16 - 1 = SOFTMAX_DIFF_MAX anyway);
 * steps 5..E+4: p_e = table >> (u's integer part), 0 from SOFTMAX_MAX_SHIFT halvings on;
 * step E+5: the :class:`~bitmos.rtl.divider.SequentialDivider` starts on sum p; RCP =
   floor(2^SOFTMAX_RCP_SHIFT / sum p) is ready RCP_QUOTIENT_BITS + 1 cycles later, at step E+22;
@@ -77,7 +82,6 @@ class Softmax(wiring.Component):
         E, step = self._cfg.experts, self.step
         last = E + sem.GATES_FIXED - 1                              # the gate products' step
         logits = [Signal(signed(F.LOGIT_BITS), name=f"logit{e}") for e in range(E)]
-        lmax = Signal(signed(F.LOGIT_BITS))
         p = [Signal(F.GATE_BITS, name=f"p{e}") for e in range(E)]
         # the table holds fractions of 2^15 (GATE_ONE): GATE_BITS wide
         m.submodules.exp2_lut = rom = Memory(shape=F.GATE_BITS, depth=F.EXP2_LUT_SIZE, init=F.EXP2_LUT)
@@ -89,15 +93,19 @@ class Softmax(wiring.Component):
         rcp_start = last - rcp.cycles
         assert rcp_start == E + 5, "GATES_FIXED does not match the softmax schedule"
 
-        reading = (step - 4)[:max(1, (E - 1).bit_length())]         # expert of this step's table read
-        diff = (lmax - Array(logits)[reading])[:F.LOGIT_BITS + 1]   # >= 0
-        diff = Mux(diff > F.SOFTMAX_DIFF_MAX, F.SOFTMAX_DIFF_MAX, diff)[:F.SOFTMAX_DIFF_MAX.bit_length()]
-        u = Signal(18)   # (2^16 - 1) * LOG2E_Q10 >> LOG2E_FRAC < 2^17
-        m.d.comb += [u.eq((diff * F.LOG2E_Q10 + (1 << (F.LOG2E_FRAC - 1))) >> F.LOG2E_FRAC),
-                     table.addr.eq(u[:F.EXP2_FRAC_BITS]), table.en.eq(1)]
-        halvings = Signal(len(u) - F.EXP2_FRAC_BITS)
+        # c_e and h_e in registers per expert (step 3), so the table's address is one subtract from registers
+        scaled_bits = F.LOGIT_BITS + F.LOG2E_Q10.bit_length() + 1
+        scaled = [Signal(signed(scaled_bits), name=f"scaled{e}") for e in range(E)]
+        rounded = [Signal(signed(scaled_bits), name=f"rounded{e}") for e in range(E)]
+        top = Signal(range(E))                                      # index of max(l), from step 3
+        reading = Signal(range(E))                                  # expert of this step's table read
+        u = Signal(scaled_bits + 1)   # h_max - c_e >= 2^(LOG2E_FRAC-1) > 0
+        m.d.comb += [u.eq(Array(rounded)[top] - Array(scaled)[reading]),
+                     table.addr.eq(u[F.LOG2E_FRAC:F.LOG2E_FRAC + F.EXP2_FRAC_BITS]), table.en.eq(1)]
+        halvings = Signal(len(u) - F.LOG2E_FRAC - F.EXP2_FRAC_BITS)
         arriving = Signal(range(E))                                 # expert of the table data now
-        m.d.sync += [halvings.eq(u >> F.EXP2_FRAC_BITS), arriving.eq(reading[:len(arriving)])]
+        m.d.sync += [halvings.eq(u >> (F.LOG2E_FRAC + F.EXP2_FRAC_BITS)), arriving.eq(reading),
+                     reading.eq(Mux(self.active & (step >= 4), reading + 1, 0))]
         m.d.comb += [rcp.dividend.eq(1 << F.SOFTMAX_RCP_SHIFT), rcp.divisor.eq(sum(p)),
                      rcp.start.eq(self.active & (step == rcp_start))]
 
@@ -108,10 +116,14 @@ class Softmax(wiring.Component):
                 m.d.sync += [logits[e].eq(Mux(on, 0, sat(shifted[e], F.LOGIT_BITS))) for e in range(E)]
                 m.d.sync += self.bias.eq(Mux(on, sat(shifted[0], F.OUT_BITS), 0))
             with m.If(step == 3):
-                top = logits[0]
+                best, index = logits[0], 0
                 for e in range(1, E):
-                    top = Mux(logits[e] > top, logits[e], top)
-                m.d.sync += lmax.eq(top)
+                    later = logits[e] > best
+                    best, index = Mux(later, logits[e], best), Mux(later, e, index)
+                m.d.sync += top.eq(index)
+                for e in range(E):
+                    product = logits[e] * F.LOG2E_Q10
+                    m.d.sync += [scaled[e].eq(product), rounded[e].eq(product + (1 << (F.LOG2E_FRAC - 1)))]
             with m.If((step >= 5) & (step <= E + 4)):
                 shift = halvings[:ceil_log2(F.SOFTMAX_MAX_SHIFT)]
                 with m.Switch(arriving):

@@ -82,6 +82,9 @@ def test_softmax(name):
     big = 1 << (F.ROUTER_ACC_BITS - 1)
     cases = [([rng.randint(-big, big - 1) for _ in range(E)], rng.randrange(0, 64)) for _ in range(20)]
     cases += [([0] * E, 0), ([big - 1] + [-big] * (E - 1), 0), ([5 << 20] * E, 12)]   # ties, saturation
+    # around the last nonzero p (u >> EXP2_FRAC_BITS is 15 at d = 2,839, 16 at 2,840) and the widest d, 2^16 - 1
+    edges = [0, -2839, -2840, -2841, 32767, -32768, 100, -100]
+    cases += [([edges[(i + e) % len(edges)] for e in range(E)], 0) for i in range(len(edges))]
 
     async def bench(ctx):
         for acc, rshift in cases:
