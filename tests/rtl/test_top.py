@@ -15,7 +15,9 @@ Expected memory, cycles, error and cause come from ``bitmos.sim``. ``BITMOS_WAVE
 
 Random programs: ``BITMOS_RTL_PROGRAMS`` per config (default 1,000 on Verilator; 16 on Icarus, whose
 own speed bounds the run); ``-m slow`` runs 10,000
-(``BITMOS_RTL_PROGRAMS_SLOW``) on tiny and small and the hand and random programs on medium.
+(``BITMOS_RTL_PROGRAMS_SLOW``) on tiny and small and the hand and random programs on medium. The
+slow cases run on the native bench on Verilator (``mode="native"``, no Python per cycle; see
+tests/rtl/test_native.py), on the fast bench on Icarus; the default cases keep the fast bench.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ def reference(cfg, words, memory):
     return r.cycles, bool(r.error), int(r.cause), bytes(r.memory)
 
 
+def slow_mode(sim):
+    """The bench of the slow cases: the native one on Verilator (the cocotb fast bench elsewhere, and
+    with ``BITMOS_WAVES=1``: the native bench dumps no waveforms)."""
+    return "native" if sim == "verilator" and os.environ.get("BITMOS_WAVES") != "1" else "fast"
+
+
+def preset_mode(preset, sim):
+    """medium (slow) runs on the native bench on Verilator; tiny and small keep the fast bench."""
+    return slow_mode(sim) if preset == "medium" else "fast"
+
+
 def run_cases(cfg, cases, tmp_path, sim, mode="fast"):
     """Run ``cases`` (name, words, memory) on the RTL and compare with the reference."""
     jobs = []
@@ -84,7 +97,7 @@ PRESETS = ["tiny", "small", pytest.param("medium", marks=pytest.mark.slow)]
 def test_hand_programs(preset, sim, tmp_path):
     cfg = preset_config(preset)
     cases = layer_program(cfg, seed=1) + error_programs(cfg)
-    run_cases(cfg, cases, tmp_path, sim)
+    run_cases(cfg, cases, tmp_path, sim, mode=preset_mode(preset, sim))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -92,8 +105,9 @@ def test_random_programs(preset, sim, tmp_path):
     cfg = preset_config(preset)
     default = 1000 if sim == "verilator" else 16   # Icarus is bound by its own speed (docs/rtl.md, Speed)
     n = int(os.environ.get("BITMOS_RTL_PROGRAMS", default))
-    report = run_cases(cfg, random_cases(cfg, n), tmp_path, sim)
-    assert report["programs"] == n and report["mode"] == "fast"
+    mode = preset_mode(preset, sim)
+    report = run_cases(cfg, random_cases(cfg, n), tmp_path, sim, mode=mode)
+    assert report["programs"] == n and report["mode"] == mode
     faulted = sum(r["error"] for r in report["results"])
     assert 0 < faulted < n   # planted faults happened, and most programs ran to their halt
 
@@ -128,4 +142,6 @@ def test_random_programs_many(preset, sim, tmp_path):
     n = int(os.environ.get("BITMOS_RTL_PROGRAMS_SLOW", "10000"))
     if sim == "icarus":
         n //= 100   # Icarus runs ~100x slower than Verilator here
-    run_cases(cfg, random_cases(cfg, n, seed0=100_000, length=30, mem_bytes=1 << 14), tmp_path, sim)
+    report = run_cases(cfg, random_cases(cfg, n, seed0=100_000, length=30, mem_bytes=1 << 14), tmp_path, sim,
+                       mode=slow_mode(sim))
+    assert report["programs"] == n and report["mode"] == slow_mode(sim)
