@@ -28,31 +28,16 @@ from amaranth.utils import ceil_log2
 
 from bitmos.semantics import ARRAY_PE_PIPELINE
 
-__all__ = ["XnorPopcountPE", "popcount", "popcount_levels", "popcount_split", "full_adder"]
+__all__ = ["XnorPopcountPE", "popcount", "popcount_levels", "popcount_split"]
 
 
-def full_adder(m, a, b, c, name):
-    """3:2 compressor: (sum, carry) of three bits; each output is one LUT4 on ECP5. The outputs are
-    signals so the tree stays a DAG (an expression reused as a value would be copied per use)."""
-    s, cy = Signal(name=f"{name}_s"), Signal(name=f"{name}_c")
-    m.d.comb += [s.eq(a ^ b ^ c), cy.eq((a & b) | (a & c) | (b & c))]
-    return s, cy
-
-
-def _reduce(cols, m, name, level):
-    """One level of the reduction: every three bits of a weight become a sum and a carry."""
-    nxt = [[] for _ in range(len(cols) + 1)]
-    for w, col in enumerate(cols):
-        i = 0
-        while len(col) - i >= 3:
-            if m is None:        # counting only
-                s = c = None
-            else:
-                s, c = full_adder(m, col[i], col[i + 1], col[i + 2], f"{name}_l{level}_w{w}_{i // 3}")
-            nxt[w].append(s)
-            nxt[w + 1].append(c)
-            i += 3
-        nxt[w].extend(col[i:])
+def _column_heights(heights: list[int]) -> list[int]:
+    """One level of :func:`popcount`'s reduction, counted: of each weight's ``n`` bits, every three
+    become a sum (same weight) and a carry (next weight); ``n % 3`` pass through."""
+    nxt = [0] * (len(heights) + 1)
+    for w, n in enumerate(heights):
+        nxt[w] += n // 3 + n % 3
+        nxt[w + 1] += n // 3
     while nxt and not nxt[-1]:
         nxt.pop()
     return nxt
@@ -60,9 +45,9 @@ def _reduce(cols, m, name, level):
 
 def popcount_levels(n: int) -> int:
     """Full-adder levels of :func:`popcount` for ``n`` bits."""
-    cols, level = [[None] * n], 0
-    while any(len(c) > 2 for c in cols):
-        cols, level = _reduce(cols, None, "", level), level + 1
+    heights, level = [n], 0
+    while any(h > 2 for h in heights):
+        heights, level = _column_heights(heights), level + 1
     return level
 
 
