@@ -22,7 +22,7 @@ shared machine its wall time is mostly waiting for a core) and the ratios to the
 Every row also checks that its bench agrees with the simulator on every program (a failed
 comparison is printed and exits 1).
 
-Builds are cached in ``tmp/sim_build`` (``BITMOS_RTL_BUILD``); the first run compiles up to eight
+Builds are cached in the repository's ``tmp/sim_build`` (or ``BITMOS_RTL_BUILD``); the first run compiles up to eight
 designs (the small Verilator builds take minutes each).
 
 Run: python benchmarks/bench_rtl.py [--programs N] [--edge-programs M] [--configs tiny,small]
@@ -32,6 +32,7 @@ Run: python benchmarks/bench_rtl.py [--programs N] [--edge-programs M] [--config
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -92,7 +93,9 @@ def main(argv=None) -> int:
                     help="N > 1: one more native row, all N programs shared by N bench processes side by side")
     args = ap.parse_args(argv)
     benches = args.benches.split(",")
-    build_root = ROOT / "tmp" / "sim_build"
+    # BITMOS_RTL_BUILD if set, else tmp/sim_build of the repository (not of the working folder)
+    build_root = Path(os.environ["BITMOS_RTL_BUILD"]).resolve() if os.environ.get("BITMOS_RTL_BUILD") \
+        else ROOT / "tmp" / "sim_build"
     have = available_simulators()
     rows, bad = [], []
     for name in args.configs.split(","):
