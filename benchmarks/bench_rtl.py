@@ -32,7 +32,6 @@ Run: python benchmarks/bench_rtl.py [--programs N] [--edge-programs M] [--config
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -93,9 +92,7 @@ def main(argv=None) -> int:
                     help="N > 1: one more native row, all N programs shared by N bench processes side by side")
     args = ap.parse_args(argv)
     benches = args.benches.split(",")
-    # BITMOS_RTL_BUILD if set, else tmp/sim_build of the repository (not of the working folder)
-    build_root = Path(os.environ["BITMOS_RTL_BUILD"]).resolve() if os.environ.get("BITMOS_RTL_BUILD") \
-        else ROOT / "tmp" / "sim_build"
+    build_root = runner.default_build_root(ROOT)   # the repository's, not the working folder's
     have = available_simulators()
     rows, bad = [], []
     for name in args.configs.split(","):

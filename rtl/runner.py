@@ -79,8 +79,9 @@ def _FastVerilator():
     return _fast_verilator_class()()
 
 
-def default_build_root() -> Path:
-    return Path(os.environ.get("BITMOS_RTL_BUILD", Path.cwd() / "tmp" / "sim_build")).resolve()
+def default_build_root(base: Path | None = None) -> Path:
+    """``BITMOS_RTL_BUILD`` if set, else ``tmp/sim_build`` under ``base`` (the working folder by default)."""
+    return Path(os.environ.get("BITMOS_RTL_BUILD", Path(base or Path.cwd()) / "tmp" / "sim_build")).resolve()
 
 
 def model_bytes(cases: Sequence[Case]) -> int:

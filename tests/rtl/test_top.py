@@ -142,6 +142,7 @@ def test_random_programs_many(preset, sim, tmp_path):
     n = int(os.environ.get("BITMOS_RTL_PROGRAMS_SLOW", "10000"))
     if sim == "icarus":
         n //= 100   # Icarus runs ~100x slower than Verilator here
+    mode = slow_mode(sim)
     report = run_cases(cfg, random_cases(cfg, n, seed0=100_000, length=30, mem_bytes=1 << 14), tmp_path, sim,
-                       mode=slow_mode(sim))
-    assert report["programs"] == n and report["mode"] == slow_mode(sim)
+                       mode=mode)
+    assert report["programs"] == n and report["mode"] == mode
