@@ -250,19 +250,28 @@ def dma_busy_cycles(f: Mapping[str, Value], cfg: AcceleratorConfig, ops: Ops = P
 
 
 # ---- the scale-expert unit's pipeline (contract v2: every long arithmetic path is registered) ----
+#: The scale unit registers every XBUF and SBUF line it reads before any arithmetic on it (a block RAM's
+#: output straight into a multiplier was the small chip's critical path, docs/fpga.md): one cycle on the
+#: router, mixing and quantize passes.
+SCALE_LINE_REGISTER = 1
 #: Cycles from a scale-unit read issue until the line's |v| is folded into the running max: the read,
-#: the E gate x scale products, their sum s_in = mix_scale(...), v = x * s_in (docs/isa.md "Cycles").
-MIX_LATENCY = 4
-#: Cycles from a read issue in the quantize pass until its q bits are in the plane bank: the four above,
-#: the product v * RQ, then round/clamp into the bank (one cycle more: the bank is read the cycle after).
-GATHER_LATENCY = 6
+#: the line register, the E gate x scale products, their sum s_in = mix_scale(...), v = x * s_in
+#: (docs/isa.md "Cycles").
+MIX_LATENCY = 4 + SCALE_LINE_REGISTER
+#: Cycles from a read issue in the quantize pass until its q bits are in the plane bank: the mixing
+#: stages above, the product v * RQ in two stages (limb products, their sum: ``pipelined_product``), then
+#: round/clamp into the bank (one cycle more: the bank is read the cycle after).
+GATHER_LATENCY = 7 + SCALE_LINE_REGISTER
 #: Quotient bits of the sequential divider for RQ = floor(Q * 2^RQ_SHIFT / m): Q <= 127, so 39.
 RQ_QUOTIENT_BITS = 39
 #: Quotient bits of the softmax reciprocal floor(2^SOFTMAX_RCP_SHIFT / sum p) <= 2^15 (sum p >= 2^15).
 RCP_QUOTIENT_BITS = 16
-#: GATES window beyond the E exponent-table reads: router drain (2), logits, max, table latency,
+#: Cycles of the GATES window until the router's sums are final, after its last line's read: the line
+#: register, the registered products, their add.
+ROUTER_DRAIN = 2 + SCALE_LINE_REGISTER
+#: GATES window beyond the E exponent-table reads: router drain, logits, max, table latency,
 #: reciprocal load + RCP_QUOTIENT_BITS iterations, gate products.
-GATES_FIXED = 7 + RCP_QUOTIENT_BITS
+GATES_FIXED = ROUTER_DRAIN + 5 + RCP_QUOTIENT_BITS
 #: Cycles from a scaleout read issue to its write-back: read, the gate x scale products (the line and
 #: D registered), s_out with acc * D's limb products, their sum, times s_out's limb products, their
 #: sum, the rounding half added, the shift, saturate, write (each wide product is two stages: one
@@ -459,6 +468,6 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "depth", "lookup", "nchunks", "xlines", "plane_lines", "weight_planes", "times_weight_planes", "matmul_steps", "dma_busy_cycles", "dma_cycles",
            "quant_token_cycles", "matmul_tile_cycles", "matmul_drain_cycles", "matmul_drain_rows",
            "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
-           "rq_cycles", "chunk_period", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
+           "rq_cycles", "chunk_period", "SCALE_LINE_REGISTER", "ROUTER_DRAIN", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS"]

@@ -1,11 +1,13 @@
 """Quantizer: scale mixing, the per-token max, RQ and D, and the k-bit planes (``formats.quantize_token``).
 
-A five-stage pipeline over the XBUF lines of a token (C lanes each), counted from the cycle the line
-and its tags arrive (s0): s0 registers the E gate x scale products, s1 s_in = mix_scale(gates, S_in),
-s2 v = x * s_in (x for E = 0), s3 folds |v| into m = max|v| (``track_max``) or registers v * RQ
-(``gather``), s4 writes the round/clamped q bits of lane group ``group`` into plane bank ``bank``.
-So m is final 4 cycles after the last tracked line arrives (``bitmos.semantics.MIX_LATENCY`` counts
-the read too) and a gathered line is in its bank 5 cycles after it arrives (``GATHER_LATENCY``).
+A pipeline over the XBUF lines of a token (C lanes each), counted from the cycle the line and its tags
+arrive (s0): s0 registers the line and its SBUF input-scale line (so no multiplier hangs off a block
+RAM's output), s1 the E gate x scale products, s2 s_in = mix_scale(gates, S_in), s3 v = x * s_in (x for
+E = 0), s4 folds |v| into m = max|v| (``track_max``) or, for a gathered line, registers the limb
+products of v * RQ, s5 their sum, s6 writes the round/clamped q bits of lane group ``group`` into plane
+bank ``bank``. So m is final 5 cycles after the last tracked line arrives
+(``bitmos.semantics.MIX_LATENCY`` counts the read too) and a gathered line is in its bank 7 cycles
+after it arrives (``GATHER_LATENCY``).
 ``rq_start`` registers D = rshift_round(m * INVQ_k, INVQ_SHIFT) and, for k >= 2, starts the
 :class:`~bitmos.rtl.divider.SequentialDivider` for RQ = floor(Q * 2^RQ_SHIFT / m), ready
 ``rq_cycles`` later. The two banks let the sequencer write one chunk's plane words (``line``, from
@@ -21,7 +23,8 @@ from amaranth.lib.wiring import In, Out
 from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import check_config, expert_lanes, pipelined_mix_scale, signed_lanes
+from bitmos.rtl.common import (check_config, expert_lanes, pipelined_mix_scale, pipelined_product, registered,
+                               signed_lanes)
 from bitmos.rtl.divider import SequentialDivider
 
 __all__ = ["Quantizer"]
@@ -83,30 +86,27 @@ class Quantizer(wiring.Component):
         C, k, Q = cfg.cols, cfg.act_bits, cfg.act_qmax
         tags = self._tag_pipeline(m)
         v, vabs = self._values(m)
-        vmax = self._running_max(m, vabs, tags[3])
+        vmax = self._running_max(m, vabs, tags[4])
         rq = self._reciprocal(m, vmax)
 
-        # s3: v * RQ (k >= 2) or the sign (k = 1) of the gathered line
+        # s4, s5: v * RQ (k >= 2, in two stages) or the sign (k = 1, held as long) of the gathered line
         qbits = []
         for j in range(C):
             if k == 1:
-                sign = Signal(name=f"nonneg{j}")
-                m.d.sync += sign.eq(v[j] >= 0)
-                qbits.append([sign])
+                qbits.append([registered(m, registered(m, v[j] >= 0, f"nonneg{j}_s4"), f"nonneg{j}")])
             else:
-                prod = Signal(signed(F.V_BITS + len(rq) + 1), name=f"vrq{j}")
-                m.d.sync += prod.eq(v[j] * rq)
+                prod = pipelined_product(m, v[j], rq, f"vrq{j}")
                 qv = (prod + (1 << (F.RQ_SHIFT - 1))) >> F.RQ_SHIFT
                 qbits.append(Mux(qv > Q, Q, Mux(qv < -Q, -Q, qv))[:k])
-        banks = self._banks(m, qbits, tags[4])
+        banks = self._banks(m, qbits, tags[6])
         self._write_line(m, banks)
         return m
 
     def _tag_pipeline(self, m):
-        """(track_max, gather, group, bank, lane_valid) of the line in stage s0 .. s4."""
+        """(track_max, gather, group, bank, lane_valid) of the line in stage s0 .. s6."""
         stage0 = (self.track_max, self.gather, self.group, self.bank, self.lane_valid)
         out = [stage0]
-        for s in range(1, 5):
+        for s in range(1, 7):
             nxt = tuple(Signal.like(t, name=f"{n}_s{s}") for t, n in
                         zip(out[-1], ("track", "gather", "group", "bank", "lane_valid")))
             m.d.sync += [a.eq(b) for a, b in zip(nxt, out[-1])]
@@ -114,11 +114,12 @@ class Quantizer(wiring.Component):
         return out
 
     def _values(self, m):
-        """v_j and |v_j| of the line in stage s3 (registered at the end of s2). |v| is formed from the
+        """v_j and |v_j| of the line in stage s4 (registered at the end of s3). |v| is formed from the
         operands' magnitudes, |x| * |s_in|, so no negation follows the product on the max path."""
         cfg = self._cfg
         C, E = cfg.cols, cfg.experts
-        x0 = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
+        x0 = [registered(m, Mux(self.lane_valid[j], xj, 0), f"x{j}_s0")
+              for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
         x1 = [Signal(signed(F.X_BITS), name=f"x{j}_s1") for j in range(C)]
         x2 = [Signal(signed(F.X_BITS), name=f"x{j}_s2") for j in range(C)]
         m.d.sync += [a.eq(b) for a, b in zip(x1, x0)] + [a.eq(b) for a, b in zip(x2, x1)]
@@ -131,18 +132,18 @@ class Quantizer(wiring.Component):
         if E == 0:
             m.d.sync += [v[j].eq(x2[j]) for j in range(C)] + [vabs[j].eq(magnitude(x2[j])) for j in range(C)]
             return v, vabs
-        s_in = expert_lanes(self.scales, E, C)
+        s_in = expert_lanes(registered(m, self.scales, "scales_s0"), E, C)
         gates = [self.gates[e] for e in range(E)]
-        # s0: the gate x scale products, s1: their rounded sum
+        # s1: the gate x scale products, s2: their rounded sum
         mixed = [pipelined_mix_scale(m, gates, [s[j] for s in s_in], f"s_in{j}") for j in range(C)]
         m.d.sync += [v[j].eq(x2[j] * mixed[j]) for j in range(C)]
         m.d.sync += [vabs[j].eq(magnitude(x2[j]) * magnitude(mixed[j])) for j in range(C)]
         return v, vabs
 
-    def _running_max(self, m, vabs, tags3):
-        """s3: m = max|v| over the tracked lines of the token (clear: 0): the line's lanes by a tree."""
+    def _running_max(self, m, vabs, tags4):
+        """s4: m = max|v| over the tracked lines of the token (clear: 0): the line's lanes by a tree."""
         vmax = Signal(F.V_BITS - 1)   # |v| <= 2^30
-        with m.If(tags3[0]):
+        with m.If(tags4[0]):
             level = list(vabs)
             while len(level) > 1:
                 pairs = [level[i:i + 2] for i in range(0, len(level), 2)]
@@ -168,12 +169,12 @@ class Quantizer(wiring.Component):
                      div.divisor.eq(Mux(vmax == 0, 1, vmax))]
         return div.quotient
 
-    def _banks(self, m, qbits, tags4):
-        """s4: the two plane banks (k planes of L bits each); the gathered line's bits go to its bank."""
+    def _banks(self, m, qbits, tags6):
+        """s6: the two plane banks (k planes of L bits each); the gathered line's bits go to its bank."""
         cfg = self._cfg
         C, L, k = cfg.cols, cfg.lanes, cfg.act_bits
         banks = [[Signal(L, name=f"bank{n}_plane{b}") for b in range(k)] for n in range(2)]
-        _, gather, group, bank, lane_valid = tags4
+        _, gather, group, bank, lane_valid = tags6
         with m.If(gather):
             for j in range(C):
                 bits = [Mux(lane_valid[j], qbits[j][b], 0) for b in range(k)]

@@ -2,8 +2,9 @@
 
 One XBUF line and one SBUF router line per ``accumulate`` cycle: each expert's 48-bit sum gains
 sum_j x_j * WR[e][j] over the C lanes, lanes at or past K counting 0. ``clear`` starts a token.
-Two stages (the C x E products are registered, then added): a line's products are in ``acc`` two
-cycles after its ``accumulate`` cycle.
+Three stages: the lines are registered as they arrive from their block RAMs (so no multiplier hangs off
+a block RAM's output), then the C x E products, then their add: a line's products are in ``acc``
+``bitmos.semantics.ROUTER_DRAIN`` = 3 cycles after its ``accumulate`` cycle.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import check_config, expert_lanes, signed_lanes
+from bitmos.rtl.common import check_config, expert_lanes, registered, signed_lanes
 
 __all__ = ["Router"]
 
@@ -64,13 +65,13 @@ class Router(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, E = self._cfg.cols, self._cfg.experts
-        x = [Mux(self.lane_valid[j], xj, 0) for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
-        w = expert_lanes(self.weights, E, C)
-        # two stages: the C x E products are registered, then summed into the accumulators
+        # the arriving lines registered (lanes outside K as 0), then the C x E products, then their add
+        x = [registered(m, Mux(self.lane_valid[j], xj, 0), f"x{j}")
+             for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
+        w = expert_lanes(registered(m, self.weights, "weights"), E, C)
         products = [[Signal(signed(2 * F.X_BITS), name=f"p{e}_{j}") for j in range(C)] for e in range(E)]
-        adding = Signal()
+        adding = registered(m, registered(m, self.accumulate, "accumulate_s0"), "adding")
         m.d.sync += [products[e][j].eq(x[j] * w[e][j]) for e in range(E) for j in range(C)]
-        m.d.sync += adding.eq(self.accumulate)
         with m.If(adding):
             m.d.sync += [self.acc[e].eq(self.acc[e] + sum(products[e])) for e in range(E)]
         with m.If(self.clear):

@@ -1,8 +1,8 @@
 """ScaleOut: the ``scaleout`` datapath, y = sat32(rshift_round(acc * D * s_out, OSHIFT) + bias) (``formats.scale_output``).
 
 Eight register stages from the cycle the OBUF line, the token's META record and the SBUF line of the
-output scale experts arrive (``valid``, for OBUF line ``line``): s0 the line and D registered and the
-gate x scale products, s1 s_out and the limb products of acc * D, s2 their sum, s3 the limb
+output scale experts arrive (``valid``, for OBUF line ``line``): s0 the line, D, the SBUF line and the
+gates registered, s1 the gate x scale products and the limb products of acc * D, s2 s_out and their sum, s3 the limb
 products of acc * D * s_out, s4 their sum, s5 the rounding half added, s6 the shift, s7 the
 saturation (E >= 2: of the sum with the token's META bias, which travels beside the line); the cycle after, the C results are written back to that line
 (``bitmos.semantics.SCALEOUT_PIPELINE`` = 9 counts the read
@@ -73,11 +73,12 @@ class ScaleOut(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, E = self._cfg.cols, self._cfg.experts
-        s_out_experts = expert_lanes(self.scales, E, C)
-        gates = [self.meta.gates[e] for e in range(E)] if E else []
-
         def reg(value, name):
             return registered(m, value, name)
+
+        # the SBUF line and the META gates come straight from block RAMs: registered before their products
+        s_out_experts = expert_lanes(reg(self.scales, "scales_s0"), E, C) if E else []
+        gates_s0 = [reg(self.meta.gates[e], f"gate{e}_s0") for e in range(E)]
 
         # layer-register terms every lane shares, registered once
         half = reg(rounding_half(self.regs.oshift), "round_half")
@@ -91,8 +92,8 @@ class ScaleOut(wiring.Component):
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
             # the line comes straight from a block RAM (and OBUF's bank select): registered first
             acc_d = pipelined_product(m, reg(acc, f"acc{j}"), reg(self.meta.d, f"d{j}"), f"acc_d{j}")  # s0-s2
-            if E >= 1:   # s0, s1, and held for s2
-                s_out = reg(pipelined_mix_scale(m, gates, [s[j] for s in s_out_experts], f"s_out{j}"), f"s_out{j}_s2")
+            if E >= 1:   # s0 the SBUF line and the gates registered, s1 their products, s2 s_out
+                s_out = pipelined_mix_scale(m, gates_s0, [s[j] for s in s_out_experts], f"s_out{j}")
             else:
                 s_out = smul
             scaled = pipelined_product(m, acc_d, s_out, f"scaled{j}")                          # s3, s4

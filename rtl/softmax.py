@@ -1,23 +1,24 @@
 """Softmax: router sums -> logits -> gates (``formats.router_logits`` rounding, ``formats.softmax_gates``).
 
 It runs on the sequencer's GATES window of E + GATES_FIXED cycles (``bitmos.semantics``), ``step``
-0..E+22 while ``active``; every step registers its result, so no path holds more than one multiply:
+0..E+GATES_FIXED-1 while ``active``; every step registers its result, so no path holds more than one
+multiply. With D = ``ROUTER_DRAIN`` (3):
 
-* steps 0-1: the router adds its last line (its products are registered first);
-* step 2: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
+* steps 0..D-1: the router takes its last line (registered, its products registered, their add);
+* step D: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
   gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter;
-* step 3: the index of max(l), and every logit scaled, c_e = l_e * LOG2E_Q10, also with the rounding
+* step D+1: the index of max(l), and every logit scaled, c_e = l_e * LOG2E_Q10, also with the rounding
   half added, h_e = c_e + 2^(LOG2E_FRAC-1);
-* steps 4..E+3: for expert e = step - 4, u = (h_max - c_e) >> LOG2E_FRAC, which is
+* steps D+2..E+D+1: for expert e = step - D - 2, u = (h_max - c_e) >> LOG2E_FRAC, which is
   rshift_round(d * LOG2E_Q10, LOG2E_FRAC) with d = max(l) - l_e: one subtract in front of the exp table's
   address (it is read at u's EXP2_FRAC_BITS fraction bits), not a subtract, a multiply and a rounding
   add in one cycle (the small chip's critical path, 24.3 ns, when it was so). The golden model clamps d
   to SOFTMAX_DIFF_MAX first; the hardware need not: a d beyond it has u >> EXP2_FRAC_BITS >= 369, so
   p_e = 0 either way (and with 16-bit logits d <= 2^16 - 1 = SOFTMAX_DIFF_MAX anyway);
-* steps 5..E+4: p_e = table >> (u's integer part), 0 from SOFTMAX_MAX_SHIFT halvings on;
-* step E+5: the :class:`~bitmos.rtl.divider.SequentialDivider` starts on sum p; RCP =
-  floor(2^SOFTMAX_RCP_SHIFT / sum p) is ready RCP_QUOTIENT_BITS + 1 cycles later, at step E+22;
-* step E+22: g_e = rshift_round(p_e * RCP, GATE_FRAC).
+* steps D+3..E+D+2: p_e = table >> (u's integer part), 0 from SOFTMAX_MAX_SHIFT halvings on;
+* step E+D+3: the :class:`~bitmos.rtl.divider.SequentialDivider` starts on sum p; RCP =
+  floor(2^SOFTMAX_RCP_SHIFT / sum p) is ready RCP_QUOTIENT_BITS + 1 cycles later, at the last step;
+* step E+GATES_FIXED-1: g_e = rshift_round(p_e * RCP, GATE_FRAC).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Softmax(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         E, step = self._cfg.experts, self.step
+        D = sem.ROUTER_DRAIN                                        # the logits' step
         last = E + sem.GATES_FIXED - 1                              # the gate products' step
         logits = [Signal(signed(F.LOGIT_BITS), name=f"logit{e}") for e in range(E)]
         p = [Signal(F.GATE_BITS, name=f"p{e}") for e in range(E)]
@@ -91,13 +93,13 @@ class Softmax(wiring.Component):
             dividend_bits=F.SOFTMAX_RCP_SHIFT + 1, divisor_bits=F.GATE_BITS + ceil_log2(E) + 1,
             quotient_bits=sem.RCP_QUOTIENT_BITS)
         rcp_start = last - rcp.cycles
-        assert rcp_start == E + 5, "GATES_FIXED does not match the softmax schedule"
+        assert rcp_start == E + D + 3, "GATES_FIXED does not match the softmax schedule"
 
-        # c_e and h_e in registers per expert (step 3), so the table's address is one subtract from registers
+        # c_e and h_e in registers per expert (step D+1), so the table's address is one subtract from registers
         scaled_bits = F.LOGIT_BITS + F.LOG2E_Q10.bit_length() + 1
         scaled = [Signal(signed(scaled_bits), name=f"scaled{e}") for e in range(E)]
         rounded = [Signal(signed(scaled_bits), name=f"rounded{e}") for e in range(E)]
-        top = Signal(range(E))                                      # index of max(l), from step 3
+        top = Signal(range(E))                                      # index of max(l), from step D+1
         reading = Signal(range(E))                                  # expert of this step's table read
         u = Signal(scaled_bits + 1)   # h_max - c_e >= 2^(LOG2E_FRAC-1) > 0
         m.d.comb += [u.eq(Array(rounded)[top] - Array(scaled)[reading]),
@@ -105,17 +107,17 @@ class Softmax(wiring.Component):
         halvings = Signal(len(u) - F.LOG2E_FRAC - F.EXP2_FRAC_BITS)
         arriving = Signal(range(E))                                 # expert of the table data now
         m.d.sync += [halvings.eq(u >> (F.LOG2E_FRAC + F.EXP2_FRAC_BITS)), arriving.eq(reading),
-                     reading.eq(Mux(self.active & (step >= 4), reading + 1, 0))]
+                     reading.eq(Mux(self.active & (step >= D + 2), reading + 1, 0))]
         m.d.comb += [rcp.dividend.eq(1 << F.SOFTMAX_RCP_SHIFT), rcp.divisor.eq(sum(p)),
                      rcp.start.eq(self.active & (step == rcp_start))]
 
         with m.If(self.active):
-            with m.If(step == 2):
+            with m.If(step == D):
                 shifted = [rshift_round(self.acc[e], self.regs.rshift, F.ROUTER_ACC_BITS + 1) for e in range(E)]
                 on = self.regs.bias
                 m.d.sync += [logits[e].eq(Mux(on, 0, sat(shifted[e], F.LOGIT_BITS))) for e in range(E)]
                 m.d.sync += self.bias.eq(Mux(on, sat(shifted[0], F.OUT_BITS), 0))
-            with m.If(step == 3):
+            with m.If(step == D + 1):
                 best, index = logits[0], 0
                 for e in range(1, E):
                     later = logits[e] > best
@@ -124,7 +126,7 @@ class Softmax(wiring.Component):
                 for e in range(E):
                     product = logits[e] * F.LOG2E_Q10
                     m.d.sync += [scaled[e].eq(product), rounded[e].eq(product + (1 << (F.LOG2E_FRAC - 1)))]
-            with m.If((step >= 5) & (step <= E + 4)):
+            with m.If((step >= D + 3) & (step <= E + D + 2)):
                 shift = halvings[:ceil_log2(F.SOFTMAX_MAX_SHIFT)]
                 with m.Switch(arriving):
                     for e in range(E):

@@ -122,8 +122,8 @@ class ReferenceMachine:
             W = k if ins["mode"] == 0 else P
             T = max(L // C, W)
             d_rq = 40 if k >= 2 else 1
-            q_pass = (nch - 1) * T + L // C + 5 + W if nch else 0
-            t_quant = (XL + E + 23 if E >= 2 else 0) + (XL + 4) + d_rq + q_pass + 1
+            q_pass = (nch - 1) * T + L // C + 7 + W if nch else 0
+            t_quant = (XL + E + 24 if E >= 2 else 0) + (XL + 5) + d_rq + q_pass + 1
             return 1 + ins["ntok"] * t_quant
         if ins.op is Op.MATMUL:
             # tiles start every max(S + C, D) cycles; the last adds 2 + min(S + C, D) + 2; S counts

@@ -63,7 +63,9 @@ def test_router(name):
             ctx.set(dut.lane_valid, pack(valid, 1))
             await ctx.tick()
         ctx.set(dut.accumulate, 0)
-        # products are registered, then added: the last line is in acc from 2 cycles after its own
+        # lines registered, products registered, then added: the last line is in acc ROUTER_DRAIN cycles
+        # after its own (one of them ticked above)
+        await ctx.tick().repeat(semantics.ROUTER_DRAIN - 2)
         assert [ctx.get(dut.acc[e]) for e in range(E)] != expect or not any(lines[-1][2])
         await ctx.tick()
         assert [ctx.get(dut.acc[e]) for e in range(E)] == expect

@@ -84,21 +84,21 @@ class TestTiming(unittest.TestCase):
 
     def test_compute_cycle_formulas(self):
         # K = 64 on small: nch = 2, XL = 2*32/4 = 16, P = ceil(8/4) = 2, Ra = 4, L/C = 8
-        # T_quant token = (XL+E+23) + (XL+4) + 40 + ((nch-1)*T + L/C + 5 + k) + 1, T = max(8, 8) = 8
-        #               = 43 + 20 + 40 + (8 + 8 + 5 + 8) + 1 = 133
-        # T_quant plane = 43 + 20 + 40 + (8 + 8 + 5 + 2) + 1 = 127 (T = max(8, P) = 8)
+        # T_quant token = (XL+E+24) + (XL+5) + 40 + ((nch-1)*T + L/C + 7 + k) + 1, T = max(8, 8) = 8
+        #               = 44 + 21 + 40 + (8 + 8 + 7 + 8) + 1 = 137
+        # T_quant plane = 44 + 21 + 40 + (8 + 8 + 7 + 2) + 1 = 131 (T = max(8, P) = 8)
         # T_tile plane = max(nch*P + C, Ra) = max(4 + 4, 4) = 8, T_drain = 2 + min(8, 4) + 2 = 8
         words = assemble("""
             setr K 64
-            quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*133 = 267
-            quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 127 = 128
+            quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*137 = 275
+            quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 131 = 132
             matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*8 + 8 = 33
             scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 9 = 16
             halt
         """)
         r = run_both(SMALL, words)
-        self.assertEqual(list(r.trace.issue), [0, 1, 268, 396, 429, 445])
-        self.assertEqual(r.cycles, 446)
+        self.assertEqual(list(r.trace.issue), [0, 1, 276, 408, 441, 457])
+        self.assertEqual(r.cycles, 458)
 
     def test_timeline_class_agrees(self):
         for seed in range(5):
