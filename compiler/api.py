@@ -92,6 +92,8 @@ def _candidates(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> list[Ti
             t //= 2
         for t in tpbs:
             out.append(make_tiling(spec, cfg, tokens, mode, tpb=t))
+            if t > 1:
+                out.append(make_tiling(spec, cfg, tokens, mode, tpb=t, taper=True))
     if not out:
         raise errors[0]
     return out

@@ -77,6 +77,7 @@ class Tiling:
     out_resident: bool        # plane mode: all outputs of the program stay in OBUF, one store at the end
     wlines: int               # WBUF lines per output tile: nch * weight planes (1 sign, WBITS integer)
     w_bits: int               # register WBITS of the layer (0 = sign weights)
+    taper: bool = False       # the last weight blocks halve down to one tile (a short unhidden last matmul)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -87,7 +88,36 @@ def _unsupported(name: str, what: str, field: str | None = None) -> None:
     raise UnsupportedError(f"layer {name!r}: {what}", field=field)
 
 
-def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str, tpb: int | None = None) -> Tiling:
+def weight_blocks(tiles: range, tpb: int, taper: bool) -> list[range]:
+    """The weight blocks (one DMA transfer each) of output tiles ``tiles``: ``tpb`` tiles each, or, with
+    ``taper``, the last ``tpb`` tiles split into blocks of tpb/2, tpb/4, ..., 1, 1 tiles.
+
+    Why taper: when the DMA engine is the bottleneck (decode), nothing overlaps the matmul of the last
+    block once its transfer is in, so that matmul is the program's unhidden tail; halving the blocks toward
+    the end shrinks it to one tile's matmul for log2(tpb) more transfers."""
+    n = len(tiles)
+    tail: list[int] = []
+    if taper:
+        r = min(tpb, n)
+        while r > 1:
+            h = (r + 1) // 2
+            tail.append(h)
+            r -= h
+        tail.append(r)
+    rest = n - sum(tail)
+    whole, part = [tpb] * (rest // tpb), [rest % tpb] if rest % tpb else []
+    # untapered, the short block is last (as ever); tapered, first, so the tail stays one halving run
+    sizes = part + whole + tail if taper else whole + part
+    out, start = [], tiles.start
+    for b in sizes:
+        out.append(range(start, start + b))
+        start += b
+    assert start == tiles.stop, (sizes, n)
+    return out
+
+
+def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str, tpb: int | None = None,
+                taper: bool = False) -> Tiling:
     """Sizes for ``spec`` at ``tokens`` tokens in ``mode``; raises UnsupportedError if nothing fits."""
     name = spec.name
     R, C, k, E = cfg.rows, cfg.cols, cfg.act_bits, cfg.experts
@@ -138,7 +168,7 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
     tpb = max_tpb if tpb is None else max(1, min(tpb, max_tpb))
     w_slot = tpb * wlines
     nws = dW // w_slot
-    nblocks = ceil_div(NT, tpb)
+    nblocks = len(weight_blocks(range(NT), tpb, taper))
     w_resident = nblocks <= nws
     nss = 0
     if E >= 1 and not sout_resident:
@@ -160,7 +190,7 @@ def make_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int, mode: str,
         nslabs = dO // slab
     return Tiling(mode, K, N, T, nch, XL, NT, g, ngroups, x_slot, nxs, q_slot, gpb, tpb, w_slot, nws,
                   w_resident, mt, rowstride, slab, nslabs, router_line, sin_line, sout_line, sout_resident,
-                  nss, out_resident, wlines, spec.w_bits)
+                  nss, out_resident, wlines, spec.w_bits, taper)
 
 
 # ---- the logical program --------------------------------------------------------------------------
@@ -235,7 +265,7 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
             dma(False, "S", fixed, len(tiles), regions.sbuf + (fixed + tiles.start) * sb, ("S", "out"),
                 f"S_out tiles {tiles.start}..{tiles.stop - 1}")
     in_res = (("S", "in"),) if E >= 1 else ()
-    blocks = [range(b, min(b + til.tpb, tiles.stop)) for b in range(tiles.start, tiles.stop, til.tpb)]
+    blocks = weight_blocks(tiles, til.tpb, til.taper)
     gl = list(groups)
     token_blocks = [gl[i:i + til.groups_per_block] for i in range(0, len(gl), til.groups_per_block)]
     xseq = wseq = sseq = slabseq = 0

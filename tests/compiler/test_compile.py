@@ -389,3 +389,45 @@ def test_property_random_layers_exact_or_clear_error(case):
         check_layer(lin, cfg, T, rng)
     except UnsupportedError as exc:
         assert str(exc).startswith(f"layer {lin.name!r}: ")
+
+
+@pytest.mark.parametrize("n,tpb,taper,sizes", [
+    (128, 16, False, [16] * 8),
+    (128, 16, True, [16] * 7 + [8, 4, 2, 1, 1]),
+    (20, 16, False, [16, 4]),
+    (20, 16, True, [4, 8, 4, 2, 1, 1]),     # the remainder first: the tail stays the halving run
+    (3, 16, True, [2, 1]),
+    (5, 4, True, [1, 2, 1, 1]),
+    (1, 4, True, [1]),
+    (7, 1, True, [1] * 7),
+])
+def test_weight_blocks_cover_the_tiles_once_and_taper_to_one(n, tpb, taper, sizes):
+    from bitmos.compiler.schedule import weight_blocks
+    blocks = weight_blocks(range(10, 10 + n), tpb, taper)
+    assert [len(b) for b in blocks] == sizes
+    assert [t for b in blocks for t in b] == list(range(10, 10 + n))
+    assert max(len(b) for b in blocks) <= tpb
+
+
+def test_a_tapered_tiling_is_exact_and_chosen_when_faster(monkeypatch):
+    """A decode layer on asic32 is DMA-bound: the chooser keeps a tapered weight stream, whose last matmul
+    is one tile; and tapered schedules (plane and token mode, resident and streamed weights) compute
+    exactly the golden outputs."""
+    from bitmos.compiler import api, synthetic_spec
+    from bitmos.compiler.schedule import weight_blocks
+    cfg = preset_config("asic32")
+    til = api.choose_tiling(synthetic_spec("q", 4096, 4096, cfg, seed=0, materialize=False), cfg, 1)
+    assert til.taper and weight_blocks(range(til.NT), til.tpb, til.taper)[-1] == range(til.NT - 1, til.NT)
+    rng = np.random.default_rng(5)
+    for cfg, K, N, T, mode in ((preset_config("small"), 200, 96, 1, "plane"), (_cfg(), 100, 200, 5, "token")):
+        lin = random_layer(rng, K, N, cfg.experts, cfg.act_bits)
+        forced = {}
+
+        def tapered(spec, cfg, tokens, _mode=mode, _forced=forced):
+            _forced["til"] = make_tiling(spec, cfg, tokens, _mode, tpb=4, taper=True)
+            return _forced["til"]
+
+        monkeypatch.setattr(api, "choose_tiling", tapered)
+        cl = check_layer(lin, cfg, T, rng)
+        assert cl.tiling is forced["til"] and cl.tiling.taper
+        assert [len(b) for b in weight_blocks(range(cl.tiling.NT), 4, True)][-3:] == [2, 1, 1]
