@@ -117,6 +117,15 @@ class Access:
         return self.base + (self.count - 1) * self.stride + self.width
 
 
+def _per_mode_obuf(f: Mapping[str, Value], token_lines: Value, plane_lines: Value) -> list[Access]:
+    """The OBUF lines a MATMUL writes from ``o``, as one access per mode (each guarded by it) rather than
+    one whose extent selects between the modes: each end line is then adds of a field and a constant
+    multiple of one, with no multiplier behind a mode select in the RTL's legality check (tiny's critical
+    path, docs/fpga.md)."""
+    return [Access("O", True, f["o"], token_lines, when=f["mode"] == 0, what="OBUF lines"),
+            Access("O", True, f["o"], plane_lines, when=f["mode"] == 1, what="OBUF lines")]
+
+
 def depth(cfg: AcceleratorConfig, buffer: str) -> int:
     return cfg.meta_tokens if buffer == "META" else cfg.depth(buffer)
 
@@ -143,12 +152,11 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         return [Access("Q", False, f["q"], plane_lines(cfg, K, f["mode"], ops), what="QBUF lines"),
                 Access("W", False, f["w"], f["ntiles"] * times_weight_planes(cfg, nchunks(cfg, K), regs[Reg.WBITS], ops),
                        what="WBUF lines"),
-                Access("O", True, f["o"], f["ntiles"] * ops.select(f["mode"], 1, R), what="OBUF lines")]
+                *_per_mode_obuf(f, f["ntiles"] * R, f["ntiles"])]
     if op is Op.SCALEOUT:
         # token mode: each tile's accumulators are R lines apart, of which ntok are used
-        mode = f["mode"]
-        acc = [Access("O", True, f["o"], ops.select(mode, f["ntiles"], f["ntok"]), ops.select(mode, 1, R),
-                      ops.select(mode, 1, f["ntiles"]), what="OBUF lines")]
+        acc = [Access("O", True, f["o"], f["ntok"], R, f["ntiles"], when=f["mode"] == 0, what="OBUF lines"),
+               Access("O", True, f["o"], f["ntiles"], when=f["mode"] == 1, what="OBUF lines")]
         if E >= 1:
             acc.append(Access("S", False, f["s"], f["ntiles"], what="SBUF s_out lines"))
         acc.append(Access("META", False, f["meta"], f["ntok"], what="META records"))

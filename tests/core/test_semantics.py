@@ -48,9 +48,14 @@ def test_footprint_is_what_the_range_check_and_the_hazard_check_read():
     cfg = preset_config("small")
     regs = {r: 0 for r in Reg} | {Reg.K: 200, Reg.ROUTER: 10, Reg.SIN: 30}
     so = dict(mode=0, o=5, s=2, meta=1, ntok=3, ntiles=4)
-    (o, s_out, meta) = sem.footprint(Op.SCALEOUT, so, regs, cfg)
-    # token mode: each tile's rows are R lines apart, ntok of them used
+    (o, o_plane, s_out, meta) = sem.footprint(Op.SCALEOUT, so, regs, cfg)
+    # token mode: each tile's rows are R lines apart, ntok of them used; the plane-mode access is guarded off
     assert (o.buffer, o.base, o.stride, o.width, o.count, o.end) == ("O", 5, cfg.rows, 3, 4, 5 + 3 * cfg.rows + 3)
+    assert o.when is True and o_plane.when is False
+    plane = sem.footprint(Op.SCALEOUT, dict(so, mode=1, ntok=1), regs, cfg)
+    assert [(a.when, a.end) for a in plane[:2]] == [(False, 5 + 3 * cfg.rows + 1), (True, 5 + 4)]
+    mm = sem.footprint(Op.MATMUL, dict(mode=0, q=0, w=0, o=7, ntiles=3), regs, cfg)
+    assert [(a.buffer, a.when, a.end) for a in mm[2:]] == [("O", True, 7 + 3 * cfg.rows), ("O", False, 7 + 3)]
     assert (s_out.buffer, s_out.end) == ("S", 6) and (meta.buffer, meta.end) == ("META", 4)
     q = sem.footprint(Op.QUANT, dict(mode=1, x=0, q=0, meta=0, ntok=1), regs, cfg)
     assert [a.what for a in q] == ["QBUF lines", "XBUF lines", "META records", "SBUF router lines",
