@@ -132,7 +132,12 @@ class Quantizer(wiring.Component):
         if E == 0:
             m.d.sync += [v[j].eq(x2[j]) for j in range(C)] + [vabs[j].eq(magnitude(x2[j])) for j in range(C)]
             return v, vabs
-        s_in = expert_lanes(registered(m, self.scales, "scales_s0"), E, C)
+        # s0: each scale masked by its lane's valid bit and registered; the mask (a lane past K has x = 0, so
+        # v = 0 whatever its scale) is what keeps the register in the fabric: a bare register of a block
+        # RAM's read data is folded into the memory by Yosys (the small chip's placement of session 12 had
+        # the block RAM feeding the multipliers directly)
+        s_in = [[registered(m, Mux(self.lane_valid[j], s, 0), f"s_in{e}_{j}_s0") for j, s in enumerate(lanes)]
+                for e, lanes in enumerate(expert_lanes(self.scales, E, C))]
         gates = [self.gates[e] for e in range(E)]
         # s1: the gate x scale products, s2: their rounded sum
         mixed = [pipelined_mix_scale(m, gates, [s[j] for s in s_in], f"s_in{j}") for j in range(C)]

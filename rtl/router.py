@@ -68,7 +68,10 @@ class Router(wiring.Component):
         # the arriving lines registered (lanes outside K as 0), then the C x E products, then their add
         x = [registered(m, Mux(self.lane_valid[j], xj, 0), f"x{j}")
              for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
-        w = expert_lanes(registered(m, self.weights, "weights"), E, C)
+        # the weights masked too (a lane past K adds 0 either way): a bare register of the block RAM's
+        # data would be folded into the memory by Yosys, leaving the multipliers on the read path
+        w = [[registered(m, Mux(self.lane_valid[j], wj, 0), f"w{e}_{j}") for j, wj in enumerate(lanes)]
+             for e, lanes in enumerate(expert_lanes(self.weights, E, C))]
         products = [[Signal(signed(2 * F.X_BITS), name=f"p{e}_{j}") for j in range(C)] for e in range(E)]
         adding = registered(m, registered(m, self.accumulate, "accumulate_s0"), "adding")
         m.d.sync += [products[e][j].eq(x[j] * w[e][j]) for e in range(E) for j in range(C)]

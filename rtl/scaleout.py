@@ -11,7 +11,7 @@ too). s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In
@@ -73,12 +73,16 @@ class ScaleOut(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, E = self._cfg.cols, self._cfg.experts
+
         def reg(value, name):
             return registered(m, value, name)
 
         # the SBUF line and the META gates come straight from block RAMs: registered before their products
-        s_out_experts = expert_lanes(reg(self.scales, "scales_s0"), E, C) if E else []
-        gates_s0 = [reg(self.meta.gates[e], f"gate{e}_s0") for e in range(E)]
+        # (masked by ``valid``, whose results alone are written: a bare register of a block RAM's data is
+        # folded into the memory by Yosys, leaving the multipliers on the read path)
+        s_out_experts = [[reg(Mux(self.valid, s, 0), f"s_out{e}_{j}_s0") for j, s in enumerate(lanes)]
+                         for e, lanes in enumerate(expert_lanes(self.scales, E, C))] if E else []
+        gates_s0 = [reg(Mux(self.valid, self.meta.gates[e], 0), f"gate{e}_s0") for e in range(E)]
 
         # layer-register terms every lane shares, registered once
         half = reg(rounding_half(self.regs.oshift), "round_half")
