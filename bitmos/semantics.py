@@ -280,10 +280,10 @@ ROUTER_DRAIN = 2 + SCALE_LINE_REGISTER
 #: GATES window beyond the E exponent-table reads: router drain, logits, max, table latency,
 #: reciprocal load + RCP_QUOTIENT_BITS iterations, gate products.
 GATES_FIXED = ROUTER_DRAIN + 5 + RCP_QUOTIENT_BITS
-#: Cycles from a scaleout read issue to its write-back: read, the gate x scale products (the line and
-#: D registered), s_out with acc * D's limb products, their sum, times s_out's limb products, their
-#: sum, the rounding half added, the shift, saturate, write (each wide product is two stages: one
-#: MULT18X18D per limb pair, then their sum).
+#: Cycles from a scaleout read issue to its write-back: read, the line, D, the SBUF line and the gates
+#: registered, the gate x scale products with acc * D's limb products, s_out with their sum, times
+#: s_out's limb products, their sum, the rounding half added, the shift, saturate, write (each wide
+#: product is two stages: one MULT18X18D per limb pair, then their sum).
 SCALEOUT_PIPELINE = 9
 
 
