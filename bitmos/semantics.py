@@ -47,8 +47,8 @@ def _any(conds: list[Value]) -> Value:
     return out
 
 
-def lookup(ops: Ops, index: Value, table: list[int]) -> Value:
-    """``table[index]`` for a small table of constants, built from selects (a mux in the RTL)."""
+def lookup(ops: Ops, index: Value, table: list[Value]) -> Value:
+    """``table[index]`` for a small table of constants or values, built from selects (a mux in the RTL)."""
     out = table[-1]
     for i in range(len(table) - 2, -1, -1):
         out = ops.select(index == i, table[i], out)
@@ -177,8 +177,11 @@ class Fault:
 
 def ext_end(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig, ops: Ops = PY) -> Value:
     """One past the last external byte a load/store touches: EBASE*64 + ext + nlines * line bytes."""
+    # the buffer's select chooses among nlines times each constant (shifts for power-of-two lines), not the
+    # constant a product then takes: no multiply behind a select in the RTL's legality stage (tiny's
+    # critical path, docs/fpga.md)
     line_bytes = [cfg.line_bits(b) // 8 for b in BUFFERS]
-    return regs[Reg.EBASE] * 64 + f["ext"] + f["nlines"] * lookup(ops, f["buf"], line_bytes)
+    return regs[Reg.EBASE] * 64 + f["ext"] + lookup(ops, f["buf"], [f["nlines"] * b for b in line_bytes])
 
 
 def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorConfig) -> list[Value]:
