@@ -117,12 +117,14 @@ class Access:
         return self.base + (self.count - 1) * self.stride + self.width
 
 
-def _per_mode_obuf(f: Mapping[str, Value], token_lines: Value, plane_lines: Value) -> list[Access]:
-    """The OBUF lines a MATMUL writes from ``o``, as one access per mode (each guarded by it) rather than
-    one whose extent selects between the modes: each end line is then adds of a field and a constant
-    multiple of one, with no multiplier behind a mode select in the RTL's legality check (tiny's critical
-    path, docs/fpga.md)."""
-    return [Access("O", True, f["o"], token_lines, when=f["mode"] == 0, what="OBUF lines"),
+def _per_mode_obuf(f: Mapping[str, Value], token: tuple[Value, Value, Value], plane_lines: Value) -> list[Access]:
+    """The OBUF lines a MATMUL or SCALEOUT touches from ``o``, as one access per mode (each guarded by it):
+    ``token`` = (width, stride, count) of token mode, ``plane_lines`` the width of plane mode. Not one access
+    whose extent selects between the modes: each end line is then adds of fields and constant multiples of
+    them, with no multiplier behind a mode select in the RTL's legality check (tiny's critical path,
+    docs/fpga.md)."""
+    width, stride, count = token
+    return [Access("O", True, f["o"], width, stride, count, when=f["mode"] == 0, what="OBUF lines"),
             Access("O", True, f["o"], plane_lines, when=f["mode"] == 1, what="OBUF lines")]
 
 
@@ -152,11 +154,10 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         return [Access("Q", False, f["q"], plane_lines(cfg, K, f["mode"], ops), what="QBUF lines"),
                 Access("W", False, f["w"], f["ntiles"] * times_weight_planes(cfg, nchunks(cfg, K), regs[Reg.WBITS], ops),
                        what="WBUF lines"),
-                *_per_mode_obuf(f, f["ntiles"] * R, f["ntiles"])]
+                *_per_mode_obuf(f, (f["ntiles"] * R, 1, 1), f["ntiles"])]
     if op is Op.SCALEOUT:
         # token mode: each tile's accumulators are R lines apart, of which ntok are used
-        acc = [Access("O", True, f["o"], f["ntok"], R, f["ntiles"], when=f["mode"] == 0, what="OBUF lines"),
-               Access("O", True, f["o"], f["ntiles"], when=f["mode"] == 1, what="OBUF lines")]
+        acc = _per_mode_obuf(f, (f["ntok"], R, f["ntiles"]), f["ntiles"])
         if E >= 1:
             acc.append(Access("S", False, f["s"], f["ntiles"], what="SBUF s_out lines"))
         acc.append(Access("META", False, f["meta"], f["ntok"], what="META records"))
