@@ -283,7 +283,9 @@ def test_synth_cache_hostile_entries_are_misses_and_never_followed_for_writing(t
     outside.write_text("keep\n")
 
     def synthesize():
-        return synth.synthesize("module m; endmodule", "m", target="ecp5", device="85k", cache_dir=cache)
+        # a work folder of the test's own: a failed run keeps its folder for inspection
+        return synth.synthesize("module m; endmodule", "m", target="ecp5", device="85k", cache_dir=cache,
+                                workdir=tmp_path / "work")
 
     for make in (lambda: entry.mkdir(), lambda: os.mkfifo(entry), lambda: entry.symlink_to(outside),
                  lambda: entry.write_bytes(b"\xff\xfe"), lambda: entry.write_text('{"key": "' + key + '"}'),
