@@ -317,8 +317,12 @@ def quant_token_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, o
     return router + xl + MIX_LATENCY + rq_cycles(cfg) + quantize + 1
 
 
+#: The array registers the QBUF and WBUF words it reads before any logic: a block RAM's read data
+#: has a long clock-to-output and routing of its own, and a popcount tree behind it was the whole
+#: accelerator's critical path on an ECP5 (docs/fpga.md). One cycle (the last tile of a MATMUL pays it).
+ARRAY_OPERAND_REGISTER = 1
 #: The PE registers its popcount tree halfway and at its end: a step reaches the accumulator two
-#: cycles later (only the last tile of a MATMUL pays it; tiles overlap).
+#: cycles after it enters the PE (only the last tile of a MATMUL pays it; tiles overlap).
 ARRAY_PE_PIPELINE = 2
 #: The array's drain: one cycle registers the selected row's accumulators and row term, one adds them
 #: (plane mode: into the running column sum); the OBUF write follows from that register.
@@ -351,12 +355,13 @@ def matmul_tile_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, o
 
 def matmul_drain_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY, *,
                         w_bits: Value = 0) -> Value:
-    """T_drain, what the last tile adds after ntiles*T_tile: the PE pipeline, the drain rows not
-    overlapped (min(S + C, D)) and the drain pipeline. One tile alone takes S + C + 2 + D + 2."""
+    """T_drain, what the last tile adds after ntiles*T_tile: the operand register, the PE pipeline,
+    the drain rows not overlapped (min(S + C, D)) and the drain pipeline. One tile alone takes
+    S + C + 3 + D + 2."""
     steps = matmul_steps(cfg, k_features, mode, ops, w_bits=w_bits)
     rows = matmul_drain_rows(cfg, mode, ops)
     overlap = ops.select(steps + cfg.cols >= rows, rows, steps + cfg.cols)
-    return ARRAY_PE_PIPELINE + overlap + ARRAY_DRAIN_PIPELINE
+    return ARRAY_OPERAND_REGISTER + ARRAY_PE_PIPELINE + overlap + ARRAY_DRAIN_PIPELINE
 
 
 def compute_items(op: Op, f: Mapping[str, Value]) -> Value:
@@ -479,7 +484,7 @@ class Timeline:
 __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
            "depth", "lookup", "nchunks", "xlines", "plane_lines", "weight_planes", "times_weight_planes", "matmul_steps", "dma_busy_cycles", "dma_cycles",
            "quant_token_cycles", "matmul_tile_cycles", "matmul_drain_cycles", "matmul_drain_rows",
-           "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
+           "ARRAY_OPERAND_REGISTER", "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
            "rq_cycles", "chunk_period", "SCALE_LINE_REGISTER", "ROUTER_DRAIN", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS"]

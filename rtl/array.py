@@ -13,16 +13,17 @@ the valid flag travel with the activation (the mask in the XNOR form only).
 
 Each PE holds only the weight-dependent half of ``plane_weight * plane_dot``; the half a row shares
 (its active-lane count and the sign plane's correction) is one "row term" per row (``_row_term``), added
-at the drain. Pipeline: a PE registers its popcount before accumulating
-(``bitmos.semantics.ARRAY_PE_PIPELINE``); the drain registers the selected row, then its sum with the
+at the drain. Pipeline: the read words are registered at the array's edge
+(``bitmos.semantics.ARRAY_OPERAND_REGISTER``), a PE registers its popcount before accumulating
+(``ARRAY_PE_PIPELINE``); the drain registers the selected row, then its sum with the
 row term (``ARRAY_DRAIN_PIPELINE``), and the OBUF write comes from that register.
 
 Timing matches ``bitmos.semantics`` (``1 + ntiles*T_tile + T_drain``): the read for step s of tile n
-is issued at cycle n*T_tile + s (data one cycle later); PE (i, j) sees it j + i cycles after that and
-accumulates it ARRAY_PE_PIPELINE cycles later, so row i is final in every column at tile cycle
-S + C + 2 + i. The drain then visits row i (select and clear), so tile n+1 may start its steps at
+is issued at cycle n*T_tile + s (data one cycle later, registered one more); PE (i, j) sees it j + i
+cycles after that and accumulates it ARRAY_PE_PIPELINE cycles later, so row i is final in every
+column at tile cycle S + C + 3 + i. The drain then visits row i (select and clear), so tile n+1 may start its steps at
 S + C: a row is cleared the cycle before the next tile's first step reaches its column 0. Tiles
-overlap their drain with the next tile's fill; the last tile runs its own S + C + 2 + D + 2 cycles.
+overlap their drain with the next tile's fill; the last tile runs its own S + C + 3 + D + 2 cycles.
 """
 
 from __future__ import annotations
@@ -214,6 +215,24 @@ class SystolicArray(wiring.Component):
         mask_now = Cat(full | ~rem[-1] & partial(l) for l in range(L))
         m.d.sync += [d_valid.eq(self.busy & reading), d_sub.eq(sub), d_mask.eq(mask_now)]
 
+        # ---- the operand register (ARRAY_OPERAND_REGISTER): the read words and their step info are
+        # registered before any logic. The words pass through a mask that changes no result (AND form:
+        # the chunk's lane mask, which it applies anyway; XNOR form and WBUF: the step's valid bit, as
+        # an invalid step is never accumulated), because Yosys folds a register that takes a block
+        # RAM's read data unchanged into the memory's read port, and the path stays as it was.
+        assert sem.ARRAY_OPERAND_REGISTER == 1, "the RTL below registers the operands once"
+        a_word = Signal(R * L)
+        w_word = Signal(C * L)
+        e_valid, e_sub, e_mask = Signal(), Signal(3), Signal(L)
+        e_wp, e_wneg = Signal.like(wp), Signal()
+        valid_lanes = d_valid.replicate(L)
+        m.d.sync += [
+            a_word.eq(Cat((self.qbuf.data.word_select(i, L) & (valid_lanes if k == 1 else d_mask))
+                          for i in range(R))),
+            w_word.eq(Cat(self.wbuf.data.word_select(j, L) & valid_lanes for j in range(C))),
+            e_valid.eq(d_valid), e_sub.eq(d_sub), e_mask.eq(d_mask), e_wp.eq(d_wp), e_wneg.eq(d_wneg),
+        ]
+
         # ---- the PE grid with skew ---------------------------------------------------------------
         pes = [[XnorPopcountPE(lanes=L, act_bits=k, acc_bits=A, weight_bits=WB) for _ in range(C)] for _ in range(R)]
         for i in range(R):
@@ -243,19 +262,18 @@ class SystolicArray(wiring.Component):
         row_term = [Signal(signed(A), name=f"row{i}_term") for i in range(R)]
         for i in range(R):
             src = bundle(f"row{i}_in")
-            plane_tok = d_sub
-            plane_pl = d_sub * R + i
+            plane_tok = e_sub
+            plane_pl = e_sub * R + i
             row_ok = Const(1) if i < Ra else Const(0)
-            a_in = self.qbuf.data.word_select(i, L)
             m.d.comb += [
-                src[0].eq(a_in if k == 1 else a_in & d_mask),
+                src[0].eq(a_word.word_select(i, L)),
                 src[1].eq(Mux(mode, plane_pl, plane_tok)),
-                src[2].eq(d_valid & Mux(mode, row_ok & (plane_pl < k), 1)),
+                src[2].eq(e_valid & Mux(mode, row_ok & (plane_pl < k), 1)),
             ]
             if k == 1:
-                m.d.comb += src[3].eq(d_mask)
+                m.d.comb += src[3].eq(e_mask)
             if WB >= 2:
-                m.d.comb += [src[3].eq(d_wp), src[4].eq(d_wneg)]
+                m.d.comb += [src[3].eq(e_wp), src[4].eq(e_wneg)]
             cur = delay(m, src, i, f"row{i}_skew")
             self._row_term(m, cur, row_term[i], clear[i], f"row{i}", wint)
             for j in range(C):
@@ -269,26 +287,28 @@ class SystolicArray(wiring.Component):
                     cur = delay(m, cur, 1, f"pe_{i}_{j}_right")
         for j in range(C):
             src = Signal(L, name=f"col{j}_in")
-            m.d.comb += src.eq(self.wbuf.data.word_select(j, L))
+            m.d.comb += src.eq(w_word.word_select(j, L))
             cur = delay(m, [src], j, f"col{j}_skew")
             for i in range(R):
                 m.d.comb += pes[i][j].w.eq(cur[0])
                 if i < R - 1:
                     cur = delay(m, cur, 1, f"pe_{i}_{j}_down")
 
-        # ---- drain: row r of a tile is final in every column S + C + ARRAY_PE_PIPELINE cycles after
-        # the tile's start; it is visited (selected and cleared) then, one row a cycle, while the
-        # next tile's steps may already be entering. Scheduled at tile cycle S + C - 1, the last
-        # cycle before that any tile reaches, and carried by a delay line.
+        # ---- drain: row r of a tile is final in every column S + C + ARRAY_OPERAND_REGISTER +
+        # ARRAY_PE_PIPELINE cycles after the tile's start; it is visited (selected and cleared) then,
+        # one row a cycle, while the next tile's steps may already be entering. Scheduled at tile
+        # cycle S + C - 1, the last cycle before that any tile reaches, and carried by a delay line.
         rows = Signal(range(R + 1))
         m.d.comb += rows.eq(Mux(mode, Ra, R))
-        go_delay = sem.ARRAY_PE_PIPELINE + 1
+        go_delay = sem.ARRAY_OPERAND_REGISTER + sem.ARRAY_PE_PIPELINE + 1
         go = [Signal(name=f"drain_go_{d}") for d in range(go_delay + 1)]
-        go_obase = Signal(17)
+        # the tile's OBUF base travels with its go: tiles may start every S + C >= C + 1 cycles, fewer
+        # than the go_delay cycles of the line
+        go_obases = [Signal(17, name=f"drain_obase_{d}") for d in range(go_delay)]
+        go_obase = go_obases[-1]
         m.d.comb += go[0].eq(self.busy & (tc == fill_end))
         m.d.sync += [go[d + 1].eq(go[d]) for d in range(go_delay)]
-        with m.If(go[0]):
-            m.d.sync += go_obase.eq(obase)
+        m.d.sync += [go_obases[0].eq(obase)] + [go_obases[d + 1].eq(go_obases[d]) for d in range(go_delay - 1)]
         dr_active = Signal()
         dr_row = Signal(range(max(R, 2)))
         dr_obase = Signal(17)

@@ -126,13 +126,13 @@ class ReferenceMachine:
             t_quant = (XL + E + 24 if E >= 2 else 0) + (XL + 5) + d_rq + q_pass + 1
             return 1 + ins["ntok"] * t_quant
         if ins.op is Op.MATMUL:
-            # tiles start every max(S + C, D) cycles; the last adds 2 + min(S + C, D) + 2; S counts
+            # tiles start every max(S + C, D) cycles; the last adds 3 + min(S + C, D) + 2; S counts
             # every chunk once per weight plane (WBITS planes for integer weights, else one)
             wp = self.regs[Reg.WBITS] or 1
             steps = (nch * k if ins["mode"] == 0 else nch * P) * wp
             drain_rows = R if ins["mode"] == 0 else Ra
             t_tile = max(steps + C, drain_rows)
-            return 1 + ins["ntiles"] * t_tile + 2 + min(steps + C, drain_rows) + 2
+            return 1 + ins["ntiles"] * t_tile + 3 + min(steps + C, drain_rows) + 2
         if ins.op is Op.SCALEOUT:
             return 1 + ins["ntiles"] * ins["ntok"] + 9
         return 1

@@ -144,18 +144,18 @@ def test_cycle_formulas_by_hand():
     tiny = preset_config("tiny")
     assert semantics.quant_token_cycles(tiny, 40, 0) == 63
     assert semantics.quant_token_cycles(tiny, 0, 0) == 7
-    # matmul token: S = 3*8 = 24, T_tile = max(S + C, R) = max(28, 4) = 28, T_drain = 2 + min(28, 4) + 2 = 8
+    # matmul token: S = 3*8 = 24, T_tile = max(S + C, R) = max(28, 4) = 28, T_drain = 3 + min(28, 4) + 2 = 9
     assert semantics.matmul_tile_cycles(c, K, 0) == 28
-    assert semantics.matmul_drain_cycles(c, K, 0) == 8
-    # plane: S = 3*P = 6, T_tile = max(6 + 4, Ra = 4) = 10, T_drain = 2 + 4 + 2 = 8
+    assert semantics.matmul_drain_cycles(c, K, 0) == 9
+    # plane: S = 3*P = 6, T_tile = max(6 + 4, Ra = 4) = 10, T_drain = 3 + 4 + 2 = 9
     assert semantics.matmul_tile_cycles(c, K, 1) == 10
-    assert semantics.matmul_drain_cycles(c, K, 1) == 8
+    assert semantics.matmul_drain_cycles(c, K, 1) == 9
     mm = Instruction.make("matmul", mode="token", q=0, w=0, o=0, ntiles=3)
-    assert semantics.compute_cycles(mm, c, K) == 1 + 3 * 28 + 8
-    # drain-bound interval: R = 8, C = 2, k = 1, K = 3: S = 1, S + C = 3 < 8, so T_tile = 8, T_drain = 2 + 3 + 2
+    assert semantics.compute_cycles(mm, c, K) == 1 + 3 * 28 + 9
+    # drain-bound interval: R = 8, C = 2, k = 1, K = 3: S = 1, S + C = 3 < 8, so T_tile = 8, T_drain = 3 + 3 + 2
     d = AcceleratorConfig(rows=8, cols=2, lanes=8, act_bits=1, experts=0, acc_bits=16, ext_bw_bits=16)
     mm2 = Instruction.make("matmul", mode="token", q=0, w=0, o=0, ntiles=2)
-    assert semantics.compute_cycles(mm2, d, 3) == 1 + 2 * 8 + 7
+    assert semantics.compute_cycles(mm2, d, 3) == 1 + 2 * 8 + 8
     so = Instruction.make("scaleout", mode="token", o=0, s=0, meta=0, ntok=4, ntiles=3)
     assert semantics.compute_cycles(so, c, K) == 1 + 12 + 9   # read, eight stages, write-back
     assert semantics.dma_cycles(10, 128, c) == 20 + 20
@@ -169,10 +169,10 @@ def test_timeline_overlap_and_stalls():
     assert t.step(load, c, 70) == (0, busy)
     assert (t.now, t.dma_free) == (1, 1 + busy)
     mm = Instruction.make("matmul", mode="token", q=0, w=0, o=0, ntiles=1)
-    t.step(mm, c, 70)  # 1 + 28 + 8 = 37 cycles, fully hidden under the DMA
-    assert t.now == 38
+    t.step(mm, c, 70)  # 1 + 28 + 9 = 38 cycles, fully hidden under the DMA
+    assert t.now == 39
     t.step(load, c, 70)  # must wait for the first transfer
-    assert t.now == 1 + busy + 1 and t.stall_cycles == busy + 1 - 38
+    assert t.now == 1 + busy + 1 and t.stall_cycles == busy + 1 - 39
     t.step(Instruction.make("wait"), c, 70)
     assert t.now == (1 + busy + 1 + busy) + 1
     end = t.step(Instruction.make("halt"), c, 70)

@@ -59,16 +59,16 @@ class TestTiming(unittest.TestCase):
         words = assemble("""
             setr K 64                                   ; issue 0, now 1
             load buf=W line=0 nlines=2 ext=0            ; issue 1: busy 20 + ceil(2*128/64) = 24, free at 1+1+24 = 26
-            matmul mode=token q=0 w=8 o=0 ntiles=1      ; issue 2: 1 + max(2*8 + 4, 4) + (2 + 4 + 2) = 29 cycles, now 31
-            wait                                        ; 31 >= 26: no stall, issue 31, now 32
-            load buf=O line=0 nlines=4 ext=0            ; issue 32: busy 20 + 4*128/64 = 28, free at 61
-            halt                                        ; waits 61 - 33 = 28 cycles, issue 61, run ends at 62
+            matmul mode=token q=0 w=8 o=0 ntiles=1      ; issue 2: 1 + max(2*8 + 4, 4) + (3 + 4 + 2) = 30 cycles, now 32
+            wait                                        ; 32 >= 26: no stall, issue 32, now 33
+            load buf=O line=0 nlines=4 ext=0            ; issue 33: busy 20 + 4*128/64 = 28, free at 62
+            halt                                        ; waits 62 - 34 = 28 cycles, issue 62, run ends at 63
         """)
         r = run_both(SMALL, words, bytes(4096))
-        self.assertEqual(r.cycles, 62)
+        self.assertEqual(r.cycles, 63)
         self.assertEqual(r.stall_cycles, 28)
-        self.assertEqual(list(r.trace.issue), [0, 1, 2, 31, 32, 61])
-        self.assertEqual(list(r.trace.busy), [0, 24, 28, 0, 28, 0])
+        self.assertEqual(list(r.trace.issue), [0, 1, 2, 32, 33, 62])
+        self.assertEqual(list(r.trace.busy), [0, 24, 29, 0, 28, 0])
         self.assertTrue(r.done and not r.error)
 
     def test_back_to_back_dma_stalls(self):
@@ -87,18 +87,18 @@ class TestTiming(unittest.TestCase):
         # T_quant token = (XL+E+24) + (XL+5) + 40 + ((nch-1)*T + L/C + 7 + k) + 1, T = max(8, 8) = 8
         #               = 44 + 21 + 40 + (8 + 8 + 7 + 8) + 1 = 137
         # T_quant plane = 44 + 21 + 40 + (8 + 8 + 7 + 2) + 1 = 131 (T = max(8, P) = 8)
-        # T_tile plane = max(nch*P + C, Ra) = max(4 + 4, 4) = 8, T_drain = 2 + min(8, 4) + 2 = 8
+        # T_tile plane = max(nch*P + C, Ra) = max(4 + 4, 4) = 8, T_drain = 3 + min(8, 4) + 2 = 9
         words = assemble("""
             setr K 64
             quant mode=token x=0 q=0 meta=0 ntok=2      ; 1 + 2*137 = 275
             quant mode=plane x=0 q=0 meta=0 ntok=1      ; 1 + 131 = 132
-            matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*8 + 8 = 33
+            matmul mode=plane q=0 w=0 o=0 ntiles=3      ; 1 + 3*8 + 9 = 34
             scaleout mode=token o=0 s=0 meta=0 ntok=3 ntiles=2   ; 1 + 2*3 + 9 = 16
             halt
         """)
         r = run_both(SMALL, words)
-        self.assertEqual(list(r.trace.issue), [0, 1, 276, 408, 441, 457])
-        self.assertEqual(r.cycles, 458)
+        self.assertEqual(list(r.trace.issue), [0, 1, 276, 408, 442, 458])
+        self.assertEqual(r.cycles, 459)
 
     def test_timeline_class_agrees(self):
         for seed in range(5):
