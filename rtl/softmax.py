@@ -7,7 +7,7 @@ multiply. With D = ``ROUTER_DRAIN`` (3):
 * steps 0..D-1: the router takes its last line (registered, its products registered, their add);
 * step D: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
   gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter;
-* step D+1: the index of max(l), and every logit scaled, c_e = l_e * LOG2E_Q10, also with the rounding
+* step D+1: the index of the first max(l) (all pairwise compares at once), and every logit scaled, c_e = l_e * LOG2E_Q10, also with the rounding
   half added, h_e = c_e + 2^(LOG2E_FRAC-1);
 * steps D+2..E+D+1: for expert e = step - D - 2, u = (h_max - c_e) >> LOG2E_FRAC, which is
   rshift_round(d * LOG2E_Q10, LOG2E_FRAC) with d = max(l) - l_e: one subtract in front of the exp table's
@@ -118,11 +118,7 @@ class Softmax(wiring.Component):
                 m.d.sync += [logits[e].eq(Mux(on, 0, sat(shifted[e], F.LOGIT_BITS))) for e in range(E)]
                 m.d.sync += self.bias.eq(Mux(on, sat(shifted[0], F.OUT_BITS), 0))
             with m.If(step == D + 1):
-                best, index = logits[0], 0
-                for e in range(1, E):
-                    later = logits[e] > best
-                    best, index = Mux(later, logits[e], best), Mux(later, e, index)
-                m.d.sync += top.eq(index)
+                m.d.sync += top.eq(self._first_max_index(m, logits))
                 for e in range(E):
                     product = logits[e] * F.LOG2E_Q10
                     m.d.sync += [scaled[e].eq(product), rounded[e].eq(product + (1 << (F.LOG2E_FRAC - 1)))]
@@ -136,3 +132,28 @@ class Softmax(wiring.Component):
                 m.d.sync += [self.gates[e].eq((p[e] * rcp.quotient + (1 << (F.GATE_FRAC - 1))) >> F.GATE_FRAC)
                              for e in range(E)]
         return m
+
+    @staticmethod
+    def _first_max_index(m, logits):
+        """The index of the first largest logit, as ``formats.softmax_gates`` takes it, from all pairwise
+        compares side by side: e is it iff l_e > l_j for every j < e and l_e >= l_j for every j > e.
+        One compare deep, then an AND and an encoder: a chain of compare-and-select steps (E - 1 compares
+        in series, each feeding the next one's operand through a select) was the small chip's critical
+        path on an ECP5 (docs/fpga.md)."""
+        E = len(logits)
+        greater = {(i, j): logits[i] > logits[j] for i in range(E) for j in range(E) if i > j}
+        is_top = Signal(E, name="is_top")
+        for e in range(E):
+            wins = [greater[(e, j)] for j in range(e)] + [~greater[(j, e)] for j in range(e + 1, E)]
+            term = wins[0]
+            for w in wins[1:]:
+                term = term & w
+            m.d.comb += is_top[e].eq(term)
+        index = Signal(range(E), name="top_index")
+        for b in range(len(index)):
+            bit = 0
+            for e in range(E):
+                if e >> b & 1:
+                    bit = bit | is_top[e]
+            m.d.comb += index[b].eq(bit)
+        return index

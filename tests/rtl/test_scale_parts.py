@@ -8,6 +8,9 @@ component's ports directly, so a failure names the component.
 import random
 
 import pytest
+from amaranth import Module, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
 from amaranth.sim import Simulator
 
 from bitmos import formats as F
@@ -74,6 +77,35 @@ def test_router(name):
         assert [ctx.get(dut.acc[e]) for e in range(E)] == [0] * E
 
     simulate(dut, bench)
+
+
+@pytest.mark.parametrize("experts", [2, 3, 4, 5, 8])
+def test_softmax_first_max_index(experts):
+    """The largest logit's index from the pairwise compares is the first one, as a left-to-right scan
+    takes it, with ties in every position and the int16 extremes."""
+    class FirstMax(wiring.Component):
+        def __init__(self):
+            super().__init__({f"l{e}": Out(signed(F.LOGIT_BITS)) for e in range(experts)} | {"top": Out(4)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.top.eq(Softmax._first_max_index(m, [getattr(self, f"l{e}") for e in range(experts)]))
+            return m
+
+    dut, rng = FirstMax(), random.Random(experts)
+    pool = [-32768, -1, 0, 1, 7, 32767]
+    cases = [[rng.choice(pool) for _ in range(experts)] for _ in range(200)]
+    cases += [[rng.randint(-32768, 32767) for _ in range(experts)] for _ in range(50)]
+
+    async def bench(ctx):
+        for ls in cases:
+            for e, v in enumerate(ls):
+                ctx.set(getattr(dut, f"l{e}"), v)
+            assert ctx.get(dut.top) == ls.index(max(ls)), ls
+
+    sim = Simulator(dut)     # combinational: no clock
+    sim.add_testbench(bench)
+    sim.run()
 
 
 @pytest.mark.parametrize("name", ROUTED)
