@@ -92,6 +92,20 @@ def plane_lines(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops
     return nchunks(cfg, k_features) * ops.select(mode, cfg.planes_per_row, cfg.act_bits)
 
 
+def register_counts(cfg: AcceleratorConfig, regs: Mapping[Reg, Value], ops: Ops = PY) -> dict[str, Value]:
+    """The line counts the footprints take from registers K and WBITS alone: ``xlines`` (one token's
+    XBUF lines), ``plane_lines`` (QBUF lines of one token's planes, token and plane mode) and
+    ``weight_lines`` (WBUF lines of one tile: nch times the weight planes). They change only when a
+    SETR writes K or WBITS, so a checker can hold them in registers, found as the registers are, and
+    multiply a count field by a register (tiny's critical path was K -> ceil(K/L) -> that product,
+    docs/fpga.md)."""
+    K = regs[Reg.K]
+    nch = nchunks(cfg, K)
+    return {"xlines": xlines(cfg, K),
+            "plane_lines_token": nch * cfg.act_bits, "plane_lines_plane": nch * cfg.planes_per_row,
+            "weight_lines": times_weight_planes(cfg, nch, regs[Reg.WBITS], ops)}
+
+
 # ---- footprint ---------------------------------------------------------------------------------
 
 
@@ -133,16 +147,21 @@ def depth(cfg: AcceleratorConfig, buffer: str) -> int:
 
 
 def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
-              ops: Ops = PY) -> list[Access]:
-    """Every buffer range instruction ``op`` reads or writes, in the order docs/isa.md checks them."""
-    K = regs[Reg.K]
+              ops: Ops = PY, counts: Mapping[str, Value] | None = None) -> list[Access]:
+    """Every buffer range instruction ``op`` reads or writes, in the order docs/isa.md checks them.
+    ``counts``: :func:`register_counts` of ``regs``, if the caller holds them (found here if not)."""
     R, E = cfg.rows, cfg.experts
     if op in (Op.LOAD, Op.STORE):
         return [Access(b, op is Op.LOAD, f["line"], f["nlines"], when=f["buf"] == i, what=f"{b}BUF lines")
                 for i, b in enumerate(BUFFERS)]
+    if op not in (Op.QUANT, Op.MATMUL, Op.SCALEOUT):
+        return []
+    if counts is None:
+        counts = register_counts(cfg, regs, ops)
+    planes = ops.select(f["mode"], counts["plane_lines_plane"], counts["plane_lines_token"])
     if op is Op.QUANT:
-        xl = xlines(cfg, K)
-        acc = [Access("Q", True, f["q"], plane_lines(cfg, K, f["mode"], ops), what="QBUF lines"),
+        xl = counts["xlines"]
+        acc = [Access("Q", True, f["q"], planes, what="QBUF lines"),
                Access("X", False, f["x"], f["ntok"] * xl, what="XBUF lines"),
                Access("META", True, f["meta"], f["ntok"], what="META records")]
         if E >= 2:
@@ -151,9 +170,8 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
             acc.append(Access("S", False, regs[Reg.SIN], xl, what="SBUF s_in lines"))
         return acc
     if op is Op.MATMUL:
-        return [Access("Q", False, f["q"], plane_lines(cfg, K, f["mode"], ops), what="QBUF lines"),
-                Access("W", False, f["w"], f["ntiles"] * times_weight_planes(cfg, nchunks(cfg, K), regs[Reg.WBITS], ops),
-                       what="WBUF lines"),
+        return [Access("Q", False, f["q"], planes, what="QBUF lines"),
+                Access("W", False, f["w"], f["ntiles"] * counts["weight_lines"], what="WBUF lines"),
                 *_per_mode_obuf(f, (f["ntiles"] * R, 1, 1), f["ntiles"])]
     if op is Op.SCALEOUT:
         # token mode: each tile's accumulators are R lines apart, of which ntok are used
@@ -220,7 +238,8 @@ def _same(v: Value) -> Value:
 
 
 def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
-           ops: Ops = PY, stage: Callable[[Value], Value] = _same) -> list[Fault]:
+           ops: Ops = PY, stage: Callable[[Value], Value] = _same,
+           counts: Mapping[str, Value] | None = None) -> list[Fault]:
     """The fault conditions of a legal opcode, highest priority first (the first that holds is reported).
 
     Cause 1 (illegal opcode) and 5 (pc past IMEM) are not per instruction; see docs/isa.md.
@@ -229,10 +248,10 @@ def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value
     condition, each access's guard and end line, a load/store's external end) is computed from the
     fields and registers only, and everything after it is a comparison with a constant. The identity
     by default; the RTL controller passes a register, so the products of count fields and registers
-    are found one cycle before the comparisons.
+    are found one cycle before the comparisons. ``counts``: as :func:`footprint` takes them.
     """
     out = [Fault(CAUSE_ILLEGAL_FIELD, stage(_any(field_faults(op, word, f, cfg))))]
-    for a in footprint(op, f, regs, cfg, ops):
+    for a in footprint(op, f, regs, cfg, ops, counts):
         past = stage(a.end) > depth(cfg, a.buffer)
         out.append(Fault(CAUSE_BUFFER_RANGE, past if a.when is True else stage(a.when) & past, a))
     if op in (Op.LOAD, Op.STORE):
@@ -482,7 +501,7 @@ class Timeline:
 
 
 __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
-           "depth", "lookup", "nchunks", "xlines", "plane_lines", "weight_planes", "times_weight_planes", "matmul_steps", "dma_busy_cycles", "dma_cycles",
+           "depth", "lookup", "nchunks", "xlines", "plane_lines", "register_counts", "weight_planes", "times_weight_planes", "matmul_steps", "dma_busy_cycles", "dma_cycles",
            "quant_token_cycles", "matmul_tile_cycles", "matmul_drain_cycles", "matmul_drain_rows",
            "ARRAY_OPERAND_REGISTER", "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
            "rq_cycles", "chunk_period", "SCALE_LINE_REGISTER", "ROUTER_DRAIN", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",

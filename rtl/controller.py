@@ -140,8 +140,14 @@ class Controller(wiring.Component):
         take = Signal()
         regs_after = self._after_setr(word, regs)           # as ``ir`` leaves them
         regs_for2 = {r: Signal.like(target, name=f"regs_for2_{r.name.lower()}") for r, target in regs.items()}
+        # the footprints' register-derived line counts of ``regs_for2``, found with them a cycle before,
+        # so the legality stage multiplies a count field by a register
+        def counts_of(rs):
+            return sem.register_counts(cfg, rs, AMARANTH_OPS)
+        counts_for2 = {name: Signal(v.shape(), name=f"counts_for2_{name}")
+                       for name, v in counts_of(regs_for2).items()}
         next_cause = Signal(CAUSE_BITS)
-        self._legality(m, word_next2, regs_for2, next_cause, take)
+        self._legality(m, word_next2, regs_for2, counts_for2, next_cause, take)
         dma_busy, dma_addr = Signal(32), Signal.like(self.dma_addr)
         fl_next = word_next[Op.LOAD.name.lower()]   # load and store share field positions
         next_busy, next_addr = Signal(32), Signal.like(self.dma_addr)
@@ -180,6 +186,7 @@ class Controller(wiring.Component):
             # ir_next3 moves up: it will see the registers as ir_next2 leaves them
             after2 = self._after_setr(word_next2, regs_for2)
             m.d.sync += [regs_for2[r].eq(after2[r]) for r in regs]
+            m.d.sync += [counts_for2[name].eq(v) for name, v in counts_of(after2).items()]
 
         with m.If(self.start & ~running & (priming == 0)):
             m.d.comb += [busy.load.eq(1), dma.load.eq(1)]   # both to 0 (value's default)
@@ -187,6 +194,7 @@ class Controller(wiring.Component):
                          self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
                          ir.eq(0), ir_next.eq(0), ir_next2.eq(0), ir_next3.eq(0)]   # NOPs: nothing stale is forwarded
             m.d.sync += [r.eq(0) for r in regs.values()] + [r.eq(0) for r in regs_for2.values()]
+            m.d.sync += [counts_for2[name].eq(v) for name, v in sem.register_counts(cfg, {r: 0 for r in regs}).items()]
         with m.If(priming != 0):
             m.d.sync += priming.eq(priming + 1)
             with m.If(priming == 4):
@@ -230,10 +238,11 @@ class Controller(wiring.Component):
         return {r: Mux(is_setr & (f["reg"] == int(r)), f["value"][:len(target)], target)
                 for r, target in regs.items()}
 
-    def _legality(self, m, word, regs, cause, take):
+    def _legality(self, m, word, regs, counts, cause, take):
         """``cause``: the highest-priority fault (causes 1-4; 0 if none) of the instruction ``word`` holds
-        now, with registers ``regs``, known one ``take`` later: the values :func:`bitmos.semantics.faults`
-        stages (each guarded by its opcode) are registered at ``take``, and compared after it."""
+        now, with registers ``regs`` (and their :func:`bitmos.semantics.register_counts`, ``counts``),
+        known one ``take`` later: the values :func:`bitmos.semantics.faults` stages (each guarded by its
+        opcode) are registered at ``take``, and compared after it."""
         cfg = self._cfg
         n_staged = 0
 
@@ -252,7 +261,7 @@ class Controller(wiring.Component):
         by_cause: dict[int, list] = {isa.CAUSE_ILLEGAL_FIELD: [], isa.CAUSE_BUFFER_RANGE: [],
                                      isa.CAUSE_EXT_RANGE: []}
         for op in Op:
-            for flt in sem.faults(op, word.as_value(), word[op.name.lower()], regs, cfg, AMARANTH_OPS, stage):
+            for flt in sem.faults(op, word.as_value(), word[op.name.lower()], regs, cfg, AMARANTH_OPS, stage, counts):
                 by_cause[flt.cause].append(staged_is[op] & flt.cond)
         bad = {code: Signal(name=f"bad_cause{code}") for code in by_cause}
         for code, conds in by_cause.items():
