@@ -343,17 +343,18 @@ class SystolicArray(wiring.Component):
                     m.d.sync += sel_term.eq(row_term[i])
         # stage 2: add the row term; plane mode sums the rows into the same register
         val = [Signal(signed(A), name=f"drain_val_{j}") for j in range(C)]
-        s2 = Signal()
+        s2_write = Signal()      # the stage-2 register is written to OBUF: every token row, a plane tile's last row
         s2_row = Signal.like(dr_row)
         s2_obase = Signal(17)
-        m.d.sync += [s2.eq(s1), s2_row.eq(s1_row), s2_obase.eq(s1_obase)]
+        m.d.sync += [s2_write.eq(s1 & (~mode | (s1_row == rows - 1))), s2_row.eq(s1_row), s2_obase.eq(s1_obase)]
         keep = mode & (s1_row != 0)
         with m.If(s1):
             m.d.sync += [val[j].eq(Mux(keep, val[j], 0) + sel[j] + sel_term) for j in range(C)]
-        # the OBUF write, from the stage-2 register
-        write = s2 & (~mode | (s2_row == rows - 1))
+        # the OBUF write, from the stage-2 registers; its enable is a register (the top level chooses
+        # OBUF's writer with it). A drain runs only inside the MATMUL's busy window, whose length
+        # (semantics.matmul_drain_cycles) ends with the last write.
         m.d.comb += [
-            self.obuf.en.eq(Mux(self.busy & write, (1 << len(self.obuf.en)) - 1, 0)),
+            self.obuf.en.eq(s2_write.replicate(len(self.obuf.en))),
             self.obuf.addr.eq(Mux(mode, s2_obase, s2_obase + s2_row)),
             self.obuf.data.eq(Cat(sext(v, 32) for v in val)),
         ]

@@ -87,11 +87,14 @@ class Accelerator(wiring.Component):
         ports += [(getattr(dma, f"{b}_{d}"), getattr(bufs, f"{b}_dma_{d}")) for b in "xwso" for d in ("rd", "wr")]
         for unit_port, buffer_port in ports:
             connect(m, unit_port, buffer_port)
-        # OBUF compute write port: the array drain or the scaleout write-back (never both)
+        # OBUF compute write port: the array drain or the scaleout write-back (never both in one cycle:
+        # one compute instruction runs at a time). Chosen by the array's write enable, a register, not by
+        # its busy flag (a 9-bit compare in front of every OBUF line's write: tiny's critical path)
+        arr_writes = arr.obuf.en[0]
         m.d.comb += [
-            bufs.o_wr.addr.eq(Mux(arr.busy, arr.obuf.addr, su.obuf_w.addr)),
-            bufs.o_wr.data.eq(Mux(arr.busy, arr.obuf.data, su.obuf_w.data)),
-            bufs.o_wr.en.eq(Mux(arr.busy, arr.obuf.en, su.obuf_w.en)),
+            bufs.o_wr.addr.eq(Mux(arr_writes, arr.obuf.addr, su.obuf_w.addr)),
+            bufs.o_wr.data.eq(Mux(arr_writes, arr.obuf.data, su.obuf_w.data)),
+            bufs.o_wr.en.eq(Mux(arr_writes, arr.obuf.en, su.obuf_w.en)),
         ]
 
         word = ctl.word
