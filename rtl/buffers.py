@@ -105,13 +105,15 @@ class Buffers(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         maxdepth = max(d for _, d in self._shapes.values())
-        crow = Signal(range(maxdepth + 1))
-        m.d.comb += self.clearing.eq(crow != 0)
-        with m.If(self.clear & ~self.clearing):
-            m.d.sync += crow.eq(maxdepth)
-        with m.Elif(self.clearing):
-            m.d.sync += crow.eq(crow - 1)
-        row = crow - 1
+        # ``clearing`` and the line being cleared are registers (the flag gates the host's start and every
+        # write port: a compare of a counter there was tiny's critical path), lines maxdepth-1 down to 0
+        row = Signal(range(maxdepth), name="clear_row")
+        clearing = Signal(name="clearing_r")
+        m.d.comb += self.clearing.eq(clearing)
+        with m.If(self.clear & ~clearing):
+            m.d.sync += [clearing.eq(1), row.eq(maxdepth - 1)]
+        with m.Elif(clearing):
+            m.d.sync += [row.eq(row - 1), clearing.eq(row != 0)]
 
         def write(port, bus, clears, data=None):
             """Drive ``port`` from ``bus``; a clearing port zeroes line ``row``, the others are muted."""
