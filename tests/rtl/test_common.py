@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The shared RTL helpers of ``bitmos.rtl.common``: Countdown and the two-stage arithmetic (Amaranth simulator).
 
 The pipelined forms must equal their one-stage definitions bit for bit (``formats.rshift_round`` and a

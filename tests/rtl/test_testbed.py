@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The fast bench's external memory model (bitmos.rtl.testbed.ExtMemoryModel) in the Amaranth simulator.
 
 The model stands in for the Python memory model of the edge-by-edge bench, so its port timing is
