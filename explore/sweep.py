@@ -31,6 +31,7 @@ resumes where it stopped, a finished point is never recomputed, and a torn or co
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import itertools
 import json
@@ -50,8 +51,30 @@ try:
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib  # type: ignore[no-redef]
 
-#: Bumped when evaluation changes so results of older code are not reused.
+#: Bumped when the result rows change form, so rows of older code are not reused.
 SWEEP_VERSION = 1
+
+
+@functools.lru_cache(maxsize=1)
+def estimator_fingerprint() -> str:
+    """A hash of the code a point's figures come from: the contract (config, formats, ISA, the cycle and
+    footprint definitions), the compiler, the simulator with its energy tables and the estimator. It is
+    part of every point's key, so a sweep resumed after any of them changed (a contract change adds
+    cycles) recomputes its points instead of mixing old and new figures; the area columns are refreshed
+    from the current records on every run anyway."""
+    import bitmos
+    from bitmos import compiler, sim
+    from bitmos.explore import perf
+
+    root = Path(bitmos.__file__).parent
+    files = [root / f"{name}.py" for name in ("config", "formats", "isa", "semantics")]
+    files += sorted(Path(compiler.__file__).parent.glob("*.py")) + sorted(Path(sim.__file__).parent.rglob("*.py"))
+    files += sorted(p for p in (Path(sim.__file__).parent / "energy_tables").rglob("*") if p.is_file())
+    files.append(Path(perf.__file__))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 DEFAULT_OBJECTIVES = ("max:decode_tokens_per_s", "min:decode_uj_per_token", "min:luts")
 
@@ -248,7 +271,7 @@ def make_tasks(spec: SweepSpec, backend: str) -> list[dict[str, Any]]:
         task = {"config": cfgd, "overrides": ov, "shape": shape, "prefill_tokens": spec.prefill_tokens,
                 "energy_table": spec.energy_table, "backend": backend, "auto_buffers": spec.auto_buffers,
                 "synth": spec.synth, "target": spec.target, "device": spec.device, "top": spec.top,
-                "version": SWEEP_VERSION}
+                "version": SWEEP_VERSION, "estimator": estimator_fingerprint()}
         task["key"] = point_key(task)
         task["index"] = i
         tasks.append(task)

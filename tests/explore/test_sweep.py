@@ -35,6 +35,24 @@ def test_resume_skips_done_points(tmp_path):
     assert (out / "pareto.png").stat().st_size > 1000
 
 
+def test_a_changed_estimator_recomputes_instead_of_reusing(tmp_path, monkeypatch):
+    """Rows of a sweep run before a contract, compiler or simulator change are not reused: the estimator's
+    fingerprint is part of every point's key."""
+    from bitmos.explore import sweep as S
+
+    out = tmp_path / "s"
+    s = spec(grid={"rows": [2, 4]})
+    assert run_sweep(s, out=out)["computed"] == 2
+    assert run_sweep(s, out=out)["skipped"] == 2
+    real = S.estimator_fingerprint()
+    assert len(real) == 16 and real == S.estimator_fingerprint()
+    monkeypatch.setattr(S, "estimator_fingerprint", lambda: "0" * 16)   # as after an edit of semantics.py
+    again = run_sweep(s, out=out)
+    assert again["computed"] == 2 and again["skipped"] == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 2
+
+
 def test_infeasible_point_is_reported_not_raised(tmp_path):
     s = spec(grid={}, points=[{"lanes": 36}], auto_buffers=False)  # lanes not a multiple of 8
     summary = run_sweep(s, out=tmp_path / "bad")
