@@ -179,8 +179,10 @@ def _run(cmd: list[str], *, cwd: Path, timeout: float, log: Path, what: str) -> 
     try:
         p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        log.write_text((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes)
-                       else (exc.stdout or ""))
+        # what the tool printed before it was stopped (nextpnr reports its progress on stderr)
+        def text(out):
+            return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+        log.write_text(text(exc.stdout) + "\n--- stderr ---\n" + text(exc.stderr))
         raise SynthError(f"{what} timed out after {timeout:.0f} s (raise --timeout); log: {log}") from None
     log.write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
     p.elapsed = time.monotonic() - t0  # type: ignore[attr-defined]

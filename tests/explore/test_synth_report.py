@@ -115,3 +115,17 @@ def test_critical_path_names_the_slowest_path_and_its_blocks():
                   "through": ["buffers.imem", "controller", "top", "scale_unit.sequencer"], "logic_steps": 2}
     assert S.critical_path({}) is None
     assert S.parse_report({"critical_paths": [fast]}, "ecp5")["critical_path"]["to"] == "array.pe_0_0.x"
+
+
+def test_a_timed_out_tool_leaves_what_it_printed_in_its_log(tmp_path):
+    """A place-and-route run stopped by --timeout keeps its progress (nextpnr prints it on stderr) in the
+    log the error names, not an empty file."""
+    import sys
+
+    log = tmp_path / "nextpnr.log"
+    cmd = [sys.executable, "-c", "import sys, time; print('placed', flush=True); "
+           "print('Info: routing 42 %', file=sys.stderr, flush=True); time.sleep(30)"]
+    with pytest.raises(S.SynthError, match=r"nextpnr-ecp5 timed out after 2 s .*nextpnr.log"):
+        S._run(cmd, cwd=tmp_path, timeout=2, log=log, what="nextpnr-ecp5")
+    text = log.read_text()
+    assert "placed" in text and "Info: routing 42 %" in text
