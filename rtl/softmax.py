@@ -7,8 +7,8 @@ multiply. With D = ``ROUTER_DRAIN`` (3):
 * steps 0..D-1: the router takes its last line (registered, its products registered, their add);
 * step D: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
   gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter;
-* step D+1: the index of the first max(l) (all pairwise compares at once), and every logit scaled, c_e = l_e * LOG2E_Q10, also with the rounding
-  half added, h_e = c_e + 2^(LOG2E_FRAC-1);
+* step D+1: the index of the first max(l) (all pairwise compares at once), and every logit scaled,
+  c_e = l_e * LOG2E_Q10, also with the rounding half added, h_e = c_e + 2^(LOG2E_FRAC-1);
 * steps D+2..E+D+1: for expert e = step - D - 2, u = (h_max - c_e) >> LOG2E_FRAC, which is
   rshift_round(d * LOG2E_Q10, LOG2E_FRAC) with d = max(l) - l_e: one subtract in front of the exp table's
   address (it is read at u's EXP2_FRAC_BITS fraction bits), not a subtract, a multiply and a rounding
@@ -23,7 +23,7 @@ multiply. With D = ``ROUTER_DRAIN`` (3):
 
 from __future__ import annotations
 
-from amaranth import Array, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -143,17 +143,8 @@ class Softmax(wiring.Component):
         E = len(logits)
         greater = {(i, j): logits[i] > logits[j] for i in range(E) for j in range(E) if i > j}
         is_top = Signal(E, name="is_top")
-        for e in range(E):
-            wins = [greater[(e, j)] for j in range(e)] + [~greater[(j, e)] for j in range(e + 1, E)]
-            term = wins[0]
-            for w in wins[1:]:
-                term = term & w
-            m.d.comb += is_top[e].eq(term)
+        m.d.comb += [is_top[e].eq(Cat(*(greater[(e, j)] for j in range(e)),
+                                      *(~greater[(j, e)] for j in range(e + 1, E))).all()) for e in range(E)]
         index = Signal(range(E), name="top_index")
-        for b in range(len(index)):
-            bit = 0
-            for e in range(E):
-                if e >> b & 1:
-                    bit = bit | is_top[e]
-            m.d.comb += index[b].eq(bit)
+        m.d.comb += [index[b].eq(Cat(is_top[e] for e in range(E) if e >> b & 1).any()) for b in range(len(index))]
         return index
