@@ -94,6 +94,18 @@ def registered(m, value: Value, name: str) -> Signal:
     return reg
 
 
+def registered_masked(m, values: list[Value], keep: Value, name: str) -> list[Signal]:
+    """Each of ``values`` registered where its bit of ``keep`` holds, else 0 (a one-bit ``keep`` serves
+    all); register i is named ``name.format(i)``.
+
+    Used where the values come straight from a block RAM and the mask changes no result (a lane past K
+    adds 0 either way; an invalid line is not written): a register that takes a block RAM's read data
+    unchanged is folded by Yosys into the memory's read port (its transparency logic then stays behind
+    the block RAM), so whatever reads the register would still hang off the block RAM (docs/fpga.md)."""
+    return [registered(m, Mux(keep if len(keep) == 1 else keep[i], v, 0), name.format(i))
+            for i, v in enumerate(values)]
+
+
 #: Limb width of :func:`pipelined_product`: a 17-bit unsigned limb is an 18-bit signed DSP operand.
 PRODUCT_LIMB_BITS = 17
 

@@ -24,7 +24,7 @@ from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import (check_config, expert_lanes, pipelined_mix_scale, pipelined_product, registered,
-                               signed_lanes)
+                               registered_masked, signed_lanes)
 from bitmos.rtl.divider import SequentialDivider
 
 __all__ = ["Quantizer"]
@@ -118,8 +118,7 @@ class Quantizer(wiring.Component):
         operands' magnitudes, |x| * |s_in|, so no negation follows the product on the max path."""
         cfg = self._cfg
         C, E = cfg.cols, cfg.experts
-        x0 = [registered(m, Mux(self.lane_valid[j], xj, 0), f"x{j}_s0")
-              for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
+        x0 = registered_masked(m, signed_lanes(self.x, C, F.X_BITS), self.lane_valid, "x{}_s0")
         x1 = [Signal(signed(F.X_BITS), name=f"x{j}_s1") for j in range(C)]
         x2 = [Signal(signed(F.X_BITS), name=f"x{j}_s2") for j in range(C)]
         m.d.sync += [a.eq(b) for a, b in zip(x1, x0)] + [a.eq(b) for a, b in zip(x2, x1)]
@@ -132,11 +131,9 @@ class Quantizer(wiring.Component):
         if E == 0:
             m.d.sync += [v[j].eq(x2[j]) for j in range(C)] + [vabs[j].eq(magnitude(x2[j])) for j in range(C)]
             return v, vabs
-        # s0: each scale masked by its lane's valid bit and registered; the mask (a lane past K has x = 0, so
-        # v = 0 whatever its scale) is what keeps the register in the fabric: a bare register of a block
-        # RAM's read data is folded into the memory by Yosys (the small chip's placement of session 12 had
-        # the block RAM feeding the multipliers directly)
-        s_in = [[registered(m, Mux(self.lane_valid[j], s, 0), f"s_in{e}_{j}_s0") for j, s in enumerate(lanes)]
+        # s0: each scale registered, masked by its lane's valid bit (a lane past K has x = 0, so v = 0
+        # whatever its scale; the mask keeps the register out of the SBUF's read port)
+        s_in = [registered_masked(m, lanes, self.lane_valid, f"s_in{e}_{{}}_s0")
                 for e, lanes in enumerate(expert_lanes(self.scales, E, C))]
         gates = [self.gates[e] for e in range(E)]
         # s1: the gate x scale products, s2: their rounded sum

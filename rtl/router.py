@@ -9,13 +9,13 @@ a block RAM's output), then the C x E products, then their add: a line's product
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import check_config, expert_lanes, registered, signed_lanes
+from bitmos.rtl.common import check_config, expert_lanes, registered, registered_masked, signed_lanes
 
 __all__ = ["Router"]
 
@@ -66,11 +66,10 @@ class Router(wiring.Component):
         m = Module()
         C, E = self._cfg.cols, self._cfg.experts
         # the arriving lines registered (lanes outside K as 0), then the C x E products, then their add
-        x = [registered(m, Mux(self.lane_valid[j], xj, 0), f"x{j}")
-             for j, xj in enumerate(signed_lanes(self.x, C, F.X_BITS))]
-        # the weights masked too (a lane past K adds 0 either way): a bare register of the block RAM's
-        # data would be folded into the memory by Yosys, leaving the multipliers on the read path
-        w = [[registered(m, Mux(self.lane_valid[j], wj, 0), f"w{e}_{j}") for j, wj in enumerate(lanes)]
+        x = registered_masked(m, signed_lanes(self.x, C, F.X_BITS), self.lane_valid, "x{}")
+        # the weights masked too (a lane past K adds 0 either way; the mask keeps the register out of
+        # the SBUF's read port)
+        w = [registered_masked(m, lanes, self.lane_valid, f"w{e}_{{}}")
              for e, lanes in enumerate(expert_lanes(self.weights, E, C))]
         products = [[Signal(signed(2 * F.X_BITS), name=f"p{e}_{j}") for j in range(C)] for e in range(E)]
         adding = registered(m, registered(m, self.accumulate, "accumulate_s0"), "adding")

@@ -11,7 +11,7 @@ too). s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In
@@ -20,7 +20,8 @@ from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import (addr_bits, check_config, expert_lanes, pipelined_mix_scale, pipelined_product,
-                               pipelined_rshift_round, registered, rounding_half, sat, signed_lanes)
+                               pipelined_rshift_round, registered, registered_masked, rounding_half, sat,
+                               signed_lanes)
 from bitmos.rtl.layouts import meta_layout
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -77,12 +78,11 @@ class ScaleOut(wiring.Component):
         def reg(value, name):
             return registered(m, value, name)
 
-        # the SBUF line and the META gates come straight from block RAMs: registered before their products
-        # (masked by ``valid``, whose results alone are written: a bare register of a block RAM's data is
-        # folded into the memory by Yosys, leaving the multipliers on the read path)
-        s_out_experts = [[reg(Mux(self.valid, s, 0), f"s_out{e}_{j}_s0") for j, s in enumerate(lanes)]
+        # the SBUF line and the META gates come straight from block RAMs: registered before their products,
+        # masked by ``valid`` (only valid lines are written; the mask keeps the registers out of the read ports)
+        s_out_experts = [registered_masked(m, lanes, self.valid, f"s_out{e}_{{}}_s0")
                          for e, lanes in enumerate(expert_lanes(self.scales, E, C))] if E else []
-        gates_s0 = [reg(Mux(self.valid, self.meta.gates[e], 0), f"gate{e}_s0") for e in range(E)]
+        gates_s0 = registered_masked(m, [self.meta.gates[e] for e in range(E)], self.valid, "gate{}_s0")
 
         # layer-register terms every lane shares, registered once
         half = reg(rounding_half(self.regs.oshift), "round_half")
