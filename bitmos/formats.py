@@ -176,6 +176,17 @@ def router_logits(x: list[int], router: list[list[int]], rshift: int) -> list[in
     return out
 
 
+def exp2_weight(d: int) -> int:
+    """The softmax's unnormalized weight of a logit ``d`` (Q.8, >= 0) below the maximum: ~2^15 * e^(-d / 256).
+
+    d is clamped to 16 bits; u = rshift_round(d * LOG2E_Q10, 10) (Q.8 of d * log2 e); the weight is
+    EXP2_LUT[u & 255] >> (u >> 8), zero past 15 halvings. The maximum itself (d = 0) weighs exactly 2^15.
+    """
+    u = rshift_round(min(d, SOFTMAX_DIFF_MAX) * LOG2E_Q10, LOG2E_FRAC)
+    n, f = u >> EXP2_FRAC_BITS, u & (EXP2_LUT_SIZE - 1)
+    return EXP2_LUT[f] >> n if n < SOFTMAX_MAX_SHIFT else 0
+
+
 def softmax_gates(logits: list[int]) -> list[int]:
     """The hardware softmax: base-2 exponent from a 256-entry table, one reciprocal per token.
 
@@ -185,12 +196,7 @@ def softmax_gates(logits: list[int]) -> list[int]:
     2^15, so sum p >= 2^15 and RCP <= 2^15; each g_e <= 2^15 and the gates sum to 2^15 within E LSBs.
     """
     m = max(logits)
-    p = []
-    for l in logits:
-        d = min(m - l, SOFTMAX_DIFF_MAX)
-        u = rshift_round(d * LOG2E_Q10, LOG2E_FRAC)
-        n, f = u >> EXP2_FRAC_BITS, u & (EXP2_LUT_SIZE - 1)
-        p.append(EXP2_LUT[f] >> n if n < SOFTMAX_MAX_SHIFT else 0)
+    p = [exp2_weight(m - l) for l in logits]
     rcp = (1 << SOFTMAX_RCP_SHIFT) // sum(p)
     return [rshift_round(pe * rcp, GATE_FRAC) for pe in p]
 
@@ -305,3 +311,180 @@ def float_to_fixed(value: float, frac_bits: int, bits: int) -> int:
 
 def fixed_to_float(value: int, frac_bits: int) -> float:
     return value / (1 << frac_bits)
+
+
+# ---- the whole decoder layer (issue 18: the integer definitions; the instructions come later) -------------------
+#
+# One LLaMA decoder layer in integers, from the residual stream to the residual stream:
+#   x  = rmsnorm(r, g_attn) -> q, k, v = linears(x) (+ biases) -> rope(q), rope(k) -> block-quantize q, k, v
+#   (k, v appended to the KV cache) -> attention(q, cache) -> o_proj(requant(o)) -> r += ;
+#   x  = rmsnorm(r, g_mlp) -> gate, up = linears(x) -> silu_gate(gate, up) -> down_proj(requant(.)) -> r += .
+# The host keeps the embedding lookup (its row enters as ``r``) and the LM head (after the final rmsnorm).
+
+#: The residual stream r: int32 with ``cfg.out_frac_bits`` fraction bits (Q15.16 by default), saturating: the
+#: format every linear already writes, so a residual add is one saturating 32-bit add and nothing is rescaled.
+RESID_BITS = 32
+#: RMSNorm input block: r is shifted right by a per-token e until max|r| fits NORM_IN_BITS bits, so each square
+#: fits 2 * NORM_IN_BITS bits and a sum over K < 2^16 features fits 40 bits. RMSNorm is scale-invariant, so the
+#: shift costs only the bits below the token's largest value (11-12 significant bits, beyond the 8-bit
+#: activations the linears quantize to).
+NORM_IN_BITS = 12
+#: RSQ = isqrt(floor(K * 2^(2 * NORM_RSQ_SHIFT) / (ss + K * eps))) ~ 2^23 / rms: K * 2^46 < 2^62 for K < 2^16
+#: (64-bit dividend), and RSQ keeps >= 11 significant bits because max|r'| < 2^12 bounds the rms.
+NORM_RSQ_SHIFT = 23
+#: Norm gains: int16 per feature with a per-tensor exponent GEXP (g ~ G * 2^-GEXP), chosen by the exporter so the
+#: largest magnitude uses 15 bits, as for the scale experts.
+GAIN_BITS = 16
+#: Rotary table: cos and sin of every (position, frequency) in Q1.14 int16 (|value| <= 2^14 fits); the exporter
+#: computes it in float64 from the model's rotary parameters (scaling included) and every implementation reads the
+#: same table, so no implementation evaluates cos/sin.
+ROPE_FRAC = 14
+#: q, k and v of one head of one token as a block-floating-point vector: int8 mantissas and one shared
+#: power-of-two exponent e in 0..25 (x ~ m * 2^e in r's units; |m * 2^e| <= 2^31). The KV cache stores exactly this: head_dim bytes
+#: plus one exponent byte per (token, kv head), half of an fp16 cache; per-token dynamic like the per-token
+#: activation quantizer, so it needs no calibration, and a power of two costs shifters, not multipliers.
+HEAD_MANT_BITS = 8
+#: Attention logits: int32 in Q.8 (the softmax's logit format, widened: a raw score may exceed the Q7.8 range
+#: before the maximum is subtracted).
+SCORE_BITS = 32
+SCORE_FRAC = 8
+#: 1/sqrt(head_dim) in Q.15: ATT_SCALE = isqrt(floor(2^30 / head_dim)).
+ATT_SCALE_FRAC = 15
+#: Attention weights after normalization: unsigned Q.30 (2^46 // sum p in 31 bits, times p <= 2^15, >> 16);
+#: the weighted sum of values then fits 62 bits for up to 2^16 positions.
+ATT_WEIGHT_FRAC = 30
+ATT_RCP_SHIFT = 46
+#: SiLU: the sigmoid from a 1,024-entry table over g in [-8, 8) in steps of 1/64 (Q1.15 entries); beyond the
+#: table's ends sigmoid is within 3.4e-4 of its limit.
+SILU_IN_FRAC = 6
+SILU_LUT_HALF = 512
+
+
+def _sigmoid_table() -> tuple[int, ...]:
+    getcontext().prec = 40
+    one = Decimal(GATE_ONE)
+    return tuple(int((one / (1 + (-(Decimal(i - SILU_LUT_HALF) / (1 << SILU_IN_FRAC))).exp())).to_integral_value(
+        rounding="ROUND_HALF_UP")) for i in range(2 * SILU_LUT_HALF))
+
+
+#: SIGMOID_LUT[i] = round(2^15 * sigmoid((i - 512) / 64)): 1,024 x 16-bit ROM (exact decimal arithmetic).
+SIGMOID_LUT: tuple[int, ...] = _sigmoid_table()
+
+
+def shift_round(v: int, s: int) -> int:
+    """rshift_round for s >= 0, an exact left shift for s < 0 (a fixed-point rescale either way)."""
+    return rshift_round(v, s) if s >= 0 else v << -s
+
+
+def requantize(v: int, from_frac: int, to_frac: int, bits: int) -> int:
+    """A fixed-point value with ``from_frac`` fraction bits rescaled to ``to_frac`` and saturated to ``bits``."""
+    return sat(shift_round(v, from_frac - to_frac), bits)
+
+
+def residual_add(r: int, y: int) -> int:
+    """r + y in the residual stream's format, saturating."""
+    return sat(r + y, RESID_BITS)
+
+
+def block_exponent(values: list[int], mant_bits: int) -> int:
+    """The smallest e >= 0 with max|v| < 2^(mant_bits - 1 + e): the shared exponent of a block."""
+    m = max((abs(v) for v in values), default=0)
+    return max(0, m.bit_length() - (mant_bits - 1))
+
+
+def block_quantize(values: list[int], mant_bits: int = HEAD_MANT_BITS) -> tuple[list[int], int]:
+    """Block floating point: (mantissas sat(rshift_round(v, e), mant_bits), e) with e = block_exponent."""
+    e = block_exponent(values, mant_bits)
+    return [sat(rshift_round(v, e), mant_bits) for v in values], e
+
+
+def rms_norm(r: list[int], gains: list[int], gexp: int, eps_q: int, out_frac: int) -> list[int]:
+    """One token's RMSNorm: r (int32, F = out_frac_bits fraction bits) -> int16 with ``out_frac`` fraction bits.
+
+    e = block_exponent(r, NORM_IN_BITS + 1) (so |r'| <= 2^NORM_IN_BITS), r' = rshift_round(r, e); ss = sum r'^2;
+    eps' = max(1, rshift_round(eps_q, 2e)) with eps_q = round(eps * 2^(2F)) (the model's epsilon in r^2 units, so
+    a zero token divides by K, not 0); RSQ = isqrt(floor(K * 2^46 / (ss + K * eps'))) ~ 2^23 / rms(r');
+    x_i = sat16(shift_round(r'_i * RSQ * G_i, 23 + GEXP - out_frac)). |r' * RSQ * G| < 2^12 * 2^23 * 2^15 = 2^50.
+    """
+    import math
+    k = len(r)
+    e = block_exponent(r, NORM_IN_BITS + 1)
+    rp = [rshift_round(v, e) for v in r]
+    ss = sum(v * v for v in rp)
+    eps_t = max(1, rshift_round(eps_q, 2 * e))
+    rsq = math.isqrt((k << (2 * NORM_RSQ_SHIFT)) // (ss + k * eps_t))
+    s = NORM_RSQ_SHIFT + gexp - out_frac
+    return [sat(shift_round(v * rsq * g, s), X_BITS) for v, g in zip(rp, gains)]
+
+
+def rope_rotate(x: list[int], cos: list[int], sin: list[int]) -> list[int]:
+    """Rotate-half rotary embedding of one head (Hugging Face LLaMA's layout) with Q1.14 cos/sin of its position.
+
+    For j < h = head_dim / 2: y_j = x_j * c_j - x_{j+h} * s_j, y_{j+h} = x_{j+h} * c_j + x_j * s_j, each
+    sat32(rshift_round(., 14)); ``cos``/``sin`` hold the h distinct frequencies of the position.
+    """
+    h = len(x) // 2
+    lo = [sat(rshift_round(x[j] * cos[j] - x[j + h] * sin[j], ROPE_FRAC), RESID_BITS) for j in range(h)]
+    hi = [sat(rshift_round(x[j + h] * cos[j] + x[j] * sin[j], ROPE_FRAC), RESID_BITS) for j in range(h)]
+    return lo + hi
+
+
+def attention_scale(head_dim: int) -> int:
+    """ATT_SCALE = isqrt(floor(2^30 / head_dim)) ~ 2^15 / sqrt(head_dim)."""
+    import math
+    return math.isqrt((1 << (2 * ATT_SCALE_FRAC)) // head_dim)
+
+
+def attention_head(q: tuple[list[int], int], keys: list[tuple[list[int], int]], values: list[tuple[list[int], int]],
+                   frac: int) -> list[int]:
+    """One query head of one token against the cached positions it may see (the causal mask is the caller's
+    choice of ``keys``/``values``): block-floating-point q, k, v -> the head's output (int32, ``frac`` bits).
+
+    score_t = sat32(shift_round(sum_i qm_i * km_ti * ATT_SCALE, 2 * frac + 15 - 8 - eq - ek_t)) (Q.8);
+    p_t = exp2_weight(max score - score_t); P = sum p (>= 2^15: the maximum weighs 2^15);
+    w_t = rshift_round(p_t * floor(2^46 / P), 16) (Q.30); o_i = sat32(rshift_round(sum_t w_t * (vm_ti << ev_t), 30)).
+    """
+    qm, eq = q
+    sc = attention_scale(len(qm))
+    scores = [sat(shift_round(sum(a * b for a, b in zip(qm, km)) * sc,
+                              2 * frac + ATT_SCALE_FRAC - SCORE_FRAC - eq - ek), SCORE_BITS) for km, ek in keys]
+    top = max(scores)
+    p = [exp2_weight(top - s) for s in scores]
+    rcp = (1 << ATT_RCP_SHIFT) // sum(p)
+    w = [rshift_round(pt * rcp, ATT_RCP_SHIFT - ATT_WEIGHT_FRAC) for pt in p]
+    out = []
+    for i in range(len(qm)):
+        acc = sum(wt * (vm[i] << ev) for wt, (vm, ev) in zip(w, values))
+        out.append(sat(rshift_round(acc, ATT_WEIGHT_FRAC), RESID_BITS))
+    return out
+
+
+def silu_gate(gate: list[int], up: list[int], frac: int) -> list[int]:
+    """SwiGLU's silu(gate) * up on int32 values with ``frac`` fraction bits -> int32, ``frac`` bits.
+
+    i = clamp(rshift_round(g, frac - 6), -512, 511) + 512; h = sat32(rshift_round(g * SIGMOID_LUT[i], 15));
+    y = sat32(rshift_round(h * u, frac)).
+    """
+    out = []
+    for g, u in zip(gate, up):
+        i = max(-SILU_LUT_HALF, min(SILU_LUT_HALF - 1, shift_round(g, frac - SILU_IN_FRAC))) + SILU_LUT_HALF
+        h = sat(rshift_round(g * SIGMOID_LUT[i], GATE_FRAC), RESID_BITS)
+        out.append(sat(rshift_round(h * u, frac), RESID_BITS))
+    return out
+
+
+def gain_exponent(values: list[float]) -> int:
+    """GEXP of a norm's gains: the largest magnitude lands in [2^14, 2^15) (all-zero gains: 0)."""
+    import math
+    m = max((abs(v) for v in values), default=0.0)
+    if m == 0:
+        return 0
+    return (GAIN_BITS - 2) - math.floor(math.log2(m))
+
+
+def rope_table(inv_freq: list[float], positions: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(cos, sin) tables [positions][head_dim / 2] in Q1.14 from the model's rotary inverse frequencies."""
+    import math
+    cos = [[float_to_fixed(math.cos(t * f), ROPE_FRAC, 16) for f in inv_freq] for t in range(positions)]
+    sin = [[float_to_fixed(math.sin(t * f), ROPE_FRAC, 16) for f in inv_freq] for t in range(positions)]
+    return cos, sin

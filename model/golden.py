@@ -111,12 +111,16 @@ def router_logits(x: torch.Tensor, router: torch.Tensor, rshift: int) -> torch.T
     return sat(rshift_round(x @ router.T, rshift), LOGIT_BITS)
 
 
+def exp2_weight(d: torch.Tensor) -> torch.Tensor:
+    """``formats.exp2_weight`` elementwise: Q.8 distances below the maximum (>= 0) -> weights ~ 2^15 e^(-d/256)."""
+    u = rshift_round(d.clamp(max=F.SOFTMAX_DIFF_MAX) * LOG2E_Q10, F.LOG2E_FRAC)
+    n, f = u >> F.EXP2_FRAC_BITS, u & (F.EXP2_LUT_SIZE - 1)
+    return torch.where(n < F.SOFTMAX_MAX_SHIFT, _EXP2[f] >> n.clamp(max=F.SOFTMAX_MAX_SHIFT - 1), torch.zeros_like(u))
+
+
 def softmax_gates(logits: torch.Tensor) -> torch.Tensor:
     """[T, E] Q7.8 logits -> [T, E] unsigned Q1.15 gates (``formats.softmax_gates``, vectorized)."""
-    d = (logits.amax(-1, keepdim=True) - logits).clamp(max=F.SOFTMAX_DIFF_MAX)
-    u = rshift_round(d * LOG2E_Q10, F.LOG2E_FRAC)
-    n, f = u >> F.EXP2_FRAC_BITS, u & (F.EXP2_LUT_SIZE - 1)
-    p = torch.where(n < F.SOFTMAX_MAX_SHIFT, _EXP2[f] >> n.clamp(max=F.SOFTMAX_MAX_SHIFT - 1), torch.zeros_like(u))
+    p = exp2_weight(logits.amax(-1, keepdim=True) - logits)
     rcp = (1 << F.SOFTMAX_RCP_SHIFT) // p.sum(-1, keepdim=True)  # sum p >= 2^15 > 0: floor division of positives
     return rshift_round(p * rcp, GATE_FRAC)
 
@@ -531,13 +535,15 @@ def greedy_agreement(golden: GoldenModel, student, prompts: torch.Tensor, max_ne
 def evaluate_golden(source, accel: AcceleratorConfig | str | None = None, *, corpus: str = "builtin",
                     cache_dir=None, seq_len: int = 128, max_tokens: int | None = 32768, batch_size: int = 16,
                     student=None, tokens: torch.Tensor | None = None, bytes_per_token: float | None = None,
-                    compare_float: bool = True) -> dict:
+                    compare_float: bool = True, scope: str = "linears") -> dict:
     """Validation figures of the integer golden model beside the float student's.
 
     ``source``: a student Transformer, a ModelExport, or a path (student checkpoint or export file). The float
     student is compared when it is available (``source`` is a model or a checkpoint, or ``student`` is given); an
     export alone gives the golden figures only (as does ``compare_float=False``). ``tokens``/``bytes_per_token``:
-    an already encoded validation stream (else ``corpus`` is loaded and encoded). Returns ``{"golden": {loss, ppl, bpb, acc, tokens}, "float": {...},
+    an already encoded validation stream (else ``corpus`` is loaded and encoded). ``scope``: ``"linears"`` (the
+    binarized linears in integers, the rest of each layer in float on the host) or ``"layer"`` (every decoder-layer
+    operation in integers: :class:`bitmos.model.golden_layer.GoldenLayerModel`). Returns ``{"golden": {loss, ppl, bpb, acc, tokens}, "float": {...},
     "ppl_rel_diff", "argmax_agreement", "accelerator", "saturation": {...}}``.
     """
     from bitmos.model.checkpoint import load_checkpoint
@@ -558,7 +564,13 @@ def evaluate_golden(source, accel: AcceleratorConfig | str | None = None, *, cor
             model, meta = load_checkpoint(p)
             student = model if student is None else student
             export = export_model(model, accel, info={"source": str(p), "step": meta.get("step", 0)})
-    golden = GoldenModel(export, accel)
+    if scope == "layer":
+        from bitmos.model.golden_layer import GoldenLayerModel
+        golden = GoldenLayerModel(export, accel)
+    elif scope == "linears":
+        golden = GoldenModel(export, accel)
+    else:
+        raise ValueError(f"scope must be 'linears' or 'layer', got {scope!r}")
     if not compare_float:
         student = None
     if tokens is None:
@@ -569,8 +581,11 @@ def evaluate_golden(source, accel: AcceleratorConfig | str | None = None, *, cor
             bytes_per_token = len(val_text.encode("utf-8")) / max(1, tokens.numel())
     seq = min(seq_len, golden.config.max_seq_len)
     res = compare_on_windows(golden, student, tokens, seq, max_tokens, batch_size, bytes_per_token or 1.0)
-    st = golden.stats()
+    res["scope"] = scope
     res["accelerator"] = golden.accel_cfg.name
+    if scope == "layer":
+        res["residual"] = dict(golden.residual_stats)
+    st = golden.stats()
     res["number_formats"] = {k: getattr(golden.accel_cfg, k) for k in ("x_frac_bits", "out_frac_bits", "acc_bits")}
     res["saturation"] = {k: sum(s[k] for s in st.values())
                          for k in ("x_values", "x_saturated", "y_values", "y_saturated", "acc_wrapped")}
