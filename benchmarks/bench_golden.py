@@ -1,10 +1,14 @@
 """Integer golden model vs the float student: validation perplexity and greedy-generation agreement.
 
-    /work/venv/bin/python benchmarks/bench_golden.py [CHECKPOINT] [--accel small] [--json out.json]
+    python benchmarks/bench_golden.py [CHECKPOINT] [--accel small] [--scope linears|layer] [--calibrate N]
+                                      [--json out.json]
 
 Defaults: the shipped student (model/assets/student-mos4-a8.safetensors), the builtin validation corpus, 32768
 teacher-forced tokens in windows of 128, and 100 greedy prompts of 32 tokens (evenly spaced over the validation text)
-continued for 32 new tokens by both models. The figures go into docs/golden.md.
+continued for 32 new tokens by both models. ``--scope layer``: every decoder-layer operation in integers
+(``bitmos.model.golden_layer``; greedy decoding through its block-floating-point KV cache), not only the binarized
+linears. ``--calibrate N``: each layer's input format calibrated on N training tokens. The figures go into
+docs/golden.md.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ def main(argv=None) -> int:
                                                          "from CHECKPOINT (a teacher)")
     ap.add_argument("--experts", type=int, default=4, help="with --init-scheme")
     ap.add_argument("--act-bits", type=int, default=8, help="with --init-scheme")
+    ap.add_argument("--scope", choices=("linears", "layer"), default="linears",
+                    help="integer scope of the golden model: the binarized linears, or every decoder-layer op")
+    ap.add_argument("--calibrate", type=int, default=0, metavar="N",
+                    help="calibrate each layer's input format on N training tokens (default 0: x_frac_bits)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -62,8 +70,14 @@ def main(argv=None) -> int:
         model, meta = load_checkpoint(path)
     accel = resolve_accel(args.accel)
     t0 = time.time()
-    export = export_model(model, accel, info={"source": str(path), "step": meta.get("step", 0)})
-    golden = GoldenModel(export, accel)
+    from bitmos.model.export import calibration_tokens
+    calib = calibration_tokens(model, "builtin", args.calibrate) if args.calibrate else None
+    export = export_model(model, accel, info={"source": str(path), "step": meta.get("step", 0)}, calibration=calib)
+    if args.scope == "layer":
+        from bitmos.model.golden_layer import GoldenLayerModel
+        golden = GoldenLayerModel(export, accel)
+    else:
+        golden = GoldenModel(export, accel)
     _, val_text = load_corpus(args.corpus)
     tok = get_tokenizer(model.config.tokenizer, path.parent)
     tokens = encode_corpus(val_text, tok)
@@ -81,12 +95,14 @@ def main(argv=None) -> int:
                                                          "acc_wrapped")}
     res = {"checkpoint": str(path), "step": meta.get("step"), "scheme": model.config.scheme,
            "experts": model.config.experts, "act_bits": model.config.act_bits, "accelerator": accel.name,
+           "scope": args.scope, "calibrate_tokens": args.calibrate,
            "number_formats": {k: getattr(accel, k) for k in ("x_frac_bits", "out_frac_bits", "acc_bits")},
            **ev, "greedy": gen, "saturation": sat,
            "seconds": {"export": t1 - t0, "ppl_eval": t2 - t1, "generation": t3 - t2}}
     g, f = ev["golden"], ev["float"]
     print(f"{path} (step {res['step']}, {res['scheme']} E={res['experts']} A{res['act_bits']}), "
-          f"accelerator {accel.name} {res['number_formats']}")
+          f"accelerator {accel.name} {res['number_formats']}, integer scope: {args.scope}, "
+          f"calibration: {args.calibrate or 'none'} tokens")
     print(f"| model | val ppl | bpb | next-token acc | tokens |\n|---|---|---|---|---|")
     for name, r in (("float student", f), ("integer golden", g)):
         print(f"| {name} | {r['ppl']:.4f} | {r['bpb']:.4f} | {r['acc']:.4f} | {r['tokens']} |")
@@ -97,6 +113,9 @@ def main(argv=None) -> int:
           f"identical continuations {100 * gen['exact']:.1f} %, per-step agreement on the float student's "
           f"greedy sequences {100 * gen['forced_agreement']:.2f} %")
     print(f"saturation over all runs (eval + generation): {sat}")
+    if args.scope == "layer":
+        print(f"residual adds (values, saturated): {golden.residual_stats}")
+        res["residual"] = dict(golden.residual_stats)
     print(f"time: {res['seconds']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

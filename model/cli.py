@@ -142,9 +142,9 @@ def cmd_distill(args) -> int:
 
 
 def _eval_targets(args):
-    from bitmos.model.checkpoint import SHIPPED_PAIR, shipped_path
-    if args.checkpoints:
-        return [(c, Path(c)) for c in args.checkpoints]
+    from bitmos.model.checkpoint import SHIPPED_PAIR, checkpoint_arg, shipped_path
+    if args.checkpoints:   # a path, or the name of a shipped checkpoint (student, student-fbi, ...)
+        return [(c, checkpoint_arg(c)) for c in args.checkpoints]
     return [(name, shipped_path(name)) for name in SHIPPED_PAIR]
 
 
@@ -172,10 +172,17 @@ def cmd_eval(args) -> int:
         if args.golden and binarized:
             # the same student in the accelerator's integer arithmetic (bitmos.model.golden)
             from bitmos.model.golden import evaluate_golden
-            g = evaluate_golden(model, args.accel or "small", tokens=val, seq_len=seq, max_tokens=args.max_tokens,
-                                bytes_per_token=len(val_text.encode()) / val.numel(), compare_float=False)
+            source = model
+            if args.calibrate:   # each layer's int16 input format from real inputs (as bitmos export --calibrate)
+                from bitmos.model.export import calibration_tokens, export_model
+                source = export_model(model, args.accel or "small",
+                                      calibration=calibration_tokens(model, "builtin", args.calibrate))
+            g = evaluate_golden(source, args.accel or "small", tokens=val, seq_len=seq, max_tokens=args.max_tokens,
+                                bytes_per_token=len(val_text.encode()) / val.numel(), compare_float=False,
+                                scope=args.golden_scope)
             rows[-1]["golden"] = {**g["golden"], "ppl_rel_diff": g["golden"]["ppl"] / ev["ppl"] - 1,
-                                  "accelerator": g.get("accelerator"), "saturation": g.get("saturation")}
+                                  "scope": g["scope"], "accelerator": g.get("accelerator"),
+                                  "saturation": g.get("saturation"), "residual": g.get("residual")}
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -184,7 +191,7 @@ def cmd_eval(args) -> int:
                   f"acc {r['acc']:.4f} ({r['tokens']} tokens)")
             if "golden" in r:
                 g = r["golden"]
-                print(f"{r['name']} (integer golden): ppl {g['ppl']:.3f} ({g['ppl_rel_diff'] * 100:+.3f} % vs float), "
+                print(f"{r['name']} (integer golden, {g['scope']}): ppl {g['ppl']:.3f} ({g['ppl_rel_diff'] * 100:+.3f} % vs float), "
                       f"bpb {g['bpb']:.4f}, acc {g['acc']:.4f}")
     return 0
 
@@ -296,6 +303,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--golden", action="store_true",
                    help="also evaluate each binarized student as the integer golden model (accelerator arithmetic)")
     p.add_argument("--accel", default=None, help="accelerator config for --golden (preset or file; default small)")
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="TOKENS",
+                   help="for --golden: calibrate each layer's int16 input format on this many tokens of the built-in "
+                   "corpus's training split (default 0: the config's x_frac_bits)")
+    p.add_argument("--golden-scope", choices=("linears", "layer"), default="linears",
+                   help="what --golden runs in integers: the binarized linears (what the chip runs today; the rest "
+                   "of each layer in float) or every decoder-layer operation (RMSNorm, rotary, attention with "
+                   "the block-floating-point KV cache, SiLU, residuals; docs/architecture.md)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_eval)
