@@ -74,6 +74,12 @@ GATE_ONE = 1 << GATE_FRAC
 #: Mixed scales s_in, s_out: int16, saturating after the gate-weighted sum.
 #: v = x * s_in: 32-bit signed product (|v| <= 2^30).
 V_BITS = 32
+#: A layer without scales on its input (E = 0: sign, ternary, BitNet, PB-LLM's binary part) quantizes
+#: v = x * 2^E0_V_SHIFT, not x: with v = x in Q7.8 units, D ~ max|x| / Q was a small integer (D = 7 for
+#: max|x| ~ 3.4 at 8 bits: up to 7 % error per token, +5.5 % perplexity on the shipped ternary student). 14 is
+#: the magnitude an E >= 1 layer's s_in has (int16 with one bit of headroom), so every layer quantizes in the
+#: same regime (|v| <= 2^29); the shift is wiring in hardware and OSHIFT takes it back.
+E0_V_SHIFT = 14
 #: D, the per-token dequantization factor ~ max|v| / Q: unsigned 32-bit, in the units of v.
 D_BITS = 32
 #: Router accumulator: 48-bit signed (|x*w| < 2^30, K < 2^16 terms -> < 2^46).
@@ -101,11 +107,16 @@ RQ_SHIFT = 32
 INVQ_SHIFT = 16
 
 
-def _exp2_table() -> tuple[int, ...]:
-    # Exact decimal arithmetic makes the table identical on every platform (no libm rounding).
+def _q15_rom(fn, n: int) -> tuple[int, ...]:
+    """round(2^15 * fn(i)) for i in 0..n-1, half up, in exact decimal arithmetic: every platform builds the same
+    table (no libm rounding). ``fn`` maps a Decimal index to a Decimal."""
     getcontext().prec = 40
-    return tuple(int((Decimal(GATE_ONE) * (Decimal(2) ** (Decimal(-f) / EXP2_LUT_SIZE))).to_integral_value(
-        rounding="ROUND_HALF_UP")) for f in range(EXP2_LUT_SIZE))
+    return tuple(int((Decimal(GATE_ONE) * fn(Decimal(i))).to_integral_value(rounding="ROUND_HALF_UP"))
+                 for i in range(n))
+
+
+def _exp2_table() -> tuple[int, ...]:
+    return _q15_rom(lambda f: Decimal(2) ** (-f / EXP2_LUT_SIZE), EXP2_LUT_SIZE)
 
 
 #: EXP2_LUT[f] = round(2^15 * 2^(-f/256)): the fraction part of 2^(-u) for u in Q.8; 256 x 16-bit ROM.
@@ -136,7 +147,7 @@ def layer_shifts(name: str, cfg, *, experts: int, router_exp: int, s_in_exp: int
     when the layer has a router, else 0); a layer with a bias (FBI-LLM, ``bias_exp`` given; no router of its
     own) uses the router for beta . x instead: RSHIFT = x_frac_bits + bias_exp - out_frac_bits (the product
     into output units). OSHIFT = x_frac_bits + s_in_exp + s_out_exp - out_frac_bits
-    (E >= 1) or x_frac_bits + smul_exp - out_frac_bits (E = 0). ``x_frac`` is the layer's own input format
+    (E >= 1) or x_frac_bits + E0_V_SHIFT + smul_exp - out_frac_bits (E = 0). ``x_frac`` is the layer's own input format
     when it has one (a per-layer exponent chosen from calibration), else the config's ``x_frac_bits``: the chip
     never sees it, only the shifts. Raises UnsupportedError naming the layer when one falls outside 0..63.
     """
@@ -157,8 +168,9 @@ def layer_shifts(name: str, cfg, *, experts: int, router_exp: int, s_in_exp: int
         how = (f"x_frac_bits + s_in_exp + s_out_exp - out_frac_bits = {xf} + {s_in_exp} + "
                f"{s_out_exp} - {cfg.out_frac_bits}")
     else:
-        oshift = xf + smul_exp - cfg.out_frac_bits
-        how = f"x_frac_bits + smul_exp - out_frac_bits = {xf} + {smul_exp} - {cfg.out_frac_bits}"
+        oshift = xf + E0_V_SHIFT + smul_exp - cfg.out_frac_bits
+        how = (f"x_frac_bits + E0_V_SHIFT + smul_exp - out_frac_bits = {xf} + {E0_V_SHIFT} + {smul_exp} - "
+               f"{cfg.out_frac_bits}")
     if not 0 <= oshift <= 63:
         raise UnsupportedError(f"layer {name!r}: OSHIFT = {how} = {oshift} is outside 0..63")
     return rshift, oshift
@@ -204,6 +216,14 @@ def softmax_gates(logits: list[int]) -> list[int]:
 def mix_scale(gates: list[int], experts: list[int]) -> int:
     """s = sat16(rshift_round(sum_e g_e * S_e, 15)): one element of s_in or s_out."""
     return sat(rshift_round(sum(g * s for g, s in zip(gates, experts, strict=True)), GATE_FRAC), SCALE_BITS)
+
+
+def quant_input(x: list[int], s_in: list[int] | None) -> list[int]:
+    """v, what the per-token quantizer takes: x * s_in (E >= 1) or, with no input scales (E = 0),
+    x * 2^E0_V_SHIFT."""
+    if s_in is None:
+        return [xi << E0_V_SHIFT for xi in x]
+    return [xi * si for xi, si in zip(x, s_in)]
 
 
 def quantize_token(v: list[int], bits: int) -> tuple[list[int], int]:
@@ -361,10 +381,7 @@ SILU_LUT_HALF = 512
 
 
 def _sigmoid_table() -> tuple[int, ...]:
-    getcontext().prec = 40
-    one = Decimal(GATE_ONE)
-    return tuple(int((one / (1 + (-(Decimal(i - SILU_LUT_HALF) / (1 << SILU_IN_FRAC))).exp())).to_integral_value(
-        rounding="ROUND_HALF_UP")) for i in range(2 * SILU_LUT_HALF))
+    return _q15_rom(lambda i: 1 / (1 + (-(i - SILU_LUT_HALF) / (1 << SILU_IN_FRAC)).exp()), 2 * SILU_LUT_HALF)
 
 
 #: SIGMOID_LUT[i] = round(2^15 * sigmoid((i - 512) / 64)): 1,024 x 16-bit ROM (exact decimal arithmetic).

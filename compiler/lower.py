@@ -14,11 +14,11 @@ Expert mapping (layer experts E_l, hardware experts E_h):
   bit-exactly).
 * E_l in {0, 1} < E_h: the router is all zeros, so every logit is 0 and the hardware softmax gives every
   expert the same gate g = softmax_gates([0]*E_h)[e] (= floor(2^15 / E_h)); E_h = 1 gives g = 2^15. For
-  each element with layer value t (s_in, s_out; for E_l = 0: s_in = 1 with exponent 0 and s_out = smul
+  each element with layer value t (s_in, s_out; for E_l = 0: s_in = 2^E0_V_SHIFT and s_out = smul
   with exponent smul_exp) the compiler picks an integer S with rshift_round(g*S, 15) == t and splits it
   over the E_h experts (S = sum_e s_e, each s_e int16). Then mix_scale(g, s) = sat16(rshift_round(g*S,
   15)) == t exactly, so v = x*s_in, D, q and y are bit-identical to the layer's reference computation
-  (E_l = 0: v = x*1 = x; E_l = 1: gate 2^15 gives mix = t). A value for which no such split fits
+  (E_l = 0: v = x * 2^E0_V_SHIFT; E_l = 1: gate 2^15 gives mix = t). A value for which no such split fits
   int16 is refused.
 """
 
@@ -183,7 +183,7 @@ def lower_linear(lin: BinaryLinearExport, cfg: AcceleratorConfig, *, materialize
     assert len(set(gates)) == 1
     gate = gates[0]
     if el == 0:
-        t_in = np.ones(lin.d_in, np.int64)
+        t_in = np.full(lin.d_in, 1 << formats.E0_V_SHIFT, np.int64)
         t_out = np.full(lin.d_out, lin.smul, np.int64)
     else:
         t_in = np.asarray(lin.s_in[0], np.int64)

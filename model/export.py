@@ -13,8 +13,8 @@ scheme      E    exported
 ``fbi``     1    signs; ``s_in`` = alpha [1, d_in], ``s_out`` = 1 [1, d_out]; ``bias`` = beta [d_in] (int16 + bias_exp)
 ``pb``      0/1  two parts (structured PB-LLM, ``pb_salient = "channels"``): ``<path>.binary``, E = 0, signs over
                  the non-salient input channels, ``smul`` = the binary scale; ``<path>.salient``, E = 1,
-                 ``int_weights`` = the int8 codes of the salient channels, ``s_in`` = 1 (exponent 0, so v = x as
-                 in the binary part), ``s_out`` = the per-row scales; each with its absmax pads
+                 ``int_weights`` = the int8 codes of the salient channels, ``s_in`` = 2^14 (exponent 14, so
+                 v = x * 2^E0_V_SHIFT as in the binary part), ``s_out`` = the per-row scales; each with its absmax pads
                  (:func:`bitmos.export.split_part_shapes`). The paper's unstructured set has no chip path.
 other       --   :class:`bitmos.errors.UnsupportedError` naming the layer and the scheme
 ==========  ===  ==========================================================================================
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from bitmos import __version__
+from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
 from bitmos.export import (ABSMAX_PADS, CHIP_SCHEMES, EXPORT_VERSION, BinaryLinearExport, ModelExport,
@@ -118,7 +119,8 @@ def export_pb_parts(path: str, info: dict) -> list[BinaryLinearExport]:
                                  act_bits=int(info["act_bits"]), signs=np.ascontiguousarray(codes >= 0),
                                  scheme="pb", int_weights=np.ascontiguousarray(codes), source=path,
                                  channels=salient.astype(np.int32), absmax_pads=pads)
-        lin.s_in, lin.s_in_exp = np.ones((1, lin.d_in), np.int16), 0      # v = x, as in the binary part
+        # v = x * 2^E0_V_SHIFT, as in the binary part (E = 0), so both parts quantize with one D
+        lin.s_in, lin.s_in_exp = np.full((1, lin.d_in), 1 << F.E0_V_SHIFT, np.int16), F.E0_V_SHIFT
         lin.s_out, lin.s_out_exp = _int16(_np(info["row_scale"]).reshape(1, d_out), path, "row scales")
         parts.append(lin)
     for lin in parts:

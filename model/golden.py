@@ -213,7 +213,7 @@ class GoldenLinear:
             tr["s_in"] = mix_scale(tr["gates"], self.s_in)
             v = x * tr["s_in"]
         else:
-            v = x
+            v = x << F.E0_V_SHIFT
         tr["v"] = v
         q, d = quantize_token(v, self.bits)
         tr["q"], tr["D"] = q, d
@@ -396,17 +396,21 @@ class HostSide(nn.Module):
         return hook
 
 
+def golden_sides(export: ModelExport, accel: AcceleratorConfig | str | None) -> tuple[AcceleratorConfig, HostSide,
+                                                                                     AcceleratorSide]:
+    """The accelerator config (``accel``, else the export's own, else the default) and the two sides on it."""
+    cfg = resolve_accel(accel) if accel is not None else (accel_from_export(export) or AcceleratorConfig())
+    return cfg, HostSide(export, cfg), AcceleratorSide(export, cfg)
+
+
 class GoldenModel(nn.Module):
     """Whole-model integer golden forward: ``model(idx) -> (logits, loss)`` like the Transformer, so
     ``bitmos.model.train.evaluate(golden, ...)`` works unchanged; :meth:`generate` is greedy decoding."""
 
     def __init__(self, export: ModelExport, accel: AcceleratorConfig | str | None = None):
         super().__init__()
-        cfg = resolve_accel(accel) if accel is not None else (accel_from_export(export) or AcceleratorConfig())
-        self.accel_cfg = cfg
         self.export = export
-        self.host = HostSide(export, cfg)
-        self.accelerator = AcceleratorSide(export, cfg)
+        self.accel_cfg, self.host, self.accelerator = golden_sides(export, accel)
         self.config = self.host.config
         self._to_golden = self.host.linear_hook(self.accelerator, on_input=self._count_input)
 

@@ -23,9 +23,8 @@ from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import UnsupportedError
 from bitmos.export import ModelExport
-from bitmos.model.export import accel_from_export, export_model, resolve_accel
-from bitmos.model.golden import (I64, AcceleratorSide, HostSide, exp2_weight, from_fixed, rshift_round, sat,
-                                 to_fixed)
+from bitmos.model.export import export_model
+from bitmos.model.golden import I64, exp2_weight, from_fixed, golden_sides, rshift_round, sat, to_fixed
 
 _POW2 = torch.tensor([1 << j for j in range(63)], dtype=I64)
 
@@ -167,17 +166,14 @@ class GoldenLayerModel(nn.Module):
 
     def __init__(self, export: ModelExport, accel: AcceleratorConfig | str | None = None):
         super().__init__()
-        cfg = resolve_accel(accel) if accel is not None else (accel_from_export(export) or AcceleratorConfig())
-        self.accel_cfg = cfg
         self.export = export
-        self.host = HostSide(export, cfg)
-        self.accelerator = AcceleratorSide(export, cfg)
+        self.accel_cfg, self.host, self.accelerator = golden_sides(export, accel)
         self.config = c = self.host.config
         if c.scheme == "bitnet":
             raise UnsupportedError("scheme bitnet: its per-linear LayerNorm (BitNet's SubLN) has no integer "
                                    "definition yet; the whole-layer golden model covers the other schemes")
         t = self.host.transformer
-        self.frac = cfg.out_frac_bits
+        self.frac = self.accel_cfg.out_frac_bits
         self.eps_q = round(c.norm_eps * (1 << (2 * self.frac)))
         self.norms = [(Norm.from_float(b.attn_norm.weight), Norm.from_float(b.mlp_norm.weight)) for b in t.layers]
         self.final_norm = Norm.from_float(t.norm.weight)
@@ -265,7 +261,8 @@ class GoldenLayerModel(nn.Module):
             for i in range(self.config.n_layers):
                 r = self.layer(i, r, pos, cache)
             cache.length += T
-            outs.append(rms_norm(r, self.final_norm.gains, self.final_norm.gexp, self.eps_q, self.accel_cfg.x_frac_bits))
+            fn = self.final_norm
+            outs.append(rms_norm(r, fn.gains, fn.gexp, self.eps_q, self.accel_cfg.x_frac_bits))
         return torch.stack(outs)
 
     @torch.no_grad()

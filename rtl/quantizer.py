@@ -128,8 +128,9 @@ class Quantizer(wiring.Component):
         def magnitude(a):
             return Mux(a < 0, -a, a)[:len(a)]   # |a| of a signed value, as unsigned of the same width
 
-        if E == 0:
-            m.d.sync += [v[j].eq(x2[j]) for j in range(C)] + [vabs[j].eq(magnitude(x2[j])) for j in range(C)]
+        if E == 0:   # v = x * 2^E0_V_SHIFT: wiring
+            m.d.sync += [v[j].eq(x2[j] << F.E0_V_SHIFT) for j in range(C)]
+            m.d.sync += [vabs[j].eq(magnitude(x2[j]) << F.E0_V_SHIFT) for j in range(C)]
             return v, vabs
         # s0: each scale registered, masked by its lane's valid bit (a lane past K has x = 0, so v = 0
         # whatever its scale; the mask keeps the register out of the SBUF's read port)

@@ -242,7 +242,7 @@ class Simulator:
             s_in = _sat(_rshift_round(gates @ sin_e, formats.GATE_FRAC), formats.SCALE_BITS)  # [T, K]
             v = xs * s_in
         else:
-            v = xs
+            v = xs << formats.E0_V_SHIFT
         q, d = quantize(v, k)                                                                # [T, K], [T]
         # bit planes [T, k', nch*L] -> packed bytes [T, k', nch, L/8]
         if k == 1:

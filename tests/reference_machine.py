@@ -232,11 +232,9 @@ class ReferenceMachine:
                 g = [F.GATE_ONE]
             else:
                 g = []
-            if E >= 1:
-                v = [x[i] * F.mix_scale(g, [self.s(self.regs[Reg.SIN] + i // C, e, i % C) for e in range(E)])
-                     for i in range(K)]
-            else:
-                v = x
+            s_in = [F.mix_scale(g, [self.s(self.regs[Reg.SIN] + i // C, e, i % C) for e in range(E)])
+                    for i in range(K)] if E >= 1 else None
+            v = F.quant_input(x, s_in)
             q, D = F.quantize_token(v, k)
             planes = F.activation_planes(q, k)      # plane b: bit i = element i (lanes >= K are 0)
             for c in range(nch):
@@ -329,7 +327,7 @@ def golden(lin, cfg: AcceleratorConfig, x: list[list[int]]) -> list[list[int]]:
     if E >= 1:
         oshift = xf + lin.s_in_exp + lin.s_out_exp - cfg.out_frac_bits
     else:
-        oshift = xf + lin.smul_exp - cfg.out_frac_bits
+        oshift = xf + F.E0_V_SHIFT + lin.smul_exp - cfg.out_frac_bits   # v = x * 2^E0_V_SHIFT
     signs = lin.weights().astype(int).tolist()    # +-1, or {-1, 0, +1} for ternary layers
     out = []
     for xt in x:
@@ -337,11 +335,8 @@ def golden(lin, cfg: AcceleratorConfig, x: list[list[int]]) -> list[list[int]]:
             g = F.softmax_gates(F.router_logits(xt, lin.router.astype(int).tolist(), rshift))
         elif E == 1:
             g = [F.GATE_ONE]
-        if E >= 1:
-            s_in = [F.mix_scale(g, [int(lin.s_in[e, i]) for e in range(E)]) for i in range(lin.d_in)]
-            v = [a * b for a, b in zip(xt, s_in)]
-        else:
-            v = list(xt)
+        s_in = [F.mix_scale(g, [int(lin.s_in[e, i]) for e in range(E)]) for i in range(lin.d_in)] if E >= 1 else None
+        v = F.quant_input(list(xt), s_in)
         q, D = F.quantize_token(v, k)
         bias = F.bias_term(list(xt), lin.bias.astype(int).tolist(), rshift) if lin.bias is not None else 0
         row = []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bitmos import formats as F
 from bitmos.config import preset_config
 from bitmos.errors import FormatError, UnsupportedError
 from bitmos.export import ABSMAX_PADS, ModelExport, split_part_shapes
@@ -49,7 +50,8 @@ def test_parts_cover_the_input_and_their_pads_cancel():
     assert 5 in sal and 40 in sal and salient.channels.tolist() == sal.tolist()
     assert sorted(binary.channels.tolist() + salient.channels.tolist()) == list(range(64))
     assert (binary.weight_bits, salient.weight_bits) == (0, 8)
-    assert binary.experts == 0 and salient.experts == 1 and salient.s_in_exp == 0 and (salient.s_in == 1).all()
+    assert binary.experts == 0 and salient.experts == 1     # the salient part quantizes v = x * 2^14 like the binary
+    assert salient.s_in_exp == F.E0_V_SHIFT and (salient.s_in == 1 << F.E0_V_SHIFT).all()
     wb, ws = binary.weights().astype(int), salient.weights().astype(int)
     assert (wb[:, -2:].sum(1) == 0).all() and (wb[:, -2:] != 0).all() and (ws[:, -1] == 0).all()
     # the int8 part holds the layer's codes of the salient columns, the sign part its signs elsewhere
@@ -67,7 +69,7 @@ def test_each_part_quantizes_like_the_whole_token():
     x = torch.randint(-3000, 3000, (6, 64), generator=g, dtype=torch.int64)
     x[1, 5] = -32768
     x[2] = 0
-    q_whole, d_whole = quantize_token(x, 8)
+    q_whole, d_whole = quantize_token(x << F.E0_V_SHIFT, 8)   # what one E = 0 quantizer over all of x gives
     for lin in parts:
         tr = GoldenLinear(lin, W8).trace(part_input(lin, x))
         n = len(lin.channels)

@@ -93,10 +93,8 @@ def quant_token(cfg, st: State, mode, x, q, meta, t):
         g = [F.GATE_ONE]
     else:
         g = []
-    if E >= 1:
-        v = [xs[i] * F.mix_scale(g, [sval(sin + i // C, e, i % C) for e in range(E)]) for i in range(K)]
-    else:
-        v = list(xs)
+    s_in = [F.mix_scale(g, [sval(sin + i // C, e, i % C) for e in range(E)]) for i in range(K)] if E >= 1 else None
+    v = F.quant_input(xs, s_in)
     qv, d = F.quantize_token(v, k)
     qv = qv + [0] * (nch * L - K)
     for c in range(nch):

@@ -142,7 +142,7 @@ def quant_token(cfg, rng, K, xmax):
     x = [rng.randint(-xmax, xmax) for _ in range(nch * L)]
     s_in = [[rng.randint(-32768, 32767) for _ in range(nch * L)] for _ in range(E)]
     gates = random_gates(rng, E)
-    v = [x[i] * (F.mix_scale(gates, [s[i] for s in s_in]) if E else 1) for i in range(K)]
+    v = F.quant_input(x, [F.mix_scale(gates, [s[i] for s in s_in]) for i in range(K)] if E else None)
     q, d = F.quantize_token(v, k)
     planes = F.activation_planes(q + [0] * (nch * L - K), k) if k > 1 else \
         [sum(1 << i for i in range(K) if q[i] > 0)]   # lanes past K are 0 in every plane
