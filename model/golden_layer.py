@@ -222,9 +222,13 @@ class GoldenLayerModel(nn.Module):
 
     def layer(self, i: int, r: torch.Tensor, pos: torch.Tensor, cache: KVCacheBFP) -> torch.Tensor:
         """Decoder layer ``i`` on one sequence's tokens: r [T, C] (int32 values) at positions ``pos`` [T]."""
+        return self.mlp_half(i, self.attention_half(i, r, pos, cache))
+
+    def attention_half(self, i: int, r: torch.Tensor, pos: torch.Tensor, cache: KVCacheBFP) -> torch.Tensor:
+        """r + o_proj(attention(rope(q), rope(k), v of rms_norm(r))), the KV cache grown by these tokens."""
         c, pre = self.config, f"layers.{i}."
-        attn_norm, mlp_norm = self.norms[i]
-        q, k, v = self._norm_linears(r, attn_norm, [pre + "attn.q_proj", pre + "attn.k_proj", pre + "attn.v_proj"])
+        q, k, v = self._norm_linears(r, self.norms[i][0],
+                                     [pre + "attn.q_proj", pre + "attn.k_proj", pre + "attn.v_proj"])
         b = self.biases[i]
         q, k, v = (y if b[n] is None else sat(y + b[n], F.RESID_BITS) for n, y in zip("qkv", (q, k, v)))
         T = r.shape[0]
@@ -235,8 +239,12 @@ class GoldenLayerModel(nn.Module):
         km, ek, vm, ev = cache.append(i, *block_quantize(k), *block_quantize(v.view(T, c.n_kv_heads, c.head_dim)))
         o = attention(qm, eq, km, ek, vm, ev, pos, self.frac).reshape(T, -1)
         o_path = pre + "attn.o_proj"
-        r = self._residual(r, self._linear(o_path, requantize(o, self.frac, self.host.x_frac[o_path])))
-        gate, up = self._norm_linears(r, mlp_norm, [pre + "mlp.gate_proj", pre + "mlp.up_proj"])
+        return self._residual(r, self._linear(o_path, requantize(o, self.frac, self.host.x_frac[o_path])))
+
+    def mlp_half(self, i: int, r: torch.Tensor) -> torch.Tensor:
+        """r + down_proj(silu(gate_proj(x)) * up_proj(x)) with x = rms_norm(r)."""
+        pre = f"layers.{i}."
+        gate, up = self._norm_linears(r, self.norms[i][1], [pre + "mlp.gate_proj", pre + "mlp.up_proj"])
         d_path = pre + "mlp.down_proj"
         h = requantize(silu_gate(gate, up, self.frac), self.frac, self.host.x_frac[d_path])
         return self._residual(r, self._linear(d_path, h))
