@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     layers = res["layers"]
     summary = {h: {"max": max(v[h] for v in layers.values()), "mean": sum(v[h] for v in layers.values()) / len(layers),
                    "worst": max(layers, key=lambda k: layers[k][h])} for h in HALVES}
-    kv_bytes = c.n_layers * 2 * c.n_kv_heads * (c.head_dim + 1)
+    from bitmos.formats import kv_cache_bytes_per_token
+    kv_bytes = kv_cache_bytes_per_token(c.n_layers, c.n_kv_heads, c.head_dim)
     src = args.model or "shipped student"
     print(f"{src}{' binarized ' + args.scheme if args.scheme else ''} ({c.scheme}; {c.n_layers} layers, {c.n_heads} "
           f"heads / {c.n_kv_heads} kv heads of {c.head_dim}) on {cfg.name}; {idx.numel():,} validation tokens of "

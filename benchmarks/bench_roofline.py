@@ -1,7 +1,9 @@
 """Decode and prefill against their physical bounds (issue #21), each figure beside its bound, in one run.
 
 For each case, the estimator's timing-only run of the compiled programs (``bitmos.explore.perf.estimate``, the
-same as ``bitmos estimate``): LLaMA-2-7B shapes on ``asic32`` and the shipped student's shape on ``small``.
+same as ``bitmos estimate``): LLaMA-2-7B shapes on ``asic32``, BitNet b1.58 2B4T's shapes with ternary weights on
+``asic32`` and the shipped student's shape on ``small``. A second table sets the decode memory bound beside the KV
+cache the whole-layer chip (issue 18) will read per token, at contexts of 128 to 32k.
 
 * decode tokens/s against the memory bound: the external bandwidth over the weight bytes one decode token reads
   (every weight once per token; the estimator's ``decode_bound_tokens_per_s``). Goal >= 0.97.
@@ -40,13 +42,14 @@ def shipped_student_shape() -> dict:
             "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim}
 
 
-def measure(shape, config: str, prefill: int, decode: int) -> dict:
+def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = None) -> dict:
+    from bitmos.compiler.shapes import kv_cache_bytes, load_shape
     from bitmos.config import AcceleratorConfig
     from bitmos.explore.perf import estimate
     from bitmos.sim.energy import EnergyTable
 
     cfg = AcceleratorConfig.load(config)
-    est = estimate(shape, cfg, prefill=prefill, decode=decode)
+    est = estimate(shape, cfg, prefill=prefill, decode=decode, scheme=scheme)
     table = EnergyTable.load(est["energy_table"])
     dec, pre = est["decode"], est["prefill"]
     weight_bits = est["model"]["weight_bits"]
@@ -61,7 +64,8 @@ def measure(shape, config: str, prefill: int, decode: int) -> dict:
         "dram_read_pj_per_bit": table["dram.read_pj_per_bit"],
         "decode_ext_bytes_per_token": dec["ext_bytes_read"] / max(1, decode),
         "prefill_utilization": pre["array_utilization"],
-        "prefill_tokens_per_s": pre["tokens_per_s"],
+        "prefill_tokens_per_s": pre["tokens_per_s"], "scheme": scheme or "sign",
+        "kv_bytes_per_context_token": kv_cache_bytes(load_shape(shape)),
     }
 
 
@@ -86,7 +90,22 @@ def render(rows: list[dict]) -> str:
             f"MB: weights plus scales, router and activations; bandwidth over those bytes is the second bound, "
             f"and its ratio is the share of the decode's cycles the DMA engine spends reading); DRAM floor = weight bits x "
             f"{r['dram_read_pj_per_bit']} pJ/bit ({r['energy_table']}) = {r['dram_floor_mj_per_token']:.4g} mJ/token.")
+    lines += ["", "Decode memory bound of the whole-layer chip (issue 18): a decode token also reads the KV cache of its "
+              "context, in the format of `bitmos/formats.py` (int8 mantissas plus one exponent byte per head); bound = "
+              "bandwidth / (weight bytes + KV bytes). Bounds only: the attention instructions that would be measured "
+              "against them are not on the chip yet.", "",
+              "| model on config (weights) | weight MB | KV bytes per token of context | " +
+              " | ".join(f"bound at {c:,} (KV share)" for c in KV_CONTEXTS) + " |",
+              "|---|---|---|" + "---|" * len(KV_CONTEXTS)]
+    for r in rows:
+        w, kv, bw = r["weight_bytes"], r["kv_bytes_per_context_token"], r["bandwidth_bytes_per_s"]
+        cells = [f"{bw / (w + kv * c):,.1f} ({kv * c / (w + kv * c):.0%})" for c in KV_CONTEXTS]
+        lines.append(f"| {r['model']} on {r['config']} ({r['scheme']}) | {w / 1e6:,.4g} | {kv:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: Context lengths of the KV-cache bound (issue 18: 128 .. 32k)
+KV_CONTEXTS = (128, 2048, 8192, 32768)
 
 
 def main(argv=None) -> int:
@@ -100,6 +119,7 @@ def main(argv=None) -> int:
     from bitmos.errors import BitmosUserError
     try:
         rows = [measure("llama-2-7b", "asic32", args.prefill, args.decode),
+                measure("bitnet-b1.58-2b", "asic32", args.prefill, args.decode, scheme="ternary"),
                 measure(shipped_student_shape(), "small", args.student_prefill, args.decode)]
     except BitmosUserError as exc:
         print(f"bench_roofline: error: {exc}", file=sys.stderr)

@@ -415,6 +415,12 @@ def block_quantize(values: list[int], mant_bits: int = HEAD_MANT_BITS) -> tuple[
     return [sat(rshift_round(v, e), mant_bits) for v in values], e
 
 
+def kv_cache_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int) -> int:
+    """Bytes the KV cache holds (and a decode step reads) per token of context: keys and values of every layer and
+    kv head, each head_dim mantissas of HEAD_MANT_BITS plus one exponent byte."""
+    return n_layers * 2 * n_kv_heads * (head_dim * HEAD_MANT_BITS // 8 + 1)
+
+
 def rms_norm(r: list[int], gains: list[int], gexp: int, eps_q: int, out_frac: int) -> list[int]:
     """One token's RMSNorm: r (int32, F = out_frac_bits fraction bits) -> int16 with ``out_frac`` fraction bits.
 

@@ -26,6 +26,9 @@ MODEL_SHAPES: dict[str, dict[str, int]] = {
     "fbi-llm-130m": {"dim": 768, "hidden_dim": 2048, "n_layers": 12, "n_heads": 12},
     "fbi-llm-1.3b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 24, "n_heads": 32},
     "toy": {"dim": 256, "hidden_dim": 688, "n_layers": 2, "n_heads": 4},
+    # BitNet b1.58 2B4T (Ma et al., arXiv 2504.12285, the released ternary model): its seven linears per layer
+    # (its FFN activation is a squared ReLU, not SiLU; the linears' shapes are what the chip sees)
+    "bitnet-b1.58-2b": {"dim": 2560, "hidden_dim": 6912, "n_layers": 30, "n_heads": 20, "n_kv_heads": 5},
 }
 
 _LLAMA_TYPES = ("llama", "mistral", "qwen2", "tinyllama")
@@ -151,4 +154,12 @@ def n_layers(shape: dict[str, Any]) -> int:
     return _dims(shape)[2]
 
 
-__all__ = ["MODEL_SHAPES", "llama_linears", "load_shape", "is_shape_source", "layer_shape", "n_layers"]
+def kv_cache_bytes(shape: dict[str, Any]) -> int:
+    """Bytes of the whole-layer chip's KV cache per token of context (``formats.kv_cache_bytes_per_token``)."""
+    from bitmos.formats import kv_cache_bytes_per_token
+    _, _, nl, _, kvh, hd = _dims(shape)
+    return kv_cache_bytes_per_token(nl, kvh, hd)
+
+
+__all__ = ["MODEL_SHAPES", "llama_linears", "load_shape", "is_shape_source", "layer_shape", "n_layers",
+           "kv_cache_bytes"]

@@ -150,7 +150,8 @@ class KVCacheBFP:
         return c["km"], c["ek"], c["vm"], c["ev"]
 
     def bytes(self) -> int:
-        """Bytes the cache holds: one per mantissa and one per exponent."""
+        """Bytes the cache holds: one per mantissa and one per exponent (``formats.kv_cache_bytes_per_token`` per
+        token of context)."""
         return sum(sum(t.numel() for t in c.values()) for c in self.layers)
 
 

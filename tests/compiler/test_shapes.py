@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bitmos.compiler import MODEL_SHAPES, compile_spec, llama_linears, load_shape, synthetic_spec
-from bitmos.compiler.shapes import layer_shape, n_layers
+from bitmos.compiler.shapes import kv_cache_bytes, layer_shape, n_layers
 from bitmos.config import AcceleratorConfig, preset_config
 from bitmos.errors import ConfigError, FormatError, UnsupportedError
 
@@ -30,6 +30,15 @@ def test_named_and_preset_shapes():
     assert s["name"] == "llama-2-7b" and s["dim"] == MODEL_SHAPES["llama-2-7b"]["dim"]
     t = load_shape({"preset": "llama-2-7b", "n_layers": 2})
     assert t["n_layers"] == 2 and t["dim"] == 4096 and len(llama_linears(t)) == 14
+
+
+def test_kv_cache_bytes_follow_the_heads():
+    # K and V of every layer and kv head: head_dim int8 mantissas plus one exponent byte
+    assert kv_cache_bytes(load_shape("llama-2-7b")) == 32 * 2 * 32 * (128 + 1)
+    assert kv_cache_bytes(HF) == 30 * 2 * 3 * (64 + 1)                  # grouped-query: the 3 kv heads only
+    bitnet = load_shape("bitnet-b1.58-2b")
+    assert kv_cache_bytes(bitnet) == 30 * 2 * 5 * (128 + 1)
+    assert llama_linears(bitnet)[1] == ("layers.0.attn.k_proj", 2560, 5 * 128)
 
 
 @pytest.mark.parametrize("bad, err, text", [

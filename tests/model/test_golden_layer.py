@@ -176,6 +176,7 @@ def test_prefill_and_cached_decoding_agree(kw):
     assert caches[0].length == 10
     c = golden.config
     assert caches[0].bytes() == c.n_layers * 2 * 10 * c.n_kv_heads * (c.head_dim + 1)
+    assert caches[0].bytes() == 10 * F.kv_cache_bytes_per_token(c.n_layers, c.n_kv_heads, c.head_dim)
     out = golden.generate(idx[:, :4], 5)
     assert out.shape == (2, 9) and torch.equal(out[:, :4], idx[:, :4])
     # greedy decoding with the cache picks what the whole-sequence forward picks
