@@ -15,18 +15,26 @@ def _bench():
     return mod
 
 
-def test_bounds_and_ratios_of_llama7b_and_the_student(tmp_path, capsys):
+def test_bounds_and_ratios_of_llama7b_bitnet2b_and_the_student(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert _bench().main(["--prefill", "64", "--decode", "2", "--student-prefill", "16", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())
-    assert [(r["model"], r["config"]) for r in rows] == [("llama-2-7b", "asic32"), ("shipped student", "small")]
+    assert [(r["model"], r["config"]) for r in rows] == [("llama-2-7b", "asic32"), ("bitnet-b1.58-2b", "asic32"),
+                                                         ("shipped student", "small")]
     for r in rows:
         # LLaMA-2-7B: 32 layers of 4 x 4096^2 + 3 x 4096 x 11008 sign weights, one bit each
         if r["model"] == "llama-2-7b":
             assert r["weight_bytes"] == 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008) / 8
             assert r["bandwidth_bytes_per_s"] == 1024 / 8 * 1e9
             assert r["dram_read_pj_per_bit"] == 3.9
+            assert r["kv_bytes_per_context_token"] == 32 * 2 * 32 * (128 + 1)
+        # BitNet b1.58 2B: q/o 2560^2, k/v 2560 x 640 (5 kv heads of 128), 3 x 2560 x 6912; two planes per trit
+        if r["model"] == "bitnet-b1.58-2b":
+            assert r["weight_bytes"] == 30 * (2 * 2560 * 2560 + 2 * 2560 * 640 + 3 * 2560 * 6912) * 2 / 8
+            # the bound with the KV cache at 2,048 tokens of context, as printed
+            kv = 2048 * r["kv_bytes_per_context_token"]
+            assert f"{r['bandwidth_bytes_per_s'] / (r['weight_bytes'] + kv):,.1f}" in printed
         assert abs(r["decode_bound_tokens_per_s"] - r["bandwidth_bytes_per_s"] / r["weight_bytes"]) < 1e-6 * r[
             "decode_bound_tokens_per_s"]
         assert abs(r["dram_floor_mj_per_token"] - r["weight_bytes"] * 8 * r["dram_read_pj_per_bit"] * 1e-9) < 1e-9
