@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, Value
+from amaranth import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -12,7 +12,8 @@ from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
 __all__ = ["Countdown", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
-           "pipelined_mix_scale", "pipelined_product", "pipelined_rshift_round", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes"]
+           "pipelined_mix_scale", "pipelined_product", "pipelined_rshift_round", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes",
+           "first_max_onehot", "onehot_select"]
 
 
 #: The contract's definitions (bitmos.semantics) evaluated on Amaranth values: a choice is a mux.
@@ -104,6 +105,29 @@ def registered_masked(m, values: list[Value], keep: Value, name: str) -> list[Si
     the block RAM), so whatever reads the register would still hang off the block RAM (docs/fpga.md)."""
     return [registered(m, Mux(keep if len(keep) == 1 else keep[i], v, 0), name.format(i))
             for i, v in enumerate(values)]
+
+
+def first_max_onehot(m, values: list[Value], name: str) -> Signal:
+    """One-hot of the first largest of ``values`` (ties: the lowest index), from all pairwise compares side by
+    side: e is it iff v_e > v_j for every j < e and v_e >= v_j for every j > e. One compare deep, then an AND: a
+    chain or tree of compare-and-select steps puts one compare per level in series, each feeding the next
+    one's operand through a select (the small chip's critical path on an ECP5 twice, docs/fpga.md)."""
+    n = len(values)
+    greater = {(i, j): values[i] > values[j] for i in range(n) for j in range(i)}
+    onehot = Signal(n, name=name)
+    m.d.comb += [onehot[e].eq(Cat(*(greater[(e, j)] for j in range(e)),
+                                  *(~greater[(j, e)] for j in range(e + 1, n))).all()) for e in range(n)]
+    return onehot
+
+
+def onehot_select(onehot: Value, values: list[Value]) -> Value:
+    """The value whose bit of ``onehot`` is set (an AND-OR, no mux chain); 0 if none is."""
+    width = max(len(v) for v in values)
+    terms = [v & onehot[e].replicate(width) for e, v in enumerate(values)]
+    out = terms[0]
+    for t in terms[1:]:
+        out = out | t
+    return out
 
 
 #: Limb width of :func:`pipelined_product`: a 17-bit unsigned limb is an 18-bit signed DSP operand.

@@ -23,8 +23,8 @@ from amaranth.lib.wiring import In, Out
 from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import (check_config, expert_lanes, pipelined_mix_scale, pipelined_product, registered,
-                               registered_masked, signed_lanes)
+from bitmos.rtl.common import (check_config, expert_lanes, first_max_onehot, onehot_select, pipelined_mix_scale,
+                               pipelined_product, registered, registered_masked, signed_lanes)
 from bitmos.rtl.divider import SequentialDivider
 
 __all__ = ["Quantizer"]
@@ -144,14 +144,12 @@ class Quantizer(wiring.Component):
         return v, vabs
 
     def _running_max(self, m, vabs, tags4):
-        """s4: m = max|v| over the tracked lines of the token (clear: 0): the line's lanes by a tree."""
+        """s4: m = max|v| over the tracked lines of the token (clear: 0): the running max and the line's lanes
+        compared pairwise side by side, the largest taken by an AND-OR select."""
         vmax = Signal(F.V_BITS - 1)   # |v| <= 2^30
         with m.If(tags4[0]):
-            level = list(vabs)
-            while len(level) > 1:
-                pairs = [level[i:i + 2] for i in range(0, len(level), 2)]
-                level = [p[0] if len(p) == 1 else Mux(p[1] > p[0], p[1], p[0]) for p in pairs]
-            m.d.sync += vmax.eq(Mux(level[0] > vmax, level[0], vmax))
+            candidates = [vmax, *vabs]
+            m.d.sync += vmax.eq(onehot_select(first_max_onehot(m, candidates, "vmax_top"), candidates))
         with m.If(self.clear):
             m.d.sync += vmax.eq(0)
         return vmax

@@ -32,7 +32,7 @@ from amaranth.utils import ceil_log2
 from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import check_config, rshift_round, sat
+from bitmos.rtl.common import check_config, first_max_onehot, rshift_round, sat
 from bitmos.rtl.divider import SequentialDivider
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -135,16 +135,11 @@ class Softmax(wiring.Component):
 
     @staticmethod
     def _first_max_index(m, logits):
-        """The index of the first largest logit, as ``formats.softmax_gates`` takes it, from all pairwise
-        compares side by side: e is it iff l_e > l_j for every j < e and l_e >= l_j for every j > e.
-        One compare deep, then an AND and an encoder: a chain of compare-and-select steps (E - 1 compares
-        in series, each feeding the next one's operand through a select) was the small chip's critical
-        path on an ECP5 (docs/fpga.md)."""
+        """The index of the first largest logit, as ``formats.softmax_gates`` takes it: the pairwise compares
+        of :func:`~bitmos.rtl.common.first_max_onehot`, then an encoder (a chain of E - 1 compare-and-select
+        steps was the small chip's critical path on an ECP5, docs/fpga.md)."""
         E = len(logits)
-        greater = {(i, j): logits[i] > logits[j] for i in range(E) for j in range(E) if i > j}
-        is_top = Signal(E, name="is_top")
-        m.d.comb += [is_top[e].eq(Cat(*(greater[(e, j)] for j in range(e)),
-                                      *(~greater[(j, e)] for j in range(e + 1, E))).all()) for e in range(E)]
+        is_top = first_max_onehot(m, logits, "is_top")
         index = Signal(range(E), name="top_index")
         m.d.comb += [index[b].eq(Cat(is_top[e] for e in range(E) if e >> b & 1).any()) for b in range(len(index))]
         return index

@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from bitmos import formats as F
-from bitmos.rtl.common import Countdown, pipelined_product, pipelined_rshift_round, rounding_half
+from bitmos.rtl.common import (Countdown, first_max_onehot, onehot_select, pipelined_product,
+                               pipelined_rshift_round, rounding_half)
 
 
 def simulate(dut, bench):
@@ -99,3 +100,40 @@ def test_pipelined_product_and_rounding_are_exact(a_shape, b_shape):
             assert ctx.get(dut.rounded) == want, (a, b, s)
 
     simulate(dut, bench)
+
+
+class _FirstMax(wiring.Component):
+    """first_max_onehot and onehot_select of n unsigned values (combinational)."""
+
+    def __init__(self, n, width):
+        self._n = n
+        super().__init__({**{f"v{i}": In(width) for i in range(n)}, "onehot": Out(n), "largest": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        values = [getattr(self, f"v{i}") for i in range(self._n)]
+        onehot = first_max_onehot(m, values, "top")
+        m.d.comb += [self.onehot.eq(onehot), self.largest.eq(onehot_select(onehot, values))]
+        return m
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_first_max_onehot_takes_the_first_largest(n):
+    rng = random.Random(n)
+    width = 31
+    dut = _FirstMax(n, width)
+    top = (1 << width) - 1
+    cases = [[0] * n, [top] * n, list(range(n)), list(range(n))[::-1]]
+    cases += [[rng.choice([0, 5, top, rng.randrange(top)]) for _ in range(n)] for _ in range(60)]   # many ties
+
+    async def bench(ctx):
+        for vals in cases:
+            for i, v in enumerate(vals):
+                ctx.set(getattr(dut, f"v{i}"), v)
+            first = vals.index(max(vals))
+            assert ctx.get(dut.onehot) == 1 << first, vals
+            assert ctx.get(dut.largest) == max(vals), vals
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
