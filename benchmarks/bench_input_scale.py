@@ -27,6 +27,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _student import add_student_arguments, load_student_and_text  # noqa: E402
+
 
 def capture_inputs(model, idx: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every binarized linear's float input [T, K] over the tokens ``idx`` (B, T)."""
@@ -59,39 +62,19 @@ def layer_errors(model, export, inputs: dict[str, torch.Tensor], cfg) -> dict[st
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint, HF folder, .gguf or smollm2 (default: the shipped "
-                                                  "BinaryMoS student)")
-    ap.add_argument("--scheme", default=None, help="binarize a float --model with this scheme's init (no training)")
-    ap.add_argument("--config", default="small", help="accelerator config (its act_bits must match the student's)")
-    ap.add_argument("--corpus", default="builtin", help="text: builtin (default), kjv, files:PATH, ...")
-    ap.add_argument("--tokens", type=int, default=512, help="validation tokens whose layer inputs are compared")
-    ap.add_argument("--calibrate", type=int, default=4096, help="calibration tokens (training split)")
+    add_student_arguments(ap, tokens=512, calibrate=4096, tokens_help="validation tokens whose layer inputs are compared")
     ap.add_argument("--ppl", action=argparse.BooleanOptionalAction, default=None,
                     help="whole-model perplexity of float and both golden models (default: for models < 10M params)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
 
     from bitmos.errors import BitmosUserError
-    from bitmos.model.checkpoint import shipped_path
-    from bitmos.model.data import encode_corpus, load_corpus
-    from bitmos.model.export import calibration_tokens, export_model, resolve_accel
+    from bitmos.model.export import calibration_tokens, export_model
     from bitmos.model.golden import GoldenModel
-    from bitmos.model.hf import load_any
     from bitmos.model.train import evaluate
 
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        cfg = resolve_accel(args.config)
-        model, _ = load_any(args.model or shipped_path("student"))
-        if args.scheme:
-            from bitmos.model.distill import make_student
-            tok = model.tokenizer
-            model = make_student(model, args.scheme, act_bits=cfg.act_bits).eval()
-            model.tokenizer = tok
-        model.eval()
-        val = encode_corpus(load_corpus(args.corpus)[1][: 64 * args.tokens], model.tokenizer)[: args.tokens]
+        cfg, model, val = load_student_and_text(args)
     except BitmosUserError as exc:
         print(f"bench_input_scale: error: {exc}", file=sys.stderr)
         return 2

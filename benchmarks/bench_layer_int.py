@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _student import add_student_arguments, load_student_and_text  # noqa: E402
 
 HALVES = ("attn", "mlp", "attn_linears", "mlp_linears")
 
@@ -71,36 +73,16 @@ def half_errors(model, golden, idx: torch.Tensor) -> dict[str, dict[str, float]]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint, HF folder, .gguf or smollm2 (default: the shipped "
-                                                  "BinaryMoS student)")
-    ap.add_argument("--scheme", default=None, help="binarize a float --model with this scheme's init (no training)")
-    ap.add_argument("--config", default="small", help="accelerator config (its act_bits must match the student's)")
-    ap.add_argument("--corpus", default="builtin", help="text: builtin (default), kjv, files:PATH, ...")
-    ap.add_argument("--tokens", type=int, default=512, help="validation tokens (windows of max_seq_len)")
-    ap.add_argument("--calibrate", type=int, default=0, help="calibration tokens for the linears' input formats")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None, help="also write the figures as JSON here")
+    add_student_arguments(ap, tokens=512, calibrate=0, tokens_help="validation tokens (windows of max_seq_len)")
     args = ap.parse_args(argv)
 
     from bitmos.errors import BitmosUserError
-    from bitmos.model.checkpoint import shipped_path
-    from bitmos.model.data import encode_corpus, load_corpus
-    from bitmos.model.export import calibration_tokens, export_model, resolve_accel
+    from bitmos.model.export import calibration_tokens, export_model
     from bitmos.model.golden_layer import GoldenLayerModel
-    from bitmos.model.hf import load_any
 
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        cfg = resolve_accel(args.config)
-        model, _ = load_any(args.model or shipped_path("student"))
-        if args.scheme:
-            from bitmos.model.distill import make_student
-            tok = model.tokenizer
-            model = make_student(model, args.scheme, act_bits=cfg.act_bits).eval()
-            model.tokenizer = tok
-        model.eval()
-        val = encode_corpus(load_corpus(args.corpus)[1][: 64 * args.tokens], model.tokenizer)[: args.tokens]
+        cfg, model, val = load_student_and_text(args)
         calib = calibration_tokens(model, args.corpus, args.calibrate) if args.calibrate else None
         golden = GoldenLayerModel(export_model(model, cfg, calibration=calib), cfg)
     except BitmosUserError as exc:
