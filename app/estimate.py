@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bitmos.config import AcceleratorConfig
+from bitmos.errors import ConfigError
 
 
 def _fmt_estimate(est: dict[str, Any]) -> str:
@@ -27,16 +28,75 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
             lines.append(format_text(est[phase]).rstrip())
     lines.append(f"\nmemory-bound decode limit: {est['decode_bound_tokens_per_s']:.1f} tokens/s "
                  "(bandwidth / weight bytes per token)")
+    if "context" in est:
+        lines.append(_fmt_context(est["context"]))
     lines.append(f"(estimated in {est['wall_seconds']:.2f} s, timing-only simulation)")
     return "\n".join(lines) + "\n"
+
+
+#: How the context section names ``decode_at_context``'s components.
+_COMPONENT_NAMES = {"linears": "binarized linears (simulated)", "kv_cache": "KV cache reads + write (memory bound)"}
+
+
+def _fmt_context(c: dict[str, Any]) -> str:
+    total_e = c["energy_per_token_j"]
+    lines = [f"\n== one decode token at a context of {c['context']:,} tokens",
+             f"KV cache: {c['kv_bytes_per_position']:,} bytes per position; this token reads "
+             f"{c['kv_read_bytes'] / 1e6:,.4g} MB and writes {c['kv_write_bytes']:,} bytes",
+             f"{'component':40s} {'cycles':>14s} {'share':>6s} {'mJ/token':>10s} {'share':>6s}"]
+    for name, comp in c["components"].items():
+        lines.append(f"{_COMPONENT_NAMES[name]:40s} {comp['cycles']:14,.0f} {comp['cycles'] / c['cycles']:6.1%} "
+                     f"{comp['energy_j'] * 1e3:10.4g} {comp['energy_j'] / total_e:6.1%}")
+    lines += [f"{'whole token':40s} {c['cycles']:14,.0f} {'':6s} {total_e * 1e3:10.4g}",
+              f"decode: {c['tokens_per_s']:,.1f} tokens/s, {total_e * 1e3:.4g} mJ/token; memory bound "
+              f"(bandwidth / (weight bytes + KV bytes)): {c['bound_tokens_per_s']:,.1f} tokens/s "
+              f"({c['tokens_per_s'] / c['bound_tokens_per_s']:.3f} of it)",
+              "not counted (host work today): norms, rotary embedding, softmax, SiLU, residual adds, embedding, "
+              "LM head"]
+    return "\n".join(lines)
+
+
+def _write_context_plot(sweep: list[dict[str, Any]], marked: int, path: Path, title: str) -> None:
+    """tokens/s (with the memory bound) and mJ/token by component over the context lengths of ``sweep``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bitmos.sim.report import save_figure
+
+    xs = [r["context"] for r in sweep]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.loglog(xs, [r["tokens_per_s"] for r in sweep], "o-", label="estimate")
+    a.loglog(xs, [r["bound_tokens_per_s"] for r in sweep], "k--", label="memory bound")
+    a.axvline(marked, color="grey", lw=0.8)
+    a.set_xlabel("context (tokens)")
+    a.set_ylabel("decode tokens/s")
+    a.legend()
+    lin = [r["components"]["linears"]["energy_j"] * 1e3 for r in sweep]
+    kv = [r["components"]["kv_cache"]["energy_j"] * 1e3 for r in sweep]
+    b.stackplot(xs, lin, kv, labels=[_COMPONENT_NAMES["linears"], _COMPONENT_NAMES["kv_cache"]])
+    b.set_xscale("log")
+    b.axvline(marked, color="grey", lw=0.8)
+    b.set_xlabel("context (tokens)")
+    b.set_ylabel("mJ per decode token")
+    b.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def cmd_estimate(args) -> int:
     from bitmos.explore.perf import estimate
 
     cfg = AcceleratorConfig.load(args.config)
+    if args.context is not None and not args.decode:
+        raise ConfigError("--context needs a decode phase (--decode >= 1)", field="context")
     est = estimate(args.model, cfg, prefill=args.prefill, decode=args.decode, energy_table=args.energy_table,
                    max_work=args.max_work or None, scheme=args.scheme, pb_fraction=args.pb_fraction)
+    if args.context is not None:
+        from bitmos.explore.perf import CONTEXT_SWEEP, context_sweep, decode_at_context
+        est["context"] = decode_at_context(est, args.model, args.context)
+        est["context_sweep"] = context_sweep(est, args.model, sorted(set(CONTEXT_SWEEP) | {args.context}))
     if args.plots:
         from bitmos.fileio import atomic_folder, write_json_atomic
         from bitmos.sim.report import write_plots
@@ -45,6 +105,9 @@ def cmd_estimate(args) -> int:
                 if phase in est:
                     (out / phase).mkdir(parents=True, exist_ok=True)
                     write_plots(est[phase], out / phase)
+            if "context" in est:
+                _write_context_plot(est["context_sweep"], args.context, out / "context.png",
+                                    f"{est['model']['name']} on {cfg.name}: decode over context")
             write_json_atomic(out / "estimate.json", est)
     if args.json:
         print(json.dumps(est, indent=2))
@@ -77,6 +140,10 @@ def add_commands(sub) -> None:
                         "path, onto which every scheme maps exactly (default mos)")
     p.add_argument("--pb-fraction", type=float_in(0.0, 1.0), default=0.1, metavar="F",
                    help="--scheme pb: the fraction of each linear's input channels kept in int8 (default 0.1)")
+    p.add_argument("--context", type=int_at_least(1), default=None, metavar="N",
+                   help="also one decode token at a context of N tokens: the linears as simulated plus the KV "
+                        "cache the token reads and writes, at the memory bound (attention is not on the chip "
+                        "yet), with a sweep over contexts 128..32k (in --json and --plots' context.png)")
     p.add_argument("--energy-table", help="energy table name or TOML file (default by memory bandwidth)")
     p.add_argument("--plots", metavar="DIR", help="write estimate.json and roofline/energy plots per phase")
     p.add_argument("--json", action="store_true", help="print JSON")

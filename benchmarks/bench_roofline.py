@@ -2,8 +2,9 @@
 
 For each case, the estimator's timing-only run of the compiled programs (``bitmos.explore.perf.estimate``, the
 same as ``bitmos estimate``): LLaMA-2-7B shapes on ``asic32``, BitNet b1.58 2B4T's shapes with ternary weights on
-``asic32`` and the shipped student's shape on ``small``. A second table sets the decode memory bound beside the KV
-cache the whole-layer chip (issue 18) will read per token, at contexts of 128 to 32k.
+``asic32`` and the shipped student's shape on ``small``. A second table sets decode at contexts of 128 to 32k
+(``decode_at_context``: the simulated linears plus the KV cache the whole-layer chip of issue 18 reads and writes per
+token, at the memory bound) beside bandwidth / (weight bytes + KV bytes).
 
 * decode tokens/s against the memory bound: the external bandwidth over the weight bytes one decode token reads
   (every weight once per token; the estimator's ``decode_bound_tokens_per_s``). Goal >= 0.97.
@@ -45,7 +46,7 @@ def shipped_student_shape() -> dict:
 def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = None) -> dict:
     from bitmos.compiler.shapes import kv_cache_bytes, load_shape
     from bitmos.config import AcceleratorConfig
-    from bitmos.explore.perf import estimate
+    from bitmos.explore.perf import context_sweep, estimate
     from bitmos.sim.energy import EnergyTable
 
     cfg = AcceleratorConfig.load(config)
@@ -66,6 +67,7 @@ def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = 
         "prefill_utilization": pre["array_utilization"],
         "prefill_tokens_per_s": pre["tokens_per_s"], "scheme": scheme or "sign",
         "kv_bytes_per_context_token": kv_cache_bytes(load_shape(shape)),
+        "context": context_sweep(est, shape, KV_CONTEXTS),
     }
 
 
@@ -90,16 +92,19 @@ def render(rows: list[dict]) -> str:
             f"MB: weights plus scales, router and activations; bandwidth over those bytes is the second bound, "
             f"and its ratio is the share of the decode's cycles the DMA engine spends reading); DRAM floor = weight bits x "
             f"{r['dram_read_pj_per_bit']} pJ/bit ({r['energy_table']}) = {r['dram_floor_mj_per_token']:.4g} mJ/token.")
-    lines += ["", "Decode memory bound of the whole-layer chip (issue 18): a decode token also reads the KV cache of its "
-              "context, in the format of `bitmos/formats.py` (int8 mantissas plus one exponent byte per head); bound = "
-              "bandwidth / (weight bytes + KV bytes). Bounds only: the attention instructions that would be measured "
-              "against them are not on the chip yet.", "",
+    lines += ["", "Decode at a context (issue 18's whole-layer chip; `bitmos estimate --context N`, "
+              "`bitmos.explore.perf.decode_at_context`): a decode token also reads the KV cache of its context and "
+              "writes its own, in the format of `bitmos/formats.py` (int8 mantissas plus one exponent byte per kv "
+              "head). Estimate = the simulated linears plus that traffic at the full bandwidth (the attention "
+              "instructions are not on the chip yet, so this part is its memory bound); bound = bandwidth / "
+              "(weight bytes + KV bytes). Cells: estimate / bound tokens/s (KV share of the bytes).", "",
               "| model on config (weights) | weight MB | KV bytes per token of context | " +
-              " | ".join(f"bound at {c:,} (KV share)" for c in KV_CONTEXTS) + " |",
+              " | ".join(f"at {c:,}" for c in KV_CONTEXTS) + " |",
               "|---|---|---|" + "---|" * len(KV_CONTEXTS)]
     for r in rows:
-        w, kv, bw = r["weight_bytes"], r["kv_bytes_per_context_token"], r["bandwidth_bytes_per_s"]
-        cells = [f"{bw / (w + kv * c):,.1f} ({kv * c / (w + kv * c):.0%})" for c in KV_CONTEXTS]
+        w, kv = r["weight_bytes"], r["kv_bytes_per_context_token"]
+        cells = [f"{c['tokens_per_s']:,.1f} / {c['bound_tokens_per_s']:,.1f} "
+                 f"({c['kv_read_bytes'] / (w + c['kv_read_bytes']):.0%})" for c in r["context"]]
         lines.append(f"| {r['model']} on {r['config']} ({r['scheme']}) | {w / 1e6:,.4g} | {kv:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -10,6 +10,8 @@ runs every linear on one token (a KV-cached step), so M decode tokens are M iden
 :func:`estimate` returns the result schema documented in docs/simulator.md ("Estimates"), used by
 ``bitmos estimate``; :func:`evaluate` flattens it into the sweep's row (``decode_tokens_per_s``, ...).
 Only the binarized linears run on the accelerator (attention, norms, the LM head are host work).
+:func:`decode_at_context` adds what a decode token at a given context also moves, its KV cache, at the memory
+bound (issue 18's whole-layer chip: its attention instructions are not in the contract yet).
 """
 
 from __future__ import annotations
@@ -283,3 +285,71 @@ def pick_backend(backend: str | None) -> str:
         raise ConfigError(f"unknown backend {backend!r}; the estimate always times the compiled programs "
                           "in the simulator (backend 'sim' or 'auto')", field="backend")
     return "sim"
+
+
+#: Context lengths of ``bitmos estimate --context``'s sweep and plot (issue 18: 128 .. 32k).
+CONTEXT_SWEEP = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, context: int) -> dict[str, Any]:
+    """One decode token of :func:`estimate`'s ``est`` at a context of ``context`` tokens, as two components.
+
+    * ``linears``: the estimate's simulated decode step (every binarized linear, its weights, scales and
+      activations), per token.
+    * ``kv_cache``: the token reads the K and V of its whole context (``context`` positions, its own included)
+      and writes its own, ``compiler.shapes.kv_cache_bytes`` per position (the format of bitmos/formats.py:
+      int8 mantissas plus one exponent per kv head). The whole-layer chip's attention instructions are not in
+      the contract yet, so this traffic is counted at the memory bound: its bytes at the full external
+      bandwidth (cycles) and at the table's DRAM energy per bit plus the leakage of those cycles. In decode
+      that bound is close: the scores and the weighted sum are 2 x context x n_heads x head_dim
+      multiply-adds per layer, a few hundredths of the cycles of reading their operands at HBM bandwidth.
+
+    Not counted (host work today): norms, rotary embedding, softmax, SiLU, the residual adds, the embedding
+    lookup and the LM head. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
+    ``kv_write_bytes``, ``components`` ({name: {cycles, energy_j}}), ``cycles``, ``tokens_per_s``,
+    ``energy_per_token_j``, ``bound_tokens_per_s`` (bandwidth / (weight bytes + KV bytes per token)),
+    ``ext_bytes`` (the external memory the weights and the KV cache occupy). Raises ConfigError if
+    ``context`` < 1, the estimate has no decode, or weights and KV cache do not fit the external memory.
+    """
+    from bitmos.compiler.shapes import kv_cache_bytes
+    from bitmos.sim.energy import EnergyTable, dram_pj, leakage_pj
+
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ConfigError(f"--context must be a whole number of tokens >= 1, not {context!r}", field="context")
+    if "decode" not in est:
+        raise ConfigError("--context needs a decode phase (--decode >= 1)", field="context")
+    cfg = AcceleratorConfig.from_dict(est["config"])
+    table = EnergyTable.load(est["energy_table"])
+    shape = resolve_shape(shape)
+    per_position = kv_cache_bytes(shape)
+    weight_bytes = est["model"]["weight_bits"] / 8
+    held = weight_bytes + per_position * context
+    if held > cfg.ext_mem_bytes:
+        raise ConfigError(f"--context {context:,}: the weights ({weight_bytes / 2**30:.3g} GiB) and the KV cache "
+                          f"({per_position * context / 2**30:.3g} GiB, {per_position:,} bytes per position) exceed "
+                          f"the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)", field="ext_mem_mib")
+    dec = est["decode"]
+    lin_cycles = dec["cycles"] / dec["tokens"]
+    read, write = per_position * context, per_position
+    kv_cycles = -(-(read + write) * 8 // cfg.ext_bw_bits)
+    kv_pj = dram_pj(read * 8, write * 8, table) + leakage_pj(kv_cycles, cfg, table)
+    components = {"linears": {"cycles": lin_cycles, "energy_j": dec["energy_per_token_j"]},
+                  "kv_cache": {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12}}
+    cycles = lin_cycles + kv_cycles
+    hz = cfg.clock_mhz * 1e6
+    return {"context": context, "kv_bytes_per_position": per_position, "kv_read_bytes": read,
+            "kv_write_bytes": write, "components": components, "cycles": cycles, "tokens_per_s": hz / cycles,
+            "energy_per_token_j": sum(c["energy_j"] for c in components.values()),
+            "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + read), "ext_bytes": held}
+
+
+def context_sweep(est: dict[str, Any], shape: str | dict[str, Any] | None, contexts=CONTEXT_SWEEP) -> list[dict[str, Any]]:
+    """:func:`decode_at_context` at each of ``contexts`` whose KV cache fits the external memory."""
+    out = []
+    for c in contexts:
+        try:
+            out.append(decode_at_context(est, shape, c))
+        except ConfigError as exc:
+            if exc.field != "ext_mem_mib":
+                raise
+    return out

@@ -298,10 +298,20 @@ def energy_breakdown(counts: dict[str, int], cycles: int, cfg: AcceleratorConfig
         bits = counts[f"{b.lower()}_read_bits"] + counts[f"{b.lower()}_write_bits"]
         out[f"{b.lower()}buf" if b != "META" else "meta"] = bits * table.sram_pj_per_bit(kib[b])
     out["imem"] = counts["imem_read_bits"] * table.sram_pj_per_bit(kib["IMEM"])
-    out["dram"] = counts["ext_read_bits"] * t["dram"]["read_pj_per_bit"] \
-        + counts["ext_write_bits"] * t["dram"]["write_pj_per_bit"]
-    lk = t["leakage"]
-    static_uw = sum(kib.values()) * lk["sram_uw_per_kib"] + cfg.rows * cfg.cols * lk["logic_uw_per_pe"]
-    seconds = cycles / (cfg.clock_mhz * 1e6)
-    out["leakage"] = static_uw * 1e-6 * seconds * 1e12
+    out["dram"] = dram_pj(counts["ext_read_bits"], counts["ext_write_bits"], table)
+    out["leakage"] = leakage_pj(cycles, cfg, table)
     return out
+
+
+def dram_pj(read_bits: int, write_bits: int, table: EnergyTable) -> float:
+    """External memory energy in picojoules of ``read_bits`` read and ``write_bits`` written."""
+    t = table.values["dram"]
+    return read_bits * t["read_pj_per_bit"] + write_bits * t["write_pj_per_bit"]
+
+
+def leakage_pj(cycles: int, cfg: AcceleratorConfig, table: EnergyTable) -> float:
+    """Static energy in picojoules of ``cycles`` cycles of ``cfg`` (every buffer and PE leaking)."""
+    lk = table.values["leakage"]
+    static_uw = sum(buffer_kib(cfg).values()) * lk["sram_uw_per_kib"] + cfg.rows * cfg.cols * lk["logic_uw_per_pe"]
+    seconds = cycles / (cfg.clock_mhz * 1e6)
+    return static_uw * 1e-6 * seconds * 1e12

@@ -119,7 +119,8 @@ def _roof_line(s: dict[str, Any]) -> str:
 
 # ---- plots ---------------------------------------------------------------------------------------
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written whole or not at all."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     write_bytes_atomic(path, buf.getvalue())
@@ -150,7 +151,7 @@ def write_plots(s: dict[str, Any], out_dir: str | Path, *, trace_runs: Sequence[
     ax.set_title(f"roofline: {s['config']}")
     ax.legend()
     paths.append(out / "roofline.png")
-    _save(fig, paths[-1])
+    save_figure(fig, paths[-1])
     plt.close(fig)
     # energy breakdown
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -160,7 +161,7 @@ def write_plots(s: dict[str, Any], out_dir: str | Path, *, trace_runs: Sequence[
     ax.set_title(f"energy breakdown ({s['energy_table']})")
     ax.invert_yaxis()
     paths.append(out / "energy.png")
-    _save(fig, paths[-1])
+    save_figure(fig, paths[-1])
     plt.close(fig)
     # timeline: Gantt per unit of the traced runs (laid end to end), or per-run bars
     fig, ax = plt.subplots(figsize=(9, 3))
@@ -196,7 +197,7 @@ def write_plots(s: dict[str, Any], out_dir: str | Path, *, trace_runs: Sequence[
         ax.set_ylabel("cycles")
         ax.set_title("cycles per layer program")
     paths.append(out / "timeline.png")
-    _save(fig, paths[-1])
+    save_figure(fig, paths[-1])
     plt.close(fig)
     return paths
 

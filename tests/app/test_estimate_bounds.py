@@ -103,3 +103,26 @@ def test_scheme_pb_is_two_chip_layers_per_linear(capsys, tmp_path):
     fails_cleanly(base + ["--config", "asic32", "--scheme", "pb"], capsys,
                   match="weight_bits >= 8 (the preset small-w8")
     fails_cleanly(base + ["--scheme", "pb", "--pb-fraction", "1.5"], capsys, match="--pb-fraction")
+
+
+def test_context_adds_the_kv_cache_and_its_plot(capsys, tmp_path):
+    """--context N: one decode token at a context of N (the linears simulated, the KV cache at the memory bound),
+    a sweep over 128..32k plus N in the JSON and the plot; refusals in one line."""
+    base = ["estimate", "--model", "toy", "--config", "asic32", "--prefill", "4", "--decode", "2"]
+    rc, out, err = run(base + ["--context", "300", "--json"], capsys)
+    assert rc == 0, err
+    est = json.loads(out)
+    c = est["context"]
+    assert c["context"] == 300 and set(c["components"]) == {"linears", "kv_cache"}
+    assert c["tokens_per_s"] < est["decode"]["tokens_per_s"]       # the KV cache's traffic is added
+    assert [r["context"] for r in est["context_sweep"]] == sorted({128, 256, 300, 512, 1024, 2048, 4096, 8192,
+                                                                    16384, 32768})
+    rc, out, err = run(base + ["--context", "300", "--plots", tmp_path / "plots"], capsys)
+    assert rc == 0, err
+    assert "one decode token at a context of 300 tokens" in out and "KV cache reads + write (memory bound)" in out
+    assert (tmp_path / "plots" / "context.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "plots" / "estimate.json").read_text())["context"] == c
+    fails_cleanly(base + ["--context", "0"], capsys, match="--context: must be at least 1")
+    fails_cleanly(["estimate", "--model", "toy", "--config", "asic32", "--prefill", "4", "--decode", "0",
+                   "--context", "16"], capsys, match="--context needs a decode phase")
+    fails_cleanly(base + ["--context", str(10 ** 9)], capsys, match="exceed the external memory")

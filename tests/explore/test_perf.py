@@ -24,3 +24,59 @@ def test_estimate_refusal_names_the_presets_that_fit():
         estimate(SMOL, preset_config("small"), prefill=0, decode=1)
     assert exc.value.field == "sbuf_kib"
     assert estimate(SMOL, preset_config("medium"), prefill=0, decode=1)["decode"]["tokens"] == 1
+
+
+# ---- decode at a context: the simulated linears plus the KV cache at the memory bound ---------------------------
+
+def _toy_decode():
+    return estimate("toy", preset_config("asic32"), prefill=0, decode=3)
+
+
+def test_decode_at_context_adds_the_kv_cache_traffic_at_the_bandwidth():
+    from bitmos.compiler.shapes import kv_cache_bytes, load_shape
+    from bitmos.explore.perf import decode_at_context
+    from bitmos.sim.energy import EnergyTable
+
+    est = _toy_decode()
+    cfg, table = preset_config("asic32"), EnergyTable.load(est["energy_table"])
+    per = kv_cache_bytes(load_shape("toy"))
+    # toy: 2 layers x 4 kv heads x (64 int8 mantissas + 1 exponent) x K and V
+    assert per == 2 * 2 * 4 * (64 + 1)
+    lin_cycles = est["decode"]["cycles"] / 3
+    hz = cfg.clock_mhz * 1e6
+    for context in (1, 7, 1000):
+        c = decode_at_context(est, "toy", context)
+        kv = c["components"]["kv_cache"]
+        assert (c["kv_read_bytes"], c["kv_write_bytes"]) == (per * context, per)
+        assert kv["cycles"] == -(-per * (context + 1) * 8 // cfg.ext_bw_bits)
+        dram = per * 8 * (context * table["dram.read_pj_per_bit"] + table["dram.write_pj_per_bit"])
+        assert dram * 1e-12 < kv["energy_j"] < dram * 1.01e-12       # the DRAM bits plus those cycles' leakage
+        assert c["components"]["linears"] == {"cycles": lin_cycles, "energy_j": est["decode"]["energy_per_token_j"]}
+        assert c["cycles"] == lin_cycles + kv["cycles"]
+        assert c["tokens_per_s"] == pytest.approx(hz / c["cycles"])
+        weight_bytes = est["model"]["weight_bits"] / 8
+        assert c["bound_tokens_per_s"] == pytest.approx(hz * cfg.ext_bw_bits / 8 / (weight_bytes + per * context))
+        assert c["tokens_per_s"] < c["bound_tokens_per_s"]
+
+
+def test_context_sweep_keeps_what_fits_the_external_memory():
+    from bitmos.errors import ConfigError
+    from bitmos.explore.perf import context_sweep, decode_at_context
+
+    est = _toy_decode()
+    cap = preset_config("asic32").ext_mem_bytes
+    per = decode_at_context(est, "toy", 1)["kv_bytes_per_position"]
+    too_long = cap // per + 1
+    with pytest.raises(ConfigError, match="exceed the external memory") as exc:
+        decode_at_context(est, "toy", too_long)
+    assert exc.value.field == "ext_mem_mib"
+    sweep = context_sweep(est, "toy", (16, 4096, too_long))
+    assert [r["context"] for r in sweep] == [16, 4096]
+    assert sweep[0]["tokens_per_s"] > sweep[1]["tokens_per_s"]
+    assert sweep[0]["energy_per_token_j"] < sweep[1]["energy_per_token_j"]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="--context must be"):
+            decode_at_context(est, "toy", bad)
+    no_decode = estimate("toy", preset_config("asic32"), prefill=4, decode=0)
+    with pytest.raises(ConfigError, match="needs a decode phase"):
+        decode_at_context(no_decode, "toy", 16)
