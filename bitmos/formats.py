@@ -440,6 +440,24 @@ def rms_norm(r: list[int], gains: list[int], gexp: int, eps_q: int, out_frac: in
     return [sat(shift_round(v * rsq * g, s), X_BITS) for v, g in zip(rp, gains)]
 
 
+#: BitNet's parameter-free LayerNorm as an RMSNorm of the centred values with unit gains: G = 2^UNIT_GEXP.
+UNIT_GEXP = GAIN_BITS - 2
+
+
+def layer_norm(v: list[int], eps_q: int, out_frac: int) -> list[int]:
+    """One token's parameter-free LayerNorm (BitNet's, before each of its linears): v (int32, any fraction bits
+    F_v) -> int16 with ``out_frac`` fraction bits.
+
+    mu = floor((sum v + floor(K / 2)) / K) (the mean, rounded); c_i = sat32(v_i - mu); then
+    :func:`rms_norm` (c, unit gains 2^UNIT_GEXP, GEXP = UNIT_GEXP, eps_q, out_frac): the rms of the centred
+    values is the standard deviation, so this is (v - mean) / sqrt(var + eps) with ``eps_q`` = round(eps *
+    2^(2 F_v)) in v^2 units. A constant token (zero variance) maps to zeros.
+    """
+    k = len(v)
+    mu = (sum(v) + k // 2) // k
+    return rms_norm([sat(x - mu, RESID_BITS) for x in v], [1 << UNIT_GEXP] * k, UNIT_GEXP, eps_q, out_frac)
+
+
 def rope_rotate(x: list[int], cos: list[int], sin: list[int]) -> list[int]:
     """Rotate-half rotary embedding of one head (Hugging Face LLaMA's layout) with Q1.14 cos/sin of its position.
 

@@ -3,7 +3,7 @@
 :mod:`bitmos.model.golden` runs the binarized linears in integers and the rest of the layer in float on the host.
 This module moves the rest of the layer across (issue 18's golden part): RMSNorm, rotary embedding, attention
 against a block-floating-point KV cache, SiLU and the gate product, the residual adds and the requantization that
-feeds each linear, each the vectorized twin of one function of :mod:`bitmos.formats` (the spec, with the formats
+feeds each linear (for BitNet, each linear's own LayerNorm instead), each the vectorized twin of one function of :mod:`bitmos.formats` (the spec, with the formats
 and their reasons). The host keeps the embedding lookup (its row enters the int32 residual stream) and the LM head
 (on the output of the final RMSNorm, also integer). The linears are :class:`~bitmos.model.golden.AcceleratorSide`
 unchanged, so this model and the linear-only one differ exactly in the operations moved.
@@ -21,7 +21,6 @@ import torch.nn as nn
 
 from bitmos import formats as F
 from bitmos.config import AcceleratorConfig
-from bitmos.errors import UnsupportedError
 from bitmos.export import ModelExport
 from bitmos.model.export import export_model
 from bitmos.model.golden import I64, exp2_weight, from_fixed, golden_sides, rshift_round, sat, to_fixed
@@ -68,6 +67,14 @@ def rms_norm(r: torch.Tensor, gains: torch.Tensor, gexp: int, eps_q: int, out_fr
     eps_t = shift_round(torch.full_like(e, eps_q), 2 * e).clamp(min=1)
     rsq = isqrt((k << (2 * F.NORM_RSQ_SHIFT)) // (ss + k * eps_t))
     return sat(shift_round(rp * rsq * gains, F.NORM_RSQ_SHIFT + gexp - out_frac), F.X_BITS)
+
+
+def layer_norm(v: torch.Tensor, eps_q: int, out_frac: int) -> torch.Tensor:
+    """v [T, K] (int32 values) -> [T, K] int16 values with ``out_frac`` fraction bits (``formats.layer_norm``)."""
+    k = v.shape[-1]
+    mu = torch.div(v.sum(-1, keepdim=True) + k // 2, k, rounding_mode="floor")
+    unit = torch.full((k,), 1 << F.UNIT_GEXP, dtype=I64)
+    return rms_norm(sat(v - mu, F.RESID_BITS), unit, F.UNIT_GEXP, eps_q, out_frac)
 
 
 def rope_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -170,12 +177,11 @@ class GoldenLayerModel(nn.Module):
         self.export = export
         self.accel_cfg, self.host, self.accelerator = golden_sides(export, accel)
         self.config = c = self.host.config
-        if c.scheme == "bitnet":
-            raise UnsupportedError("scheme bitnet: its per-linear LayerNorm (BitNet's SubLN) has no integer "
-                                   "definition yet; the whole-layer golden model covers the other schemes")
         t = self.host.transformer
         self.frac = self.accel_cfg.out_frac_bits
         self.eps_q = round(c.norm_eps * (1 << (2 * self.frac)))
+        #: BitNet: each linear's parameter-free LayerNorm epsilon (its input's own norm, ``formats.layer_norm``)
+        self.ln_eps = {path: m.ln_eps for path, m in t.binarized_linears() if c.scheme == "bitnet"}
         self.norms = [(Norm.from_float(b.attn_norm.weight), Norm.from_float(b.mlp_norm.weight)) for b in t.layers]
         self.final_norm = Norm.from_float(t.norm.weight)
         from bitmos.model.transformer import rope_inv_freq
@@ -204,8 +210,21 @@ class GoldenLayerModel(nn.Module):
         st.x_saturated += int(((x == (1 << (F.X_BITS - 1)) - 1) | (x == -(1 << (F.X_BITS - 1)))).sum())
         return sat(self.host.run_linear(path, x, self.accelerator), F.RESID_BITS)
 
+    def _chip_input(self, path: str, v: torch.Tensor, v_frac: int) -> torch.Tensor:
+        """Linear ``path``'s int16 input from values ``v`` with ``v_frac`` fraction bits: requantized to its
+        calibrated x_frac, or for BitNet through its LayerNorm (``formats.layer_norm``, eps in v^2 units)."""
+        xf = self.host.x_frac[path]
+        if path in self.ln_eps:
+            return layer_norm(v, round(self.ln_eps[path] * (1 << (2 * v_frac))), xf)
+        return requantize(v, v_frac, xf)
+
     def _norm_linears(self, r, norm: Norm, paths: list[str]) -> list[torch.Tensor]:
-        """The norm of r at each consumer's input format (each linear has its calibrated x_frac), then the linears."""
+        """The norm of r at each consumer's input format (each linear has its calibrated x_frac), then the linears.
+        BitNet's linears each normalize again (their LayerNorm), so their RMSNorm is computed once, in int16 at the
+        config's x_frac_bits, and each takes its LayerNorm of that."""
+        if self.ln_eps:
+            xn = rms_norm(r, norm.gains, norm.gexp, self.eps_q, self.accel_cfg.x_frac_bits)
+            return [self._linear(p, self._chip_input(p, xn, self.accel_cfg.x_frac_bits)) for p in paths]
         by_frac: dict[int, torch.Tensor] = {}
         out = []
         for p in paths:
@@ -240,14 +259,14 @@ class GoldenLayerModel(nn.Module):
         km, ek, vm, ev = cache.append(i, *block_quantize(k), *block_quantize(v.view(T, c.n_kv_heads, c.head_dim)))
         o = attention(qm, eq, km, ek, vm, ev, pos, self.frac).reshape(T, -1)
         o_path = pre + "attn.o_proj"
-        return self._residual(r, self._linear(o_path, requantize(o, self.frac, self.host.x_frac[o_path])))
+        return self._residual(r, self._linear(o_path, self._chip_input(o_path, o, self.frac)))
 
     def mlp_half(self, i: int, r: torch.Tensor) -> torch.Tensor:
         """r + down_proj(silu(gate_proj(x)) * up_proj(x)) with x = rms_norm(r)."""
         pre = f"layers.{i}."
         gate, up = self._norm_linears(r, self.norms[i][1], [pre + "mlp.gate_proj", pre + "mlp.up_proj"])
         d_path = pre + "mlp.down_proj"
-        h = requantize(silu_gate(gate, up, self.frac), self.frac, self.host.x_frac[d_path])
+        h = self._chip_input(d_path, silu_gate(gate, up, self.frac), self.frac)
         return self._residual(r, self._linear(d_path, h))
 
     # -- the model ------------------------------------------------------------------------------------------------

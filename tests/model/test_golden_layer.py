@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from bitmos import formats as F
-from bitmos.errors import UnsupportedError
 from bitmos.model.golden_layer import (GoldenLayerModel, KVCacheBFP, attention, bit_length, block_quantize, isqrt,
-                                       rms_norm, rope_rotate, shift_round, silu_gate)
+                                       layer_norm, rms_norm, rope_rotate, shift_round, silu_gate)
 from bitmos.model.transformer import Transformer
 
 from .model_helpers import tiny_config
@@ -80,6 +79,24 @@ def test_rms_norm_normalizes():
     want = r / np.sqrt((r * r).mean() + 1e-5)
     got = np.array(F.rms_norm([F.float_to_fixed(v, 16, 32) for v in r], [1 << 14] * 64, 14, 42950, 8)) / 256
     assert np.abs(got - want).max() < 4e-3
+
+
+@pytest.mark.parametrize("out_frac", [0, 8, 12])
+def test_layer_norm_matches_spec_and_centres(out_frac):
+    rng = np.random.default_rng(5)
+    k = 24
+    rows = edge_rows(rng, k) + [[7] * k, [-(1 << 31)] + [I32] * (k - 1)]
+    for eps_q in (0, 42950, 1 << 40):
+        got = layer_norm(torch.tensor(rows), eps_q, out_frac).tolist()
+        assert got == [F.layer_norm(r, eps_q, out_frac) for r in rows]
+    assert F.layer_norm([7] * 8, 42950, 8) == [0] * 8               # no variance: zeros, no division by 0
+    # a shift and a scale of the token change nothing; the result is (v - mean) / std
+    v = rng.normal(3, 2, size=64)
+    want = (v - v.mean()) / np.sqrt(v.var() + 1e-5)
+    for frac, offset in ((16, 0.0), (10, 40.0)):
+        got = np.array(F.layer_norm([F.float_to_fixed(x + offset, frac, 32) for x in v],
+                                    round(1e-5 * (1 << (2 * frac))), 8)) / 256
+        assert np.abs(got - want).max() < 6e-3
 
 
 def test_rope_matches_spec_and_rotates():
@@ -163,7 +180,7 @@ def _model(**kw):
 
 @pytest.mark.parametrize("kw", [dict(scheme="mos", experts=4, act_bits=8),
                                 dict(scheme="sign", act_bits=8, n_heads=4, n_kv_heads=2, attn_bias=True),
-                                dict(scheme="ternary", act_bits=8)])
+                                dict(scheme="ternary", act_bits=8), dict(scheme="bitnet", act_bits=8)])
 def test_prefill_and_cached_decoding_agree(kw):
     model = _model(**kw)
     golden = GoldenLayerModel.from_model(model)
@@ -198,8 +215,6 @@ def test_shipped_student_whole_layer_tracks_float():
 
 
 def test_refusals():
-    with pytest.raises(UnsupportedError, match="bitnet"):
-        GoldenLayerModel.from_model(_model(scheme="bitnet", act_bits=8))
     golden = GoldenLayerModel.from_model(_model(scheme="sign", act_bits=8))
     with pytest.raises(ValueError, match="max_seq_len"):
         golden.generate(torch.zeros(1, 30, dtype=torch.int64), 5)
