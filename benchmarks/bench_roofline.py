@@ -64,6 +64,7 @@ def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = 
         "decode_mj_per_token": 1e3 * dec["energy_per_token_j"], "dram_floor_mj_per_token": 1e3 * floor_j,
         "dram_read_pj_per_bit": table["dram.read_pj_per_bit"],
         "decode_ext_bytes_per_token": dec["ext_bytes_read"] / max(1, decode),
+        "decode_ext_bytes_written_per_token": dec["ext_bytes_written"] / max(1, decode),
         "prefill_utilization": pre["array_utilization"],
         "prefill_tokens_per_s": pre["tokens_per_s"], "scheme": scheme or "sign",
         "kv_bytes_per_context_token": kv_cache_bytes(load_shape(shape)),
@@ -97,15 +98,22 @@ def render(rows: list[dict]) -> str:
               "writes its own, in the format of `bitmos/formats.py` (int8 mantissas plus one exponent byte per kv "
               "head). Estimate = the simulated linears plus that traffic at the full bandwidth (the attention "
               "instructions are not on the chip yet, so this part is its memory bound); bound = bandwidth / "
-              "(weight bytes + KV bytes). Cells: estimate / bound tokens/s (KV share of the bytes).", "",
-              "| model on config (weights) | weight MB | KV bytes per token of context | " +
-              " | ".join(f"at {c:,}" for c in KV_CONTEXTS) + " |",
-              "|---|---|---|" + "---|" * len(KV_CONTEXTS)]
+              "(weight bytes + KV bytes); MB per token = everything the token reads and writes externally.", "",
+              "| model on config (weights) | KV bytes per position | context | tok/s | bound | ratio | mJ/token | "
+              "KV share of mJ | external MB/token | KV share of bytes |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         w, kv = r["weight_bytes"], r["kv_bytes_per_context_token"]
-        cells = [f"{c['tokens_per_s']:,.1f} / {c['bound_tokens_per_s']:,.1f} "
-                 f"({c['kv_read_bytes'] / (w + c['kv_read_bytes']):.0%})" for c in r["context"]]
-        lines.append(f"| {r['model']} on {r['config']} ({r['scheme']}) | {w / 1e6:,.4g} | {kv:,} | " + " | ".join(cells) + " |")
+        for c in r["context"]:
+            lin_bytes = r["decode_ext_bytes_per_token"] + r["decode_ext_bytes_written_per_token"]
+            kv_bytes = c["kv_read_bytes"] + c["kv_write_bytes"]
+            e = c["energy_per_token_j"]
+            lines.append(
+                f"| {r['model']} on {r['config']} ({r['scheme']}) | {kv:,} | {c['context']:,} | "
+                f"{c['tokens_per_s']:,.1f} | {c['bound_tokens_per_s']:,.1f} | "
+                f"{c['tokens_per_s'] / c['bound_tokens_per_s']:.3f} | {e * 1e3:.4g} | "
+                f"{c['components']['kv_cache']['energy_j'] / e:.0%} | {(lin_bytes + kv_bytes) / 1e6:,.4g} | "
+                f"{kv_bytes / (lin_bytes + kv_bytes):.0%} |")
     return "\n".join(lines)
 
 
