@@ -11,7 +11,7 @@ from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
-__all__ = ["Countdown", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
+__all__ = ["Countdown", "ShiftSaturation", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
            "pipelined_mix_scale", "pipelined_product", "pipelined_rshift_round", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes",
            "first_max_onehot", "onehot_select"]
 
@@ -56,6 +56,39 @@ def rounding_half(s: Value) -> Value:
 def rshift_round(v: Value, s: Value, width: int) -> Value:
     """formats.rshift_round for a signed ``v`` and a variable shift ``s`` >= 0; result ``width`` bits."""
     return ((v.as_signed() + rounding_half(s)) >> s)[:width].as_signed()
+
+
+class ShiftSaturation:
+    """``formats.sat(formats.rshift_round(v, s), out_bits)`` for signed ``in_bits``-bit values ``v`` and a shift
+    ``s`` that is a layer register: what depends on ``s`` alone is registered (one cycle after ``s`` changes),
+    so each call is an add and a shift beside two compares of ``v`` against registered thresholds, not the
+    rounding half's decode, the add, the shift and the saturation's compares in series.
+
+    With h = 2^(s-1) (0 at s = 0) and r = (v + h) >> s: r >= 2^(b-1) iff v >= 2^(b-1+s) - h, which is
+    (2^b - 1) << (s - 1) for s >= 1, and r < -2^(b-1) iff v < -(2^b + 1) << (s - 1): constants shifted, no
+    subtract. Past the range of ``v`` a threshold is clamped to one ``v`` never reaches; for s >= in_bits,
+    r is 0 for every ``v``.
+    """
+
+    def __init__(self, m: Module, s: Value, in_bits: int, out_bits: int, name: str):
+        if not 1 <= out_bits < in_bits:
+            raise ValueError(f"out_bits must be in 1..in_bits - 1, not {out_bits} (in_bits {in_bits})")
+        self.in_bits, self.out_bits = in_bits, out_bits
+        top = 1 << (in_bits - 1)           # |v| <= top: a threshold at +-top is never passed
+        sm1 = (s - 1)[:len(s)]             # s - 1 for s >= 1 (unused at s = 0)
+        self.s = s
+        self.half = registered(m, Mux(s < in_bits, (Const(1, in_bits) << s)[1:in_bits], 0), f"{name}_half")
+        self.zero = registered(m, s >= in_bits, f"{name}_zero")
+        hi = Mux(s == 0, 1 << (out_bits - 1), (Const((1 << out_bits) - 1, in_bits + 1) << sm1)[:in_bits + 1])
+        lo = Mux(s == 0, 1 << (out_bits - 1), (Const((1 << out_bits) + 1, in_bits + 1) << sm1)[:in_bits + 1])
+        self.hi = registered(m, Mux(s >= in_bits - out_bits + 1, top, hi).as_signed(), f"{name}_hi")
+        self.lo = registered(m, Mux(s >= in_bits - out_bits, -top, -lo.as_signed()).as_signed(), f"{name}_lo")
+
+    def __call__(self, v: Value) -> Value:
+        b = self.out_bits
+        shifted = ((v.as_signed() + self.half) >> self.s)[:b].as_signed()
+        return Mux(v.as_signed() >= self.hi, (1 << (b - 1)) - 1,
+                   Mux(v.as_signed() < self.lo, -(1 << (b - 1)), Mux(self.zero, 0, shifted)))[:b].as_signed()
 
 
 def pipelined_rshift_round(m, v: Value, s: Value, half: Value, width: int, name: str) -> Signal:

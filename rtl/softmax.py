@@ -6,7 +6,11 @@ multiply. With D = ``ROUTER_DRAIN`` (3):
 
 * steps 0..D-1: the router takes its last line (registered, its products registered, their add);
 * step D: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
-  gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter;
+  gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter.
+  The rounding half of RSHIFT and the saturation thresholds are registers of the layer register RSHIFT
+  (:class:`ShiftSaturation`), so the step is the add and the shift beside two compares of acc_e against
+  constants, not the rounding half's decode, the add, the shift and the saturation's compares in series
+  (the small chip's critical path at 55.1 MHz, 18.1 ns, docs/fpga.md);
 * step D+1: the index of the first max(l) (all pairwise compares at once), and every logit scaled,
   c_e = l_e * LOG2E_Q10, also with the rounding half added, h_e = c_e + 2^(LOG2E_FRAC-1);
 * steps D+2..E+D+1: for expert e = step - D - 2, u = (h_max - c_e) >> LOG2E_FRAC, which is
@@ -32,7 +36,7 @@ from amaranth.utils import ceil_log2
 from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import check_config, first_max_onehot, rshift_round, sat
+from bitmos.rtl.common import ShiftSaturation, check_config, first_max_onehot
 from bitmos.rtl.divider import SequentialDivider
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -95,6 +99,10 @@ class Softmax(wiring.Component):
         rcp_start = last - rcp.cycles
         assert rcp_start == E + D + 3, "GATES_FIXED does not match the softmax schedule"
 
+        # RSHIFT is a layer register, steady from its SETR to the logit step, which comes cycles after the QUANT
+        logit_sat = ShiftSaturation(m, self.regs.rshift, F.ROUTER_ACC_BITS, F.LOGIT_BITS, "logit")
+        bias_sat = ShiftSaturation(m, self.regs.rshift, F.ROUTER_ACC_BITS, F.OUT_BITS, "bias")
+
         # c_e and h_e in registers per expert (step D+1), so the table's address is one subtract from registers
         scaled_bits = F.LOGIT_BITS + F.LOG2E_Q10.bit_length() + 1
         scaled = [Signal(signed(scaled_bits), name=f"scaled{e}") for e in range(E)]
@@ -113,10 +121,9 @@ class Softmax(wiring.Component):
 
         with m.If(self.active):
             with m.If(step == D):
-                shifted = [rshift_round(self.acc[e], self.regs.rshift, F.ROUTER_ACC_BITS + 1) for e in range(E)]
                 on = self.regs.bias
-                m.d.sync += [logits[e].eq(Mux(on, 0, sat(shifted[e], F.LOGIT_BITS))) for e in range(E)]
-                m.d.sync += self.bias.eq(Mux(on, sat(shifted[0], F.OUT_BITS), 0))
+                m.d.sync += [logits[e].eq(Mux(on, 0, logit_sat(self.acc[e]))) for e in range(E)]
+                m.d.sync += self.bias.eq(Mux(on, bias_sat(self.acc[0]), 0))
             with m.If(step == D + 1):
                 m.d.sync += top.eq(self._first_max_index(m, logits))
                 for e in range(E):

@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from bitmos import formats as F
-from bitmos.rtl.common import (Countdown, first_max_onehot, onehot_select, pipelined_product,
+from bitmos.rtl.common import (Countdown, ShiftSaturation, first_max_onehot, onehot_select, pipelined_product,
                                pipelined_rshift_round, rounding_half)
 
 
@@ -137,3 +137,59 @@ def test_first_max_onehot_takes_the_first_largest(n):
     sim = Simulator(dut)
     sim.add_testbench(bench)
     sim.run()
+
+
+class _ShiftSaturation(wiring.Component):
+    """ShiftSaturation of one signed ``in_bits`` value by a shift register of ``s_bits``."""
+
+    def __init__(self, in_bits, out_bits, s_bits):
+        self._bits = in_bits, out_bits
+        super().__init__({"v": In(signed(in_bits)), "s": In(s_bits), "out": Out(signed(out_bits))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.out.eq(ShiftSaturation(m, self.s, *self._bits, "t")(self.v))
+        return m
+
+
+def _shift_saturation_cases(in_bits, out_bits, shifts):
+    """Every shift with v at both saturation thresholds and one off them, the limits of v, and 0."""
+    top = 1 << (in_bits - 1)
+    for s in shifts:
+        half = (1 << s) >> 1
+        for t in ((1 << (out_bits - 1 + s)) - half, -(1 << (out_bits - 1 + s)) - half):
+            for v in (t - 1, t, t + 1):
+                if -top <= v < top:
+                    yield v, s
+        yield from ((v, s) for v in (-top, top - 1, 0, -1, 1))
+
+
+@pytest.mark.parametrize("in_bits,out_bits,s_bits,exhaustive", [(8, 3, 4, True), (8, 7, 4, True), (48, 16, 6, False),
+                                                                 (48, 32, 6, False)])
+def test_shift_saturation_is_sat_of_rshift_round(in_bits, out_bits, s_bits, exhaustive):
+    dut = _ShiftSaturation(in_bits, out_bits, s_bits)
+    shifts = range(1 << s_bits)
+    if exhaustive:
+        cases = [(v, s) for s in shifts for v in range(-(1 << (in_bits - 1)), 1 << (in_bits - 1))]
+    else:
+        rng = random.Random(in_bits * out_bits)
+        cases = list(_shift_saturation_cases(in_bits, out_bits, shifts))
+        cases += [(rng.randint(-(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1), rng.choice(shifts)) for _ in range(200)]
+    cases.sort(key=lambda c: c[1])
+
+    async def bench(ctx):
+        shift = None
+        for v, s in cases:
+            if s != shift:        # the shift is a layer register: its registered terms settle in one cycle
+                ctx.set(dut.s, s)
+                await ctx.tick()
+                shift = s
+            ctx.set(dut.v, v)
+            assert ctx.get(dut.out) == F.sat(F.rshift_round(v, s), out_bits), (v, s)
+
+    simulate(dut, bench)
+
+
+def test_shift_saturation_refuses_an_output_as_wide_as_its_input():
+    with pytest.raises(ValueError, match="out_bits"):
+        ShiftSaturation(Module(), Signal(6), 16, 16, "t")

@@ -120,18 +120,28 @@ def test_softmax(name):
     edges = [0, -2839, -2840, -2841, 32767, -32768, 100, -100]
     cases += [([edges[(i + e) % len(edges)] for e in range(E)], 0) for i in range(len(edges))]
 
+    # under register BIAS: router row 0 is beta . x, saturated to 32 bits, at and off its thresholds
+    bias_cases = [([a] + [0] * (E - 1), s) for s in (0, 1, 9, 16, 17, 40)
+                  for t in ((1 << (31 + s)) - ((1 << s) >> 1), -(1 << (31 + s)) - ((1 << s) >> 1))
+                  for a in (t - 1, t) if -big <= a < big]
+    bias_cases += [(acc, rshift) for acc, rshift in cases[:10]]
+
     async def bench(ctx):
-        for acc, rshift in cases:
-            ctx.set(dut.regs.rshift, rshift)
-            for e, a in enumerate(acc):
-                ctx.set(dut.acc[e], a)
-            ctx.set(dut.active, 1)
-            for step in range(E + semantics.GATES_FIXED):
-                ctx.set(dut.step, step)
-                await ctx.tick()
-            ctx.set(dut.active, 0)
-            logits = [F.sat(F.rshift_round(a, rshift), F.LOGIT_BITS) for a in acc]
-            assert [ctx.get(dut.gates[e]) for e in range(E)] == F.softmax_gates(logits), (acc, rshift)
+        for bias_on, runs in ((0, cases), (1, bias_cases)):
+            ctx.set(dut.regs.bias, bias_on)
+            for acc, rshift in runs:
+                ctx.set(dut.regs.rshift, rshift)
+                for e, a in enumerate(acc):
+                    ctx.set(dut.acc[e], a)
+                ctx.set(dut.active, 1)
+                for step in range(E + semantics.GATES_FIXED):
+                    ctx.set(dut.step, step)
+                    await ctx.tick()
+                ctx.set(dut.active, 0)
+                logits = [0 if bias_on else F.sat(F.rshift_round(a, rshift), F.LOGIT_BITS) for a in acc]
+                assert [ctx.get(dut.gates[e]) for e in range(E)] == F.softmax_gates(logits), (acc, rshift)
+                bias = F.sat(F.rshift_round(acc[0], rshift), F.OUT_BITS) if bias_on else 0
+                assert ctx.get(dut.bias) == bias, (acc, rshift, bias_on)
 
     simulate(dut, bench)
 
