@@ -300,9 +300,11 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
       and writes its own, ``compiler.shapes.kv_cache_bytes`` per position (the format of bitmos/formats.py:
       int8 mantissas plus one exponent per kv head). The whole-layer chip's attention instructions are not in
       the contract yet, so this traffic is counted at the memory bound: its bytes at the full external
-      bandwidth (cycles) and at the table's DRAM energy per bit plus the leakage of those cycles. In decode
-      that bound is close: the scores and the weighted sum are 2 x context x n_heads x head_dim
-      multiply-adds per layer, a few hundredths of the cycles of reading their operands at HBM bandwidth.
+      bandwidth (cycles) and at the table's DRAM energy per bit plus the leakage of those cycles. It assumes an
+      attention unit that keeps pace with the stream: the scores and the weighted sum are 2 x context x
+      n_heads x head_dim multiply-adds per layer for 2 x context x n_kv_heads x (head_dim + 1) bytes, so
+      n_heads / n_kv_heads multiply-adds per byte read (LLaMA-2-7B: 1 per byte, 128 per cycle at 128 GB/s and
+      1 GHz), and no energy of its own beyond leakage.
 
     Not counted (host work today): norms, rotary embedding, softmax, SiLU, the residual adds, the embedding
     lookup and the LM head. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
