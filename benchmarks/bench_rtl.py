@@ -59,6 +59,9 @@ def cases_for(cfg, n, seed0=0):
     return out
 
 
+#: Issue 15's goal for the fast RTL benches: program cycles per second of the small config on Verilator.
+GOAL_SMALL_CYCLES_PER_S = 1_000_000
+
 HEADER = (f"{'config':6s} {'sim':9s} {'bench':11s} {'programs':>8s} {'prog cycles':>11s} {'bench s':>8s} "
           f"{'launch s':>8s} {'prog cycles/s':>13s} {'all cycles/s':>12s} {'vs edge':>8s} {'vs fast':>8s}")
 
@@ -146,6 +149,11 @@ def main(argv=None) -> int:
         print(_fmt(row))
     print("'launch s' = simulator process start to report (per batch, build excluded); 'bench s' = inside "
           "the simulator, first program to last.")
+    goal = [(row[7], row[2]) for row in rows if row[0] == "small" and row[1] == "verilator" and row[7]]
+    if goal:
+        best, tag = max(goal)
+        print(f"goal (issue 15): >= {GOAL_SMALL_CYCLES_PER_S:,} program cycles/s on small with Verilator; best here "
+              f"{best:,.0f} ({tag}), {best / GOAL_SMALL_CYCLES_PER_S:.2f} of it")
     for b in bad:
         print("FAIL", b)
     return 1 if bad else 0
