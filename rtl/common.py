@@ -12,7 +12,7 @@ from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
 __all__ = ["Countdown", "ShiftSaturation", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
-           "pipelined_mix_scale", "pipelined_product", "pipelined_rshift_round", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes",
+           "pipelined_mix_scale", "pipelined_product", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes",
            "first_max_onehot", "onehot_select"]
 
 
@@ -68,15 +68,24 @@ class ShiftSaturation:
     (2^b - 1) << (s - 1) for s >= 1, and r < -2^(b-1) iff v < -(2^b + 1) << (s - 1): constants shifted, no
     subtract. Past the range of ``v`` a threshold is clamped to one ``v`` never reaches; for s >= in_bits,
     r is 0 for every ``v``.
+
+    ``half_added``: ``v`` already holds the rounding half (a pipeline added it a stage before), so each call is
+    ``sat(v >> s, out_bits)``: the thresholds are +-2^(b-1+s).
     """
 
-    def __init__(self, m: Module, s: Value, in_bits: int, out_bits: int, name: str):
+    def __init__(self, m: Module, s: Value, in_bits: int, out_bits: int, name: str, *, half_added: bool = False):
         if not 1 <= out_bits < in_bits:
             raise ValueError(f"out_bits must be in 1..in_bits - 1, not {out_bits} (in_bits {in_bits})")
-        self.in_bits, self.out_bits = in_bits, out_bits
+        self.in_bits, self.out_bits, self.s = in_bits, out_bits, s
         top = 1 << (in_bits - 1)           # |v| <= top: a threshold at +-top is never passed
+        if half_added:
+            self.half, self.zero = None, None
+            edge = (Const(1 << (out_bits - 1), in_bits + 1) << s)[:in_bits + 1]
+            never = s >= in_bits - out_bits
+            self.hi = registered(m, Mux(never, top, edge).as_signed(), f"{name}_hi")
+            self.lo = registered(m, Mux(never, -top, -edge.as_signed()).as_signed(), f"{name}_lo")
+            return
         sm1 = (s - 1)[:len(s)]             # s - 1 for s >= 1 (unused at s = 0)
-        self.s = s
         self.half = registered(m, Mux(s < in_bits, (Const(1, in_bits) << s)[1:in_bits], 0), f"{name}_half")
         self.zero = registered(m, s >= in_bits, f"{name}_zero")
         hi = Mux(s == 0, 1 << (out_bits - 1), (Const((1 << out_bits) - 1, in_bits + 1) << sm1)[:in_bits + 1])
@@ -86,17 +95,12 @@ class ShiftSaturation:
 
     def __call__(self, v: Value) -> Value:
         b = self.out_bits
-        shifted = ((v.as_signed() + self.half) >> self.s)[:b].as_signed()
-        return Mux(v.as_signed() >= self.hi, (1 << (b - 1)) - 1,
-                   Mux(v.as_signed() < self.lo, -(1 << (b - 1)), Mux(self.zero, 0, shifted)))[:b].as_signed()
-
-
-def pipelined_rshift_round(m, v: Value, s: Value, half: Value, width: int, name: str) -> Signal:
-    """:func:`rshift_round` over two stages: ``half`` (:func:`rounding_half` of ``s``, typically a
-    register of it shared by every lane; ``s`` is a layer register, steady while a line is in flight)
-    added, then the shift."""
-    total = registered(m, v.as_signed() + half, f"{name}_sum")
-    return registered(m, (total >> s)[:width].as_signed(), name)
+        v = v.as_signed()
+        if self.half is None:
+            shifted = (v >> self.s)[:b].as_signed()
+        else:
+            shifted = Mux(self.zero, 0, ((v + self.half) >> self.s)[:b].as_signed())
+        return Mux(v >= self.hi, (1 << (b - 1)) - 1, Mux(v < self.lo, -(1 << (b - 1)), shifted))[:b].as_signed()
 
 
 def sat(v: Value, bits: int) -> Value:

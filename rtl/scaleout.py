@@ -3,7 +3,8 @@
 Eight register stages from the cycle the OBUF line, the token's META record and the SBUF line of the
 output scale experts arrive (``valid``, for OBUF line ``line``): s0 the line, D, the SBUF line and the
 gates registered, s1 the gate x scale products and the limb products of acc * D, s2 s_out and their sum, s3 the limb
-products of acc * D * s_out, s4 their sum, s5 the rounding half added, s6 the shift, s7 the
+products of acc * D * s_out, s4 their sum, s5 the rounding half added, s6 the shift clamped to 34 bits
+(``ShiftSaturation``: its compares beside the shift), s7 the
 saturation (E >= 2: of the sum with the token's META bias, which travels beside the line); the cycle after, the C results are written back to that line
 (``bitmos.semantics.SCALEOUT_PIPELINE`` = 9 counts the read
 too). s_out = mix_scale(META gates, S_out) for E >= 1, SMUL for E = 0.
@@ -19,9 +20,8 @@ from amaranth.lib.wiring import In
 from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import (addr_bits, check_config, expert_lanes, pipelined_mix_scale, pipelined_product,
-                               pipelined_rshift_round, registered, registered_masked, rounding_half, sat,
-                               signed_lanes)
+from bitmos.rtl.common import (ShiftSaturation, addr_bits, check_config, expert_lanes, pipelined_mix_scale,
+                               pipelined_product, registered, registered_masked, rounding_half, sat, signed_lanes)
 from bitmos.rtl.layouts import meta_layout
 from bitmos.rtl.signatures import LayerRegistersSignature
 
@@ -92,7 +92,7 @@ class ScaleOut(wiring.Component):
             bias = self.meta.bias
             for s in range(sem.SCALEOUT_PIPELINE - 2):
                 bias = reg(bias, f"bias_s{s}")
-        results = []
+        results, clamp = [], None
         for j, acc in enumerate(signed_lanes(self.acc_line, C, F.OUT_BITS)):
             # the line comes straight from a block RAM (and OBUF's bank select): registered first
             acc_d = pipelined_product(m, reg(acc, f"acc{j}"), reg(self.meta.d, f"d{j}"), f"acc_d{j}")  # s0-s2
@@ -101,11 +101,16 @@ class ScaleOut(wiring.Component):
             else:
                 s_out = smul
             scaled = pipelined_product(m, acc_d, s_out, f"scaled{j}")                          # s3, s4
-            # acc * D * s_out is 32 + 33 + 16 = 81 bits signed; 84 leave room for the rounding half
-            rounded = pipelined_rshift_round(m, scaled, self.regs.oshift, half, 84, f"rounded{j}")  # s5, s6
+            # acc * D * s_out is 32 + 33 + 16 = 81 bits signed, plus the rounding half
+            total = reg(scaled + half, f"rounded{j}_sum")                                      # s5
+            if clamp is None:   # OSHIFT's thresholds, shared by the lanes
+                clamp = ShiftSaturation(m, self.regs.oshift, len(total), F.OUT_BITS + 2, "round_clamp",
+                                        half_added=True)
+            # the shift clamped to 34 bits, which cannot change sat32(. + bias) (|bias| < 2^31): the saturation's
+            # compares on the 82-bit sum run beside the shift, and s7 is a 34-bit add and compare
+            rounded = reg(clamp(total), f"rounded{j}")                                          # s6
             if bias is not None:
-                # clamping to 34 bits first cannot change sat32(rounded + bias) (|bias| < 2^31) and keeps the add short
-                rounded = sat(rounded, F.OUT_BITS + 2) + bias
+                rounded = rounded + bias
             results.append(reg(sat(rounded, F.OUT_BITS), f"y{j}"))                             # s7
         valid, line = self.valid, self.line
         for s in range(sem.SCALEOUT_PIPELINE - 1):

@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 
 from bitmos import formats as F
 from bitmos.rtl.common import (Countdown, ShiftSaturation, first_max_onehot, onehot_select, pipelined_product,
-                               pipelined_rshift_round, rounding_half)
+                               registered, rounding_half)
 
 
 def simulate(dut, bench):
@@ -53,7 +53,7 @@ def test_countdown_refuses_a_bad_width():
 
 
 class _Pipelined(wiring.Component):
-    """``a * b`` and ``rshift_round(a * b, s)`` through the helpers under test."""
+    """``a * b`` and ``sat(rshift_round(a * b, s), 40)`` through the helpers under test."""
 
     def __init__(self, a_shape, b_shape):
         self._a, self._b = a_shape, b_shape
@@ -66,7 +66,10 @@ class _Pipelined(wiring.Component):
         m.d.comb += self.product.eq(product)
         half = Signal.like(rounding_half(self.s), name="half")
         m.d.sync += half.eq(rounding_half(self.s))
-        m.d.comb += self.rounded.eq(pipelined_rshift_round(m, product, self.s, half, 40, "r"))
+        # the scale-out's two stages: the rounding half added, then the shift saturated to 40 bits
+        total = registered(m, product + half, "r_sum")
+        clamp = ShiftSaturation(m, self.s, len(total), 40, "r", half_added=True)
+        m.d.comb += self.rounded.eq(registered(m, clamp(total), "r"))
         return m
 
 
@@ -95,9 +98,7 @@ def test_pipelined_product_and_rounding_are_exact(a_shape, b_shape):
             await ctx.tick().repeat(2)
             assert ctx.get(dut.product) == a * b, (a, b)
             await ctx.tick().repeat(2)
-            want = F.rshift_round(a * b, s)
-            want = ((want + (1 << 39)) % (1 << 40)) - (1 << 39)   # the helper's 40-bit result
-            assert ctx.get(dut.rounded) == want, (a, b, s)
+            assert ctx.get(dut.rounded) == F.sat(F.rshift_round(a * b, s), 40), (a, b, s)
 
     simulate(dut, bench)
 
@@ -142,32 +143,37 @@ def test_first_max_onehot_takes_the_first_largest(n):
 class _ShiftSaturation(wiring.Component):
     """ShiftSaturation of one signed ``in_bits`` value by a shift register of ``s_bits``."""
 
-    def __init__(self, in_bits, out_bits, s_bits):
-        self._bits = in_bits, out_bits
+    def __init__(self, in_bits, out_bits, s_bits, half_added):
+        self._bits, self._half_added = (in_bits, out_bits), half_added
         super().__init__({"v": In(signed(in_bits)), "s": In(s_bits), "out": Out(signed(out_bits))})
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.out.eq(ShiftSaturation(m, self.s, *self._bits, "t")(self.v))
+        m.d.comb += self.out.eq(ShiftSaturation(m, self.s, *self._bits, "t", half_added=self._half_added)(self.v))
         return m
 
 
 def _shift_saturation_cases(in_bits, out_bits, shifts):
-    """Every shift with v at both saturation thresholds and one off them, the limits of v, and 0."""
+    """Every shift with v at both saturation thresholds (with and without the rounding half) and one off them, the
+    limits of v, and 0."""
     top = 1 << (in_bits - 1)
     for s in shifts:
-        half = (1 << s) >> 1
-        for t in ((1 << (out_bits - 1 + s)) - half, -(1 << (out_bits - 1 + s)) - half):
+        half = (1 << s) >> 1     # the thresholds with the half (rounding) and without it (half added)
+        for t in {(1 << (out_bits - 1 + s)) - h for h in (half, 0)} | {-(1 << (out_bits - 1 + s)) - h for h in (half, 0)}:
             for v in (t - 1, t, t + 1):
                 if -top <= v < top:
                     yield v, s
         yield from ((v, s) for v in (-top, top - 1, 0, -1, 1))
 
 
+@pytest.mark.parametrize("half_added", [False, True], ids=["rounding", "half-added"])
 @pytest.mark.parametrize("in_bits,out_bits,s_bits,exhaustive", [(8, 3, 4, True), (8, 7, 4, True), (48, 16, 6, False),
-                                                                 (48, 32, 6, False)])
-def test_shift_saturation_is_sat_of_rshift_round(in_bits, out_bits, s_bits, exhaustive):
-    dut = _ShiftSaturation(in_bits, out_bits, s_bits)
+                                                                 (48, 32, 6, False), (82, 34, 6, False)])
+def test_shift_saturation_is_sat_of_rshift_round(in_bits, out_bits, s_bits, exhaustive, half_added):
+    """sat(rshift_round(v, s)), or with ``half_added`` sat(v >> s) (the caller added the half), for every shift."""
+    dut = _ShiftSaturation(in_bits, out_bits, s_bits, half_added)
+    want = (lambda v, s: F.sat(v >> s, out_bits)) if half_added else \
+        (lambda v, s: F.sat(F.rshift_round(v, s), out_bits))
     shifts = range(1 << s_bits)
     if exhaustive:
         cases = [(v, s) for s in shifts for v in range(-(1 << (in_bits - 1)), 1 << (in_bits - 1))]
@@ -185,7 +191,7 @@ def test_shift_saturation_is_sat_of_rshift_round(in_bits, out_bits, s_bits, exha
                 await ctx.tick()
                 shift = s
             ctx.set(dut.v, v)
-            assert ctx.get(dut.out) == F.sat(F.rshift_round(v, s), out_bits), (v, s)
+            assert ctx.get(dut.out) == want(v, s), (v, s)
 
     simulate(dut, bench)
 
