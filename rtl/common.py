@@ -70,7 +70,9 @@ class ShiftSaturation:
     r is 0 for every ``v``.
 
     ``half_added``: ``v`` already holds the rounding half (a pipeline added it a stage before), so each call is
-    ``sat(v >> s, out_bits)``: the thresholds are +-2^(b-1+s).
+    ``sat(v >> s, out_bits)``, and the thresholds +-2^(b-1+s) are powers of two: v >> s saturates iff v's bits
+    from b-1+s up are not all equal to its sign, an AND-OR over a registered mask of those bits (a few LUT levels)
+    instead of two compares on carry chains as long as ``v``.
     """
 
     def __init__(self, m: Module, s: Value, in_bits: int, out_bits: int, name: str, *, half_added: bool = False):
@@ -79,11 +81,10 @@ class ShiftSaturation:
         self.in_bits, self.out_bits, self.s = in_bits, out_bits, s
         top = 1 << (in_bits - 1)           # |v| <= top: a threshold at +-top is never passed
         if half_added:
-            self.half, self.zero = None, None
-            edge = (Const(1 << (out_bits - 1), in_bits + 1) << s)[:in_bits + 1]
-            never = s >= in_bits - out_bits
-            self.hi = registered(m, Mux(never, top, edge).as_signed(), f"{name}_hi")
-            self.lo = registered(m, Mux(never, -top, -edge.as_signed()).as_signed(), f"{name}_lo")
+            self.half = self.zero = self.hi = self.lo = None
+            # bits b-1+s .. in_bits-1 of v (none once b-1+s >= in_bits)
+            self.mask = registered(m, (Const((1 << in_bits) - 1, in_bits) << (s + (out_bits - 1)))[:in_bits],
+                                   f"{name}_mask")
             return
         sm1 = (s - 1)[:len(s)]             # s - 1 for s >= 1 (unused at s = 0)
         self.half = registered(m, Mux(s < in_bits, (Const(1, in_bits) << s)[1:in_bits], 0), f"{name}_half")
@@ -97,10 +98,16 @@ class ShiftSaturation:
         b = self.out_bits
         v = v.as_signed()
         if self.half is None:
+            if len(v) != self.in_bits:
+                raise ValueError(f"expected a {self.in_bits}-bit value, got {len(v)} bits")
+            negative = v[-1]
+            high = ((v.as_unsigned() ^ negative.replicate(self.in_bits)) & self.mask).any()
+            above, below = high & ~negative, high & negative
             shifted = (v >> self.s)[:b].as_signed()
         else:
+            above, below = v >= self.hi, v < self.lo
             shifted = Mux(self.zero, 0, ((v + self.half) >> self.s)[:b].as_signed())
-        return Mux(v >= self.hi, (1 << (b - 1)) - 1, Mux(v < self.lo, -(1 << (b - 1)), shifted))[:b].as_signed()
+        return Mux(above, (1 << (b - 1)) - 1, Mux(below, -(1 << (b - 1)), shifted))[:b].as_signed()
 
 
 def sat(v: Value, bits: int) -> Value:
