@@ -44,13 +44,13 @@ def shipped_student_shape() -> dict:
 
 
 def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = None) -> dict:
-    from bitmos.compiler.shapes import kv_cache_bytes, load_shape
     from bitmos.config import AcceleratorConfig
     from bitmos.explore.perf import context_sweep, estimate
     from bitmos.sim.energy import EnergyTable
 
     cfg = AcceleratorConfig.load(config)
     est = estimate(shape, cfg, prefill=prefill, decode=decode, scheme=scheme)
+    sweep = context_sweep(est, shape, KV_CONTEXTS)
     table = EnergyTable.load(est["energy_table"])
     dec, pre = est["decode"], est["prefill"]
     weight_bits = est["model"]["weight_bits"]
@@ -67,8 +67,7 @@ def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = 
         "decode_ext_bytes_written_per_token": dec["ext_bytes_written"] / max(1, decode),
         "prefill_utilization": pre["array_utilization"],
         "prefill_tokens_per_s": pre["tokens_per_s"], "scheme": scheme or "sign",
-        "kv_bytes_per_context_token": kv_cache_bytes(load_shape(shape)),
-        "context": context_sweep(est, shape, KV_CONTEXTS),
+        "context": sweep, "kv_bytes_per_context_token": sweep[0]["kv_bytes_per_position"],
     }
 
 
@@ -103,13 +102,13 @@ def render(rows: list[dict]) -> str:
               "KV share of mJ | external MB/token | KV share of bytes |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        w, kv = r["weight_bytes"], r["kv_bytes_per_context_token"]
+        lin_bytes = r["decode_ext_bytes_per_token"] + r["decode_ext_bytes_written_per_token"]
         for c in r["context"]:
-            lin_bytes = r["decode_ext_bytes_per_token"] + r["decode_ext_bytes_written_per_token"]
             kv_bytes = c["kv_read_bytes"] + c["kv_write_bytes"]
             e = c["energy_per_token_j"]
             lines.append(
-                f"| {r['model']} on {r['config']} ({r['scheme']}) | {kv:,} | {c['context']:,} | "
+                f"| {r['model']} on {r['config']} ({r['scheme']}) | {r['kv_bytes_per_context_token']:,} | "
+                f"{c['context']:,} | "
                 f"{c['tokens_per_s']:,.1f} | {c['bound_tokens_per_s']:,.1f} | "
                 f"{c['tokens_per_s'] / c['bound_tokens_per_s']:.3f} | {e * 1e3:.4g} | "
                 f"{c['components']['kv_cache']['energy_j'] / e:.0%} | {(lin_bytes + kv_bytes) / 1e6:,.4g} | "

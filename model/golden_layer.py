@@ -3,8 +3,8 @@
 :mod:`bitmos.model.golden` runs the binarized linears in integers and the rest of the layer in float on the host.
 This module moves the rest of the layer across (issue 18's golden part): RMSNorm, rotary embedding, attention
 against a block-floating-point KV cache, SiLU and the gate product, the residual adds and the requantization that
-feeds each linear (for BitNet, each linear's own LayerNorm instead), each the vectorized twin of one function of :mod:`bitmos.formats` (the spec, with the formats
-and their reasons). The host keeps the embedding lookup (its row enters the int32 residual stream) and the LM head
+feeds each linear (for BitNet, each linear's own LayerNorm instead), each the vectorized twin of one function of
+:mod:`bitmos.formats` (the spec, with the formats and their reasons). The host keeps the embedding lookup (its row enters the int32 residual stream) and the LM head
 (on the output of the final RMSNorm, also integer). The linears are :class:`~bitmos.model.golden.AcceleratorSide`
 unchanged, so this model and the linear-only one differ exactly in the operations moved.
 

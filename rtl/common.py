@@ -78,14 +78,13 @@ class ShiftSaturation:
     def __init__(self, m: Module, s: Value, in_bits: int, out_bits: int, name: str, *, half_added: bool = False):
         if not 1 <= out_bits < in_bits:
             raise ValueError(f"out_bits must be in 1..in_bits - 1, not {out_bits} (in_bits {in_bits})")
-        self.in_bits, self.out_bits, self.s = in_bits, out_bits, s
-        top = 1 << (in_bits - 1)           # |v| <= top: a threshold at +-top is never passed
+        self.in_bits, self.out_bits, self.s, self.half_added = in_bits, out_bits, s, half_added
         if half_added:
-            self.half = self.zero = self.hi = self.lo = None
             # bits b-1+s .. in_bits-1 of v (none once b-1+s >= in_bits)
             self.mask = registered(m, (Const((1 << in_bits) - 1, in_bits) << (s + (out_bits - 1)))[:in_bits],
                                    f"{name}_mask")
             return
+        top = 1 << (in_bits - 1)           # |v| <= top: a threshold at +-top is never passed
         sm1 = (s - 1)[:len(s)]             # s - 1 for s >= 1 (unused at s = 0)
         self.half = registered(m, Mux(s < in_bits, (Const(1, in_bits) << s)[1:in_bits], 0), f"{name}_half")
         self.zero = registered(m, s >= in_bits, f"{name}_zero")
@@ -97,7 +96,7 @@ class ShiftSaturation:
     def __call__(self, v: Value) -> Value:
         b = self.out_bits
         v = v.as_signed()
-        if self.half is None:
+        if self.half_added:
             if len(v) != self.in_bits:
                 raise ValueError(f"expected a {self.in_bits}-bit value, got {len(v)} bits")
             negative = v[-1]
