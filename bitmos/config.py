@@ -30,6 +30,12 @@ MAX_BUFFER_LINES = 1 << 16
 #: Fields that name or report on a machine without changing what it computes or how many cycles it takes.
 REPORTING_FIELDS = ("name", "clock_mhz")
 
+#: Units added after contract v2, each absent (0) unless a config sets it: a config file written before one existed
+#: is still whole without it, and a machine without it keeps the fingerprint it had (programs and images made for
+#: it still load). A field's line is never the last of a written config (``to_toml`` puts it mid-file), so a file
+#: cut off early still lacks later fields.
+LATER_UNITS = ("vector_unit",)
+
 
 @dataclass(frozen=True)
 class AcceleratorConfig:
@@ -44,6 +50,7 @@ class AcceleratorConfig:
     weight_bits: int = 1     # widest integer weight the PE takes (1 = sign weights only; 2 = ternary; up to 8)
     acc_bits: int = 24       # PE accumulator width; the compiler refuses layers that could overflow it
     experts: int = 4         # E: scale experts (0 = plain sign + one per-layer scale, 1 = one scale set, 4 = BinaryMoS)
+    vector_unit: int = 0     # 1 = the decoder layer's vector unit (residual add, SiLU gate product, RMSNorm); simulator only
     # -- on-chip buffers (KiB each; depth in lines is derived from the line widths) ------------------
     xbuf_kib: int = 8        # layer inputs, int16, cols values per line
     wbuf_kib: int = 16       # packed sign bits, cols*lanes bits per line (double-buffered by the compiler)
@@ -206,7 +213,8 @@ class AcceleratorConfig:
     def fingerprint(self) -> str:
         """A short hash of the fields that change the machine (not :data:`REPORTING_FIELDS`): programs and
         memory images record it to catch mismatches, so two descriptions of one machine share it."""
-        machine = {k: v for k, v in self.to_dict().items() if k not in REPORTING_FIELDS}
+        machine = {k: v for k, v in self.to_dict().items()
+                   if k not in REPORTING_FIELDS and not (k in LATER_UNITS and v == 0)}
         blob = json.dumps(machine, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -229,7 +237,7 @@ def _check_not_cut_in_a_number(p: Path, text: str) -> None:
 
 
 def _check_whole(p: Path, given: dict[str, Any], toml: bool) -> None:
-    names = [f.name for f in fields(AcceleratorConfig)]
+    names = [f.name for f in fields(AcceleratorConfig) if f.name not in LATER_UNITS or f.name in given]
     if "preset" not in given:
         missing = [n for n in names if n not in given]
         if missing:
@@ -255,6 +263,7 @@ def _validate(c: AcceleratorConfig) -> None:
         if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
             raise ConfigError(f"field {f.name!r} must be an integer, got {v!r}", field=f.name)
     _check_range("rows", c.rows, 1, 64)
+    _check_range("vector_unit", c.vector_unit, 0, 1)
     _check_range("cols", c.cols, 1, 64)
     _check_range("lanes", c.lanes, 8, 1024)
     if c.lanes % 8:

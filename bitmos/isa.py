@@ -31,6 +31,10 @@ class Op(enum.IntEnum):
     QUANT = 0x06
     MATMUL = 0x07
     SCALEOUT = 0x08
+    # the vector unit (AcceleratorConfig.vector_unit = 1): the decoder layer's elementwise and norm operations
+    RESADD = 0x09
+    SILU = 0x0A
+    RMSNORM = 0x0B
 
 
 class Reg(enum.IntEnum):
@@ -44,14 +48,23 @@ class Reg(enum.IntEnum):
     EBASE = 6    # external base address in 64-byte units
     WBITS = 7    # weight format of matmul: 0 = sign (1 plane, +-1), 2..8 = two's complement int, one plane per bit
     BIAS = 8     # 1 = quant's router row 0 is a per-token bias (FBI-LLM's beta . x) added at scaleout; needs E >= 2
+    # the vector unit's registers (legal only where AcceleratorConfig.vector_unit = 1)
+    XFRAC = 9    # fraction bits of the int16 XBUF values silu and rmsnorm write (the consumer linear's x_frac)
+    GEXP = 10    # rmsnorm: exponent of the int16 gains (g ~ G * 2^-GEXP, formats.gain_exponent)
+    EPS = 11     # rmsnorm: the model's epsilon in the residual's squared units, round(eps * 2^(2 * out_frac_bits))
 
 
 #: (min, max) of each register's value; SMUL is signed.
 REG_RANGE: dict[Reg, tuple[int, int]] = {
     Reg.K: (1, 65535), Reg.RSHIFT: (0, 63), Reg.OSHIFT: (0, 63), Reg.ROUTER: (0, 65535),
     Reg.SIN: (0, 65535), Reg.SMUL: (-32768, 32767), Reg.EBASE: (0, (1 << 32) - 1), Reg.WBITS: (0, 8),
-    Reg.BIAS: (0, 1),
+    Reg.BIAS: (0, 1), Reg.XFRAC: (0, 15), Reg.GEXP: (0, 31), Reg.EPS: (0, (1 << 32) - 1),
 }
+
+#: Instructions and registers of the vector unit: illegal (opcode, or SETR's register field) on a config without
+#: it (``AcceleratorConfig.vector_unit`` = 0), as on every config before the unit existed.
+VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM)
+VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS)
 
 #: DMA buffer codes (the on-chip buffers the DMA engine can reach).
 BUFFERS = ("X", "W", "S", "O")
@@ -115,6 +128,11 @@ SPECS: dict[Op, tuple[Field, ...]] = {
                 _f("ntiles", 8, 0, 1)),
     Op.SCALEOUT: (_f("mode", 57, 57, enum=MODES), _f("o", 56, 41), _f("s", 40, 25), _f("meta", 24, 15),
                   _f("ntok", 14, 8, 1), _f("ntiles", 7, 0, 1)),
+    Op.RESADD: (_f("mode", 57, 57, enum=MODES), _f("r", 56, 41), _f("o", 40, 25), _f("ntok", 24, 18, 1)),
+    Op.SILU: (_f("mode", 57, 57, enum=MODES), _f("g", 56, 41), _f("u", 40, 25), _f("x", 24, 9),
+              _f("ntok", 8, 2, 1)),
+    Op.RMSNORM: (_f("mode", 57, 57, enum=MODES), _f("r", 56, 41), _f("x", 40, 25), _f("s", 24, 9),
+                 _f("ntok", 8, 2, 1)),
 }
 
 

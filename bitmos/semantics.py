@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from bitmos.config import AcceleratorConfig
 from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD, REG_RANGE,
-                        RESERVED_MASK, SPECS, WORD_BITS, Instruction, Op, Reg)
+                        RESERVED_MASK, SPECS, VECTOR_OPS, VECTOR_REGS, WORD_BITS, Instruction, Op, Reg)
 
 Value = Any  # an int, a NumPy array or an Amaranth value
 
@@ -53,6 +53,17 @@ def lookup(ops: Ops, index: Value, table: list[Value]) -> Value:
     for i in range(len(table) - 2, -1, -1):
         out = ops.select(index == i, table[i], out)
     return out
+
+
+def legal_ops(cfg: AcceleratorConfig) -> tuple[Op, ...]:
+    """The opcodes ``cfg`` executes; any other opcode faults with cause 1 (illegal opcode). The vector unit's
+    (``isa.VECTOR_OPS``) only where ``cfg.vector_unit`` = 1."""
+    return tuple(op for op in Op if cfg.vector_unit or op not in VECTOR_OPS)
+
+
+def legal_regs(cfg: AcceleratorConfig) -> tuple[Reg, ...]:
+    """The layer registers ``cfg`` has; a SETR of any other faults with cause 2 (illegal field)."""
+    return tuple(r for r in Reg if cfg.vector_unit or r not in VECTOR_REGS)
 
 
 # ---- geometry ----------------------------------------------------------------------------------
@@ -87,6 +98,11 @@ def times_weight_planes(cfg: AcceleratorConfig, x: Value, w_bits: Value, ops: Op
     return out
 
 
+def olines(cfg: AcceleratorConfig, k_features: Value) -> Value:
+    """OBUF lines one token's K int32 values occupy (ceil(K / C)): a linear's output tiles, a residual."""
+    return (k_features + (cfg.cols - 1)) // cfg.cols
+
+
 def plane_lines(cfg: AcceleratorConfig, k_features: Value, mode: Value, ops: Ops = PY) -> Value:
     """QBUF lines of one token's (or one row block's) activation planes: nch * (k or P)."""
     return nchunks(cfg, k_features) * ops.select(mode, cfg.planes_per_row, cfg.act_bits)
@@ -101,9 +117,12 @@ def register_counts(cfg: AcceleratorConfig, regs: Mapping[Reg, Value], ops: Ops 
     docs/fpga.md)."""
     K = regs[Reg.K]
     nch = nchunks(cfg, K)
-    return {"xlines": xlines(cfg, K),
-            "plane_lines_token": nch * cfg.act_bits, "plane_lines_plane": nch * cfg.planes_per_row,
-            "weight_lines": times_weight_planes(cfg, nch, regs[Reg.WBITS], ops)}
+    counts = {"xlines": xlines(cfg, K),
+              "plane_lines_token": nch * cfg.act_bits, "plane_lines_plane": nch * cfg.planes_per_row,
+              "weight_lines": times_weight_planes(cfg, nch, regs[Reg.WBITS], ops)}
+    if cfg.vector_unit:
+        counts["olines"] = olines(cfg, K)
+    return counts
 
 
 # ---- footprint ---------------------------------------------------------------------------------
@@ -142,6 +161,15 @@ def _per_mode_obuf(f: Mapping[str, Value], token: tuple[Value, Value, Value], pl
             Access("O", True, f["o"], plane_lines, when=f["mode"] == 1, what="OBUF lines")]
 
 
+def _token_lines(buffer: str, write: bool, base: Value, f: Mapping[str, Value], nl: Value, R: int,
+                 what: str) -> list[Access]:
+    """A vector instruction's lines of ``nl`` per token laid out as a linear's output tiles from ``base``:
+    token mode line ``base + n*R + t`` (n < nl, t < ntok), plane mode ``base + n`` (ntok = 1); one access per
+    mode, each guarded by it."""
+    return [Access(buffer, write, base, f["ntok"], R, nl, when=f["mode"] == 0, what=what),
+            Access(buffer, write, base, nl, when=f["mode"] == 1, what=what)]
+
+
 def depth(cfg: AcceleratorConfig, buffer: str) -> int:
     return cfg.meta_tokens if buffer == "META" else cfg.depth(buffer)
 
@@ -154,10 +182,21 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
     if op in (Op.LOAD, Op.STORE):
         return [Access(b, op is Op.LOAD, f["line"], f["nlines"], when=f["buf"] == i, what=f"{b}BUF lines")
                 for i, b in enumerate(BUFFERS)]
-    if op not in (Op.QUANT, Op.MATMUL, Op.SCALEOUT):
+    if op not in COMPUTE_OPS:
         return []
     if counts is None:
         counts = register_counts(cfg, regs, ops)
+    if op in VECTOR_OPS:
+        nl, xl = counts["olines"], counts["xlines"]
+        x_lines = [] if op is Op.RESADD else [Access("X", True, f["x"], f["ntok"] * xl, what="XBUF lines")]
+        if op is Op.RESADD:   # in place: the residual's lines are read and written, the addend's read
+            return (_token_lines("O", True, f["r"], f, nl, R, "OBUF residual lines")
+                    + _token_lines("O", False, f["o"], f, nl, R, "OBUF addend lines"))
+        if op is Op.SILU:
+            return (_token_lines("O", False, f["g"], f, nl, R, "OBUF gate lines")
+                    + _token_lines("O", False, f["u"], f, nl, R, "OBUF up lines") + x_lines)
+        return (_token_lines("O", False, f["r"], f, nl, R, "OBUF residual lines")
+                + [Access("S", False, f["s"], nl, what="SBUF gain lines")] + x_lines)
     planes = ops.select(f["mode"], counts["plane_lines_plane"], counts["plane_lines_token"])
     if op is Op.QUANT:
         xl = counts["xlines"]
@@ -207,13 +246,15 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
     """Cause 2 (illegal field): reserved bits set, a field outside its range, or an illegal combination."""
     conds = [(word & RESERVED_MASK[op]) != 0]
     for fl in SPECS[op]:
+        # SETR's register field: the registers this config has (the vector unit's only with it)
+        hi = max(legal_regs(cfg)) if op is Op.SETR and fl.name == "reg" else fl.max_value
         if fl.minimum > 0:
             conds.append(f[fl.name] < fl.minimum)
-        if fl.max_value < (1 << fl.width) - 1:
-            conds.append(f[fl.name] > fl.max_value)
+        if hi < (1 << fl.width) - 1:
+            conds.append(f[fl.name] > hi)
     if op is Op.SETR:
         raw, top = f["value"], (1 << 32) - 1   # the 32-bit value field
-        for r in Reg:
+        for r in legal_regs(cfg):
             lo, hi = REG_RANGE[r]
             if lo < 0:  # signed register (SMUL): the 32-bit field is two's complement
                 bad = [(raw > hi) & (raw < top + 1 + lo)]
@@ -227,10 +268,21 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
         # BIAS: the bias is router row 0's sum, so a config without a router (E < 2) has only BIAS = 0
         if cfg.experts < 2:
             conds.append((f["reg"] == int(Reg.BIAS)) & (raw != 0))
-    if op in (Op.QUANT, Op.SCALEOUT):
+    if op in (Op.QUANT, Op.SCALEOUT, *VECTOR_OPS):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
     return conds
+
+
+def resadd_overlap(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig, ops: Ops = PY,
+                   counts: Mapping[str, Value] | None = None) -> Value:
+    """A RESADD whose addend lines (from ``o``) and residual lines (from ``r``) overlap, other than r = o (each
+    line added to itself): an illegal field, so that every line's sum is of values from before the
+    instruction whatever the unit's pipeline (the line spans are compared, strides included)."""
+    res_t, res_p, add_t, add_p = footprint(Op.RESADD, f, regs, cfg, ops, counts)
+    r_end = ops.select(f["mode"] == 1, res_p.end, res_t.end)
+    o_end = ops.select(f["mode"] == 1, add_p.end, add_t.end)
+    return (f["r"] != f["o"]) & (f["r"] < o_end) & (f["o"] < r_end)
 
 
 def _same(v: Value) -> Value:
@@ -250,7 +302,10 @@ def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value
     by default; the RTL controller passes a register, so the products of count fields and registers
     are found one cycle before the comparisons. ``counts``: as :func:`footprint` takes them.
     """
-    out = [Fault(CAUSE_ILLEGAL_FIELD, stage(_any(field_faults(op, word, f, cfg))))]
+    field = field_faults(op, word, f, cfg)
+    if op is Op.RESADD:
+        field.append(resadd_overlap(f, regs, cfg, ops, counts))
+    out = [Fault(CAUSE_ILLEGAL_FIELD, stage(_any(field)))]
     for a in footprint(op, f, regs, cfg, ops, counts):
         past = stage(a.end) > depth(cfg, a.buffer)
         out.append(Fault(CAUSE_BUFFER_RANGE, past if a.when is True else stage(a.when) & past, a))
@@ -383,10 +438,49 @@ def matmul_drain_cycles(cfg: AcceleratorConfig, k_features: Value, mode: Value, 
     return ARRAY_OPERAND_REGISTER + ARRAY_PE_PIPELINE + overlap + ARRAY_DRAIN_PIPELINE
 
 
+# ---- the vector unit (AcceleratorConfig.vector_unit): residual add, SiLU gate product, RMSNorm ----------------
+#: It reads OBUF one line a cycle (a residual add and a SiLU read two lines per output line) and writes one
+#: line a cycle through OBUF's or XBUF's other port; every wide product is two stages (limb products, their
+#: sum), as in the scale unit. Its RTL is issue 19's; the contract below is what that RTL must meet.
+#: Residual add: from the last read to its write-back: the line registered, the saturating sum registered.
+RESADD_PIPELINE = 3
+#: SiLU: the line registered, the table index (round, clamp), the sigmoid ROM, g x sigmoid (two stages),
+#: h rounded and saturated, h x u (two stages), rounded, requantized and saturated to int16, written.
+SILU_PIPELINE = 10
+#: RMSNorm per token: pass 1 (max |r|) drains in 4 cycles (read, register, fold, e = its bit length); pass 2
+#: (sum of r'^2) in 5 (read, register, shift-round by e, square, accumulate); then the sequential divide
+#: K * 2^46 // (ss + K * eps'), load + one quotient bit a cycle (the quotient is at most 2^46: 47 bits), and
+#: the integer square root of it, load + one root bit a cycle (24 bits).
+NORM_PASS1_DRAIN = 4
+NORM_PASS2_DRAIN = 5
+NORM_DIV_CYCLES = 1 + 2 * 23 + 1       # formats.NORM_RSQ_SHIFT = 23
+NORM_SQRT_CYCLES = 1 + 24
+NORM_TOKEN_FIXED = NORM_PASS1_DRAIN + NORM_PASS2_DRAIN + NORM_DIV_CYCLES + NORM_SQRT_CYCLES
+#: RMSNorm's pass 3, from the last read to its write: the line registered, r' by shift-round, r' x RSQ (two
+#: stages), x G (two stages), rounded and saturated to int16, written. The next token's pass 1 overlaps it.
+NORM_PIPELINE = 8
+
+
+def vector_token_cycles(op: Op, cfg: AcceleratorConfig, k_features: Value) -> Value:
+    """Vector-unit cycles per token of K features (NL = ceil(K / C) OBUF lines, XL XBUF lines): a residual add
+    reads two lines per output line (2 NL); a SiLU reads two per output line and writes the token's XL - NL
+    padding lines as zeros (NL + XL); an RMSNorm makes three passes, two over its NL lines and one writing
+    XL lines, around its divide and square root (2 NL + XL + NORM_TOKEN_FIXED)."""
+    nl, xl = olines(cfg, k_features), xlines(cfg, k_features)
+    if op is Op.RESADD:
+        return 2 * nl
+    if op is Op.SILU:
+        return nl + xl
+    return 2 * nl + xl + NORM_TOKEN_FIXED
+
+
+VECTOR_PIPELINE = {Op.RESADD: RESADD_PIPELINE, Op.SILU: SILU_PIPELINE, Op.RMSNORM: NORM_PIPELINE}
+
+
 def compute_items(op: Op, f: Mapping[str, Value]) -> Value:
-    """How many items a compute instruction processes: tokens (QUANT), tiles (MATMUL), tile x token
-    accumulator lines (SCALEOUT)."""
-    if op is Op.QUANT:
+    """How many items a compute instruction processes: tokens (QUANT and the vector unit's), tiles (MATMUL),
+    tile x token accumulator lines (SCALEOUT)."""
+    if op is Op.QUANT or op in VECTOR_OPS:
         return f["ntok"]
     if op is Op.MATMUL:
         return f["ntiles"]
@@ -403,6 +497,8 @@ def item_cycles(op: Op, k_features: Value, mode: Value, cfg: AcceleratorConfig, 
     if op is Op.MATMUL:
         return (matmul_tile_cycles(cfg, k_features, mode, ops, w_bits=w_bits),
                 matmul_drain_cycles(cfg, k_features, mode, ops, w_bits=w_bits))
+    if op in VECTOR_OPS:
+        return vector_token_cycles(op, cfg, k_features), VECTOR_PIPELINE[op]
     return 1, SCALEOUT_PIPELINE
 
 
@@ -420,7 +516,7 @@ def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value],
 #: Instructions that synchronise with the DMA engine (wait for it to be idle before issuing).
 DMA_OPS = (Op.LOAD, Op.STORE)
 SYNC_OPS = (Op.LOAD, Op.STORE, Op.WAIT, Op.HALT)
-COMPUTE_OPS = (Op.QUANT, Op.MATMUL, Op.SCALEOUT)
+COMPUTE_OPS = (Op.QUANT, Op.MATMUL, Op.SCALEOUT, *VECTOR_OPS)
 
 
 # ---- Python-integer conveniences ---------------------------------------------------------------
@@ -506,4 +602,5 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "ARRAY_OPERAND_REGISTER", "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
            "rq_cycles", "chunk_period", "SCALE_LINE_REGISTER", "ROUTER_DRAIN", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
-           "Timeline", "WORD_BITS"]
+           "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
+           "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED"]

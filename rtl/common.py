@@ -30,10 +30,13 @@ def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
     ValueError
         ``ext_latency`` is 0 (the external port answers a request no earlier than the next cycle), or
         a DMA-reachable line width (X, W, S, O) is not a multiple of ``ext_bw_bits`` (the DMA engine
-        assembles one line from whole beats).
+        assembles one line from whole beats), or ``vector_unit`` is 1 (the RTL does not build that unit yet).
     """
     if not isinstance(cfg, AcceleratorConfig):
         raise TypeError(f"{name} must be an AcceleratorConfig, not {cfg!r}")
+    if cfg.vector_unit:
+        raise ValueError(f"{name}.vector_unit = 1: the RTL has no vector unit yet (residual add, SiLU, RMSNorm "
+                         "run on the simulator only); use a config with vector_unit = 0 for the RTL")
     if cfg.ext_latency < 1:
         raise ValueError(f"{name}.ext_latency must be at least 1 for the RTL, not {cfg.ext_latency!r}")
     for buf in "XWSO":
@@ -41,6 +44,23 @@ def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
             raise ValueError(f"{name}.ext_bw_bits = {cfg.ext_bw_bits!r} must divide the {buf} line width "
                              f"{cfg.line_bits(buf)} for the RTL DMA engine")
     return cfg
+
+
+def unsupported_reason(cfg: AcceleratorConfig) -> str | None:
+    """Why the RTL cannot build ``cfg`` (:func:`check_config`'s message), or None if it can."""
+    try:
+        check_config(cfg)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def refuse_unsupported(cfg: AcceleratorConfig) -> None:
+    """A one-line ConfigError, before anything is built, if the RTL cannot build ``cfg``."""
+    why = unsupported_reason(cfg)
+    if why is not None:
+        from bitmos.errors import ConfigError
+        raise ConfigError(f"config {cfg.name!r} is not supported by the RTL: {why}")
 
 
 def addr_bits(depth: int) -> int:

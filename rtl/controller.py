@@ -37,7 +37,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import AMARANTH_OPS, Countdown, addr_bits, check_config, registered
 from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.layouts import INSTRUCTION
-from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, LayerRegistersSignature
+from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, REGISTERS, LayerRegistersSignature
 
 __all__ = ["Controller"]
 
@@ -112,7 +112,8 @@ class Controller(wiring.Component):
         m.d.comb += [self.running.eq(running | (priming != 0)), self.word.eq(word), self.imem.en.eq(1)]
 
         is_op = {op: (word.opcode == int(op)) for op in Op}
-        regs = {reg: getattr(self.regs, reg.name.lower()) for reg in isa.Reg}
+        regs = {reg: getattr(self.regs, reg.name.lower()) for reg in REGISTERS}
+        compute_ops = [op for op in sem.COMPUTE_OPS if op in sem.legal_ops(cfg)]
 
         # ---- issue ----------------------------------------------------------------------------------
         bad_pc = Signal()
@@ -159,9 +160,9 @@ class Controller(wiring.Component):
         # and the per-item and tail cycles of each op and mode, registered from the committed K
         issued = Signal(64)
         issued_word = INSTRUCTION(issued)
-        issued_is = {op: issued_word.opcode == int(op) for op in sem.COMPUTE_OPS}
+        issued_is = {op: issued_word.opcode == int(op) for op in compute_ops}
         busy_of = {}
-        for op in sem.COMPUTE_OPS:
+        for op in compute_ops:
             f_issued = issued_word[op.name.lower()]
             held = [[v if isinstance(v, int) else registered(m, v, f"{op.name.lower()}_mode{mode}_{what}")
                      for what, v in zip(("item", "tail"),
@@ -174,7 +175,7 @@ class Controller(wiring.Component):
         # after issue: the operands of the op and mode registered, their product, then + tail
         deferred = Signal(2)
         items, per_item_of, product, tail_of = Signal(16), Signal(32), Signal(48), Signal(32)
-        is_compute = Cat(is_op[op] for op in sem.COMPUTE_OPS).any()
+        is_compute = Cat(is_op[op] for op in compute_ops).any()
 
         # IMEM's read address: four words past the one ``ir`` holds next cycle
         m.d.comb += self.imem.addr.eq(Mux(running, Mux(advance, pc + 5, pc + 4), priming))
@@ -257,16 +258,18 @@ class Controller(wiring.Component):
             return reg
 
         opcode = stage(word.opcode)
-        staged_is = {op: opcode == int(op) for op in Op}
+        legal = sem.legal_ops(cfg)
+        assert list(legal) == list(range(len(legal))), "legal opcodes are 0..n-1, so one compare finds the rest"
+        staged_is = {op: opcode == int(op) for op in legal}
         by_cause: dict[int, list] = {isa.CAUSE_ILLEGAL_FIELD: [], isa.CAUSE_BUFFER_RANGE: [],
                                      isa.CAUSE_EXT_RANGE: []}
-        for op in Op:
+        for op in legal:
             for flt in sem.faults(op, word.as_value(), word[op.name.lower()], regs, cfg, AMARANTH_OPS, stage, counts):
                 by_cause[flt.cause].append(staged_is[op] & flt.cond)
         bad = {code: Signal(name=f"bad_cause{code}") for code in by_cause}
         for code, conds in by_cause.items():
             m.d.comb += bad[code].eq(Cat(*conds).any())
-        with m.If(opcode > max(Op)):
+        with m.If(opcode > max(legal)):
             m.d.comb += cause.eq(isa.CAUSE_ILLEGAL_OPCODE)
         with m.Elif(bad[isa.CAUSE_ILLEGAL_FIELD]):
             m.d.comb += cause.eq(isa.CAUSE_ILLEGAL_FIELD)

@@ -136,6 +136,11 @@ class HostSignature(wiring.Signature):
         return f"HostSignature(imem_addr_bits={self.imem_addr_bits})"
 
 
+#: The layer registers the RTL holds: every :class:`bitmos.isa.Reg` but the vector unit's, which it does not
+#: build yet (:func:`bitmos.rtl.common.check_config` refuses ``vector_unit`` = 1; their SETR is an illegal field).
+REGISTERS = tuple(r for r in isa.Reg if r not in isa.VECTOR_REGS)
+
+
 def register_shape(reg: isa.Reg) -> Shape:
     """The narrowest shape holding every legal value of ``reg`` (``bitmos.isa.REG_RANGE``; SMUL is signed)."""
     lo, hi = isa.REG_RANGE[reg]
@@ -145,13 +150,13 @@ def register_shape(reg: isa.Reg) -> Shape:
 class LayerRegistersSignature(wiring.Signature):
     """The layer registers, seen from the controller (the initiator: it holds them and SETR writes them).
 
-    One member per :class:`bitmos.isa.Reg`, named ``reg.name.lower()`` (``k``, ``rshift``, ``oshift``,
+    One member per register of :data:`REGISTERS`, named ``reg.name.lower()`` (``k``, ``rshift``, ``oshift``,
     ``router``, ``sin``, ``smul``, ``ebase``), of :func:`register_shape`. The units take
     ``In(LayerRegistersSignature())`` and the top level joins them all with one ``wiring.connect``.
     """
 
     def __init__(self):
-        super().__init__({reg.name.lower(): Out(register_shape(reg)) for reg in isa.Reg})
+        super().__init__({reg.name.lower(): Out(register_shape(reg)) for reg in REGISTERS})
 
     def __eq__(self, other):
         return type(other) is type(self)

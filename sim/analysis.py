@@ -19,22 +19,29 @@ import numpy as np
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, DecodeError
 from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE, CAUSE_NAMES,
-                        CAUSE_NONE, CAUSE_PC_RANGE, OPCODE_LO, SPECS, Op, Reg, decode)
+                        CAUSE_NONE, CAUSE_PC_RANGE, OPCODE_LO, SPECS, VECTOR_REGS, Op, Reg, decode)
 from bitmos.semantics import (COMPUTE_OPS, DMA_OPS, SYNC_OPS, Ops, Timeline, controller_cycles,
-                              dma_busy_cycles, ext_end, faults, first_fault, footprint)
+                              dma_busy_cycles, ext_end, faults, first_fault, footprint, legal_ops,
+                              resadd_overlap)
 from bitmos.semantics import depth as sem_depth
 
 #: Execution unit of each opcode, for traces and Gantt charts.
 UNIT = {Op.NOP: "ctrl", Op.HALT: "ctrl", Op.SETR: "ctrl", Op.WAIT: "ctrl", Op.LOAD: "dma",
-        Op.STORE: "dma", Op.QUANT: "scale", Op.MATMUL: "array", Op.SCALEOUT: "scale"}
-UNIT_CODES = ("ctrl", "dma", "scale", "array")
+        Op.STORE: "dma", Op.QUANT: "scale", Op.MATMUL: "array", Op.SCALEOUT: "scale",
+        Op.RESADD: "vector", Op.SILU: "vector", Op.RMSNORM: "vector"}
+UNIT_CODES = ("ctrl", "dma", "scale", "array", "vector")
 _UNIT_OF_OP = np.zeros(64, dtype=np.int8)
 for _op, _u in UNIT.items():
     _UNIT_OF_OP[int(_op)] = UNIT_CODES.index(_u)
 
 _FIELD_NAMES = sorted({f.name for spec in SPECS.values() for f in spec})
-_LEGAL = np.zeros(64, dtype=bool)
-_LEGAL[[int(o) for o in Op]] = True
+
+
+def _legal_opcodes(cfg: AcceleratorConfig) -> np.ndarray:
+    """[64] bool: which 6-bit opcodes ``cfg`` executes (:func:`bitmos.semantics.legal_ops`)."""
+    legal = np.zeros(64, dtype=bool)
+    legal[[int(o) for o in legal_ops(cfg)]] = True
+    return legal
 
 
 class DMAHazardError(BitmosUserError):
@@ -102,7 +109,7 @@ def check_all(dec: Decoded, cfg: AcceleratorConfig) -> tuple[np.ndarray, np.ndar
     end byte address of each load/store. The conditions are :func:`bitmos.semantics.faults`."""
     op = dec.op
     cause = np.zeros(len(op), dtype=np.int64)
-    for o in Op:
+    for o in legal_ops(cfg):
         sel = np.nonzero(op == int(o))[0]
         if not len(sel):
             continue
@@ -111,7 +118,7 @@ def check_all(dec: Decoded, cfg: AcceleratorConfig) -> tuple[np.ndarray, np.ndar
         for flt in faults(o, words, f, regs, cfg, NP):
             got[(got == 0) & np.broadcast_to(flt.cond, got.shape)] = flt.cause
         cause[sel] = got
-    cause[~_LEGAL[op]] = CAUSE_ILLEGAL_OPCODE
+    cause[~_legal_opcodes(cfg)[op]] = CAUSE_ILLEGAL_OPCODE
     return cause, ext_end(dec.f, dec.regs, cfg, NP)
 
 
@@ -282,6 +289,12 @@ def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> 
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.BIAS):  # decodable: E < 2
         return (f"{head}: {ins}: BIAS = 1 needs a router (its bias is router row 0's sum), and this config has "
                 f"experts = {cfg.experts}")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] in VECTOR_REGS:   # decodable: no unit
+        return (f"{head}: {ins}: register {Reg(ins['reg']).name} belongs to the vector unit, and this config has "
+                "vector_unit = 0")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.RESADD and resadd_overlap(dict(ins.args), regs, cfg):
+        return (f"{head}: {ins}: the addend lines from o = {ins['o']} overlap the residual lines from r = "
+                f"{ins['r']} (K={regs[Reg.K]}); they must be the same lines or apart")
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR:   # decodable, so WBITS against this config
         return (f"{head}: {ins}: WBITS = {ins['value']} is no weight format of this config (0 = sign weights"
                 + (f", 2..{cfg.weight_bits} = integer weights)" if cfg.weight_bits >= 2 else "; weight_bits = 1)"))

@@ -52,7 +52,8 @@ BUFFER_NAMES = ("X", "W", "S", "Q", "O", "META")
 COUNT_KEYS = (
     "instructions", "lane_ops", "useful_lane_ops", "acc_adds", "reduce_adds",
     "router_macs", "mix_macs", "scale_muls", "quant_muls", "out_muls", "d_muls", "softmax_muls",
-    "softmax_adds", "lut_reads", "recips",
+    "softmax_adds", "lut_reads", "recips", "vector_adds", "vector_mul16s", "vector_mul32s", "vector_lut_reads",
+    "vector_recips",
     *(f"{b.lower()}_{rw}_bits" for b in BUFFER_NAMES for rw in ("read", "write")),
     "imem_read_bits", "ext_read_bits", "ext_write_bits",
 )
@@ -138,6 +139,32 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
         c["w_read_bits"] += S(nt * ch) * cfg.wbuf_line_bits
         c["q_read_bits"] += (S(nt[tok] * ch[tok]) * k + S(nt[~tok] * ch[~tok]) * P) * cfg.qbuf_line_bits
         c["o_write_bits"] += (S(nt[tok]) * R + S(nt[~tok])) * cfg.obuf_line_bits
+
+    # the vector unit: every lane of every line it reads works (a token's last line past K included)
+    ob_bits, x_bits, s_bits = cfg.obuf_line_bits, cfg.xbuf_line_bits, cfg.sbuf_line_bits
+    nl = (K + C - 1) // C
+    for code in (Op.RESADD, Op.SILU, Op.RMSNORM):
+        sel = op == int(code)
+        if not sel.any():
+            continue
+        lines, xlines = S(f["ntok"][sel] * nl[sel]), S(f["ntok"][sel] * xl[sel])
+        if code is Op.RESADD:        # r + y: two lines read, one written, C saturating adds per line
+            c["o_read_bits"] += 2 * lines * ob_bits
+            c["o_write_bits"] += lines * ob_bits
+            c["vector_adds"] += lines * C
+        elif code is Op.SILU:        # gate and up read; sigmoid table, g x sigmoid and h x u per value
+            c["o_read_bits"] += 2 * lines * ob_bits
+            c["x_write_bits"] += xlines * x_bits
+            c["vector_lut_reads"] += lines * C
+            c["vector_mul32s"] += 2 * lines * C
+        else:                        # three passes over r; the max's compares and the square sum's adds,
+            c["o_read_bits"] += 3 * lines * ob_bits          # the squares, r' x RSQ x G; one divide
+            c["s_read_bits"] += lines * s_bits               # and one square root per token
+            c["x_write_bits"] += xlines * x_bits
+            c["vector_adds"] += 2 * lines * C
+            c["vector_mul16s"] += lines * C
+            c["vector_mul32s"] += 2 * lines * C
+            c["vector_recips"] += 2 * S(f["ntok"][sel])
 
     # scaleout
     sel = op == int(Op.SCALEOUT)
@@ -294,6 +321,9 @@ def energy_breakdown(counts: dict[str, int], cycles: int, cfg: AcceleratorConfig
                          + (counts["quant_muls"] + counts["out_muls"] + counts["d_muls"]) * cp["mul32_pj"]
                          + counts["softmax_adds"] * cp["add32_pj"] + counts["recips"] * cp["recip_pj"]
                          + counts["lut_reads"] * cp["lut_read_pj"])
+    out["vector_unit"] = (counts["vector_adds"] * cp["add32_pj"] + counts["vector_mul16s"] * cp["mul16_pj"]
+                          + counts["vector_mul32s"] * cp["mul32_pj"] + counts["vector_lut_reads"] * cp["lut_read_pj"]
+                          + counts["vector_recips"] * cp["recip_pj"])
     for b in BUFFER_NAMES:
         bits = counts[f"{b.lower()}_read_bits"] + counts[f"{b.lower()}_write_bits"]
         out[f"{b.lower()}buf" if b != "META" else "meta"] = bits * table.sram_pj_per_bit(kib[b])

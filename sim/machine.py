@@ -197,6 +197,12 @@ class Simulator:
             self._matmul(st, ins)
         elif op is Op.SCALEOUT:
             self._scaleout(st, ins)
+        elif op is Op.RESADD:
+            self._resadd(st, ins)
+        elif op is Op.SILU:
+            self._silu(st, ins)
+        elif op is Op.RMSNORM:
+            self._rmsnorm(st, ins)
 
     def _dma(self, st: MachineState, ins: Instruction, mem: bytearray, *, load: bool) -> None:
         b = BUFFERS[ins["buf"]]
@@ -352,7 +358,87 @@ class Simulator:
         ob[lines] = y.astype(np.int32)
 
 
+    # ---- the vector unit (docs/isa.md: resadd, silu, rmsnorm) ------------------------------------------
+    def _token_lines(self, ins: Instruction, base: int, nl: int) -> np.ndarray:
+        """[ntok, nl] OBUF lines of a vector instruction's operand at ``base``: token mode base + n*R + t, plane
+        mode base + n (ntok = 1)."""
+        n = np.arange(nl)[None, :]
+        if ins["mode"] == 0:
+            return base + n * self.cfg.rows + np.arange(ins["ntok"])[:, None]
+        return base + n
+
+    def _vector_operand(self, st: MachineState, ins: Instruction, base: int) -> np.ndarray:
+        """[ntok, NL*C] int64: the operand's K values per token, then zeros to the end of its last line."""
+        K, C = st.regs[Reg.K], self.cfg.cols
+        nl = -(-K // C)
+        v = st.obuf()[self._token_lines(ins, base, nl)].astype(np.int64).reshape(ins["ntok"], nl * C)
+        v[:, K:] = 0
+        return v
+
+    def _write_x(self, st: MachineState, ins: Instruction, x: np.ndarray) -> None:
+        """Tokens' int16 values x [ntok, NL*C] (zero past K) to XBUF lines x + t*XL + n, n < XL (zero past NL)."""
+        cfg = self.cfg
+        xl = cfg.xlines(st.regs[Reg.K])
+        out = np.zeros((x.shape[0], xl * cfg.cols), dtype=np.int16)
+        out[:, :x.shape[1]] = x
+        xb = st.xbuf()
+        x0 = ins["x"]
+        xb[x0:x0 + x.shape[0] * xl] = out.reshape(-1, cfg.cols)
+
+    def _resadd(self, st: MachineState, ins: Instruction) -> None:
+        nl = -(-st.regs[Reg.K] // self.cfg.cols)
+        ob = st.obuf()
+        r, o = self._token_lines(ins, ins["r"], nl), self._token_lines(ins, ins["o"], nl)
+        ob[r] = _sat(ob[r].astype(np.int64) + ob[o].astype(np.int64), formats.RESID_BITS).astype(np.int32)
+
+    def _silu(self, st: MachineState, ins: Instruction) -> None:
+        F = self.cfg.out_frac_bits
+        g, u = self._vector_operand(st, ins, ins["g"]), self._vector_operand(st, ins, ins["u"])
+        y = silu_gate(g, u, F)
+        self._write_x(st, ins, _sat(_shift_round(y, F - st.regs[Reg.XFRAC]), formats.X_BITS))
+
+    def _rmsnorm(self, st: MachineState, ins: Instruction) -> None:
+        K, C = st.regs[Reg.K], self.cfg.cols
+        nl = -(-K // C)
+        r = self._vector_operand(st, ins, ins["r"])                                       # [T, NL*C]
+        gains = st.sbuf()[ins["s"]:ins["s"] + nl, 0, :].astype(np.int64).reshape(nl * C)
+        gains[K:] = 0
+        self._write_x(st, ins, rms_norm(r[:, :K], gains[:K], st.regs[Reg.GEXP], st.regs[Reg.EPS],
+                                        st.regs[Reg.XFRAC]))
+
+
 # ---- vectorized reference arithmetic (bit-exact with bitmos.formats) --------------------------------
+
+def _shift_round(v: np.ndarray, s: int) -> np.ndarray:
+    """formats.shift_round: rshift_round for s >= 0, an exact left shift for s < 0."""
+    return _rshift_round(v, s) if s >= 0 else v << -s
+
+
+def silu_gate(gate: np.ndarray, up: np.ndarray, frac: int) -> np.ndarray:
+    """formats.silu_gate elementwise on int64 arrays (|g * sigmoid| < 2^46, |h * u| < 2^62: exact)."""
+    lut = np.array(formats.SIGMOID_LUT, dtype=np.int64)
+    half = formats.SILU_LUT_HALF
+    i = np.clip(_shift_round(gate, frac - formats.SILU_IN_FRAC), -half, half - 1) + half
+    h = _sat(_rshift_round(gate * lut[i], formats.GATE_FRAC), formats.RESID_BITS)
+    return _sat(_rshift_round(h * up, frac), formats.RESID_BITS)
+
+
+def rms_norm(r: np.ndarray, gains: np.ndarray, gexp: int, eps_q: int, out_frac: int) -> np.ndarray:
+    """formats.rms_norm of each row of an int64 [T, K] array (|r' * RSQ * G| < 2^51: exact in int64; the
+    per-token divide and square root in Python integers)."""
+    import math
+    k = r.shape[1]
+    m = np.abs(r).max(axis=1)
+    out = np.empty(r.shape, dtype=np.int64)
+    for t in range(r.shape[0]):
+        e = max(0, int(m[t]).bit_length() - formats.NORM_IN_BITS)
+        rp = _rshift_round(r[t], e)
+        ss = int(np.sum(rp * rp))
+        eps_t = max(1, formats.rshift_round(eps_q, 2 * e))
+        rsq = math.isqrt((k << (2 * formats.NORM_RSQ_SHIFT)) // (ss + k * eps_t))
+        out[t] = _sat(_rshift_round(rp * rsq * gains, formats.NORM_RSQ_SHIFT + gexp - out_frac), formats.X_BITS)
+    return out
+
 
 def _rshift_round(v: np.ndarray, s: int) -> np.ndarray:
     """formats.rshift_round on int64 arrays (floor-based, so exact for negative values)."""

@@ -166,7 +166,7 @@ def write_plots(s: dict[str, Any], out_dir: str | Path, *, trace_runs: Sequence[
     # timeline: Gantt per unit of the traced runs (laid end to end), or per-run bars
     fig, ax = plt.subplots(figsize=(9, 3))
     offset = 0
-    colors = {"ctrl": "0.6", "scale": "tab:orange", "array": "tab:blue", "dma": "tab:green"}
+    colors = {"ctrl": "0.6", "scale": "tab:orange", "array": "tab:blue", "vector": "tab:purple", "dma": "tab:green"}
     rowy = {"controller": 1, "DMA": 0}
     any_trace = False
     seen: set[str] = set()
@@ -175,7 +175,7 @@ def write_plots(s: dict[str, Any], out_dir: str | Path, *, trace_runs: Sequence[
             continue
         any_trace = True
         from bitmos.sim.analysis import UNIT_CODES
-        for unit in ("ctrl", "scale", "array", "dma"):
+        for unit in ("ctrl", "scale", "array", "vector", "dma"):
             sel = [i for i, u in enumerate(r.trace.unit) if UNIT_CODES[int(u)] == unit]
             if not sel:
                 continue

@@ -2,7 +2,8 @@
 
 Shared by the simulator tests (tests/sim) and the RTL differential tests (tests/rtl): it imports only
 the ``bitmos`` contract. ``random_program(cfg, seed)`` returns ``(words, memory)``: a program that
-sets registers, moves data with load/store, runs quant/matmul/scaleout in both modes and halts,
+sets registers, moves data with load/store, runs quant/matmul/scaleout (and, on a config with the vector unit,
+resadd/silu/rmsnorm) in both modes and halts,
 never faults and never touches the lines of an in-flight DMA transfer (it inserts a ``wait`` when an
 instruction would). ``faults=True`` may additionally plant one faulting instruction or drop the halt.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import random
 
 from bitmos.config import AcceleratorConfig
-from bitmos.isa import BUFFERS, Instruction, Op, Reg, encode, setr
+from bitmos.isa import BUFFERS, REG_RANGE, Instruction, Op, Reg, encode, setr
 
 
 def _k_max(cfg: AcceleratorConfig) -> int:
@@ -72,12 +73,44 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
     router = cfg.experts >= 2                        # BIAS = 1 (router row 0 as a per-token bias) needs a router
     if router:
         emit(setr(Reg.BIAS, rng.randrange(2)))
+    vec = cfg.vector_unit == 1
+    if vec:
+        emit(setr(Reg.XFRAC, rng.randrange(16)))
+        emit(setr(Reg.GEXP, rng.randrange(32)))
+        emit(setr(Reg.EPS, rng.choice([0, 1, rng.randrange(1 << 32)])))
     base = regs[Reg.EBASE] * 64
     for _ in range(length):
         K = regs[Reg.K]
         nch, xl = cfg.nchunks(K), cfg.xlines(K)
-        kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "setb", "quant", "matmul", "scaleout"],
-                           [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 1 if router else 0, 4, 4, 3])[0]
+        kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "setb", "quant", "matmul", "scaleout",
+                            "setv", "resadd", "silu", "rmsnorm"],
+                           [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 1 if router else 0, 4, 4, 3,
+                            *([1, 2, 2, 2] if vec else [0, 0, 0, 0])])[0]
+        if kind in ("resadd", "silu", "rmsnorm"):
+            nl = -(-K // cfg.cols)
+            mode = rng.randrange(2)
+            ntok = 1 if mode else rng.randrange(1, R + 1)
+            span = nl if mode else (nl - 1) * R + ntok
+            if span > dep["O"] // 2 or ntok * xl > dep["X"] or nl > dep["S"]:
+                kind = "nop"    # this K does not fit two operands; the next setk may
+        if kind in ("resadd", "silu", "rmsnorm"):
+            o1 = rng.randrange(0, dep["O"] - span + 1)
+            # a second operand apart from the first (or, for resadd, sometimes the same lines: r + r)
+            free = [o for o in range(0, dep["O"] - span + 1) if o + span <= o1 or o >= o1 + span]
+            o2 = o1 if (kind == "resadd" and rng.randrange(4) == 0) or not free else rng.choice(free)
+            if kind == "resadd":
+                emit(Instruction.make(Op.RESADD, mode=mode, r=o1, o=o2, ntok=ntok))
+            elif kind == "silu":
+                emit(Instruction.make(Op.SILU, mode=mode, g=o1, u=o2, x=rng.randrange(0, dep["X"] - ntok * xl + 1),
+                                      ntok=ntok))
+            else:
+                emit(Instruction.make(Op.RMSNORM, mode=mode, r=o1, x=rng.randrange(0, dep["X"] - ntok * xl + 1),
+                                      s=rng.randrange(0, dep["S"] - nl + 1), ntok=ntok))
+            continue
+        if kind == "setv":
+            reg = rng.choice([Reg.XFRAC, Reg.GEXP, Reg.EPS])
+            emit(setr(reg, rng.randrange(REG_RANGE[reg][1] + 1)))
+            continue
         if kind in ("load", "store"):
             b = rng.choice(BUFFERS)
             nl = rng.randrange(1, min(dep[b], max(1, (mem_bytes - base) // lb[b]), 64) + 1)
@@ -135,8 +168,9 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     words = list(words)
     pc = rng.randrange(len(words))
     choice = rng.randrange(8)
-    if choice == 0:
-        words[pc] = rng.randrange(0x09, 0x40) << 58                                   # illegal opcode
+    if choice == 0:   # an opcode past the table, or the vector unit's on a config without it
+        first = 0x0C if cfg.vector_unit else 0x09
+        words[pc] = rng.randrange(first, 0x40) << 58
     elif choice == 1:
         words[pc] = (int(Op.NOP) << 58) | (1 << rng.randrange(58))                    # reserved bit
     elif choice == 2:
@@ -149,6 +183,8 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     elif choice == 5:   # a WBITS value this config has no format for (1, or one bit wider than it takes)
         bad = rng.choice([1] + ([cfg.weight_bits + 1] if cfg.weight_bits < 8 else []))
         words[pc] = encode(setr(Reg.WBITS, bad))
+    elif choice == 6 and not cfg.vector_unit and rng.randrange(2):   # the vector unit's register without it
+        words[pc] = encode(setr(rng.choice([Reg.XFRAC, Reg.GEXP, Reg.EPS]), 1))
     elif choice == 6:   # BIAS = 1 without a router, or a BIAS past its range (the word, as setr() refuses it)
         value = 1 if cfg.experts < 2 else 2
         words[pc] = (int(Op.SETR) << 58) | (int(Reg.BIAS) << 52) | value
@@ -178,4 +214,14 @@ def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
         ranges.append(("O", ins["o"], end))
         if E >= 1:
             ranges.append(("S", ins["s"], ins["s"] + ins["ntiles"]))
+    elif ins.op in (Op.RESADD, Op.SILU, Op.RMSNORM):
+        nl = -(-K // cfg.cols)
+        span = nl if ins["mode"] == 1 else (nl - 1) * R + ins["ntok"]
+        for name in ("r", "o", "g", "u"):
+            if name in dict(ins.args):
+                ranges.append(("O", ins[name], ins[name] + span))
+        if ins.op is not Op.RESADD:
+            ranges.append(("X", ins["x"], ins["x"] + ins["ntok"] * xl))
+        if ins.op is Op.RMSNORM:
+            ranges.append(("S", ins["s"], ins["s"] + nl))
     return any(rb == buf and lo < b and hi > a for rb, lo, hi in ranges)

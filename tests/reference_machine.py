@@ -135,6 +135,13 @@ class ReferenceMachine:
             return 1 + ins["ntiles"] * t_tile + 3 + min(steps + C, drain_rows) + 2
         if ins.op is Op.SCALEOUT:
             return 1 + ins["ntiles"] * ins["ntok"] + 9
+        NL = -(-K // C)
+        if ins.op is Op.RESADD:
+            return 1 + ins["ntok"] * 2 * NL + 3
+        if ins.op is Op.SILU:
+            return 1 + ins["ntok"] * (NL + XL) + 10
+        if ins.op is Op.RMSNORM:
+            return 1 + ins["ntok"] * (2 * NL + XL + 82) + 8
         return 1
 
     def step_time(self, ins) -> None:
@@ -161,8 +168,12 @@ class ReferenceMachine:
             if op is Op.HALT:
                 self.step_time(ins)
                 return RefResult(self.t, self.mem, None, pc + 1, self.stalls)
+            if op in (Op.RESADD, Op.SILU, Op.RMSNORM) and not self.cfg.vector_unit:
+                self.fail(pc, f"{op.name.lower()} on a config without the vector unit")
             if op is Op.SETR:
                 reg, value = Reg(ins["reg"]), reg_value(Reg(ins["reg"]), ins["value"])
+                if reg in (Reg.XFRAC, Reg.GEXP, Reg.EPS) and not self.cfg.vector_unit:
+                    self.fail(pc, f"register {reg.name} on a config without the vector unit")
                 if reg is Reg.WBITS and not (value == 0 or 2 <= value <= self.cfg.weight_bits):
                     self.fail(pc, f"WBITS = {value}: allowed 0 or 2..weight_bits = {self.cfg.weight_bits}")
                 if reg is Reg.BIAS and value and self.cfg.experts < 2:
@@ -178,6 +189,10 @@ class ReferenceMachine:
                 self.matmul(ins, pc)
             elif op is Op.SCALEOUT:
                 self.scaleout(ins, pc)
+            elif op is Op.RESADD:
+                self.resadd(ins, pc)
+            elif op in (Op.SILU, Op.RMSNORM):
+                self.vector_to_x(ins, pc)
             self.step_time(ins)
             pc += 1
 
@@ -308,6 +323,69 @@ class ReferenceMachine:
                         s_out = F.mix_scale(g, [self.s(ins["s"] + n, e, j) for e in range(E)])
                     acc = field(self.buf["O"][line], j, 32)
                     self.set_o(line, j, F.scale_output(acc, D, s_out, self.regs[Reg.OSHIFT], bias))
+
+
+    # the vector unit (docs/isa.md: "Data layouts", the vector unit's semantics) ---------------------
+    def token_values(self, ins, base: int, t: int, pc: int, what: str) -> list[int]:
+        """The K int32 values of token t of the operand at OBUF line ``base``."""
+        C, R, K = self.cfg.cols, self.cfg.rows, self.regs[Reg.K]
+        plane = ins["mode"] == 1
+        out = []
+        for i in range(K):
+            line = base + i // C if plane else base + (i // C) * R + t
+            out.append(field(self.buf["O"][line], i % C, 32))
+        return out
+
+    def touch_tokens(self, ins, base: int, pc: int, what: str) -> None:
+        C, R, K = self.cfg.cols, self.cfg.rows, self.regs[Reg.K]
+        NL = -(-K // C)
+        self.touch("O", base, base + (NL if ins["mode"] == 1 else (NL - 1) * R + ins["ntok"]), pc, what)
+
+    def resadd(self, ins, pc: int) -> None:
+        C, R, K = self.cfg.cols, self.cfg.rows, self.regs[Reg.K]
+        NL, plane = -(-K // C), ins["mode"] == 1
+        self.check_ntok(ins, pc)
+        span = NL if plane else (NL - 1) * R + ins["ntok"]
+        r0, o0 = ins["r"], ins["o"]
+        if r0 != o0 and r0 < o0 + span and o0 < r0 + span:
+            self.fail(pc, "resadd: addend and residual lines overlap")
+        self.touch_tokens(ins, r0, pc, "resadd residual")
+        self.touch_tokens(ins, o0, pc, "resadd addend")
+        for t in range(ins["ntok"]):
+            for n in range(NL):    # whole lines, values past K included
+                rl, ol = (r0 + n, o0 + n) if plane else (r0 + n * R + t, o0 + n * R + t)
+                old_r, old_o = self.buf["O"][rl], self.buf["O"][ol]
+                for j in range(C):
+                    self.set_o(rl, j, F.residual_add(field(old_r, j, 32), field(old_o, j, 32)))
+
+    def vector_to_x(self, ins, pc: int) -> None:
+        """silu and rmsnorm: each token's K int16 values to XBUF lines x + t*XL + i // C, zeros past K."""
+        cfg, regs = self.cfg, self.regs
+        C, L, K = cfg.cols, cfg.lanes, regs[Reg.K]
+        XL = -(-K // L) * L // C
+        self.check_ntok(ins, pc)
+        if ins.op is Op.SILU:
+            self.touch_tokens(ins, ins["g"], pc, "silu gate")
+            self.touch_tokens(ins, ins["u"], pc, "silu up")
+        else:
+            self.touch_tokens(ins, ins["r"], pc, "rmsnorm residual")
+            self.touch("S", ins["s"], ins["s"] + -(-K // C), pc, "rmsnorm gains")
+        self.touch("X", ins["x"], ins["x"] + ins["ntok"] * XL, pc, ins.op.name.lower())
+        for t in range(ins["ntok"]):
+            if ins.op is Op.SILU:
+                h = F.silu_gate(self.token_values(ins, ins["g"], t, pc, "gate"),
+                                self.token_values(ins, ins["u"], t, pc, "up"), cfg.out_frac_bits)
+                x = [F.requantize(v, cfg.out_frac_bits, regs[Reg.XFRAC], F.X_BITS) for v in h]
+            else:
+                gains = [self.s(ins["s"] + i // C, 0, i % C) for i in range(K)]
+                x = F.rms_norm(self.token_values(ins, ins["r"], t, pc, "residual"), gains, regs[Reg.GEXP],
+                               regs[Reg.EPS], regs[Reg.XFRAC])
+            x += [0] * (XL * C - K)
+            for n in range(XL):
+                line = 0
+                for j in range(C):
+                    line = set_field(line, j, 16, F.to_unsigned(x[n * C + j], 16))
+                self.buf["X"][ins["x"] + t * XL + n] = line
 
 
 def run(cfg: AcceleratorConfig, words: list[int], memory: bytes, **options) -> RefResult:

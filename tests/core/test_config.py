@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bitmos.config import REPORTING_FIELDS, PRESETS, AcceleratorConfig, preset_config
+from bitmos.config import LATER_UNITS, REPORTING_FIELDS, PRESETS, AcceleratorConfig, preset_config
 from bitmos.errors import ConfigError
 
 
@@ -116,12 +116,36 @@ def test_fingerprint_changes_with_every_machine_field_and_only_those():
             d["lanes"] = 64
         elif f.name in ("acc_bits", "x_frac_bits", "out_frac_bits", "experts", "rows"):
             d[f.name] = d[f.name] - 1
+        elif f.name in LATER_UNITS:
+            d[f.name] = 1 - d[f.name]
         else:
             d[f.name] = d[f.name] * 2
         b = AcceleratorConfig.from_dict(d)
         same = a.fingerprint() == b.fingerprint()
         # a name or a clock describes the machine, it does not change what it computes or its cycles
         assert same == (f.name in REPORTING_FIELDS), f.name
+
+
+def test_a_later_unit_absent_keeps_the_fingerprint_and_the_whole_file_rule(tmp_path):
+    """vector_unit = 0 is the machine without the unit: the same fingerprint as a config that never named it,
+    and a whole config file written before the field existed still loads; 1 is another machine."""
+    a = preset_config("small")
+    d = a.to_dict()
+    assert d["vector_unit"] == 0
+    blob = json.dumps({k: v for k, v in d.items() if k not in LATER_UNITS}, sort_keys=True).encode()
+    import hashlib
+    assert a.fingerprint() == hashlib.sha256(
+        json.dumps({k: v for k, v in json.loads(blob).items() if k not in REPORTING_FIELDS}, sort_keys=True)
+        .encode()).hexdigest()[:16]
+    old = tmp_path / "old.toml"
+    old.write_text("[accelerator]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in d.items()
+                                               if k not in LATER_UNITS))
+    assert AcceleratorConfig.load(old) == a
+    on = dataclasses.replace(a, vector_unit=1)
+    assert on.fingerprint() != a.fingerprint()
+    with pytest.raises(ConfigError, match="vector_unit"):
+        dataclasses.replace(a, vector_unit=2)
+    assert not a.to_toml().rstrip().endswith(("vector_unit = 0", "vector_unit = 1"))
 
 
 # ---- a config file cut off is an error, never a shorter config (issue 22) ------------------------------------

@@ -1,5 +1,6 @@
 """bitmos.semantics: one definition per instruction, the same on Python integers and NumPy arrays."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -19,14 +20,22 @@ def _random_fields(rng: random.Random, op: Op) -> dict[str, int]:
 def _random_regs(rng: random.Random) -> dict[Reg, int]:
     return {Reg.K: rng.randrange(0, 3000), Reg.RSHIFT: 0, Reg.OSHIFT: 0, Reg.ROUTER: rng.randrange(0, 400),
             Reg.SIN: rng.randrange(0, 400), Reg.SMUL: 0, Reg.EBASE: rng.randrange(0, 1 << 20),
-            Reg.WBITS: rng.choice([0, 0, 2, 1, 3, 8]), Reg.BIAS: rng.choice([0, 1])}
+            Reg.WBITS: rng.choice([0, 0, 2, 1, 3, 8]), Reg.BIAS: rng.choice([0, 1]),
+            Reg.XFRAC: rng.randrange(0, 16), Reg.GEXP: rng.randrange(0, 32), Reg.EPS: rng.randrange(0, 1 << 32)}
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "asic32"])
+def _config(preset: str):
+    """A preset, or ``NAME+vector``: the preset with the vector unit."""
+    name, _, unit = preset.partition("+")
+    cfg = preset_config(name)
+    return dataclasses.replace(cfg, vector_unit=1) if unit else cfg
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "asic32", "small+vector", "tiny+vector"])
 def test_integer_and_array_evaluations_agree(preset):
-    cfg = preset_config(preset)
+    cfg = _config(preset)
     rng = random.Random(preset)
-    for op in Op:
+    for op in sem.legal_ops(cfg):
         rows = [(_random_fields(rng, op), _random_regs(rng)) for _ in range(200)]
         words = [isa.encode(isa.Instruction(op, tuple(f.items()))) if all(
             fl.minimum <= f[fl.name] <= fl.max_value for fl in isa.SPECS[op]) else (int(op) << isa.OPCODE_LO)

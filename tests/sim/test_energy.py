@@ -1,5 +1,6 @@
 """Energy counts vs hand counts, energy tables, reports and the simulate CLI."""
 
+import dataclasses
 import json
 import unittest
 from pathlib import Path
@@ -66,6 +67,35 @@ class TestCounts(unittest.TestCase):
         self.assertEqual(c["meta_write_bits"], 4 * SMALL.meta_bits)
         self.assertEqual(c["meta_read_bits"], 3 * SMALL.meta_bits)
         self.assertEqual((r.dma_bytes_read, r.dma_bytes_written), (32, 64))
+
+    def test_vector_unit_counts_and_energy(self):
+        cfg = dataclasses.replace(SMALL, vector_unit=1)
+        words = assemble("""
+            setr K 37
+            resadd mode=token r=0 o=40 ntok=2
+            silu mode=plane g=0 u=40 x=0 ntok=1
+            rmsnorm mode=token r=0 x=0 s=0 ntok=3
+            halt
+        """)
+        r = Simulator(cfg).run(words, bytearray(64), functional=False)
+        c = r.counts
+        # K = 37: NL = 10 OBUF lines, XL = 2 chunks x 8 = 16 XBUF lines; tokens: resadd 2, silu 1, rmsnorm 3
+        self.assertEqual(c["o_read_bits"], (2 * 2 * 10 + 2 * 1 * 10 + 3 * 3 * 10) * 128)
+        self.assertEqual(c["o_write_bits"], 2 * 10 * 128)
+        self.assertEqual(c["x_write_bits"], (1 + 3) * 16 * 64)
+        self.assertEqual(c["s_read_bits"], 3 * 10 * 256)
+        self.assertEqual(c["vector_adds"], 2 * 10 * 4 + 3 * 2 * 10 * 4)
+        self.assertEqual(c["vector_lut_reads"], 10 * 4)
+        self.assertEqual(c["vector_mul32s"], 2 * 10 * 4 + 3 * 2 * 10 * 4)
+        self.assertEqual(c["vector_mul16s"], 3 * 10 * 4)
+        self.assertEqual(c["vector_recips"], 3 * 2)
+        t = EnergyTable.load("horowitz45_ddr3")
+        e = energy_breakdown(c, r.cycles, cfg, t)
+        cp = t.values["compute"]
+        self.assertAlmostEqual(e["vector_unit"], 320 * cp["add32_pj"] + 120 * cp["mul16_pj"] + 320 * cp["mul32_pj"]
+                               + 40 * cp["lut_read_pj"] + 6 * cp["recip_pj"])
+        self.assertEqual(energy_breakdown(Simulator(SMALL).run(assemble("halt"), functional=False).counts, 1, SMALL,
+                                          t)["vector_unit"], 0)
 
 
 class TestEnergyTable(unittest.TestCase):

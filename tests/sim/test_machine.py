@@ -1,5 +1,6 @@
 """Simulator tests: hand-computed timing, functional results vs the naive model, errors, hazards."""
 
+import dataclasses
 import itertools
 import struct
 import unittest
@@ -351,11 +352,125 @@ class TestFunctional(unittest.TestCase):
         self.assertEqual(got, [F.scale_output(a, d, -32768, 20) for a in acc])
 
 
+def with_vector(cfg):
+    return dataclasses.replace(cfg, vector_unit=1)
+
+
+class TestVectorUnit(unittest.TestCase):
+    """resadd / silu / rmsnorm (the vector unit): against the naive machine, bitmos.formats and the cycle table."""
+
+    def test_random_programs_against_the_naive_machine(self):
+        cfgs = [with_vector(preset_config("small")), with_vector(preset_config("tiny")),
+                with_vector(small_cfg(4, 1, 3, 2, 16)), with_vector(dataclasses.replace(small_cfg(8, 4), obuf_kib=4))]
+        for i, cfg in enumerate(cfgs):
+            for seed in range(4):
+                with self.subTest(cfg=i, seed=seed):
+                    words, mem = random_program(cfg, seed=100 * i + seed, length=30, mem_bytes=1 << 12)
+                    ops = {w >> 58 for w in words}
+                    assert_matches_naive(self, cfg, words, mem)
+            self.assertTrue({int(Op.RESADD), int(Op.SILU), int(Op.RMSNORM)} <= ops | {
+                w >> 58 for seed in range(4) for w in random_program(cfg, seed=100 * i + seed, length=30,
+                                                                     mem_bytes=1 << 12)[0]})
+
+    def directed(self, cfg, K, r, y, mode, ntok, xfrac=8, gexp=14, eps=1 << 10, gains=None):
+        """r, y [ntok][K] int32 in OBUF (r at line 0, y apart), gains [K] int16 in SBUF line 0..; runs
+        resadd, then rmsnorm of the sum and silu(r, y), and returns the result and the inputs' lines."""
+        C, R = cfg.cols, cfg.rows
+        nl = -(-K // C)
+        span = nl if mode == "plane" else (nl - 1) * R + ntok
+        # lines hold junk past K (and between token rows): no operation may read it into a result
+        ob = np.random.default_rng(K).integers(-(1 << 31), 1 << 31, (2 * span + 1, C)).astype("<i4")
+        for t in range(ntok):
+            for i in range(K):
+                line = i // C if mode == "plane" else (i // C) * R + t
+                ob[line, i % C] = r[t][i]
+                ob[span + 1 + line, i % C] = y[t][i]
+        sb = np.zeros((nl, max(cfg.experts, 1), C), dtype="<i2")
+        for i in range(K):
+            sb[i // C, 0, i % C] = gains[i]
+        xl = cfg.xlines(K)
+        mem = bytearray(ob.tobytes()) + bytearray(sb.tobytes())
+        prog = f"""
+            setr K {K}
+            setr XFRAC {xfrac}
+            setr GEXP {gexp}
+            setr EPS {eps}
+            load buf=O line=0 nlines={2 * span + 1} ext=0
+            wait
+            load buf=S line=0 nlines={nl} ext={ob.nbytes}
+            wait
+            silu mode={mode} g=0 u={span + 1} x={ntok * xl} ntok={ntok}
+            resadd mode={mode} r=0 o={span + 1} ntok={ntok}
+            rmsnorm mode={mode} r=0 x=0 s=0 ntok={ntok}
+            halt
+        """
+        res = assert_matches_naive(self, cfg, assemble(prog), bytes(mem))
+        xs = res.state.xbuf()
+        got_norm = [[int(v) for v in xs[t * xl:(t + 1) * xl].reshape(-1)] for t in range(ntok)]
+        got_silu = [[int(v) for v in xs[(ntok + t) * xl:(ntok + t + 1) * xl].reshape(-1)] for t in range(ntok)]
+        return res, got_norm, got_silu, xl
+
+    def test_directed_against_formats(self):
+        rng = np.random.default_rng(5)
+        for cfg in (with_vector(preset_config("small")), with_vector(small_cfg(4, 0, 3, 2, 16))):
+            C = cfg.cols
+            for K, mode, ntok in ((37, "token", 3), (64, "plane", 1), (5, "token", 1)):
+                with self.subTest(C=C, K=K, mode=mode):
+                    r = rng.integers(-(1 << 31), 1 << 31, (ntok, K)).tolist()
+                    r[0][0] = (1 << 31) - 1           # sums that saturate
+                    y = rng.integers(-(1 << 31), 1 << 31, (ntok, K)).tolist()
+                    y[0][0] = (1 << 30)
+                    y[0][1 % K] = -(1 << 18)          # past the sigmoid table's ends, and inside it
+                    gains = rng.integers(-(1 << 15), 1 << 15, K).tolist()
+                    res, norm, silu, xl = self.directed(cfg, K, r, y, mode, ntok, xfrac=7, gexp=13, eps=12345,
+                                                        gains=gains)
+                    F16 = cfg.out_frac_bits
+                    for t in range(ntok):
+                        s = [F.residual_add(a, b) for a, b in zip(r[t], y[t])]
+                        want = F.rms_norm(s, gains, 13, 12345, 7)
+                        self.assertEqual(norm[t], want + [0] * (xl * C - K))
+                        h = F.silu_gate(r[t], y[t], F16)
+                        self.assertEqual(silu[t], [F.requantize(v, F16, 7, 16) for v in h] + [0] * (xl * C - K))
+                    # cycles: the table of docs/isa.md by hand (4 setr, 2 x (load + wait) and halt around)
+                    nl = -(-K // C)
+                    self.assertEqual(
+                        [int(b) + 1 for b, o in zip(res.trace.busy, res.trace.op) if o >= int(Op.RESADD)],
+                        [1 + ntok * (nl + xl) + 10, 1 + ntok * 2 * nl + 3, 1 + ntok * (2 * nl + xl + 82) + 8])
+
+    def test_zero_token_divides_by_k_not_zero(self):
+        cfg = with_vector(preset_config("small"))
+        K = 8
+        res, norm, _, xl = self.directed(cfg, K, [[0] * K], [[0] * K], "plane", 1, eps=0, gains=[1 << 14] * K)
+        self.assertEqual(norm[0], [0] * (xl * cfg.cols))
+
+    def test_without_the_unit_its_opcodes_and_registers_fault(self):
+        for word, cause, text in (
+                (assemble("resadd mode=token r=0 o=16 ntok=1")[0], CAUSE_ILLEGAL_OPCODE, "illegal opcode"),
+                (assemble("rmsnorm mode=plane r=0 x=0 s=0 ntok=1")[0], CAUSE_ILLEGAL_OPCODE, "illegal opcode"),
+                (assemble("setr EPS 3")[0], CAUSE_ILLEGAL_FIELD, "belongs to the vector unit")):
+            r = run_both(SMALL, [assemble("setr K 16")[0], word, assemble("halt")[0]])
+            self.assertEqual((r.error, r.cause, r.error_pc), (True, cause, 1))
+            self.assertIn(text, r.error_message)
+            r = run_both(with_vector(SMALL), [assemble("setr K 16")[0], word, assemble("halt")[0]])
+            self.assertFalse(r.error, r.error_message)
+
+    def test_resadd_operands_must_be_the_same_lines_or_apart(self):
+        cfg = with_vector(SMALL)   # K = 16: NL = 4 lines per token, token mode spans (4-1)*4 + 2 = 14 lines
+        for o, bad in ((0, False), (14, False), (13, True), (1, True)):
+            r = run_both(cfg, assemble(f"setr K 16\nresadd mode=token r=0 o={o} ntok=2\nhalt"))
+            self.assertEqual(r.cause if r.error else 0, CAUSE_ILLEGAL_FIELD if bad else 0, o)
+        r = run_both(cfg, assemble(f"setr K 16\nrmsnorm mode=token r={cfg.depth('O') - 13} x=0 s=0 ntok=2\nhalt"))
+        self.assertEqual(r.cause, CAUSE_BUFFER_RANGE)
+        self.assertIn("OBUF residual lines", r.error_message)
+
+
 class TestModesAgree(unittest.TestCase):
     @settings(max_examples=40, deadline=None)
-    @given(seed=st.integers(0, 2 ** 31), faults=st.booleans(), preset=st.sampled_from(["tiny", "small", "medium"]))
+    @given(seed=st.integers(0, 2 ** 31), faults=st.booleans(),
+           preset=st.sampled_from(["tiny", "small", "medium", "small+vector"]))
     def test_functional_equals_timing(self, seed, faults, preset):
-        cfg = preset_config(preset)
+        name, _, unit = preset.partition("+")
+        cfg = with_vector(preset_config(name)) if unit else preset_config(name)
         words, mem = random_program(cfg, seed, length=20, mem_bytes=1 << 12, faults=faults)
         try:
             run_both(cfg, words, mem)
