@@ -81,6 +81,47 @@ class SimulatedAccelerator:
         return torch.from_numpy(y.astype(np.int64))
 
 
+class SimulatedVectorUnit:
+    """Runs the decoder layer's residual adds, RMSNorms and SwiGLU gate products on the simulated chip's vector
+    unit (``bitmos.compiler.vector``): ``unit(op, name, *operands, **params) -> result`` for
+    ``GoldenLayerModel.vector_fn``, which compares every result with its golden twin. Programs are compiled once
+    per (operation name, token count); the runs go into the accelerator's run list (the phases and the reports
+    see linears and vector operations in order)."""
+
+    def __init__(self, accel: SimulatedAccelerator):
+        self.accel = accel
+        self.cfg = accel.cfg
+        self._compiled: dict[tuple, Any] = {}
+
+    def __call__(self, op: str, name: str, *operands, xfrac: int = 0, gains=None, gexp: int = 0, eps_q: int = 0):
+        import numpy as np
+        import torch
+
+        from bitmos.compiler.vector import compile_vector, read_vector_result, write_vector_operands
+
+        T, K = operands[0].shape
+        key = (name, op, T, xfrac)
+        acc = self.accel
+        if key not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[key] = compile_vector(
+                op, self.cfg, T, K, xfrac=xfrac, gexp=gexp, eps_q=eps_q,
+                gains=None if gains is None else gains.tolist())
+            acc.compile_seconds += time.perf_counter() - t0
+        cv = self._compiled[key]
+        mem = bytearray(cv.memory)
+        write_vector_operands(mem, cv, *(o.detach().cpu().numpy() for o in operands))
+        t0 = time.perf_counter()
+        for prog in cv.programs:
+            r = acc.sim.run(prog.words, mem, trace=acc.trace)
+            if r.error:
+                raise BitmosUserError(f"{name} {op}: the simulated accelerator faulted: {r.error_message}")
+            mem = r.memory
+            acc.runs.append((f"{name} {op}", T, r))
+        acc.sim_seconds += time.perf_counter() - t0
+        return torch.from_numpy(read_vector_result(mem, cv).astype(np.int64))
+
+
 def presets_running(export) -> list[str]:
     """The presets on which every layer of ``export`` compiles for one token, each at the preset's activation bits
     (a float model binarized on the way in takes its chip's). The real layers, with their expert count, weight
@@ -142,6 +183,28 @@ def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=
     return out
 
 
+def _generate_layer(model, prompt_ids: list[int], n_new: int, *, on_phase=None) -> list[int]:
+    """:meth:`GoldenLayerModel.generate` for one prompt, with the phase marks of :func:`_generate`."""
+    import torch
+
+    from bitmos.model.golden_layer import KVCacheBFP
+
+    caches = [KVCacheBFP()]
+    out = list(prompt_ids)
+    if on_phase:
+        on_phase("prefill")
+    logits, _ = model(torch.tensor([prompt_ids], dtype=torch.long), caches=caches)
+    for step in range(n_new):
+        nxt = int(logits[0, -1].argmax())
+        out.append(nxt)
+        if step == n_new - 1 or caches[0].length >= model.config.max_seq_len:
+            break
+        if on_phase:
+            on_phase("decode")
+        logits, _ = model(torch.tensor([[nxt]]), caches=caches)
+    return out
+
+
 def load_student(checkpoint: str | None, cfg: AcceleratorConfig, prompt: str, tokens: int, *,
                  scheme: str | None = None, experts: int | None = None):
     """The student of demo and verify -> ``(path, model, tokenizer, prompt ids)``: a bitmos checkpoint (a shipped
@@ -195,8 +258,14 @@ def add_calibrate_argument(p) -> None:
 def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: str = DEFAULT_PROMPT,
              tokens: int = 24, out_dir: str | None = "bitmos-demo", energy_table: str | None = None,
              calibrate: int = 0, scheme: str | None = None, experts: int | None = None,
-             progress=print) -> dict[str, Any]:
-    """Generate text with every binarized linear on the simulated accelerator; check it against golden."""
+             layer_ops: bool = False, progress=print) -> dict[str, Any]:
+    """Generate text with every binarized linear on the simulated accelerator; check it against golden.
+
+    ``layer_ops``: the decoder layer in integers (``GoldenLayerModel``) with its residual adds, RMSNorms and SwiGLU
+    gate products also on the chip, on its vector unit (the config gains ``vector_unit = 1``); attention and the
+    rotary embedding stay on the host, so this is checked against the whole-layer integer golden model."""
+    import dataclasses
+
     import torch
 
     from bitmos.model.golden import AcceleratorSide, HostSide
@@ -207,6 +276,8 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     # The shipped model is tiny: one thread is fastest, and avoids oversubscribing a busy machine.
     torch.set_num_threads(1)
     cfg = AcceleratorConfig.load(config)
+    if layer_ops and not cfg.vector_unit:
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}+vector", vector_unit=1)
     if tokens < 1:
         raise BitmosUserError(f"--tokens must be at least 1, got {tokens}")
     path, model, tok, ids = load_student(checkpoint, cfg, prompt, tokens, scheme=scheme, experts=experts)
@@ -217,17 +288,28 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     progress(f"model {path.name}: {len(export.linears)} binarized linears; accelerator {cfg.name} "
              f"({cfg.rows}x{cfg.cols} PEs x {cfg.lanes} lanes, A{cfg.act_bits}, {cfg.experts} experts)")
 
-    # 1. the integer golden model, on the host
-    golden = AcceleratorSide(export, cfg)
-    golden_ids = _generate(host.transformer, host.linear_hook(golden), ids, tokens)
-    # 2. the same generation with every binarized linear on the simulated accelerator
     phase = {"name": "prefill", "marks": []}
 
     def on_phase(name):
         phase["marks"].append((name, len(accel.runs)))
         # trace the prefill and the first decode step: the timeline plots show one of each
         accel.trace = len(phase["marks"]) <= 2
-    sim_ids = _generate(host.transformer, host.linear_hook(accel), ids, tokens, on_phase=on_phase)
+    vector_mismatches: list[str] = []
+    if layer_ops:
+        from bitmos.model.golden_layer import GoldenLayerModel
+        # 1. the whole-layer integer golden model, on the host
+        golden_ids = _generate_layer(GoldenLayerModel(export, cfg), ids, tokens)
+        # 2. the same with the linears and the vector unit's operations on the simulated accelerator
+        chip = GoldenLayerModel(export, cfg)
+        chip.linear_fn, chip.vector_fn = accel, SimulatedVectorUnit(accel)
+        sim_ids = _generate_layer(chip, ids, tokens, on_phase=on_phase)
+        vector_mismatches = chip.vector_mismatches
+    else:
+        # 1. the integer golden model, on the host
+        golden = AcceleratorSide(export, cfg)
+        golden_ids = _generate(host.transformer, host.linear_hook(golden), ids, tokens)
+        # 2. the same generation with every binarized linear on the simulated accelerator
+        sim_ids = _generate(host.transformer, host.linear_hook(accel), ids, tokens, on_phase=on_phase)
     # 3. the float student for reference
     with torch.no_grad():
         float_ids = model.generate(torch.tensor([ids]), len(golden_ids) - len(ids), temperature=0)[0].tolist()
@@ -235,13 +317,16 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     marks = phase["marks"] + [("end", len(accel.runs))]
     prefill_runs = [r for _, _, r in accel.runs[marks[0][1]:marks[1][1]]]
     decode_runs = [r for _, _, r in accel.runs[marks[1][1]:]] if len(marks) > 2 else []
+    first_decode = [r for _, _, r in accel.runs[marks[1][1]:marks[2][1]]] if len(marks) > 2 else []
+    decode_steps = len(marks) - 2
     table = EnergyTable.load(energy_table or default_table(cfg))
     report: dict[str, Any] = {
         "checkpoint": str(path), "config": cfg.to_dict(), "prompt": prompt,
         "text": tok.decode(sim_ids[len(ids):]), "golden_text": tok.decode(golden_ids[len(ids):]),
         "float_text": tok.decode(float_ids[len(ids):]),
-        "matches_golden": sim_ids == golden_ids and not accel.mismatches,
-        "layer_mismatches": accel.mismatches,
+        "layer_ops": layer_ops,
+        "matches_golden": sim_ids == golden_ids and not accel.mismatches and not vector_mismatches,
+        "layer_mismatches": accel.mismatches + vector_mismatches,
         "float_agreement": sum(a == b for a, b in zip(sim_ids[len(ids):], float_ids[len(ids):]))
         / max(1, len(sim_ids) - len(ids)),
         "prompt_tokens": len(ids), "new_tokens": len(sim_ids) - len(ids),
@@ -250,8 +335,15 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     }
     report["prefill"].pop("per_run", None)
     if decode_runs:
-        report["decode"] = summarize(decode_runs, table, tokens=len(decode_runs) // max(1, len(export.linears)))
+        report["decode"] = summarize(decode_runs, table, tokens=decode_steps)
         report["decode"].pop("per_run", None)
+    for name, lo, hi in (("prefill", marks[0][1], marks[1][1]), ("decode", marks[1][1], marks[-1][1])):
+        if name in report:   # cycles by component: the linears and (layer_ops) the vector unit's operations
+            comp = {"linears": 0, "vector unit": 0}
+            for run_name, _, r in accel.runs[lo:hi]:
+                comp["vector unit" if run_name.rsplit(" ", 1)[-1] in ("resadd", "silu", "rmsnorm") else
+                     "linears"] += r.cycles
+            report[name]["cycles_by_component"] = comp
     report["wall_seconds"] = {"total": time.perf_counter() - t_start, "compile": accel.compile_seconds,
                               "simulate": accel.sim_seconds}
     if out_dir:
@@ -262,7 +354,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
             for name in ("prefill", "decode"):
                 if name in report:
                     (tmp / name).mkdir(parents=True, exist_ok=True)
-                    runs = prefill_runs if name == "prefill" else decode_runs[:len(export.linears)]
+                    runs = prefill_runs if name == "prefill" else first_decode
                     trace_runs = [r for r in runs if r.trace is not None]
                     # the report names the plots where they end up, not in the temporary folder
                     report[name]["plots"] = [str(out / name / Path(p).name)
@@ -276,18 +368,26 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
 def _fmt_demo(rep: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
     ok = "MATCHES" if rep["matches_golden"] else "DOES NOT MATCH"
+    what = ("every binarized linear, residual add, RMSNorm and SwiGLU on the chip, compared bit for bit with the "
+            "whole-layer integer golden model; attention and rotary on the host" if rep.get("layer_ops") else
+            "every binarized linear compared bit for bit")
     lines = [f"prompt: {rep['prompt']!r}",
              f"generated on the simulated accelerator ({rep['new_tokens']} tokens):",
              "    " + repr(rep["text"]),
-             f"integer golden model: {ok} (every binarized linear compared bit for bit; "
-             f"{rep['layer_runs']} layer runs)",
+             f"integer golden model: {ok} ({what}; {rep['layer_runs']} program runs)",
              f"float student agrees on {rep['float_agreement'] * 100:.0f} % of the generated tokens"]
     for m in rep["layer_mismatches"][:10]:
         lines.append(f"  mismatch: {m}")
     for name in ("prefill", "decode"):
         if name in rep:
-            lines.append(f"\n== {name} ({rep[name]['tokens']} tokens, binarized linears only)")
+            scope = "linears and vector unit" if rep.get("layer_ops") else "binarized linears only"
+            lines.append(f"\n== {name} ({rep[name]['tokens']} tokens, {scope})")
             lines.append(format_text(rep[name]).rstrip())
+            comp = rep[name].get("cycles_by_component", {})
+            total = sum(comp.values())
+            if rep.get("layer_ops") and total:
+                lines.append("cycles by component: " + ", ".join(
+                    f"{k} {v:,} ({v / total * 100:.1f} %)" for k, v in comp.items()))
     w = rep["wall_seconds"]
     lines.append(f"\nwall time {w['total']:.1f} s (compile {w['compile']:.1f} s, simulate {w['simulate']:.1f} s)")
     if rep.get("out_dir"):
@@ -300,7 +400,7 @@ def cmd_demo(args) -> int:
     quiet = args.json
     rep = run_demo(checkpoint=args.checkpoint, config=args.config, prompt=args.prompt, tokens=args.tokens,
                    out_dir=args.out, energy_table=args.energy_table, calibrate=args.calibrate,
-                   scheme=args.scheme, experts=args.experts,
+                   scheme=args.scheme, experts=args.experts, layer_ops=args.layer_ops,
                    progress=(lambda *a: print(*a, file=sys.stderr)) if quiet else print)
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -319,5 +419,9 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="bitmos-demo", help="folder for report.json, generated.txt and plots")
     p.add_argument("--energy-table", help="energy table name or TOML file")
     add_calibrate_argument(p)
+    p.add_argument("--layer-ops", action="store_true",
+                   help="also run each decoder layer's residual adds, RMSNorms and SwiGLU on the chip's vector unit "
+                        "(the config gains vector_unit = 1; simulator only), checked against the whole-layer integer "
+                        "golden model; attention and rotary stay on the host")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_demo)

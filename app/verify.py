@@ -79,6 +79,8 @@ def run_verify(*, checkpoint: str | None = None, config: str = "small", prompt: 
         raise BitmosUserError(f"--layers must be at least 1, got {layers}")
     torch.set_num_threads(1)
     cfg = AcceleratorConfig.load(config)
+    from bitmos.rtl.common import refuse_unsupported
+    refuse_unsupported(cfg)                    # e.g. the vector unit: simulated, no RTL yet
     check_safe_name(cfg.name, "config name")   # the RTL build folder and Verilog file are named after it
     path, model, tok, ids = load_student(checkpoint, cfg, prompt, tokens, scheme=scheme, experts=experts)
     export = export_student(model, cfg, calibrate)

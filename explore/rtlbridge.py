@@ -36,7 +36,10 @@ def component(cfg: AcceleratorConfig, top: str):
 def emit(cfg: AcceleratorConfig, top: str) -> tuple[str, str]:
     """(Verilog, top module name) for component ``top`` ('pe', 'array' or 'accelerator')."""
     from bitmos.rtl import emit as rtl_emit
+    from bitmos.rtl.common import refuse_unsupported
 
+    if top != "pe":    # a PE takes only its lane and bit widths
+        refuse_unsupported(cfg)
     if top == "accelerator":
         return rtl_emit.verilog(cfg), rtl_emit.TOP_NAME
     return rtl_emit.to_verilog(component(cfg, top), COMPONENT_TOP), COMPONENT_TOP

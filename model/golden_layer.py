@@ -192,6 +192,14 @@ class GoldenLayerModel(nn.Module):
                        for b in t.layers]
         #: residual adds: values written and values that saturated int32
         self.residual_stats = {"values": 0, "saturated": 0}
+        #: where the linears run: ``fn(chip layer name, int16 x [T, K]) -> int32 y [T, N]`` (the golden accelerator
+        #: side by default; ``bitmos demo --layer-ops`` passes the simulated chip, which checks each one itself)
+        self.linear_fn = self.accelerator
+        #: where the vector unit's operations run (None: here, in the torch twins): ``fn(op, name, operands,
+        #: **params) -> result`` with op 'resadd' / 'silu' / 'rmsnorm' (``bitmos.compiler.vector``); every result
+        #: is compared with the twin's, and a difference is recorded in ``vector_mismatches``
+        self.vector_fn = None
+        self.vector_mismatches: list[str] = []
 
     @classmethod
     def from_model(cls, model, accel: AcceleratorConfig | str | None = None) -> "GoldenLayerModel":
@@ -208,7 +216,22 @@ class GoldenLayerModel(nn.Module):
         st = self.accelerator.stats[self.host.parts[path][0].name]
         st.x_values += x.numel()
         st.x_saturated += int(((x == (1 << (F.X_BITS - 1)) - 1) | (x == -(1 << (F.X_BITS - 1)))).sum())
-        return sat(self.host.run_linear(path, x, self.accelerator), F.RESID_BITS)
+        return sat(self.host.run_linear(path, x, self.linear_fn), F.RESID_BITS)
+
+    def _vector(self, want: torch.Tensor, op: str, name: str, *operands: torch.Tensor, **params) -> torch.Tensor:
+        """The golden result ``want`` of a vector-unit operation, or, with ``vector_fn``, the chip's (checked)."""
+        if self.vector_fn is None:
+            return want
+        got = self.vector_fn(op, name, *operands, **params)
+        if not torch.equal(got, want):
+            bad = int((got != want).sum())
+            self.vector_mismatches.append(f"{name} {op} (T={want.shape[0]}): {bad} of {want.numel()} values differ "
+                                          "from golden")
+        return got
+
+    def _rms_norm(self, r: torch.Tensor, norm: Norm, out_frac: int, name: str) -> torch.Tensor:
+        return self._vector(rms_norm(r, norm.gains, norm.gexp, self.eps_q, out_frac), "rmsnorm", name, r,
+                            gains=norm.gains, gexp=norm.gexp, eps_q=self.eps_q, xfrac=out_frac)
 
     def _chip_input(self, path: str, v: torch.Tensor, v_frac: int) -> torch.Tensor:
         """Linear ``path``'s int16 input from values ``v`` with ``v_frac`` fraction bits: requantized to its
@@ -218,24 +241,24 @@ class GoldenLayerModel(nn.Module):
             return layer_norm(v, round(self.ln_eps[path] * (1 << (2 * v_frac))), xf)
         return requantize(v, v_frac, xf)
 
-    def _norm_linears(self, r, norm: Norm, paths: list[str]) -> list[torch.Tensor]:
+    def _norm_linears(self, r, norm: Norm, paths: list[str], name: str) -> list[torch.Tensor]:
         """The norm of r at each consumer's input format (each linear has its calibrated x_frac), then the linears.
         BitNet's linears each normalize again (their LayerNorm), so their RMSNorm is computed once, in int16 at the
         config's x_frac_bits, and each takes its LayerNorm of that."""
         if self.ln_eps:
-            xn = rms_norm(r, norm.gains, norm.gexp, self.eps_q, self.accel_cfg.x_frac_bits)
+            xn = self._rms_norm(r, norm, self.accel_cfg.x_frac_bits, name)
             return [self._linear(p, self._chip_input(p, xn, self.accel_cfg.x_frac_bits)) for p in paths]
         by_frac: dict[int, torch.Tensor] = {}
         out = []
         for p in paths:
             xf = self.host.x_frac[p]
             if xf not in by_frac:
-                by_frac[xf] = rms_norm(r, norm.gains, norm.gexp, self.eps_q, xf)
+                by_frac[xf] = self._rms_norm(r, norm, xf, name)
             out.append(self._linear(p, by_frac[xf]))
         return out
 
-    def _residual(self, r, y):
-        s = sat(r + y, F.RESID_BITS)
+    def _residual(self, r, y, name: str):
+        s = self._vector(sat(r + y, F.RESID_BITS), "resadd", name, r, y)
         self.residual_stats["values"] += s.numel()
         self.residual_stats["saturated"] += int((s != r + y).sum())
         return s
@@ -248,7 +271,7 @@ class GoldenLayerModel(nn.Module):
         """r + o_proj(attention(rope(q), rope(k), v of rms_norm(r))), the KV cache grown by these tokens."""
         c, pre = self.config, f"layers.{i}."
         q, k, v = self._norm_linears(r, self.norms[i][0],
-                                     [pre + "attn.q_proj", pre + "attn.k_proj", pre + "attn.v_proj"])
+                                     [pre + "attn.q_proj", pre + "attn.k_proj", pre + "attn.v_proj"], pre + "attn_norm")
         b = self.biases[i]
         q, k, v = (y if b[n] is None else sat(y + b[n], F.RESID_BITS) for n, y in zip("qkv", (q, k, v)))
         T = r.shape[0]
@@ -259,15 +282,18 @@ class GoldenLayerModel(nn.Module):
         km, ek, vm, ev = cache.append(i, *block_quantize(k), *block_quantize(v.view(T, c.n_kv_heads, c.head_dim)))
         o = attention(qm, eq, km, ek, vm, ev, pos, self.frac).reshape(T, -1)
         o_path = pre + "attn.o_proj"
-        return self._residual(r, self._linear(o_path, self._chip_input(o_path, o, self.frac)))
+        return self._residual(r, self._linear(o_path, self._chip_input(o_path, o, self.frac)), pre + "attn_residual")
 
     def mlp_half(self, i: int, r: torch.Tensor) -> torch.Tensor:
         """r + down_proj(silu(gate_proj(x)) * up_proj(x)) with x = rms_norm(r)."""
         pre = f"layers.{i}."
-        gate, up = self._norm_linears(r, self.norms[i][1], [pre + "mlp.gate_proj", pre + "mlp.up_proj"])
+        gate, up = self._norm_linears(r, self.norms[i][1], [pre + "mlp.gate_proj", pre + "mlp.up_proj"],
+                                      pre + "mlp_norm")
         d_path = pre + "mlp.down_proj"
         h = self._chip_input(d_path, silu_gate(gate, up, self.frac), self.frac)
-        return self._residual(r, self._linear(d_path, h))
+        if d_path not in self.ln_eps:    # silu and the requantization to down's input: one instruction
+            h = self._vector(h, "silu", pre + "mlp.silu", gate, up, xfrac=self.host.x_frac[d_path])
+        return self._residual(r, self._linear(d_path, h), pre + "mlp_residual")
 
     # -- the model ------------------------------------------------------------------------------------------------
 
@@ -289,8 +315,7 @@ class GoldenLayerModel(nn.Module):
             for i in range(self.config.n_layers):
                 r = self.layer(i, r, pos, cache)
             cache.length += T
-            fn = self.final_norm
-            outs.append(rms_norm(r, fn.gains, fn.gexp, self.eps_q, self.accel_cfg.x_frac_bits))
+            outs.append(self._rms_norm(r, self.final_norm, self.accel_cfg.x_frac_bits, "norm"))
         return torch.stack(outs)
 
     @torch.no_grad()

@@ -446,3 +446,17 @@ def test_a_reader_that_goes_away_is_not_a_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and err == "", err
+
+
+def test_rtl_commands_refuse_the_vector_unit_in_one_line(tmp_path, capsys):
+    """The vector unit is simulated only: every command that builds the RTL says so before building anything."""
+    cfg = tmp_path / "vec.toml"
+    cfg.write_text('vector_unit = 1\npreset = "tiny"\n')
+    for argv in (["rtl", "emit", "--config", str(cfg), "-o", str(tmp_path / "out")],
+                 ["verify", "--config", str(cfg), "--tokens", "1", "--workdir", str(tmp_path / "v")],
+                 ["synth", "--config", str(cfg), "--no-pnr", "--no-cache"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the RTL has no vector unit yet" in err, (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "v").exists()

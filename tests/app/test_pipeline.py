@@ -105,6 +105,43 @@ def test_demo_detects_a_wrong_accelerator(student_path, monkeypatch):
     assert len(rep["layer_mismatches"]) == 1 and "1 of" in rep["layer_mismatches"][0]
 
 
+def test_demo_layer_ops_runs_norms_residuals_and_swiglu_on_the_vector_unit(student_path, tmp_path):
+    rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="import os\n", tokens=3,
+                        out_dir=str(tmp_path / "demo"), layer_ops=True, progress=lambda *a: None)
+    assert rep["matches_golden"] and not rep["layer_mismatches"], rep["layer_mismatches"]
+    assert rep["layer_ops"] and rep["config"]["vector_unit"] == 1 and rep["config"]["name"] == "small+vector"
+    n_layers = 4
+    # per step: 28 linear programs, and per layer 2 RMSNorms, 2 residual adds and a SwiGLU, plus the final norm
+    assert rep["layer_runs"] >= 3 * (28 + 5 * n_layers + 1)
+    for phase in ("prefill", "decode"):
+        comp = rep[phase]["cycles_by_component"]
+        assert comp["linears"] > 0 and comp["vector unit"] > 0
+        assert comp["linears"] + comp["vector unit"] == rep[phase]["cycles"]
+    assert rep["decode"]["tokens"] == 2
+    text = demo._fmt_demo(rep)
+    assert "residual add, RMSNorm and SwiGLU on the chip" in text and "cycles by component" in text
+
+
+def test_demo_layer_ops_detects_a_wrong_vector_unit(student_path, monkeypatch):
+    from bitmos.compiler import vector
+
+    real = vector.read_vector_result
+    calls = {"n": 0}
+
+    def corrupt(memory, cv, **kw):
+        y = real(memory, cv, **kw)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            y = y.copy()
+            y[0, 0] ^= 1
+        return y
+    monkeypatch.setattr(vector, "read_vector_result", corrupt)
+    rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="x = ", tokens=2,
+                        out_dir=None, layer_ops=True, progress=lambda *a: None)
+    assert not rep["matches_golden"]
+    assert len(rep["layer_mismatches"]) == 1 and "1 of" in rep["layer_mismatches"][0]
+
+
 def test_demo_cli_errors(student_path, capsys):
     assert main(["demo", "--checkpoint", str(student_path), "--tokens", "0", "--out", ""]) == 2
     assert "--tokens: must be at least 1, got 0" in capsys.readouterr().err

@@ -16,7 +16,8 @@ import torch
 
 from bitmos import formats as F
 from bitmos.model.golden_layer import (GoldenLayerModel, KVCacheBFP, attention, bit_length, block_quantize, isqrt,
-                                       layer_norm, rms_norm, rope_rotate, shift_round, silu_gate)
+                                       layer_norm, requantize, rms_norm, rope_rotate, sat, shift_round,
+                                       silu_gate)
 from bitmos.model.transformer import Transformer
 
 from .model_helpers import tiny_config
@@ -222,3 +223,35 @@ def test_refusals():
     with pytest.raises(ValueError, match="scope"):
         evaluate_golden(_model(scheme="sign", act_bits=8), "small", tokens=torch.zeros(300, dtype=torch.int64),
                         scope="everything")
+
+
+def test_vector_fn_sees_every_vector_operation_and_its_differences_are_recorded():
+    """``vector_fn`` (where bitmos demo --layer-ops puts the simulated chip): called for every residual add, RMSNorm
+    and SwiGLU of every layer with the golden operands; a result that differs from the twin's is recorded and used."""
+    model = _model(scheme="sign", act_bits=8)
+    golden = GoldenLayerModel.from_model(model)
+    idx = torch.randint(0, 64, (1, 5))
+    want = golden.final_norm_output(idx)
+    calls = []
+
+    def same(op, name, *operands, **params):
+        calls.append((op, name, operands[0].shape))
+        if op == "resadd":
+            return sat(operands[0] + operands[1], F.RESID_BITS)
+        if op == "silu":
+            return requantize(silu_gate(operands[0], operands[1], golden.frac), golden.frac, params["xfrac"])
+        return rms_norm(operands[0], params["gains"], params["gexp"], params["eps_q"], params["xfrac"])
+    golden.vector_fn = same
+    assert torch.equal(golden.final_norm_output(idx), want) and not golden.vector_mismatches
+    n = golden.config.n_layers
+    ops = [(op, name) for op, name, _ in calls]
+    assert sum(op == "resadd" for op, _ in ops) == 2 * n and sum(op == "silu" for op, _ in ops) == n
+    assert ("rmsnorm", "norm") in ops and ("rmsnorm", "layers.0.attn_norm") in ops
+    assert all(shape[0] == 5 for *_, shape in calls)
+
+    def off_by_one(op, *a, **kw):
+        out = same(op, *a, **kw)
+        return out + 1 if op == "silu" else out
+    golden.vector_fn = off_by_one
+    golden.final_norm_output(idx)
+    assert len(golden.vector_mismatches) == n and "mlp.silu silu" in golden.vector_mismatches[0]

@@ -1,0 +1,245 @@
+"""Programs for the vector unit (docs/isa.md: ``resadd``, ``silu``, ``rmsnorm``) on tokens in external memory.
+
+The decoder layer's residual adds, SwiGLU gate products and RMSNorms run on the vector unit of a config with
+``vector_unit = 1``. :func:`compile_vector` builds, for one operation on ``tokens`` tokens of K values, one
+program per block of tokens: load the operand lines into OBUF (and an RMSNorm's gains into SBUF), the one
+instruction, store the result, halt. Its memory image holds the gains; :func:`write_vector_operands` and
+:func:`read_vector_result` are the host's side, as ``write_layer_input`` / ``read_layer_output`` are a linear's.
+
+External layout (one region per operand and one for the result, 64-byte aligned, in this order): an operand
+region holds each block as the OBUF lines the instruction reads, token mode (up to R tokens a block) value i of
+the block's token t at line (i // C)*R + t, element i % C, plane mode (one token a block, when R tokens' lines
+do not fit OBUF twice) at line i // C; a block takes NL*R (or NL) lines of C int32, NL = ceil(K / C). The result
+of ``silu`` / ``rmsnorm`` is each token's XL XBUF lines of int16 in token order (zeros past K); ``resadd``
+writes the sum back over its first operand's region (the residual, updated in place).
+
+Activations cross external memory around each operation, as around each linear today; keeping them on chip
+across a whole layer is the fused-program step after this one (docs/compiler.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bitmos import formats as F
+from bitmos.config import AcceleratorConfig
+from bitmos.container import Program
+from bitmos.errors import UnsupportedError
+from bitmos.isa import Instruction, Op, Reg, encode, setr
+
+#: The vector unit's operations and their operand names (the first is the one ``resadd`` updates).
+VECTOR_OPS = {"resadd": ("residual", "addend"), "silu": ("gate", "up"), "rmsnorm": ("residual",)}
+ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+@dataclass
+class CompiledVector:
+    """One vector operation on ``tokens`` tokens of K values: its programs, memory image and layout."""
+    op: str
+    K: int
+    tokens: int
+    mode: str                       # "token" (up to R tokens per program) or "plane" (one)
+    block: int                      # tokens per program (the last may have fewer)
+    regions: dict[str, int]         # operand names and "result" (silu / rmsnorm) -> byte address
+    programs: list[Program]
+    memory: bytearray               # the image: zeros but for an RMSNorm's gains
+    config: AcceleratorConfig
+    params: dict[str, int] = field(default_factory=dict)   # XFRAC, GEXP, EPS as set
+
+    @property
+    def stride(self) -> int:
+        """OBUF lines between a token's consecutive lines (R in token mode, 1 in plane mode)."""
+        return self.config.rows if self.mode == "token" else 1
+
+    @property
+    def olines(self) -> int:
+        return -(-self.K // self.config.cols)
+
+    def blocks(self) -> list[range]:
+        return [range(s, min(s + self.block, self.tokens)) for s in range(0, self.tokens, self.block)]
+
+
+def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int) -> str | None:
+    """None if a block of ``block`` tokens fits the buffers, else the buffer that is too small."""
+    nl = -(-K // cfg.cols)
+    span = (nl - 1) * stride + block
+    need_o = (nl * stride) * (len(VECTOR_OPS[op]) - 1) + span
+    if need_o > cfg.depth("O"):
+        return f"OBUF ({need_o} lines needed, {cfg.depth('O')} deep)"
+    if op != "resadd" and block * cfg.xlines(K) > cfg.depth("X"):
+        return f"XBUF ({block * cfg.xlines(K)} lines needed, {cfg.depth('X')} deep)"
+    if op == "rmsnorm" and nl > cfg.depth("S"):
+        return f"SBUF ({nl} gain lines needed, {cfg.depth('S')} deep)"
+    return None
+
+
+def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfrac: int = 0,
+                   gains: list[int] | np.ndarray | None = None, gexp: int = 0, eps_q: int = 0,
+                   base: int = 0) -> CompiledVector:
+    """Programs and image for vector operation ``op`` ('resadd', 'silu' or 'rmsnorm') on ``tokens`` tokens of K
+    values; ``xfrac``: fraction bits of the int16 result (silu, rmsnorm); ``gains`` (int16, K of them), ``gexp``,
+    ``eps_q``: the RMSNorm's (formats.rms_norm). Regions start at ``base``.
+
+    Raises UnsupportedError (a config without the vector unit, or a token that does not fit its buffers)."""
+    if op not in VECTOR_OPS:
+        raise UnsupportedError(f"unknown vector operation {op!r}; known: {', '.join(VECTOR_OPS)}")
+    if not cfg.vector_unit:
+        raise UnsupportedError(f"config {cfg.name!r} has no vector unit (vector_unit = 0), so {op} runs on the host",
+                               field="vector_unit")
+    if tokens < 1 or not 1 <= K <= 65535:
+        raise UnsupportedError(f"{op}: {tokens} tokens of K = {K} values (need tokens >= 1, 1 <= K <= 65535)")
+    params = {}
+    if op != "resadd":
+        params["XFRAC"] = xfrac
+    if op == "rmsnorm":
+        if gains is None or len(gains) != K:
+            raise UnsupportedError(f"rmsnorm needs K = {K} gains")
+        params.update(GEXP=gexp, EPS=eps_q)
+    block = min(cfg.rows, tokens)
+    mode, why = "token", _fits(cfg, op, K, block, cfg.rows)
+    if why is not None:
+        mode, block = "plane", 1
+        why = _fits(cfg, op, K, 1, 1)
+    if why is not None:
+        raise UnsupportedError(f"{op} of one token of K = {K} values does not fit config {cfg.name!r}: {why}")
+    C, R = cfg.cols, cfg.rows
+    stride = R if mode == "token" else 1
+    nl, xl = -(-K // C), cfg.xlines(K)
+    ob, xb, sb = (cfg.line_bits(b) // 8 for b in "OXS")
+    nblocks = -(-tokens // block)
+    block_bytes = _align(nl * stride * ob)
+    regions: dict[str, int] = {}
+    at = _align(base)
+    for name in VECTOR_OPS[op]:
+        regions[name] = at
+        at = _align(at + nblocks * block_bytes)
+    if op == "rmsnorm":
+        regions["gains"] = at
+        at = _align(at + nl * sb)
+    if op != "resadd":
+        regions["result"] = at
+        at = _align(at + tokens * xl * xb)
+    memory = bytearray(at - base)
+    if op == "rmsnorm":
+        flat = np.zeros(nl * C, dtype=np.int64)
+        flat[:K] = np.asarray(gains, dtype=np.int64)
+        g = np.zeros((nl, max(cfg.experts, 1), C), dtype="<i2")
+        g[:, 0, :] = flat.reshape(nl, C)            # expert slot 0 of each SBUF line
+        lo = regions["gains"] - base
+        memory[lo:lo + g.nbytes] = g.tobytes()
+
+    cv = CompiledVector(op, K, tokens, mode, block, regions, [], memory, cfg, params)
+    for i, blk in enumerate(cv.blocks()):
+        ntok = len(blk)
+        words: list[int] = []
+
+        def dma(kind: Op, buf: str, line: int, nlines: int, addr: int) -> None:
+            words.append(encode(setr(Reg.EBASE, addr // ALIGN)))
+            words.append(encode(Instruction.make(kind, buf=buf, line=line, nlines=nlines, ext=addr % ALIGN)))
+
+        words.append(encode(setr(Reg.K, K)))
+        for reg, value in params.items():
+            words.append(encode(setr(Reg[reg], value)))
+        lines = (nl - 1) * stride + ntok
+        obuf_at = {}
+        for j, name in enumerate(VECTOR_OPS[op]):
+            obuf_at[name] = j * nl * stride
+            dma(Op.LOAD, "O", obuf_at[name], lines, regions[name] + i * block_bytes)
+        if op == "rmsnorm":
+            dma(Op.LOAD, "S", 0, nl, regions["gains"])
+        words.append(encode(Instruction.make(Op.WAIT)))
+        if op == "resadd":
+            words.append(encode(Instruction.make(Op.RESADD, mode=mode, r=0, o=obuf_at["addend"], ntok=ntok)))
+            dma(Op.STORE, "O", 0, lines, regions["residual"] + i * block_bytes)
+        else:
+            if op == "silu":
+                ins = Instruction.make(Op.SILU, mode=mode, g=0, u=obuf_at["up"], x=0, ntok=ntok)
+            else:
+                ins = Instruction.make(Op.RMSNORM, mode=mode, r=0, x=0, s=0, ntok=ntok)
+            words.append(encode(ins))
+            dma(Op.STORE, "X", 0, ntok * xl, regions["result"] + blk.start * xl * xb)
+        words.append(encode(Instruction.make(Op.HALT)))
+        if len(words) > cfg.imem_words:
+            raise UnsupportedError(f"{op}: a program of {len(words)} words does not fit IMEM ({cfg.imem_words})",
+                                   field="imem_words")
+        cv.programs.append(Program(words, cfg, {"vector": op, "block": i, "K": K}))
+    return cv
+
+
+def _operand_lines(cv: CompiledVector, values: np.ndarray) -> np.ndarray:
+    """[tokens, K] int32 -> the operand region's lines [nblocks * NL * stride, C] (zeros where no value)."""
+    C, nl, st = cv.config.cols, cv.olines, cv.stride
+    blocks = cv.blocks()
+    out = np.zeros((len(blocks), nl, st, C), dtype="<i4")
+    padded = np.zeros((cv.tokens, nl * C), dtype=np.int64)
+    padded[:, :cv.K] = values
+    for i, blk in enumerate(blocks):
+        for t, tok in enumerate(blk):
+            out[i, :, t, :] = padded[tok].reshape(nl, C)
+    return out
+
+
+def write_vector_operands(memory: bytearray, cv: CompiledVector, *operands: np.ndarray, base: int = 0) -> None:
+    """Write the operation's operands (each [tokens, K] int32 values, in ``VECTOR_OPS[op]`` order) into their
+    regions of ``memory`` (an image starting at address ``base``)."""
+    names = VECTOR_OPS[cv.op]
+    if len(operands) != len(names):
+        raise ValueError(f"{cv.op} takes {len(names)} operand(s) ({', '.join(names)}), got {len(operands)}")
+    block_bytes = _align(cv.olines * cv.stride * cv.config.line_bits("O") // 8)
+    for name, v in zip(names, operands):
+        v = np.asarray(v, dtype=np.int64)
+        if v.shape != (cv.tokens, cv.K):
+            raise ValueError(f"{cv.op} operand {name}: shape {v.shape}, expected ({cv.tokens}, {cv.K})")
+        if v.min(initial=0) < -(1 << 31) or v.max(initial=0) >= 1 << 31:
+            raise ValueError(f"{cv.op} operand {name}: values outside int32")
+        lines = _operand_lines(cv, v)
+        at = cv.regions[name] - base
+        for i in range(lines.shape[0]):
+            blob = lines[i].tobytes()
+            memory[at + i * block_bytes:at + i * block_bytes + len(blob)] = blob
+
+
+def read_vector_result(memory: bytes | bytearray, cv: CompiledVector, *, base: int = 0) -> np.ndarray:
+    """The result [tokens, K]: int32 sums (resadd, from the residual's region), int16 values (silu, rmsnorm)."""
+    C, nl, st = cv.config.cols, cv.olines, cv.stride
+    if cv.op == "resadd":
+        block_bytes = _align(nl * st * cv.config.line_bits("O") // 8)
+        out = np.zeros((cv.tokens, cv.K), dtype=np.int64)
+        for i, blk in enumerate(cv.blocks()):
+            at = cv.regions["residual"] - base + i * block_bytes
+            lines = np.frombuffer(bytes(memory[at:at + nl * st * C * 4]), dtype="<i4").reshape(nl, st, C)
+            for t, tok in enumerate(blk):
+                out[tok] = lines[:, t, :].reshape(-1)[:cv.K]
+        return out
+    xl = cv.config.xlines(cv.K)
+    at = cv.regions["result"] - base
+    n = cv.tokens * xl * C
+    x = np.frombuffer(bytes(memory[at:at + 2 * n]), dtype="<i2").reshape(cv.tokens, xl * C)
+    return x[:, :cv.K].astype(np.int64)
+
+
+def reference(cv: CompiledVector, *operands: np.ndarray, gains=None) -> np.ndarray:
+    """The result as :mod:`bitmos.formats` defines it, token by token (for tests and checks)."""
+    cfg = cv.config
+    out = []
+    for t in range(cv.tokens):
+        ops = [list(map(int, o[t])) for o in operands]
+        if cv.op == "resadd":
+            out.append([F.residual_add(a, b) for a, b in zip(*ops)])
+        elif cv.op == "silu":
+            h = F.silu_gate(ops[0], ops[1], cfg.out_frac_bits)
+            out.append([F.requantize(v, cfg.out_frac_bits, cv.params["XFRAC"], F.X_BITS) for v in h])
+        else:
+            out.append(F.rms_norm(ops[0], list(map(int, gains)), cv.params["GEXP"], cv.params["EPS"],
+                                  cv.params["XFRAC"]))
+    return np.array(out, dtype=np.int64)
+
+
+__all__ = ["VECTOR_OPS", "CompiledVector", "compile_vector", "write_vector_operands", "read_vector_result",
+           "reference"]
