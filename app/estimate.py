@@ -35,7 +35,9 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
 
 
 #: How the context section names ``decode_at_context``'s components.
-_COMPONENT_NAMES = {"linears": "binarized linears (simulated)", "kv_cache": "KV cache reads + write (memory bound)"}
+_COMPONENT_NAMES = {"linears": "binarized linears (simulated)",
+                    "vector_unit": "norms, SwiGLU, residual adds (simulated)",
+                    "kv_cache": "KV cache reads + write (memory bound)"}
 
 
 def _fmt_context(c: dict[str, Any]) -> str:
@@ -51,8 +53,11 @@ def _fmt_context(c: dict[str, Any]) -> str:
               f"decode: {c['tokens_per_s']:,.1f} tokens/s, {total_e * 1e3:.4g} mJ/token; memory bound "
               f"(bandwidth / (weight bytes + KV bytes)): {c['bound_tokens_per_s']:,.1f} tokens/s "
               f"({c['tokens_per_s'] / c['bound_tokens_per_s']:.3f} of it)",
-              "not counted (host work today): norms, rotary embedding, softmax, SiLU, residual adds, embedding, "
-              "LM head"]
+              "not counted (host work today): "
+              + ("rotary embedding, the attention arithmetic beyond its stream, embedding, LM head"
+                 if "vector_unit" in c["components"] else
+                 "norms, rotary embedding, softmax, SiLU, residual adds, embedding, LM head (a config with "
+                 "vector_unit = 1 simulates the norms, SiLU and residual adds)")]
     return "\n".join(lines)
 
 
@@ -72,9 +77,9 @@ def _write_context_plot(sweep: list[dict[str, Any]], marked: int, path: Path, ti
     a.set_xlabel("context (tokens)")
     a.set_ylabel("decode tokens/s")
     a.legend()
-    lin = [r["components"]["linears"]["energy_j"] * 1e3 for r in sweep]
-    kv = [r["components"]["kv_cache"]["energy_j"] * 1e3 for r in sweep]
-    b.stackplot(xs, lin, kv, labels=[_COMPONENT_NAMES["linears"], _COMPONENT_NAMES["kv_cache"]])
+    names = list(sweep[0]["components"])
+    b.stackplot(xs, *[[r["components"][n]["energy_j"] * 1e3 for r in sweep] for n in names],
+                labels=[_COMPONENT_NAMES[n] for n in names])
     b.set_xscale("log")
     b.axvline(marked, color="grey", lw=0.8)
     b.set_xlabel("context (tokens)")

@@ -78,6 +78,19 @@ def llama_linears(shape: dict) -> list[tuple[str, int, int]]:
     return out
 
 
+def vector_ops(shape: dict) -> list[tuple[str, str, int]]:
+    """(name, vector-unit operation, K) of every residual add, RMSNorm and SwiGLU of a shape, in execution order
+    (``GoldenLayerModel``'s): per layer the attention norm, its residual add, the MLP norm, the gate product
+    (K = hidden_dim), its residual add; then the final norm."""
+    d, hid, nl, *_ = _dims(shape)
+    out = []
+    for i in range(nl):
+        p = f"layers.{i}"
+        out += [(f"{p}.attn_norm", "rmsnorm", d), (f"{p}.attn_residual", "resadd", d), (f"{p}.mlp_norm", "rmsnorm", d),
+                (f"{p}.mlp.silu", "silu", hid), (f"{p}.mlp_residual", "resadd", d)]
+    return out + [("norm", "rmsnorm", d)]
+
+
 def scheme_linears(shape: dict, scheme: str, pb_fraction: float = 0.1) -> list[tuple[str, int, int, int]]:
     """(chip layer name, K, N, WBITS) of every chip layer of ``shape`` with its linears in ``scheme``: one per
     linear in the scheme's weight format (:data:`bitmos.compiler.lower.SCHEME_WEIGHT_BITS`), or for a split scheme
@@ -161,5 +174,5 @@ def kv_cache_bytes(shape: dict[str, Any]) -> int:
     return kv_cache_bytes_per_token(nl, kvh, hd)
 
 
-__all__ = ["MODEL_SHAPES", "llama_linears", "load_shape", "is_shape_source", "layer_shape", "n_layers",
+__all__ = ["MODEL_SHAPES", "llama_linears", "vector_ops", "load_shape", "is_shape_source", "layer_shape", "n_layers",
            "kv_cache_bytes"]

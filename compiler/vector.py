@@ -81,10 +81,11 @@ def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int) -> s
 
 def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfrac: int = 0,
                    gains: list[int] | np.ndarray | None = None, gexp: int = 0, eps_q: int = 0,
-                   base: int = 0) -> CompiledVector:
+                   base: int = 0, timing_only: bool = False) -> CompiledVector:
     """Programs and image for vector operation ``op`` ('resadd', 'silu' or 'rmsnorm') on ``tokens`` tokens of K
     values; ``xfrac``: fraction bits of the int16 result (silu, rmsnorm); ``gains`` (int16, K of them), ``gexp``,
-    ``eps_q``: the RMSNorm's (formats.rms_norm). Regions start at ``base``.
+    ``eps_q``: the RMSNorm's (formats.rms_norm). Regions start at ``base``. ``timing_only``: no memory image
+    (empty; the gains may be omitted): the programs for the simulator's timing-only mode, at any size.
 
     Raises UnsupportedError (a config without the vector unit, or a token that does not fit its buffers)."""
     if op not in VECTOR_OPS:
@@ -98,6 +99,8 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
     if op != "resadd":
         params["XFRAC"] = xfrac
     if op == "rmsnorm":
+        if timing_only and gains is None:
+            gains = np.zeros(K, dtype=np.int64)
         if gains is None or len(gains) != K:
             raise UnsupportedError(f"rmsnorm needs K = {K} gains")
         params.update(GEXP=gexp, EPS=eps_q)
@@ -125,8 +128,8 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
     if op != "resadd":
         regions["result"] = at
         at = _align(at + tokens * xl * xb)
-    memory = bytearray(at - base)
-    if op == "rmsnorm":
+    memory = bytearray(0 if timing_only else at - base)
+    if op == "rmsnorm" and not timing_only:
         flat = np.zeros(nl * C, dtype=np.int64)
         flat[:K] = np.asarray(gains, dtype=np.int64)
         g = np.zeros((nl, max(cfg.experts, 1), C), dtype="<i2")

@@ -71,6 +71,29 @@ def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int, 
     return out
 
 
+def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]], tokens: int) -> list[list[Any]]:
+    """For each (name, operation, K) of ``ops`` (:func:`bitmos.compiler.shapes.vector_ops`): the timing-mode results
+    of its vector-unit programs (:func:`bitmos.compiler.vector.compile_vector`) for ``tokens`` tokens; each distinct
+    (operation, K) compiled and simulated once, as :func:`simulate_linears` does for the linears."""
+    from bitmos.compiler.vector import compile_vector
+    from bitmos.sim import Simulator
+
+    sim = Simulator(cfg)
+    by_shape: dict[tuple[str, int], list[Any]] = {}
+    out = []
+    for name, op, K in ops:
+        if (op, K) not in by_shape:
+            cv = compile_vector(op, cfg, tokens, K, timing_only=True)
+            runs = [sim.run(p.words, None, functional=False) for p in cv.programs]
+            for r in runs:
+                if r.error:
+                    raise Infeasible(f"{name} ({op}, K = {K}): the simulator stopped with {r.cause_name}: "
+                                     f"{r.error_message}")
+            by_shape[(op, K)] = runs
+        out.append(by_shape[(op, K)])
+    return out
+
+
 def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
     """Call fn(cfg); on a 'buffer too small' UnsupportedError double the named buffer and retry."""
     from bitmos.errors import UnsupportedError
@@ -96,22 +119,36 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
 # ---- the estimate ------------------------------------------------------------------------------
 
 def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefill: int, decode: int,
-            table, bias: bool = False) -> dict[str, Any]:
+            table, bias: bool = False, vector_walk: list[tuple[str, str, int]] | None = None) -> dict[str, Any]:
+    """Each phase's summary; with ``vector_walk`` (a config with the vector unit) the residual adds, RMSNorms and
+    SwiGLU run too, and ``components`` splits cycles and energy into ``linears`` and ``vector_unit``."""
     from bitmos.sim.report import summarize
 
     out: dict[str, Any] = {}
     for phase, tokens in (("prefill", prefill), ("decode", 1 if decode else 0)):
         if not tokens:
             continue
-        runs, names = [], []
+        parts: dict[str, tuple[list, list]] = {"linears": ([], [])}
         for (name, *_), layer_runs in zip(walk, simulate_linears(cfg, walk, tokens, bias)):
-            runs += layer_runs
-            names += [name] * len(layer_runs)
+            parts["linears"][0].extend(layer_runs)
+            parts["linears"][1].extend([name] * len(layer_runs))
+        if vector_walk:
+            parts["vector_unit"] = ([], [])
+            for (name, op, _), op_runs in zip(vector_walk, simulate_vector_ops(cfg, vector_walk, tokens)):
+                parts["vector_unit"][0].extend(op_runs)
+                parts["vector_unit"][1].extend([f"{name} {op}"] * len(op_runs))
+        runs = [r for rs, _ in parts.values() for r in rs]
+        names = [n for _, ns in parts.values() for n in ns]
         steps = decode if phase == "decode" else 1   # identical one-token steps: summed, not replayed
         s = summarize(runs, table, tokens=tokens * steps, repeat=steps)
         s.pop("per_run", None)
         s["per_layer"] = [{"name": n, "cycles": r.cycles, "stall_cycles": r.stall_cycles}
                           for n, r in zip(names, runs)]
+        if vector_walk:
+            s["components"] = {}
+            for part, (rs, _) in parts.items():
+                ps = summarize(rs, table, tokens=tokens * steps, repeat=steps)
+                s["components"][part] = {"cycles": ps["cycles"], "energy_j": ps["energy_j"]}
         out[phase] = s
     return out
 
@@ -168,7 +205,7 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
     ``energy_table``, ``prefill`` / ``decode`` (:func:`bitmos.sim.report.summarize` of the phase plus
     ``per_layer``), ``decode_bound_tokens_per_s`` (bandwidth / weight bits per token), ``wall_seconds``.
     """
-    from bitmos.compiler.shapes import llama_linears
+    from bitmos.compiler.shapes import llama_linears, vector_ops
     from bitmos.sim.energy import EnergyTable, default_table
 
     if prefill < 0 or decode < 0 or prefill + decode == 0:
@@ -202,7 +239,8 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        return dict(_phases(c, walk, prefill, decode, table, bias), energy_table=table.name)
+        vector_walk = vector_ops(shape) if c.vector_unit else None
+        return dict(_phases(c, walk, prefill, decode, table, bias, vector_walk), energy_table=table.name)
 
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)
@@ -306,8 +344,11 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
       n_heads / n_kv_heads multiply-adds per byte read (LLaMA-2-7B: 1 per byte, 128 per cycle at 128 GB/s and
       1 GHz), and no energy of its own beyond leakage.
 
-    Not counted (host work today): norms, rotary embedding, softmax, SiLU, the residual adds, the embedding
-    lookup and the LM head. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
+    * ``vector_unit`` (a config with ``vector_unit = 1``): the estimate's simulated residual adds, RMSNorms and
+      SwiGLU gate products of the step (``linears`` is then the linears alone).
+
+    Not counted (host work today): rotary embedding, the attention arithmetic beyond its stream (above),
+    and without the vector unit the norms, SiLU and residual adds; the embedding lookup and the LM head. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
     ``kv_write_bytes``, ``components`` ({name: {cycles, energy_j}}), ``cycles``, ``tokens_per_s``,
     ``energy_per_token_j``, ``bound_tokens_per_s`` (bandwidth / (weight bytes + KV bytes per token)),
     ``ext_bytes`` (the external memory the weights and the KV cache occupy). Raises ConfigError if
@@ -331,13 +372,14 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
                           f"({per_position * context / 2**30:.3g} GiB, {per_position:,} bytes per position) exceed "
                           f"the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)", field="ext_mem_mib")
     dec = est["decode"]
-    lin_cycles = dec["cycles"] / dec["tokens"]
     read, write = per_position * context, per_position
     kv_cycles = -(-(read + write) * 8 // cfg.ext_bw_bits)
     kv_pj = dram_pj(read * 8, write * 8, table) + leakage_pj(kv_cycles, cfg, table)
-    components = {"linears": {"cycles": lin_cycles, "energy_j": dec["energy_per_token_j"]},
-                  "kv_cache": {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12}}
-    cycles = lin_cycles + kv_cycles
+    parts = dec.get("components") or {"linears": {"cycles": dec["cycles"], "energy_j": dec["energy_j"]}}
+    components = {name: {"cycles": p["cycles"] / dec["tokens"], "energy_j": p["energy_j"] / dec["tokens"]}
+                  for name, p in parts.items()}
+    components["kv_cache"] = {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12}
+    cycles = sum(c["cycles"] for c in components.values())
     hz = cfg.clock_mhz * 1e6
     return {"context": context, "kv_bytes_per_position": per_position, "kv_read_bytes": read,
             "kv_write_bytes": write, "components": components, "cycles": cycles, "tokens_per_s": hz / cycles,

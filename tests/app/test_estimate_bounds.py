@@ -126,3 +126,14 @@ def test_context_adds_the_kv_cache_and_its_plot(capsys, tmp_path):
     fails_cleanly(["estimate", "--model", "toy", "--config", "asic32", "--prefill", "4", "--decode", "0",
                    "--context", "16"], capsys, match="--context needs a decode phase")
     fails_cleanly(base + ["--context", str(10 ** 9)], capsys, match="exceed the external memory")
+
+
+def test_context_with_the_vector_unit_names_its_component(capsys, tmp_path):
+    cfg = tmp_path / "asic32v.toml"
+    cfg.write_text('vector_unit = 1\npreset = "asic32"\n')
+    base = ["estimate", "--model", "toy", "--config", str(cfg), "--prefill", "4", "--decode", "2", "--context", "300"]
+    rc, out, err = run(base + ["--plots", tmp_path / "plots"], capsys)
+    assert rc == 0, err
+    assert "norms, SwiGLU, residual adds (simulated)" in out
+    assert "not counted (host work today): rotary embedding" in out and "SiLU" not in out.split("not counted")[1]
+    assert (tmp_path / "plots" / "context.png").stat().st_size > 10_000

@@ -80,3 +80,32 @@ def test_context_sweep_keeps_what_fits_the_external_memory():
     no_decode = estimate("toy", preset_config("asic32"), prefill=4, decode=0)
     with pytest.raises(ConfigError, match="needs a decode phase"):
         decode_at_context(no_decode, "toy", 16)
+
+
+def test_a_vector_unit_config_simulates_the_norms_swiglu_and_residual_adds():
+    """With vector_unit = 1 every residual add, RMSNorm and SwiGLU of the shape is compiled and simulated too: the
+    phase gets a ``components`` split whose parts add up to it, and decode_at_context carries the part."""
+    import dataclasses
+
+    from bitmos.compiler.shapes import load_shape, vector_ops
+    from bitmos.explore.perf import decode_at_context
+
+    cfg = preset_config("asic32")
+    shape = load_shape("toy")
+    ops = vector_ops(shape)
+    n = shape.get("n_layers") or shape.get("num_hidden_layers")
+    assert [op for _, op, _ in ops].count("rmsnorm") == 2 * n + 1 and len(ops) == 5 * n + 1
+    plain = estimate("toy", cfg, prefill=5, decode=3)
+    est = estimate("toy", dataclasses.replace(cfg, vector_unit=1), prefill=5, decode=3)
+    assert "components" not in plain["decode"]
+    for phase in ("prefill", "decode"):
+        comp = est[phase]["components"]
+        assert comp["vector_unit"]["cycles"] > 0 and comp["vector_unit"]["energy_j"] > 0
+        assert comp["linears"]["cycles"] == plain[phase]["cycles"]
+        assert comp["linears"]["cycles"] + comp["vector_unit"]["cycles"] == est[phase]["cycles"]
+        assert comp["linears"]["energy_j"] + comp["vector_unit"]["energy_j"] == pytest.approx(est[phase]["energy_j"])
+    ctx = decode_at_context(est, "toy", 64)
+    assert list(ctx["components"]) == ["linears", "vector_unit", "kv_cache"]
+    assert ctx["components"]["vector_unit"]["cycles"] == est["decode"]["components"]["vector_unit"]["cycles"] / 3
+    assert ctx["cycles"] == pytest.approx(sum(c["cycles"] for c in ctx["components"].values()))
+    assert decode_at_context(plain, "toy", 64)["tokens_per_s"] > ctx["tokens_per_s"]
