@@ -48,6 +48,19 @@ class SimulatedAccelerator:
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
 
+    def run_programs(self, label: str, tokens: int, programs, mem: bytearray) -> bytearray:
+        """Run ``programs`` in order on ``mem`` (each run recorded as ``(label, tokens, result)``); the final memory.
+        A fault ends the demo in one line naming ``label``."""
+        t0 = time.perf_counter()
+        for prog in programs:
+            r = self.sim.run(prog.words, mem, trace=self.trace)
+            if r.error:
+                raise BitmosUserError(f"{label}: the simulated accelerator faulted: {r.error_message}")
+            mem = r.memory
+            self.runs.append((label, tokens, r))
+        self.sim_seconds += time.perf_counter() - t0
+        return mem
+
     def compile_one_token(self) -> None:
         """:func:`compile_one_token` into the program cache (counted as compile time)."""
         t0 = time.perf_counter()
@@ -65,14 +78,7 @@ class SimulatedAccelerator:
         cl = self.compiled(name, x.shape[0])
         mem = bytearray(cl.memory)
         write_layer_input(mem, cl.manifest, x)
-        t0 = time.perf_counter()
-        for prog in cl.programs:
-            r = self.sim.run(prog.words, mem, trace=self.trace)
-            if r.error:
-                raise BitmosUserError(f"{name}: the simulated accelerator faulted: {r.error_message}")
-            mem = r.memory
-            self.runs.append((name, x.shape[0], r))
-        self.sim_seconds += time.perf_counter() - t0
+        mem = self.run_programs(name, x.shape[0], cl.programs, mem)
         y = read_layer_output(mem, cl.manifest)
         want = golden_linear(self.layers[name], torch.from_numpy(x.astype(np.int64)), self.cfg).numpy()
         if not np.array_equal(y.astype(np.int64), want.astype(np.int64)):
@@ -111,14 +117,7 @@ class SimulatedVectorUnit:
         cv = self._compiled[key]
         mem = bytearray(cv.memory)
         write_vector_operands(mem, cv, *(o.detach().cpu().numpy() for o in operands))
-        t0 = time.perf_counter()
-        for prog in cv.programs:
-            r = acc.sim.run(prog.words, mem, trace=acc.trace)
-            if r.error:
-                raise BitmosUserError(f"{name} {op}: the simulated accelerator faulted: {r.error_message}")
-            mem = r.memory
-            acc.runs.append((f"{name} {op}", T, r))
-        acc.sim_seconds += time.perf_counter() - t0
+        mem = acc.run_programs(f"{name} {op}", T, cv.programs, mem)
         return torch.from_numpy(read_vector_result(mem, cv).astype(np.int64))
 
 
