@@ -29,6 +29,9 @@ MODEL_SHAPES: dict[str, dict[str, int]] = {
     # BitNet b1.58 2B4T (Ma et al., arXiv 2504.12285, the released ternary model): its seven linears per layer
     # (its FFN activation is a squared ReLU, not SiLU; the linears' shapes are what the chip sees)
     "bitnet-b1.58-2b": {"dim": 2560, "hidden_dim": 6912, "n_layers": 30, "n_heads": 20, "n_kv_heads": 5},
+    # BitNet b1.58 3B (Ma et al., arXiv 2402.17764; the reproduction 1bitLLM/bitnet_b1_58-3B, its config.json:
+    # hidden 3200, intermediate 8640, 26 layers, 32 heads): the 3B ternary LLaMA that 3B 1.58-bit chips cite
+    "bitnet-b1.58-3b": {"dim": 3200, "hidden_dim": 8640, "n_layers": 26, "n_heads": 32},
 }
 
 _LLAMA_TYPES = ("llama", "mistral", "qwen2", "tinyllama")

@@ -65,17 +65,17 @@ class CompiledVector:
         return [range(s, min(s + self.block, self.tokens)) for s in range(0, self.tokens, self.block)]
 
 
-def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int) -> str | None:
-    """None if a block of ``block`` tokens fits the buffers, else the buffer that is too small."""
+def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int) -> tuple[str, str] | None:
+    """None if a block of ``block`` tokens fits the buffers, else (what is too small, its config field)."""
     nl = -(-K // cfg.cols)
     span = (nl - 1) * stride + block
     need_o = (nl * stride) * (len(VECTOR_OPS[op]) - 1) + span
     if need_o > cfg.depth("O"):
-        return f"OBUF ({need_o} lines needed, {cfg.depth('O')} deep)"
+        return f"OBUF ({need_o} lines needed, {cfg.depth('O')} deep)", "obuf_kib"
     if op != "resadd" and block * cfg.xlines(K) > cfg.depth("X"):
-        return f"XBUF ({block * cfg.xlines(K)} lines needed, {cfg.depth('X')} deep)"
+        return f"XBUF ({block * cfg.xlines(K)} lines needed, {cfg.depth('X')} deep)", "xbuf_kib"
     if op == "rmsnorm" and nl > cfg.depth("S"):
-        return f"SBUF ({nl} gain lines needed, {cfg.depth('S')} deep)"
+        return f"SBUF ({nl} gain lines needed, {cfg.depth('S')} deep)", "sbuf_kib"
     return None
 
 
@@ -110,7 +110,8 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
         mode, block = "plane", 1
         why = _fits(cfg, op, K, 1, 1)
     if why is not None:
-        raise UnsupportedError(f"{op} of one token of K = {K} values does not fit config {cfg.name!r}: {why}")
+        raise UnsupportedError(f"{op} of one token of K = {K} values does not fit config {cfg.name!r}: {why[0]}",
+                               field=why[1])
     C, R = cfg.cols, cfg.rows
     stride = R if mode == "token" else 1
     nl, xl = -(-K // C), cfg.xlines(K)
