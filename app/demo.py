@@ -294,6 +294,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         # trace the prefill and the first decode step: the timeline plots show one of each
         accel.trace = len(phase["marks"]) <= 2
     vector_mismatches: list[str] = []
+    host_ops: list[str] = []
     if layer_ops:
         from bitmos.model.golden_layer import GoldenLayerModel
         # 1. the whole-layer integer golden model, on the host
@@ -303,6 +304,9 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         chip.linear_fn, chip.vector_fn = accel, SimulatedVectorUnit(accel)
         sim_ids = _generate_layer(chip, ids, tokens, on_phase=on_phase)
         vector_mismatches = chip.vector_mismatches
+        # what stays on the host: no instruction yet for attention and rotary, nor for BitNet's per-linear
+        # LayerNorm (so its SwiGLU product, which feeds down_proj's LayerNorm, stays there too)
+        host_ops = ["attention", "rotary"] + (["LayerNorm", "SwiGLU"] if chip.ln_eps else [])
     else:
         # 1. the integer golden model, on the host
         golden = AcceleratorSide(export, cfg)
@@ -323,7 +327,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         "checkpoint": str(path), "config": cfg.to_dict(), "prompt": prompt,
         "text": tok.decode(sim_ids[len(ids):]), "golden_text": tok.decode(golden_ids[len(ids):]),
         "float_text": tok.decode(float_ids[len(ids):]),
-        "layer_ops": layer_ops,
+        "layer_ops": layer_ops, "host_ops": host_ops,
         "matches_golden": sim_ids == golden_ids and not accel.mismatches and not vector_mismatches,
         "layer_mismatches": accel.mismatches + vector_mismatches,
         "float_agreement": sum(a == b for a, b in zip(sim_ids[len(ids):], float_ids[len(ids):]))
@@ -367,8 +371,10 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
 def _fmt_demo(rep: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
     ok = "MATCHES" if rep["matches_golden"] else "DOES NOT MATCH"
-    what = ("every binarized linear, residual add, RMSNorm and SwiGLU on the chip, compared bit for bit with the "
-            "whole-layer integer golden model; attention and rotary on the host" if rep.get("layer_ops") else
+    host = rep.get("host_ops", [])
+    on_chip = ["residual add", "RMSNorm"] + ([] if "SwiGLU" in host else ["SwiGLU"])
+    what = (f"every binarized linear, {', '.join(on_chip[:-1])} and {on_chip[-1]} on the chip, compared bit for bit "
+            f"with the whole-layer integer golden model; {', '.join(host)} on the host" if rep.get("layer_ops") else
             "every binarized linear compared bit for bit")
     lines = [f"prompt: {rep['prompt']!r}",
              f"generated on the simulated accelerator ({rep['new_tokens']} tokens):",
