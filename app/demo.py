@@ -261,7 +261,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     """Generate text with every binarized linear on the simulated accelerator; check it against golden.
 
     ``layer_ops``: the decoder layer in integers (``GoldenLayerModel``) with its residual adds, RMSNorms and SwiGLU
-    gate products also on the chip, on its vector unit (the config gains ``vector_unit = 1``); attention and the
+    gate products (BitNet: its per-linear LayerNorms instead of the SwiGLU) also on the chip, on its vector unit (the config gains ``vector_unit = 1``); attention and the
     rotary embedding stay on the host, so this is checked against the whole-layer integer golden model."""
     import dataclasses
 
@@ -304,9 +304,9 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         chip.linear_fn, chip.vector_fn = accel, SimulatedVectorUnit(accel)
         sim_ids = _generate_layer(chip, ids, tokens, on_phase=on_phase)
         vector_mismatches = chip.vector_mismatches
-        # what stays on the host: no instruction yet for attention and rotary, nor for BitNet's per-linear
-        # LayerNorm (so its SwiGLU product, which feeds down_proj's LayerNorm, stays there too)
-        host_ops = ["attention", "rotary"] + (["LayerNorm", "SwiGLU"] if chip.ln_eps else [])
+        # what stays on the host: no instruction yet for attention and rotary; BitNet's SwiGLU product feeds
+        # down_proj's LayerNorm in int32, and the silu instruction writes int16, so that product stays there too
+        host_ops = ["attention", "rotary"] + (["SwiGLU"] if chip.ln_eps else [])
     else:
         # 1. the integer golden model, on the host
         golden = AcceleratorSide(export, cfg)
@@ -372,7 +372,7 @@ def _fmt_demo(rep: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
     ok = "MATCHES" if rep["matches_golden"] else "DOES NOT MATCH"
     host = rep.get("host_ops", [])
-    on_chip = ["residual add", "RMSNorm"] + ([] if "SwiGLU" in host else ["SwiGLU"])
+    on_chip = ["residual add", "RMSNorm"] + (["LayerNorm"] if "SwiGLU" in host else ["SwiGLU"])
     what = (f"every binarized linear, {', '.join(on_chip[:-1])} and {on_chip[-1]} on the chip, compared bit for bit "
             f"with the whole-layer integer golden model; {', '.join(host)} on the host" if rep.get("layer_ops") else
             "every binarized linear compared bit for bit")

@@ -35,6 +35,7 @@ class Op(enum.IntEnum):
     RESADD = 0x09
     SILU = 0x0A
     RMSNORM = 0x0B
+    LAYERNORM = 0x0C
 
 
 class Reg(enum.IntEnum):
@@ -51,7 +52,7 @@ class Reg(enum.IntEnum):
     # the vector unit's registers (legal only where AcceleratorConfig.vector_unit = 1)
     XFRAC = 9    # fraction bits of the int16 XBUF values silu and rmsnorm write (the consumer linear's x_frac)
     GEXP = 10    # rmsnorm: exponent of the int16 gains (g ~ G * 2^-GEXP, formats.gain_exponent)
-    EPS = 11     # rmsnorm: the model's epsilon in the residual's squared units, round(eps * 2^(2 * out_frac_bits))
+    EPS = 11     # rmsnorm / layernorm: epsilon in the input's squared units, round(eps * 2^(2 * its fraction bits))
 
 
 #: (min, max) of each register's value; SMUL is signed.
@@ -63,7 +64,7 @@ REG_RANGE: dict[Reg, tuple[int, int]] = {
 
 #: Instructions and registers of the vector unit: illegal (opcode, or SETR's register field) on a config without
 #: it (``AcceleratorConfig.vector_unit`` = 0), as on every config before the unit existed.
-VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM)
+VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM)
 VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS)
 
 #: DMA buffer codes (the on-chip buffers the DMA engine can reach).
@@ -133,6 +134,7 @@ SPECS: dict[Op, tuple[Field, ...]] = {
               _f("ntok", 8, 2, 1)),
     Op.RMSNORM: (_f("mode", 57, 57, enum=MODES), _f("r", 56, 41), _f("x", 40, 25), _f("s", 24, 9),
                  _f("ntok", 8, 2, 1)),
+    Op.LAYERNORM: (_f("mode", 57, 57, enum=MODES), _f("r", 56, 41), _f("x", 40, 25), _f("ntok", 24, 18, 1)),
 }
 
 

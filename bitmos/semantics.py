@@ -195,6 +195,8 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         if op is Op.SILU:
             return (_token_lines("O", False, f["g"], f, nl, R, "OBUF gate lines")
                     + _token_lines("O", False, f["u"], f, nl, R, "OBUF up lines") + x_lines)
+        if op is Op.LAYERNORM:   # unit gains: no SBUF line
+            return _token_lines("O", False, f["r"], f, nl, R, "OBUF input lines") + x_lines
         return (_token_lines("O", False, f["r"], f, nl, R, "OBUF residual lines")
                 + [Access("S", False, f["s"], nl, what="SBUF gain lines")] + x_lines)
     planes = ops.select(f["mode"], counts["plane_lines_plane"], counts["plane_lines_token"])
@@ -456,6 +458,11 @@ NORM_PASS2_DRAIN = 5
 NORM_DIV_CYCLES = 1 + 2 * 23 + 1       # formats.NORM_RSQ_SHIFT = 23
 NORM_SQRT_CYCLES = 1 + 24
 NORM_TOKEN_FIXED = NORM_PASS1_DRAIN + NORM_PASS2_DRAIN + NORM_DIV_CYCLES + NORM_SQRT_CYCLES
+#: LayerNorm (BitNet's, parameter-free) is an RMSNorm of the centred values with unit gains: before it, a pass
+#: for the sum (read, register, accumulate: drains in 3) and the signed divide by K for the rounded mean (load
+#: + 33 quotient bits: |sum + K/2| < 2^47 and K >= 1, the mean is an int32); the centring is in the
+#: RMSNorm's passes (a subtract and a saturation beside the max and the square).
+NORM_MEAN_FIXED = 3 + 1 + 33
 #: RMSNorm's pass 3, from the last read to its write: the line registered, r' by shift-round, r' x RSQ (two
 #: stages), x G (two stages), rounded and saturated to int16, written. The next token's pass 1 overlaps it.
 NORM_PIPELINE = 8
@@ -465,16 +472,20 @@ def vector_token_cycles(op: Op, cfg: AcceleratorConfig, k_features: Value) -> Va
     """Vector-unit cycles per token of K features (NL = ceil(K / C) OBUF lines, XL XBUF lines): a residual add
     reads two lines per output line (2 NL); a SiLU reads two per output line and writes the token's XL - NL
     padding lines as zeros (NL + XL); an RMSNorm makes three passes, two over its NL lines and one writing
-    XL lines, around its divide and square root (2 NL + XL + NORM_TOKEN_FIXED)."""
+    XL lines, around its divide and square root (2 NL + XL + NORM_TOKEN_FIXED); a LayerNorm first reads the NL
+    lines once more for the mean (NL + NORM_MEAN_FIXED more)."""
     nl, xl = olines(cfg, k_features), xlines(cfg, k_features)
     if op is Op.RESADD:
         return 2 * nl
     if op is Op.SILU:
         return nl + xl
+    if op is Op.LAYERNORM:
+        return nl + NORM_MEAN_FIXED + 2 * nl + xl + NORM_TOKEN_FIXED
     return 2 * nl + xl + NORM_TOKEN_FIXED
 
 
-VECTOR_PIPELINE = {Op.RESADD: RESADD_PIPELINE, Op.SILU: SILU_PIPELINE, Op.RMSNORM: NORM_PIPELINE}
+VECTOR_PIPELINE = {Op.RESADD: RESADD_PIPELINE, Op.SILU: SILU_PIPELINE, Op.RMSNORM: NORM_PIPELINE,
+                   Op.LAYERNORM: NORM_PIPELINE}
 
 
 def compute_items(op: Op, f: Mapping[str, Value]) -> Value:
@@ -603,4 +614,4 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "rq_cycles", "chunk_period", "SCALE_LINE_REGISTER", "ROUTER_DRAIN", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
-           "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED"]
+           "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED"]

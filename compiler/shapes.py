@@ -81,16 +81,24 @@ def llama_linears(shape: dict) -> list[tuple[str, int, int]]:
     return out
 
 
-def vector_ops(shape: dict) -> list[tuple[str, str, int]]:
+def vector_ops(shape: dict, layernorms: bool = False) -> list[tuple[str, str, int]]:
     """(name, vector-unit operation, K) of every residual add, RMSNorm and SwiGLU of a shape, in execution order
     (``GoldenLayerModel``'s): per layer the attention norm, its residual add, the MLP norm, the gate product
-    (K = hidden_dim), its residual add; then the final norm."""
+    (K = hidden_dim), its residual add; then the final norm. ``layernorms`` (BitNet): each linear's LayerNorm of
+    its input too, and no SwiGLU (its int32 product feeds down_proj's LayerNorm, on the host)."""
     d, hid, nl, *_ = _dims(shape)
+    lns = {}
+    if layernorms:
+        for path, K, _ in llama_linears(shape):
+            lns.setdefault(path.rsplit(".", 2)[0], []).append((f"{path}.ln", "layernorm", K))
     out = []
     for i in range(nl):
         p = f"layers.{i}"
-        out += [(f"{p}.attn_norm", "rmsnorm", d), (f"{p}.attn_residual", "resadd", d), (f"{p}.mlp_norm", "rmsnorm", d),
-                (f"{p}.mlp.silu", "silu", hid), (f"{p}.mlp_residual", "resadd", d)]
+        attn = [x for x in lns.get(f"{p}", []) if ".attn." in x[0]]
+        mlp = [x for x in lns.get(f"{p}", []) if ".mlp." in x[0]]
+        out += [(f"{p}.attn_norm", "rmsnorm", d), *attn, (f"{p}.attn_residual", "resadd", d),
+                (f"{p}.mlp_norm", "rmsnorm", d), *(mlp if layernorms else [(f"{p}.mlp.silu", "silu", hid)]),
+                (f"{p}.mlp_residual", "resadd", d)]
     return out + [("norm", "rmsnorm", d)]
 
 

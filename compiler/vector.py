@@ -1,4 +1,5 @@
-"""Programs for the vector unit (docs/isa.md: ``resadd``, ``silu``, ``rmsnorm``) on tokens in external memory.
+"""Programs for the vector unit (docs/isa.md: ``resadd``, ``silu``, ``rmsnorm``, ``layernorm``) on tokens in external
+memory.
 
 The decoder layer's residual adds, SwiGLU gate products and RMSNorms run on the vector unit of a config with
 ``vector_unit = 1``. :func:`compile_vector` builds, for one operation on ``tokens`` tokens of K values, one
@@ -30,7 +31,8 @@ from bitmos.errors import UnsupportedError
 from bitmos.isa import Instruction, Op, Reg, encode, setr
 
 #: The vector unit's operations and their operand names (the first is the one ``resadd`` updates).
-VECTOR_OPS = {"resadd": ("residual", "addend"), "silu": ("gate", "up"), "rmsnorm": ("residual",)}
+VECTOR_OPS = {"resadd": ("residual", "addend"), "silu": ("gate", "up"), "rmsnorm": ("residual",),
+              "layernorm": ("values",)}
 ALIGN = 64
 
 
@@ -82,9 +84,9 @@ def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int) -> t
 def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfrac: int = 0,
                    gains: list[int] | np.ndarray | None = None, gexp: int = 0, eps_q: int = 0,
                    base: int = 0, timing_only: bool = False) -> CompiledVector:
-    """Programs and image for vector operation ``op`` ('resadd', 'silu' or 'rmsnorm') on ``tokens`` tokens of K
-    values; ``xfrac``: fraction bits of the int16 result (silu, rmsnorm); ``gains`` (int16, K of them), ``gexp``,
-    ``eps_q``: the RMSNorm's (formats.rms_norm). Regions start at ``base``. ``timing_only``: no memory image
+    """Programs and image for vector operation ``op`` ('resadd', 'silu', 'rmsnorm' or 'layernorm') on ``tokens``
+    tokens of K values; ``xfrac``: fraction bits of the int16 result (silu, the norms); ``gains`` (int16, K of
+    them), ``gexp``: the RMSNorm's; ``eps_q``: either norm's epsilon (formats.rms_norm, formats.layer_norm). Regions start at ``base``. ``timing_only``: no memory image
     (empty; the gains may be omitted): the programs for the simulator's timing-only mode, at any size.
 
     Raises UnsupportedError (a config without the vector unit, or a token that does not fit its buffers)."""
@@ -98,6 +100,8 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
     params = {}
     if op != "resadd":
         params["XFRAC"] = xfrac
+    if op == "layernorm":
+        params["EPS"] = eps_q
     if op == "rmsnorm":
         if timing_only and gains is None:
             gains = np.zeros(K, dtype=np.int64)
@@ -164,6 +168,8 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
         else:
             if op == "silu":
                 ins = Instruction.make(Op.SILU, mode=mode, g=0, u=obuf_at["up"], x=0, ntok=ntok)
+            elif op == "layernorm":
+                ins = Instruction.make(Op.LAYERNORM, mode=mode, r=0, x=0, ntok=ntok)
             else:
                 ins = Instruction.make(Op.RMSNORM, mode=mode, r=0, x=0, s=0, ntok=ntok)
             words.append(encode(ins))
@@ -236,6 +242,8 @@ def reference(cv: CompiledVector, *operands: np.ndarray, gains=None) -> np.ndarr
         ops = [list(map(int, o[t])) for o in operands]
         if cv.op == "resadd":
             out.append([F.residual_add(a, b) for a, b in zip(*ops)])
+        elif cv.op == "layernorm":
+            out.append(F.layer_norm(ops[0], cv.params["EPS"], cv.params["XFRAC"]))
         elif cv.op == "silu":
             h = F.silu_gate(ops[0], ops[1], cfg.out_frac_bits)
             out.append([F.requantize(v, cfg.out_frac_bits, cv.params["XFRAC"], F.X_BITS) for v in h])

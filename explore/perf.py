@@ -239,7 +239,7 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        vector_walk = vector_ops(shape) if c.vector_unit else None
+        vector_walk = vector_ops(shape, layernorms=scheme == "bitnet") if c.vector_unit else None
         return dict(_phases(c, walk, prefill, decode, table, bias, vector_walk), energy_table=table.name)
 
     if auto_buffers:

@@ -238,7 +238,8 @@ class GoldenLayerModel(nn.Module):
         calibrated x_frac, or for BitNet through its LayerNorm (``formats.layer_norm``, eps in v^2 units)."""
         xf = self.host.x_frac[path]
         if path in self.ln_eps:
-            return layer_norm(v, round(self.ln_eps[path] * (1 << (2 * v_frac))), xf)
+            eps_q = round(self.ln_eps[path] * (1 << (2 * v_frac)))
+            return self._vector(layer_norm(v, eps_q, xf), "layernorm", path + ".ln", v, eps_q=eps_q, xfrac=xf)
         return requantize(v, v_frac, xf)
 
     def _norm_linears(self, r, norm: Norm, paths: list[str], name: str) -> list[torch.Tensor]:

@@ -28,7 +28,7 @@ from bitmos.semantics import depth as sem_depth
 #: Execution unit of each opcode, for traces and Gantt charts.
 UNIT = {Op.NOP: "ctrl", Op.HALT: "ctrl", Op.SETR: "ctrl", Op.WAIT: "ctrl", Op.LOAD: "dma",
         Op.STORE: "dma", Op.QUANT: "scale", Op.MATMUL: "array", Op.SCALEOUT: "scale",
-        Op.RESADD: "vector", Op.SILU: "vector", Op.RMSNORM: "vector"}
+        Op.RESADD: "vector", Op.SILU: "vector", Op.RMSNORM: "vector", Op.LAYERNORM: "vector"}
 UNIT_CODES = ("ctrl", "dma", "scale", "array", "vector")
 _UNIT_OF_OP = np.zeros(64, dtype=np.int8)
 for _op, _u in UNIT.items():

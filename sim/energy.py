@@ -143,7 +143,7 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
     # the vector unit: every lane of every line it reads works (a token's last line past K included)
     ob_bits, x_bits, s_bits = cfg.obuf_line_bits, cfg.xbuf_line_bits, cfg.sbuf_line_bits
     nl = (K + C - 1) // C
-    for code in (Op.RESADD, Op.SILU, Op.RMSNORM):
+    for code in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM):
         sel = op == int(code)
         if not sel.any():
             continue
@@ -158,13 +158,14 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
             c["vector_lut_reads"] += lines * C
             c["vector_mul32s"] += 2 * lines * C
         else:                        # three passes over r; the max's compares and the square sum's adds,
-            c["o_read_bits"] += 3 * lines * ob_bits          # the squares, r' x RSQ x G; one divide
-            c["s_read_bits"] += lines * s_bits               # and one square root per token
-            c["x_write_bits"] += xlines * x_bits
-            c["vector_adds"] += 2 * lines * C
+            mean = code is Op.LAYERNORM                      # the squares, r' x RSQ x G; one divide and one
+            c["o_read_bits"] += (4 if mean else 3) * lines * ob_bits     # square root per token; LayerNorm: a
+            c["s_read_bits"] += 0 if mean else lines * s_bits            # mean pass (its adds and divide, the
+            c["x_write_bits"] += xlines * x_bits                         # centring subtracts), unit gains
+            c["vector_adds"] += (4 if mean else 2) * lines * C
             c["vector_mul16s"] += lines * C
             c["vector_mul32s"] += 2 * lines * C
-            c["vector_recips"] += 2 * S(f["ntok"][sel])
+            c["vector_recips"] += (3 if mean else 2) * S(f["ntok"][sel])
 
     # scaleout
     sel = op == int(Op.SCALEOUT)

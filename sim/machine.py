@@ -203,6 +203,8 @@ class Simulator:
             self._silu(st, ins)
         elif op is Op.RMSNORM:
             self._rmsnorm(st, ins)
+        elif op is Op.LAYERNORM:
+            self._layernorm(st, ins)
 
     def _dma(self, st: MachineState, ins: Instruction, mem: bytearray, *, load: bool) -> None:
         b = BUFFERS[ins["buf"]]
@@ -405,6 +407,14 @@ class Simulator:
         gains[K:] = 0
         self._write_x(st, ins, rms_norm(r[:, :K], gains[:K], st.regs[Reg.GEXP], st.regs[Reg.EPS],
                                         st.regs[Reg.XFRAC]))
+
+    def _layernorm(self, st: MachineState, ins: Instruction) -> None:
+        K = st.regs[Reg.K]
+        v = self._vector_operand(st, ins, ins["r"])[:, :K]                                 # [T, K]
+        mu = (v.sum(axis=1, keepdims=True) + K // 2) // K        # |sum| < 2^47: exact; floor as formats' //
+        c = _sat(v - mu, formats.RESID_BITS)
+        unit = np.full(K, 1 << formats.UNIT_GEXP, dtype=np.int64)
+        self._write_x(st, ins, rms_norm(c, unit, formats.UNIT_GEXP, st.regs[Reg.EPS], st.regs[Reg.XFRAC]))
 
 
 # ---- vectorized reference arithmetic (bit-exact with bitmos.formats) --------------------------------

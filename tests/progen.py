@@ -83,17 +83,17 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
         K = regs[Reg.K]
         nch, xl = cfg.nchunks(K), cfg.xlines(K)
         kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "setb", "quant", "matmul", "scaleout",
-                            "setv", "resadd", "silu", "rmsnorm"],
+                            "setv", "resadd", "silu", "rmsnorm", "layernorm"],
                            [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 1 if router else 0, 4, 4, 3,
-                            *([1, 2, 2, 2] if vec else [0, 0, 0, 0])])[0]
-        if kind in ("resadd", "silu", "rmsnorm"):
+                            *([1, 2, 2, 2, 2] if vec else [0, 0, 0, 0, 0])])[0]
+        if kind in ("resadd", "silu", "rmsnorm", "layernorm"):
             nl = -(-K // cfg.cols)
             mode = rng.randrange(2)
             ntok = 1 if mode else rng.randrange(1, R + 1)
             span = nl if mode else (nl - 1) * R + ntok
             if span > dep["O"] // 2 or ntok * xl > dep["X"] or nl > dep["S"]:
                 kind = "nop"    # this K does not fit two operands; the next setk may
-        if kind in ("resadd", "silu", "rmsnorm"):
+        if kind in ("resadd", "silu", "rmsnorm", "layernorm"):
             o1 = rng.randrange(0, dep["O"] - span + 1)
             # a second operand apart from the first (or, for resadd, sometimes the same lines: r + r)
             free = [o for o in range(0, dep["O"] - span + 1) if o + span <= o1 or o >= o1 + span]
@@ -103,9 +103,12 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
             elif kind == "silu":
                 emit(Instruction.make(Op.SILU, mode=mode, g=o1, u=o2, x=rng.randrange(0, dep["X"] - ntok * xl + 1),
                                       ntok=ntok))
-            else:
+            elif kind == "rmsnorm":
                 emit(Instruction.make(Op.RMSNORM, mode=mode, r=o1, x=rng.randrange(0, dep["X"] - ntok * xl + 1),
                                       s=rng.randrange(0, dep["S"] - nl + 1), ntok=ntok))
+            else:
+                emit(Instruction.make(Op.LAYERNORM, mode=mode, r=o1, x=rng.randrange(0, dep["X"] - ntok * xl + 1),
+                                      ntok=ntok))
             continue
         if kind == "setv":
             reg = rng.choice([Reg.XFRAC, Reg.GEXP, Reg.EPS])
@@ -169,7 +172,7 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     pc = rng.randrange(len(words))
     choice = rng.randrange(8)
     if choice == 0:   # an opcode past the table, or the vector unit's on a config without it
-        first = 0x0C if cfg.vector_unit else 0x09
+        first = 0x0D if cfg.vector_unit else 0x09
         words[pc] = rng.randrange(first, 0x40) << 58
     elif choice == 1:
         words[pc] = (int(Op.NOP) << 58) | (1 << rng.randrange(58))                    # reserved bit
@@ -214,7 +217,7 @@ def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
         ranges.append(("O", ins["o"], end))
         if E >= 1:
             ranges.append(("S", ins["s"], ins["s"] + ins["ntiles"]))
-    elif ins.op in (Op.RESADD, Op.SILU, Op.RMSNORM):
+    elif ins.op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM):
         nl = -(-K // cfg.cols)
         span = nl if ins["mode"] == 1 else (nl - 1) * R + ins["ntok"]
         for name in ("r", "o", "g", "u"):

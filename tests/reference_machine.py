@@ -142,6 +142,8 @@ class ReferenceMachine:
             return 1 + ins["ntok"] * (NL + XL) + 10
         if ins.op is Op.RMSNORM:
             return 1 + ins["ntok"] * (2 * NL + XL + 82) + 8
+        if ins.op is Op.LAYERNORM:
+            return 1 + ins["ntok"] * (3 * NL + XL + 82 + 37) + 8
         return 1
 
     def step_time(self, ins) -> None:
@@ -168,7 +170,7 @@ class ReferenceMachine:
             if op is Op.HALT:
                 self.step_time(ins)
                 return RefResult(self.t, self.mem, None, pc + 1, self.stalls)
-            if op in (Op.RESADD, Op.SILU, Op.RMSNORM) and not self.cfg.vector_unit:
+            if op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM) and not self.cfg.vector_unit:
                 self.fail(pc, f"{op.name.lower()} on a config without the vector unit")
             if op is Op.SETR:
                 reg, value = Reg(ins["reg"]), reg_value(Reg(ins["reg"]), ins["value"])
@@ -191,7 +193,7 @@ class ReferenceMachine:
                 self.scaleout(ins, pc)
             elif op is Op.RESADD:
                 self.resadd(ins, pc)
-            elif op in (Op.SILU, Op.RMSNORM):
+            elif op in (Op.SILU, Op.RMSNORM, Op.LAYERNORM):
                 self.vector_to_x(ins, pc)
             self.step_time(ins)
             pc += 1
@@ -359,7 +361,7 @@ class ReferenceMachine:
                     self.set_o(rl, j, F.residual_add(field(old_r, j, 32), field(old_o, j, 32)))
 
     def vector_to_x(self, ins, pc: int) -> None:
-        """silu and rmsnorm: each token's K int16 values to XBUF lines x + t*XL + i // C, zeros past K."""
+        """silu, rmsnorm, layernorm: each token's K int16 values to XBUF lines x + t*XL + i // C, zeros past K."""
         cfg, regs = self.cfg, self.regs
         C, L, K = cfg.cols, cfg.lanes, regs[Reg.K]
         XL = -(-K // L) * L // C
@@ -367,15 +369,19 @@ class ReferenceMachine:
         if ins.op is Op.SILU:
             self.touch_tokens(ins, ins["g"], pc, "silu gate")
             self.touch_tokens(ins, ins["u"], pc, "silu up")
-        else:
+        elif ins.op is Op.RMSNORM:
             self.touch_tokens(ins, ins["r"], pc, "rmsnorm residual")
             self.touch("S", ins["s"], ins["s"] + -(-K // C), pc, "rmsnorm gains")
+        else:
+            self.touch_tokens(ins, ins["r"], pc, "layernorm input")
         self.touch("X", ins["x"], ins["x"] + ins["ntok"] * XL, pc, ins.op.name.lower())
         for t in range(ins["ntok"]):
             if ins.op is Op.SILU:
                 h = F.silu_gate(self.token_values(ins, ins["g"], t, pc, "gate"),
                                 self.token_values(ins, ins["u"], t, pc, "up"), cfg.out_frac_bits)
                 x = [F.requantize(v, cfg.out_frac_bits, regs[Reg.XFRAC], F.X_BITS) for v in h]
+            elif ins.op is Op.LAYERNORM:
+                x = F.layer_norm(self.token_values(ins, ins["r"], t, pc, "input"), regs[Reg.EPS], regs[Reg.XFRAC])
             else:
                 gains = [self.s(ins["s"] + i // C, 0, i % C) for i in range(K)]
                 x = F.rms_norm(self.token_values(ins, ins["r"], t, pc, "residual"), gains, regs[Reg.GEXP],

@@ -46,7 +46,7 @@ def test_programs_compute_the_formats_definition(preset, op, tokens, K):
     a[0, 0] = (1 << 31) - 1
     b = rng.integers(-(1 << 24), 1 << 24, (tokens, K))
     b[0, 0] = 1 << 24                          # a saturating residual sum
-    operands = (a, b) if op != "rmsnorm" else (a,)
+    operands = (a, b) if len(VECTOR_OPS[op]) == 2 else (a,)
     mem = bytearray(cv.memory)
     write_vector_operands(mem, cv, *operands)
     mem = run(cv, mem, naive=(tokens * K <= 200))

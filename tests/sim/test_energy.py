@@ -96,6 +96,12 @@ class TestCounts(unittest.TestCase):
                                + 40 * cp["lut_read_pj"] + 6 * cp["recip_pj"])
         self.assertEqual(energy_breakdown(Simulator(SMALL).run(assemble("halt"), functional=False).counts, 1, SMALL,
                                           t)["vector_unit"], 0)
+        ln = Simulator(cfg).run(assemble("setr K 37\nlayernorm mode=plane r=0 x=0 ntok=1\nhalt"),
+                                functional=False).counts
+        # a mean pass more than rmsnorm (4 OBUF reads a line, its adds and divide), no SBUF gains
+        self.assertEqual((ln["o_read_bits"], ln["s_read_bits"], ln["x_write_bits"]), (4 * 10 * 128, 0, 16 * 64))
+        self.assertEqual((ln["vector_adds"], ln["vector_mul16s"], ln["vector_mul32s"], ln["vector_recips"]),
+                         (4 * 10 * 4, 10 * 4, 2 * 10 * 4, 3))
 
 
 class TestEnergyTable(unittest.TestCase):

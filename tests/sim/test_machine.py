@@ -368,7 +368,7 @@ class TestVectorUnit(unittest.TestCase):
                     words, mem = random_program(cfg, seed=100 * i + seed, length=30, mem_bytes=1 << 12)
                     ops = {w >> 58 for w in words}
                     assert_matches_naive(self, cfg, words, mem)
-            self.assertTrue({int(Op.RESADD), int(Op.SILU), int(Op.RMSNORM)} <= ops | {
+            self.assertTrue({int(Op.RESADD), int(Op.SILU), int(Op.RMSNORM), int(Op.LAYERNORM)} <= ops | {
                 w >> 58 for seed in range(4) for w in random_program(cfg, seed=100 * i + seed, length=30,
                                                                      mem_bytes=1 << 12)[0]})
 
@@ -400,6 +400,7 @@ class TestVectorUnit(unittest.TestCase):
             load buf=S line=0 nlines={nl} ext={ob.nbytes}
             wait
             silu mode={mode} g=0 u={span + 1} x={ntok * xl} ntok={ntok}
+            layernorm mode={mode} r={span + 1} x={2 * ntok * xl} ntok={ntok}
             resadd mode={mode} r=0 o={span + 1} ntok={ntok}
             rmsnorm mode={mode} r=0 x=0 s=0 ntok={ntok}
             halt
@@ -408,6 +409,8 @@ class TestVectorUnit(unittest.TestCase):
         xs = res.state.xbuf()
         got_norm = [[int(v) for v in xs[t * xl:(t + 1) * xl].reshape(-1)] for t in range(ntok)]
         got_silu = [[int(v) for v in xs[(ntok + t) * xl:(ntok + t + 1) * xl].reshape(-1)] for t in range(ntok)]
+        self.got_layernorm = [[int(v) for v in xs[(2 * ntok + t) * xl:(2 * ntok + t + 1) * xl].reshape(-1)]
+                              for t in range(ntok)]
         return res, got_norm, got_silu, xl
 
     def test_directed_against_formats(self):
@@ -431,11 +434,13 @@ class TestVectorUnit(unittest.TestCase):
                         self.assertEqual(norm[t], want + [0] * (xl * C - K))
                         h = F.silu_gate(r[t], y[t], F16)
                         self.assertEqual(silu[t], [F.requantize(v, F16, 7, 16) for v in h] + [0] * (xl * C - K))
+                        self.assertEqual(self.got_layernorm[t], F.layer_norm(y[t], 12345, 7) + [0] * (xl * C - K))
                     # cycles: the table of docs/isa.md by hand (4 setr, 2 x (load + wait) and halt around)
                     nl = -(-K // C)
                     self.assertEqual(
                         [int(b) + 1 for b, o in zip(res.trace.busy, res.trace.op) if o >= int(Op.RESADD)],
-                        [1 + ntok * (nl + xl) + 10, 1 + ntok * 2 * nl + 3, 1 + ntok * (2 * nl + xl + 82) + 8])
+                        [1 + ntok * (nl + xl) + 10, 1 + ntok * (3 * nl + xl + 82 + 37) + 8, 1 + ntok * 2 * nl + 3,
+                         1 + ntok * (2 * nl + xl + 82) + 8])
 
     def test_zero_token_divides_by_k_not_zero(self):
         cfg = with_vector(preset_config("small"))
@@ -447,6 +452,7 @@ class TestVectorUnit(unittest.TestCase):
         for word, cause, text in (
                 (assemble("resadd mode=token r=0 o=16 ntok=1")[0], CAUSE_ILLEGAL_OPCODE, "illegal opcode"),
                 (assemble("rmsnorm mode=plane r=0 x=0 s=0 ntok=1")[0], CAUSE_ILLEGAL_OPCODE, "illegal opcode"),
+                (assemble("layernorm mode=plane r=0 x=0 ntok=1")[0], CAUSE_ILLEGAL_OPCODE, "illegal opcode"),
                 (assemble("setr EPS 3")[0], CAUSE_ILLEGAL_FIELD, "belongs to the vector unit")):
             r = run_both(SMALL, [assemble("setr K 16")[0], word, assemble("halt")[0]])
             self.assertEqual((r.error, r.cause, r.error_pc), (True, cause, 1))
