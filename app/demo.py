@@ -99,11 +99,12 @@ class SimulatedVectorUnit:
         self.cfg = accel.cfg
         self._compiled: dict[tuple, Any] = {}
 
-    def __call__(self, op: str, name: str, *operands, xfrac: int = 0, gains=None, gexp: int = 0, eps_q: int = 0):
+    def __call__(self, op: str, name: str, *operands, xfrac: int = 0, gains=None, gexp: int = 0, eps_q: int = 0,
+                 cos=None, sin=None, head_dim: int = 0):
         import numpy as np
         import torch
 
-        from bitmos.compiler.vector import compile_vector, read_vector_result, write_vector_operands
+        from bitmos.compiler.vector import compile_vector, read_vector_result, write_rope_table, write_vector_operands
 
         T, K = operands[0].shape
         key = (name, op, T, xfrac)
@@ -111,12 +112,14 @@ class SimulatedVectorUnit:
         if key not in self._compiled:
             t0 = time.perf_counter()
             self._compiled[key] = compile_vector(
-                op, self.cfg, T, K, xfrac=xfrac, gexp=gexp, eps_q=eps_q,
+                op, self.cfg, T, K, xfrac=xfrac, gexp=gexp, eps_q=eps_q, head_dim=head_dim,
                 gains=None if gains is None else gains.tolist())
             acc.compile_seconds += time.perf_counter() - t0
         cv = self._compiled[key]
         mem = bytearray(cv.memory)
         write_vector_operands(mem, cv, *(o.detach().cpu().numpy() for o in operands))
+        if op == "rope":        # the tokens' positions: their rows of the table
+            write_rope_table(mem, cv, cos.numpy(), sin.numpy())
         mem = acc.run_programs(f"{name} {op}", T, cv.programs, mem)
         return torch.from_numpy(read_vector_result(mem, cv).astype(np.int64))
 
@@ -304,9 +307,9 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         chip.linear_fn, chip.vector_fn = accel, SimulatedVectorUnit(accel)
         sim_ids = _generate_layer(chip, ids, tokens, on_phase=on_phase)
         vector_mismatches = chip.vector_mismatches
-        # what stays on the host: no instruction yet for attention and rotary; BitNet's SwiGLU product feeds
+        # what stays on the host: no instruction yet for attention; BitNet's SwiGLU product feeds
         # down_proj's LayerNorm in int32, and the silu instruction writes int16, so that product stays there too
-        host_ops = ["attention", "rotary"] + (["SwiGLU"] if chip.ln_eps else [])
+        host_ops = ["attention"] + (["SwiGLU"] if chip.ln_eps else [])
     else:
         # 1. the integer golden model, on the host
         golden = AcceleratorSide(export, cfg)
@@ -340,11 +343,12 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     if decode_runs:
         report["decode"] = summarize(decode_runs, table, tokens=decode_steps)
         report["decode"].pop("per_run", None)
+    from bitmos.compiler.vector import VECTOR_OPS
     for name, lo, hi in (("prefill", marks[0][1], marks[1][1]), ("decode", marks[1][1], marks[-1][1])):
         if name in report:   # cycles by component: the linears and (layer_ops) the vector unit's operations
             comp = {"linears": 0, "vector unit": 0}
             for run_name, _, r in accel.runs[lo:hi]:
-                comp["vector unit" if run_name.rsplit(" ", 1)[-1] in ("resadd", "silu", "rmsnorm") else
+                comp["vector unit" if run_name.rsplit(" ", 1)[-1] in VECTOR_OPS else
                      "linears"] += r.cycles
             report[name]["cycles_by_component"] = comp
     report["wall_seconds"] = {"total": time.perf_counter() - t_start, "compile": accel.compile_seconds,
@@ -372,7 +376,7 @@ def _fmt_demo(rep: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
     ok = "MATCHES" if rep["matches_golden"] else "DOES NOT MATCH"
     host = rep.get("host_ops", [])
-    on_chip = ["residual add", "RMSNorm"] + (["LayerNorm"] if "SwiGLU" in host else ["SwiGLU"])
+    on_chip = ["residual add", "RMSNorm", "rotary"] + (["LayerNorm"] if "SwiGLU" in host else ["SwiGLU"])
     what = (f"every binarized linear, {', '.join(on_chip[:-1])} and {on_chip[-1]} on the chip, compared bit for bit "
             f"with the whole-layer integer golden model; {', '.join(host)} on the host" if rep.get("layer_ops") else
             "every binarized linear compared bit for bit")

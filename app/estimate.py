@@ -36,7 +36,7 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
 
 #: How the context section names ``decode_at_context``'s components.
 _COMPONENT_NAMES = {"linears": "binarized linears (simulated)",
-                    "vector_unit": "norms, SwiGLU, residual adds (simulated)",
+                    "vector_unit": "norms, rotary, SwiGLU, residual adds (sim.)",
                     "kv_cache": "KV cache reads + write (memory bound)"}
 
 
@@ -54,10 +54,11 @@ def _fmt_context(c: dict[str, Any]) -> str:
               f"(bandwidth / (weight bytes + KV bytes)): {c['bound_tokens_per_s']:,.1f} tokens/s "
               f"({c['tokens_per_s'] / c['bound_tokens_per_s']:.3f} of it)",
               "not counted (host work today): "
-              + ("rotary embedding, the attention arithmetic beyond its stream, embedding, LM head"
+              + (", ".join(c.get("not_counted", []) + ["the attention arithmetic beyond its stream", "embedding",
+                                                        "LM head"])
                  if "vector_unit" in c["components"] else
                  "norms, rotary embedding, softmax, SiLU, residual adds, embedding, LM head (a config with "
-                 "vector_unit = 1 simulates the norms, SiLU and residual adds)")]
+                 "vector_unit = 1 simulates the norms, rotary, SiLU and residual adds)")]
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ def measure_slim(context: int = 128) -> dict:
                        "binary_weights": est["model"]["binary_weights"], "weight_bits": est["model"]["weight_bits"],
                        "tokens_per_s": at["tokens_per_s"], "bound_tokens_per_s": at["bound_tokens_per_s"],
                        "mj_per_token": at["energy_per_token_j"] * 1e3, "chip_mj_per_token": chip_j * 1e3,
-                       "dram_mj_per_token": br["dram"] * 1e-9 / tokens,
+                       "dram_mj_per_token": br["dram"] * 1e-9 / tokens, "host_ops": est["host_ops"],
                        "weights_only_bound_tokens_per_s": est["decode_bound_tokens_per_s"]}}
 
 

@@ -36,6 +36,7 @@ class Op(enum.IntEnum):
     SILU = 0x0A
     RMSNORM = 0x0B
     LAYERNORM = 0x0C
+    ROPE = 0x0D
 
 
 class Reg(enum.IntEnum):
@@ -53,19 +54,20 @@ class Reg(enum.IntEnum):
     XFRAC = 9    # fraction bits of the int16 XBUF values silu and rmsnorm write (the consumer linear's x_frac)
     GEXP = 10    # rmsnorm: exponent of the int16 gains (g ~ G * 2^-GEXP, formats.gain_exponent)
     EPS = 11     # rmsnorm / layernorm: epsilon in the input's squared units, round(eps * 2^(2 * its fraction bits))
+    HDIM = 12    # rope: the head dimension (even; half of it a multiple of cols, so rotated pairs share a lane)
 
 
 #: (min, max) of each register's value; SMUL is signed.
 REG_RANGE: dict[Reg, tuple[int, int]] = {
     Reg.K: (1, 65535), Reg.RSHIFT: (0, 63), Reg.OSHIFT: (0, 63), Reg.ROUTER: (0, 65535),
     Reg.SIN: (0, 65535), Reg.SMUL: (-32768, 32767), Reg.EBASE: (0, (1 << 32) - 1), Reg.WBITS: (0, 8),
-    Reg.BIAS: (0, 1), Reg.XFRAC: (0, 15), Reg.GEXP: (0, 31), Reg.EPS: (0, (1 << 32) - 1),
+    Reg.BIAS: (0, 1), Reg.XFRAC: (0, 15), Reg.GEXP: (0, 31), Reg.EPS: (0, (1 << 32) - 1), Reg.HDIM: (0, 1024),
 }
 
 #: Instructions and registers of the vector unit: illegal (opcode, or SETR's register field) on a config without
 #: it (``AcceleratorConfig.vector_unit`` = 0), as on every config before the unit existed.
-VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM)
-VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS)
+VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE)
+VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM)
 
 #: DMA buffer codes (the on-chip buffers the DMA engine can reach).
 BUFFERS = ("X", "W", "S", "O")
@@ -135,6 +137,7 @@ SPECS: dict[Op, tuple[Field, ...]] = {
     Op.RMSNORM: (_f("mode", 57, 57, enum=MODES), _f("r", 56, 41), _f("x", 40, 25), _f("s", 24, 9),
                  _f("ntok", 8, 2, 1)),
     Op.LAYERNORM: (_f("mode", 57, 57, enum=MODES), _f("r", 56, 41), _f("x", 40, 25), _f("ntok", 24, 18, 1)),
+    Op.ROPE: (_f("mode", 57, 57, enum=MODES), _f("q", 56, 41), _f("s", 40, 25), _f("ntok", 24, 18, 1)),
 }
 
 

@@ -170,6 +170,18 @@ def _token_lines(buffer: str, write: bool, base: Value, f: Mapping[str, Value], 
             Access(buffer, write, base, nl, when=f["mode"] == 1, what=what)]
 
 
+def rope_table_lines(cfg: AcceleratorConfig, head_dim: Value) -> Value:
+    """SBUF lines of one token's rotary table: cos, then sin, of its position's head_dim / 2 frequencies, C a line
+    (value (0, j % C) of line j // C); (head_dim / 2) is a multiple of C (register HDIM's legality)."""
+    return 2 * (head_dim // 2 // cfg.cols)
+
+
+def rope_unaligned(cfg: AcceleratorConfig, raw: Value) -> Value:
+    """A HDIM value the rope instruction cannot take: odd, or half of it not a multiple of C (a rotated pair's two
+    values would sit in different lanes)."""
+    return ((raw % 2) != 0) | (((raw // 2) % cfg.cols) != 0)
+
+
 def depth(cfg: AcceleratorConfig, buffer: str) -> int:
     return cfg.meta_tokens if buffer == "META" else cfg.depth(buffer)
 
@@ -188,7 +200,7 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         counts = register_counts(cfg, regs, ops)
     if op in VECTOR_OPS:
         nl, xl = counts["olines"], counts["xlines"]
-        x_lines = [] if op is Op.RESADD else [Access("X", True, f["x"], f["ntok"] * xl, what="XBUF lines")]
+        x_lines = [] if op in (Op.RESADD, Op.ROPE) else [Access("X", True, f["x"], f["ntok"] * xl, what="XBUF lines")]
         if op is Op.RESADD:   # in place: the residual's lines are read and written, the addend's read
             return (_token_lines("O", True, f["r"], f, nl, R, "OBUF residual lines")
                     + _token_lines("O", False, f["o"], f, nl, R, "OBUF addend lines"))
@@ -197,6 +209,10 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
                     + _token_lines("O", False, f["u"], f, nl, R, "OBUF up lines") + x_lines)
         if op is Op.LAYERNORM:   # unit gains: no SBUF line
             return _token_lines("O", False, f["r"], f, nl, R, "OBUF input lines") + x_lines
+        if op is Op.ROPE:        # in place; each token's cos and sin lines of its position
+            return (_token_lines("O", True, f["q"], f, nl, R, "OBUF q/k lines")
+                    + [Access("S", False, f["s"], f["ntok"] * rope_table_lines(cfg, regs[Reg.HDIM]),
+                              what="SBUF rotary table lines")])
         return (_token_lines("O", False, f["r"], f, nl, R, "OBUF residual lines")
                 + [Access("S", False, f["s"], nl, what="SBUF gain lines")] + x_lines)
     planes = ops.select(f["mode"], counts["plane_lines_plane"], counts["plane_lines_token"])
@@ -270,6 +286,8 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
         # BIAS: the bias is router row 0's sum, so a config without a router (E < 2) has only BIAS = 0
         if cfg.experts < 2:
             conds.append((f["reg"] == int(Reg.BIAS)) & (raw != 0))
+        if cfg.vector_unit:   # HDIM: even, half of it a whole number of lines (0, the reset value, is legal)
+            conds.append((f["reg"] == int(Reg.HDIM)) & rope_unaligned(cfg, raw))
     if op in (Op.QUANT, Op.SCALEOUT, *VECTOR_OPS):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
@@ -307,6 +325,9 @@ def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value
     field = field_faults(op, word, f, cfg)
     if op is Op.RESADD:
         field.append(resadd_overlap(f, regs, cfg, ops, counts))
+    if op is Op.ROPE:     # whole heads: HDIM set (not 0) and dividing K
+        hd = regs[Reg.HDIM]
+        field.append((hd == 0) | ((regs[Reg.K] % ops.select(hd == 0, 1, hd)) != 0))
     out = [Fault(CAUSE_ILLEGAL_FIELD, stage(_any(field)))]
     for a in footprint(op, f, regs, cfg, ops, counts):
         past = stage(a.end) > depth(cfg, a.buffer)
@@ -463,6 +484,10 @@ NORM_TOKEN_FIXED = NORM_PASS1_DRAIN + NORM_PASS2_DRAIN + NORM_DIV_CYCLES + NORM_
 #: + 33 quotient bits: |sum + K/2| < 2^47 and K >= 1, the mean is an int32); the centring is in the
 #: RMSNorm's passes (a subtract and a saturation beside the max and the square).
 NORM_MEAN_FIXED = 3 + 1 + 33
+#: Rotary embedding: each line read once (a head's low-half line, then its high-half line, in place); from the
+#: last read to its write: the line registered, x x cos and x x sin (two stages), their difference or sum,
+#: rounded and saturated, written.
+ROPE_PIPELINE = 6
 #: RMSNorm's pass 3, from the last read to its write: the line registered, r' by shift-round, r' x RSQ (two
 #: stages), x G (two stages), rounded and saturated to int16, written. The next token's pass 1 overlaps it.
 NORM_PIPELINE = 8
@@ -473,7 +498,7 @@ def vector_token_cycles(op: Op, cfg: AcceleratorConfig, k_features: Value) -> Va
     reads two lines per output line (2 NL); a SiLU reads two per output line and writes the token's XL - NL
     padding lines as zeros (NL + XL); an RMSNorm makes three passes, two over its NL lines and one writing
     XL lines, around its divide and square root (2 NL + XL + NORM_TOKEN_FIXED); a LayerNorm first reads the NL
-    lines once more for the mean (NL + NORM_MEAN_FIXED more)."""
+    lines once more for the mean (NL + NORM_MEAN_FIXED more); a rotary embedding reads each line once (NL)."""
     nl, xl = olines(cfg, k_features), xlines(cfg, k_features)
     if op is Op.RESADD:
         return 2 * nl
@@ -481,11 +506,13 @@ def vector_token_cycles(op: Op, cfg: AcceleratorConfig, k_features: Value) -> Va
         return nl + xl
     if op is Op.LAYERNORM:
         return nl + NORM_MEAN_FIXED + 2 * nl + xl + NORM_TOKEN_FIXED
+    if op is Op.ROPE:
+        return nl
     return 2 * nl + xl + NORM_TOKEN_FIXED
 
 
 VECTOR_PIPELINE = {Op.RESADD: RESADD_PIPELINE, Op.SILU: SILU_PIPELINE, Op.RMSNORM: NORM_PIPELINE,
-                   Op.LAYERNORM: NORM_PIPELINE}
+                   Op.LAYERNORM: NORM_PIPELINE, Op.ROPE: ROPE_PIPELINE}
 
 
 def compute_items(op: Op, f: Mapping[str, Value]) -> Value:
@@ -614,4 +641,5 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "rq_cycles", "chunk_period", "SCALE_LINE_REGISTER", "ROUTER_DRAIN", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
-           "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED"]
+           "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED", "ROPE_PIPELINE", "rope_table_lines",
+           "rope_unaligned"]

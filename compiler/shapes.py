@@ -81,12 +81,14 @@ def llama_linears(shape: dict) -> list[tuple[str, int, int]]:
     return out
 
 
-def vector_ops(shape: dict, layernorms: bool = False) -> list[tuple[str, str, int]]:
-    """(name, vector-unit operation, K) of every residual add, RMSNorm and SwiGLU of a shape, in execution order
-    (``GoldenLayerModel``'s): per layer the attention norm, its residual add, the MLP norm, the gate product
-    (K = hidden_dim), its residual add; then the final norm. ``layernorms`` (BitNet): each linear's LayerNorm of
-    its input too, and no SwiGLU (its int32 product feeds down_proj's LayerNorm, on the host)."""
-    d, hid, nl, *_ = _dims(shape)
+def vector_ops(shape: dict, layernorms: bool = False, rope: bool = True) -> list[tuple[str, str, int]]:
+    """(name, vector-unit operation, K) of every residual add, RMSNorm, rotary embedding and SwiGLU of a shape, in
+    execution order (``GoldenLayerModel``'s): per layer the attention norm, the rotary embedding of q and of k
+    (K = n_heads and n_kv_heads times head_dim), its residual add, the MLP norm, the gate product (K = hidden_dim),
+    its residual add; then the final norm. ``layernorms`` (BitNet): each linear's LayerNorm of
+    its input too, and no SwiGLU (its int32 product feeds down_proj's LayerNorm, on the host); ``rope`` False:
+    no rotary embeddings (a head dimension the chip's lanes cannot pair, on the host)."""
+    d, hid, nl, nh, kvh, hd = _dims(shape)
     lns = {}
     if layernorms:
         for path, K, _ in llama_linears(shape):
@@ -96,7 +98,8 @@ def vector_ops(shape: dict, layernorms: bool = False) -> list[tuple[str, str, in
         p = f"layers.{i}"
         attn = [x for x in lns.get(f"{p}", []) if ".attn." in x[0]]
         mlp = [x for x in lns.get(f"{p}", []) if ".mlp." in x[0]]
-        out += [(f"{p}.attn_norm", "rmsnorm", d), *attn, (f"{p}.attn_residual", "resadd", d),
+        ropes = [(f"{p}.attn.q_rope", "rope", nh * hd), (f"{p}.attn.k_rope", "rope", kvh * hd)] if rope else []
+        out += [(f"{p}.attn_norm", "rmsnorm", d), *attn[:3], *ropes, *attn[3:], (f"{p}.attn_residual", "resadd", d),
                 (f"{p}.mlp_norm", "rmsnorm", d), *(mlp if layernorms else [(f"{p}.mlp.silu", "silu", hid)]),
                 (f"{p}.mlp_residual", "resadd", d)]
     return out + [("norm", "rmsnorm", d)]
@@ -178,6 +181,10 @@ def n_layers(shape: dict[str, Any]) -> int:
     return _dims(shape)[2]
 
 
+def head_dim(shape: dict[str, Any]) -> int:
+    return _dims(shape)[5]
+
+
 def kv_cache_bytes(shape: dict[str, Any]) -> int:
     """Bytes of the whole-layer chip's KV cache per token of context (``formats.kv_cache_bytes_per_token``)."""
     from bitmos.formats import kv_cache_bytes_per_token
@@ -185,5 +192,5 @@ def kv_cache_bytes(shape: dict[str, Any]) -> int:
     return kv_cache_bytes_per_token(nl, kvh, hd)
 
 
-__all__ = ["MODEL_SHAPES", "llama_linears", "vector_ops", "load_shape", "is_shape_source", "layer_shape", "n_layers",
+__all__ = ["MODEL_SHAPES", "llama_linears", "vector_ops", "head_dim", "load_shape", "is_shape_source", "layer_shape", "n_layers",
            "kv_cache_bytes"]

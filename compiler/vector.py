@@ -1,5 +1,5 @@
-"""Programs for the vector unit (docs/isa.md: ``resadd``, ``silu``, ``rmsnorm``, ``layernorm``) on tokens in external
-memory.
+"""Programs for the vector unit (docs/isa.md: ``resadd``, ``silu``, ``rmsnorm``, ``layernorm``, ``rope``) on tokens in
+external memory.
 
 The decoder layer's residual adds, SwiGLU gate products and RMSNorms run on the vector unit of a config with
 ``vector_unit = 1``. :func:`compile_vector` builds, for one operation on ``tokens`` tokens of K values, one
@@ -11,8 +11,9 @@ External layout (one region per operand and one for the result, 64-byte aligned,
 region holds each block as the OBUF lines the instruction reads, token mode (up to R tokens a block) value i of
 the block's token t at line (i // C)*R + t, element i % C, plane mode (one token a block, when R tokens' lines
 do not fit OBUF twice) at line i // C; a block takes NL*R (or NL) lines of C int32, NL = ceil(K / C). The result
-of ``silu`` / ``rmsnorm`` is each token's XL XBUF lines of int16 in token order (zeros past K); ``resadd``
-writes the sum back over its first operand's region (the residual, updated in place).
+of ``silu`` / ``rmsnorm`` / ``layernorm`` is each token's XL XBUF lines of int16 in token order (zeros past K);
+``resadd`` and ``rope`` write theirs back over the first operand's region (updated in place). A ``rope``'s table
+region holds each token's cos and sin rows (HDIM/C SBUF lines a token, :func:`write_rope_table`).
 
 Activations cross external memory around each operation, as around each linear today; keeping them on chip
 across a whole layer is the fused-program step after this one (docs/compiler.md).
@@ -32,7 +33,9 @@ from bitmos.isa import Instruction, Op, Reg, encode, setr
 
 #: The vector unit's operations and their operand names (the first is the one ``resadd`` updates).
 VECTOR_OPS = {"resadd": ("residual", "addend"), "silu": ("gate", "up"), "rmsnorm": ("residual",),
-              "layernorm": ("values",)}
+              "layernorm": ("values",), "rope": ("values",)}
+#: The operations whose result is written back over their first operand.
+IN_PLACE = ("resadd", "rope")
 ALIGN = 64
 
 
@@ -81,12 +84,20 @@ def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int) -> t
     return None
 
 
+def _fits_table(cfg: AcceleratorConfig, block: int, head_dim: int) -> tuple[str, str] | None:
+    need = block * head_dim // cfg.cols
+    if need > cfg.depth("S"):
+        return f"SBUF ({need} rotary table lines needed, {cfg.depth('S')} deep)", "sbuf_kib"
+    return None
+
+
 def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfrac: int = 0,
-                   gains: list[int] | np.ndarray | None = None, gexp: int = 0, eps_q: int = 0,
+                   gains: list[int] | np.ndarray | None = None, gexp: int = 0, eps_q: int = 0, head_dim: int = 0,
                    base: int = 0, timing_only: bool = False) -> CompiledVector:
     """Programs and image for vector operation ``op`` ('resadd', 'silu', 'rmsnorm' or 'layernorm') on ``tokens``
     tokens of K values; ``xfrac``: fraction bits of the int16 result (silu, the norms); ``gains`` (int16, K of
-    them), ``gexp``: the RMSNorm's; ``eps_q``: either norm's epsilon (formats.rms_norm, formats.layer_norm). Regions start at ``base``. ``timing_only``: no memory image
+    them), ``gexp``: the RMSNorm's; ``eps_q``: either norm's epsilon (formats.rms_norm, formats.layer_norm);
+    ``head_dim``: the rotary embedding's (even, head_dim / 2 a multiple of C, dividing K). Regions start at ``base``. ``timing_only``: no memory image
     (empty; the gains may be omitted): the programs for the simulator's timing-only mode, at any size.
 
     Raises UnsupportedError (a config without the vector unit, or a token that does not fit its buffers)."""
@@ -102,17 +113,24 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
         params["XFRAC"] = xfrac
     if op == "layernorm":
         params["EPS"] = eps_q
+    if op == "rope":
+        params = {"HDIM": head_dim}
+        if head_dim < 2 or head_dim % 2 or (head_dim // 2) % cfg.cols or K % head_dim:
+            raise UnsupportedError(f"rope: head_dim {head_dim} must be even, half of it a multiple of cols = "
+                                   f"{cfg.cols}, and divide K = {K}")
     if op == "rmsnorm":
         if timing_only and gains is None:
             gains = np.zeros(K, dtype=np.int64)
         if gains is None or len(gains) != K:
             raise UnsupportedError(f"rmsnorm needs K = {K} gains")
         params.update(GEXP=gexp, EPS=eps_q)
+    def fits(block: int, stride: int):
+        return _fits(cfg, op, K, block, stride) or (_fits_table(cfg, block, head_dim) if op == "rope" else None)
     block = min(cfg.rows, tokens)
-    mode, why = "token", _fits(cfg, op, K, block, cfg.rows)
+    mode, why = "token", fits(block, cfg.rows)
     if why is not None:
         mode, block = "plane", 1
-        why = _fits(cfg, op, K, 1, 1)
+        why = fits(1, 1)
     if why is not None:
         raise UnsupportedError(f"{op} of one token of K = {K} values does not fit config {cfg.name!r}: {why[0]}",
                                field=why[1])
@@ -130,6 +148,9 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
     if op == "rmsnorm":
         regions["gains"] = at
         at = _align(at + nl * sb)
+    if op == "rope":
+        regions["table"] = at
+        at = _align(at + tokens * (head_dim // C) * sb)
     if op != "resadd":
         regions["result"] = at
         at = _align(at + tokens * xl * xb)
@@ -161,10 +182,17 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
             dma(Op.LOAD, "O", obuf_at[name], lines, regions[name] + i * block_bytes)
         if op == "rmsnorm":
             dma(Op.LOAD, "S", 0, nl, regions["gains"])
+        if op == "rope":
+            tl = head_dim // C
+            dma(Op.LOAD, "S", 0, ntok * tl, regions["table"] + blk.start * tl * sb)
         words.append(encode(Instruction.make(Op.WAIT)))
-        if op == "resadd":
-            words.append(encode(Instruction.make(Op.RESADD, mode=mode, r=0, o=obuf_at["addend"], ntok=ntok)))
-            dma(Op.STORE, "O", 0, lines, regions["residual"] + i * block_bytes)
+        if op in IN_PLACE:
+            if op == "resadd":
+                ins = Instruction.make(Op.RESADD, mode=mode, r=0, o=obuf_at["addend"], ntok=ntok)
+            else:
+                ins = Instruction.make(Op.ROPE, mode=mode, q=0, s=0, ntok=ntok)
+            words.append(encode(ins))
+            dma(Op.STORE, "O", 0, lines, regions[VECTOR_OPS[op][0]] + i * block_bytes)
         else:
             if op == "silu":
                 ins = Instruction.make(Op.SILU, mode=mode, g=0, u=obuf_at["up"], x=0, ntok=ntok)
@@ -215,14 +243,30 @@ def write_vector_operands(memory: bytearray, cv: CompiledVector, *operands: np.n
             memory[at + i * block_bytes:at + i * block_bytes + len(blob)] = blob
 
 
+def write_rope_table(memory: bytearray, cv: CompiledVector, cos, sin, *, base: int = 0) -> None:
+    """Each token's rotary table (``cos``, ``sin``: [tokens, head_dim / 2] Q1.14, the rows of
+    ``formats.rope_table`` at the tokens' positions) into a ``rope``'s table region."""
+    cfg = cv.config
+    h = cv.params["HDIM"] // 2
+    cos, sin = np.asarray(cos, dtype=np.int64), np.asarray(sin, dtype=np.int64)
+    if cos.shape != (cv.tokens, h) or sin.shape != (cv.tokens, h):
+        raise ValueError(f"rope table: cos {cos.shape} and sin {sin.shape}, expected ({cv.tokens}, {h}) each")
+    tl = 2 * h // cfg.cols
+    t = np.zeros((cv.tokens, tl, max(cfg.experts, 1), cfg.cols), dtype="<i2")
+    t[:, :, 0, :] = np.concatenate([cos, sin], axis=1).reshape(cv.tokens, tl, cfg.cols)
+    at = cv.regions["table"] - base
+    memory[at:at + t.nbytes] = t.tobytes()
+
+
 def read_vector_result(memory: bytes | bytearray, cv: CompiledVector, *, base: int = 0) -> np.ndarray:
-    """The result [tokens, K]: int32 sums (resadd, from the residual's region), int16 values (silu, rmsnorm)."""
+    """The result [tokens, K]: int32 values written in place (resadd, rope: from the first operand's region), int16
+    values (silu and the norms)."""
     C, nl, st = cv.config.cols, cv.olines, cv.stride
-    if cv.op == "resadd":
+    if cv.op in IN_PLACE:
         block_bytes = _align(nl * st * cv.config.line_bits("O") // 8)
         out = np.zeros((cv.tokens, cv.K), dtype=np.int64)
         for i, blk in enumerate(cv.blocks()):
-            at = cv.regions["residual"] - base + i * block_bytes
+            at = cv.regions[VECTOR_OPS[cv.op][0]] - base + i * block_bytes
             lines = np.frombuffer(bytes(memory[at:at + nl * st * C * 4]), dtype="<i4").reshape(nl, st, C)
             for t, tok in enumerate(blk):
                 out[tok] = lines[:, t, :].reshape(-1)[:cv.K]
@@ -234,7 +278,7 @@ def read_vector_result(memory: bytes | bytearray, cv: CompiledVector, *, base: i
     return x[:, :cv.K].astype(np.int64)
 
 
-def reference(cv: CompiledVector, *operands: np.ndarray, gains=None) -> np.ndarray:
+def reference(cv: CompiledVector, *operands: np.ndarray, gains=None, cos=None, sin=None) -> np.ndarray:
     """The result as :mod:`bitmos.formats` defines it, token by token (for tests and checks)."""
     cfg = cv.config
     out = []
@@ -244,6 +288,10 @@ def reference(cv: CompiledVector, *operands: np.ndarray, gains=None) -> np.ndarr
             out.append([F.residual_add(a, b) for a, b in zip(*ops)])
         elif cv.op == "layernorm":
             out.append(F.layer_norm(ops[0], cv.params["EPS"], cv.params["XFRAC"]))
+        elif cv.op == "rope":
+            hd = cv.params["HDIM"]
+            c, s = list(map(int, cos[t])), list(map(int, sin[t]))
+            out.append([v for g in range(cv.K // hd) for v in F.rope_rotate(ops[0][g * hd:(g + 1) * hd], c, s)])
         elif cv.op == "silu":
             h = F.silu_gate(ops[0], ops[1], cfg.out_frac_bits)
             out.append([F.requantize(v, cfg.out_frac_bits, cv.params["XFRAC"], F.X_BITS) for v in h])
@@ -253,5 +301,5 @@ def reference(cv: CompiledVector, *operands: np.ndarray, gains=None) -> np.ndarr
     return np.array(out, dtype=np.int64)
 
 
-__all__ = ["VECTOR_OPS", "CompiledVector", "compile_vector", "write_vector_operands", "read_vector_result",
-           "reference"]
+__all__ = ["VECTOR_OPS", "CompiledVector", "compile_vector", "write_vector_operands", "write_rope_table",
+           "read_vector_result", "reference"]

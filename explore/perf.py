@@ -71,10 +71,12 @@ def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int, 
     return out
 
 
-def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]], tokens: int) -> list[list[Any]]:
+def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]], tokens: int,
+                        head_dim: int = 0) -> list[list[Any]]:
     """For each (name, operation, K) of ``ops`` (:func:`bitmos.compiler.shapes.vector_ops`): the timing-mode results
-    of its vector-unit programs (:func:`bitmos.compiler.vector.compile_vector`) for ``tokens`` tokens; each distinct
-    (operation, K) compiled and simulated once, as :func:`simulate_linears` does for the linears."""
+    of its vector-unit programs (:func:`bitmos.compiler.vector.compile_vector`; a rotary embedding's heads of
+    ``head_dim``) for ``tokens`` tokens; each distinct (operation, K) compiled and simulated once, as
+    :func:`simulate_linears` does for the linears."""
     from bitmos.compiler.vector import compile_vector
     from bitmos.sim import Simulator
 
@@ -83,7 +85,7 @@ def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]],
     out = []
     for name, op, K in ops:
         if (op, K) not in by_shape:
-            cv = compile_vector(op, cfg, tokens, K, timing_only=True)
+            cv = compile_vector(op, cfg, tokens, K, head_dim=head_dim, timing_only=True)
             runs = [sim.run(p.words, None, functional=False) for p in cv.programs]
             for r in runs:
                 if r.error:
@@ -92,6 +94,11 @@ def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]],
             by_shape[(op, K)] = runs
         out.append(by_shape[(op, K)])
     return out
+
+
+def rope_fits(cfg: AcceleratorConfig, head_dim: int) -> bool:
+    """Can the vector unit's rope take heads of ``head_dim``: even, half of it a whole number of lines."""
+    return head_dim % 2 == 0 and (head_dim // 2) % cfg.cols == 0
 
 
 def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
@@ -119,7 +126,8 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
 # ---- the estimate ------------------------------------------------------------------------------
 
 def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefill: int, decode: int,
-            table, bias: bool = False, vector_walk: list[tuple[str, str, int]] | None = None) -> dict[str, Any]:
+            table, bias: bool = False, vector_walk: list[tuple[str, str, int]] | None = None,
+            head_dim: int = 0) -> dict[str, Any]:
     """Each phase's summary; with ``vector_walk`` (a config with the vector unit) the residual adds, RMSNorms and
     SwiGLU run too, and ``components`` splits cycles and energy into ``linears`` and ``vector_unit``."""
     from bitmos.sim.report import summarize
@@ -134,7 +142,7 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefi
             parts["linears"][1].extend([name] * len(layer_runs))
         if vector_walk:
             parts["vector_unit"] = ([], [])
-            for (name, op, _), op_runs in zip(vector_walk, simulate_vector_ops(cfg, vector_walk, tokens)):
+            for (name, op, _), op_runs in zip(vector_walk, simulate_vector_ops(cfg, vector_walk, tokens, head_dim)):
                 parts["vector_unit"][0].extend(op_runs)
                 parts["vector_unit"][1].extend([f"{name} {op}"] * len(op_runs))
         runs = [r for rs, _ in parts.values() for r in rs]
@@ -205,7 +213,7 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
     ``energy_table``, ``prefill`` / ``decode`` (:func:`bitmos.sim.report.summarize` of the phase plus
     ``per_layer``), ``decode_bound_tokens_per_s`` (bandwidth / weight bits per token), ``wall_seconds``.
     """
-    from bitmos.compiler.shapes import llama_linears, vector_ops
+    from bitmos.compiler.shapes import head_dim, llama_linears, vector_ops
     from bitmos.sim.energy import EnergyTable, default_table
 
     if prefill < 0 or decode < 0 or prefill + decode == 0:
@@ -239,8 +247,10 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        vector_walk = vector_ops(shape, layernorms=scheme == "bitnet") if c.vector_unit else None
-        return dict(_phases(c, walk, prefill, decode, table, bias, vector_walk), energy_table=table.name)
+        hd = head_dim(shape)
+        vector_walk = (vector_ops(shape, layernorms=scheme == "bitnet", rope=rope_fits(c, hd)) if c.vector_unit
+                       else None)
+        return dict(_phases(c, walk, prefill, decode, table, bias, vector_walk, hd), energy_table=table.name)
 
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)
@@ -264,6 +274,10 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
                                      "w_bits": max(b for *_, b in walk), "scheme": scheme},
                            "config": cfg.to_dict(), "grown": grown}
     out.update(phases)
+    # the decoder layer's work the chip does not do here (the estimate counts none of it)
+    out["host_ops"] = (["attention"] + ([] if rope_fits(cfg, head_dim(shape)) else ["rotary"])
+                       + (["SwiGLU"] if scheme == "bitnet" else [])
+                       if cfg.vector_unit else ["norms", "rotary", "softmax", "SiLU", "residual adds"])
     out["decode_bound_tokens_per_s"] = cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / bits
     out["wall_seconds"] = time.perf_counter() - t0
     return out
@@ -344,11 +358,11 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
       n_heads / n_kv_heads multiply-adds per byte read (LLaMA-2-7B: 1 per byte, 128 per cycle at 128 GB/s and
       1 GHz), and no energy of its own beyond leakage.
 
-    * ``vector_unit`` (a config with ``vector_unit = 1``): the estimate's simulated residual adds, RMSNorms and
-      SwiGLU gate products of the step (``linears`` is then the linears alone).
+    * ``vector_unit`` (a config with ``vector_unit = 1``): the estimate's simulated residual adds, RMSNorms, rotary
+      embeddings and SwiGLU gate products of the step (``linears`` is then the linears alone).
 
-    Not counted (host work today): rotary embedding, the attention arithmetic beyond its stream (above),
-    and without the vector unit the norms, SiLU and residual adds; the embedding lookup and the LM head. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
+    Not counted (host work today): the attention arithmetic beyond its stream (above), and without the vector
+    unit the norms, rotary embedding, SiLU and residual adds; the embedding lookup and the LM head. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
     ``kv_write_bytes``, ``components`` ({name: {cycles, energy_j}}), ``cycles``, ``tokens_per_s``,
     ``energy_per_token_j``, ``bound_tokens_per_s`` (bandwidth / (weight bytes + KV bytes per token)),
     ``ext_bytes`` (the external memory the weights and the KV cache occupy). Raises ConfigError if
@@ -372,6 +386,7 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
                           f"({per_position * context / 2**30:.3g} GiB, {per_position:,} bytes per position) exceed "
                           f"the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)", field="ext_mem_mib")
     dec = est["decode"]
+    host = est.get("host_ops", [])
     read, write = per_position * context, per_position
     kv_cycles = -(-(read + write) * 8 // cfg.ext_bw_bits)
     kv_pj = dram_pj(read * 8, write * 8, table) + leakage_pj(kv_cycles, cfg, table)
@@ -384,7 +399,8 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
     return {"context": context, "kv_bytes_per_position": per_position, "kv_read_bytes": read,
             "kv_write_bytes": write, "components": components, "cycles": cycles, "tokens_per_s": hz / cycles,
             "energy_per_token_j": sum(c["energy_j"] for c in components.values()),
-            "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + read), "ext_bytes": held}
+            "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + read), "ext_bytes": held,
+            "not_counted": [op for op in host if op != "attention"]}
 
 
 def context_sweep(est: dict[str, Any], shape: str | dict[str, Any] | None, contexts=CONTEXT_SWEEP) -> list[dict[str, Any]]:

@@ -277,8 +277,9 @@ class GoldenLayerModel(nn.Module):
         q, k, v = (y if b[n] is None else sat(y + b[n], F.RESID_BITS) for n, y in zip("qkv", (q, k, v)))
         T = r.shape[0]
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        q = rope_rotate(q.view(T, c.n_heads, c.head_dim), cos, sin)
-        k = rope_rotate(k.view(T, c.n_kv_heads, c.head_dim), cos, sin)
+        q, k = (self._vector(rope_rotate(y.view(T, heads, c.head_dim), cos, sin).reshape(T, -1), "rope",
+                             pre + f"attn.{n}_rope", y, cos=cos, sin=sin, head_dim=c.head_dim).view(T, heads, -1)
+                for n, y, heads in (("q", q, c.n_heads), ("k", k, c.n_kv_heads)))
         qm, eq = block_quantize(q)
         km, ek, vm, ev = cache.append(i, *block_quantize(k), *block_quantize(v.view(T, c.n_kv_heads, c.head_dim)))
         o = attention(qm, eq, km, ek, vm, ev, pos, self.frac).reshape(T, -1)

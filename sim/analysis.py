@@ -28,7 +28,7 @@ from bitmos.semantics import depth as sem_depth
 #: Execution unit of each opcode, for traces and Gantt charts.
 UNIT = {Op.NOP: "ctrl", Op.HALT: "ctrl", Op.SETR: "ctrl", Op.WAIT: "ctrl", Op.LOAD: "dma",
         Op.STORE: "dma", Op.QUANT: "scale", Op.MATMUL: "array", Op.SCALEOUT: "scale",
-        Op.RESADD: "vector", Op.SILU: "vector", Op.RMSNORM: "vector", Op.LAYERNORM: "vector"}
+        Op.RESADD: "vector", Op.SILU: "vector", Op.RMSNORM: "vector", Op.LAYERNORM: "vector", Op.ROPE: "vector"}
 UNIT_CODES = ("ctrl", "dma", "scale", "array", "vector")
 _UNIT_OF_OP = np.zeros(64, dtype=np.int8)
 for _op, _u in UNIT.items():
@@ -289,9 +289,14 @@ def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> 
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.BIAS):  # decodable: E < 2
         return (f"{head}: {ins}: BIAS = 1 needs a router (its bias is router row 0's sum), and this config has "
                 f"experts = {cfg.experts}")
-    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] in VECTOR_REGS:   # decodable: no unit
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] in VECTOR_REGS and not cfg.vector_unit:
         return (f"{head}: {ins}: register {Reg(ins['reg']).name} belongs to the vector unit, and this config has "
                 "vector_unit = 0")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.HDIM):
+        return (f"{head}: {ins}: HDIM must be even with half of it a multiple of cols = {cfg.cols} (a rotated pair's "
+                "values share a lane)")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.ROPE and not (regs[Reg.HDIM] and regs[Reg.K] % regs[Reg.HDIM] == 0):
+        return f"{head}: {ins}: K = {regs[Reg.K]} is not a whole number of heads of HDIM = {regs[Reg.HDIM]}"
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.RESADD and resadd_overlap(dict(ins.args), regs, cfg):
         return (f"{head}: {ins}: the addend lines from o = {ins['o']} overlap the residual lines from r = "
                 f"{ins['r']} (K={regs[Reg.K]}); they must be the same lines or apart")

@@ -143,7 +143,7 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
     # the vector unit: every lane of every line it reads works (a token's last line past K included)
     ob_bits, x_bits, s_bits = cfg.obuf_line_bits, cfg.xbuf_line_bits, cfg.sbuf_line_bits
     nl = (K + C - 1) // C
-    for code in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM):
+    for code in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE):
         sel = op == int(code)
         if not sel.any():
             continue
@@ -151,6 +151,13 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
         if code is Op.RESADD:        # r + y: two lines read, one written, C saturating adds per line
             c["o_read_bits"] += 2 * lines * ob_bits
             c["o_write_bits"] += lines * ob_bits
+            c["vector_adds"] += lines * C
+        elif code is Op.ROPE:        # in place; the token's cos and sin lines; 2 products and an add per value
+            c["o_read_bits"] += lines * ob_bits
+            c["o_write_bits"] += lines * ob_bits
+            hd = dec.regs[Reg.HDIM][:n][sel]
+            c["s_read_bits"] += S(f["ntok"][sel] * 2 * (hd // 2 // C)) * s_bits
+            c["vector_mul32s"] += 2 * lines * C
             c["vector_adds"] += lines * C
         elif code is Op.SILU:        # gate and up read; sigmoid table, g x sigmoid and h x u per value
             c["o_read_bits"] += 2 * lines * ob_bits

@@ -205,6 +205,8 @@ class Simulator:
             self._rmsnorm(st, ins)
         elif op is Op.LAYERNORM:
             self._layernorm(st, ins)
+        elif op is Op.ROPE:
+            self._rope(st, ins)
 
     def _dma(self, st: MachineState, ins: Instruction, mem: bytearray, *, load: bool) -> None:
         b = BUFFERS[ins["buf"]]
@@ -415,6 +417,21 @@ class Simulator:
         c = _sat(v - mu, formats.RESID_BITS)
         unit = np.full(K, 1 << formats.UNIT_GEXP, dtype=np.int64)
         self._write_x(st, ins, rms_norm(c, unit, formats.UNIT_GEXP, st.regs[Reg.EPS], st.regs[Reg.XFRAC]))
+
+    def _rope(self, st: MachineState, ins: Instruction) -> None:
+        cfg = self.cfg
+        K, C, hd = st.regs[Reg.K], cfg.cols, st.regs[Reg.HDIM]
+        nl, h, ntok = -(-K // C), hd // 2, ins["ntok"]
+        hl = h // C
+        lines = self._token_lines(ins, ins["q"], nl)                                    # [T, NL]
+        ob = st.obuf()
+        x = ob[lines].astype(np.int64).reshape(ntok, K // hd, 2, h)                    # [T, heads, lo/hi, h]
+        tab = st.sbuf()[ins["s"]:ins["s"] + ntok * 2 * hl, 0, :].astype(np.int64).reshape(ntok, 2, h)
+        cos, sin = tab[:, None, 0, :], tab[:, None, 1, :]                                # [T, 1, h]
+        lo, hi = x[:, :, 0, :], x[:, :, 1, :]
+        y = np.stack([_sat(_rshift_round(lo * cos - hi * sin, formats.ROPE_FRAC), formats.RESID_BITS),
+                      _sat(_rshift_round(hi * cos + lo * sin, formats.ROPE_FRAC), formats.RESID_BITS)], axis=2)
+        ob[lines] = y.reshape(ntok, nl, C).astype(np.int32)
 
 
 # ---- vectorized reference arithmetic (bit-exact with bitmos.formats) --------------------------------

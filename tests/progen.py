@@ -83,9 +83,31 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
         K = regs[Reg.K]
         nch, xl = cfg.nchunks(K), cfg.xlines(K)
         kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "setb", "quant", "matmul", "scaleout",
-                            "setv", "resadd", "silu", "rmsnorm", "layernorm"],
+                            "setv", "resadd", "silu", "rmsnorm", "layernorm", "rope"],
                            [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 1 if router else 0, 4, 4, 3,
-                            *([1, 2, 2, 2, 2] if vec else [0, 0, 0, 0, 0])])[0]
+                            *([1, 2, 2, 2, 2, 2] if vec else [0, 0, 0, 0, 0, 0])])[0]
+        if kind == "rope":   # whole heads: HDIM = 2*C*m and K a multiple of it
+            hd = 2 * cfg.cols * rng.randrange(1, 4)
+            heads = rng.randrange(1, max(1, kmax // hd) + 1)
+            if heads * hd > kmax:
+                kind = "nop"
+            else:
+                emit(setr(Reg.HDIM, hd))
+                if K != heads * hd:
+                    set_k(heads * hd)
+                K = regs[Reg.K]
+                nch, xl = cfg.nchunks(K), cfg.xlines(K)
+                nl = K // cfg.cols
+                mode = rng.randrange(2)
+                ntok = 1 if mode else rng.randrange(1, R + 1)
+                span = nl if mode else (nl - 1) * R + ntok
+                tab = ntok * hd // cfg.cols
+                if span > dep["O"] or tab > dep["S"]:
+                    kind = "nop"
+                else:
+                    emit(Instruction.make(Op.ROPE, mode=mode, q=rng.randrange(0, dep["O"] - span + 1),
+                                          s=rng.randrange(0, dep["S"] - tab + 1), ntok=ntok))
+                    continue
         if kind in ("resadd", "silu", "rmsnorm", "layernorm"):
             nl = -(-K // cfg.cols)
             mode = rng.randrange(2)
@@ -172,7 +194,7 @@ def plant_fault(cfg: AcceleratorConfig, words: list[int], rng: random.Random) ->
     pc = rng.randrange(len(words))
     choice = rng.randrange(8)
     if choice == 0:   # an opcode past the table, or the vector unit's on a config without it
-        first = 0x0D if cfg.vector_unit else 0x09
+        first = 0x0E if cfg.vector_unit else 0x09
         words[pc] = rng.randrange(first, 0x40) << 58
     elif choice == 1:
         words[pc] = (int(Op.NOP) << 58) | (1 << rng.randrange(58))                    # reserved bit
@@ -217,13 +239,15 @@ def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
         ranges.append(("O", ins["o"], end))
         if E >= 1:
             ranges.append(("S", ins["s"], ins["s"] + ins["ntiles"]))
-    elif ins.op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM):
+    elif ins.op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE):
         nl = -(-K // cfg.cols)
         span = nl if ins["mode"] == 1 else (nl - 1) * R + ins["ntok"]
-        for name in ("r", "o", "g", "u"):
+        if ins.op is Op.ROPE:
+            ranges.append(("S", ins["s"], ins["s"] + ins["ntok"] * regs[Reg.HDIM] // cfg.cols))
+        for name in ("r", "o", "g", "u", "q"):
             if name in dict(ins.args):
                 ranges.append(("O", ins[name], ins[name] + span))
-        if ins.op is not Op.RESADD:
+        if ins.op not in (Op.RESADD, Op.ROPE):
             ranges.append(("X", ins["x"], ins["x"] + ins["ntok"] * xl))
         if ins.op is Op.RMSNORM:
             ranges.append(("S", ins["s"], ins["s"] + nl))

@@ -144,6 +144,8 @@ class ReferenceMachine:
             return 1 + ins["ntok"] * (2 * NL + XL + 82) + 8
         if ins.op is Op.LAYERNORM:
             return 1 + ins["ntok"] * (3 * NL + XL + 82 + 37) + 8
+        if ins.op is Op.ROPE:
+            return 1 + ins["ntok"] * NL + 6
         return 1
 
     def step_time(self, ins) -> None:
@@ -170,12 +172,14 @@ class ReferenceMachine:
             if op is Op.HALT:
                 self.step_time(ins)
                 return RefResult(self.t, self.mem, None, pc + 1, self.stalls)
-            if op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM) and not self.cfg.vector_unit:
+            if op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE) and not self.cfg.vector_unit:
                 self.fail(pc, f"{op.name.lower()} on a config without the vector unit")
             if op is Op.SETR:
                 reg, value = Reg(ins["reg"]), reg_value(Reg(ins["reg"]), ins["value"])
-                if reg in (Reg.XFRAC, Reg.GEXP, Reg.EPS) and not self.cfg.vector_unit:
+                if reg in (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM) and not self.cfg.vector_unit:
                     self.fail(pc, f"register {reg.name} on a config without the vector unit")
+                if reg is Reg.HDIM and (value % 2 or (value // 2) % self.cfg.cols):
+                    self.fail(pc, f"HDIM = {value}: must be even with half of it a multiple of cols")
                 if reg is Reg.WBITS and not (value == 0 or 2 <= value <= self.cfg.weight_bits):
                     self.fail(pc, f"WBITS = {value}: allowed 0 or 2..weight_bits = {self.cfg.weight_bits}")
                 if reg is Reg.BIAS and value and self.cfg.experts < 2:
@@ -195,6 +199,8 @@ class ReferenceMachine:
                 self.resadd(ins, pc)
             elif op in (Op.SILU, Op.RMSNORM, Op.LAYERNORM):
                 self.vector_to_x(ins, pc)
+            elif op is Op.ROPE:
+                self.rope(ins, pc)
             self.step_time(ins)
             pc += 1
 
@@ -359,6 +365,28 @@ class ReferenceMachine:
                 old_r, old_o = self.buf["O"][rl], self.buf["O"][ol]
                 for j in range(C):
                     self.set_o(rl, j, F.residual_add(field(old_r, j, 32), field(old_o, j, 32)))
+
+    def rope(self, ins, pc: int) -> None:
+        """Rotate-half rotary embedding of each head of each token, in place, with its table from SBUF."""
+        C, R, K, hd = self.cfg.cols, self.cfg.rows, self.regs[Reg.K], self.regs[Reg.HDIM]
+        self.check_ntok(ins, pc)
+        if hd == 0 or K % hd:
+            self.fail(pc, f"rope: K = {K} is not a whole number of heads of HDIM = {hd}")
+        h = hd // 2
+        self.touch_tokens(ins, ins["q"], pc, "rope values")
+        self.touch("S", ins["s"], ins["s"] + ins["ntok"] * 2 * (h // C), pc, "rope table")
+        plane = ins["mode"] == 1
+        for t in range(ins["ntok"]):
+            tab = ins["s"] + t * 2 * (h // C)
+            cos = [self.s(tab + j // C, 0, j % C) for j in range(h)]
+            sin = [self.s(tab + h // C + j // C, 0, j % C) for j in range(h)]
+            x = self.token_values(ins, ins["q"], t, pc, "values")
+            y = []
+            for g in range(K // hd):
+                y += F.rope_rotate(x[g * hd:(g + 1) * hd], cos, sin)
+            for i, v in enumerate(y):
+                line = ins["q"] + i // C if plane else ins["q"] + (i // C) * R + t
+                self.set_o(line, i % C, v)
 
     def vector_to_x(self, ins, pc: int) -> None:
         """silu, rmsnorm, layernorm: each token's K int16 values to XBUF lines x + t*XL + i // C, zeros past K."""

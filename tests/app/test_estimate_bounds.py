@@ -134,6 +134,7 @@ def test_context_with_the_vector_unit_names_its_component(capsys, tmp_path):
     base = ["estimate", "--model", "toy", "--config", str(cfg), "--prefill", "4", "--decode", "2", "--context", "300"]
     rc, out, err = run(base + ["--plots", tmp_path / "plots"], capsys)
     assert rc == 0, err
-    assert "norms, SwiGLU, residual adds (simulated)" in out
-    assert "not counted (host work today): rotary embedding" in out and "SiLU" not in out.split("not counted")[1]
+    assert "norms, rotary, SwiGLU, residual adds (sim.)" in out
+    rest = out.split("not counted")[1]
+    assert "the attention arithmetic beyond its stream" in rest and "SiLU" not in rest and "rotary" not in rest
     assert (tmp_path / "plots" / "context.png").stat().st_size > 10_000

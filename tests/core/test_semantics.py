@@ -21,7 +21,8 @@ def _random_regs(rng: random.Random) -> dict[Reg, int]:
     return {Reg.K: rng.randrange(0, 3000), Reg.RSHIFT: 0, Reg.OSHIFT: 0, Reg.ROUTER: rng.randrange(0, 400),
             Reg.SIN: rng.randrange(0, 400), Reg.SMUL: 0, Reg.EBASE: rng.randrange(0, 1 << 20),
             Reg.WBITS: rng.choice([0, 0, 2, 1, 3, 8]), Reg.BIAS: rng.choice([0, 1]),
-            Reg.XFRAC: rng.randrange(0, 16), Reg.GEXP: rng.randrange(0, 32), Reg.EPS: rng.randrange(0, 1 << 32)}
+            Reg.XFRAC: rng.randrange(0, 16), Reg.GEXP: rng.randrange(0, 32), Reg.EPS: rng.randrange(0, 1 << 32),
+            Reg.HDIM: rng.choice([0, 8, 16, 64, 128, rng.randrange(0, 1025)])}
 
 
 def _config(preset: str):

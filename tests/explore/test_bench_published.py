@@ -31,3 +31,5 @@ def test_slim_llama_row_is_at_its_bandwidth_and_model_size(tmp_path, capsys):
     assert abs(r["published"]["tokens_per_s"] - 1 / 0.489) < 1e-12
     assert abs(r["published"]["chip_mj_per_token"] - 82.07e-3 * 0.489 * 1e3) < 1e-9
     assert f"{r['bitmos']['tokens_per_s']:.2f} (bound" in printed and "not compared: model size" in printed
+    # head_dim 100: its halves of 50 are no whole number of medium's 8 lanes, so rotary stays on the host
+    assert r["bitmos"]["host_ops"] == ["attention", "rotary"]

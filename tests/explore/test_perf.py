@@ -94,7 +94,8 @@ def test_a_vector_unit_config_simulates_the_norms_swiglu_and_residual_adds():
     shape = load_shape("toy")
     ops = vector_ops(shape)
     n = shape.get("n_layers") or shape.get("num_hidden_layers")
-    assert [op for _, op, _ in ops].count("rmsnorm") == 2 * n + 1 and len(ops) == 5 * n + 1
+    assert [op for _, op, _ in ops].count("rmsnorm") == 2 * n + 1 and len(ops) == 7 * n + 1
+    assert [op for _, op, _ in ops].count("rope") == 2 * n
     bitnet = vector_ops(shape, layernorms=True)     # BitNet: each linear's LayerNorm, its SwiGLU on the host
     assert [op for _, op, _ in bitnet].count("layernorm") == 7 * n and "silu" not in {op for _, op, _ in bitnet}
     plain = estimate("toy", cfg, prefill=5, decode=3)

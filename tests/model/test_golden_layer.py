@@ -240,12 +240,17 @@ def test_vector_fn_sees_every_vector_operation_and_its_differences_are_recorded(
             return sat(operands[0] + operands[1], F.RESID_BITS)
         if op == "silu":
             return requantize(silu_gate(operands[0], operands[1], golden.frac), golden.frac, params["xfrac"])
+        if op == "rope":
+            x = operands[0]
+            return rope_rotate(x.view(x.shape[0], -1, params["head_dim"]), params["cos"], params["sin"]).reshape(
+                x.shape[0], -1)
         return rms_norm(operands[0], params["gains"], params["gexp"], params["eps_q"], params["xfrac"])
     golden.vector_fn = same
     assert torch.equal(golden.final_norm_output(idx), want) and not golden.vector_mismatches
     n = golden.config.n_layers
     ops = [(op, name) for op, name, _ in calls]
     assert sum(op == "resadd" for op, _ in ops) == 2 * n and sum(op == "silu" for op, _ in ops) == n
+    assert ("rope", "layers.0.attn.q_rope") in ops and sum(op == "rope" for op, _ in ops) == 2 * n
     assert ("rmsnorm", "norm") in ops and ("rmsnorm", "layers.0.attn_norm") in ops
     assert all(shape[0] == 5 for *_, shape in calls)
 

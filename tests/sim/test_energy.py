@@ -102,6 +102,11 @@ class TestCounts(unittest.TestCase):
         self.assertEqual((ln["o_read_bits"], ln["s_read_bits"], ln["x_write_bits"]), (4 * 10 * 128, 0, 16 * 64))
         self.assertEqual((ln["vector_adds"], ln["vector_mul16s"], ln["vector_mul32s"], ln["vector_recips"]),
                          (4 * 10 * 4, 10 * 4, 2 * 10 * 4, 3))
+        rp = Simulator(cfg).run(assemble("setr K 64\nsetr HDIM 16\nrope mode=token q=0 s=0 ntok=2\nhalt"),
+                                functional=False).counts
+        # in place: NL = 16 lines a token read and written; each token's 16/4 = 4 table lines; 2 products, 1 add
+        self.assertEqual((rp["o_read_bits"], rp["o_write_bits"], rp["s_read_bits"]), (32 * 128, 32 * 128, 8 * 256))
+        self.assertEqual((rp["vector_mul32s"], rp["vector_adds"]), (2 * 32 * 4, 32 * 4))
 
 
 class TestEnergyTable(unittest.TestCase):

@@ -368,7 +368,7 @@ class TestVectorUnit(unittest.TestCase):
                     words, mem = random_program(cfg, seed=100 * i + seed, length=30, mem_bytes=1 << 12)
                     ops = {w >> 58 for w in words}
                     assert_matches_naive(self, cfg, words, mem)
-            self.assertTrue({int(Op.RESADD), int(Op.SILU), int(Op.RMSNORM), int(Op.LAYERNORM)} <= ops | {
+            self.assertTrue({int(Op.RESADD), int(Op.SILU), int(Op.RMSNORM), int(Op.LAYERNORM), int(Op.ROPE)} <= ops | {
                 w >> 58 for seed in range(4) for w in random_program(cfg, seed=100 * i + seed, length=30,
                                                                      mem_bytes=1 << 12)[0]})
 
@@ -441,6 +441,49 @@ class TestVectorUnit(unittest.TestCase):
                         [int(b) + 1 for b, o in zip(res.trace.busy, res.trace.op) if o >= int(Op.RESADD)],
                         [1 + ntok * (nl + xl) + 10, 1 + ntok * (3 * nl + xl + 82 + 37) + 8, 1 + ntok * 2 * nl + 3,
                          1 + ntok * (2 * nl + xl + 82) + 8])
+
+    def test_rope_rotates_every_head_with_its_token_position(self):
+        cfg = with_vector(preset_config("small"))            # C = 4: HDIM 16 -> h = 8, two lines a half
+        C, R, hd, heads, ntok = cfg.cols, cfg.rows, 16, 3, 3
+        K = heads * hd
+        nl = K // C
+        rng = np.random.default_rng(9)
+        x = rng.integers(-(1 << 31), 1 << 31, (ntok, K))
+        x[0, 0] = (1 << 31) - 1                              # a rotation that saturates
+        cos_t, sin_t = F.rope_table([10000 ** (-2 * j / hd) for j in range(hd // 2)], 40)
+        pos = [3, 17, 39]
+        ob = np.zeros(((nl - 1) * R + ntok, C), dtype="<i4")
+        for t in range(ntok):
+            for i in range(K):
+                ob[(i // C) * R + t, i % C] = x[t, i]
+        sb = np.zeros((ntok * hd // C, cfg.experts, C), dtype="<i2")
+        for t, p in enumerate(pos):
+            row = np.array(cos_t[p] + sin_t[p]).reshape(-1, C)
+            sb[t * hd // C:(t + 1) * hd // C, 0, :] = row
+        mem = bytearray(ob.tobytes()) + bytearray(sb.tobytes())
+        prog = assemble(f"""
+            setr K {K}
+            setr HDIM {hd}
+            load buf=O line=0 nlines={ob.shape[0]} ext=0
+            wait
+            load buf=S line=0 nlines={sb.shape[0]} ext={ob.nbytes}
+            wait
+            rope mode=token q=0 s=0 ntok={ntok}
+            halt""")
+        res = assert_matches_naive(self, cfg, prog, bytes(mem))
+        got = res.state.obuf()
+        for t, p in enumerate(pos):
+            want = []
+            for g in range(heads):
+                want += F.rope_rotate(list(map(int, x[t, g * hd:(g + 1) * hd])), cos_t[p], sin_t[p])
+            self.assertEqual([int(got[(i // C) * R + t, i % C]) for i in range(K)], want)
+        busy = [int(b) + 1 for b, o in zip(res.trace.busy, res.trace.op) if o == int(Op.ROPE)]
+        self.assertEqual(busy, [1 + ntok * nl + 6])
+        for bad, why in (("setr HDIM 12", "HDIM must be even with half of it a multiple of cols = 4"),
+                         ("setr K 40\nsetr HDIM 16\nrope mode=plane q=0 s=0 ntok=1", "not a whole number of heads")):
+            r = run_both(cfg, assemble(bad + "\nhalt"))
+            self.assertEqual(r.cause, CAUSE_ILLEGAL_FIELD, bad)
+            self.assertIn(why, r.error_message)
 
     def test_zero_token_divides_by_k_not_zero(self):
         cfg = with_vector(preset_config("small"))
