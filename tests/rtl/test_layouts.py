@@ -15,7 +15,7 @@ from bitmos.rtl.controller import Controller
 from . import golden
 from bitmos.rtl.layouts import INSTRUCTION, instruction_layout, meta_layout
 from bitmos.rtl.scale_unit import ScaleExpertUnit
-from bitmos.rtl.signatures import LayerRegistersSignature, register_shape
+from bitmos.rtl.signatures import REGISTERS, LayerRegistersSignature, register_shape
 
 
 def random_instruction(rng, op):
@@ -27,8 +27,9 @@ def random_instruction(rng, op):
     return isa.Instruction.make(op, **{f.name: rng.randint(f.minimum, f.max_value) for f in isa.SPECS[op]})
 
 
-@pytest.mark.parametrize("op", list(isa.Op), ids=lambda op: op.name)
+@pytest.mark.parametrize("op", [op for op in isa.Op if op not in isa.VECTOR_OPS], ids=lambda op: op.name)
 def test_instruction_view_reads_every_field(op):
+    """Every opcode the RTL decodes (the vector unit's are not built yet: no view, so no wire in the Verilog)."""
     rng = random.Random(int(op))
     for _ in range(50):
         ins = random_instruction(rng, op)
@@ -44,6 +45,8 @@ def test_layout_positions_are_the_specs():
         assert layout.size == isa.WORD_BITS
         assert [(name, fl.offset, fl.width) for name, fl in layout] == \
                [(f.name, f.lo, f.width) for f in isa.SPECS[op]]
+    assert {name for name, _ in INSTRUCTION} == {"opcode"} | {op.name.lower() for op in isa.Op
+                                                              if op not in isa.VECTOR_OPS}
     assert INSTRUCTION["opcode"].offset == isa.OPCODE_LO
     assert INSTRUCTION["opcode"].width == isa.WORD_BITS - isa.OPCODE_LO
 
@@ -76,8 +79,10 @@ def test_meta_layout(experts):
 
 def test_layer_registers_hold_exactly_their_range():
     sig = LayerRegistersSignature()
-    assert [name for name, _ in sig.members.items()] == [reg.name.lower() for reg in isa.Reg]
-    for reg in isa.Reg:
+    # every register but the vector unit's (the RTL does not build that unit yet)
+    assert [name for name, _ in sig.members.items()] == [reg.name.lower() for reg in isa.Reg
+                                                         if reg not in isa.VECTOR_REGS]
+    for reg in REGISTERS:
         lo, hi = isa.REG_RANGE[reg]
         shape = register_shape(reg)
         assert sig.members[reg.name.lower()].shape == shape
