@@ -117,6 +117,11 @@ def _as_words(program) -> tuple[list[int], AcceleratorConfig | None]:
     return [int(w) for w in program], None
 
 
+#: The method of each compute instruction's data effect.
+_COMPUTE = {Op.QUANT: "_quant", Op.MATMUL: "_matmul", Op.SCALEOUT: "_scaleout", Op.RESADD: "_resadd",
+            Op.SILU: "_silu", Op.RMSNORM: "_rmsnorm", Op.LAYERNORM: "_layernorm", Op.ROPE: "_rope"}
+
+
 class Simulator:
     """Simulates programs on one :class:`AcceleratorConfig` (see module docstring)."""
 
@@ -191,22 +196,8 @@ class Simulator:
             self._dma(st, ins, mem, load=True)
         elif op is Op.STORE:
             self._dma(st, ins, mem, load=False)
-        elif op is Op.QUANT:
-            self._quant(st, ins)
-        elif op is Op.MATMUL:
-            self._matmul(st, ins)
-        elif op is Op.SCALEOUT:
-            self._scaleout(st, ins)
-        elif op is Op.RESADD:
-            self._resadd(st, ins)
-        elif op is Op.SILU:
-            self._silu(st, ins)
-        elif op is Op.RMSNORM:
-            self._rmsnorm(st, ins)
-        elif op is Op.LAYERNORM:
-            self._layernorm(st, ins)
-        elif op is Op.ROPE:
-            self._rope(st, ins)
+        elif op in _COMPUTE:   # a compute unit's data effect (nop, wait, halt have none)
+            getattr(self, _COMPUTE[op])(st, ins)
 
     def _dma(self, st: MachineState, ins: Instruction, mem: bytearray, *, load: bool) -> None:
         b = BUFFERS[ins["buf"]]

@@ -1,17 +1,12 @@
 """benchmarks/bench_published.py: the Slim-Llama comparison's config and bounds derived independently here."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from .bench_helpers import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_published", ROOT / "benchmarks" / "bench_published.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_published")
 
 
 def test_slim_llama_row_is_at_its_bandwidth_and_model_size(tmp_path, capsys):

@@ -1,18 +1,13 @@
 """benchmarks/bench_roofline.py: each figure against a bound derived independently here (bandwidth over the weight
 bytes a token reads; weight bits at the table's DRAM read energy), and its ratio as printed."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from .bench_helpers import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_roofline", ROOT / "benchmarks" / "bench_roofline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_roofline")
 
 
 def test_bounds_and_ratios_of_llama7b_bitnet2b_and_the_student(tmp_path, capsys):
