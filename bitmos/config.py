@@ -50,7 +50,7 @@ class AcceleratorConfig:
     weight_bits: int = 1     # widest integer weight the PE takes (1 = sign weights only; 2 = ternary; up to 8)
     acc_bits: int = 24       # PE accumulator width; the compiler refuses layers that could overflow it
     experts: int = 4         # E: scale experts (0 = plain sign + one per-layer scale, 1 = one scale set, 4 = BinaryMoS)
-    vector_unit: int = 0     # 1 = the decoder layer's vector unit (residual add, SiLU gate product, RMSNorm); simulator only
+    vector_unit: int = 0     # 1 = the layer's vector unit (residual add, SwiGLU, norms, rotary; docs/isa.md): simulated only
     # -- on-chip buffers (KiB each; depth in lines is derived from the line widths) ------------------
     xbuf_kib: int = 8        # layer inputs, int16, cols values per line
     wbuf_kib: int = 16       # packed sign bits, cols*lanes bits per line (double-buffered by the compiler)

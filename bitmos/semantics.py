@@ -200,7 +200,8 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         counts = register_counts(cfg, regs, ops)
     if op in VECTOR_OPS:
         nl, xl = counts["olines"], counts["xlines"]
-        x_lines = [] if op in (Op.RESADD, Op.ROPE) else [Access("X", True, f["x"], f["ntok"] * xl, what="XBUF lines")]
+        x_lines = ([] if op in (Op.RESADD, Op.ROPE) else
+                   [Access("X", True, f["x"], f["ntok"] * xl, what="XBUF lines")])
         if op is Op.RESADD:   # in place: the residual's lines are read and written, the addend's read
             return (_token_lines("O", True, f["r"], f, nl, R, "OBUF residual lines")
                     + _token_lines("O", False, f["o"], f, nl, R, "OBUF addend lines"))

@@ -192,5 +192,6 @@ def kv_cache_bytes(shape: dict[str, Any]) -> int:
     return kv_cache_bytes_per_token(nl, kvh, hd)
 
 
-__all__ = ["MODEL_SHAPES", "llama_linears", "vector_ops", "head_dim", "load_shape", "is_shape_source", "layer_shape", "n_layers",
+__all__ = ["MODEL_SHAPES", "llama_linears", "vector_ops", "head_dim",
+           "load_shape", "is_shape_source", "layer_shape", "n_layers",
            "kv_cache_bytes"]

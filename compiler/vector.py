@@ -97,7 +97,8 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
     """Programs and image for vector operation ``op`` ('resadd', 'silu', 'rmsnorm' or 'layernorm') on ``tokens``
     tokens of K values; ``xfrac``: fraction bits of the int16 result (silu, the norms); ``gains`` (int16, K of
     them), ``gexp``: the RMSNorm's; ``eps_q``: either norm's epsilon (formats.rms_norm, formats.layer_norm);
-    ``head_dim``: the rotary embedding's (even, head_dim / 2 a multiple of C, dividing K). Regions start at ``base``. ``timing_only``: no memory image
+    ``head_dim``: the rotary embedding's (even, head_dim / 2 a multiple of C, dividing K). Regions start at
+    ``base``. ``timing_only``: no memory image
     (empty; the gains may be omitted): the programs for the simulator's timing-only mode, at any size.
 
     Raises UnsupportedError (a config without the vector unit, or a token that does not fit its buffers)."""

@@ -295,7 +295,8 @@ def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> 
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.HDIM):
         return (f"{head}: {ins}: HDIM must be even with half of it a multiple of cols = {cfg.cols} (a rotated pair's "
                 "values share a lane)")
-    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.ROPE and not (regs[Reg.HDIM] and regs[Reg.K] % regs[Reg.HDIM] == 0):
+    whole_heads = regs[Reg.HDIM] and regs[Reg.K] % regs[Reg.HDIM] == 0
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.ROPE and not whole_heads:
         return f"{head}: {ins}: K = {regs[Reg.K]} is not a whole number of heads of HDIM = {regs[Reg.HDIM]}"
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.RESADD and resadd_overlap(dict(ins.args), regs, cfg):
         return (f"{head}: {ins}: the addend lines from o = {ins['o']} overlap the residual lines from r = "

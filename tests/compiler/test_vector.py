@@ -72,7 +72,8 @@ def test_refusals():
         compile_vector("resadd", preset_config("small"), 1, 16)
     with pytest.raises(UnsupportedError, match="unknown vector operation 'gelu'"):
         compile_vector("gelu", vec("small"), 1, 16)
-    with pytest.raises(UnsupportedError, match=r"does not fit config 'tiny': OBUF \(350 lines needed, 256 deep\)") as exc:
+    with pytest.raises(UnsupportedError,
+                       match=r"does not fit config 'tiny': OBUF \(350 lines needed, 256 deep\)") as exc:
         compile_vector("rmsnorm", vec("tiny"), 1, 700, gains=[1] * 700)
     assert exc.value.field == "obuf_kib"     # the field an estimate's --auto-buffers grows
     with pytest.raises(UnsupportedError, match="rmsnorm needs K = 8 gains"):
