@@ -1,10 +1,10 @@
 """Programs for the vector unit (docs/isa.md: ``resadd``, ``silu``, ``rmsnorm``, ``layernorm``, ``rope``) on tokens in
 external memory.
 
-The decoder layer's residual adds, SwiGLU gate products and RMSNorms run on the vector unit of a config with
-``vector_unit = 1``. :func:`compile_vector` builds, for one operation on ``tokens`` tokens of K values, one
-program per block of tokens: load the operand lines into OBUF (and an RMSNorm's gains into SBUF), the one
-instruction, store the result, halt. Its memory image holds the gains; :func:`write_vector_operands` and
+The decoder layer's residual adds, SwiGLU gate products, norms and rotary embeddings run on the vector unit of a
+config with ``vector_unit = 1``. :func:`compile_vector` builds, for one operation on ``tokens`` tokens of K values,
+one program per block of tokens: load the operand lines into OBUF (and an RMSNorm's gains or the tokens' rotary
+table into SBUF), the one instruction, store the result, halt. Its memory image holds the gains; :func:`write_vector_operands` and
 :func:`read_vector_result` are the host's side, as ``write_layer_input`` / ``read_layer_output`` are a linear's.
 
 External layout (one region per operand and one for the result, 64-byte aligned, in this order): an operand
@@ -30,6 +30,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.container import Program
 from bitmos.errors import UnsupportedError
 from bitmos.isa import Instruction, Op, Reg, encode, setr
+from bitmos.semantics import olines, rope_table_lines, rope_unaligned
 
 #: The vector unit's operations and their operand names (the first is the one ``resadd`` updates).
 VECTOR_OPS = {"resadd": ("residual", "addend"), "silu": ("gate", "up"), "rmsnorm": ("residual",),
@@ -51,11 +52,11 @@ class CompiledVector:
     tokens: int
     mode: str                       # "token" (up to R tokens per program) or "plane" (one)
     block: int                      # tokens per program (the last may have fewer)
-    regions: dict[str, int]         # operand names and "result" (silu / rmsnorm) -> byte address
+    regions: dict[str, int]         # operand names, "gains" / "table", "result" (not in place) -> byte address
     programs: list[Program]
     memory: bytearray               # the image: zeros but for an RMSNorm's gains
     config: AcceleratorConfig
-    params: dict[str, int] = field(default_factory=dict)   # XFRAC, GEXP, EPS as set
+    params: dict[str, int] = field(default_factory=dict)   # the registers it sets: XFRAC, GEXP, EPS, HDIM
 
     @property
     def stride(self) -> int:
@@ -64,37 +65,47 @@ class CompiledVector:
 
     @property
     def olines(self) -> int:
-        return -(-self.K // self.config.cols)
+        return olines(self.config, self.K)
+
+    @property
+    def block_bytes(self) -> int:
+        """External bytes of one block of an operand region (its NL * stride OBUF lines, 64-byte aligned)."""
+        return _align(self.olines * self.stride * self.config.line_bits("O") // 8)
 
     def blocks(self) -> list[range]:
         return [range(s, min(s + self.block, self.tokens)) for s in range(0, self.tokens, self.block)]
 
 
-def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int) -> tuple[str, str] | None:
+def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int, head_dim: int) -> tuple[str, str] | None:
     """None if a block of ``block`` tokens fits the buffers, else (what is too small, its config field)."""
-    nl = -(-K // cfg.cols)
+    nl = olines(cfg, K)
     span = (nl - 1) * stride + block
     need_o = (nl * stride) * (len(VECTOR_OPS[op]) - 1) + span
     if need_o > cfg.depth("O"):
         return f"OBUF ({need_o} lines needed, {cfg.depth('O')} deep)", "obuf_kib"
-    if op != "resadd" and block * cfg.xlines(K) > cfg.depth("X"):
+    if op not in IN_PLACE and block * cfg.xlines(K) > cfg.depth("X"):
         return f"XBUF ({block * cfg.xlines(K)} lines needed, {cfg.depth('X')} deep)", "xbuf_kib"
     if op == "rmsnorm" and nl > cfg.depth("S"):
         return f"SBUF ({nl} gain lines needed, {cfg.depth('S')} deep)", "sbuf_kib"
-    return None
-
-
-def _fits_table(cfg: AcceleratorConfig, block: int, head_dim: int) -> tuple[str, str] | None:
-    need = block * head_dim // cfg.cols
-    if need > cfg.depth("S"):
+    if op == "rope" and block * rope_table_lines(cfg, head_dim) > cfg.depth("S"):
+        need = block * rope_table_lines(cfg, head_dim)
         return f"SBUF ({need} rotary table lines needed, {cfg.depth('S')} deep)", "sbuf_kib"
     return None
+
+
+def _slot0_lines(cfg: AcceleratorConfig, rows: np.ndarray) -> bytes:
+    """SBUF lines holding ``rows`` ([n, C*m] int16 values, C a line) in expert slot 0 (value (0, j))."""
+    rows = np.asarray(rows, dtype=np.int64)
+    nlines = rows.size // cfg.cols
+    out = np.zeros((nlines, max(cfg.experts, 1), cfg.cols), dtype="<i2")
+    out[:, 0, :] = rows.reshape(nlines, cfg.cols)
+    return out.tobytes()
 
 
 def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfrac: int = 0,
                    gains: list[int] | np.ndarray | None = None, gexp: int = 0, eps_q: int = 0, head_dim: int = 0,
                    base: int = 0, timing_only: bool = False) -> CompiledVector:
-    """Programs and image for vector operation ``op`` ('resadd', 'silu', 'rmsnorm' or 'layernorm') on ``tokens``
+    """Programs and image for vector operation ``op`` (one of :data:`VECTOR_OPS`) on ``tokens``
     tokens of K values; ``xfrac``: fraction bits of the int16 result (silu, the norms); ``gains`` (int16, K of
     them), ``gexp``: the RMSNorm's; ``eps_q``: either norm's epsilon (formats.rms_norm, formats.layer_norm);
     ``head_dim``: the rotary embedding's (even, head_dim / 2 a multiple of C, dividing K). Regions start at
@@ -116,7 +127,7 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
         params["EPS"] = eps_q
     if op == "rope":
         params = {"HDIM": head_dim}
-        if head_dim < 2 or head_dim % 2 or (head_dim // 2) % cfg.cols or K % head_dim:
+        if head_dim < 2 or rope_unaligned(cfg, head_dim) or K % head_dim:
             raise UnsupportedError(f"rope: head_dim {head_dim} must be even, half of it a multiple of cols = "
                                    f"{cfg.cols}, and divide K = {K}")
     if op == "rmsnorm":
@@ -125,46 +136,40 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
         if gains is None or len(gains) != K:
             raise UnsupportedError(f"rmsnorm needs K = {K} gains")
         params.update(GEXP=gexp, EPS=eps_q)
-    def fits(block: int, stride: int):
-        return _fits(cfg, op, K, block, stride) or (_fits_table(cfg, block, head_dim) if op == "rope" else None)
     block = min(cfg.rows, tokens)
-    mode, why = "token", fits(block, cfg.rows)
+    mode, why = "token", _fits(cfg, op, K, block, cfg.rows, head_dim)
     if why is not None:
         mode, block = "plane", 1
-        why = fits(1, 1)
+        why = _fits(cfg, op, K, 1, 1, head_dim)
     if why is not None:
         raise UnsupportedError(f"{op} of one token of K = {K} values does not fit config {cfg.name!r}: {why[0]}",
                                field=why[1])
-    C, R = cfg.cols, cfg.rows
-    stride = R if mode == "token" else 1
-    nl, xl = -(-K // C), cfg.xlines(K)
-    ob, xb, sb = (cfg.line_bits(b) // 8 for b in "OXS")
-    nblocks = -(-tokens // block)
-    block_bytes = _align(nl * stride * ob)
-    regions: dict[str, int] = {}
+    cv = CompiledVector(op, K, tokens, mode, block, {}, [], bytearray(), cfg, params)
+    C, nl, xl, stride, block_bytes = cfg.cols, cv.olines, cfg.xlines(K), cv.stride, cv.block_bytes
+    xb, sb = cfg.line_bits("X") // 8, cfg.line_bits("S") // 8
+    tl = rope_table_lines(cfg, head_dim)
+    regions = cv.regions
     at = _align(base)
     for name in VECTOR_OPS[op]:
         regions[name] = at
-        at = _align(at + nblocks * block_bytes)
+        at = _align(at + len(cv.blocks()) * block_bytes)
     if op == "rmsnorm":
         regions["gains"] = at
         at = _align(at + nl * sb)
     if op == "rope":
         regions["table"] = at
-        at = _align(at + tokens * (head_dim // C) * sb)
-    if op != "resadd":
+        at = _align(at + tokens * tl * sb)
+    if op not in IN_PLACE:
         regions["result"] = at
         at = _align(at + tokens * xl * xb)
-    memory = bytearray(0 if timing_only else at - base)
+    cv.memory = bytearray(0 if timing_only else at - base)
     if op == "rmsnorm" and not timing_only:
         flat = np.zeros(nl * C, dtype=np.int64)
         flat[:K] = np.asarray(gains, dtype=np.int64)
-        g = np.zeros((nl, max(cfg.experts, 1), C), dtype="<i2")
-        g[:, 0, :] = flat.reshape(nl, C)            # expert slot 0 of each SBUF line
+        blob = _slot0_lines(cfg, flat)
         lo = regions["gains"] - base
-        memory[lo:lo + g.nbytes] = g.tobytes()
+        cv.memory[lo:lo + len(blob)] = blob
 
-    cv = CompiledVector(op, K, tokens, mode, block, regions, [], memory, cfg, params)
     for i, blk in enumerate(cv.blocks()):
         ntok = len(blk)
         words: list[int] = []
@@ -184,7 +189,6 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
         if op == "rmsnorm":
             dma(Op.LOAD, "S", 0, nl, regions["gains"])
         if op == "rope":
-            tl = head_dim // C
             dma(Op.LOAD, "S", 0, ntok * tl, regions["table"] + blk.start * tl * sb)
         words.append(encode(Instruction.make(Op.WAIT)))
         if op in IN_PLACE:
@@ -230,7 +234,7 @@ def write_vector_operands(memory: bytearray, cv: CompiledVector, *operands: np.n
     names = VECTOR_OPS[cv.op]
     if len(operands) != len(names):
         raise ValueError(f"{cv.op} takes {len(names)} operand(s) ({', '.join(names)}), got {len(operands)}")
-    block_bytes = _align(cv.olines * cv.stride * cv.config.line_bits("O") // 8)
+    block_bytes = cv.block_bytes
     for name, v in zip(names, operands):
         v = np.asarray(v, dtype=np.int64)
         if v.shape != (cv.tokens, cv.K):
@@ -252,11 +256,9 @@ def write_rope_table(memory: bytearray, cv: CompiledVector, cos, sin, *, base: i
     cos, sin = np.asarray(cos, dtype=np.int64), np.asarray(sin, dtype=np.int64)
     if cos.shape != (cv.tokens, h) or sin.shape != (cv.tokens, h):
         raise ValueError(f"rope table: cos {cos.shape} and sin {sin.shape}, expected ({cv.tokens}, {h}) each")
-    tl = 2 * h // cfg.cols
-    t = np.zeros((cv.tokens, tl, max(cfg.experts, 1), cfg.cols), dtype="<i2")
-    t[:, :, 0, :] = np.concatenate([cos, sin], axis=1).reshape(cv.tokens, tl, cfg.cols)
+    blob = _slot0_lines(cfg, np.concatenate([cos, sin], axis=1))     # per token: cos lines, then sin lines
     at = cv.regions["table"] - base
-    memory[at:at + t.nbytes] = t.tobytes()
+    memory[at:at + len(blob)] = blob
 
 
 def read_vector_result(memory: bytes | bytearray, cv: CompiledVector, *, base: int = 0) -> np.ndarray:
@@ -264,10 +266,9 @@ def read_vector_result(memory: bytes | bytearray, cv: CompiledVector, *, base: i
     values (silu and the norms)."""
     C, nl, st = cv.config.cols, cv.olines, cv.stride
     if cv.op in IN_PLACE:
-        block_bytes = _align(nl * st * cv.config.line_bits("O") // 8)
         out = np.zeros((cv.tokens, cv.K), dtype=np.int64)
         for i, blk in enumerate(cv.blocks()):
-            at = cv.regions[VECTOR_OPS[cv.op][0]] - base + i * block_bytes
+            at = cv.regions[VECTOR_OPS[cv.op][0]] - base + i * cv.block_bytes
             lines = np.frombuffer(bytes(memory[at:at + nl * st * C * 4]), dtype="<i4").reshape(nl, st, C)
             for t, tok in enumerate(blk):
                 out[tok] = lines[:, t, :].reshape(-1)[:cv.K]
