@@ -41,6 +41,15 @@ def resolve_shape(shape: str | dict[str, Any] | None) -> dict[str, Any]:
 
 # ---- sim backend -----------------------------------------------------------------------------------
 
+def _timing_runs(sim, programs, what: str) -> list[Any]:
+    """The timing-mode results of ``programs`` on ``sim``; :class:`Infeasible` naming ``what`` if one faults."""
+    runs = [sim.run(p.words, None, functional=False) for p in programs]
+    for r in runs:
+        if r.error:
+            raise Infeasible(f"{what}: the simulator stopped with {r.cause_name}: {r.error_message}")
+    return runs
+
+
 def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int, int]], tokens: int,
                      bias: bool = False) -> list[list[Any]]:
     """For each (name, K, N, WBITS) of ``linears``: the timing-mode results of its programs for ``tokens`` tokens,
@@ -61,12 +70,8 @@ def simulate_linears(cfg: AcceleratorConfig, linears: list[tuple[str, int, int, 
     for name, K, N, w_bits in linears:
         if (K, N, w_bits) not in by_shape:
             spec = synthetic_spec(name, K, N, cfg, seed=len(by_shape), materialize=False, w_bits=w_bits, bias=bias)
-            runs = [sim.run(p.words, None, functional=False) for p in compile_spec(spec, cfg, tokens).programs]
-            for r in runs:
-                if r.error:
-                    raise Infeasible(f"{name} ({K}x{N}): the simulator stopped with {r.cause_name}: "
-                                     f"{r.error_message}")
-            by_shape[(K, N, w_bits)] = runs
+            by_shape[(K, N, w_bits)] = _timing_runs(sim, compile_spec(spec, cfg, tokens).programs,
+                                                    f"{name} ({K}x{N})")
         out.append(by_shape[(K, N, w_bits)])
     return out
 
@@ -86,19 +91,15 @@ def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]],
     for name, op, K in ops:
         if (op, K) not in by_shape:
             cv = compile_vector(op, cfg, tokens, K, head_dim=head_dim, timing_only=True)
-            runs = [sim.run(p.words, None, functional=False) for p in cv.programs]
-            for r in runs:
-                if r.error:
-                    raise Infeasible(f"{name} ({op}, K = {K}): the simulator stopped with {r.cause_name}: "
-                                     f"{r.error_message}")
-            by_shape[(op, K)] = runs
+            by_shape[(op, K)] = _timing_runs(sim, cv.programs, f"{name} ({op}, K = {K})")
         out.append(by_shape[(op, K)])
     return out
 
 
 def rope_fits(cfg: AcceleratorConfig, head_dim: int) -> bool:
-    """Can the vector unit's rope take heads of ``head_dim``: even, half of it a whole number of lines."""
-    return head_dim % 2 == 0 and (head_dim // 2) % cfg.cols == 0
+    """Can the vector unit's rope take heads of ``head_dim`` (register HDIM's legality, ``semantics.rope_unaligned``)."""
+    from bitmos.semantics import rope_unaligned
+    return not rope_unaligned(cfg, head_dim)
 
 
 def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
@@ -244,10 +245,10 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
                           f"the limit of {max_work:,} (--max-work, about 20 s here); lower --prefill or raise "
                           "--max-work", field="prefill")
     t0 = time.perf_counter()
+    hd = head_dim(shape)
 
     def run(c: AcceleratorConfig) -> dict[str, Any]:
         table = EnergyTable.load(energy_table or default_table(c))
-        hd = head_dim(shape)
         vector_walk = (vector_ops(shape, layernorms=scheme == "bitnet", rope=rope_fits(c, hd)) if c.vector_unit
                        else None)
         return dict(_phases(c, walk, prefill, decode, table, bias, vector_walk, hd), energy_table=table.name)
@@ -275,7 +276,7 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
                            "config": cfg.to_dict(), "grown": grown}
     out.update(phases)
     # the decoder layer's work the chip does not do here (the estimate counts none of it)
-    out["host_ops"] = (["attention"] + ([] if rope_fits(cfg, head_dim(shape)) else ["rotary"])
+    out["host_ops"] = (["attention"] + ([] if rope_fits(cfg, hd) else ["rotary"])
                        + (["SwiGLU"] if scheme == "bitnet" else [])
                        if cfg.vector_unit else ["norms", "rotary", "softmax", "SiLU", "residual adds"])
     out["decode_bound_tokens_per_s"] = cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / bits

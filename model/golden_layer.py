@@ -196,7 +196,7 @@ class GoldenLayerModel(nn.Module):
         #: side by default; ``bitmos demo --layer-ops`` passes the simulated chip, which checks each one itself)
         self.linear_fn = self.accelerator
         #: where the vector unit's operations run (None: here, in the torch twins): ``fn(op, name, operands,
-        #: **params) -> result`` with op 'resadd' / 'silu' / 'rmsnorm' (``bitmos.compiler.vector``); every result
+        #: **params) -> result`` with op one of ``bitmos.compiler.vector.VECTOR_OPS``; every result
         #: is compared with the twin's, and a difference is recorded in ``vector_mismatches``
         self.vector_fn = None
         self.vector_mismatches: list[str] = []

@@ -19,7 +19,8 @@ import numpy as np
 from bitmos.config import AcceleratorConfig
 from bitmos.errors import BitmosUserError, DecodeError
 from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE, CAUSE_NAMES,
-                        CAUSE_NONE, CAUSE_PC_RANGE, OPCODE_LO, SPECS, VECTOR_REGS, Op, Reg, decode)
+                        CAUSE_NONE, CAUSE_PC_RANGE, OPCODE_LO, SPECS, VECTOR_OPS, VECTOR_REGS, Op, Reg,
+                        decode)
 from bitmos.semantics import (COMPUTE_OPS, DMA_OPS, SYNC_OPS, Ops, Timeline, controller_cycles,
                               dma_busy_cycles, ext_end, faults, first_fault, footprint, legal_ops,
                               resadd_overlap)
@@ -28,7 +29,7 @@ from bitmos.semantics import depth as sem_depth
 #: Execution unit of each opcode, for traces and Gantt charts.
 UNIT = {Op.NOP: "ctrl", Op.HALT: "ctrl", Op.SETR: "ctrl", Op.WAIT: "ctrl", Op.LOAD: "dma",
         Op.STORE: "dma", Op.QUANT: "scale", Op.MATMUL: "array", Op.SCALEOUT: "scale",
-        Op.RESADD: "vector", Op.SILU: "vector", Op.RMSNORM: "vector", Op.LAYERNORM: "vector", Op.ROPE: "vector"}
+        **{op: "vector" for op in VECTOR_OPS}}
 UNIT_CODES = ("ctrl", "dma", "scale", "array", "vector")
 _UNIT_OF_OP = np.zeros(64, dtype=np.int8)
 for _op, _u in UNIT.items():

@@ -40,7 +40,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import ConfigError
 from bitmos.fileio import read_text_file
 from bitmos.isa import BUFFERS, Op, Reg
-from bitmos.semantics import Ops, weight_planes
+from bitmos.semantics import Ops, olines, rope_table_lines, weight_planes
 
 try:  # Python 3.11+
     import tomllib
@@ -142,7 +142,7 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
 
     # the vector unit: every lane of every line it reads works (a token's last line past K included)
     ob_bits, x_bits, s_bits = cfg.obuf_line_bits, cfg.xbuf_line_bits, cfg.sbuf_line_bits
-    nl = (K + C - 1) // C
+    nl = olines(cfg, K)
     for code in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE):
         sel = op == int(code)
         if not sel.any():
@@ -156,7 +156,7 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
             c["o_read_bits"] += lines * ob_bits
             c["o_write_bits"] += lines * ob_bits
             hd = dec.regs[Reg.HDIM][:n][sel]
-            c["s_read_bits"] += S(f["ntok"][sel] * 2 * (hd // 2 // C)) * s_bits
+            c["s_read_bits"] += S(f["ntok"][sel] * rope_table_lines(cfg, hd)) * s_bits
             c["vector_mul32s"] += 2 * lines * C
             c["vector_adds"] += lines * C
         elif code is Op.SILU:        # gate and up read; sigmoid table, g x sigmoid and h x u per value

@@ -30,7 +30,7 @@ from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError
 from bitmos.isa import BUFFERS, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op, Reg, decode, reg_value
 from bitmos.sim.analysis import UNIT_CODES, Analysis, analyze
-from bitmos.semantics import weight_planes
+from bitmos.semantics import olines, rope_table_lines, weight_planes
 from bitmos.sim.energy import count_actions
 
 assert sys.byteorder == "little", "the simulator views buffer bytes as little-endian words"
@@ -365,7 +365,7 @@ class Simulator:
     def _vector_operand(self, st: MachineState, ins: Instruction, base: int) -> np.ndarray:
         """[ntok, NL*C] int64: the operand's K values per token, then zeros to the end of its last line."""
         K, C = st.regs[Reg.K], self.cfg.cols
-        nl = -(-K // C)
+        nl = olines(self.cfg, K)
         v = st.obuf()[self._token_lines(ins, base, nl)].astype(np.int64).reshape(ins["ntok"], nl * C)
         v[:, K:] = 0
         return v
@@ -381,7 +381,7 @@ class Simulator:
         xb[x0:x0 + x.shape[0] * xl] = out.reshape(-1, cfg.cols)
 
     def _resadd(self, st: MachineState, ins: Instruction) -> None:
-        nl = -(-st.regs[Reg.K] // self.cfg.cols)
+        nl = olines(self.cfg, st.regs[Reg.K])
         ob = st.obuf()
         r, o = self._token_lines(ins, ins["r"], nl), self._token_lines(ins, ins["o"], nl)
         ob[r] = _sat(ob[r].astype(np.int64) + ob[o].astype(np.int64), formats.RESID_BITS).astype(np.int32)
@@ -394,10 +394,9 @@ class Simulator:
 
     def _rmsnorm(self, st: MachineState, ins: Instruction) -> None:
         K, C = st.regs[Reg.K], self.cfg.cols
-        nl = -(-K // C)
+        nl = olines(self.cfg, K)
         r = self._vector_operand(st, ins, ins["r"])                                       # [T, NL*C]
         gains = st.sbuf()[ins["s"]:ins["s"] + nl, 0, :].astype(np.int64).reshape(nl * C)
-        gains[K:] = 0
         self._write_x(st, ins, rms_norm(r[:, :K], gains[:K], st.regs[Reg.GEXP], st.regs[Reg.EPS],
                                         st.regs[Reg.XFRAC]))
 
@@ -412,12 +411,12 @@ class Simulator:
     def _rope(self, st: MachineState, ins: Instruction) -> None:
         cfg = self.cfg
         K, C, hd = st.regs[Reg.K], cfg.cols, st.regs[Reg.HDIM]
-        nl, h, ntok = -(-K // C), hd // 2, ins["ntok"]
-        hl = h // C
+        nl, h, ntok = olines(cfg, K), hd // 2, ins["ntok"]
         lines = self._token_lines(ins, ins["q"], nl)                                    # [T, NL]
         ob = st.obuf()
         x = ob[lines].astype(np.int64).reshape(ntok, K // hd, 2, h)                    # [T, heads, lo/hi, h]
-        tab = st.sbuf()[ins["s"]:ins["s"] + ntok * 2 * hl, 0, :].astype(np.int64).reshape(ntok, 2, h)
+        tl = rope_table_lines(cfg, hd)
+        tab = st.sbuf()[ins["s"]:ins["s"] + ntok * tl, 0, :].astype(np.int64).reshape(ntok, 2, h)
         cos, sin = tab[:, None, 0, :], tab[:, None, 1, :]                                # [T, 1, h]
         lo, hi = x[:, :, 0, :], x[:, :, 1, :]
         y = np.stack([_sat(_rshift_round(lo * cos - hi * sin, formats.ROPE_FRAC), formats.RESID_BITS),
