@@ -88,8 +88,8 @@ class SimulatedAccelerator:
 
 
 class SimulatedVectorUnit:
-    """Runs the decoder layer's residual adds, RMSNorms and SwiGLU gate products on the simulated chip's vector
-    unit (``bitmos.compiler.vector``): ``unit(op, name, *operands, **params) -> result`` for
+    """Runs the decoder layer's residual adds, norms, rotary embeddings and SwiGLU gate products on the simulated
+    chip's vector unit (``bitmos.compiler.vector``): ``unit(op, name, *operands, **params) -> result`` for
     ``GoldenLayerModel.vector_fn``, which compares every result with its golden twin. Programs are compiled once
     per (operation name, token count); the runs go into the accelerator's run list (the phases and the reports
     see linears and vector operations in order)."""
@@ -161,50 +161,44 @@ def compile_one_token(export, cfg: AcceleratorConfig) -> dict[tuple[str, int], A
     return out
 
 
-def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=None) -> list[int]:
-    """Greedy generation with a KV cache: one prefill over the prompt, then one-token decode steps."""
+def _greedy(forward, cached, max_seq_len: int, prompt_ids: list[int], n_new: int, *,
+            on_phase=None) -> list[int]:
+    """Greedy generation with a KV cache: one prefill over the prompt, then one-token decode steps.
+    ``forward(idx [1, T]) -> logits [1, T, V]`` continues the cached sequence; ``cached()`` is its length."""
     import torch
 
-    from bitmos.model.transformer import KVCache
-
-    cache = KVCache(transformer.config)
-    idx = torch.tensor([prompt_ids], dtype=torch.long)
     out = list(prompt_ids)
     with torch.no_grad():
         if on_phase:
             on_phase("prefill")
-        logits, _ = transformer(idx, linear_override=hook, cache=cache)
+        logits = forward(torch.tensor([prompt_ids], dtype=torch.long))
         for step in range(n_new):
             nxt = int(logits[0, -1].argmax())
             out.append(nxt)
-            if step == n_new - 1 or cache.length >= transformer.config.max_seq_len:
+            if step == n_new - 1 or cached() >= max_seq_len:
                 break
             if on_phase:
                 on_phase("decode")
-            logits, _ = transformer(torch.tensor([[nxt]]), linear_override=hook, cache=cache)
+            logits = forward(torch.tensor([[nxt]]))
     return out
+
+
+def _generate(transformer, hook, prompt_ids: list[int], n_new: int, *, on_phase=None) -> list[int]:
+    """:func:`_greedy` with the float host transformer, every binarized linear through ``hook``."""
+    from bitmos.model.transformer import KVCache
+
+    cache = KVCache(transformer.config)
+    return _greedy(lambda idx: transformer(idx, linear_override=hook, cache=cache)[0], lambda: cache.length,
+                   transformer.config.max_seq_len, prompt_ids, n_new, on_phase=on_phase)
 
 
 def _generate_layer(model, prompt_ids: list[int], n_new: int, *, on_phase=None) -> list[int]:
-    """:meth:`GoldenLayerModel.generate` for one prompt, with the phase marks of :func:`_generate`."""
-    import torch
-
+    """:func:`_greedy` with a :class:`GoldenLayerModel` (every decoder-layer operation in integers)."""
     from bitmos.model.golden_layer import KVCacheBFP
 
     caches = [KVCacheBFP()]
-    out = list(prompt_ids)
-    if on_phase:
-        on_phase("prefill")
-    logits, _ = model(torch.tensor([prompt_ids], dtype=torch.long), caches=caches)
-    for step in range(n_new):
-        nxt = int(logits[0, -1].argmax())
-        out.append(nxt)
-        if step == n_new - 1 or caches[0].length >= model.config.max_seq_len:
-            break
-        if on_phase:
-            on_phase("decode")
-        logits, _ = model(torch.tensor([[nxt]]), caches=caches)
-    return out
+    return _greedy(lambda idx: model(idx, caches=caches)[0], lambda: caches[0].length, model.config.max_seq_len,
+                   prompt_ids, n_new, on_phase=on_phase)
 
 
 def load_student(checkpoint: str | None, cfg: AcceleratorConfig, prompt: str, tokens: int, *,
@@ -263,9 +257,10 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
              layer_ops: bool = False, progress=print) -> dict[str, Any]:
     """Generate text with every binarized linear on the simulated accelerator; check it against golden.
 
-    ``layer_ops``: the decoder layer in integers (``GoldenLayerModel``) with its residual adds, RMSNorms and SwiGLU
-    gate products (BitNet: its per-linear LayerNorms instead of the SwiGLU) also on the chip, on its vector unit (the config gains ``vector_unit = 1``); attention and the
-    rotary embedding stay on the host, so this is checked against the whole-layer integer golden model."""
+    ``layer_ops``: the decoder layer in integers (``GoldenLayerModel``) with its residual adds, RMSNorms, rotary
+    embeddings and SwiGLU gate products (BitNet: its per-linear LayerNorms instead of the SwiGLU) also on the chip,
+    on its vector unit (the config gains ``vector_unit = 1``); attention stays on the host, and the run is checked
+    against the whole-layer integer golden model."""
     import dataclasses
 
     import torch
@@ -429,8 +424,8 @@ def add_commands(sub) -> None:
     p.add_argument("--energy-table", help="energy table name or TOML file")
     add_calibrate_argument(p)
     p.add_argument("--layer-ops", action="store_true",
-                   help="also run each decoder layer's residual adds, RMSNorms and SwiGLU on the chip's vector unit "
-                        "(the config gains vector_unit = 1; simulator only), checked against the whole-layer integer "
-                        "golden model; attention and rotary stay on the host")
+                   help="also run each decoder layer's residual adds, RMSNorms, rotary embeddings and SwiGLU (BitNet: its "
+                        "LayerNorms) on the chip's vector unit (the config gains vector_unit = 1; simulator only), "
+                        "checked against the whole-layer integer golden model; attention stays on the host")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_demo)

@@ -84,21 +84,26 @@ def test_demo_matches_golden_and_writes_reports(student_path, tmp_path):
             assert (out / phase / plot).stat().st_size > 1000
 
 
+def flip_one_bit(monkeypatch, module, reader: str, nth: int) -> None:
+    """Make ``module.reader`` (a host-side read of a simulated result) flip bit 0 of its first value on its nth call."""
+    real = getattr(module, reader)
+    calls = {"n": 0}
+
+    def corrupt(*args, **kw):
+        y = real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] == nth:
+            y = y.copy()
+            y[0, 0] ^= 1
+        return y
+    monkeypatch.setattr(module, reader, corrupt)
+
+
 def test_demo_detects_a_wrong_accelerator(student_path, monkeypatch):
     """Flip one output bit of one simulated layer: the demo must report the mismatch, not hide it."""
     from bitmos import compiler
 
-    real = compiler.read_layer_output
-    calls = {"n": 0}
-
-    def corrupt(memory, manifest):
-        y = real(memory, manifest)
-        calls["n"] += 1
-        if calls["n"] == 5:
-            y = y.copy()
-            y[0, 0] ^= 1
-        return y
-    monkeypatch.setattr(compiler, "read_layer_output", corrupt)
+    flip_one_bit(monkeypatch, compiler, "read_layer_output", 5)
     rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="x = ", tokens=2,
                             out_dir=None, progress=lambda *a: None)
     assert not rep["matches_golden"]
@@ -111,8 +116,9 @@ def test_demo_layer_ops_runs_norms_residuals_and_swiglu_on_the_vector_unit(stude
     assert rep["matches_golden"] and not rep["layer_mismatches"], rep["layer_mismatches"]
     assert rep["layer_ops"] and rep["config"]["vector_unit"] == 1 and rep["config"]["name"] == "small+vector"
     n_layers = 4
-    # per step: 28 linear programs, and per layer 2 RMSNorms, 2 residual adds and a SwiGLU, plus the final norm
-    assert rep["layer_runs"] >= 3 * (28 + 5 * n_layers + 1)
+    # per step: 28 linear programs, and per layer 2 RMSNorms, 2 rotary embeddings, 2 residual adds and a SwiGLU,
+    # plus the final norm
+    assert rep["layer_runs"] >= 3 * (28 + 7 * n_layers + 1)
     # the linears' programs and so their cycles are those of the linears-only demo (timing never depends on data):
     # every other cycle is the vector unit's
     plain = demo.run_demo(checkpoint=str(student_path), config="small", prompt="import os\n", tokens=3,
@@ -130,17 +136,7 @@ def test_demo_layer_ops_runs_norms_residuals_and_swiglu_on_the_vector_unit(stude
 def test_demo_layer_ops_detects_a_wrong_vector_unit(student_path, monkeypatch):
     from bitmos.compiler import vector
 
-    real = vector.read_vector_result
-    calls = {"n": 0}
-
-    def corrupt(memory, cv, **kw):
-        y = real(memory, cv, **kw)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            y = y.copy()
-            y[0, 0] ^= 1
-        return y
-    monkeypatch.setattr(vector, "read_vector_result", corrupt)
+    flip_one_bit(monkeypatch, vector, "read_vector_result", 3)
     rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="x = ", tokens=2,
                         out_dir=None, layer_ops=True, progress=lambda *a: None)
     assert not rep["matches_golden"]
