@@ -364,6 +364,10 @@ ROPE_FRAC = 14
 #: plus one exponent byte per (token, kv head), half of an fp16 cache; per-token dynamic like the per-token
 #: activation quantizer, so it needs no calibration, and a power of two costs shifters, not multipliers.
 HEAD_MANT_BITS = 8
+#: The largest exponent block_quantize gives int32 values (32 - HEAD_MANT_BITS + 1). The attention unit reads a
+#: cache exponent byte above it (which only a cache not written by kvpack can hold) as KV_EXP_MAX, so its shifts
+#: and products stay bounded whatever the bytes.
+KV_EXP_MAX = 32 - HEAD_MANT_BITS + 1
 #: Attention logits: int32 in Q.8 (the softmax's logit format, widened: a raw score may exceed the Q7.8 range
 #: before the maximum is subtracted).
 SCORE_BITS = 32
@@ -419,6 +423,21 @@ def kv_cache_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int) -> i
     """Bytes the KV cache holds (and a decode step reads) per token of context: keys and values of every layer and
     kv head, each head_dim mantissas of HEAD_MANT_BITS plus one exponent byte."""
     return n_layers * 2 * n_kv_heads * (head_dim * HEAD_MANT_BITS // 8 + 1)
+
+
+def kv_region_layout(kv_max: int, head_dim: int) -> dict[str, int]:
+    """Byte offsets of one kv head's KV-cache region for ``kv_max`` positions, the same in external memory and in
+    WBUF (a load copies it line for line): key mantissas [kv_max][head_dim] int8 at ``k``, value mantissas at ``v``,
+    key exponents [kv_max] uint8 at ``ek``, value exponents at ``ev``; ``bytes`` = 2 kv_max (head_dim + 1).
+
+    Why this format: a position's key (value) row is :func:`block_quantize` of the head's values, HEAD_MANT_BITS
+    mantissas and one exponent, so a decode step reads head_dim + 1 bytes per position and head, the fewest an
+    8-bit cache can (the int32 keys would be four times that; int8 with a float scale per row the same bytes but
+    a multiplier per row). Mantissas sit apart from exponents so that a row is whole bytes of a line, and a cache
+    of any length costs no padding per row; with kv_max a multiple of a line's bytes every area starts on a line.
+    """
+    m = kv_max * head_dim
+    return {"k": 0, "v": m, "ek": 2 * m, "ev": 2 * m + kv_max, "bytes": 2 * (m + kv_max)}
 
 
 def rms_norm(r: list[int], gains: list[int], gexp: int, eps_q: int, out_frac: int) -> list[int]:

@@ -37,6 +37,8 @@ class Op(enum.IntEnum):
     RMSNORM = 0x0B
     LAYERNORM = 0x0C
     ROPE = 0x0D
+    KVPACK = 0x0E
+    ATTN = 0x0F
 
 
 class Reg(enum.IntEnum):
@@ -54,7 +56,12 @@ class Reg(enum.IntEnum):
     XFRAC = 9    # fraction bits of the int16 XBUF values silu and rmsnorm write (the consumer linear's x_frac)
     GEXP = 10    # rmsnorm: exponent of the int16 gains (g ~ G * 2^-GEXP, formats.gain_exponent)
     EPS = 11     # rmsnorm / layernorm: epsilon in the input's squared units, round(eps * 2^(2 * its fraction bits))
-    HDIM = 12    # rope: the head dimension (even; half of it a multiple of cols, so rotated pairs share a lane)
+    HDIM = 12    # rope, kvpack, attn: the head dimension (even; half of it a multiple of cols, so rotated pairs share a lane)
+    QPOS = 13    # kvpack, attn: the position of the block's first token in the sequence
+    KVMAX = 14   # kvpack, attn: positions a kv head's cache region holds (a multiple of WBUF's line bytes)
+    KVW = 15     # kvpack, attn: WBUF line of the kv head's cache region (formats.kv_region_layout)
+    HGRP = 16    # attn: query heads per kv head (grouped-query attention; 1 = multi-head)
+    SCR = 17     # attn: OBUF line of its score scratch (ceil((QPOS + ntok) / cols) lines)
 
 
 #: (min, max) of each register's value; SMUL is signed.
@@ -62,18 +69,22 @@ REG_RANGE: dict[Reg, tuple[int, int]] = {
     Reg.K: (1, 65535), Reg.RSHIFT: (0, 63), Reg.OSHIFT: (0, 63), Reg.ROUTER: (0, 65535),
     Reg.SIN: (0, 65535), Reg.SMUL: (-32768, 32767), Reg.EBASE: (0, (1 << 32) - 1), Reg.WBITS: (0, 8),
     Reg.BIAS: (0, 1), Reg.XFRAC: (0, 15), Reg.GEXP: (0, 31), Reg.EPS: (0, (1 << 32) - 1), Reg.HDIM: (0, 1024),
+    Reg.QPOS: (0, 65535), Reg.KVMAX: (0, 65535), Reg.KVW: (0, 65535), Reg.HGRP: (0, 255), Reg.SCR: (0, 65535),
 }
 
 #: Instructions and registers of the vector unit: illegal (opcode, or SETR's register field) on a config without
 #: it (``AcceleratorConfig.vector_unit`` = 0), as on every config before the unit existed.
-VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE)
-VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM)
+VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE, Op.KVPACK, Op.ATTN)
+VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.KVW, Reg.HGRP, Reg.SCR)
 
 #: DMA buffer codes (the on-chip buffers the DMA engine can reach).
 BUFFERS = ("X", "W", "S", "O")
 
 #: Mode field of QUANT / MATMUL / SCALEOUT.
 MODES = ("token", "plane")
+
+#: Kind field of KVPACK: which half of a kv head's cache region it writes.
+KV_KINDS = ("k", "v")
 
 #: Error cause codes the controller reports (its error flag is set and it stops).
 CAUSE_NONE = 0
@@ -138,6 +149,9 @@ SPECS: dict[Op, tuple[Field, ...]] = {
                  _f("ntok", 8, 2, 1)),
     Op.LAYERNORM: (_f("mode", 57, 57, enum=MODES), _f("r", 56, 41), _f("x", 40, 25), _f("ntok", 24, 18, 1)),
     Op.ROPE: (_f("mode", 57, 57, enum=MODES), _f("q", 56, 41), _f("s", 40, 25), _f("ntok", 24, 18, 1)),
+    Op.KVPACK: (_f("mode", 57, 57, enum=MODES), _f("o", 56, 41), _f("kind", 40, 40, enum=KV_KINDS),
+                _f("ntok", 39, 33, 1)),
+    Op.ATTN: (_f("mode", 57, 57, enum=MODES), _f("q", 56, 41), _f("x", 40, 25), _f("ntok", 24, 18, 1)),
 }
 
 

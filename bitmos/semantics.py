@@ -182,6 +182,22 @@ def rope_unaligned(cfg: AcceleratorConfig, raw: Value) -> Value:
     return ((raw % 2) != 0) | (((raw // 2) % cfg.cols) != 0)
 
 
+def kv_region_lines(cfg: AcceleratorConfig, kv_max: Value, head_dim: Value) -> Value:
+    """WBUF lines of one kv head's cache region (``formats.kv_region_layout``: 2 KVMAX (HDIM + 1) bytes); whole
+    lines, since KVMAX is a multiple of a line's bytes (register KVMAX's legality)."""
+    return 2 * kv_max * (head_dim + 1) // (cfg.wbuf_line_bits // 8)
+
+
+def kv_unaligned(cfg: AcceleratorConfig, raw: Value) -> Value:
+    """A KVMAX value that would not start every area of a cache region on a WBUF line."""
+    return (raw % (cfg.wbuf_line_bits // 8)) != 0
+
+
+def score_lines(cfg: AcceleratorConfig, positions: Value) -> Value:
+    """OBUF lines of an attn's score scratch for ``positions`` positions (C a line)."""
+    return (positions + (cfg.cols - 1)) // cfg.cols
+
+
 def depth(cfg: AcceleratorConfig, buffer: str) -> int:
     return cfg.meta_tokens if buffer == "META" else cfg.depth(buffer)
 
@@ -198,6 +214,17 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         return []
     if counts is None:
         counts = register_counts(cfg, regs, ops)
+    if op in (Op.KVPACK, Op.ATTN):
+        hd = regs[Reg.HDIM]
+        region = Access("W", op is Op.KVPACK, regs[Reg.KVW], kv_region_lines(cfg, regs[Reg.KVMAX], hd),
+                        what="WBUF KV-cache region lines")
+        if op is Op.KVPACK:      # one kv head's values of each token; its rows of the region written
+            return _token_lines("O", False, f["o"], f, hd // cfg.cols, R, "OBUF key/value lines") + [region]
+        gl = regs[Reg.HGRP] * (hd // cfg.cols)   # the group's query heads of each token, the region, the
+        return (_token_lines("O", False, f["q"], f, gl, R, "OBUF query lines") + [region]   # scores, the output
+                + [Access("O", True, regs[Reg.SCR], score_lines(cfg, regs[Reg.QPOS] + f["ntok"]),
+                          what="OBUF score scratch lines"),
+                   Access("X", True, f["x"], gl, counts["xlines"], f["ntok"], what="XBUF lines")])
     if op in VECTOR_OPS:
         nl, xl = counts["olines"], counts["xlines"]
         x_lines = ([] if op in (Op.RESADD, Op.ROPE) else
@@ -289,6 +316,7 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
             conds.append((f["reg"] == int(Reg.BIAS)) & (raw != 0))
         if cfg.vector_unit:   # HDIM: even, half of it a whole number of lines (0, the reset value, is legal)
             conds.append((f["reg"] == int(Reg.HDIM)) & rope_unaligned(cfg, raw))
+            conds.append((f["reg"] == int(Reg.KVMAX)) & kv_unaligned(cfg, raw))
     if op in (Op.QUANT, Op.SCALEOUT, *VECTOR_OPS):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
@@ -304,6 +332,13 @@ def resadd_overlap(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Accel
     r_end = ops.select(f["mode"] == 1, res_p.end, res_t.end)
     o_end = ops.select(f["mode"] == 1, add_p.end, add_t.end)
     return (f["r"] != f["o"]) & (f["r"] < o_end) & (f["o"] < r_end)
+
+
+def kv_block_outside(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value]) -> Value:
+    """A kvpack or attn without its head (HDIM = 0; attn: HGRP = 0) or whose tokens' positions QPOS .. QPOS +
+    ntok - 1 are not all inside the region of KVMAX positions: an illegal field."""
+    bad = (regs[Reg.HDIM] == 0) | (regs[Reg.QPOS] + f["ntok"] > regs[Reg.KVMAX])
+    return bad | (regs[Reg.HGRP] == 0) if op is Op.ATTN else bad
 
 
 def _same(v: Value) -> Value:
@@ -329,6 +364,8 @@ def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value
     if op is Op.ROPE:     # whole heads: HDIM set (not 0) and dividing K
         hd = regs[Reg.HDIM]
         field.append((hd == 0) | ((regs[Reg.K] % ops.select(hd == 0, 1, hd)) != 0))
+    if op in (Op.KVPACK, Op.ATTN):   # HDIM (and attn's HGRP) set, the block's positions inside the region
+        field.append(kv_block_outside(op, f, regs))
     out = [Fault(CAUSE_ILLEGAL_FIELD, stage(_any(field)))]
     for a in footprint(op, f, regs, cfg, ops, counts):
         past = stage(a.end) > depth(cfg, a.buffer)
@@ -494,6 +531,40 @@ ROPE_PIPELINE = 6
 NORM_PIPELINE = 8
 
 
+#: Attention (one query row: a token's query head against the positions of its kv head's region): q's block
+#: exponent (max drained, bit length: 2); the score pass's drain (the K line registered, the 8-bit products, their
+#: sum tree in two stages, x ATT_SCALE in two stages, the shift, saturate, scratch write: 8); the exponent pass's
+#: (read, register, the table, the sum: 4); the reciprocal floor(2^46 / P), load + 32 quotient bits (P >= 2^15, so
+#: the quotient < 2^31); the value pass's (the V line and weight registered, w x v << e in two stages, the
+#: accumulate, 8 wide adds in two stages: 8 in all).
+ATT_Q_FIXED = 2
+ATT_SCORE_DRAIN = 8
+ATT_EXP_DRAIN = 4
+ATT_RCP_CYCLES = 1 + 32
+ATT_VALUE_DRAIN = 8
+ATT_ROW_FIXED = ATT_Q_FIXED + ATT_SCORE_DRAIN + ATT_EXP_DRAIN + ATT_RCP_CYCLES + ATT_VALUE_DRAIN
+#: From the last row's last value to its XBUF write: rounded, requantized, saturated, written.
+ATTN_PIPELINE = 4
+#: kvpack per token: the block exponent (2) between its max pass and its quantize pass; the last row's
+#: mantissas and exponent rounded, saturated and written: 4.
+KVPACK_FIXED = 2
+KVPACK_PIPELINE = 4
+
+
+def attn_row_cycles(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
+    """Cycles of one query row against ``positions`` cached positions: q read twice (its max, its quantize) and
+    its output written (3 HL, HL = head_dim / C lines); the key pass and the value pass, one WBUF line a cycle,
+    each over the positions' mantissa lines (ceil(positions * head_dim / WB), WB a WBUF line's bytes) and exponent
+    lines (ceil(positions / WB)), the scores written to (the weights read from) OBUF's scratch beside them; the
+    exponent pass over the scratch (ceil(positions / C) lines); and ATT_ROW_FIXED. A block's rows all cover the
+    block's positions QPOS + ntok (the causal mask zeroes the weights past each token's own), so every row of an
+    instruction costs the same."""
+    wb = cfg.wbuf_line_bits // 8
+    kl = (positions * head_dim + (wb - 1)) // wb
+    el = (positions + (wb - 1)) // wb
+    return 3 * (head_dim // cfg.cols) + 2 * (kl + el) + score_lines(cfg, positions) + ATT_ROW_FIXED
+
+
 def vector_token_cycles(op: Op, cfg: AcceleratorConfig, k_features: Value) -> Value:
     """Vector-unit cycles per token of K features (NL = ceil(K / C) OBUF lines, XL XBUF lines): a residual add
     reads two lines per output line (2 NL); a SiLU reads two per output line and writes the token's XL - NL
@@ -548,6 +619,12 @@ def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value],
     (load/store/wait/halt stalls come from the DMA timeline, see :class:`Timeline`)."""
     if op not in COMPUTE_OPS:
         return 1
+    hd = regs[Reg.HDIM]
+    if op is Op.ATTN:        # ntok x HGRP rows, each over the block's QPOS + ntok positions
+        return (1 + f["ntok"] * regs[Reg.HGRP] * attn_row_cycles(cfg, hd, regs[Reg.QPOS] + f["ntok"])
+                + ATTN_PIPELINE)
+    if op is Op.KVPACK:      # per token: its head's HL lines read twice around the block exponent
+        return 1 + f["ntok"] * (2 * (hd // cfg.cols) + KVPACK_FIXED) + KVPACK_PIPELINE
     per_item, tail = item_cycles(op, regs[Reg.K], f["mode"], cfg, ops, w_bits=regs[Reg.WBITS])
     return 1 + compute_items(op, f) * per_item + tail
 
@@ -561,10 +638,12 @@ COMPUTE_OPS = (Op.QUANT, Op.MATMUL, Op.SCALEOUT, *VECTOR_OPS)
 # ---- Python-integer conveniences ---------------------------------------------------------------
 
 
-def compute_cycles(ins: Instruction, cfg: AcceleratorConfig, k_features: int, w_bits: int = 0) -> int:
+def compute_cycles(ins: Instruction, cfg: AcceleratorConfig, k_features: int, w_bits: int = 0,
+                   regs: Mapping[Reg, int] | None = None) -> int:
     """:func:`controller_cycles` of a decoded instruction with registers K = ``k_features`` and WBITS =
-    ``w_bits`` (0, the reset value: sign weights)."""
+    ``w_bits`` (0, the reset value: sign weights); ``regs``: the other registers (all 0 if not given)."""
     r = {x: 0 for x in Reg}
+    r.update(regs or {})
     r[Reg.K], r[Reg.WBITS] = k_features, w_bits
     return controller_cycles(ins.op, dict(ins.args), r, cfg)
 
@@ -643,4 +722,5 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
            "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED", "ROPE_PIPELINE", "rope_table_lines",
-           "rope_unaligned"]
+           "rope_unaligned", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_row_cycles",
+           "ATT_ROW_FIXED", "ATTN_PIPELINE", "KVPACK_FIXED", "KVPACK_PIPELINE"]

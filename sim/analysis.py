@@ -21,7 +21,7 @@ from bitmos.errors import BitmosUserError, DecodeError
 from bitmos.isa import (BUFFERS, CAUSE_BUFFER_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE, CAUSE_NAMES,
                         CAUSE_NONE, CAUSE_PC_RANGE, OPCODE_LO, SPECS, VECTOR_OPS, VECTOR_REGS, Op, Reg,
                         decode)
-from bitmos.semantics import (COMPUTE_OPS, DMA_OPS, SYNC_OPS, Ops, Timeline, controller_cycles,
+from bitmos.semantics import (COMPUTE_OPS, DMA_OPS, SYNC_OPS, Ops, Timeline, controller_cycles, kv_block_outside,
                               dma_busy_cycles, ext_end, faults, first_fault, footprint, legal_ops,
                               resadd_overlap)
 from bitmos.semantics import depth as sem_depth
@@ -296,6 +296,14 @@ def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> 
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.HDIM):
         return (f"{head}: {ins}: HDIM must be even with half of it a multiple of cols = {cfg.cols} (a rotated pair's "
                 "values share a lane)")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.KVMAX):
+        return (f"{head}: {ins}: KVMAX must be a multiple of a WBUF line's {cfg.wbuf_line_bits // 8} bytes (every "
+                "area of a KV-cache region starts on a line)")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op in (Op.KVPACK, Op.ATTN) and kv_block_outside(ins.op, dict(ins.args),
+                                                                                            regs):
+        return (f"{head}: {ins}: needs HDIM > 0" + (" and HGRP > 0" if ins.op is Op.ATTN else "")
+                + f" and positions QPOS + ntok <= KVMAX (HDIM = {regs[Reg.HDIM]}, HGRP = {regs[Reg.HGRP]}, QPOS = "
+                f"{regs[Reg.QPOS]}, ntok = {ins['ntok']}, KVMAX = {regs[Reg.KVMAX]})")
     whole_heads = regs[Reg.HDIM] and regs[Reg.K] % regs[Reg.HDIM] == 0
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.ROPE and not whole_heads:
         return f"{head}: {ins}: K = {regs[Reg.K]} is not a whole number of heads of HDIM = {regs[Reg.HDIM]}"

@@ -40,7 +40,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import ConfigError
 from bitmos.fileio import read_text_file
 from bitmos.isa import BUFFERS, Op, Reg
-from bitmos.semantics import Ops, olines, rope_table_lines, weight_planes
+from bitmos.semantics import Ops, olines, rope_table_lines, score_lines, weight_planes
 
 try:  # Python 3.11+
     import tomllib
@@ -52,8 +52,8 @@ BUFFER_NAMES = ("X", "W", "S", "Q", "O", "META")
 COUNT_KEYS = (
     "instructions", "lane_ops", "useful_lane_ops", "acc_adds", "reduce_adds",
     "router_macs", "mix_macs", "scale_muls", "quant_muls", "out_muls", "d_muls", "softmax_muls",
-    "softmax_adds", "lut_reads", "recips", "vector_adds", "vector_mul16s", "vector_mul32s", "vector_lut_reads",
-    "vector_recips",
+    "softmax_adds", "lut_reads", "recips", "vector_adds", "vector_mul8s", "vector_mul16s", "vector_mul32s",
+    "vector_lut_reads", "vector_recips",
     *(f"{b.lower()}_{rw}_bits" for b in BUFFER_NAMES for rw in ("read", "write")),
     "imem_read_bits", "ext_read_bits", "ext_write_bits",
 )
@@ -174,6 +174,32 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
             c["vector_mul32s"] += 2 * lines * C
             c["vector_recips"] += (3 if mean else 2) * S(f["ntok"][sel])
 
+    # kvpack: the head's lines read twice (max, quantize); head_dim mantissa bytes and an exponent byte written
+    hd_all = dec.regs[Reg.HDIM][:n]
+    sel = op == int(Op.KVPACK)
+    if sel.any():
+        ntok, hd = f["ntok"][sel], hd_all[sel]
+        c["o_read_bits"] += S(ntok * 2 * (hd // C)) * ob_bits
+        c["w_write_bits"] += S(ntok * (hd + 1)) * 8
+        c["vector_adds"] += S(ntok * 2 * hd)                 # the max's compares, the rounding adds
+    # attn, per query row (ntok x HGRP) over the block's positions (semantics.attn_row_cycles' passes)
+    sel = op == int(Op.ATTN)
+    if sel.any():
+        hd, npos = hd_all[sel], dec.regs[Reg.QPOS][:n][sel] + f["ntok"][sel]
+        rows = f["ntok"][sel] * dec.regs[Reg.HGRP][:n][sel]
+        wb = cfg.wbuf_line_bits // 8
+        kl, el, sl = (npos * hd + wb - 1) // wb, (npos + wb - 1) // wb, score_lines(cfg, npos)
+        c["o_read_bits"] += S(rows * (2 * (hd // C) + 2 * sl)) * ob_bits      # q twice; scratch: p, then w
+        c["o_write_bits"] += S(rows * 2 * sl) * ob_bits                       # scores, then p
+        c["w_read_bits"] += S(rows * 2 * (kl + el)) * cfg.wbuf_line_bits     # the key and the value pass
+        c["x_write_bits"] += S(rows * (hd // C)) * x_bits
+        c["vector_mul8s"] += S(rows * npos * hd)                              # q . k
+        c["vector_mul32s"] += S(rows * npos) * 2                              # x ATT_SCALE, p x RCP
+        c["vector_mul16s"] += S(rows * npos * hd)             # w (31 bits) x v mantissa (8): a 16x16's array
+        c["vector_adds"] += S(rows * npos * (3 * hd + 2))     # the dot's adds, the 64-bit accumulate (two), max, sum
+        c["vector_lut_reads"] += S(rows * npos)
+        c["vector_recips"] += S(rows)
+
     # scaleout
     sel = op == int(Op.SCALEOUT)
     if sel.any():
@@ -197,6 +223,7 @@ TABLE_SCHEMA: dict[str, dict[str, str]] = {
         "acc_add_pj": "one accumulator add (acc_bits wide)",
         "mac16_pj": "one 16x16-bit multiply-accumulate (router and mixing MACs)",
         "mul16_pj": "one 16x16-bit multiply (x * s_in, softmax products)",
+        "mul8_pj": "one 8x8-bit multiply (attention scores)",
         "mul32_pj": "one 32-bit multiply (v * RQ, m * INVQ, output multiplies)",
         "add32_pj": "one 32-bit add (softmax sums, plane-mode reduction)",
         "recip_pj": "one reciprocal (RQ, softmax RCP)",
@@ -329,7 +356,8 @@ def energy_breakdown(counts: dict[str, int], cycles: int, cfg: AcceleratorConfig
                          + (counts["quant_muls"] + counts["out_muls"] + counts["d_muls"]) * cp["mul32_pj"]
                          + counts["softmax_adds"] * cp["add32_pj"] + counts["recips"] * cp["recip_pj"]
                          + counts["lut_reads"] * cp["lut_read_pj"])
-    out["vector_unit"] = (counts["vector_adds"] * cp["add32_pj"] + counts["vector_mul16s"] * cp["mul16_pj"]
+    out["vector_unit"] = (counts["vector_adds"] * cp["add32_pj"] + counts["vector_mul8s"] * cp["mul8_pj"]
+                          + counts["vector_mul16s"] * cp["mul16_pj"]
                           + counts["vector_mul32s"] * cp["mul32_pj"] + counts["vector_lut_reads"] * cp["lut_read_pj"]
                           + counts["vector_recips"] * cp["recip_pj"])
     for b in BUFFER_NAMES:

@@ -30,7 +30,7 @@ from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError
 from bitmos.isa import BUFFERS, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op, Reg, decode, reg_value
 from bitmos.sim.analysis import UNIT_CODES, Analysis, analyze
-from bitmos.semantics import olines, rope_table_lines, weight_planes
+from bitmos.semantics import kv_region_lines, olines, rope_table_lines, score_lines, weight_planes
 from bitmos.sim.energy import count_actions
 
 assert sys.byteorder == "little", "the simulator views buffer bytes as little-endian words"
@@ -119,7 +119,8 @@ def _as_words(program) -> tuple[list[int], AcceleratorConfig | None]:
 
 #: The method of each compute instruction's data effect.
 _COMPUTE = {Op.QUANT: "_quant", Op.MATMUL: "_matmul", Op.SCALEOUT: "_scaleout", Op.RESADD: "_resadd",
-            Op.SILU: "_silu", Op.RMSNORM: "_rmsnorm", Op.LAYERNORM: "_layernorm", Op.ROPE: "_rope"}
+            Op.SILU: "_silu", Op.RMSNORM: "_rmsnorm", Op.LAYERNORM: "_layernorm", Op.ROPE: "_rope",
+            Op.KVPACK: "_kvpack", Op.ATTN: "_attn"}
 
 
 class Simulator:
@@ -424,7 +425,90 @@ class Simulator:
         ob[lines] = y.reshape(ntok, nl, C).astype(np.int32)
 
 
+    def _kv_region(self, st: MachineState) -> tuple[np.ndarray, dict[str, int]]:
+        """The WBUF bytes of the kv head's cache region (a writable view) and its layout."""
+        hd, kv_max = st.regs[Reg.HDIM], st.regs[Reg.KVMAX]
+        w0 = st.regs[Reg.KVW]
+        region = st.buf["W"][w0:w0 + kv_region_lines(self.cfg, kv_max, hd)].reshape(-1)
+        return region, formats.kv_region_layout(kv_max, hd)
+
+    def _kvpack(self, st: MachineState, ins: Instruction) -> None:
+        hd, q0, ntok = st.regs[Reg.HDIM], st.regs[Reg.QPOS], ins["ntok"]
+        lines = self._token_lines(ins, ins["o"], hd // self.cfg.cols)
+        m, e = block_quantize(st.obuf()[lines].astype(np.int64).reshape(ntok, hd))
+        region, lay = self._kv_region(st)
+        kind = "kv"[ins["kind"]]
+        rows = region[lay[kind] + q0 * hd:lay[kind] + (q0 + ntok) * hd]
+        rows[:] = m.astype(np.int8).view(np.uint8).reshape(-1)
+        region[lay["e" + kind] + q0:lay["e" + kind] + q0 + ntok] = e
+
+    def _attn(self, st: MachineState, ins: Instruction) -> None:
+        cfg = self.cfg
+        C, F = cfg.cols, cfg.out_frac_bits
+        hd, G, q0, T = st.regs[Reg.HDIM], st.regs[Reg.HGRP], st.regs[Reg.QPOS], ins["ntok"]
+        hl, n = hd // C, q0 + ins["ntok"]
+        lines = self._token_lines(ins, ins["q"], G * hl)                                    # [T, G*HL]
+        qm, eq = block_quantize(st.obuf()[lines].astype(np.int64).reshape(T * G, hd))
+        region, lay = self._kv_region(st)
+        km = region[lay["k"]:lay["k"] + n * hd].view(np.int8).astype(np.int64).reshape(n, hd)
+        vm = region[lay["v"]:lay["v"] + n * hd].view(np.int8).astype(np.int64).reshape(n, hd)
+        ek = np.minimum(region[lay["ek"]:lay["ek"] + n].astype(np.int64), formats.KV_EXP_MAX)
+        ev = np.minimum(region[lay["ev"]:lay["ev"] + n].astype(np.int64), formats.KV_EXP_MAX)
+        visible = (np.arange(n)[None, :] <= q0 + np.repeat(np.arange(T), G)[:, None])      # [T*G, n]
+        w = attention_weights(qm, eq, km, ek, visible, F)                                  # [T*G, n] Q.30
+        o = _sat(_rshift_round(w @ (vm << ev[:, None]), formats.ATT_WEIGHT_FRAC), formats.RESID_BITS)
+        x = _sat(_shift_round(o, F - st.regs[Reg.XFRAC]), formats.X_BITS).reshape(T, G * hl, C)
+        xl = cfg.xlines(st.regs[Reg.K])
+        xb = st.xbuf()
+        for t in range(T):
+            xb[ins["x"] + t * xl:ins["x"] + t * xl + G * hl] = x[t]
+        sl = score_lines(cfg, n)
+        scratch = np.zeros(sl * C, dtype=np.int64)
+        scratch[:n] = w[-1]
+        st.obuf()[st.regs[Reg.SCR]:st.regs[Reg.SCR] + sl] = scratch.reshape(sl, C)
+
+
 # ---- vectorized reference arithmetic (bit-exact with bitmos.formats) --------------------------------
+
+def block_quantize(v: np.ndarray, mant_bits: int = formats.HEAD_MANT_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """formats.block_quantize of each row of an int64 [R, n] array: (mantissas [R, n], exponents [R])."""
+    e = np.array([max(0, int(m).bit_length() - (mant_bits - 1)) for m in np.abs(v).max(axis=1)], dtype=np.int64)
+    return _sat(_shift_round_rows(v, e), mant_bits), e
+
+
+def _shift_round_rows(v: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """formats.shift_round of each value by its own shift (``s`` broadcast against ``v``'s leading axes)."""
+    s = np.broadcast_to(s.reshape(s.shape + (1,) * (v.ndim - s.ndim)), v.shape)
+    right = np.maximum(s, 0)
+    half = np.where(right > 0, np.left_shift(1, np.maximum(right - 1, 0)), 0)
+    return np.where(s >= 0, (v + half) >> right, v << np.maximum(-s, 0))
+
+
+def attention_weights(qm: np.ndarray, eq: np.ndarray, km: np.ndarray, ek: np.ndarray, visible: np.ndarray,
+                      frac: int) -> np.ndarray:
+    """formats.attention_head's weights w_t (Q.30) of each query row against n positions: qm [R, hd], eq [R],
+    km [n, hd], ek [n] (int64), ``visible`` [R, n] the causal mask; zero where masked. |dot * ATT_SCALE| < 2^40;
+    a left-shifted score is clipped to 2^31 first and shifted at most 31 (either saturates it): exact in int64."""
+    dot = (qm @ km.T) * formats.attention_scale(qm.shape[1])                            # [R, n]
+    shift = 2 * frac + formats.ATT_SCALE_FRAC - formats.SCORE_FRAC - eq[:, None] - ek[None, :]
+    # a left shift (large exponents) saturates whatever it shifts past 2^31: clipped first, it stays in int64
+    top_bit = formats.SCORE_BITS - 1
+    dot = np.where(shift < 0, np.clip(dot, -(1 << top_bit), 1 << top_bit), dot)
+    scores = _sat(_shift_round_rows(dot, np.maximum(shift, -top_bit)), formats.SCORE_BITS)
+    floor = -(1 << (formats.SCORE_BITS - 1))
+    top = np.where(visible, scores, floor).max(axis=1, keepdims=True)
+    p = np.where(visible, exp2_weight(top - scores), 0)
+    rcp = (1 << formats.ATT_RCP_SHIFT) // p.sum(axis=1, keepdims=True)                 # sum >= 2^15
+    return _rshift_round(p * rcp, formats.ATT_RCP_SHIFT - formats.ATT_WEIGHT_FRAC)
+
+
+def exp2_weight(d: np.ndarray) -> np.ndarray:
+    """formats.exp2_weight elementwise on int64 distances d >= 0."""
+    lut = np.array(formats.EXP2_LUT, dtype=np.int64)
+    u = _rshift_round(np.minimum(d, formats.SOFTMAX_DIFF_MAX) * formats.LOG2E_Q10, formats.LOG2E_FRAC)
+    n, f = u >> formats.EXP2_FRAC_BITS, u & (formats.EXP2_LUT_SIZE - 1)
+    return np.where(n < formats.SOFTMAX_MAX_SHIFT, lut[f] >> np.minimum(n, formats.SOFTMAX_MAX_SHIFT - 1), 0)
+
 
 def _shift_round(v: np.ndarray, s: int) -> np.ndarray:
     """formats.shift_round: rshift_round for s >= 0, an exact left shift for s < 0."""
@@ -468,12 +552,7 @@ def _sat(v: np.ndarray, bits: int) -> np.ndarray:
 
 def softmax_gates(logits: np.ndarray) -> np.ndarray:
     """formats.softmax_gates for each row of an int64 [T, E] array."""
-    lut = np.array(formats.EXP2_LUT, dtype=np.int64)
-    m = logits.max(axis=1, keepdims=True)
-    d = np.minimum(m - logits, formats.SOFTMAX_DIFF_MAX)
-    u = _rshift_round(d * formats.LOG2E_Q10, formats.LOG2E_FRAC)
-    n, f = u >> formats.EXP2_FRAC_BITS, u & (formats.EXP2_LUT_SIZE - 1)
-    p = np.where(n < formats.SOFTMAX_MAX_SHIFT, lut[f] >> np.minimum(n, formats.SOFTMAX_MAX_SHIFT - 1), 0)
+    p = exp2_weight(logits.max(axis=1, keepdims=True) - logits)
     rcp = (1 << formats.SOFTMAX_RCP_SHIFT) // p.sum(axis=1, keepdims=True)
     return _rshift_round(p * rcp, formats.GATE_FRAC)
 

@@ -83,9 +83,9 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
         K = regs[Reg.K]
         nch, xl = cfg.nchunks(K), cfg.xlines(K)
         kind = rng.choices(["load", "store", "wait", "nop", "setk", "setw", "setb", "quant", "matmul", "scaleout",
-                            "setv", "resadd", "silu", "rmsnorm", "layernorm", "rope"],
+                            "setv", "resadd", "silu", "rmsnorm", "layernorm", "rope", "kvpack", "attn"],
                            [6, 2, 1, 1, 1, 1 if len(wformats) > 1 else 0, 1 if router else 0, 4, 4, 3,
-                            *([1, 2, 2, 2, 2, 2] if vec else [0, 0, 0, 0, 0, 0])])[0]
+                            *([1, 2, 2, 2, 2, 2, 2, 2] if vec else [0] * 8)])[0]
         if kind == "rope":   # whole heads: HDIM = 2*C*m and K a multiple of it
             hd = 2 * cfg.cols * rng.randrange(1, 4)
             heads = rng.randrange(1, max(1, kmax // hd) + 1)
@@ -108,6 +108,35 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
                     emit(Instruction.make(Op.ROPE, mode=mode, q=rng.randrange(0, dep["O"] - span + 1),
                                           s=rng.randrange(0, dep["S"] - tab + 1), ntok=ntok))
                     continue
+        if kind in ("kvpack", "attn"):   # a kv head's region somewhere in WBUF (random bytes unless packed)
+            hd = 2 * cfg.cols * rng.randrange(1, 4)
+            wb = cfg.wbuf_line_bits // 8
+            kv_max = wb * rng.randrange(1, 3)
+            mode = rng.randrange(2)
+            ntok = 1 if mode else rng.randrange(1, min(R, kv_max) + 1)
+            group = rng.randrange(1, 4) if kind == "attn" else 1
+            hl = hd // cfg.cols
+            span = group * hl if mode else (group * hl - 1) * R + ntok
+            region = 2 * kv_max * (hd + 1) // wb
+            scr = -(-kv_max // cfg.cols)
+            x_span = (ntok - 1) * xl + group * hl
+            if region > dep["W"] or span + scr > dep["O"] or x_span > dep["X"]:
+                kind = "nop"
+            else:
+                emit(setr(Reg.HDIM, hd))
+                emit(setr(Reg.KVMAX, kv_max))
+                emit(setr(Reg.KVW, rng.randrange(0, dep["W"] - region + 1)))
+                emit(setr(Reg.QPOS, rng.choice([0, kv_max - ntok, rng.randrange(0, kv_max - ntok + 1)])))
+                if kind == "kvpack":
+                    emit(Instruction.make(Op.KVPACK, mode=mode, o=rng.randrange(0, dep["O"] - span + 1),
+                                          kind=rng.randrange(2), ntok=ntok))
+                else:
+                    emit(setr(Reg.HGRP, group))
+                    q = rng.randrange(0, dep["O"] - span - scr + 1)
+                    emit(setr(Reg.SCR, rng.randrange(q + span, dep["O"] - scr + 1)))
+                    emit(Instruction.make(Op.ATTN, mode=mode, q=q, x=rng.randrange(0, dep["X"] - x_span + 1),
+                                          ntok=ntok))
+                continue
         if kind in ("resadd", "silu", "rmsnorm", "layernorm"):
             nl = -(-K // cfg.cols)
             mode = rng.randrange(2)
@@ -239,6 +268,17 @@ def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
         ranges.append(("O", ins["o"], end))
         if E >= 1:
             ranges.append(("S", ins["s"], ins["s"] + ins["ntiles"]))
+    elif ins.op in (Op.KVPACK, Op.ATTN):
+        hl, wb = regs[Reg.HDIM] // cfg.cols, cfg.wbuf_line_bits // 8
+        group = regs[Reg.HGRP] if ins.op is Op.ATTN else 1
+        span = group * hl if ins["mode"] == 1 else (group * hl - 1) * R + ins["ntok"]
+        base = ins["q"] if ins.op is Op.ATTN else ins["o"]
+        ranges.append(("O", base, base + span))
+        ranges.append(("W", regs[Reg.KVW], regs[Reg.KVW] + 2 * regs[Reg.KVMAX] * (regs[Reg.HDIM] + 1) // wb))
+        if ins.op is Op.ATTN:
+            n = regs[Reg.QPOS] + ins["ntok"]
+            ranges.append(("O", regs[Reg.SCR], regs[Reg.SCR] + -(-n // cfg.cols)))
+            ranges.append(("X", ins["x"], ins["x"] + (ins["ntok"] - 1) * xl + group * hl))
     elif ins.op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE):
         nl = -(-K // cfg.cols)
         span = nl if ins["mode"] == 1 else (nl - 1) * R + ins["ntok"]

@@ -39,6 +39,11 @@ from bitmos.config import AcceleratorConfig
 from bitmos.isa import BUFFERS, Op, Reg, decode, reg_value
 
 
+#: The vector unit's opcodes and registers (docs/isa.md: 0x09-0x0f; registers 9-17).
+VECTOR = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE, Op.KVPACK, Op.ATTN)
+VECTOR_REGISTERS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.KVW, Reg.HGRP, Reg.SCR)
+
+
 class ReferenceMachineError(Exception):
     pass
 
@@ -146,6 +151,13 @@ class ReferenceMachine:
             return 1 + ins["ntok"] * (3 * NL + XL + 82 + 37) + 8
         if ins.op is Op.ROPE:
             return 1 + ins["ntok"] * NL + 6
+        HL = self.regs[Reg.HDIM] // C
+        if ins.op is Op.KVPACK:
+            return 1 + ins["ntok"] * (2 * HL + 2) + 4
+        if ins.op is Op.ATTN:
+            N, WB = self.regs[Reg.QPOS] + ins["ntok"], c.wbuf_line_bits // 8
+            t_row = 3 * HL + 2 * (-(-N * self.regs[Reg.HDIM] // WB) + -(-N // WB)) + -(-N // C) + 55
+            return 1 + ins["ntok"] * self.regs[Reg.HGRP] * t_row + 4
         return 1
 
     def step_time(self, ins) -> None:
@@ -172,14 +184,16 @@ class ReferenceMachine:
             if op is Op.HALT:
                 self.step_time(ins)
                 return RefResult(self.t, self.mem, None, pc + 1, self.stalls)
-            if op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE) and not self.cfg.vector_unit:
+            if op in VECTOR and not self.cfg.vector_unit:
                 self.fail(pc, f"{op.name.lower()} on a config without the vector unit")
             if op is Op.SETR:
                 reg, value = Reg(ins["reg"]), reg_value(Reg(ins["reg"]), ins["value"])
-                if reg in (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM) and not self.cfg.vector_unit:
+                if reg in VECTOR_REGISTERS and not self.cfg.vector_unit:
                     self.fail(pc, f"register {reg.name} on a config without the vector unit")
                 if reg is Reg.HDIM and (value % 2 or (value // 2) % self.cfg.cols):
                     self.fail(pc, f"HDIM = {value}: must be even with half of it a multiple of cols")
+                if reg is Reg.KVMAX and value % (self.cfg.wbuf_line_bits // 8):
+                    self.fail(pc, f"KVMAX = {value}: not a multiple of a WBUF line's bytes")
                 if reg is Reg.WBITS and not (value == 0 or 2 <= value <= self.cfg.weight_bits):
                     self.fail(pc, f"WBITS = {value}: allowed 0 or 2..weight_bits = {self.cfg.weight_bits}")
                 if reg is Reg.BIAS and value and self.cfg.experts < 2:
@@ -201,6 +215,10 @@ class ReferenceMachine:
                 self.vector_to_x(ins, pc)
             elif op is Op.ROPE:
                 self.rope(ins, pc)
+            elif op is Op.KVPACK:
+                self.kvpack(ins, pc)
+            elif op is Op.ATTN:
+                self.attn(ins, pc)
             self.step_time(ins)
             pc += 1
 
@@ -420,6 +438,88 @@ class ReferenceMachine:
                 for j in range(C):
                     line = set_field(line, j, 16, F.to_unsigned(x[n * C + j], 16))
                 self.buf["X"][ins["x"] + t * XL + n] = line
+
+
+    # attention (docs/isa.md: the KV-cache region, kvpack, attn) -----------------------------------
+    def head_values(self, base: int, t: int, n: int, plane: bool) -> list[int]:
+        """Values 0..n-1 of token t of an operand at OBUF ``base`` (an operand of n values)."""
+        C, R = self.cfg.cols, self.cfg.rows
+        return [field(self.buf["O"][base + i // C if plane else base + (i // C) * R + t], i % C, 32)
+                for i in range(n)]
+
+    def region(self, pc: int, what: str) -> tuple[int, int, int]:
+        """(first line, WB, M) of the kv head's region, range-checked."""
+        WB, M, H = self.cfg.wbuf_line_bits // 8, self.regs[Reg.KVMAX], self.regs[Reg.HDIM]
+        first = self.regs[Reg.KVW]
+        self.touch("W", first, first + 2 * M * (H + 1) // WB, pc, what)
+        return first, WB, M
+
+    def region_byte(self, first: int, WB: int, b: int) -> int:
+        return (self.buf["W"][first + b // WB] >> (8 * (b % WB))) & 0xFF
+
+    def set_region_byte(self, first: int, WB: int, b: int, value: int) -> None:
+        self.buf["W"][first + b // WB] = set_field(self.buf["W"][first + b // WB], b % WB, 8, value & 0xFF)
+
+    def check_positions(self, ins, pc: int) -> None:
+        self.check_ntok(ins, pc)
+        if self.regs[Reg.HDIM] == 0 or self.regs[Reg.QPOS] + ins["ntok"] > self.regs[Reg.KVMAX]:
+            self.fail(pc, f"{ins.op.name.lower()}: HDIM = {self.regs[Reg.HDIM]}, positions QPOS + ntok = "
+                          f"{self.regs[Reg.QPOS] + ins['ntok']} > KVMAX = {self.regs[Reg.KVMAX]}")
+
+    def kvpack(self, ins, pc: int) -> None:
+        C, R, H = self.cfg.cols, self.cfg.rows, self.regs[Reg.HDIM]
+        self.check_positions(ins, pc)
+        plane, HL = ins["mode"] == 1, H // C
+        self.touch("O", ins["o"], ins["o"] + (HL if plane else (HL - 1) * R + ins["ntok"]), pc, "kvpack values")
+        first, WB, M = self.region(pc, "kvpack region")
+        rows, exps = (0, 2 * M * H) if ins["kind"] == 0 else (M * H, 2 * M * H + M)
+        for t in range(ins["ntok"]):
+            p = self.regs[Reg.QPOS] + t
+            m, e = F.block_quantize(self.head_values(ins["o"], t, H, plane), 8)
+            for i, v in enumerate(m):
+                self.set_region_byte(first, WB, rows + p * H + i, v)
+            self.set_region_byte(first, WB, exps + p, e)
+
+    def attn(self, ins, pc: int) -> None:
+        cfg, regs = self.cfg, self.regs
+        C, R, L, H, G = cfg.cols, cfg.rows, cfg.lanes, regs[Reg.HDIM], regs[Reg.HGRP]
+        self.check_positions(ins, pc)
+        if G == 0:
+            self.fail(pc, "attn: HGRP = 0")
+        plane, HL, ntok = ins["mode"] == 1, H // C, ins["ntok"]
+        N, XL = regs[Reg.QPOS] + ntok, -(-regs[Reg.K] // L) * L // C
+        SL = -(-N // C)
+        self.touch("O", ins["q"], ins["q"] + (G * HL if plane else (G * HL - 1) * R + ntok), pc, "attn queries")
+        first, WB, M = self.region(pc, "attn region")
+        self.touch("O", regs[Reg.SCR], regs[Reg.SCR] + SL, pc, "attn scratch")
+        self.touch("X", ins["x"], ins["x"] + (ntok - 1) * XL + G * HL, pc, "attn output")
+        byte = lambda b: self.region_byte(first, WB, b)   # noqa: E731
+        exp = lambda b: min(byte(b), F.KV_EXP_MAX)         # noqa: E731
+        keys = [([F.to_signed(byte(p * H + i), 8) for i in range(H)], exp(2 * M * H + p)) for p in range(N)]
+        vals = [([F.to_signed(byte(M * H + p * H + i), 8) for i in range(H)], exp(2 * M * H + M + p))
+                for p in range(N)]
+        F_ = cfg.out_frac_bits
+        last_w: list[int] = []
+        for t in range(ntok):
+            seen = regs[Reg.QPOS] + t + 1
+            q_all = self.head_values(ins["q"], t, G * H, plane)
+            for g in range(G):
+                qh = F.block_quantize(q_all[g * H:(g + 1) * H], 8)
+                o = F.attention_head(qh, keys[:seen], vals[:seen], F_)
+                x = [F.requantize(v, F_, regs[Reg.XFRAC], F.X_BITS) for v in o]
+                for i, v in enumerate(x):
+                    line = ins["x"] + t * XL + g * HL + i // C
+                    self.buf["X"][line] = set_field(self.buf["X"][line], i % C, 16, F.to_unsigned(v, 16))
+                if t == ntok - 1 and g == G - 1:   # the scratch: this row's weights, as attention_head makes them
+                    sc = F.attention_scale(H)
+                    scores = [F.sat(F.shift_round(sum(a * b for a, b in zip(qh[0], km)) * sc,
+                                                  2 * F_ + 7 - qh[1] - ek), 32) for km, ek in keys[:seen]]
+                    p_ = [F.exp2_weight(max(scores) - s_) for s_ in scores]
+                    rcp = (1 << 46) // sum(p_)
+                    last_w = [F.rshift_round(v * rcp, 16) for v in p_]
+        last_w += [0] * (SL * C - len(last_w))
+        for j, v in enumerate(last_w):
+            self.set_o(regs[Reg.SCR] + j // C, j % C, v)
 
 
 def run(cfg: AcceleratorConfig, words: list[int], memory: bytes, **options) -> RefResult:

@@ -22,7 +22,10 @@ def _random_regs(rng: random.Random) -> dict[Reg, int]:
             Reg.SIN: rng.randrange(0, 400), Reg.SMUL: 0, Reg.EBASE: rng.randrange(0, 1 << 20),
             Reg.WBITS: rng.choice([0, 0, 2, 1, 3, 8]), Reg.BIAS: rng.choice([0, 1]),
             Reg.XFRAC: rng.randrange(0, 16), Reg.GEXP: rng.randrange(0, 32), Reg.EPS: rng.randrange(0, 1 << 32),
-            Reg.HDIM: rng.choice([0, 8, 16, 64, 128, rng.randrange(0, 1025)])}
+            Reg.HDIM: rng.choice([0, 8, 16, 64, 128, rng.randrange(0, 1025)]),
+            Reg.QPOS: rng.choice([0, rng.randrange(0, 70000)]), Reg.KVMAX: rng.choice([0, 16, 256, rng.randrange(0, 70000)]),
+            Reg.KVW: rng.randrange(0, 70000), Reg.HGRP: rng.choice([0, 1, 4, rng.randrange(0, 256)]),
+            Reg.SCR: rng.randrange(0, 70000)}
 
 
 def _config(preset: str):

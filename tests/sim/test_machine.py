@@ -12,7 +12,7 @@ from bitmos import formats as F
 from bitmos.config import AcceleratorConfig, preset_config
 from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError
-from bitmos.isa import (CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE,
+from bitmos.isa import (VECTOR_OPS, CAUSE_BUFFER_RANGE, CAUSE_EXT_RANGE, CAUSE_ILLEGAL_FIELD, CAUSE_ILLEGAL_OPCODE,
                         CAUSE_PC_RANGE, Op, assemble, decode)
 from bitmos.semantics import Timeline
 from bitmos.sim import DMAHazardError, Simulator
@@ -368,7 +368,7 @@ class TestVectorUnit(unittest.TestCase):
                     words, mem = random_program(cfg, seed=100 * i + seed, length=30, mem_bytes=1 << 12)
                     ops = {w >> 58 for w in words}
                     assert_matches_naive(self, cfg, words, mem)
-            self.assertTrue({int(Op.RESADD), int(Op.SILU), int(Op.RMSNORM), int(Op.LAYERNORM), int(Op.ROPE)} <= ops | {
+            self.assertTrue({int(op) for op in VECTOR_OPS} <= ops | {
                 w >> 58 for seed in range(4) for w in random_program(cfg, seed=100 * i + seed, length=30,
                                                                      mem_bytes=1 << 12)[0]})
 
@@ -484,6 +484,30 @@ class TestVectorUnit(unittest.TestCase):
             r = run_both(cfg, assemble(bad + "\nhalt"))
             self.assertEqual(r.cause, CAUSE_ILLEGAL_FIELD, bad)
             self.assertIn(why, r.error_message)
+
+    def test_attention_faults_and_counts(self):
+        cfg = with_vector(SMALL)          # C = 4, WBUF lines of 16 bytes
+        head = "setr K 64\nsetr HDIM 16\nsetr KVMAX 32\nsetr HGRP 2\nsetr SCR 100\n"
+        for bad, cause, why in (
+                ("setr KVMAX 24", CAUSE_ILLEGAL_FIELD, "multiple of a WBUF line's 16 bytes"),
+                (head + "setr QPOS 31\nattn mode=token q=0 x=0 ntok=2", CAUSE_ILLEGAL_FIELD, "QPOS + ntok <= KVMAX"),
+                (head + "setr HGRP 0\nattn mode=plane q=0 x=0 ntok=1", CAUSE_ILLEGAL_FIELD, "HGRP > 0"),
+                ("setr KVMAX 16\nkvpack mode=plane o=0 kind=k ntok=1", CAUSE_ILLEGAL_FIELD, "HDIM > 0"),
+                (head + f"setr KVW {cfg.depth('W') - 10}\nkvpack mode=plane o=0 kind=v ntok=1", CAUSE_BUFFER_RANGE,
+                 "WBUF KV-cache region lines"),
+                (head + f"setr QPOS 30\nsetr SCR {cfg.depth('O') - 1}\nattn mode=plane q=0 x=0 ntok=1", CAUSE_BUFFER_RANGE,
+                 "OBUF score scratch lines")):
+            r = run_both(cfg, assemble(bad + "\nhalt"))
+            self.assertEqual(r.cause, cause, bad)
+            self.assertIn(why, r.error_message)
+        # one decode row of 2 query heads over 20 positions: the counts of sim/energy.py, by hand
+        r = run_both(cfg, assemble(head + "setr QPOS 19\nattn mode=plane q=0 x=0 ntok=1\nhalt"))
+        self.assertFalse(r.error, r.error_message)
+        rows, n, hd = 2, 20, 16
+        self.assertEqual(r.counts["vector_mul8s"], rows * n * hd)
+        self.assertEqual(r.counts["vector_recips"], rows)
+        self.assertEqual(r.counts["w_read_bits"], rows * 2 * (n * hd // 16 + 2) * cfg.wbuf_line_bits)
+        self.assertEqual(r.counts["x_write_bits"], rows * (hd // 4) * cfg.xbuf_line_bits)
 
     def test_zero_token_divides_by_k_not_zero(self):
         cfg = with_vector(preset_config("small"))

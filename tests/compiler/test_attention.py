@@ -1,0 +1,167 @@
+"""bitmos.compiler.attention: kvpack and attn programs against bitmos.formats (reference_attention), the naive
+reference machine and the timing-only simulator, over a growing KV cache; and their refusals."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bitmos import formats as F
+from bitmos.compiler.attention import (compile_attention, kv_granule, kv_positions, read_attention_result,
+                                       read_kv_cache, reference_attention, write_attention_operands)
+from bitmos.config import preset_config
+from bitmos.errors import UnsupportedError
+from bitmos.sim import Simulator
+
+from tests.reference_machine import ReferenceMachine
+
+
+def vec(name: str, **over):
+    return dataclasses.replace(preset_config(name), vector_unit=1, **over)
+
+
+def generate(cfg, blocks, *, H, Hkv, hd, kv_max, xfrac=9, scale=(20, 20, 22), naive=False, seed=0, special=None):
+    """Attention over consecutive token blocks (sizes ``blocks``) growing one cache; every block checked against
+    reference_attention (output and cache), the timing-only simulator (cycles, counts) and, with ``naive``, the
+    reference machine (memory bit for bit). Returns the compiled blocks and their cycles."""
+    rng = np.random.default_rng(seed)
+    sim = Simulator(cfg)
+    mem, cache, pos, out = bytearray(), None, 0, []
+    for T in blocks:
+        q, k, v = (rng.integers(-(1 << s), 1 << s, (T, n * hd)) for s, n in zip(scale, (H, Hkv, Hkv)))
+        if special is not None:
+            special(pos, q, k, v)
+        ca = compile_attention(cfg, T, pos, n_heads=H, n_kv_heads=Hkv, head_dim=hd, kv_max=kv_max, xfrac=xfrac)
+        write_attention_operands(mem, ca, q, k, v)
+        ref_mem, cycles = bytearray(mem), 0
+        for p in ca.programs:
+            r = sim.run(p, mem)
+            assert r.done and not r.error, r.error_message
+            t = sim.run(p, None, functional=False)
+            assert (t.cycles, t.counts) == (r.cycles, r.counts)
+            mem, cycles = r.memory, cycles + r.cycles
+            if naive:
+                nr = ReferenceMachine(cfg, ref_mem, grow_memory=True).run(list(p.words))
+                assert nr.cycles == r.cycles
+                ref_mem = nr.memory
+        if naive:
+            assert bytes(mem) == bytes(ref_mem[:len(mem)]) and not any(ref_mem[len(mem):])
+        want, cache = reference_attention(q, k, v, cache, pos, n_heads=H, n_kv_heads=Hkv, head_dim=hd,
+                                          frac=cfg.out_frac_bits, xfrac=xfrac)
+        np.testing.assert_array_equal(read_attention_result(mem, ca), want)
+        for got, w in zip(read_kv_cache(mem, ca, pos + T), cache):
+            np.testing.assert_array_equal(got, w)
+        out.append((ca, cycles))
+        pos += T
+    return out
+
+
+@pytest.mark.parametrize("preset,H,Hkv,hd", [("small", 4, 4, 32), ("small", 4, 2, 8), ("tiny", 2, 1, 4)])
+def test_prefill_then_decode_matches_formats_and_the_naive_machine(preset, H, Hkv, hd):
+    cfg = vec(preset)
+    blocks = [cfg.rows + 1, 1, 1, 2]            # a prefill of two programs (masked positions), then decode
+    kv_max = kv_positions(cfg, sum(blocks))
+    runs = generate(cfg, blocks, H=H, Hkv=Hkv, hd=hd, kv_max=kv_max, naive=True, seed=hd)
+    assert runs[0][0].mode == "token" and len(runs[0][0].programs) == 2
+    assert all(ca.double_buffered for ca, _ in runs)
+    assert runs[2][1] > runs[1][1]              # one more position to attend to costs cycles
+
+
+def test_saturating_and_zero_values_and_the_longest_context():
+    cfg = vec("small")
+    H, Hkv, hd = 2, 1, 8
+    kv_max = kv_granule(cfg)                    # 16 positions: the last block ends at the region's end
+
+    def special(pos, q, k, v):
+        q[0, :hd] = (1 << 31) - 1                # the largest query: exponent 24, scores saturate
+        k[0] = -(1 << 31)
+        v[0] = 0                                 # a zero value row: exponent 0
+        if pos == 0:
+            q[1] = 0                             # a zero query: every score 0, uniform weights
+
+    runs = generate(cfg, [4, 4, 4, 3, 1], H=H, Hkv=Hkv, hd=hd, kv_max=kv_max, scale=(31, 31, 31), special=special,
+                    naive=True)
+    assert runs[-1][0].pos0 + 1 == kv_max
+
+
+def test_plane_mode_and_single_buffering():
+    # XBUF of 1 KiB (128 lines of 4 int16): 4 tokens of K = 160 need 160 lines, so one token a program (plane
+    # mode); WBUF of 4 KiB (256 lines of 16 bytes): one region of 64 positions x 2 x 17 bytes (136 lines) fits,
+    # two do not
+    cfg = vec("small", xbuf_kib=1, wbuf_kib=4)
+    H, Hkv, hd = 10, 2, 16
+    runs = generate(cfg, [4, 1], H=H, Hkv=Hkv, hd=hd, kv_max=64, naive=True)
+    ca = runs[0][0]
+    assert ca.mode == "plane" and len(ca.programs) == 4 and not ca.double_buffered
+
+
+def test_cycles_are_the_contract_formula():
+    from bitmos.semantics import ATT_ROW_FIXED, ATTN_PIPELINE, KVPACK_FIXED, KVPACK_PIPELINE, compute_cycles
+    from bitmos.isa import Instruction, Reg
+    cfg = vec("small")                           # C = 4, WBUF lines of 16 bytes
+    regs = {Reg.HDIM: 32, Reg.HGRP: 2, Reg.QPOS: 37}
+    attn = Instruction.make("attn", mode="token", q=0, x=0, ntok=3)
+    N, HL = 40, 8                                # QPOS + ntok, HDIM / C
+    row = 3 * HL + 2 * (N * 32 // 16 + -(-N // 16)) + N // 4 + ATT_ROW_FIXED
+    assert compute_cycles(attn, cfg, 64, regs=regs) == 1 + 3 * 2 * row + ATTN_PIPELINE
+    assert ATT_ROW_FIXED == 55
+    pack = Instruction.make("kvpack", mode="token", o=0, kind="v", ntok=3)
+    assert compute_cycles(pack, cfg, 64, regs=regs) == 1 + 3 * (2 * HL + KVPACK_FIXED) + KVPACK_PIPELINE
+
+
+def test_grouped_query_heads_share_their_kv_head():
+    cfg = vec("small")
+    H, Hkv, hd = 4, 1, 8
+    rng = np.random.default_rng(5)
+    q = rng.integers(-(1 << 20), 1 << 20, (1, H * hd))
+    q[0, hd:2 * hd] = q[0, :hd]                  # query heads 0 and 1 equal: so must their outputs be
+    k, v = rng.integers(-(1 << 20), 1 << 20, (2, 1, hd))
+    ca = compile_attention(cfg, 1, 0, n_heads=H, n_kv_heads=Hkv, head_dim=hd, kv_max=16, xfrac=9)
+    mem = bytearray()
+    write_attention_operands(mem, ca, q, k, v)
+    mem = Simulator(cfg).run(ca.programs[0], mem).memory
+    x = read_attention_result(mem, ca)
+    np.testing.assert_array_equal(x[0, :hd], x[0, hd:2 * hd])
+    # one position: its weight is exactly 1, so the output is the value row requantized
+    vm, ev = F.block_quantize(list(map(int, v[0])))
+    np.testing.assert_array_equal(x[0, :hd], [F.requantize(m << ev, cfg.out_frac_bits, 9, 16) for m in vm])
+
+
+@pytest.mark.parametrize("kwargs,match,field", [
+    (dict(cfg=preset_config("small")), "no vector unit", "vector_unit"),
+    (dict(head_dim=6), "head_dim 6", None),
+    (dict(n_kv_heads=3), "3 kv heads", None),
+    (dict(kv_max=24), "multiple of 16", None),
+    (dict(kv_max=16, tokens=1, pos0=16), "hold positions up to 17", None),
+    (dict(kv_max=256, cfg=vec("small", wbuf_kib=4)), "WBUF", "wbuf_kib"),
+    (dict(n_heads=64, n_kv_heads=64, cfg=vec("small", obuf_kib=1)), "OBUF", "obuf_kib"),
+])
+def test_refusals_name_what_to_change(kwargs, match, field):
+    args = dict(cfg=vec("small"), tokens=2, pos0=0, n_heads=4, n_kv_heads=2, head_dim=32, kv_max=32, xfrac=9)
+    args.update(kwargs)
+    cfg = args.pop("cfg")
+    with pytest.raises(UnsupportedError, match=match) as e:
+        compile_attention(cfg, args.pop("tokens"), args.pop("pos0"), **args)
+    assert e.value.field == field
+
+
+def test_a_mutated_cache_byte_changes_the_output():
+    """The simulator reads the cache from external memory: a flipped exponent byte of position 0 changes what the
+    decode step attends to (the check the tests above make can fail)."""
+    cfg = vec("small")
+    H, Hkv, hd = 2, 1, 8
+    rng = np.random.default_rng(9)
+    mem = bytearray()
+    ca0 = compile_attention(cfg, 2, 0, n_heads=H, n_kv_heads=Hkv, head_dim=hd, kv_max=16, xfrac=9)
+    q, k, v = (rng.integers(-(1 << 20), 1 << 20, (2, n * hd)) for n in (H, Hkv, Hkv))
+    write_attention_operands(mem, ca0, q, k, v)
+    sim = Simulator(cfg)
+    for p in ca0.programs:
+        mem = sim.run(p, mem).memory
+    ca1 = compile_attention(cfg, 1, 2, n_heads=H, n_kv_heads=Hkv, head_dim=hd, kv_max=16, xfrac=9)
+    write_attention_operands(mem, ca1, q[:1], k[:1], v[:1])
+    good = read_attention_result(sim.run(ca1.programs[0], bytearray(mem)).memory, ca1)
+    bad_mem = bytearray(mem)
+    bad_mem[ca1.head_region(0) + F.kv_region_layout(16, hd)["ev"]] ^= 0x04
+    bad = read_attention_result(sim.run(ca1.programs[0], bad_mem).memory, ca1)
+    assert (good != bad).any()
