@@ -94,18 +94,50 @@ class SimulatedVectorUnit:
     per (operation name, token count); the runs go into the accelerator's run list (the phases and the reports
     see linears and vector operations in order)."""
 
-    def __init__(self, accel: SimulatedAccelerator):
+    def __init__(self, accel: SimulatedAccelerator, positions: int, n_layers: int):
         self.accel = accel
         self.cfg = accel.cfg
         self._compiled: dict[tuple, Any] = {}
+        self.positions = positions          # the longest sequence the KV cache must hold
+        self.n_layers = n_layers
+        self.kv_memory = bytearray()        # external memory: every layer's KV cache, then one block's operands
+
+    def attention(self, name: str, q, k, v, *, layer: int, pos0: int, xfrac: int, n_heads: int, n_kv_heads: int,
+                  head_dim: int, cache):
+        """One layer's attention over a token block on the chip (``bitmos.compiler.attention``) against its KV cache
+        in ``kv_memory``; the cache the chip holds afterwards is compared with the golden model's (``cache``)."""
+        import numpy as np
+        import torch
+
+        from bitmos.compiler.attention import (compile_attention, kv_positions, kv_region_bytes, read_attention_result,
+                                               read_kv_cache, write_attention_operands)
+
+        acc, T = self.accel, q.shape[0]
+        kv_max = kv_positions(self.cfg, self.positions)
+        layer_bytes = n_kv_heads * kv_region_bytes(self.cfg, kv_max, head_dim)
+        t0 = time.perf_counter()
+        ca = compile_attention(self.cfg, T, pos0, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                               kv_max=kv_max, xfrac=xfrac, kv_base=layer * layer_bytes,
+                               base=self.n_layers * layer_bytes)
+        acc.compile_seconds += time.perf_counter() - t0
+        mem = self.kv_memory
+        write_attention_operands(mem, ca, *(t.detach().cpu().numpy() for t in (q, k, v)))
+        mem = self.kv_memory = acc.run_programs(f"{name} attn", T, ca.programs, mem)
+        for got, want, what in zip(read_kv_cache(mem, ca, pos0 + T), cache, ("key mantissas", "key exponents",
+                                                                             "value mantissas", "value exponents")):
+            if not np.array_equal(got, want.numpy()):
+                acc.mismatches.append(f"{name} KV cache (positions 0..{pos0 + T - 1}): {what} differ from golden")
+        return torch.from_numpy(read_attention_result(mem, ca).astype(np.int64))
 
     def __call__(self, op: str, name: str, *operands, xfrac: int = 0, gains=None, gexp: int = 0, eps_q: int = 0,
-                 cos=None, sin=None, head_dim: int = 0):
+                 cos=None, sin=None, head_dim: int = 0, **attention):
         import numpy as np
         import torch
 
         from bitmos.compiler.vector import compile_vector, read_vector_result, write_rope_table, write_vector_operands
 
+        if op == "attn":
+            return self.attention(name, *operands, xfrac=xfrac, head_dim=head_dim, **attention)
         T, K = operands[0].shape
         key = (name, op, T, xfrac)
         acc = self.accel
@@ -299,12 +331,12 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         golden_ids = _generate_layer(GoldenLayerModel(export, cfg), ids, tokens)
         # 2. the same with the linears and the vector unit's operations on the simulated accelerator
         chip = GoldenLayerModel(export, cfg)
-        chip.linear_fn, chip.vector_fn = accel, SimulatedVectorUnit(accel)
+        chip.linear_fn, chip.vector_fn = accel, SimulatedVectorUnit(accel, len(ids) + tokens, chip.config.n_layers)
         sim_ids = _generate_layer(chip, ids, tokens, on_phase=on_phase)
         vector_mismatches = chip.vector_mismatches
-        # what stays on the host: no instruction yet for attention; BitNet's SwiGLU product feeds
-        # down_proj's LayerNorm in int32, and the silu instruction writes int16, so that product stays there too
-        host_ops = ["attention"] + (["SwiGLU"] if chip.ln_eps else [])
+        # what stays on the host: BitNet's attention output and SwiGLU product feed o_proj's and down_proj's
+        # LayerNorms in int32, and the attn and silu instructions write int16, so those two stay there
+        host_ops = ["attention", "SwiGLU"] if chip.ln_eps else []
     else:
         # 1. the integer golden model, on the host
         golden = AcceleratorSide(export, cfg)
@@ -340,11 +372,11 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         report["decode"].pop("per_run", None)
     from bitmos.compiler.vector import VECTOR_OPS
     for name, lo, hi in (("prefill", marks[0][1], marks[1][1]), ("decode", marks[1][1], marks[-1][1])):
-        if name in report:   # cycles by component: the linears and (layer_ops) the vector unit's operations
-            comp = {"linears": 0, "vector unit": 0}
+        if name in report:   # cycles by component: the linears and (layer_ops) attention and the other layer ops
+            comp = {"linears": 0, "attention": 0, "vector unit": 0}
             for run_name, _, r in accel.runs[lo:hi]:
-                comp["vector unit" if run_name.rsplit(" ", 1)[-1] in VECTOR_OPS else
-                     "linears"] += r.cycles
+                what = run_name.rsplit(" ", 1)[-1]
+                comp["attention" if what == "attn" else "vector unit" if what in VECTOR_OPS else "linears"] += r.cycles
             report[name]["cycles_by_component"] = comp
     report["wall_seconds"] = {"total": time.perf_counter() - t_start, "compile": accel.compile_seconds,
                               "simulate": accel.sim_seconds}
@@ -371,10 +403,12 @@ def _fmt_demo(rep: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
     ok = "MATCHES" if rep["matches_golden"] else "DOES NOT MATCH"
     host = rep.get("host_ops", [])
-    on_chip = ["residual add", "RMSNorm", "rotary"] + (["LayerNorm"] if "SwiGLU" in host else ["SwiGLU"])
+    on_chip = ["residual add", "RMSNorm", "rotary"] + (["LayerNorm"] if "SwiGLU" in host else
+                                                       ["attention with its KV cache", "SwiGLU"])
     what = (f"every binarized linear, {', '.join(on_chip[:-1])} and {on_chip[-1]} on the chip, compared bit for bit "
-            f"with the whole-layer integer golden model; {', '.join(host)} on the host" if rep.get("layer_ops") else
-            "every binarized linear compared bit for bit")
+            "with the whole-layer integer golden model; " + (f"{' and '.join(host)} on the host" if host else
+                                                            "the host keeps the embedding lookup and the LM head")
+            if rep.get("layer_ops") else "every binarized linear compared bit for bit")
     lines = [f"prompt: {rep['prompt']!r}",
              f"generated on the simulated accelerator ({rep['new_tokens']} tokens):",
              "    " + repr(rep["text"]),
@@ -384,7 +418,7 @@ def _fmt_demo(rep: dict[str, Any]) -> str:
         lines.append(f"  mismatch: {m}")
     for name in ("prefill", "decode"):
         if name in rep:
-            scope = "linears and vector unit" if rep.get("layer_ops") else "binarized linears only"
+            scope = "the decoder layers" if rep.get("layer_ops") else "binarized linears only"
             lines.append(f"\n== {name} ({rep[name]['tokens']} tokens, {scope})")
             lines.append(format_text(rep[name]).rstrip())
             comp = rep[name].get("cycles_by_component", {})

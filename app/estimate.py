@@ -37,12 +37,15 @@ def _fmt_estimate(est: dict[str, Any]) -> str:
 #: How the context section names ``decode_at_context``'s components.
 _COMPONENT_NAMES = {"linears": "binarized linears (simulated)",
                     "vector_unit": "norms, rotary, SwiGLU, residual adds (sim.)",
+                    "attention": "attention + KV cache (simulated)",
                     "kv_cache": "KV cache reads + write (memory bound)"}
 
 
 def _fmt_context(c: dict[str, Any]) -> str:
     total_e = c["energy_per_token_j"]
     lines = [f"\n== one decode token at a context of {c['context']:,} tokens",
+             *([f"attention at the memory bound, not simulated: {c['attention_refused']}"]
+               if c.get("attention_refused") else []),
              f"KV cache: {c['kv_bytes_per_position']:,} bytes per position; this token reads "
              f"{c['kv_read_bytes'] / 1e6:,.4g} MB and writes {c['kv_write_bytes']:,} bytes",
              f"{'component':40s} {'cycles':>14s} {'share':>6s} {'mJ/token':>10s} {'share':>6s}"]
@@ -54,8 +57,9 @@ def _fmt_context(c: dict[str, Any]) -> str:
               f"(bandwidth / (weight bytes + KV bytes)): {c['bound_tokens_per_s']:,.1f} tokens/s "
               f"({c['tokens_per_s'] / c['bound_tokens_per_s']:.3f} of it)",
               "not counted (host work today): "
-              + (", ".join(c.get("not_counted", []) + ["the attention arithmetic beyond its stream", "embedding",
-                                                        "LM head"])
+              + (", ".join(c.get("not_counted", []) + ([] if c.get("attention_simulated") else
+                                                        ["the attention arithmetic beyond its stream"])
+                           + ["embedding", "LM head"])
                  if "vector_unit" in c["components"] else
                  "norms, rotary embedding, softmax, SiLU, residual adds, embedding, LM head (a config with "
                  "vector_unit = 1 simulates the norms, rotary, SiLU and residual adds)")]
@@ -78,8 +82,9 @@ def _write_context_plot(sweep: list[dict[str, Any]], marked: int, path: Path, ti
     a.set_xlabel("context (tokens)")
     a.set_ylabel("decode tokens/s")
     a.legend()
-    names = list(sweep[0]["components"])
-    b.stackplot(xs, *[[r["components"][n]["energy_j"] * 1e3 for r in sweep] for n in names],
+    names = list(dict.fromkeys(n for r in sweep for n in r["components"]))   # attention or, where its cache
+    b.stackplot(xs, *[[r["components"].get(n, {"energy_j": 0})["energy_j"] * 1e3 for r in sweep]  # does not fit,
+                      for n in names],                                                            # kv_cache
                 labels=[_COMPONENT_NAMES[n] for n in names])
     b.set_xscale("log")
     b.axvline(marked, color="grey", lw=0.8)
@@ -147,9 +152,10 @@ def add_commands(sub) -> None:
     p.add_argument("--pb-fraction", type=float_in(0.0, 1.0), default=0.1, metavar="F",
                    help="--scheme pb: the fraction of each linear's input channels kept in int8 (default 0.1)")
     p.add_argument("--context", type=int_at_least(1), default=None, metavar="N",
-                   help="also one decode token at a context of N tokens: the linears as simulated plus the KV "
-                        "cache the token reads and writes, at the memory bound (attention is not on the chip "
-                        "yet), with a sweep over contexts 128..32k (in --json and --plots' context.png)")
+                   help="also one decode token at a context of N tokens: the step as simulated plus its "
+                        "attention over the KV cache (simulated on a config with vector_unit = 1 where a kv head's "
+                        "cache fits WBUF, else the cache's bytes at the memory bound), with a sweep over contexts "
+                        "128..32k (in --json and --plots' context.png)")
     p.add_argument("--energy-table", help="energy table name or TOML file (default by memory bandwidth)")
     p.add_argument("--plots", metavar="DIR", help="write estimate.json and roofline/energy plots per phase")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -425,19 +425,27 @@ def kv_cache_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int) -> i
     return n_layers * 2 * n_kv_heads * (head_dim * HEAD_MANT_BITS // 8 + 1)
 
 
-def kv_region_layout(kv_max: int, head_dim: int) -> dict[str, int]:
-    """Byte offsets of one kv head's KV-cache region for ``kv_max`` positions, the same in external memory and in
-    WBUF (a load copies it line for line): key mantissas [kv_max][head_dim] int8 at ``k``, value mantissas at ``v``,
-    key exponents [kv_max] uint8 at ``ek``, value exponents at ``ev``; ``bytes`` = 2 kv_max (head_dim + 1).
+def kv_page_bytes(page: int, head_dim: int) -> int:
+    """Bytes of one page of a kv head's KV-cache region: ``page`` positions' keys and values (2 page (head_dim + 1))."""
+    return 2 * page * (head_dim + 1)
+
+
+def kv_offsets(p, head_dim: int, page: int):
+    """Byte offsets of position ``p``'s key row, value row, key exponent and value exponent in a kv head's KV-cache
+    region (ints, or NumPy arrays of positions: the same arithmetic). The region, the same bytes in external memory
+    and in WBUF (a load copies it line for line), is pages of ``page`` positions, each [key mantissas page x
+    head_dim int8][value mantissas][key exponents page uint8][value exponents]; the chip's page is a WBUF line's
+    bytes, so every part of a page starts on a line and the first n positions are the first ceil(n / page) pages.
 
     Why this format: a position's key (value) row is :func:`block_quantize` of the head's values, HEAD_MANT_BITS
     mantissas and one exponent, so a decode step reads head_dim + 1 bytes per position and head, the fewest an
-    8-bit cache can (the int32 keys would be four times that; int8 with a float scale per row the same bytes but
-    a multiplier per row). Mantissas sit apart from exponents so that a row is whole bytes of a line, and a cache
-    of any length costs no padding per row; with kv_max a multiple of a line's bytes every area starts on a line.
+    8-bit cache can (the int32 keys would be four times that; int8 with a float scale per row the same bytes but a
+    multiplier per row). Mantissas sit apart from exponents so that a row is whole bytes of a line and a cache of
+    any length costs no padding per row; pages make the positions a step reads one contiguous transfer.
     """
-    m = kv_max * head_dim
-    return {"k": 0, "v": m, "ek": 2 * m, "ev": 2 * m + kv_max, "bytes": 2 * (m + kv_max)}
+    base, i = (p // page) * kv_page_bytes(page, head_dim), p % page
+    return (base + i * head_dim, base + (page + i) * head_dim, base + 2 * page * head_dim + i,
+            base + 2 * page * head_dim + page + i)
 
 
 def rms_norm(r: list[int], gains: list[int], gexp: int, eps_q: int, out_frac: int) -> list[int]:

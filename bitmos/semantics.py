@@ -182,15 +182,21 @@ def rope_unaligned(cfg: AcceleratorConfig, raw: Value) -> Value:
     return ((raw % 2) != 0) | (((raw // 2) % cfg.cols) != 0)
 
 
+def kv_page(cfg: AcceleratorConfig) -> int:
+    """Positions of one page of a KV-cache region (``formats.kv_offsets``): a WBUF line's bytes, so that a page's
+    exponents fill a line and its rows whole lines."""
+    return cfg.wbuf_line_bits // 8
+
+
 def kv_region_lines(cfg: AcceleratorConfig, kv_max: Value, head_dim: Value) -> Value:
-    """WBUF lines of one kv head's cache region (``formats.kv_region_layout``: 2 KVMAX (HDIM + 1) bytes); whole
-    lines, since KVMAX is a multiple of a line's bytes (register KVMAX's legality)."""
-    return 2 * kv_max * (head_dim + 1) // (cfg.wbuf_line_bits // 8)
+    """WBUF lines of one kv head's cache region of KVMAX positions: KVMAX / page pages of 2 (HDIM + 1) lines
+    (KVMAX is a whole number of pages: register KVMAX's legality)."""
+    return kv_max // kv_page(cfg) * 2 * (head_dim + 1)
 
 
 def kv_unaligned(cfg: AcceleratorConfig, raw: Value) -> Value:
-    """A KVMAX value that would not start every area of a cache region on a WBUF line."""
-    return (raw % (cfg.wbuf_line_bits // 8)) != 0
+    """A KVMAX value that is no whole number of pages."""
+    return (raw % kv_page(cfg)) != 0
 
 
 def score_lines(cfg: AcceleratorConfig, positions: Value) -> Value:
@@ -722,5 +728,5 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
            "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED", "ROPE_PIPELINE", "rope_table_lines",
-           "rope_unaligned", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_row_cycles",
+           "rope_unaligned", "kv_page", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_row_cycles",
            "ATT_ROW_FIXED", "ATTN_PIPELINE", "KVPACK_FIXED", "KVPACK_PIPELINE"]

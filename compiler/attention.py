@@ -4,17 +4,20 @@
 keys and their values, int32 as the linears and ``rope`` leave them), one program per block of up to R tokens (one
 token in plane mode, when R tokens' operands do not fit OBUF): load the operands into OBUF; then for each kv head
 load the positions its cache already holds into WBUF, pack the block's keys and values into it (``kvpack``: block
-floating point, ``formats.kv_region_layout``), attend with its group of query heads (``attn``: the int16 input of
+floating point, ``formats.kv_offsets``), attend with its group of query heads (``attn``: the int16 input of
 o_proj, XFRAC fraction bits, into XBUF) and store the rows it added back to the cache; finally store the output.
 
-The cache: one region per kv head of ``kv_max`` positions (``formats.kv_region_layout``; 2 kv_max (head_dim + 1)
-bytes), the layer's regions one after another from ``kv_base``; it persists in external memory between programs,
-the caller keeps it (and places each layer's). Double buffering: where two regions fit WBUF, the next kv head's
-cache is loaded while the current one attends.
+The cache: one region per kv head of ``kv_max`` positions (``formats.kv_offsets``: pages of a WBUF line's bytes in
+positions, 2 (head_dim + 1) lines a page), the layer's regions one after another from ``kv_base``; it persists in
+external memory between programs, the caller keeps it (and places each layer's). A block loads the pages holding
+the positions before it (the whole pages in one transfer, of a page they fill in part only their lines), packs its
+rows in, attends, and stores the lines it changed (page
+by page: the rows' lines and the exponents' line of each area). Double buffering: where two regions fit WBUF, the
+next kv head's pages come in while the current one attends.
 
 A kv head's whole cache is staged in WBUF (``attn`` reads every position from there), so the longest context is
-what one region of WBUF holds; a longer one is refused naming ``wbuf_kib`` (tiling the positions with a running
-maximum is the step after this one, docs/compiler.md).
+what one region of WBUF holds; a longer one is refused naming ``wbuf_kib``. Tiling the positions (every tile's scores
+kept in OBUF's scratch, then the values tile by tile, so the definition stays exact) is the step after this one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.container import Program
 from bitmos.errors import UnsupportedError
 from bitmos.isa import REG_RANGE, Instruction, Op, Reg, encode, setr
-from bitmos.semantics import kv_region_lines, olines, rope_unaligned, score_lines
+from bitmos.semantics import kv_page, kv_region_lines, olines, rope_unaligned, score_lines
 
 ALIGN = 64
 
@@ -38,8 +41,8 @@ def _align(n: int) -> int:
 
 
 def kv_granule(cfg: AcceleratorConfig) -> int:
-    """The positions a kv head's region grows by: a WBUF line's bytes (register KVMAX's legality)."""
-    return cfg.wbuf_line_bits // 8
+    """The positions a kv head's region grows by: one page (``semantics.kv_page``, register KVMAX's legality)."""
+    return kv_page(cfg)
 
 
 def kv_positions(cfg: AcceleratorConfig, positions: int) -> int:
@@ -49,8 +52,8 @@ def kv_positions(cfg: AcceleratorConfig, positions: int) -> int:
 
 
 def kv_region_bytes(cfg: AcceleratorConfig, kv_max: int, head_dim: int) -> int:
-    """External bytes of one kv head's region, 64-byte aligned."""
-    return _align(F.kv_region_layout(kv_max, head_dim)["bytes"])
+    """External bytes of one kv head's region (kv_max / page pages), 64-byte aligned."""
+    return _align(kv_max // kv_page(cfg) * F.kv_page_bytes(kv_page(cfg), head_dim))
 
 
 @dataclass
@@ -71,6 +74,7 @@ class CompiledAttention:
     programs: list[Program] = field(default_factory=list)
     memory: bytearray = field(default_factory=bytearray)   # the operand image (zeros until written)
     params: dict[str, int] = field(default_factory=dict)
+    kv_bytes: dict[str, int] = field(default_factory=lambda: {"read": 0, "written": 0})   # the cache's, all programs
 
     @property
     def stride(self) -> int:
@@ -164,8 +168,8 @@ def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads
 
 def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
     cfg, stride, hd, C = ca.config, ca.stride, ca.head_dim, ca.config.cols
-    wb = cfg.wbuf_line_bits // 8
-    lay = F.kv_region_layout(ca.kv_max, hd)
+    wb, page = cfg.wbuf_line_bits // 8, kv_page(cfg)
+    page_lines = F.kv_page_bytes(page, hd) // wb
     rl = kv_region_lines(cfg, ca.kv_max, hd)
     ntok, old = len(blk), ca.pos0 + blk.start          # positions the cache holds before this block
     G, hl = ca.n_heads // ca.n_kv_heads, hd // C
@@ -178,17 +182,30 @@ def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
         emit(setr(Reg.EBASE, addr // ALIGN))
         emit(Instruction.make(kind, buf=buf, line=line, nlines=nlines, ext=addr % ALIGN))
 
-    def area_lines(area: str, lo: int, hi: int) -> tuple[int, int]:
-        """WBUF line offset in the region and line count of positions [lo, hi) of ``area``."""
-        width = hd if area in ("k", "v") else 1
-        first, last = lo * width // wb, -(-hi * width // wb)
-        return lay[area] // wb + first, last - first
+    def load_pages(h: int, w0: int, positions: int) -> None:
+        """Kv head h's first ``positions`` positions into its region at WBUF w0: of a page they fill in part, the
+        lines of their rows and exponents (a transfer each part); then the whole pages, one transfer, last, so that
+        the attention that follows overlaps it."""
+        full, part = divmod(positions, page)
+        if part:
+            lines(Op.LOAD, h, w0, full * page, positions)
+        if full:
+            dma(Op.LOAD, "W", w0, full * page_lines, ca.head_region(h))
+            ca.kv_bytes["read"] += full * page_lines * wb
 
-    def transfer(kind: Op, h: int, w0: int, lo: int, hi: int) -> None:
-        """Positions [lo, hi) of kv head h's four areas between external memory and its region at WBUF w0."""
-        for area in ("k", "v", "ek", "ev"):
-            off, n = area_lines(area, lo, hi)
-            dma(kind, "W", w0 + off, n, ca.head_region(h) + off * wb)
+    def lines(kind: Op, h: int, w0: int, lo: int, hi: int) -> None:
+        """The lines of positions [lo, hi)'s rows and exponents, page by page, between kv head h's region in
+        external memory and at WBUF w0: three transfers a page, its key rows, its value rows, and its two exponent
+        lines (adjacent: the key exponents' line, then the values')."""
+        for first in range(lo - lo % page, hi, page):
+            i, j = max(lo, first) - first, min(hi, first + page) - first    # positions i..j-1 of the page
+            for start, end in ((i * hd, j * hd), ((page + i) * hd, (page + j) * hd),
+                               (2 * page * hd + i, 2 * page * hd + page + j)):
+                off = first // page * page_lines + start // wb
+                n = first // page * page_lines + -(-end // wb) - off
+                dma(kind, "W", w0 + off, n, ca.head_region(h) + off * wb)
+                ca.kv_bytes["read" if kind is Op.LOAD else "written"] += n * wb
+
 
     o_q = 0
     o_k = olines(cfg, ca.features("q")) * stride
@@ -204,7 +221,7 @@ def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
             ca.regions[name] + i * ca.block_bytes(name))
     region = [0, rl] if ca.double_buffered else [0, 0]
     if old:
-        transfer(Op.LOAD, 0, region[0], 0, old)
+        load_pages(0, region[0], old)
     emit(Instruction.make(Op.WAIT))
     for h in range(ca.n_kv_heads):
         w0 = region[h % 2]
@@ -213,12 +230,12 @@ def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
             emit(Instruction.make(Op.KVPACK, mode=ca.mode, o=o + h * hl * stride, kind=kind, ntok=ntok))
         nxt = h + 1 < ca.n_kv_heads and old
         if nxt and ca.double_buffered:       # the next head's cache comes in while this one attends
-            transfer(Op.LOAD, h + 1, region[(h + 1) % 2], 0, old)
+            load_pages(h + 1, region[(h + 1) % 2], old)
         emit(Instruction.make(Op.ATTN, mode=ca.mode, q=o_q + h * G * hl * stride, x=h * G * hl, ntok=ntok))
-        transfer(Op.STORE, h, w0, old, old + ntok)
+        lines(Op.STORE, h, w0, old, old + ntok)   # the rows this block added (no transfer reads lines in use)
         emit(Instruction.make(Op.WAIT))
         if nxt and not ca.double_buffered:
-            transfer(Op.LOAD, h + 1, region[0], 0, old)
+            load_pages(h + 1, region[0], old)
             emit(Instruction.make(Op.WAIT))
     xl, xb = cfg.xlines(ca.features("q")), cfg.line_bits("X") // 8
     dma(Op.STORE, "X", 0, ntok * xl, ca.regions["result"] + blk.start * xl * xb)
@@ -270,17 +287,16 @@ def read_kv_cache(memory: bytes | bytearray, ca: CompiledAttention, positions: i
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The layer's cache of its first ``positions`` positions from external memory: key mantissas [positions,
     n_kv_heads, head_dim], key exponents [positions, n_kv_heads], value mantissas, value exponents (int64)."""
-    hd, lay = ca.head_dim, F.kv_region_layout(ca.kv_max, ca.head_dim)
+    hd, size = ca.head_dim, ca.region_bytes
+    k_row, v_row, k_exp, v_exp = F.kv_offsets(np.arange(positions), hd, kv_page(ca.config))
     km, ek, vm, ev = [], [], [], []
     for h in range(ca.n_kv_heads):
         at = ca.head_region(h)
-        blob = np.frombuffer(bytes(memory[at:at + lay["bytes"]]), dtype=np.uint8)
-        if len(blob) < lay["bytes"]:
-            blob = np.concatenate([blob, np.zeros(lay["bytes"] - len(blob), dtype=np.uint8)])
-        km.append(blob[lay["k"]:lay["k"] + positions * hd].view(np.int8).reshape(positions, hd))
-        vm.append(blob[lay["v"]:lay["v"] + positions * hd].view(np.int8).reshape(positions, hd))
-        ek.append(blob[lay["ek"]:lay["ek"] + positions])
-        ev.append(blob[lay["ev"]:lay["ev"] + positions])
+        blob = np.frombuffer(bytes(memory[at:at + size]).ljust(size, b"\0"), dtype=np.uint8)
+        km.append(blob[k_row[:, None] + np.arange(hd)].view(np.int8))
+        vm.append(blob[v_row[:, None] + np.arange(hd)].view(np.int8))
+        ek.append(blob[k_exp])
+        ev.append(blob[v_exp])
     st = lambda a: np.stack(a, axis=1).astype(np.int64)   # noqa: E731
     return st(km), st(ek), st(vm), st(ev)
 

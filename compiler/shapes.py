@@ -185,6 +185,12 @@ def head_dim(shape: dict[str, Any]) -> int:
     return _dims(shape)[5]
 
 
+def attention_dims(shape: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(n_layers, n_heads, n_kv_heads, head_dim) of a shape."""
+    _, _, nl, nh, kvh, hd = _dims(shape)
+    return nl, nh, kvh, hd
+
+
 def kv_cache_bytes(shape: dict[str, Any]) -> int:
     """Bytes of the whole-layer chip's KV cache per token of context (``formats.kv_cache_bytes_per_token``)."""
     from bitmos.formats import kv_cache_bytes_per_token
@@ -194,4 +200,4 @@ def kv_cache_bytes(shape: dict[str, Any]) -> int:
 
 __all__ = ["MODEL_SHAPES", "llama_linears", "vector_ops", "head_dim",
            "load_shape", "is_shape_source", "layer_shape", "n_layers",
-           "kv_cache_bytes"]
+           "kv_cache_bytes", "attention_dims"]

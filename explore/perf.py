@@ -96,6 +96,29 @@ def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]],
     return out
 
 
+def simulate_attention(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: int, pos0: int,
+                       positions: int) -> tuple[list[Any], dict[str, int]]:
+    """The timing-mode results of one layer's attention programs (:func:`bitmos.compiler.attention.compile_attention`)
+    for ``tokens`` tokens at positions ``pos0``.. against a KV cache that holds ``positions`` positions, and the
+    cache's bytes they read and write; every layer's are the same (timing never depends on data or on where the
+    cache sits). Raises UnsupportedError (its field naming the buffer) when a kv head's cache does not fit."""
+    from bitmos.compiler.attention import compile_attention, kv_positions
+    from bitmos.compiler.shapes import attention_dims
+    from bitmos.sim import Simulator
+
+    _, nh, kvh, hd = attention_dims(shape)
+    ca = compile_attention(cfg, tokens, pos0, n_heads=nh, n_kv_heads=kvh, head_dim=hd,
+                           kv_max=kv_positions(cfg, positions), xfrac=cfg.x_frac_bits, timing_only=True)
+    return _timing_runs(Simulator(cfg), ca.programs, f"attention of {tokens} token(s) at position {pos0}"), ca.kv_bytes
+
+
+def attention_on_chip(cfg: AcceleratorConfig, shape: dict[str, Any], scheme: str | None) -> bool:
+    """Does the estimate run attention on ``cfg``'s vector unit: the unit is there, its head dimension pairs in the
+    lanes (``rope_fits``), and the layer feeds o_proj int16 (not BitNet's int32 into a LayerNorm)."""
+    from bitmos.compiler.shapes import head_dim
+    return bool(cfg.vector_unit) and rope_fits(cfg, head_dim(shape)) and scheme != "bitnet"
+
+
 def rope_fits(cfg: AcceleratorConfig, head_dim: int) -> bool:
     """Can the vector unit's rope take heads of ``head_dim`` (register HDIM's legality, ``semantics.rope_unaligned``)."""
     from bitmos.semantics import rope_unaligned
@@ -128,9 +151,13 @@ def _grow_buffers(cfg: AcceleratorConfig, fn, max_steps: int = 24):
 
 def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefill: int, decode: int,
             table, bias: bool = False, vector_walk: list[tuple[str, str, int]] | None = None,
-            head_dim: int = 0) -> dict[str, Any]:
+            head_dim: int = 0, attention_shape: dict[str, Any] | None = None) -> dict[str, Any]:
     """Each phase's summary; with ``vector_walk`` (a config with the vector unit) the residual adds, RMSNorms and
-    SwiGLU run too, and ``components`` splits cycles and energy into ``linears`` and ``vector_unit``."""
+    SwiGLU run too, and ``components`` splits cycles and energy into ``linears`` and ``vector_unit``; with
+    ``attention_shape`` every layer's attention too (component ``attention``): the prefill's over its tokens, the
+    decode step's at the middle of the decode (position prefill + decode // 2), against a KV cache that holds
+    prefill + decode positions."""
+    from bitmos.compiler.shapes import n_layers
     from bitmos.sim.report import summarize
 
     out: dict[str, Any] = {}
@@ -146,6 +173,13 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefi
             for (name, op, _), op_runs in zip(vector_walk, simulate_vector_ops(cfg, vector_walk, tokens, head_dim)):
                 parts["vector_unit"][0].extend(op_runs)
                 parts["vector_unit"][1].extend([f"{name} {op}"] * len(op_runs))
+        if attention_shape is not None:
+            pos0 = 0 if phase == "prefill" else prefill + decode // 2
+            layer_runs, _ = simulate_attention(cfg, attention_shape, tokens, pos0, prefill + decode)
+            parts["attention"] = ([], [])
+            for i in range(n_layers(attention_shape)):
+                parts["attention"][0].extend(layer_runs)
+                parts["attention"][1].extend([f"layers.{i}.attn attn"] * len(layer_runs))
         runs = [r for rs, _ in parts.values() for r in rs]
         names = [n for _, ns in parts.values() for n in ns]
         steps = decode if phase == "decode" else 1   # identical one-token steps: summed, not replayed
@@ -153,6 +187,8 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefi
         s.pop("per_run", None)
         s["per_layer"] = [{"name": n, "cycles": r.cycles, "stall_cycles": r.stall_cycles}
                           for n, r in zip(names, runs)]
+        if attention_shape is not None:
+            s["attention_position"] = pos0
         if vector_walk:
             s["components"] = {}
             for part, (rs, _) in parts.items():
@@ -251,7 +287,8 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
         table = EnergyTable.load(energy_table or default_table(c))
         vector_walk = (vector_ops(shape, layernorms=scheme == "bitnet", rope=rope_fits(c, hd)) if c.vector_unit
                        else None)
-        return dict(_phases(c, walk, prefill, decode, table, bias, vector_walk, hd), energy_table=table.name)
+        att = shape if attention_on_chip(c, shape, scheme) else None
+        return dict(_phases(c, walk, prefill, decode, table, bias, vector_walk, hd, att), energy_table=table.name)
 
     if auto_buffers:
         cfg, phases, grown = _grow_buffers(cfg, run)
@@ -276,8 +313,8 @@ def estimate(shape: str | dict[str, Any] | None, cfg: AcceleratorConfig, *, pref
                            "config": cfg.to_dict(), "grown": grown}
     out.update(phases)
     # the decoder layer's work the chip does not do here (the estimate counts none of it)
-    out["host_ops"] = (["attention"] + ([] if rope_fits(cfg, hd) else ["rotary"])
-                       + (["SwiGLU"] if scheme == "bitnet" else [])
+    out["host_ops"] = (([] if attention_on_chip(cfg, shape, scheme) else ["attention"])
+                       + ([] if rope_fits(cfg, hd) else ["rotary"]) + (["SwiGLU"] if scheme == "bitnet" else [])
                        if cfg.vector_unit else ["norms", "rotary", "softmax", "SiLU", "residual adds"])
     out["decode_bound_tokens_per_s"] = cfg.clock_mhz * 1e6 * cfg.ext_bw_bits / bits
     out["wall_seconds"] = time.perf_counter() - t0
@@ -389,18 +426,33 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
     dec = est["decode"]
     host = est.get("host_ops", [])
     read, write = per_position * context, per_position
-    kv_cycles = -(-(read + write) * 8 // cfg.ext_bw_bits)
-    kv_pj = dram_pj(read * 8, write * 8, table) + leakage_pj(kv_cycles, cfg, table)
     parts = dec.get("components") or {"linears": {"cycles": dec["cycles"], "energy_j": dec["energy_j"]}}
     components = {name: {"cycles": p["cycles"] / dec["tokens"], "energy_j": p["energy_j"] / dec["tokens"]}
-                  for name, p in parts.items()}
-    components["kv_cache"] = {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12}
+                  for name, p in parts.items() if name != "attention"}
+    simulated, why = "attention" in parts, None
+    if simulated:   # the attention of one decode token at this context, simulated on every layer
+        from bitmos.compiler.shapes import n_layers
+        from bitmos.errors import UnsupportedError
+        from bitmos.sim.report import summarize
+        try:
+            runs, kv = simulate_attention(cfg, shape, 1, context - 1, context)
+        except UnsupportedError as exc:
+            simulated, why = False, str(exc)
+        else:
+            att = summarize(runs * n_layers(shape), table, tokens=1)
+            components["attention"] = {"cycles": att["cycles"], "energy_j": att["energy_j"]}
+            read, write = kv["read"] * n_layers(shape), kv["written"] * n_layers(shape)
+    if not simulated:   # the KV cache's bytes at the memory bound (attention's arithmetic on the host)
+        kv_cycles = -(-(read + write) * 8 // cfg.ext_bw_bits)
+        kv_pj = dram_pj(read * 8, write * 8, table) + leakage_pj(kv_cycles, cfg, table)
+        components["kv_cache"] = {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12}
     cycles = sum(c["cycles"] for c in components.values())
     hz = cfg.clock_mhz * 1e6
     return {"context": context, "kv_bytes_per_position": per_position, "kv_read_bytes": read,
             "kv_write_bytes": write, "components": components, "cycles": cycles, "tokens_per_s": hz / cycles,
             "energy_per_token_j": sum(c["energy_j"] for c in components.values()),
-            "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + read), "ext_bytes": held,
+            "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + per_position * context),
+            "ext_bytes": held, "attention_simulated": simulated, "attention_refused": why,
             "not_counted": [op for op in host if op != "attention"]}
 
 

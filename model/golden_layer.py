@@ -287,7 +287,12 @@ class GoldenLayerModel(nn.Module):
         km, ek, vm, ev = cache.append(i, *block_quantize(k), *block_quantize(v.view(T, c.n_kv_heads, c.head_dim)))
         o = attention(qm, eq, km, ek, vm, ev, pos, self.frac).reshape(T, -1)
         o_path = pre + "attn.o_proj"
-        return self._residual(r, self._linear(o_path, self._chip_input(o_path, o, self.frac)), pre + "attn_residual")
+        x = self._chip_input(o_path, o, self.frac)
+        if o_path not in self.ln_eps:   # attention and the requantization to o_proj's input: one instruction
+            x = self._vector(x, "attn", pre + "attn", q.reshape(T, -1), k.reshape(T, -1), v, layer=i,
+                             pos0=int(pos[0]), xfrac=self.host.x_frac[o_path], n_heads=c.n_heads,
+                             n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, cache=(km, ek, vm, ev))
+        return self._residual(r, self._linear(o_path, x), pre + "attn_residual")
 
     def mlp_half(self, i: int, r: torch.Tensor) -> torch.Tensor:
         """r + down_proj(silu(gate_proj(x)) * up_proj(x)) with x = rms_norm(r)."""

@@ -30,7 +30,7 @@ from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError
 from bitmos.isa import BUFFERS, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op, Reg, decode, reg_value
 from bitmos.sim.analysis import UNIT_CODES, Analysis, analyze
-from bitmos.semantics import kv_region_lines, olines, rope_table_lines, score_lines, weight_planes
+from bitmos.semantics import kv_page, kv_region_lines, olines, rope_table_lines, score_lines, weight_planes
 from bitmos.sim.energy import count_actions
 
 assert sys.byteorder == "little", "the simulator views buffer bytes as little-endian words"
@@ -425,22 +425,24 @@ class Simulator:
         ob[lines] = y.reshape(ntok, nl, C).astype(np.int32)
 
 
-    def _kv_region(self, st: MachineState) -> tuple[np.ndarray, dict[str, int]]:
-        """The WBUF bytes of the kv head's cache region (a writable view) and its layout."""
-        hd, kv_max = st.regs[Reg.HDIM], st.regs[Reg.KVMAX]
+    def _kv_region(self, st: MachineState) -> np.ndarray:
+        """The WBUF bytes of the kv head's cache region (a writable view)."""
         w0 = st.regs[Reg.KVW]
-        region = st.buf["W"][w0:w0 + kv_region_lines(self.cfg, kv_max, hd)].reshape(-1)
-        return region, formats.kv_region_layout(kv_max, hd)
+        return st.buf["W"][w0:w0 + kv_region_lines(self.cfg, st.regs[Reg.KVMAX], st.regs[Reg.HDIM])].reshape(-1)
+
+    def _kv_offsets(self, st: MachineState, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        """formats.kv_offsets of positions lo..hi-1: (key row, value row, key exponent, value exponent) [n]."""
+        return formats.kv_offsets(np.arange(lo, hi), st.regs[Reg.HDIM], kv_page(self.cfg))
 
     def _kvpack(self, st: MachineState, ins: Instruction) -> None:
         hd, q0, ntok = st.regs[Reg.HDIM], st.regs[Reg.QPOS], ins["ntok"]
         lines = self._token_lines(ins, ins["o"], hd // self.cfg.cols)
         m, e = block_quantize(st.obuf()[lines].astype(np.int64).reshape(ntok, hd))
-        region, lay = self._kv_region(st)
-        kind = "kv"[ins["kind"]]
-        rows = region[lay[kind] + q0 * hd:lay[kind] + (q0 + ntok) * hd]
-        rows[:] = m.astype(np.int8).view(np.uint8).reshape(-1)
-        region[lay["e" + kind] + q0:lay["e" + kind] + q0 + ntok] = e
+        region = self._kv_region(st)
+        k_row, v_row, k_exp, v_exp = self._kv_offsets(st, q0, q0 + ntok)
+        row, exp = (k_row, k_exp) if ins["kind"] == 0 else (v_row, v_exp)
+        region[row[:, None] + np.arange(hd)] = m.astype(np.int8).view(np.uint8)
+        region[exp] = e
 
     def _attn(self, st: MachineState, ins: Instruction) -> None:
         cfg = self.cfg
@@ -449,11 +451,12 @@ class Simulator:
         hl, n = hd // C, q0 + ins["ntok"]
         lines = self._token_lines(ins, ins["q"], G * hl)                                    # [T, G*HL]
         qm, eq = block_quantize(st.obuf()[lines].astype(np.int64).reshape(T * G, hd))
-        region, lay = self._kv_region(st)
-        km = region[lay["k"]:lay["k"] + n * hd].view(np.int8).astype(np.int64).reshape(n, hd)
-        vm = region[lay["v"]:lay["v"] + n * hd].view(np.int8).astype(np.int64).reshape(n, hd)
-        ek = np.minimum(region[lay["ek"]:lay["ek"] + n].astype(np.int64), formats.KV_EXP_MAX)
-        ev = np.minimum(region[lay["ev"]:lay["ev"] + n].astype(np.int64), formats.KV_EXP_MAX)
+        region = self._kv_region(st)
+        k_row, v_row, k_exp, v_exp = self._kv_offsets(st, 0, n)
+        km = region[k_row[:, None] + np.arange(hd)].view(np.int8).astype(np.int64)          # [n, hd]
+        vm = region[v_row[:, None] + np.arange(hd)].view(np.int8).astype(np.int64)
+        ek = np.minimum(region[k_exp].astype(np.int64), formats.KV_EXP_MAX)
+        ev = np.minimum(region[v_exp].astype(np.int64), formats.KV_EXP_MAX)
         visible = (np.arange(n)[None, :] <= q0 + np.repeat(np.arange(T), G)[:, None])      # [T*G, n]
         w = attention_weights(qm, eq, km, ek, visible, F)                                  # [T*G, n] Q.30
         o = _sat(_rshift_round(w @ (vm << ev[:, None]), formats.ATT_WEIGHT_FRAC), formats.RESID_BITS)

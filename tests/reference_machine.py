@@ -448,11 +448,19 @@ class ReferenceMachine:
                 for i in range(n)]
 
     def region(self, pc: int, what: str) -> tuple[int, int, int]:
-        """(first line, WB, M) of the kv head's region, range-checked."""
+        """(first line, WB, M) of the kv head's region (KVMAX / WB pages of 2 (HDIM + 1) lines), range-checked."""
         WB, M, H = self.cfg.wbuf_line_bits // 8, self.regs[Reg.KVMAX], self.regs[Reg.HDIM]
         first = self.regs[Reg.KVW]
-        self.touch("W", first, first + 2 * M * (H + 1) // WB, pc, what)
+        self.touch("W", first, first + M // WB * 2 * (H + 1), pc, what)
         return first, WB, M
+
+    def kv_byte(self, WB: int, p: int, part: str, i: int = 0) -> int:
+        """Region byte of position p (docs/isa.md: pages of P = WB positions, each [key rows P x H][value rows]
+        [key exponents P][value exponents P]): ``part`` k/v (row byte i) or ek/ev."""
+        H, P = self.regs[Reg.HDIM], WB
+        page = (p // P) * 2 * P * (H + 1)
+        j = p % P
+        return page + {"k": j * H + i, "v": P * H + j * H + i, "ek": 2 * P * H + j, "ev": 2 * P * H + P + j}[part]
 
     def region_byte(self, first: int, WB: int, b: int) -> int:
         return (self.buf["W"][first + b // WB] >> (8 * (b % WB))) & 0xFF
@@ -472,13 +480,13 @@ class ReferenceMachine:
         plane, HL = ins["mode"] == 1, H // C
         self.touch("O", ins["o"], ins["o"] + (HL if plane else (HL - 1) * R + ins["ntok"]), pc, "kvpack values")
         first, WB, M = self.region(pc, "kvpack region")
-        rows, exps = (0, 2 * M * H) if ins["kind"] == 0 else (M * H, 2 * M * H + M)
+        kind = "kv"[ins["kind"]]
         for t in range(ins["ntok"]):
             p = self.regs[Reg.QPOS] + t
             m, e = F.block_quantize(self.head_values(ins["o"], t, H, plane), 8)
             for i, v in enumerate(m):
-                self.set_region_byte(first, WB, rows + p * H + i, v)
-            self.set_region_byte(first, WB, exps + p, e)
+                self.set_region_byte(first, WB, self.kv_byte(WB, p, kind, i), v)
+            self.set_region_byte(first, WB, self.kv_byte(WB, p, "e" + kind), e)
 
     def attn(self, ins, pc: int) -> None:
         cfg, regs = self.cfg, self.regs
@@ -495,9 +503,10 @@ class ReferenceMachine:
         self.touch("X", ins["x"], ins["x"] + (ntok - 1) * XL + G * HL, pc, "attn output")
         byte = lambda b: self.region_byte(first, WB, b)   # noqa: E731
         exp = lambda b: min(byte(b), F.KV_EXP_MAX)         # noqa: E731
-        keys = [([F.to_signed(byte(p * H + i), 8) for i in range(H)], exp(2 * M * H + p)) for p in range(N)]
-        vals = [([F.to_signed(byte(M * H + p * H + i), 8) for i in range(H)], exp(2 * M * H + M + p))
-                for p in range(N)]
+        keys = [([F.to_signed(byte(self.kv_byte(WB, p, "k", i)), 8) for i in range(H)],
+                 exp(self.kv_byte(WB, p, "ek"))) for p in range(N)]
+        vals = [([F.to_signed(byte(self.kv_byte(WB, p, "v", i)), 8) for i in range(H)],
+                 exp(self.kv_byte(WB, p, "ev"))) for p in range(N)]
         F_ = cfg.out_frac_bits
         last_w: list[int] = []
         for t in range(ntok):

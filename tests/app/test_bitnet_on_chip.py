@@ -32,8 +32,9 @@ def test_bitnet_demo_matches_golden(bitnet_checkpoint, tmp_path, capsys):
 
 
 def test_bitnet_layer_ops_run_its_layernorms_on_the_vector_unit(bitnet_checkpoint, capsys):
-    """--layer-ops: BitNet's RMSNorms, residual adds and per-linear LayerNorms on the vector unit; the SwiGLU product
-    that feeds down_proj's LayerNorm in int32 stays on the host, and the report says so."""
+    """--layer-ops: BitNet's RMSNorms, residual adds and per-linear LayerNorms on the vector unit; the attention
+    output and the SwiGLU product, which feed o_proj's and down_proj's LayerNorms in int32, stay on the host, and the
+    report says so."""
     assert main(["demo", "--checkpoint", str(bitnet_checkpoint), "--tokens", "2", "--out", "", "--layer-ops",
                  "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)

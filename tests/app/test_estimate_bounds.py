@@ -134,7 +134,7 @@ def test_context_with_the_vector_unit_names_its_component(capsys, tmp_path):
     base = ["estimate", "--model", "toy", "--config", str(cfg), "--prefill", "4", "--decode", "2", "--context", "300"]
     rc, out, err = run(base + ["--plots", tmp_path / "plots"], capsys)
     assert rc == 0, err
-    assert "norms, rotary, SwiGLU, residual adds (sim.)" in out
+    assert "norms, rotary, SwiGLU, residual adds (sim.)" in out and "attention + KV cache (simulated)" in out
     rest = out.split("not counted")[1]
-    assert "the attention arithmetic beyond its stream" in rest and "SiLU" not in rest and "rotary" not in rest
+    assert "attention" not in rest and "SiLU" not in rest and "rotary" not in rest and "embedding, LM head" in rest
     assert (tmp_path / "plots" / "context.png").stat().st_size > 10_000

@@ -110,27 +110,50 @@ def test_demo_detects_a_wrong_accelerator(student_path, monkeypatch):
     assert len(rep["layer_mismatches"]) == 1 and "1 of" in rep["layer_mismatches"][0]
 
 
-def test_demo_layer_ops_runs_norms_residuals_and_swiglu_on_the_vector_unit(student_path, tmp_path):
+def test_demo_layer_ops_runs_every_layer_op_on_the_vector_unit(student_path, tmp_path):
     rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="import os\n", tokens=3,
                         out_dir=str(tmp_path / "demo"), layer_ops=True, progress=lambda *a: None)
     assert rep["matches_golden"] and not rep["layer_mismatches"], rep["layer_mismatches"]
     assert rep["layer_ops"] and rep["config"]["vector_unit"] == 1 and rep["config"]["name"] == "small+vector"
     n_layers = 4
-    # per step: 28 linear programs, and per layer 2 RMSNorms, 2 rotary embeddings, 2 residual adds and a SwiGLU,
-    # plus the final norm
-    assert rep["layer_runs"] >= 3 * (28 + 7 * n_layers + 1)
+    # per step: 28 linear programs, and per layer 2 RMSNorms, 2 rotary embeddings, attention, 2 residual adds and a
+    # SwiGLU, plus the final norm
+    assert rep["layer_runs"] >= 3 * (28 + 8 * n_layers + 1)
     # the linears' programs and so their cycles are those of the linears-only demo (timing never depends on data):
     # every other cycle is the vector unit's
     plain = demo.run_demo(checkpoint=str(student_path), config="small", prompt="import os\n", tokens=3,
                           out_dir=None, progress=lambda *a: None)
     for phase in ("prefill", "decode"):
         comp = rep[phase]["cycles_by_component"]
-        assert comp["linears"] == plain[phase]["cycles"] and comp["vector unit"] > 0
-        assert comp["linears"] + comp["vector unit"] == rep[phase]["cycles"]
+        assert comp["linears"] == plain[phase]["cycles"] and comp["vector unit"] > 0 and comp["attention"] > 0
+        assert comp["linears"] + comp["vector unit"] + comp["attention"] == rep[phase]["cycles"]
     assert rep["decode"]["tokens"] == 2
     text = demo._fmt_demo(rep)
-    assert "residual add, RMSNorm, rotary and SwiGLU on the chip" in text and "cycles by component" in text
-    assert rep["host_ops"] == ["attention"]
+    assert ("residual add, RMSNorm, rotary, attention with its KV cache and SwiGLU on the chip" in text
+            and "cycles by component" in text and "the host keeps the embedding lookup and the LM head" in text)
+    assert rep["host_ops"] == []
+
+
+def test_demo_layer_ops_detects_a_wrong_kv_cache(student_path, monkeypatch):
+    """One flipped bit of the cache the chip holds (as read back after a step) is reported, not hidden."""
+    from bitmos.compiler import attention
+
+    real = attention.read_kv_cache
+    calls = {"n": 0}
+
+    def flipped(*a, **k):
+        km, ek, vm, ev = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            vm = vm.copy()
+            vm[0, 0, 0] ^= 1
+        return km, ek, vm, ev
+
+    monkeypatch.setattr(attention, "read_kv_cache", flipped)
+    rep = demo.run_demo(checkpoint=str(student_path), config="small", prompt="x = ", tokens=2,
+                        out_dir=None, layer_ops=True, progress=lambda *a: None)
+    assert not rep["matches_golden"]
+    assert rep["layer_mismatches"] == ["layers.2.attn KV cache (positions 0..3): value mantissas differ from golden"]
 
 
 def test_demo_layer_ops_detects_a_wrong_vector_unit(student_path, monkeypatch):

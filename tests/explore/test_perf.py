@@ -82,9 +82,10 @@ def test_context_sweep_keeps_what_fits_the_external_memory():
         decode_at_context(no_decode, "toy", 16)
 
 
-def test_a_vector_unit_config_simulates_the_norms_swiglu_and_residual_adds():
-    """With vector_unit = 1 every residual add, RMSNorm and SwiGLU of the shape is compiled and simulated too: the
-    phase gets a ``components`` split whose parts add up to it, and decode_at_context carries the part."""
+def test_a_vector_unit_config_simulates_every_layer_op():
+    """With vector_unit = 1 every residual add, RMSNorm, rotary embedding, SwiGLU and attention of the shape is
+    compiled and simulated too: the phase gets a ``components`` split whose parts add up to it, and
+    decode_at_context carries the parts, its attention simulated at the context asked for."""
     import dataclasses
 
     from bitmos.compiler.shapes import load_shape, vector_ops
@@ -103,12 +104,31 @@ def test_a_vector_unit_config_simulates_the_norms_swiglu_and_residual_adds():
     assert "components" not in plain["decode"]
     for phase in ("prefill", "decode"):
         comp = est[phase]["components"]
-        assert comp["vector_unit"]["cycles"] > 0 and comp["vector_unit"]["energy_j"] > 0
+        assert list(comp) == ["linears", "vector_unit", "attention"]
+        assert all(c["cycles"] > 0 and c["energy_j"] > 0 for c in comp.values())
         assert comp["linears"]["cycles"] == plain[phase]["cycles"]
-        assert comp["linears"]["cycles"] + comp["vector_unit"]["cycles"] == est[phase]["cycles"]
-        assert comp["linears"]["energy_j"] + comp["vector_unit"]["energy_j"] == pytest.approx(est[phase]["energy_j"])
+        assert sum(c["cycles"] for c in comp.values()) == est[phase]["cycles"]
+        assert sum(c["energy_j"] for c in comp.values()) == pytest.approx(est[phase]["energy_j"])
+    assert est["decode"]["attention_position"] == 5 + 3 // 2 and est["host_ops"] == []
     ctx = decode_at_context(est, "toy", 64)
-    assert list(ctx["components"]) == ["linears", "vector_unit", "kv_cache"]
+    assert list(ctx["components"]) == ["linears", "vector_unit", "attention"] and ctx["attention_simulated"]
     assert ctx["components"]["vector_unit"]["cycles"] == est["decode"]["components"]["vector_unit"]["cycles"] / 3
     assert ctx["cycles"] == pytest.approx(sum(c["cycles"] for c in ctx["components"].values()))
     assert decode_at_context(plain, "toy", 64)["tokens_per_s"] > ctx["tokens_per_s"]
+    # the attention's external traffic is the KV cache's: the pages of 64 positions read, the new rows written
+    longer = decode_at_context(est, "toy", 640)
+    assert longer["components"]["attention"]["cycles"] > ctx["components"]["attention"]["cycles"]
+    assert ctx["kv_bytes_per_position"] * 64 <= ctx["kv_read_bytes"] <= ctx["kv_bytes_per_position"] * 64 * 1.1
+
+
+def test_attention_beyond_what_wbuf_holds_falls_back_to_the_memory_bound():
+    import dataclasses
+
+    from bitmos.explore.perf import decode_at_context
+
+    cfg = dataclasses.replace(preset_config("asic32"), vector_unit=1, wbuf_kib=64)
+    est = estimate("toy", cfg, prefill=4, decode=2)
+    ctx = decode_at_context(est, "toy", 4096)
+    assert not ctx["attention_simulated"] and "does not fit" in ctx["attention_refused"]
+    assert list(ctx["components"]) == ["linears", "vector_unit", "kv_cache"]
+    assert ctx["kv_read_bytes"] == ctx["kv_bytes_per_position"] * 4096
