@@ -290,9 +290,9 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     """Generate text with every binarized linear on the simulated accelerator; check it against golden.
 
     ``layer_ops``: the decoder layer in integers (``GoldenLayerModel``) with its residual adds, RMSNorms, rotary
-    embeddings and SwiGLU gate products (BitNet: its per-linear LayerNorms instead of the SwiGLU) also on the chip,
-    on its vector unit (the config gains ``vector_unit = 1``); attention stays on the host, and the run is checked
-    against the whole-layer integer golden model."""
+    embeddings, attention over the KV cache and SwiGLU gate products (BitNet: its per-linear LayerNorms instead of the
+    SwiGLU, its attention on the host) also on the chip, on its vector unit (the config gains ``vector_unit = 1``),
+    and the run is checked against the whole-layer integer golden model."""
     import dataclasses
 
     import torch
@@ -326,7 +326,13 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     vector_mismatches: list[str] = []
     host_ops: list[str] = []
     if layer_ops:
+        from bitmos.compiler.attention import compile_attention, kv_positions
         from bitmos.model.golden_layer import GoldenLayerModel
+        mc = model.config   # a cache too long for WBUF is refused before any generation runs
+        if mc.scheme != "bitnet":
+            compile_attention(cfg, 1, len(ids) + tokens - 1, n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads,
+                              head_dim=mc.head_dim, kv_max=kv_positions(cfg, len(ids) + tokens), xfrac=0,
+                              timing_only=True)
         # 1. the whole-layer integer golden model, on the host
         golden_ids = _generate_layer(GoldenLayerModel(export, cfg), ids, tokens)
         # 2. the same with the linears and the vector unit's operations on the simulated accelerator

@@ -59,7 +59,7 @@ class Reg(enum.IntEnum):
     HDIM = 12    # rope, kvpack, attn: the head dimension (even; half of it a multiple of cols, so rotated pairs share a lane)
     QPOS = 13    # kvpack, attn: the position of the block's first token in the sequence
     KVMAX = 14   # kvpack, attn: positions a kv head's cache region holds (a multiple of WBUF's line bytes)
-    KVW = 15     # kvpack, attn: WBUF line of the kv head's cache region (formats.kv_region_layout)
+    KVW = 15     # kvpack, attn: WBUF line of the kv head's cache region (formats.kv_offsets)
     HGRP = 16    # attn: query heads per kv head (grouped-query attention; 1 = multi-head)
     SCR = 17     # attn: OBUF line of its score scratch (ceil((QPOS + ntok) / cols) lines)
 

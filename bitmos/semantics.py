@@ -625,12 +625,11 @@ def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value],
     (load/store/wait/halt stalls come from the DMA timeline, see :class:`Timeline`)."""
     if op not in COMPUTE_OPS:
         return 1
-    hd = regs[Reg.HDIM]
     if op is Op.ATTN:        # ntok x HGRP rows, each over the block's QPOS + ntok positions
-        return (1 + f["ntok"] * regs[Reg.HGRP] * attn_row_cycles(cfg, hd, regs[Reg.QPOS] + f["ntok"])
+        return (1 + f["ntok"] * regs[Reg.HGRP] * attn_row_cycles(cfg, regs[Reg.HDIM], regs[Reg.QPOS] + f["ntok"])
                 + ATTN_PIPELINE)
     if op is Op.KVPACK:      # per token: its head's HL lines read twice around the block exponent
-        return 1 + f["ntok"] * (2 * (hd // cfg.cols) + KVPACK_FIXED) + KVPACK_PIPELINE
+        return 1 + f["ntok"] * (2 * (regs[Reg.HDIM] // cfg.cols) + KVPACK_FIXED) + KVPACK_PIPELINE
     per_item, tail = item_cycles(op, regs[Reg.K], f["mode"], cfg, ops, w_bits=regs[Reg.WBITS])
     return 1 + compute_items(op, f) * per_item + tail
 

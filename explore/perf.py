@@ -193,7 +193,8 @@ def _phases(cfg: AcceleratorConfig, walk: list[tuple[str, int, int, int]], prefi
             s["components"] = {}
             for part, (rs, _) in parts.items():
                 ps = summarize(rs, table, tokens=tokens * steps, repeat=steps)
-                s["components"][part] = {"cycles": ps["cycles"], "energy_j": ps["energy_j"]}
+                s["components"][part] = {"cycles": ps["cycles"], "energy_j": ps["energy_j"],
+                                         "ext_bytes": ps["ext_bytes_read"] + ps["ext_bytes_written"]}
         out[phase] = s
     return out
 
@@ -382,29 +383,30 @@ CONTEXT_SWEEP = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
 def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, context: int) -> dict[str, Any]:
-    """One decode token of :func:`estimate`'s ``est`` at a context of ``context`` tokens, as two components.
+    """One decode token of :func:`estimate`'s ``est`` at a context of ``context`` tokens, by component.
 
     * ``linears``: the estimate's simulated decode step (every binarized linear, its weights, scales and
       activations), per token.
-    * ``kv_cache``: the token reads the K and V of its whole context (``context`` positions, its own included)
-      and writes its own, ``compiler.shapes.kv_cache_bytes`` per position (the format of bitmos/formats.py:
-      int8 mantissas plus one exponent per kv head). The whole-layer chip's attention instructions are not in
-      the contract yet, so this traffic is counted at the memory bound: its bytes at the full external
-      bandwidth (cycles) and at the table's DRAM energy per bit plus the leakage of those cycles. It assumes an
-      attention unit that keeps pace with the stream: the scores and the weighted sum are 2 x context x
-      n_heads x head_dim multiply-adds per layer for 2 x context x n_kv_heads x (head_dim + 1) bytes, so
-      n_heads / n_kv_heads multiply-adds per byte read (LLaMA-2-7B: 1 per byte, 128 per cycle at 128 GB/s and
-      1 GHz), and no energy of its own beyond leakage.
+    * ``vector_unit`` (a config with ``vector_unit = 1``): the step's simulated residual adds, RMSNorms, rotary
+      embeddings and SwiGLU gate products.
+    * ``attention`` (where the estimate runs attention on the chip, :func:`attention_on_chip`): every layer's
+      attention of one token at position ``context`` - 1, simulated (``bitmos.compiler.attention``: the KV cache's
+      pages loaded kv head by kv head, the new rows packed and stored, the attention unit's passes), against a
+      cache of ``context`` positions. A kv head's cache is staged whole in WBUF; where it does not fit, the
+      refusal is kept in ``attention_refused`` and the next item stands in.
+    * ``kv_cache`` (attention on the host, or refused above): the token reads the K and V of its whole context and
+      writes its own, ``compiler.shapes.kv_cache_bytes`` per position (int8 mantissas plus one exponent per kv
+      head), counted at the memory bound: its bytes at the full external bandwidth (cycles) and at the table's
+      DRAM energy per bit plus the leakage of those cycles; the attention arithmetic is not counted.
 
-    * ``vector_unit`` (a config with ``vector_unit = 1``): the estimate's simulated residual adds, RMSNorms, rotary
-      embeddings and SwiGLU gate products of the step (``linears`` is then the linears alone).
-
-    Not counted (host work today): the attention arithmetic beyond its stream (above), and without the vector
-    unit the norms, rotary embedding, SiLU and residual adds; the embedding lookup and the LM head. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
-    ``kv_write_bytes``, ``components`` ({name: {cycles, energy_j}}), ``cycles``, ``tokens_per_s``,
-    ``energy_per_token_j``, ``bound_tokens_per_s`` (bandwidth / (weight bytes + KV bytes per token)),
-    ``ext_bytes`` (the external memory the weights and the KV cache occupy). Raises ConfigError if
-    ``context`` < 1, the estimate has no decode, or weights and KV cache do not fit the external memory.
+    Not counted: the embedding lookup and the LM head (the host's), and without the vector unit the norms, rotary
+    embedding, SiLU and residual adds. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
+    ``kv_write_bytes`` (the cache's, as the programs move it or at the bound), ``components`` ({name: {cycles,
+    energy_j, ext_bytes}}), ``cycles``, ``tokens_per_s``, ``energy_per_token_j``, ``ext_bytes_per_token``,
+    ``bound_tokens_per_s`` (bandwidth / (weight bytes + KV bytes per token)), ``attention_simulated``,
+    ``attention_refused``, ``ext_bytes`` (the external memory the weights and the KV cache occupy). Raises
+    ConfigError if ``context`` < 1, the estimate has no decode, or weights and KV cache do not fit the external
+    memory.
     """
     from bitmos.compiler.shapes import kv_cache_bytes
     from bitmos.sim.energy import EnergyTable, dram_pj, leakage_pj
@@ -426,8 +428,9 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
     dec = est["decode"]
     host = est.get("host_ops", [])
     read, write = per_position * context, per_position
-    parts = dec.get("components") or {"linears": {"cycles": dec["cycles"], "energy_j": dec["energy_j"]}}
-    components = {name: {"cycles": p["cycles"] / dec["tokens"], "energy_j": p["energy_j"] / dec["tokens"]}
+    parts = dec.get("components") or {"linears": {"cycles": dec["cycles"], "energy_j": dec["energy_j"],
+                                                  "ext_bytes": dec["ext_bytes_read"] + dec["ext_bytes_written"]}}
+    components = {name: {k: p[k] / dec["tokens"] for k in ("cycles", "energy_j", "ext_bytes")}
                   for name, p in parts.items() if name != "attention"}
     simulated, why = "attention" in parts, None
     if simulated:   # the attention of one decode token at this context, simulated on every layer
@@ -440,17 +443,19 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
             simulated, why = False, str(exc)
         else:
             att = summarize(runs * n_layers(shape), table, tokens=1)
-            components["attention"] = {"cycles": att["cycles"], "energy_j": att["energy_j"]}
+            components["attention"] = {"cycles": att["cycles"], "energy_j": att["energy_j"],
+                                       "ext_bytes": att["ext_bytes_read"] + att["ext_bytes_written"]}
             read, write = kv["read"] * n_layers(shape), kv["written"] * n_layers(shape)
     if not simulated:   # the KV cache's bytes at the memory bound (attention's arithmetic on the host)
         kv_cycles = -(-(read + write) * 8 // cfg.ext_bw_bits)
         kv_pj = dram_pj(read * 8, write * 8, table) + leakage_pj(kv_cycles, cfg, table)
-        components["kv_cache"] = {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12}
+        components["kv_cache"] = {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12, "ext_bytes": read + write}
     cycles = sum(c["cycles"] for c in components.values())
     hz = cfg.clock_mhz * 1e6
     return {"context": context, "kv_bytes_per_position": per_position, "kv_read_bytes": read,
             "kv_write_bytes": write, "components": components, "cycles": cycles, "tokens_per_s": hz / cycles,
             "energy_per_token_j": sum(c["energy_j"] for c in components.values()),
+            "ext_bytes_per_token": sum(c["ext_bytes"] for c in components.values()),
             "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + per_position * context),
             "ext_bytes": held, "attention_simulated": simulated, "attention_refused": why,
             "not_counted": [op for op in host if op != "attention"]}

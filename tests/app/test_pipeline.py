@@ -166,6 +166,15 @@ def test_demo_layer_ops_detects_a_wrong_vector_unit(student_path, monkeypatch):
     assert len(rep["layer_mismatches"]) == 1 and "1 of" in rep["layer_mismatches"][0]
 
 
+def test_demo_layer_ops_refuses_a_kv_cache_beyond_wbuf_up_front(student_path, capsys):
+    """13 prompt tokens + 240 new: a kv head's cache of 256 positions (1,056 lines) is more than small's WBUF holds;
+    the demo says so in one line before it generates anything."""
+    assert main(["demo", "--checkpoint", str(student_path), "--layer-ops", "--tokens", "240", "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert "cache of 256 positions (1056 lines) does not fit config 'small+vector''s WBUF (1024 lines)" in err
+    assert "Traceback" not in err
+
+
 def test_demo_cli_errors(student_path, capsys):
     assert main(["demo", "--checkpoint", str(student_path), "--tokens", "0", "--out", ""]) == 2
     assert "--tokens: must be at least 1, got 0" in capsys.readouterr().err

@@ -51,7 +51,10 @@ def test_decode_at_context_adds_the_kv_cache_traffic_at_the_bandwidth():
         assert kv["cycles"] == -(-per * (context + 1) * 8 // cfg.ext_bw_bits)
         dram = per * 8 * (context * table["dram.read_pj_per_bit"] + table["dram.write_pj_per_bit"])
         assert dram * 1e-12 < kv["energy_j"] < dram * 1.01e-12       # the DRAM bits plus those cycles' leakage
-        assert c["components"]["linears"] == {"cycles": lin_cycles, "energy_j": est["decode"]["energy_per_token_j"]}
+        ext = (est["decode"]["ext_bytes_read"] + est["decode"]["ext_bytes_written"]) / 3
+        assert c["components"]["linears"] == {"cycles": lin_cycles, "energy_j": est["decode"]["energy_per_token_j"],
+                                              "ext_bytes": ext}
+        assert c["ext_bytes_per_token"] == ext + per * (context + 1)
         assert c["cycles"] == lin_cycles + kv["cycles"]
         assert c["tokens_per_s"] == pytest.approx(hz / c["cycles"])
         weight_bytes = est["model"]["weight_bits"] / 8

@@ -226,8 +226,8 @@ def test_refusals():
 
 
 def test_vector_fn_sees_every_vector_operation_and_its_differences_are_recorded():
-    """``vector_fn`` (where bitmos demo --layer-ops puts the simulated chip): called for every residual add, RMSNorm
-    and SwiGLU of every layer with the golden operands; a result that differs from the twin's is recorded and used."""
+    """``vector_fn`` (where bitmos demo --layer-ops puts the simulated chip): called for every residual add, RMSNorm,
+    rotary embedding, attention and SwiGLU of every layer with the golden operands; a result that differs from the twin's is recorded and used."""
     model = _model(scheme="sign", act_bits=8)
     golden = GoldenLayerModel.from_model(model)
     idx = torch.randint(0, 64, (1, 5))
@@ -244,6 +244,12 @@ def test_vector_fn_sees_every_vector_operation_and_its_differences_are_recorded(
             x = operands[0]
             return rope_rotate(x.view(x.shape[0], -1, params["head_dim"]), params["cos"], params["sin"]).reshape(
                 x.shape[0], -1)
+        if op == "attn":       # the golden attention from the cache it hands over (the block's rows included)
+            q = operands[0]
+            T = q.shape[0]
+            qm, eq = block_quantize(q.view(T, params["n_heads"], params["head_dim"]))
+            o = attention(qm, eq, *params["cache"], params["pos0"] + torch.arange(T), golden.frac)
+            return requantize(o.reshape(T, -1), golden.frac, params["xfrac"])
         return rms_norm(operands[0], params["gains"], params["gexp"], params["eps_q"], params["xfrac"])
     golden.vector_fn = same
     assert torch.equal(golden.final_norm_output(idx), want) and not golden.vector_mismatches
@@ -252,6 +258,7 @@ def test_vector_fn_sees_every_vector_operation_and_its_differences_are_recorded(
     assert sum(op == "resadd" for op, _ in ops) == 2 * n and sum(op == "silu" for op, _ in ops) == n
     assert ("rope", "layers.0.attn.q_rope") in ops and sum(op == "rope" for op, _ in ops) == 2 * n
     assert ("rmsnorm", "norm") in ops and ("rmsnorm", "layers.0.attn_norm") in ops
+    assert ("attn", "layers.0.attn") in ops and sum(op == "attn" for op, _ in ops) == n
     assert all(shape[0] == 5 for *_, shape in calls)
 
     def off_by_one(op, *a, **kw):

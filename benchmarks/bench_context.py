@@ -1,0 +1,67 @@
+"""Whole-token decode over context on the whole-layer chip, beside the memory bound (issue 18's evidence).
+
+For LLaMA-2-7B (sign weights) and a BitNet-b1.58-2B-shaped model (ternary weights, grouped-query attention: 20
+query heads over 5 kv heads) on ``asic32`` with the vector unit, one decode token at contexts 128, 2k, 8k and 32k:
+every binarized linear, norm, rotary embedding, SwiGLU, residual add and the attention over the KV cache simulated
+(timing-only mode of the compiled programs; ``bitmos estimate --context``'s figures). Printed per context: tokens/s,
+the memory bound (external bandwidth / (weight bytes + KV-cache bytes a token reads)) and the ratio, mJ/token,
+external bytes per token, and whether the attention ran on the simulated chip or, its cache beyond what WBUF holds,
+stands in at the memory bound.
+
+    python benchmarks/bench_context.py [--contexts 128,2048,8192,32768] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+from bitmos.config import preset_config
+from bitmos.explore.perf import decode_at_context, estimate
+
+MODELS = (("llama-2-7b", "mos"), ("bitnet-b1.58-2b", "ternary"))
+
+
+def measure(contexts: list[int]) -> list[dict]:
+    cfg = dataclasses.replace(preset_config("asic32"), name="asic32+vector", vector_unit=1)
+    rows = []
+    for model, scheme in MODELS:
+        t0 = time.perf_counter()
+        est = estimate(model, cfg, prefill=0, decode=1, scheme=scheme)
+        for c in contexts:
+            at = decode_at_context(est, model, c)
+            rows.append({"model": model, "scheme": scheme, "context": c, "tokens_per_s": at["tokens_per_s"],
+                         "bound_tokens_per_s": at["bound_tokens_per_s"],
+                         "ratio": at["tokens_per_s"] / at["bound_tokens_per_s"],
+                         "mj_per_token": at["energy_per_token_j"] * 1e3,
+                         "ext_mb_per_token": at["ext_bytes_per_token"] / 1e6,
+                         "kv_mb_read": at["kv_read_bytes"] / 1e6,
+                         "cycles": {k: v["cycles"] for k, v in at["components"].items()},
+                         "attention": "simulated" if at["attention_simulated"] else "memory bound (WBUF too small)",
+                         "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--contexts", default="128,2048,8192,32768")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rows = measure([int(c) for c in args.contexts.split(",")])
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print("| model | context | tokens/s | bound | ratio | mJ/token | ext MB/token (KV read) | attention |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} ({r['scheme']}) | {r['context']:,} | {r['tokens_per_s']:.1f} | "
+              f"{r['bound_tokens_per_s']:.1f} | {r['ratio']:.3f} | {r['mj_per_token']:.1f} | "
+              f"{r['ext_mb_per_token']:,.0f} ({r['kv_mb_read']:,.0f}) | {r['attention']} |")
+    print("\nbound = ext_bw_bits x clock / 8 / (weight bytes + KV-cache bytes per token); config asic32 + vector "
+          "unit (1024 bit/cycle at 1 GHz = 128 GB/s, HBM2 energy table)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""benchmarks/bench_context.py: decode over context with attention simulated, its bound derived here."""
+
+from .bench_helpers import load_benchmark
+
+
+def test_rows_are_below_their_bound_and_attention_is_simulated_where_it_fits(capsys):
+    bench = load_benchmark("bench_context")
+    rows = bench.measure([128, 32768])
+    by = {(r["model"], r["context"]): r for r in rows}
+    llama = by[("llama-2-7b", 128)]
+    # LLaMA-2-7B at asic32's 128 GB/s: weights 6.48 G x 1 bit; the KV cache 32 layers x 2 x 32 heads x 129 bytes
+    weights = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    kv = 32 * 2 * 32 * 129 * 128
+    assert abs(llama["bound_tokens_per_s"] - 128e9 / (weights / 8 + kv)) < 1e-6 * llama["bound_tokens_per_s"]
+    assert llama["attention"] == "simulated" and 0.5 < llama["ratio"] < 1
+    assert set(llama["cycles"]) == {"linears", "vector_unit", "attention"}
+    # 32k positions of a 128-wide head: 8.4 MB of cache per kv head, beyond asic32's 4 MiB WBUF
+    assert by[("llama-2-7b", 32768)]["attention"].startswith("memory bound")
+    assert by[("bitnet-b1.58-2b", 128)]["attention"] == "simulated"
+    assert all(r["tokens_per_s"] < r["bound_tokens_per_s"] for r in rows)
