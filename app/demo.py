@@ -331,8 +331,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         mc = model.config   # a cache too long for WBUF is refused before any generation runs
         if mc.scheme != "bitnet":
             compile_attention(cfg, 1, len(ids) + tokens - 1, n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads,
-                              head_dim=mc.head_dim, kv_max=kv_positions(cfg, len(ids) + tokens), xfrac=0,
-                              timing_only=True)
+                              head_dim=mc.head_dim, kv_max=kv_positions(cfg, len(ids) + tokens), xfrac=0)
         # 1. the whole-layer integer golden model, on the host
         golden_ids = _generate_layer(GoldenLayerModel(export, cfg), ids, tokens)
         # 2. the same with the linears and the vector unit's operations on the simulated accelerator

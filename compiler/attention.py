@@ -40,14 +40,9 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def kv_granule(cfg: AcceleratorConfig) -> int:
-    """The positions a kv head's region grows by: one page (``semantics.kv_page``, register KVMAX's legality)."""
-    return kv_page(cfg)
-
-
 def kv_positions(cfg: AcceleratorConfig, positions: int) -> int:
-    """``positions`` rounded up to a whole number of :func:`kv_granule` (a region that holds them)."""
-    g = kv_granule(cfg)
+    """``positions`` rounded up to a whole number of pages (``semantics.kv_page``): a region that holds them."""
+    g = kv_page(cfg)
     return -(-positions // g) * g
 
 
@@ -72,8 +67,7 @@ class CompiledAttention:
     double_buffered: bool
     regions: dict[str, int]          # "q", "k", "v" (operands), "result" -> byte address
     programs: list[Program] = field(default_factory=list)
-    memory: bytearray = field(default_factory=bytearray)   # the operand image (zeros until written)
-    params: dict[str, int] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)   # the registers every program sets first
     kv_bytes: dict[str, int] = field(default_factory=lambda: {"read": 0, "written": 0})   # the cache's, all programs
 
     @property
@@ -98,8 +92,7 @@ class CompiledAttention:
         return self.kv_base + h * self.region_bytes
 
 
-def _fits(cfg: AcceleratorConfig, K_q: int, K_kv: int, block: int, stride: int, kv_max: int,
-          head_dim: int) -> tuple[str, str] | None:
+def _fits(cfg: AcceleratorConfig, K_q: int, K_kv: int, block: int, stride: int, kv_max: int) -> tuple[str, str] | None:
     """None if a block fits the buffers, else (what is too small, its config field)."""
     need_o = olines(cfg, K_q) * stride + 2 * olines(cfg, K_kv) * stride + score_lines(cfg, kv_max)
     if need_o > cfg.depth("O"):
@@ -110,12 +103,13 @@ def _fits(cfg: AcceleratorConfig, K_q: int, K_kv: int, block: int, stride: int, 
 
 
 def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads: int, n_kv_heads: int,
-                      head_dim: int, kv_max: int, xfrac: int, kv_base: int = 0, base: int | None = None,
-                      timing_only: bool = False) -> CompiledAttention:
+                      head_dim: int, kv_max: int, xfrac: int, kv_base: int = 0,
+                      base: int | None = None) -> CompiledAttention:
     """Programs for ``tokens`` new tokens at positions ``pos0``.. of one layer (queries of ``n_heads`` heads, keys
     and values of ``n_kv_heads``, ``head_dim`` each) against its cache of ``kv_max`` positions a kv head at
     ``kv_base``; ``xfrac``: fraction bits of the int16 output (o_proj's x_frac). Operand and result regions start
-    at ``base`` (default: after the layer's cache). ``timing_only``: no memory image.
+    at ``base`` (default: after the layer's cache). The programs never depend on data: the same serve the
+    simulator's timing-only mode.
 
     Raises UnsupportedError (no vector unit, a shape the unit cannot take, or a cache that does not fit)."""
     if not cfg.vector_unit:
@@ -129,7 +123,7 @@ def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads
     if n_kv_heads < 1 or n_heads % n_kv_heads or n_heads // n_kv_heads > REG_RANGE[Reg.HGRP][1]:
         raise UnsupportedError(f"attention: {n_heads} query heads over {n_kv_heads} kv heads (need a whole group of "
                                f"at most {REG_RANGE[Reg.HGRP][1]} query heads a kv head)")
-    g = kv_granule(cfg)
+    g = kv_page(cfg)
     if kv_max % g or kv_max < pos0 + tokens or kv_max > REG_RANGE[Reg.KVMAX][1]:
         raise UnsupportedError(f"attention: a cache of kv_max = {kv_max} positions must hold positions up to "
                                f"{pos0 + tokens}, be a multiple of {g} (a WBUF line's bytes) and at most "
@@ -142,25 +136,20 @@ def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads
         raise UnsupportedError(f"attention: one kv head's cache of {kv_max} positions ({rl} lines) does not fit "
                                f"config {cfg.name!r}'s WBUF ({cfg.depth('W')} lines)", field="wbuf_kib")
     block = min(cfg.rows, tokens)
-    mode, why = "token", _fits(cfg, K_q, K_kv, block, cfg.rows, kv_max, head_dim)
+    mode, why = "token", _fits(cfg, K_q, K_kv, block, cfg.rows, kv_max)
     if why is not None:
         mode, block = "plane", 1
-        why = _fits(cfg, K_q, K_kv, 1, 1, kv_max, head_dim)
+        why = _fits(cfg, K_q, K_kv, 1, 1, kv_max)
     if why is not None:
         raise UnsupportedError(f"attention of one token does not fit config {cfg.name!r}: {why[0]}", field=why[1])
     params = {"K": K_q, "HDIM": head_dim, "HGRP": n_heads // n_kv_heads, "KVMAX": kv_max, "XFRAC": xfrac}
     ca = CompiledAttention(cfg, tokens, pos0, n_heads, n_kv_heads, head_dim, kv_max, kv_base, mode, block,
                            2 * rl <= cfg.depth("W"), {}, params=params)
     at = _align(kv_base + n_kv_heads * ca.region_bytes if base is None else base)
-    start = at
     for name in ("q", "k", "v"):
         ca.regions[name] = at
         at = _align(at + len(ca.blocks()) * ca.block_bytes(name))
-    xl, xb = cfg.xlines(K_q), cfg.line_bits("X") // 8
     ca.regions["result"] = at
-    at = _align(at + tokens * xl * xb)
-    ca.memory = bytearray(0 if timing_only else at - start)
-    ca.params["base"] = start
     for i, blk in enumerate(ca.blocks()):
         ca.programs.append(_block_program(ca, i, blk))
     return ca
@@ -212,8 +201,7 @@ def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
     o_v = o_k + olines(cfg, ca.features("k")) * stride
     scr = o_v + olines(cfg, ca.features("v")) * stride
     for reg, value in ca.params.items():
-        if reg != "base":
-            emit(setr(Reg[reg], value))
+        emit(setr(Reg[reg], value))
     emit(setr(Reg.SCR, scr))
     emit(setr(Reg.QPOS, old))
     for name, o in (("q", o_q), ("k", o_k), ("v", o_v)):
@@ -335,4 +323,4 @@ def reference_attention(q, k, v, cache: tuple | None, pos0: int, *, n_heads: int
 
 
 __all__ = ["CompiledAttention", "compile_attention", "write_attention_operands", "read_attention_result",
-           "read_kv_cache", "reference_attention", "kv_granule", "kv_positions", "kv_region_bytes"]
+           "read_kv_cache", "reference_attention", "kv_positions", "kv_region_bytes"]

@@ -108,7 +108,7 @@ def simulate_attention(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: in
 
     _, nh, kvh, hd = attention_dims(shape)
     ca = compile_attention(cfg, tokens, pos0, n_heads=nh, n_kv_heads=kvh, head_dim=hd,
-                           kv_max=kv_positions(cfg, positions), xfrac=cfg.x_frac_bits, timing_only=True)
+                           kv_max=kv_positions(cfg, positions), xfrac=cfg.x_frac_bits)
     return _timing_runs(Simulator(cfg), ca.programs, f"attention of {tokens} token(s) at position {pos0}"), ca.kv_bytes
 
 

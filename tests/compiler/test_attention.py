@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from bitmos import formats as F
-from bitmos.compiler.attention import (compile_attention, kv_granule, kv_positions, read_attention_result,
+from bitmos.compiler.attention import (compile_attention, kv_positions, read_attention_result,
                                        read_kv_cache, reference_attention, write_attention_operands)
 from bitmos.config import preset_config
 from bitmos.errors import UnsupportedError
+from bitmos.semantics import kv_page
 from bitmos.sim import Simulator
 
 from tests.reference_machine import ReferenceMachine
@@ -69,7 +70,7 @@ def test_prefill_then_decode_matches_formats_and_the_naive_machine(preset, H, Hk
 def test_saturating_and_zero_values_and_the_longest_context():
     cfg = vec("small")
     H, Hkv, hd = 2, 1, 8
-    kv_max = kv_granule(cfg)                    # 16 positions: the last block ends at the region's end
+    kv_max = kv_page(cfg)                       # 16 positions: the last block ends at the region's end
 
     def special(pos, q, k, v):
         q[0, :hd] = (1 << 31) - 1                # the largest query: exponent 24, scores saturate
