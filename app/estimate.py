@@ -56,6 +56,10 @@ def _fmt_context(c: dict[str, Any]) -> str:
               f"decode: {c['tokens_per_s']:,.1f} tokens/s, {total_e * 1e3:.4g} mJ/token; memory bound "
               f"(bandwidth / (weight bytes + KV bytes)): {c['bound_tokens_per_s']:,.1f} tokens/s "
               f"({c['tokens_per_s'] / c['bound_tokens_per_s']:.3f} of it)",
+              *([f"host, per token (not in the figures above): the LM head, {c['host']['vocab_size']:,} x "
+                 f"{c['host']['lm_head_macs'] // c['host']['vocab_size']:,} float16 weights ("
+                 f"{c['host']['lm_head_bytes'] / 1e6:,.0f} MB) and {c['host']['lm_head_macs'] / 1e6:,.0f} M "
+                 "multiply-adds"] if c.get("host") else []),
               "not counted (host work today): "
               + (", ".join(c.get("not_counted", []) + ([] if c.get("attention_simulated") else
                                                         ["the attention arithmetic beyond its stream"])

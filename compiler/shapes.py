@@ -20,15 +20,20 @@ from bitmos.errors import ConfigError, FormatError, UnsupportedError
 #: :func:`llama_linears` reads them). The one table ``bitmos estimate``, ``bitmos sweep`` and the
 #: benchmarks name models from.
 MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "llama-2-7b": {"dim": 4096, "hidden_dim": 11008, "n_layers": 32, "n_heads": 32},
-    "llama-2-13b": {"dim": 5120, "hidden_dim": 13824, "n_layers": 40, "n_heads": 40},
-    "tinyllama-1.1b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 22, "n_heads": 32, "n_kv_heads": 4},
-    "fbi-llm-130m": {"dim": 768, "hidden_dim": 2048, "n_layers": 12, "n_heads": 12},
-    "fbi-llm-1.3b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 24, "n_heads": 32},
+    # vocab_size (the host's LM head): LLaMA 2's tokenizer (Touvron et al., arXiv 2307.09288), which TinyLlama and
+    # FBI-LLM (Ma et al., arXiv 2407.07093) reuse
+    "llama-2-7b": {"dim": 4096, "hidden_dim": 11008, "n_layers": 32, "n_heads": 32, "vocab_size": 32000},
+    "llama-2-13b": {"dim": 5120, "hidden_dim": 13824, "n_layers": 40, "n_heads": 40, "vocab_size": 32000},
+    "tinyllama-1.1b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 22, "n_heads": 32, "n_kv_heads": 4,
+                       "vocab_size": 32000},
+    "fbi-llm-130m": {"dim": 768, "hidden_dim": 2048, "n_layers": 12, "n_heads": 12, "vocab_size": 32000},
+    "fbi-llm-1.3b": {"dim": 2048, "hidden_dim": 5632, "n_layers": 24, "n_heads": 32, "vocab_size": 32000},
     "toy": {"dim": 256, "hidden_dim": 688, "n_layers": 2, "n_heads": 4},
     # BitNet b1.58 2B4T (Ma et al., arXiv 2504.12285, the released ternary model): its seven linears per layer
-    # (its FFN activation is a squared ReLU, not SiLU; the linears' shapes are what the chip sees)
-    "bitnet-b1.58-2b": {"dim": 2560, "hidden_dim": 6912, "n_layers": 30, "n_heads": 20, "n_kv_heads": 5},
+    # (its FFN activation is a squared ReLU, not SiLU; the linears' shapes are what the chip sees); LLaMA 3's
+    # tokenizer of 128,256 tokens
+    "bitnet-b1.58-2b": {"dim": 2560, "hidden_dim": 6912, "n_layers": 30, "n_heads": 20, "n_kv_heads": 5,
+                        "vocab_size": 128256},
     # BitNet b1.58 3B (Ma et al., arXiv 2402.17764; the reproduction 1bitLLM/bitnet_b1_58-3B, its config.json:
     # hidden 3200, intermediate 8640, 26 layers, 32 heads): the 3B ternary LLaMA that 3B 1.58-bit chips cite
     "bitnet-b1.58-3b": {"dim": 3200, "hidden_dim": 8640, "n_layers": 26, "n_heads": 32},
@@ -185,6 +190,13 @@ def head_dim(shape: dict[str, Any]) -> int:
     return _dims(shape)[5]
 
 
+def lm_head_shape(shape: dict[str, Any]) -> tuple[int, int] | None:
+    """(vocabulary, dim) of the shape's LM head, if the shape names its vocabulary (``vocab_size``)."""
+    if shape.get("vocab_size") is None:
+        return None
+    return _positive(shape, "vocab_size", "model"), _dims(shape)[0]
+
+
 def attention_dims(shape: dict[str, Any]) -> tuple[int, int, int, int]:
     """(n_layers, n_heads, n_kv_heads, head_dim) of a shape."""
     _, _, nl, nh, kvh, hd = _dims(shape)
@@ -200,4 +212,4 @@ def kv_cache_bytes(shape: dict[str, Any]) -> int:
 
 __all__ = ["MODEL_SHAPES", "llama_linears", "vector_ops", "head_dim",
            "load_shape", "is_shape_source", "layer_shape", "n_layers",
-           "kv_cache_bytes", "attention_dims"]
+           "kv_cache_bytes", "attention_dims", "lm_head_shape"]

@@ -399,8 +399,9 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
       head), counted at the memory bound: its bytes at the full external bandwidth (cycles) and at the table's
       DRAM energy per bit plus the leakage of those cycles; the attention arithmetic is not counted.
 
-    Not counted: the embedding lookup and the LM head (the host's), and without the vector unit the norms, rotary
-    embedding, SiLU and residual adds. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
+    Not counted: the embedding lookup and the LM head (the host's; ``host``, where the shape names its vocabulary:
+    the LM head's float16 weight bytes and multiply-adds per token, beside the chip's figures), and without the
+    vector unit the norms, rotary embedding, SiLU and residual adds. Keys: ``context``, ``kv_bytes_per_position``, ``kv_read_bytes``,
     ``kv_write_bytes`` (the cache's, as the programs move it or at the bound), ``components`` ({name: {cycles,
     energy_j, ext_bytes}}), ``cycles``, ``tokens_per_s``, ``energy_per_token_j``, ``ext_bytes_per_token``,
     ``bound_tokens_per_s`` (bandwidth / (weight bytes + KV bytes per token)), ``attention_simulated``,
@@ -452,7 +453,11 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
         components["kv_cache"] = {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12, "ext_bytes": read + write}
     cycles = sum(c["cycles"] for c in components.values())
     hz = cfg.clock_mhz * 1e6
-    return {"context": context, "kv_bytes_per_position": per_position, "kv_read_bytes": read,
+    from bitmos.compiler.shapes import lm_head_shape
+    head = lm_head_shape(shape)
+    host_work = None if head is None else {"vocab_size": head[0], "lm_head_bytes": 2 * head[0] * head[1],
+                                           "lm_head_macs": head[0] * head[1]}
+    return {"context": context, "kv_bytes_per_position": per_position, "kv_read_bytes": read, "host": host_work,
             "kv_write_bytes": write, "components": components, "cycles": cycles, "tokens_per_s": hz / cycles,
             "energy_per_token_j": sum(c["energy_j"] for c in components.values()),
             "ext_bytes_per_token": sum(c["ext_bytes"] for c in components.values()),

@@ -135,3 +135,12 @@ def test_attention_beyond_what_wbuf_holds_falls_back_to_the_memory_bound():
     assert not ctx["attention_simulated"] and "does not fit" in ctx["attention_refused"]
     assert list(ctx["components"]) == ["linears", "vector_unit", "kv_cache"]
     assert ctx["kv_read_bytes"] == ctx["kv_bytes_per_position"] * 4096
+
+
+def test_the_host_lm_head_is_reported_where_the_shape_names_its_vocabulary():
+    from bitmos.explore.perf import decode_at_context
+
+    cfg = preset_config("asic32")
+    c = decode_at_context(estimate("tinyllama-1.1b", cfg, prefill=0, decode=1), "tinyllama-1.1b", 128)
+    assert c["host"] == {"vocab_size": 32000, "lm_head_bytes": 2 * 32000 * 2048, "lm_head_macs": 32000 * 2048}
+    assert decode_at_context(_toy_decode(), "toy", 128)["host"] is None      # a synthetic shape names none
