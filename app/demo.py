@@ -94,8 +94,9 @@ class SimulatedVectorUnit:
     per (operation name, token count); the runs go into the accelerator's run list (the phases and the reports
     see linears and vector operations in order)."""
 
-    def __init__(self, accel: SimulatedAccelerator, positions: int, n_layers: int):
+    def __init__(self, accel: SimulatedAccelerator, positions: int, n_layers: int, on_host: tuple[str, ...] = ()):
         self.accel = accel
+        self.on_host = on_host              # operations left to the host (the golden model's twin serves them)
         self.cfg = accel.cfg
         self._compiled: dict[tuple, Any] = {}
         self.positions = positions          # the longest sequence the KV cache must hold
@@ -136,6 +137,8 @@ class SimulatedVectorUnit:
 
         from bitmos.compiler.vector import compile_vector, read_vector_result, write_rope_table, write_vector_operands
 
+        if op in self.on_host:
+            return None
         if op == "attn":
             return self.attention(name, *operands, xfrac=xfrac, head_dim=head_dim, **attention)
         T, K = operands[0].shape
@@ -328,20 +331,25 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     if layer_ops:
         from bitmos.compiler.attention import compile_attention, kv_positions
         from bitmos.model.golden_layer import GoldenLayerModel
-        mc = model.config   # a cache too long for WBUF is refused before any generation runs
-        if mc.scheme != "bitnet":
+        from bitmos.semantics import rope_unaligned
+        mc = model.config
+        # a head dimension whose halves are no whole number of lanes: rotary and attention on the host
+        on_host = ("rope", "attn") if rope_unaligned(cfg, mc.head_dim) else ()
+        if mc.scheme != "bitnet" and not on_host:   # a cache too long for WBUF is refused before generating
             compile_attention(cfg, 1, len(ids) + tokens - 1, n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads,
                               head_dim=mc.head_dim, kv_max=kv_positions(cfg, len(ids) + tokens), xfrac=0)
         # 1. the whole-layer integer golden model, on the host
         golden_ids = _generate_layer(GoldenLayerModel(export, cfg), ids, tokens)
         # 2. the same with the linears and the vector unit's operations on the simulated accelerator
         chip = GoldenLayerModel(export, cfg)
-        chip.linear_fn, chip.vector_fn = accel, SimulatedVectorUnit(accel, len(ids) + tokens, chip.config.n_layers)
+        chip.linear_fn = accel
+        chip.vector_fn = SimulatedVectorUnit(accel, len(ids) + tokens, chip.config.n_layers, on_host)
         sim_ids = _generate_layer(chip, ids, tokens, on_phase=on_phase)
         vector_mismatches = chip.vector_mismatches
         # what stays on the host: BitNet's attention output and SwiGLU product feed o_proj's and down_proj's
         # LayerNorms in int32, and the attn and silu instructions write int16, so those two stay there
-        host_ops = ["attention", "SwiGLU"] if chip.ln_eps else []
+        host_ops = ((["rotary"] if on_host else []) + (["attention"] if on_host or chip.ln_eps else [])
+                    + (["SwiGLU"] if chip.ln_eps else []))
     else:
         # 1. the integer golden model, on the host
         golden = AcceleratorSide(export, cfg)
@@ -408,8 +416,9 @@ def _fmt_demo(rep: dict[str, Any]) -> str:
     from bitmos.sim.report import format_text
     ok = "MATCHES" if rep["matches_golden"] else "DOES NOT MATCH"
     host = rep.get("host_ops", [])
-    on_chip = ["residual add", "RMSNorm", "rotary"] + (["LayerNorm"] if "SwiGLU" in host else
-                                                       ["attention with its KV cache", "SwiGLU"])
+    on_chip = (["residual add", "RMSNorm"] + ([] if "rotary" in host else ["rotary"])
+               + ([] if "attention" in host else ["attention with its KV cache"])
+               + (["LayerNorm"] if "SwiGLU" in host else ["SwiGLU"]))
     what = (f"every binarized linear, {', '.join(on_chip[:-1])} and {on_chip[-1]} on the chip, compared bit for bit "
             "with the whole-layer integer golden model; " + (f"{' and '.join(host)} on the host" if host else
                                                             "the host keeps the embedding lookup and the LM head")

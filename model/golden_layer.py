@@ -199,8 +199,9 @@ class GoldenLayerModel(nn.Module):
         #: side by default; ``bitmos demo --layer-ops`` passes the simulated chip, which checks each one itself)
         self.linear_fn = self.accelerator
         #: where the vector unit's operations run (None: here, in the torch twins): ``fn(op, name, operands,
-        #: **params) -> result`` with op one of ``bitmos.compiler.vector.VECTOR_OPS``; every result
-        #: is compared with the twin's, and a difference is recorded in ``vector_mismatches``
+        #: **params) -> result`` with op one of ``bitmos.compiler.vector.VECTOR_OPS`` or ``attn``; every result
+        #: is compared with the twin's, and a difference is recorded in ``vector_mismatches``; a None result
+        #: means the operation stayed on the host (the twin's result is used)
         self.vector_fn = None
         self.vector_mismatches: list[str] = []
 
@@ -226,6 +227,8 @@ class GoldenLayerModel(nn.Module):
         if self.vector_fn is None:
             return want
         got = self.vector_fn(op, name, *operands, **params)
+        if got is None:
+            return want
         if not torch.equal(got, want):
             bad = int((got != want).sum())
             self.vector_mismatches.append(f"{name} {op} (T={want.shape[0]}): {bad} of {want.numel()} values differ "

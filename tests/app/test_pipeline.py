@@ -166,6 +166,16 @@ def test_demo_layer_ops_detects_a_wrong_vector_unit(student_path, monkeypatch):
     assert len(rep["layer_mismatches"]) == 1 and "1 of" in rep["layer_mismatches"][0]
 
 
+def test_demo_layer_ops_leaves_rotary_and_attention_to_the_host_where_heads_do_not_pair_in_lanes(student_path):
+    """asic32 has 32 lanes: the student's heads of 32 split into halves of 16, no whole number of lanes, so rotary
+    and attention run on the host (the golden twins) and the report says so; the rest still matches on the chip."""
+    rep = demo.run_demo(checkpoint=str(student_path), config="asic32", prompt="x = ", tokens=2, out_dir=None,
+                        layer_ops=True, progress=lambda *a: None)
+    assert rep["matches_golden"] and rep["host_ops"] == ["rotary", "attention"]
+    assert rep["decode"]["cycles_by_component"]["attention"] == 0
+    assert "RMSNorm and SwiGLU on the chip" in demo._fmt_demo(rep)
+
+
 def test_demo_layer_ops_refuses_a_kv_cache_beyond_wbuf_up_front(student_path, capsys):
     """13 prompt tokens + 240 new: a kv head's cache of 256 positions (1,056 lines) is more than small's WBUF holds;
     the demo says so in one line before it generates anything."""
