@@ -187,14 +187,13 @@ def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
         external memory and at WBUF w0: three transfers a page, its key rows, its value rows, and its two exponent
         lines (adjacent: the key exponents' line, then the values')."""
         for first in range(lo - lo % page, hi, page):
-            i, j = max(lo, first) - first, min(hi, first + page) - first    # positions i..j-1 of the page
-            for start, end in ((i * hd, j * hd), ((page + i) * hd, (page + j) * hd),
-                               (2 * page * hd + i, 2 * page * hd + page + j)):
+            a, b = max(lo, first) - first, min(hi, first + page) - first    # positions a..b-1 of the page
+            for start, end in ((a * hd, b * hd), ((page + a) * hd, (page + b) * hd),
+                               (2 * page * hd + a, 2 * page * hd + page + b)):
                 off = first // page * page_lines + start // wb
                 n = first // page * page_lines + -(-end // wb) - off
                 dma(kind, "W", w0 + off, n, ca.head_region(h) + off * wb)
                 ca.kv_bytes["read" if kind is Op.LOAD else "written"] += n * wb
-
 
     o_q = 0
     o_k = olines(cfg, ca.features("q")) * stride
@@ -216,11 +215,12 @@ def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
         emit(setr(Reg.KVW, w0))
         for kind, o in (("k", o_k), ("v", o_v)):
             emit(Instruction.make(Op.KVPACK, mode=ca.mode, o=o + h * hl * stride, kind=kind, ntok=ntok))
-        nxt = h + 1 < ca.n_kv_heads and old
+        nxt = h + 1 < ca.n_kv_heads and old > 0
         if nxt and ca.double_buffered:       # the next head's cache comes in while this one attends
             load_pages(h + 1, region[(h + 1) % 2], old)
         emit(Instruction.make(Op.ATTN, mode=ca.mode, q=o_q + h * G * hl * stride, x=h * G * hl, ntok=ntok))
-        lines(Op.STORE, h, w0, old, old + ntok)   # the rows this block added (no transfer reads lines in use)
+        # the rows this block added, after the attention (a transfer may not touch lines a compute uses)
+        lines(Op.STORE, h, w0, old, old + ntok)
         emit(Instruction.make(Op.WAIT))
         if nxt and not ca.double_buffered:
             load_pages(h + 1, region[0], old)
