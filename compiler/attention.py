@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bitmos import formats as F
+from bitmos.compiler.vector import token_or_plane
 from bitmos.config import AcceleratorConfig
 from bitmos.container import Program
 from bitmos.errors import UnsupportedError
@@ -135,13 +136,8 @@ def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads
     if rl > cfg.depth("W"):
         raise UnsupportedError(f"attention: one kv head's cache of {kv_max} positions ({rl} lines) does not fit "
                                f"config {cfg.name!r}'s WBUF ({cfg.depth('W')} lines)", field="wbuf_kib")
-    block = min(cfg.rows, tokens)
-    mode, why = "token", _fits(cfg, K_q, K_kv, block, cfg.rows, kv_max)
-    if why is not None:
-        mode, block = "plane", 1
-        why = _fits(cfg, K_q, K_kv, 1, 1, kv_max)
-    if why is not None:
-        raise UnsupportedError(f"attention of one token does not fit config {cfg.name!r}: {why[0]}", field=why[1])
+    mode, block = token_or_plane(cfg, tokens, lambda b, stride: _fits(cfg, K_q, K_kv, b, stride, kv_max),
+                                 "attention of one token")
     params = {"K": K_q, "HDIM": head_dim, "HGRP": n_heads // n_kv_heads, "KVMAX": kv_max, "XFRAC": xfrac}
     ca = CompiledAttention(cfg, tokens, pos0, n_heads, n_kv_heads, head_dim, kv_max, kv_base, mode, block,
                            2 * rl <= cfg.depth("W"), {}, params=params)

@@ -93,6 +93,19 @@ def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int, head
     return None
 
 
+def token_or_plane(cfg: AcceleratorConfig, tokens: int, fits, what: str) -> tuple[str, int]:
+    """(mode, tokens a program): token mode, up to R tokens a program, where such a block fits the buffers, else
+    plane mode, one token; ``fits(block, stride)`` is None or (what is too small, its config field). Raises
+    UnsupportedError naming the buffer (``what`` does not fit) when one token does not fit either."""
+    block = min(cfg.rows, tokens)
+    if fits(block, cfg.rows) is None:
+        return "token", block
+    why = fits(1, 1)
+    if why is not None:
+        raise UnsupportedError(f"{what} does not fit config {cfg.name!r}: {why[0]}", field=why[1])
+    return "plane", 1
+
+
 def _slot0_lines(cfg: AcceleratorConfig, rows: np.ndarray) -> bytes:
     """SBUF lines holding ``rows`` ([n, C*m] int16 values, C a line) in expert slot 0 (value (0, j))."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -136,14 +149,8 @@ def compile_vector(op: str, cfg: AcceleratorConfig, tokens: int, K: int, *, xfra
         if gains is None or len(gains) != K:
             raise UnsupportedError(f"rmsnorm needs K = {K} gains")
         params.update(GEXP=gexp, EPS=eps_q)
-    block = min(cfg.rows, tokens)
-    mode, why = "token", _fits(cfg, op, K, block, cfg.rows, head_dim)
-    if why is not None:
-        mode, block = "plane", 1
-        why = _fits(cfg, op, K, 1, 1, head_dim)
-    if why is not None:
-        raise UnsupportedError(f"{op} of one token of K = {K} values does not fit config {cfg.name!r}: {why[0]}",
-                               field=why[1])
+    mode, block = token_or_plane(cfg, tokens, lambda b, stride: _fits(cfg, op, K, b, stride, head_dim),
+                                 f"{op} of one token of K = {K} values")
     cv = CompiledVector(op, K, tokens, mode, block, {}, [], bytearray(), cfg, params)
     C, nl, xl, stride, block_bytes = cfg.cols, cv.olines, cfg.xlines(K), cv.stride, cv.block_bytes
     xb, sb = cfg.line_bits("X") // 8, cfg.line_bits("S") // 8
@@ -303,5 +310,5 @@ def reference(cv: CompiledVector, *operands: np.ndarray, gains=None, cos=None, s
     return np.array(out, dtype=np.int64)
 
 
-__all__ = ["VECTOR_OPS", "CompiledVector", "compile_vector", "write_vector_operands", "write_rope_table",
+__all__ = ["VECTOR_OPS", "CompiledVector", "token_or_plane", "compile_vector", "write_vector_operands", "write_rope_table",
            "read_vector_result", "reference"]
