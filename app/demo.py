@@ -88,20 +88,34 @@ class SimulatedAccelerator:
 
 
 class SimulatedVectorUnit:
-    """Runs the decoder layer's residual adds, norms, rotary embeddings and SwiGLU gate products on the simulated
-    chip's vector unit (``bitmos.compiler.vector``): ``unit(op, name, *operands, **params) -> result`` for
-    ``GoldenLayerModel.vector_fn``, which compares every result with its golden twin. Programs are compiled once
-    per (operation name, token count); the runs go into the accelerator's run list (the phases and the reports
-    see linears and vector operations in order)."""
+    """Runs the decoder layer's residual adds, norms, rotary embeddings, attention over the KV cache and SwiGLU gate
+    products on the simulated chip's vector unit (``bitmos.compiler.vector``, ``bitmos.compiler.attention``):
+    ``unit(op, name, *operands, **params) -> result`` for ``GoldenLayerModel.vector_fn``, which compares every
+    result with its golden twin. Vector programs are compiled once per (operation name, token count), attention's
+    per block (its position changes); the runs go into the accelerator's run list (the phases and the reports see
+    every operation in order)."""
 
     def __init__(self, accel: SimulatedAccelerator, positions: int, n_layers: int, on_host: tuple[str, ...] = ()):
+        from bitmos.compiler.attention import kv_positions
+
         self.accel = accel
         self.on_host = on_host              # operations left to the host (the golden model's twin serves them)
         self.cfg = accel.cfg
         self._compiled: dict[tuple, Any] = {}
-        self.positions = positions          # the longest sequence the KV cache must hold
         self.n_layers = n_layers
+        self.kv_max = kv_positions(self.cfg, positions)   # each kv head's cache holds the longest sequence
         self.kv_memory = bytearray()        # external memory: every layer's KV cache, then one block's operands
+
+    def compile_attention(self, tokens: int, pos0: int, *, layer: int, xfrac: int, n_heads: int, n_kv_heads: int,
+                          head_dim: int):
+        """Layer ``layer``'s attention programs for ``tokens`` tokens at ``pos0``.. (every layer's cache regions
+        one after another in ``kv_memory``, a block's operands after them). Refuses a cache beyond WBUF."""
+        from bitmos.compiler.attention import compile_attention, kv_region_bytes
+
+        layer_bytes = n_kv_heads * kv_region_bytes(self.cfg, self.kv_max, head_dim)
+        return compile_attention(self.cfg, tokens, pos0, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                                 kv_max=self.kv_max, xfrac=xfrac, kv_base=layer * layer_bytes,
+                                 base=self.n_layers * layer_bytes)
 
     def attention(self, name: str, q, k, v, *, layer: int, pos0: int, xfrac: int, n_heads: int, n_kv_heads: int,
                   head_dim: int, cache):
@@ -110,16 +124,12 @@ class SimulatedVectorUnit:
         import numpy as np
         import torch
 
-        from bitmos.compiler.attention import (compile_attention, kv_positions, kv_region_bytes, read_attention_result,
-                                               read_kv_cache, write_attention_operands)
+        from bitmos.compiler.attention import read_attention_result, read_kv_cache, write_attention_operands
 
         acc, T = self.accel, q.shape[0]
-        kv_max = kv_positions(self.cfg, self.positions)
-        layer_bytes = n_kv_heads * kv_region_bytes(self.cfg, kv_max, head_dim)
         t0 = time.perf_counter()
-        ca = compile_attention(self.cfg, T, pos0, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
-                               kv_max=kv_max, xfrac=xfrac, kv_base=layer * layer_bytes,
-                               base=self.n_layers * layer_bytes)
+        ca = self.compile_attention(T, pos0, layer=layer, xfrac=xfrac, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                                    head_dim=head_dim)
         acc.compile_seconds += time.perf_counter() - t0
         mem = self.kv_memory
         write_attention_operands(mem, ca, *(t.detach().cpu().numpy() for t in (q, k, v)))
@@ -329,21 +339,20 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
     vector_mismatches: list[str] = []
     host_ops: list[str] = []
     if layer_ops:
-        from bitmos.compiler.attention import compile_attention, kv_positions
         from bitmos.model.golden_layer import GoldenLayerModel
         from bitmos.semantics import rope_unaligned
         mc = model.config
         # a head dimension whose halves are no whole number of lanes: rotary and attention on the host
         on_host = ("rope", "attn") if rope_unaligned(cfg, mc.head_dim) else ()
+        unit = SimulatedVectorUnit(accel, len(ids) + tokens, mc.n_layers, on_host)
         if mc.scheme != "bitnet" and not on_host:   # a cache too long for WBUF is refused before generating
-            compile_attention(cfg, 1, len(ids) + tokens - 1, n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads,
-                              head_dim=mc.head_dim, kv_max=kv_positions(cfg, len(ids) + tokens), xfrac=0)
+            unit.compile_attention(1, len(ids) + tokens - 1, layer=0, xfrac=0, n_heads=mc.n_heads,
+                                   n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim)
         # 1. the whole-layer integer golden model, on the host
         golden_ids = _generate_layer(GoldenLayerModel(export, cfg), ids, tokens)
         # 2. the same with the linears and the vector unit's operations on the simulated accelerator
         chip = GoldenLayerModel(export, cfg)
-        chip.linear_fn = accel
-        chip.vector_fn = SimulatedVectorUnit(accel, len(ids) + tokens, chip.config.n_layers, on_host)
+        chip.linear_fn, chip.vector_fn = accel, unit
         sim_ids = _generate_layer(chip, ids, tokens, on_phase=on_phase)
         vector_mismatches = chip.vector_mismatches
         # what stays on the host: BitNet's attention output and SwiGLU product feed o_proj's and down_proj's

@@ -409,7 +409,7 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
     ConfigError if ``context`` < 1, the estimate has no decode, or weights and KV cache do not fit the external
     memory.
     """
-    from bitmos.compiler.shapes import kv_cache_bytes
+    from bitmos.compiler.shapes import kv_cache_bytes, lm_head_shape, n_layers
     from bitmos.sim.energy import EnergyTable, dram_pj, leakage_pj
 
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
@@ -427,7 +427,7 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
                           f"({per_position * context / 2**30:.3g} GiB, {per_position:,} bytes per position) exceed "
                           f"the external memory of {cfg.ext_mem_mib} MiB (ext_mem_mib)", field="ext_mem_mib")
     dec = est["decode"]
-    host = est.get("host_ops", [])
+    host_ops = est.get("host_ops", [])
     read, write = per_position * context, per_position
     parts = dec.get("components") or {"linears": {"cycles": dec["cycles"], "energy_j": dec["energy_j"],
                                                   "ext_bytes": dec["ext_bytes_read"] + dec["ext_bytes_written"]}}
@@ -435,7 +435,6 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
                   for name, p in parts.items() if name != "attention"}
     simulated, why = "attention" in parts, None
     if simulated:   # the attention of one decode token at this context, simulated on every layer
-        from bitmos.compiler.shapes import n_layers
         from bitmos.errors import UnsupportedError
         from bitmos.sim.report import summarize
         try:
@@ -453,7 +452,6 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
         components["kv_cache"] = {"cycles": kv_cycles, "energy_j": kv_pj * 1e-12, "ext_bytes": read + write}
     cycles = sum(c["cycles"] for c in components.values())
     hz = cfg.clock_mhz * 1e6
-    from bitmos.compiler.shapes import lm_head_shape
     head = lm_head_shape(shape)
     host_work = None if head is None else {"vocab_size": head[0], "lm_head_bytes": 2 * head[0] * head[1],
                                            "lm_head_macs": head[0] * head[1]}
@@ -463,7 +461,7 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
             "ext_bytes_per_token": sum(c["ext_bytes"] for c in components.values()),
             "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + per_position * context),
             "ext_bytes": held, "attention_simulated": simulated, "attention_refused": why,
-            "not_counted": [op for op in host if op != "attention"]}
+            "not_counted": [op for op in host_ops if op != "attention"]}
 
 
 def context_sweep(est: dict[str, Any], shape: str | dict[str, Any] | None, contexts=CONTEXT_SWEEP) -> list[dict[str, Any]]:

@@ -96,14 +96,13 @@ def attention(qm, eq, km, ek, vm, ev, q_pos: torch.Tensor, frac: int) -> torch.T
     T, H, hd = qm.shape
     rep = H // km.shape[1]
     km, ek, vm, ev = (t.repeat_interleave(rep, dim=1) for t in (km, ek, vm, ev))     # [Tk, H, ...]
-    dot = torch.einsum("thi,khi->htk", qm, km)                                      # [H, T, Tk], |.| < 2^22
+    dot = torch.einsum("thi,khi->htk", qm, km) * F.attention_scale(hd)              # [H, T, Tk], |.| < 2^35
     shift = 2 * frac + F.ATT_SCALE_FRAC - F.SCORE_FRAC - eq.T.unsqueeze(-1) - ek.T.unsqueeze(1)
     top_bit = F.SCORE_BITS - 1     # a left shift saturates past 2^31: clipped first, it stays in int64
-    dot = torch.where(shift < 0, (dot * F.attention_scale(hd)).clamp(-(1 << top_bit), 1 << top_bit),
-                      dot * F.attention_scale(hd))
+    dot = torch.where(shift < 0, dot.clamp(-(1 << top_bit), 1 << top_bit), dot)
     scores = sat(shift_round(dot, shift.clamp(min=-top_bit)), F.SCORE_BITS)
     visible = torch.arange(km.shape[0]).unsqueeze(0) <= q_pos.unsqueeze(1)          # [T, Tk]
-    floor = -(1 << (F.SCORE_BITS - 1))
+    floor = -(1 << top_bit)
     top = torch.where(visible, scores, torch.full_like(scores, floor)).amax(-1, keepdim=True)
     p = torch.where(visible, exp2_weight(top - scores), torch.zeros_like(scores))
     rcp = (1 << F.ATT_RCP_SHIFT) // p.sum(-1, keepdim=True)                          # sum >= 2^15

@@ -353,8 +353,7 @@ class Simulator:
         y = scale_exact(acc, mult, st.regs[Reg.OSHIFT], st.meta_b[m0:m0 + ntok][None, :, None])
         ob[lines] = y.astype(np.int32)
 
-
-    # ---- the vector unit (docs/isa.md: resadd, silu, rmsnorm) ------------------------------------------
+    # ---- the vector unit (docs/isa.md: resadd, silu, rmsnorm, layernorm, rope, kvpack, attn) -------------
     def _token_lines(self, ins: Instruction, base: int, nl: int) -> np.ndarray:
         """[ntok, nl] OBUF lines of a vector instruction's operand at ``base``: token mode base + n*R + t, plane
         mode base + n (ntok = 1)."""
@@ -423,7 +422,6 @@ class Simulator:
         y = np.stack([_sat(_rshift_round(lo * cos - hi * sin, formats.ROPE_FRAC), formats.RESID_BITS),
                       _sat(_rshift_round(hi * cos + lo * sin, formats.ROPE_FRAC), formats.RESID_BITS)], axis=2)
         ob[lines] = y.reshape(ntok, nl, C).astype(np.int32)
-
 
     def _kv_region(self, st: MachineState) -> np.ndarray:
         """The WBUF bytes of the kv head's cache region (a writable view)."""
@@ -498,7 +496,7 @@ def attention_weights(qm: np.ndarray, eq: np.ndarray, km: np.ndarray, ek: np.nda
     top_bit = formats.SCORE_BITS - 1
     dot = np.where(shift < 0, np.clip(dot, -(1 << top_bit), 1 << top_bit), dot)
     scores = _sat(_shift_round_rows(dot, np.maximum(shift, -top_bit)), formats.SCORE_BITS)
-    floor = -(1 << (formats.SCORE_BITS - 1))
+    floor = -(1 << top_bit)
     top = np.where(visible, scores, floor).max(axis=1, keepdims=True)
     p = np.where(visible, exp2_weight(top - scores), 0)
     rcp = (1 << formats.ATT_RCP_SHIFT) // p.sum(axis=1, keepdims=True)                 # sum >= 2^15

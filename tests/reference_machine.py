@@ -44,6 +44,12 @@ VECTOR = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE, Op.KVPACK, Op.A
 VECTOR_REGISTERS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.KVW, Reg.HGRP, Reg.SCR)
 
 
+#: The method that executes each instruction with a data effect (setr and wait are handled in ``run``).
+HANDLERS = {Op.LOAD: "dma", Op.STORE: "dma", Op.QUANT: "quant", Op.MATMUL: "matmul", Op.SCALEOUT: "scaleout",
+            Op.RESADD: "resadd", Op.SILU: "vector_to_x", Op.RMSNORM: "vector_to_x", Op.LAYERNORM: "vector_to_x",
+            Op.ROPE: "rope", Op.KVPACK: "kvpack", Op.ATTN: "attn"}
+
+
 class ReferenceMachineError(Exception):
     pass
 
@@ -199,26 +205,10 @@ class ReferenceMachine:
                 if reg is Reg.BIAS and value and self.cfg.experts < 2:
                     self.fail(pc, f"BIAS = {value} on a config without a router (experts = {self.cfg.experts})")
                 self.regs[reg] = value
-            elif op in (Op.LOAD, Op.STORE):
-                self.dma(ins, pc)
             elif op is Op.WAIT:
                 self.inflight.clear()
-            elif op is Op.QUANT:
-                self.quant(ins, pc)
-            elif op is Op.MATMUL:
-                self.matmul(ins, pc)
-            elif op is Op.SCALEOUT:
-                self.scaleout(ins, pc)
-            elif op is Op.RESADD:
-                self.resadd(ins, pc)
-            elif op in (Op.SILU, Op.RMSNORM, Op.LAYERNORM):
-                self.vector_to_x(ins, pc)
-            elif op is Op.ROPE:
-                self.rope(ins, pc)
-            elif op is Op.KVPACK:
-                self.kvpack(ins, pc)
-            elif op is Op.ATTN:
-                self.attn(ins, pc)
+            elif op in HANDLERS:
+                getattr(self, HANDLERS[op])(ins, pc)
             self.step_time(ins)
             pc += 1
 
