@@ -105,11 +105,13 @@ class SimulatedVectorUnit:
         self.n_layers = n_layers
         self.kv_max = kv_positions(self.cfg, positions)   # each kv head's cache holds the longest sequence
         self.kv_memory = bytearray()        # external memory: every layer's KV cache, then one block's operands
+        self.attention_programs = {"whole": 0, "tiled": 0}   # how each attention program read its cache
 
     def compile_attention(self, tokens: int, pos0: int, *, layer: int, xfrac: int, n_heads: int, n_kv_heads: int,
                           head_dim: int):
         """Layer ``layer``'s attention programs for ``tokens`` tokens at ``pos0``.. (every layer's cache regions
-        one after another in ``kv_memory``, a block's operands after them). Refuses a cache beyond WBUF."""
+        one after another in ``kv_memory``, a block's operands after them; a cache longer than WBUF holds is read
+        tile by tile). Refuses a block whose own pages, scores or accumulators do not fit."""
         from bitmos.compiler.attention import compile_attention, kv_region_bytes
 
         layer_bytes = n_kv_heads * kv_region_bytes(self.cfg, self.kv_max, head_dim)
@@ -131,6 +133,8 @@ class SimulatedVectorUnit:
         ca = self.compile_attention(T, pos0, layer=layer, xfrac=xfrac, n_heads=n_heads, n_kv_heads=n_kv_heads,
                                     head_dim=head_dim)
         acc.compile_seconds += time.perf_counter() - t0
+        for plan in ca.plans:
+            self.attention_programs["tiled" if plan.tiled else "whole"] += 1
         mem = self.kv_memory
         write_attention_operands(mem, ca, *(t.detach().cpu().numpy() for t in (q, k, v)))
         mem = self.kv_memory = acc.run_programs(f"{name} attn", T, ca.programs, mem)
@@ -345,9 +349,10 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         # a head dimension whose halves are no whole number of lanes: rotary and attention on the host
         on_host = ("rope", "attn") if rope_unaligned(cfg, mc.head_dim) else ()
         unit = SimulatedVectorUnit(accel, len(ids) + tokens, mc.n_layers, on_host)
-        if mc.scheme != "bitnet" and not on_host:   # a cache too long for WBUF is refused before generating
-            unit.compile_attention(1, len(ids) + tokens - 1, layer=0, xfrac=0, n_heads=mc.n_heads,
-                                   n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim)
+        if mc.scheme != "bitnet" and not on_host:   # the prefill's and the last step's refusals before generating
+            for block, pos0 in ((len(ids), 0), (1, len(ids) + tokens - 1)):
+                unit.compile_attention(block, pos0, layer=0, xfrac=0, n_heads=mc.n_heads,
+                                       n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim)
         # 1. the whole-layer integer golden model, on the host
         golden_ids = _generate_layer(GoldenLayerModel(export, cfg), ids, tokens)
         # 2. the same with the linears and the vector unit's operations on the simulated accelerator
@@ -380,6 +385,7 @@ def run_demo(*, checkpoint: str | None = None, config: str = "small", prompt: st
         "text": tok.decode(sim_ids[len(ids):]), "golden_text": tok.decode(golden_ids[len(ids):]),
         "float_text": tok.decode(float_ids[len(ids):]),
         "layer_ops": layer_ops, "host_ops": host_ops,
+        "attention_programs": dict(unit.attention_programs) if layer_ops else {},
         "matches_golden": sim_ids == golden_ids and not accel.mismatches and not vector_mismatches,
         "layer_mismatches": accel.mismatches + vector_mismatches,
         "float_agreement": sum(a == b for a, b in zip(sim_ids[len(ids):], float_ids[len(ids):]))
@@ -437,6 +443,10 @@ def _fmt_demo(rep: dict[str, Any]) -> str:
              "    " + repr(rep["text"]),
              f"integer golden model: {ok} ({what}; {rep['layer_runs']} program runs)",
              f"float student agrees on {rep['float_agreement'] * 100:.0f} % of the generated tokens"]
+    att = rep.get("attention_programs", {})
+    if att.get("tiled"):
+        lines.append(f"attention: {att['tiled']:,} of {att['tiled'] + att['whole']:,} programs read the KV cache tile "
+                     "by tile (WBUF holds fewer than two kv heads' whole caches)")
     for m in rep["layer_mismatches"][:10]:
         lines.append(f"  mismatch: {m}")
     for name in ("prefill", "decode"):

@@ -5,8 +5,9 @@ query heads over 5 kv heads) on ``asic32`` with the vector unit, one decode toke
 every binarized linear, norm, rotary embedding, SwiGLU, residual add and the attention over the KV cache simulated
 (timing-only mode of the compiled programs; ``bitmos estimate --context``'s figures). Printed per context: tokens/s,
 the memory bound (external bandwidth / (weight bytes + KV-cache bytes a token reads)) and the ratio, mJ/token,
-external bytes per token, and whether the attention ran on the simulated chip or, its cache beyond what WBUF holds,
-stands in at the memory bound.
+external bytes per token, and how the attention ran on the simulated chip: its kv heads' caches staged whole in
+WBUF, or read tile by tile where they are longer than WBUF holds (or, where even a tiled pass does not fit the
+buffers, standing in at the memory bound).
 
     python benchmarks/bench_context.py [--contexts 128,2048,8192,32768] [--json]
 """
@@ -39,7 +40,8 @@ def measure(contexts: list[int]) -> list[dict]:
                          "ext_mb_per_token": at["ext_bytes_per_token"] / 1e6,
                          "kv_mb_read": at["kv_read_bytes"] / 1e6,
                          "cycles": {k: v["cycles"] for k, v in at["components"].items()},
-                         "attention": "simulated" if at["attention_simulated"] else "memory bound (WBUF too small)",
+                         "attention": ("memory bound (buffers too small)" if not at["attention_simulated"] else
+                                       "simulated, tiled" if at["attention_tiled"] else "simulated"),
                          "seconds": time.perf_counter() - t0})
     return rows
 

@@ -4,7 +4,8 @@ For each case, the estimator's timing-only run of the compiled programs (``bitmo
 same as ``bitmos estimate``): LLaMA-2-7B shapes on ``asic32``, BitNet b1.58 2B4T's shapes with ternary weights on
 ``asic32`` and the shipped student's shape on ``small``. A second table sets decode at contexts of 128 to 32k
 (``decode_at_context``: the simulated linears plus the KV cache the whole-layer chip of issue 18 reads and writes per
-token, at the memory bound) beside bandwidth / (weight bytes + KV bytes).
+token, at the memory bound: these configs have no vector unit, so their attention is the host's;
+``benchmarks/bench_context.py`` simulates it on the chip) beside bandwidth / (weight bytes + KV bytes).
 
 * decode tokens/s against the memory bound: the external bandwidth over the weight bytes one decode token reads
   (every weight once per token; the estimator's ``decode_bound_tokens_per_s``). Goal >= 0.97.
@@ -95,8 +96,9 @@ def render(rows: list[dict]) -> str:
     lines += ["", "Decode at a context (issue 18's whole-layer chip; `bitmos estimate --context N`, "
               "`bitmos.explore.perf.decode_at_context`): a decode token also reads the KV cache of its context and "
               "writes its own, in the format of `bitmos/formats.py` (int8 mantissas plus one exponent byte per kv "
-              "head). Estimate = the simulated linears plus that traffic at the full bandwidth (the attention "
-              "instructions are not on the chip yet, so this part is its memory bound); bound = bandwidth / "
+              "head). Estimate = the simulated linears plus that traffic at the full bandwidth (these configs have no "
+              "vector unit, so the attention is the host's and this part its memory bound; "
+              "benchmarks/bench_context.py simulates it on the chip); bound = bandwidth / "
               "(weight bytes + KV bytes); MB per token = everything the token reads and writes externally.", "",
               "| model on config (weights) | KV bytes per position | context | tok/s | bound | ratio | mJ/token | "
               "KV share of mJ | external MB/token | KV share of bytes |",

@@ -426,26 +426,31 @@ def kv_cache_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int) -> i
 
 
 def kv_page_bytes(page: int, head_dim: int) -> int:
-    """Bytes of one page of a kv head's KV-cache region: ``page`` positions' keys and values (2 page (head_dim + 1))."""
-    return 2 * page * (head_dim + 1)
+    """Bytes of one page of a half (keys or values) of a kv head's KV-cache region: ``page`` positions' rows and
+    exponents, page (head_dim + 1)."""
+    return page * (head_dim + 1)
 
 
 def kv_offsets(p, head_dim: int, page: int):
-    """Byte offsets of position ``p``'s key row, value row, key exponent and value exponent in a kv head's KV-cache
-    region (ints, or NumPy arrays of positions: the same arithmetic). The region, the same bytes in external memory
-    and in WBUF (a load copies it line for line), is pages of ``page`` positions, each [key mantissas page x
-    head_dim int8][value mantissas][key exponents page uint8][value exponents]; the chip's page is a WBUF line's
-    bytes, so every part of a page starts on a line and the first n positions are the first ceil(n / page) pages.
+    """Byte offsets of position ``p``'s row (head_dim mantissas) and exponent in one half of a kv head's KV-cache
+    region (ints, or NumPy arrays of positions: the same arithmetic), counted from the half's first position.
+
+    A kv head's region of M positions (M a whole number of pages) is two halves, the keys' then the values' (the
+    values' half starts M (head_dim + 1) bytes in), the same bytes in external memory and in WBUF (a load copies it
+    line for line). A half is pages of ``page`` positions, each [mantissa rows page x head_dim int8][exponents page
+    uint8]; the chip's page is a WBUF line's bytes, so every part of a page starts on a line and the first n
+    positions of a half are its first ceil(n / page) pages.
 
     Why this format: a position's key (value) row is :func:`block_quantize` of the head's values, HEAD_MANT_BITS
     mantissas and one exponent, so a decode step reads head_dim + 1 bytes per position and head, the fewest an
     8-bit cache can (the int32 keys would be four times that; int8 with a float scale per row the same bytes but a
     multiplier per row). Mantissas sit apart from exponents so that a row is whole bytes of a line and a cache of
-    any length costs no padding per row; pages make the positions a step reads one contiguous transfer.
+    any length costs no padding per row; pages make the positions a step reads one contiguous transfer; and keys
+    apart from values make a tile of positions of either one transfer, so a cache longer than WBUF holds is read
+    tile by tile, its keys in the score pass and its values in the value pass, each byte once.
     """
     base, i = (p // page) * kv_page_bytes(page, head_dim), p % page
-    return (base + i * head_dim, base + (page + i) * head_dim, base + 2 * page * head_dim + i,
-            base + 2 * page * head_dim + page + i)
+    return base + i * head_dim, base + page * head_dim + i
 
 
 def rms_norm(r: list[int], gains: list[int], gexp: int, eps_q: int, out_frac: int) -> list[int]:

@@ -61,7 +61,9 @@ class Reg(enum.IntEnum):
     KVMAX = 14   # kvpack, attn: positions a kv head's cache region holds (a multiple of WBUF's line bytes)
     KVW = 15     # kvpack, attn: WBUF line of the kv head's cache region (formats.kv_offsets)
     HGRP = 16    # attn: query heads per kv head (grouped-query attention; 1 = multi-head)
-    SCR = 17     # attn: OBUF line of its score scratch (ceil((QPOS + ntok) / cols) lines)
+    SCR = 17     # attn: OBUF line of its score scratch (ceil((QPOS + ntok) / cols) lines a query row)
+    TPOS = 18    # kvpack, attn: the first position the WBUF region (or tile) at KVW holds (a multiple of a WBUF line's bytes)
+    ACC = 19     # attn (values part): OBUF line of the query rows' 64-bit value accumulators (2 HDIM / cols lines a row)
 
 
 #: (min, max) of each register's value; SMUL is signed.
@@ -70,12 +72,14 @@ REG_RANGE: dict[Reg, tuple[int, int]] = {
     Reg.SIN: (0, 65535), Reg.SMUL: (-32768, 32767), Reg.EBASE: (0, (1 << 32) - 1), Reg.WBITS: (0, 8),
     Reg.BIAS: (0, 1), Reg.XFRAC: (0, 15), Reg.GEXP: (0, 31), Reg.EPS: (0, (1 << 32) - 1), Reg.HDIM: (0, 1024),
     Reg.QPOS: (0, 65535), Reg.KVMAX: (0, 65535), Reg.KVW: (0, 65535), Reg.HGRP: (0, 255), Reg.SCR: (0, 65535),
+    Reg.TPOS: (0, 65535), Reg.ACC: (0, 65535),
 }
 
 #: Instructions and registers of the vector unit: illegal (opcode, or SETR's register field) on a config without
 #: it (``AcceleratorConfig.vector_unit`` = 0), as on every config before the unit existed.
 VECTOR_OPS = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE, Op.KVPACK, Op.ATTN)
-VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.KVW, Reg.HGRP, Reg.SCR)
+VECTOR_REGS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.KVW, Reg.HGRP, Reg.SCR,
+               Reg.TPOS, Reg.ACC)
 
 #: DMA buffer codes (the on-chip buffers the DMA engine can reach).
 BUFFERS = ("X", "W", "S", "O")
@@ -85,6 +89,10 @@ MODES = ("token", "plane")
 
 #: Kind field of KVPACK: which half of a kv head's cache region it writes.
 KV_KINDS = ("k", "v")
+
+#: Part field of ATTN: the whole attention against a region of every position it sees, or, for a cache longer
+#: than WBUF holds, one tile's part of it (its scores; its weighted values) with the scores kept in OBUF between.
+ATTN_PARTS = ("whole", "scores", "values")
 
 #: Error cause codes the controller reports (its error flag is set and it stops).
 CAUSE_NONE = 0
@@ -151,7 +159,8 @@ SPECS: dict[Op, tuple[Field, ...]] = {
     Op.ROPE: (_f("mode", 57, 57, enum=MODES), _f("q", 56, 41), _f("s", 40, 25), _f("ntok", 24, 18, 1)),
     Op.KVPACK: (_f("mode", 57, 57, enum=MODES), _f("o", 56, 41), _f("kind", 40, 40, enum=KV_KINDS),
                 _f("ntok", 39, 33, 1)),
-    Op.ATTN: (_f("mode", 57, 57, enum=MODES), _f("q", 56, 41), _f("x", 40, 25), _f("ntok", 24, 18, 1)),
+    Op.ATTN: (_f("mode", 57, 57, enum=MODES), _f("q", 56, 41), _f("x", 40, 25), _f("ntok", 24, 18, 1),
+              _f("part", 17, 16, enum=ATTN_PARTS)),
 }
 
 

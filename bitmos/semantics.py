@@ -20,6 +20,7 @@ priority order), :func:`controller_cycles` / :func:`dma_busy_cycles` and the per
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -188,20 +189,64 @@ def kv_page(cfg: AcceleratorConfig) -> int:
     return cfg.wbuf_line_bits // 8
 
 
+def kv_half_lines(cfg: AcceleratorConfig, kv_max: Value, head_dim: Value) -> Value:
+    """WBUF lines of one half (keys or values) of a kv head's cache region of KVMAX positions: KVMAX / page pages
+    of HDIM + 1 lines (KVMAX is a whole number of pages: register KVMAX's legality); also an attn tile's lines."""
+    return kv_max // kv_page(cfg) * (head_dim + 1)
+
+
 def kv_region_lines(cfg: AcceleratorConfig, kv_max: Value, head_dim: Value) -> Value:
-    """WBUF lines of one kv head's cache region of KVMAX positions: KVMAX / page pages of 2 (HDIM + 1) lines
-    (KVMAX is a whole number of pages: register KVMAX's legality)."""
-    return kv_max // kv_page(cfg) * 2 * (head_dim + 1)
+    """WBUF lines of one kv head's cache region of KVMAX positions: its key half, then its value half."""
+    return 2 * kv_half_lines(cfg, kv_max, head_dim)
 
 
 def kv_unaligned(cfg: AcceleratorConfig, raw: Value) -> Value:
-    """A KVMAX value that is no whole number of pages."""
+    """A KVMAX or TPOS value that is no whole number of pages."""
     return (raw % kv_page(cfg)) != 0
 
 
 def score_lines(cfg: AcceleratorConfig, positions: Value) -> Value:
-    """OBUF lines of an attn's score scratch for ``positions`` positions (C a line)."""
+    """OBUF lines of one query row's score scratch for ``positions`` positions (C a line)."""
     return (positions + (cfg.cols - 1)) // cfg.cols
+
+
+def attn_positions(f: Mapping[str, Value], regs: Mapping[Reg, Value], ops: Ops = PY) -> tuple[Value, Value]:
+    """(n, m) of an attn: n = QPOS + ntok, the positions the block's rows see (the scratch's row length); m the
+    positions of its region or tile it reads, TPOS .. min(TPOS + KVMAX, n) - 1 (the whole attention: TPOS = 0
+    and n <= KVMAX, so m = n)."""
+    n = regs[Reg.QPOS] + f["ntok"]
+    end = regs[Reg.TPOS] + regs[Reg.KVMAX]
+    return n, ops.select(end < n, end, n) - regs[Reg.TPOS]
+
+
+def attn_last_tile(f: Mapping[str, Value], regs: Mapping[Reg, Value]) -> Value:
+    """An attn values part whose tile reaches the block's last position (TPOS + KVMAX >= QPOS + ntok): it writes
+    the output."""
+    return regs[Reg.TPOS] + regs[Reg.KVMAX] >= regs[Reg.QPOS] + f["ntok"]
+
+
+def _attn_footprint(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
+                    counts: Mapping[str, Value]) -> list[Access]:
+    """attn's accesses by part (each guarded by it): the group's query lines (whole, scores); the region (whole:
+    both halves) or tile (one half) at KVW; the score scratch (whole: one row's lines, rewritten row by row; the
+    parts: every row's, row r = t * HGRP + g at SCR + r * SL); the accumulators (values: 2 HL lines a row from
+    ACC); the output (whole; the values part whose tile is the last)."""
+    hd, part = regs[Reg.HDIM], f["part"]
+    hl = hd // cfg.cols
+    gl = regs[Reg.HGRP] * hl
+    rows = f["ntok"] * regs[Reg.HGRP]
+    sl = score_lines(cfg, regs[Reg.QPOS] + f["ntok"])
+    half = kv_half_lines(cfg, regs[Reg.KVMAX], hd)
+    query = [dataclasses.replace(a, when=a.when & (part != 2))
+             for a in _token_lines("O", False, f["q"], f, gl, R=cfg.rows, what="OBUF query lines")]
+    return query + [
+        Access("W", False, regs[Reg.KVW], 2 * half, when=part == 0, what="WBUF KV-cache region lines"),
+        Access("W", False, regs[Reg.KVW], half, when=part != 0, what="WBUF KV-cache tile lines"),
+        Access("O", True, regs[Reg.SCR], sl, when=part == 0, what="OBUF score scratch lines"),
+        Access("O", True, regs[Reg.SCR], rows * sl, when=part != 0, what="OBUF score scratch lines"),
+        Access("O", True, regs[Reg.ACC], rows * 2 * hl, when=part == 2, what="OBUF accumulator lines"),
+        Access("X", True, f["x"], gl, counts["xlines"], f["ntok"],
+               when=(part == 0) | ((part == 2) & attn_last_tile(f, regs)), what="XBUF lines")]
 
 
 def depth(cfg: AcceleratorConfig, buffer: str) -> int:
@@ -220,17 +265,13 @@ def footprint(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Ac
         return []
     if counts is None:
         counts = register_counts(cfg, regs, ops)
-    if op in (Op.KVPACK, Op.ATTN):
+    if op is Op.KVPACK:          # one kv head's values of each token; its rows of the region written
         hd = regs[Reg.HDIM]
-        region = Access("W", op is Op.KVPACK, regs[Reg.KVW], kv_region_lines(cfg, regs[Reg.KVMAX], hd),
-                        what="WBUF KV-cache region lines")
-        if op is Op.KVPACK:      # one kv head's values of each token; its rows of the region written
-            return _token_lines("O", False, f["o"], f, hd // cfg.cols, R, "OBUF key/value lines") + [region]
-        gl = regs[Reg.HGRP] * (hd // cfg.cols)   # the group's query heads of each token, the region, the
-        return (_token_lines("O", False, f["q"], f, gl, R, "OBUF query lines") + [region]   # scores, the output
-                + [Access("O", True, regs[Reg.SCR], score_lines(cfg, regs[Reg.QPOS] + f["ntok"]),
-                          what="OBUF score scratch lines"),
-                   Access("X", True, f["x"], gl, counts["xlines"], f["ntok"], what="XBUF lines")])
+        return (_token_lines("O", False, f["o"], f, hd // cfg.cols, R, "OBUF key/value lines")
+                + [Access("W", True, regs[Reg.KVW], kv_region_lines(cfg, regs[Reg.KVMAX], hd),
+                          what="WBUF KV-cache region lines")])
+    if op is Op.ATTN:
+        return _attn_footprint(f, regs, cfg, counts)
     if op in VECTOR_OPS:
         nl, xl = counts["olines"], counts["xlines"]
         x_lines = ([] if op in (Op.RESADD, Op.ROPE) else
@@ -323,6 +364,7 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
         if cfg.vector_unit:   # HDIM: even, half of it a whole number of lines (0, the reset value, is legal)
             conds.append((f["reg"] == int(Reg.HDIM)) & rope_unaligned(cfg, raw))
             conds.append((f["reg"] == int(Reg.KVMAX)) & kv_unaligned(cfg, raw))
+            conds.append((f["reg"] == int(Reg.TPOS)) & kv_unaligned(cfg, raw))
     if op in (Op.QUANT, Op.SCALEOUT, *VECTOR_OPS):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
@@ -341,10 +383,16 @@ def resadd_overlap(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Accel
 
 
 def kv_block_outside(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value]) -> Value:
-    """A kvpack or attn without its head (HDIM = 0; attn: HGRP = 0) or whose tokens' positions QPOS .. QPOS +
-    ntok - 1 are not all inside the region of KVMAX positions: an illegal field."""
-    bad = (regs[Reg.HDIM] == 0) | (regs[Reg.QPOS] + f["ntok"] > regs[Reg.KVMAX])
-    return bad | (regs[Reg.HGRP] == 0) if op is Op.ATTN else bad
+    """An illegal field of kvpack or attn: no head (HDIM = 0; attn: HGRP = 0); kvpack's tokens' positions QPOS ..
+    QPOS + ntok - 1 not all inside the region's TPOS .. TPOS + KVMAX - 1; the whole attention's region not the
+    positions 0 .. KVMAX - 1 of every one its rows see (TPOS != 0 or QPOS + ntok > KVMAX); a part's tile starting
+    past the block's last position (TPOS >= QPOS + ntok: no row sees it)."""
+    n = regs[Reg.QPOS] + f["ntok"]
+    if op is Op.KVPACK:
+        return ((regs[Reg.HDIM] == 0) | (regs[Reg.QPOS] < regs[Reg.TPOS])
+                | (n > regs[Reg.TPOS] + regs[Reg.KVMAX]))
+    whole = (f["part"] == 0) & ((regs[Reg.TPOS] != 0) | (n > regs[Reg.KVMAX]))
+    return (regs[Reg.HDIM] == 0) | (regs[Reg.HGRP] == 0) | whole | ((f["part"] != 0) & (regs[Reg.TPOS] >= n))
 
 
 def _same(v: Value) -> Value:
@@ -551,6 +599,12 @@ ATT_VALUE_DRAIN = 8
 ATT_ROW_FIXED = ATT_Q_FIXED + ATT_SCORE_DRAIN + ATT_EXP_DRAIN + ATT_RCP_CYCLES + ATT_VALUE_DRAIN
 #: From the last row's last value to its XBUF write: rounded, requantized, saturated, written.
 ATTN_PIPELINE = 4
+#: The values part's softmax over a row's scratch (its first tile, TPOS = 0): the max pass's drain (read,
+#: register, the compare: 3), the exponent pass's (ATT_EXP_DRAIN), the reciprocal (ATT_RCP_CYCLES), the weight
+#: pass's (read, register, p x RCP in two stages, the rounding shift, written: 5).
+ATT_MAX_DRAIN = 3
+ATT_WEIGHT_DRAIN = 5
+ATT_SOFTMAX_FIXED = ATT_MAX_DRAIN + ATT_EXP_DRAIN + ATT_RCP_CYCLES + ATT_WEIGHT_DRAIN
 #: kvpack per token: the block exponent (2) between its max pass and its quantize pass; the last row's
 #: mantissas and exponent rounded, saturated and written: 4.
 KVPACK_FIXED = 2
@@ -565,10 +619,33 @@ def attn_row_cycles(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -
     exponent pass over the scratch (ceil(positions / C) lines); and ATT_ROW_FIXED. A block's rows all cover the
     block's positions QPOS + ntok (the causal mask zeroes the weights past each token's own), so every row of an
     instruction costs the same."""
+    return 3 * (head_dim // cfg.cols) + 2 * _kv_lines(cfg, head_dim, positions) + score_lines(cfg, positions) + ATT_ROW_FIXED
+
+
+def _kv_lines(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
+    """WBUF lines a pass over ``positions`` positions of a half reads: their mantissa lines (ceil(positions *
+    head_dim / WB)) and exponent lines (ceil(positions / WB)), WB a WBUF line's bytes."""
     wb = cfg.wbuf_line_bits // 8
-    kl = (positions * head_dim + (wb - 1)) // wb
-    el = (positions + (wb - 1)) // wb
-    return 3 * (head_dim // cfg.cols) + 2 * (kl + el) + score_lines(cfg, positions) + ATT_ROW_FIXED
+    return (positions * head_dim + (wb - 1)) // wb + (positions + (wb - 1)) // wb
+
+
+def attn_scores_row_cycles(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
+    """Cycles of one query row in an attn scores part over a tile's ``positions`` positions: q read twice (2 HL),
+    the key pass (one WBUF line a cycle, the scores written to the row's scratch beside it), q's block exponent
+    and the score pass's drain."""
+    return 2 * (head_dim // cfg.cols) + _kv_lines(cfg, head_dim, positions) + ATT_Q_FIXED + ATT_SCORE_DRAIN
+
+
+def attn_values_row_cycles(cfg: AcceleratorConfig, head_dim: Value, positions: Value, seen: Value,
+                           first: Value, ops: Ops = PY) -> Value:
+    """Cycles of one query row in an attn values part over a tile's ``positions`` positions: where the tile is
+    the first (``first``: TPOS = 0) the softmax over the row's scratch of ``seen`` positions first (the max pass,
+    the exponent pass writing p, the reciprocal, the weight pass writing w: 3 SL + ATT_SOFTMAX_FIXED); then the
+    value pass (one WBUF line a cycle, the weights read beside it); the row's accumulators read before it and
+    written after it (4 HL; the last tile's output written beside them); the value pass's drain."""
+    softmax = 3 * score_lines(cfg, seen) + ATT_SOFTMAX_FIXED
+    return (ops.select(first, softmax, 0) + _kv_lines(cfg, head_dim, positions) + 4 * (head_dim // cfg.cols)
+            + ATT_VALUE_DRAIN)
 
 
 def vector_token_cycles(op: Op, cfg: AcceleratorConfig, k_features: Value) -> Value:
@@ -625,9 +702,13 @@ def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value],
     (load/store/wait/halt stalls come from the DMA timeline, see :class:`Timeline`)."""
     if op not in COMPUTE_OPS:
         return 1
-    if op is Op.ATTN:        # ntok x HGRP rows, each over the block's QPOS + ntok positions
-        return (1 + f["ntok"] * regs[Reg.HGRP] * attn_row_cycles(cfg, regs[Reg.HDIM], regs[Reg.QPOS] + f["ntok"])
-                + ATTN_PIPELINE)
+    if op is Op.ATTN:        # ntok x HGRP rows, each over the region's or tile's m positions (attn_positions)
+        hd, part = regs[Reg.HDIM], f["part"]
+        n, m = attn_positions(f, regs, ops)
+        row = ops.select(part == 0, attn_row_cycles(cfg, hd, m),
+                         ops.select(part == 1, attn_scores_row_cycles(cfg, hd, m),
+                                    attn_values_row_cycles(cfg, hd, m, n, regs[Reg.TPOS] == 0, ops)))
+        return 1 + f["ntok"] * regs[Reg.HGRP] * row + ATTN_PIPELINE
     if op is Op.KVPACK:      # per token: its head's HL lines read twice around the block exponent
         return 1 + f["ntok"] * (2 * (regs[Reg.HDIM] // cfg.cols) + KVPACK_FIXED) + KVPACK_PIPELINE
     per_item, tail = item_cycles(op, regs[Reg.K], f["mode"], cfg, ops, w_bits=regs[Reg.WBITS])
@@ -727,5 +808,6 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
            "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED", "ROPE_PIPELINE", "rope_table_lines",
-           "rope_unaligned", "kv_page", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_row_cycles",
+           "rope_unaligned", "kv_page", "kv_half_lines", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_row_cycles",
+           "attn_scores_row_cycles", "attn_values_row_cycles", "attn_positions", "attn_last_tile", "ATT_SOFTMAX_FIXED",
            "ATT_ROW_FIXED", "ATTN_PIPELINE", "KVPACK_FIXED", "KVPACK_PIPELINE"]

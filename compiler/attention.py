@@ -3,25 +3,32 @@
 :func:`compile_attention` builds, for one layer's attention over a block of new tokens (their rotated queries and
 keys and their values, int32 as the linears and ``rope`` leave them), one program per block of up to R tokens (one
 token in plane mode, when R tokens' operands do not fit OBUF): load the operands into OBUF; then for each kv head
-load the positions its cache already holds into WBUF, pack the block's keys and values into it (``kvpack``: block
-floating point, ``formats.kv_offsets``), attend with its group of query heads (``attn``: the int16 input of
-o_proj, XFRAC fraction bits, into XBUF) and store the rows it added back to the cache; finally store the output.
+pack the block's keys and values into its cache (``kvpack``: block floating point, ``formats.kv_offsets``), attend
+with its group of query heads (``attn``: the int16 input of o_proj, XFRAC fraction bits, into XBUF) and store the
+rows it added back to the cache; finally store the output.
 
-The cache: one region per kv head of ``kv_max`` positions (``formats.kv_offsets``: pages of a WBUF line's bytes in
-positions, 2 (head_dim + 1) lines a page), the layer's regions one after another from ``kv_base``; it persists in
-external memory between programs, the caller keeps it (and places each layer's). A block loads the pages holding
-the positions before it (the whole pages in one transfer, of a page they fill in part only their lines), packs its
-rows in, attends, and stores the lines it changed (page
-by page: the rows' lines and the exponents' line of each area). Double buffering: where two regions fit WBUF, the
-next kv head's pages come in while the current one attends.
+The cache: one region per kv head of ``kv_max`` positions (``formats.kv_offsets``: a key half, then a value half,
+each pages of a WBUF line's bytes in positions, head_dim + 1 lines a page), the layer's regions one after another
+from ``kv_base``; it persists in external memory between programs, the caller keeps it (and places each layer's).
 
-A kv head's whole cache is staged in WBUF (``attn`` reads every position from there), so the longest context is
-what one region of WBUF holds; a longer one is refused naming ``wbuf_kib``. Tiling the positions (every tile's scores
-kept in OBUF's scratch, then the values tile by tile, so the definition stays exact) is the step after this one.
+Two ways to attend, chosen per block by what WBUF holds:
+
+* whole (``attn`` part 0): both halves of the pages the block's positions need are staged in WBUF (the whole pages
+  of a half in one transfer, of a page they fill in part only its lines), packed, attended, and the changed lines
+  stored (page by page: the rows' lines, the exponents' line). Where two such regions fit, the next kv head's
+  pages come in while the current one attends.
+* tiled (parts 1 and 2), for a cache longer than that: only the pages holding the block's own positions are
+  staged for ``kvpack``; the positions before them are read tile by tile, every key tile (one transfer) scored into
+  the rows' scratch in OBUF, then every value tile (one transfer) weighted into the rows' 64-bit accumulators, the
+  block's own pages as the last tile of each pass, the next tile loading while one is used where two tiles fit.
+  Every byte of the cache is read once per pass of a query-head group, and the output is the whole attention's
+  bit for bit. Where OBUF cannot keep the scratch of every query head of a group, the group is attended in
+  passes of fewer heads, each reading the tiles again (counted in ``kv_bytes``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +39,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.container import Program
 from bitmos.errors import UnsupportedError
 from bitmos.isa import REG_RANGE, Instruction, Op, Reg, encode, setr
-from bitmos.semantics import kv_page, kv_region_lines, olines, rope_unaligned, score_lines
+from bitmos.semantics import kv_page, olines, rope_unaligned, score_lines
 
 ALIGN = 64
 
@@ -47,9 +54,27 @@ def kv_positions(cfg: AcceleratorConfig, positions: int) -> int:
     return -(-positions // g) * g
 
 
+def kv_half_bytes(cfg: AcceleratorConfig, kv_max: int, head_dim: int) -> int:
+    """External bytes of one half (keys or values) of a kv head's region of kv_max positions."""
+    return kv_max // kv_page(cfg) * F.kv_page_bytes(kv_page(cfg), head_dim)
+
+
 def kv_region_bytes(cfg: AcceleratorConfig, kv_max: int, head_dim: int) -> int:
-    """External bytes of one kv head's region (kv_max / page pages), 64-byte aligned."""
-    return _align(kv_max // kv_page(cfg) * F.kv_page_bytes(kv_page(cfg), head_dim))
+    """External bytes of one kv head's region (its two halves), 64-byte aligned."""
+    return _align(2 * kv_half_bytes(cfg, kv_max, head_dim))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one block's programs attend: ``tiled`` (else whole), ``double`` (two regions or two tiles in WBUF),
+    ``tile_pages`` (tiled: pages of a tile), ``group_pass`` (tiled: query heads a pass, dividing HGRP),
+    ``staged`` (every head's q, k and v loaded into OBUF at the start, three transfers; else kv head by kv head
+    into two alternating slots, three transfers a head, where the whole block's do not fit)."""
+    tiled: bool
+    double: bool
+    tile_pages: int = 0
+    group_pass: int = 0
+    staged: bool = False
 
 
 @dataclass
@@ -65,9 +90,9 @@ class CompiledAttention:
     kv_base: int                     # byte address of the layer's first kv head region
     mode: str                        # "token" (up to R tokens a program) or "plane" (one)
     block: int
-    double_buffered: bool
     regions: dict[str, int]          # "q", "k", "v" (operands), "result" -> byte address
     programs: list[Program] = field(default_factory=list)
+    plans: list[BlockPlan] = field(default_factory=list)     # one a program
     params: dict[str, int] = field(default_factory=dict)   # the registers every program sets first
     kv_bytes: dict[str, int] = field(default_factory=lambda: {"read": 0, "written": 0})   # the cache's, all programs
 
@@ -92,15 +117,58 @@ class CompiledAttention:
         """Byte address of kv head ``h``'s cache region."""
         return self.kv_base + h * self.region_bytes
 
+    def half_address(self, h: int, kind: int) -> int:
+        """Byte address of kv head ``h``'s key half (kind 0) or value half (1)."""
+        return self.head_region(h) + kind * kv_half_bytes(self.config, self.kv_max, self.head_dim)
 
-def _fits(cfg: AcceleratorConfig, K_q: int, K_kv: int, block: int, stride: int, kv_max: int) -> tuple[str, str] | None:
-    """None if a block fits the buffers, else (what is too small, its config field)."""
-    need_o = olines(cfg, K_q) * stride + 2 * olines(cfg, K_kv) * stride + score_lines(cfg, kv_max)
-    if need_o > cfg.depth("O"):
-        return f"OBUF ({need_o} lines needed, {cfg.depth('O')} deep)", "obuf_kib"
-    if block * cfg.xlines(K_q) > cfg.depth("X"):
-        return f"XBUF ({block * cfg.xlines(K_q)} lines needed, {cfg.depth('X')} deep)", "xbuf_kib"
-    return None
+
+def _slot_lines(cfg: AcceleratorConfig, head_dim: int, group: int, stride: int) -> int:
+    """OBUF lines of one kv head's operands: its group's queries, its keys and its values, each HDIM / C lines a
+    token at ``stride``."""
+    return (group + 2) * (head_dim // cfg.cols) * stride
+
+
+def _page_lines(cfg: AcceleratorConfig, head_dim: int) -> int:
+    """WBUF lines of one page of a half."""
+    return F.kv_page_bytes(kv_page(cfg), head_dim) // (cfg.wbuf_line_bits // 8)
+
+
+#: Tiles a pass over the old positions aims at: a tile loads while the one before it is used, so the pass costs
+#: about its transfers plus one tile's compute; more tiles shorten that tail, each costing a transfer's latency.
+TILES_PER_PASS = 8
+
+
+def _plan(cfg: AcceleratorConfig, old: int, ntok: int, head_dim: int, group: int, operand_lines: int,
+          stride: int) -> BlockPlan | tuple[str, str]:
+    """The plan of a block of ``ntok`` tokens after ``old`` cached positions, or (what does not fit, its field):
+    whole where two regions of its pages fit WBUF (one head's load overlaps the other's attention) or its
+    positions are all in its own pages; else tiled (the loads of small tiles overlap the passes), and where even
+    that does not fit, whole in one region."""
+    page, hp = kv_page(cfg), _page_lines(cfg, head_dim)
+    n = old + ntok
+    whole = 2 * -(-n // page) * hp
+    depth_w, depth_o = cfg.depth("W"), cfg.depth("O")
+    sl, hl = score_lines(cfg, n), head_dim // cfg.cols
+    whole_plan: BlockPlan | tuple[str, str] = (
+        (f"OBUF ({operand_lines + sl} lines needed, {depth_o} deep)", "obuf_kib") if operand_lines + sl > depth_o
+        else BlockPlan(False, 2 * whole <= depth_w))
+    if whole <= depth_w and (2 * whole <= depth_w or old < page):
+        return whole_plan
+    own = 2 * (-(-n // page) - old // page) * hp          # both halves of the pages the block's positions are in
+    free = depth_w - own
+    gp = next((g for g in range(group, 0, -1)
+               if group % g == 0 and operand_lines + ntok * g * (sl + 2 * hl) <= depth_o), 0)
+    if free >= hp and gp:
+        double = free >= 2 * hp
+        pages = min(free // (2 * hp) if double else free // hp, -(-(old // page) // TILES_PER_PASS))
+        return BlockPlan(True, double, max(1, pages), gp)
+    if whole <= depth_w:
+        return whole_plan
+    if free < hp:
+        return (f"WBUF ({own + hp} lines needed for the block's own pages and one tile, {depth_w} deep)",
+                "wbuf_kib")
+    need = operand_lines + ntok * (sl + 2 * hl)
+    return f"OBUF ({need} lines needed for one query head's scores and accumulators, {depth_o} deep)", "obuf_kib"
 
 
 def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads: int, n_kv_heads: int,
@@ -112,7 +180,7 @@ def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads
     at ``base`` (default: after the layer's cache). The programs never depend on data: the same serve the
     simulator's timing-only mode.
 
-    Raises UnsupportedError (no vector unit, a shape the unit cannot take, or a cache that does not fit)."""
+    Raises UnsupportedError (no vector unit, a shape the unit cannot take, or buffers too small)."""
     if not cfg.vector_unit:
         raise UnsupportedError(f"config {cfg.name!r} has no vector unit (vector_unit = 0), so attention runs on the "
                                "host", field="vector_unit")
@@ -132,102 +200,271 @@ def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads
     K_q, K_kv = n_heads * head_dim, n_kv_heads * head_dim
     if K_q > 65535:
         raise UnsupportedError(f"attention: {n_heads} heads of {head_dim} = {K_q} features > 65535")
-    rl = kv_region_lines(cfg, kv_max, head_dim)
-    if rl > cfg.depth("W"):
-        raise UnsupportedError(f"attention: one kv head's cache of {kv_max} positions ({rl} lines) does not fit "
-                               f"config {cfg.name!r}'s WBUF ({cfg.depth('W')} lines)", field="wbuf_kib")
-    mode, block = token_or_plane(cfg, tokens, lambda b, stride: _fits(cfg, K_q, K_kv, b, stride, kv_max),
-                                 "attention of one token")
-    params = {"K": K_q, "HDIM": head_dim, "HGRP": n_heads // n_kv_heads, "KVMAX": kv_max, "XFRAC": xfrac}
-    ca = CompiledAttention(cfg, tokens, pos0, n_heads, n_kv_heads, head_dim, kv_max, kv_base, mode, block,
-                           2 * rl <= cfg.depth("W"), {}, params=params)
+    G = n_heads // n_kv_heads
+
+    def block_plan(old: int, ntok: int, stride: int) -> BlockPlan | tuple[str, str]:
+        """The operands staged whole where that fits as well as (no more passes than) a slot a head."""
+        by_head = _plan(cfg, old, ntok, head_dim, G, 2 * _slot_lines(cfg, head_dim, G, stride), stride)
+        staged = _plan(cfg, old, ntok, head_dim, G, (olines(cfg, K_q) + 2 * olines(cfg, K_kv)) * stride, stride)
+        if not isinstance(staged, tuple) and (isinstance(by_head, tuple) or staged.group_pass == by_head.group_pass):
+            return dataclasses.replace(staged, staged=True)
+        return by_head
+
+    def fits(block: int, stride: int) -> tuple[str, str] | None:
+        if block * cfg.xlines(K_q) > cfg.depth("X"):
+            return f"XBUF ({block * cfg.xlines(K_q)} lines needed, {cfg.depth('X')} deep)", "xbuf_kib"
+        plan = block_plan(pos0 + tokens - block, block, stride)   # the last block's
+        return plan if isinstance(plan, tuple) else None
+
+    mode, block = token_or_plane(cfg, tokens, fits, "attention of one token")
+    params = {"K": K_q, "HDIM": head_dim, "XFRAC": xfrac}
+    ca = CompiledAttention(cfg, tokens, pos0, n_heads, n_kv_heads, head_dim, kv_max, kv_base, mode, block, {},
+                           params=params)
     at = _align(kv_base + n_kv_heads * ca.region_bytes if base is None else base)
     for name in ("q", "k", "v"):
         ca.regions[name] = at
         at = _align(at + len(ca.blocks()) * ca.block_bytes(name))
     ca.regions["result"] = at
     for i, blk in enumerate(ca.blocks()):
-        ca.programs.append(_block_program(ca, i, blk))
+        plan = block_plan(pos0 + blk.start, len(blk), ca.stride)
+        if isinstance(plan, tuple):     # an earlier block never needs more than the last, which fitted
+            raise UnsupportedError(f"attention: {plan[0]}", field=plan[1])
+        ca.plans.append(plan)
+        ca.programs.append(_BlockProgram(ca, i, blk, plan).build())
     return ca
 
 
-def _block_program(ca: CompiledAttention, i: int, blk: range) -> Program:
-    cfg, stride, hd, C = ca.config, ca.stride, ca.head_dim, ca.config.cols
-    wb, page = cfg.wbuf_line_bits // 8, kv_page(cfg)
-    page_lines = F.kv_page_bytes(page, hd) // wb
-    rl = kv_region_lines(cfg, ca.kv_max, hd)
-    ntok, old = len(blk), ca.pos0 + blk.start          # positions the cache holds before this block
-    G, hl = ca.n_heads // ca.n_kv_heads, hd // C
-    words: list[int] = []
+class _BlockProgram:
+    """The program of one block (see the module docstring): its words, the cache bytes it moves."""
 
-    def emit(ins: Instruction) -> None:
-        words.append(encode(ins))
+    def __init__(self, ca: CompiledAttention, i: int, blk: range, plan: BlockPlan):
+        self.ca, self.i, self.blk, self.plan = ca, i, blk, plan
+        cfg = ca.config
+        self.wb, self.page, self.hp = cfg.wbuf_line_bits // 8, kv_page(cfg), _page_lines(cfg, ca.head_dim)
+        self.words: list[int] = []
 
-    def dma(kind: Op, buf: str, line: int, nlines: int, addr: int) -> None:
-        emit(setr(Reg.EBASE, addr // ALIGN))
-        emit(Instruction.make(kind, buf=buf, line=line, nlines=nlines, ext=addr % ALIGN))
+    def emit(self, ins: Instruction) -> None:
+        self.words.append(encode(ins))
 
-    def load_pages(h: int, w0: int, positions: int) -> None:
-        """Kv head h's first ``positions`` positions into its region at WBUF w0: of a page they fill in part, the
-        lines of their rows and exponents (a transfer each part); then the whole pages, one transfer, last, so that
-        the attention that follows overlaps it."""
-        full, part = divmod(positions, page)
-        if part:
-            lines(Op.LOAD, h, w0, full * page, positions)
-        if full:
-            dma(Op.LOAD, "W", w0, full * page_lines, ca.head_region(h))
-            ca.kv_bytes["read"] += full * page_lines * wb
+    def dma(self, kind: Op, buf: str, line: int, nlines: int, addr: int) -> None:
+        self.emit(setr(Reg.EBASE, addr // ALIGN))
+        self.emit(Instruction.make(kind, buf=buf, line=line, nlines=nlines, ext=addr % ALIGN))
+        if buf == "W":
+            self.ca.kv_bytes["read" if kind is Op.LOAD else "written"] += nlines * self.wb
 
-    def lines(kind: Op, h: int, w0: int, lo: int, hi: int) -> None:
-        """The lines of positions [lo, hi)'s rows and exponents, page by page, between kv head h's region in
-        external memory and at WBUF w0: three transfers a page, its key rows, its value rows, and its two exponent
-        lines (adjacent: the key exponents' line, then the values')."""
-        for first in range(lo - lo % page, hi, page):
-            a, b = max(lo, first) - first, min(hi, first + page) - first    # positions a..b-1 of the page
-            for start, end in ((a * hd, b * hd), ((page + a) * hd, (page + b) * hd),
-                               (2 * page * hd + a, 2 * page * hd + page + b)):
-                off = first // page * page_lines + start // wb
-                n = first // page * page_lines + -(-end // wb) - off
-                dma(kind, "W", w0 + off, n, ca.head_region(h) + off * wb)
-                ca.kv_bytes["read" if kind is Op.LOAD else "written"] += n * wb
+    def load_half(self, h: int, kind: int, w0: int, lo: int, hi: int, what: str = "both") -> None:
+        """Positions lo..hi-1 of kv head h's half ``kind`` (lo on a page) into WBUF from line w0: the whole pages
+        and the rows of a page they fill in part in one transfer (``what`` "rows" or "both"), that page's exponent
+        line in another ("exps" or "both")."""
+        if hi <= lo:
+            return
+        hd = self.ca.head_dim
+        full, part = divmod(hi - lo, self.page)
+        at = self.ca.half_address(h, kind) + lo // self.page * self.hp * self.wb
+        if what != "exps":
+            self.dma(Op.LOAD, "W", w0, full * self.hp + -(-part * hd // self.wb), at)
+        if part and what != "rows":
+            self.dma(Op.LOAD, "W", w0 + full * self.hp + hd, 1, at + (full * self.hp + hd) * self.wb)
 
-    o_q = 0
-    o_k = olines(cfg, ca.features("q")) * stride
-    o_v = o_k + olines(cfg, ca.features("k")) * stride
-    scr = o_v + olines(cfg, ca.features("v")) * stride
-    for reg, value in ca.params.items():
-        emit(setr(Reg[reg], value))
-    emit(setr(Reg.SCR, scr))
-    emit(setr(Reg.QPOS, old))
-    for name, o in (("q", o_q), ("k", o_k), ("v", o_v)):
-        dma(Op.LOAD, "O", o, (olines(cfg, ca.features(name)) - 1) * stride + ntok,
-            ca.regions[name] + i * ca.block_bytes(name))
-    region = [0, rl] if ca.double_buffered else [0, 0]
-    if old:
-        load_pages(0, region[0], old)
-    emit(Instruction.make(Op.WAIT))
-    for h in range(ca.n_kv_heads):
-        w0 = region[h % 2]
-        emit(setr(Reg.KVW, w0))
-        for kind, o in (("k", o_k), ("v", o_v)):
-            emit(Instruction.make(Op.KVPACK, mode=ca.mode, o=o + h * hl * stride, kind=kind, ntok=ntok))
-        nxt = h + 1 < ca.n_kv_heads and old > 0
-        if nxt and ca.double_buffered:       # the next head's cache comes in while this one attends
-            load_pages(h + 1, region[(h + 1) % 2], old)
-        emit(Instruction.make(Op.ATTN, mode=ca.mode, q=o_q + h * G * hl * stride, x=h * G * hl, ntok=ntok))
-        # the rows this block added, after the attention (a transfer may not touch lines a compute uses)
-        lines(Op.STORE, h, w0, old, old + ntok)
-        emit(Instruction.make(Op.WAIT))
-        if nxt and not ca.double_buffered:
-            load_pages(h + 1, region[0], old)
-            emit(Instruction.make(Op.WAIT))
-    xl, xb = cfg.xlines(ca.features("q")), cfg.line_bits("X") // 8
-    dma(Op.STORE, "X", 0, ntok * xl, ca.regions["result"] + blk.start * xl * xb)
-    emit(Instruction.make(Op.HALT))
-    if len(words) > cfg.imem_words:
-        raise UnsupportedError(f"attention: a program of {len(words)} words does not fit IMEM ({cfg.imem_words})",
-                               field="imem_words")
-    return Program(words, cfg, {"attention": i, "pos0": ca.pos0 + blk.start})
+    def store_rows(self, h: int, kind: int, w0: int, first: int, lo: int, hi: int) -> None:
+        """The lines of positions lo..hi-1 of half ``kind`` held at WBUF w0 from position ``first`` (a page) back
+        to kv head h's half: page by page, its rows' lines and its exponent line."""
+        hd = self.ca.head_dim
+        for p0 in range(lo - lo % self.page, hi, self.page):
+            a, b = max(lo, p0) - p0, min(hi, p0 + self.page) - p0
+            pl = (p0 - first) // self.page * self.hp            # the page's first line in WBUF
+            at = self.ca.half_address(h, kind) + p0 // self.page * self.hp * self.wb
+            r0, r1 = a * hd // self.wb, -(-b * hd // self.wb)
+            self.dma(Op.STORE, "W", w0 + pl + r0, r1 - r0, at + r0 * self.wb)
+            self.dma(Op.STORE, "W", w0 + pl + hd, 1, at + hd * self.wb)
+
+    def build(self) -> Program:
+        ca, cfg, plan = self.ca, self.ca.config, self.plan
+        stride, hd, C = ca.stride, ca.head_dim, cfg.cols
+        ntok, old = len(self.blk), ca.pos0 + self.blk.start      # positions the cache holds before this block
+        n = old + ntok
+        hl, G = hd // C, ca.n_heads // ca.n_kv_heads
+        # staged: q, k, v of every head one after another; else two OBUF slots of one kv head's operands (its
+        # group's queries, its keys, its values), alternating by head so that the next head's come in while this
+        # one attends; the score scratch (and accumulators) after them
+        self.slot_lines = _slot_lines(cfg, hd, G, stride)
+        self.scr = ((olines(cfg, ca.features("q")) + 2 * olines(cfg, ca.features("k"))) * stride if plan.staged
+                    else 2 * self.slot_lines)
+        for reg, value in ca.params.items():
+            self.emit(setr(Reg[reg], value))
+        self.emit(setr(Reg.SCR, self.scr))
+        self.emit(setr(Reg.QPOS, old))
+        if plan.staged:
+            for name in ("q", "k", "v"):
+                self.dma(Op.LOAD, "O", self.operand(0, name),
+                         (olines(cfg, ca.features(name)) - 1) * stride + ntok,
+                         ca.regions[name] + self.i * ca.block_bytes(name))
+        if plan.tiled:
+            self.tiled(old, n, G)
+        else:
+            self.whole(old, n, G)
+        xl, xb = cfg.xlines(ca.features("q")), cfg.line_bits("X") // 8
+        self.dma(Op.STORE, "X", 0, ntok * xl, ca.regions["result"] + self.blk.start * xl * xb)
+        self.emit(Instruction.make(Op.HALT))
+        if len(self.words) > cfg.imem_words:
+            raise UnsupportedError(f"attention: a program of {len(self.words)} words does not fit IMEM "
+                                   f"({cfg.imem_words})", field="imem_words")
+        return Program(self.words, cfg, {"attention": self.i, "pos0": old})
+
+    def operand(self, h: int, name: str) -> int:
+        """OBUF line of kv head h's operand ``name`` (q: its group's queries; k; v): in the staged operands, or in
+        its slot."""
+        ca = self.ca
+        hl, G, stride = ca.head_dim // ca.config.cols, ca.n_heads // ca.n_kv_heads, ca.stride
+        if self.plan.staged:
+            nq, nk = olines(ca.config, ca.features("q")), olines(ca.config, ca.features("k"))
+            return {"q": h * G * hl, "k": nq + h * hl, "v": nq + nk + h * hl}[name] * stride
+        return (h % 2) * self.slot_lines + {"q": 0, "k": G * hl, "v": (G + 1) * hl}[name] * stride
+
+    def load_operands(self, h: int, ntok: int) -> None:
+        """Kv head h's lines of the block's q, k and v (a linear's output layout, so a head's lines are one run of
+        its operand's) into its slot: three transfers (none where the operands are staged)."""
+        ca, cfg = self.ca, self.ca.config
+        if self.plan.staged:
+            return
+        hl, G, stride = ca.head_dim // cfg.cols, ca.n_heads // ca.n_kv_heads, ca.stride
+        line_bytes = cfg.line_bits("O") // 8
+        for name, heads in (("q", G), ("k", 1), ("v", 1)):
+            first = h * heads * hl * stride                  # the head's first line in the block's operand
+            self.dma(Op.LOAD, "O", self.operand(h, name), (heads * hl - 1) * stride + ntok,
+                     ca.regions[name] + self.i * ca.block_bytes(name) + first * line_bytes)
+
+    def pack(self, h: int, ntok: int) -> None:
+        """kvpack of kv head h's keys and values (from its slot) into the region at KVW."""
+        for kind in ("k", "v"):
+            self.emit(Instruction.make(Op.KVPACK, mode=self.ca.mode, o=self.operand(h, kind), kind=kind, ntok=ntok))
+
+    def whole(self, old: int, n: int, G: int) -> None:
+        """Each kv head's pages (both halves) staged, packed, attended (part 0) and its new lines stored. With two
+        regions the next head's pages load while this head attends: a load waits for the DMA engine to be idle,
+        so one transfer goes out before the attention and, where the block has two tokens or more, the attention
+        is split between its tokens (the causal mask is each token's own) so that the value half goes out between
+        the halves; else it goes right after."""
+        ca, hl, ntok = self.ca, self.ca.head_dim // self.ca.config.cols, n - old
+        pages = -(-n // self.page)
+        half = pages * self.hp
+        self.emit(setr(Reg.HGRP, G))
+        self.emit(setr(Reg.TPOS, 0))
+        self.emit(setr(Reg.KVMAX, pages * self.page))
+        region = [0, 2 * half] if self.plan.double else [0, 0]
+
+        def load(h: int, key_rows: bool, rest: bool) -> None:
+            w0 = region[h % 2]
+            if key_rows:
+                self.load_half(h, 0, w0, 0, old, "rows")
+            if rest:     # the short transfers first: a load issues once the one before it is done, so the
+                # long transfer last lets the attention that follows run beside it
+                self.load_operands(h, ntok)
+                self.load_half(h, 0, w0, 0, old, "exps")
+                self.load_half(h, 1, w0 + half, 0, old, "exps")
+                self.load_half(h, 1, w0 + half, 0, old, "rows")
+
+        load(0, True, True)
+        self.emit(Instruction.make(Op.WAIT))
+        xl = ca.config.xlines(ca.features("q"))
+        for h in range(ca.n_kv_heads):
+            w0 = region[h % 2]
+            self.emit(setr(Reg.KVW, w0))
+            self.emit(setr(Reg.QPOS, old))
+            self.pack(h, ntok)
+            ahead = h + 1 < ca.n_kv_heads and self.plan.double
+            if ahead:
+                load(h + 1, True, False)
+            split = ntok // 2 if ahead else 0               # tokens 0 .. split - 1, then the rest
+            q, x = self.operand(h, "q"), h * G * hl
+            for t0, t1 in ((0, split), (split, ntok)):
+                if t1 == t0:
+                    continue
+                if t0:                                      # the second half: the value half loads meanwhile
+                    load(h + 1, False, True)
+                    self.emit(setr(Reg.QPOS, old + t0))
+                self.emit(Instruction.make(Op.ATTN, mode=ca.mode, q=q + t0, x=x + t0 * xl, ntok=t1 - t0,
+                                           part="whole"))
+            # the rows this block added, after the attention (a transfer may not touch lines a compute uses)
+            for kind in (0, 1):
+                self.store_rows(h, kind, w0 + kind * half, 0, old, n)
+            if ahead and not split:
+                load(h + 1, False, True)
+            elif h + 1 < ca.n_kv_heads:
+                self.emit(Instruction.make(Op.WAIT))
+                load(h + 1, True, True)
+            self.emit(Instruction.make(Op.WAIT))
+
+    def tiled(self, old: int, n: int, G: int) -> None:
+        """Each kv head: its block's own pages staged and packed (the region at WBUF 0), then per pass of
+        ``group_pass`` query heads the scores of every key tile and the weighted values of every value tile. One
+        step's tile loads while an earlier step computes, wherever its buffer is not in use until then."""
+        ca, plan, hl, ntok = self.ca, self.plan, self.ca.head_dim // self.ca.config.cols, n - old
+        first = old // self.page * self.page                 # the region's first position (a page)
+        own = -(-n // self.page) - first // self.page        # its pages
+        half = own * self.hp
+        tile_lines = plan.tile_pages * self.hp
+        bufs = [2 * half, 2 * half + tile_lines] if plan.double else [2 * half, 2 * half]
+        gp = plan.group_pass
+        self.emit(setr(Reg.HGRP, gp))
+        self.emit(setr(Reg.ACC, self.scr + ntok * gp * score_lines(ca.config, n)))
+        step = plan.tile_pages * self.page
+        old_tiles = [(t0, min(t0 + step, first)) for t0 in range(0, first, step)]
+        # the program's steps: a head's start (None), then its attn steps (part, head, first query head, tile's
+        # first position, its end, its WBUF line, the half it loads or None for the staged region)
+        steps: list[tuple | None] = []
+        for h in range(ca.n_kv_heads):
+            steps.append(None)
+            for s in range(0, G, gp):
+                for kind, part in ((0, "scores"), (1, "values")):
+                    steps += [(part, h, s, t0, t1, bufs[j % 2], kind) for j, (t0, t1) in enumerate(old_tiles)]
+                    steps.append((part, h, s, first, first + own * self.page, kind * half, None))
+        issued: set[int] = set()
+
+        def load(i: int) -> None:
+            _, h, _, t0, t1, w0, kind = steps[i]
+            self.load_half(h, kind, w0, t0, t1)
+            issued.add(i)
+
+        def prefetch(j: int) -> None:
+            """The first tile after step j not yet loaded, if no step from j until it uses its buffer."""
+            busy: set[int] = set()
+            for i in range(j, len(steps)):
+                st = steps[i]
+                if st is None:                                # a head start rewrites the region
+                    busy.update((0, half))
+                    continue
+                if i > j and st[6] is not None and i not in issued:
+                    if st[5] not in busy:
+                        load(i)
+                    return
+                busy.add(st[5])
+
+        for j, st in enumerate(steps):
+            if st is None:                                    # a head's start: its own pages, packed, stored
+                h = steps[j + 1][1]
+                self.emit(setr(Reg.KVW, 0))
+                self.emit(setr(Reg.TPOS, first))
+                self.emit(setr(Reg.KVMAX, own * self.page))
+                self.load_operands(h, ntok)
+                for kind in (0, 1):
+                    self.load_half(h, kind, kind * half, first, old)
+                self.emit(Instruction.make(Op.WAIT))
+                self.pack(h, ntok)
+                for kind in (0, 1):
+                    self.store_rows(h, kind, kind * half, first, old, n)
+                continue
+            part, h, s, t0, t1, w0, kind = st
+            if kind is not None and j not in issued:
+                load(j)
+                self.emit(Instruction.make(Op.WAIT))
+            prefetch(j)
+            self.emit(setr(Reg.KVW, w0))
+            self.emit(setr(Reg.TPOS, t0))
+            self.emit(setr(Reg.KVMAX, -(-(t1 - t0) // self.page) * self.page))
+            self.emit(Instruction.make(Op.ATTN, mode=ca.mode, q=self.operand(h, "q") + s * hl * ca.stride,
+                                       x=(h * G + s) * hl, ntok=ntok, part=part))
+            self.emit(Instruction.make(Op.WAIT))
 
 
 def write_attention_operands(memory: bytearray, ca: CompiledAttention, q, k, v) -> None:
@@ -271,16 +508,15 @@ def read_kv_cache(memory: bytes | bytearray, ca: CompiledAttention, positions: i
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The layer's cache of its first ``positions`` positions from external memory: key mantissas [positions,
     n_kv_heads, head_dim], key exponents [positions, n_kv_heads], value mantissas, value exponents (int64)."""
-    hd, size = ca.head_dim, ca.region_bytes
-    k_row, v_row, k_exp, v_exp = F.kv_offsets(np.arange(positions), hd, kv_page(ca.config))
+    hd, size = ca.head_dim, kv_half_bytes(ca.config, ca.kv_max, ca.head_dim)
+    row, exp = F.kv_offsets(np.arange(positions), hd, kv_page(ca.config))
     km, ek, vm, ev = [], [], [], []
     for h in range(ca.n_kv_heads):
-        at = ca.head_region(h)
-        blob = np.frombuffer(bytes(memory[at:at + size]).ljust(size, b"\0"), dtype=np.uint8)
-        km.append(blob[k_row[:, None] + np.arange(hd)].view(np.int8))
-        vm.append(blob[v_row[:, None] + np.arange(hd)].view(np.int8))
-        ek.append(blob[k_exp])
-        ev.append(blob[v_exp])
+        for kind, (m, e) in enumerate(((km, ek), (vm, ev))):
+            at = ca.half_address(h, kind)
+            blob = np.frombuffer(bytes(memory[at:at + size]).ljust(size, b"\0"), dtype=np.uint8)
+            m.append(blob[row[:, None] + np.arange(hd)].view(np.int8))
+            e.append(blob[exp])
     st = lambda a: np.stack(a, axis=1).astype(np.int64)   # noqa: E731
     return st(km), st(ek), st(vm), st(ev)
 
@@ -318,5 +554,5 @@ def reference_attention(q, k, v, cache: tuple | None, pos0: int, *, n_heads: int
     return np.array(out, dtype=np.int64), cache_out
 
 
-__all__ = ["CompiledAttention", "compile_attention", "write_attention_operands", "read_attention_result",
+__all__ = ["BlockPlan", "CompiledAttention", "compile_attention", "kv_half_bytes", "write_attention_operands", "read_attention_result",
            "read_kv_cache", "reference_attention", "kv_positions", "kv_region_bytes"]

@@ -95,10 +95,11 @@ def _fits(cfg: AcceleratorConfig, op: str, K: int, block: int, stride: int, head
 
 def token_or_plane(cfg: AcceleratorConfig, tokens: int, fits, what: str) -> tuple[str, int]:
     """(mode, tokens a program): token mode, up to R tokens a program, where such a block fits the buffers, else
-    plane mode, one token; ``fits(block, stride)`` is None or (what is too small, its config field). Raises
+    plane mode, one token (and for a single token: its lines are then adjacent, not R apart, so a transfer moves
+    only them); ``fits(block, stride)`` is None or (what is too small, its config field). Raises
     UnsupportedError naming the buffer (``what`` does not fit) when one token does not fit either."""
     block = min(cfg.rows, tokens)
-    if fits(block, cfg.rows) is None:
+    if tokens > 1 and fits(block, cfg.rows) is None:
         return "token", block
     why = fits(1, 1)
     if why is not None:

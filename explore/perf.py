@@ -97,11 +97,11 @@ def simulate_vector_ops(cfg: AcceleratorConfig, ops: list[tuple[str, str, int]],
 
 
 def simulate_attention(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: int, pos0: int,
-                       positions: int) -> tuple[list[Any], dict[str, int]]:
+                       positions: int) -> tuple[list[Any], Any]:
     """The timing-mode results of one layer's attention programs (:func:`bitmos.compiler.attention.compile_attention`)
     for ``tokens`` tokens at positions ``pos0``.. against a KV cache that holds ``positions`` positions, and the
-    cache's bytes they read and write; every layer's are the same (timing never depends on data or on where the
-    cache sits). Raises UnsupportedError (its field naming the buffer) when a kv head's cache does not fit."""
+    compiled programs (``kv_bytes``: the cache's bytes they read and write; ``plans``: whole or tiled); every layer's are the same (timing never depends on data or on where the
+    cache sits). Raises UnsupportedError (its field naming the buffer) when the buffers cannot hold a tiled pass."""
     from bitmos.compiler.attention import compile_attention, kv_positions
     from bitmos.compiler.shapes import attention_dims
     from bitmos.sim import Simulator
@@ -109,7 +109,7 @@ def simulate_attention(cfg: AcceleratorConfig, shape: dict[str, Any], tokens: in
     _, nh, kvh, hd = attention_dims(shape)
     ca = compile_attention(cfg, tokens, pos0, n_heads=nh, n_kv_heads=kvh, head_dim=hd,
                            kv_max=kv_positions(cfg, positions), xfrac=cfg.x_frac_bits)
-    return _timing_runs(Simulator(cfg), ca.programs, f"attention of {tokens} token(s) at position {pos0}"), ca.kv_bytes
+    return _timing_runs(Simulator(cfg), ca.programs, f"attention of {tokens} token(s) at position {pos0}"), ca
 
 
 def attention_on_chip(cfg: AcceleratorConfig, shape: dict[str, Any], scheme: str | None) -> bool:
@@ -392,8 +392,10 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
     * ``attention`` (where the estimate runs attention on the chip, :func:`attention_on_chip`): every layer's
       attention of one token at position ``context`` - 1, simulated (``bitmos.compiler.attention``: the KV cache's
       pages loaded kv head by kv head, the new rows packed and stored, the attention unit's passes), against a
-      cache of ``context`` positions. A kv head's cache is staged whole in WBUF; where it does not fit, the
-      refusal is kept in ``attention_refused`` and the next item stands in.
+      cache of ``context`` positions: staged whole in WBUF where it fits, else read tile by tile (the scores in
+      OBUF between the key and the value pass). Where even that does not fit (a block's own pages and a tile in
+      WBUF, one query head's scores in OBUF), the refusal is kept in ``attention_refused`` and the next item stands
+      in.
     * ``kv_cache`` (attention on the host, or refused above): the token reads the K and V of its whole context and
       writes its own, ``compiler.shapes.kv_cache_bytes`` per position (int8 mantissas plus one exponent per kv
       head), counted at the memory bound: its bytes at the full external bandwidth (cycles) and at the table's
@@ -405,6 +407,7 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
     ``kv_write_bytes`` (the cache's, as the programs move it or at the bound), ``components`` ({name: {cycles,
     energy_j, ext_bytes}}), ``cycles``, ``tokens_per_s``, ``energy_per_token_j``, ``ext_bytes_per_token``,
     ``bound_tokens_per_s`` (bandwidth / (weight bytes + KV bytes per token)), ``attention_simulated``,
+    ``attention_tiled`` (its cache read tile by tile),
     ``attention_refused``, ``ext_bytes`` (the external memory the weights and the KV cache occupy). Raises
     ConfigError if ``context`` < 1, the estimate has no decode, or weights and KV cache do not fit the external
     memory.
@@ -433,12 +436,13 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
                                                   "ext_bytes": dec["ext_bytes_read"] + dec["ext_bytes_written"]}}
     components = {name: {k: p[k] / dec["tokens"] for k in ("cycles", "energy_j", "ext_bytes")}
                   for name, p in parts.items() if name != "attention"}
-    simulated, why = "attention" in parts, None
+    simulated, why, tiled = "attention" in parts, None, False
     if simulated:   # the attention of one decode token at this context, simulated on every layer
         from bitmos.errors import UnsupportedError
         from bitmos.sim.report import summarize
         try:
-            runs, kv = simulate_attention(cfg, shape, 1, context - 1, context)
+            runs, ca = simulate_attention(cfg, shape, 1, context - 1, context)
+            kv, tiled = ca.kv_bytes, ca.plans[0].tiled
         except UnsupportedError as exc:
             simulated, why = False, str(exc)
         else:
@@ -460,7 +464,7 @@ def decode_at_context(est: dict[str, Any], shape: str | dict[str, Any] | None, c
             "energy_per_token_j": sum(c["energy_j"] for c in components.values()),
             "ext_bytes_per_token": sum(c["ext_bytes"] for c in components.values()),
             "bound_tokens_per_s": hz * cfg.ext_bw_bits / 8 / (weight_bytes + per_position * context),
-            "ext_bytes": held, "attention_simulated": simulated, "attention_refused": why,
+            "ext_bytes": held, "attention_simulated": simulated, "attention_refused": why, "attention_tiled": tiled,
             "not_counted": [op for op in host_ops if op != "attention"]}
 
 

@@ -296,14 +296,18 @@ def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> 
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.HDIM):
         return (f"{head}: {ins}: HDIM must be even with half of it a multiple of cols = {cfg.cols} (a rotated pair's "
                 "values share a lane)")
-    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] == int(Reg.KVMAX):
-        return (f"{head}: {ins}: KVMAX must be a multiple of a WBUF line's {cfg.wbuf_line_bits // 8} bytes (every "
-                "area of a KV-cache region starts on a line)")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR and ins["reg"] in (int(Reg.KVMAX), int(Reg.TPOS)):
+        return (f"{head}: {ins}: {Reg(ins['reg']).name} must be a multiple of a WBUF line's "
+                f"{cfg.wbuf_line_bits // 8} bytes (every area of a KV-cache region starts on a line)")
     if cause == CAUSE_ILLEGAL_FIELD and ins.op in (Op.KVPACK, Op.ATTN) and kv_block_outside(ins.op, dict(ins.args),
                                                                                             regs):
+        part = ins["part"] if ins.op is Op.ATTN else None
+        where = {None: "TPOS <= QPOS and QPOS + ntok <= TPOS + KVMAX (the block inside the region)",
+                 0: "TPOS = 0 and QPOS + ntok <= KVMAX (the whole attention's region holds every position)"}.get(
+                     part, "TPOS < QPOS + ntok (a tile some row sees)")
         return (f"{head}: {ins}: needs HDIM > 0" + (" and HGRP > 0" if ins.op is Op.ATTN else "")
-                + f" and positions QPOS + ntok <= KVMAX (HDIM = {regs[Reg.HDIM]}, HGRP = {regs[Reg.HGRP]}, QPOS = "
-                f"{regs[Reg.QPOS]}, ntok = {ins['ntok']}, KVMAX = {regs[Reg.KVMAX]})")
+                + f" and {where} (HDIM = {regs[Reg.HDIM]}, HGRP = {regs[Reg.HGRP]}, QPOS = {regs[Reg.QPOS]}, "
+                f"ntok = {ins['ntok']}, TPOS = {regs[Reg.TPOS]}, KVMAX = {regs[Reg.KVMAX]})")
     whole_heads = regs[Reg.HDIM] and regs[Reg.K] % regs[Reg.HDIM] == 0
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.ROPE and not whole_heads:
         return f"{head}: {ins}: K = {regs[Reg.K]} is not a whole number of heads of HDIM = {regs[Reg.HDIM]}"

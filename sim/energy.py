@@ -40,7 +40,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import ConfigError
 from bitmos.fileio import read_text_file
 from bitmos.isa import BUFFERS, Op, Reg
-from bitmos.semantics import Ops, olines, rope_table_lines, score_lines, weight_planes
+from bitmos.semantics import Ops, attn_last_tile, attn_positions, olines, rope_table_lines, score_lines, weight_planes
 
 try:  # Python 3.11+
     import tomllib
@@ -182,23 +182,36 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
         c["o_read_bits"] += S(ntok * 2 * (hd // C)) * ob_bits
         c["w_write_bits"] += S(ntok * (hd + 1)) * 8
         c["vector_adds"] += S(ntok * 2 * hd)                 # the max's compares, the rounding adds
-    # attn, per query row (ntok x HGRP) over the block's positions (semantics.attn_row_cycles' passes)
+    # attn, per query row (ntok x HGRP) over the m positions of its region or tile (semantics.attn_positions), by
+    # part (the passes of semantics.attn_row_cycles, attn_scores_row_cycles, attn_values_row_cycles)
     sel = op == int(Op.ATTN)
     if sel.any():
-        hd, npos = hd_all[sel], dec.regs[Reg.QPOS][:n][sel] + f["ntok"][sel]
-        rows = f["ntok"][sel] * dec.regs[Reg.HGRP][:n][sel]
+        regs = {r: dec.regs[r][:n][sel] for r in (Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.TPOS, Reg.HGRP)}
+        fs = {"ntok": f["ntok"][sel], "part": f["part"][sel]}
+        hd, part = regs[Reg.HDIM], fs["part"]
+        npos, m = attn_positions(fs, regs, Ops(select=np.where))
+        rows = fs["ntok"] * regs[Reg.HGRP]
         wb = cfg.wbuf_line_bits // 8
-        kl, el, sl = (npos * hd + wb - 1) // wb, (npos + wb - 1) // wb, score_lines(cfg, npos)
-        c["o_read_bits"] += S(rows * (2 * (hd // C) + 2 * sl)) * ob_bits      # q twice; scratch: p, then w
-        c["o_write_bits"] += S(rows * 2 * sl) * ob_bits                       # scores, then p
-        c["w_read_bits"] += S(rows * 2 * (kl + el)) * cfg.wbuf_line_bits     # the key and the value pass
-        c["x_write_bits"] += S(rows * (hd // C)) * x_bits
-        c["vector_mul8s"] += S(rows * npos * hd)                              # q . k
-        c["vector_mul32s"] += S(rows * npos) * 2                              # x ATT_SCALE, p x RCP
-        c["vector_mul16s"] += S(rows * npos * hd)             # w (31 bits) x v mantissa (8): a 16x16's array
-        c["vector_adds"] += S(rows * npos * (3 * hd + 2))     # the dot's adds, the 64-bit accumulate (two), max, sum
-        c["vector_lut_reads"] += S(rows * npos)
-        c["vector_recips"] += S(rows)
+        kv = ((m * hd + wb - 1) // wb + (m + wb - 1) // wb) * cfg.wbuf_line_bits   # one pass over the m positions
+        sl, hl = score_lines(cfg, npos), hd // C
+        whole, scores, values = part == 0, part == 1, part == 2
+        first = values & (regs[Reg.TPOS] == 0)                     # the values part's softmax
+        last = values & attn_last_tile(fs, regs)
+        softmax = whole | first
+        c["o_read_bits"] += S(rows * (2 * hl * (whole | scores)        # q twice
+                                      + 2 * sl * whole + 3 * sl * first      # scratch: p, then w (first: max too)
+                                      + score_lines(cfg, m) * values + 2 * hl * values)) * ob_bits   # w; acc
+        c["o_write_bits"] += S(rows * (2 * sl * whole + score_lines(cfg, m) * scores + 2 * sl * first
+                                       + 2 * hl * values)) * ob_bits     # scores, p and w; scores; p, w; acc
+        c["w_read_bits"] += S(rows * kv * (2 * whole + scores + values))     # the key pass, the value pass
+        c["x_write_bits"] += S(rows * hl * (whole | last)) * x_bits
+        dots, sums = rows * m * hd * (whole | scores), rows * m * hd * (whole | values)
+        c["vector_mul8s"] += S(dots)                                          # q . k
+        c["vector_mul32s"] += S(rows * m * (whole | scores) + rows * npos * softmax)   # x ATT_SCALE, p x RCP
+        c["vector_mul16s"] += S(sums)                         # w (31 bits) x v mantissa (8): a 16x16's array
+        c["vector_adds"] += S(dots + 2 * sums + rows * npos * 2 * softmax)   # dot adds, 64-bit accumulate, max, sum
+        c["vector_lut_reads"] += S(rows * npos * softmax)
+        c["vector_recips"] += S(rows * softmax)
 
     # scaleout
     sel = op == int(Op.SCALEOUT)

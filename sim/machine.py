@@ -30,7 +30,7 @@ from bitmos.container import MemoryImage, Program
 from bitmos.errors import ConfigError, FormatError
 from bitmos.isa import BUFFERS, CAUSE_NAMES, CAUSE_NONE, CAUSE_PC_RANGE, Instruction, Op, Reg, decode, reg_value
 from bitmos.sim.analysis import UNIT_CODES, Analysis, analyze
-from bitmos.semantics import kv_page, kv_region_lines, olines, rope_table_lines, score_lines, weight_planes
+from bitmos.semantics import kv_half_lines, kv_page, olines, rope_table_lines, score_lines, weight_planes
 from bitmos.sim.energy import count_actions
 
 assert sys.byteorder == "little", "the simulator views buffer bytes as little-endian words"
@@ -423,50 +423,83 @@ class Simulator:
                       _sat(_rshift_round(hi * cos + lo * sin, formats.ROPE_FRAC), formats.RESID_BITS)], axis=2)
         ob[lines] = y.reshape(ntok, nl, C).astype(np.int32)
 
-    def _kv_region(self, st: MachineState) -> np.ndarray:
-        """The WBUF bytes of the kv head's cache region (a writable view)."""
+    def _kv_area(self, st: MachineState, lines: int) -> np.ndarray:
+        """The WBUF bytes of ``lines`` lines from KVW: a kv head's region or tile (a writable view)."""
         w0 = st.regs[Reg.KVW]
-        return st.buf["W"][w0:w0 + kv_region_lines(self.cfg, st.regs[Reg.KVMAX], st.regs[Reg.HDIM])].reshape(-1)
+        return st.buf["W"][w0:w0 + lines].reshape(-1)
 
-    def _kv_offsets(self, st: MachineState, lo: int, hi: int) -> tuple[np.ndarray, ...]:
-        """formats.kv_offsets of positions lo..hi-1: (key row, value row, key exponent, value exponent) [n]."""
-        return formats.kv_offsets(np.arange(lo, hi), st.regs[Reg.HDIM], kv_page(self.cfg))
+    def _kv_rows(self, st: MachineState, half: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mantissas [hi - lo, HDIM] and exponents [hi - lo] (clamped to KV_EXP_MAX, int64) of positions lo..hi-1
+        of a half (bytes from the half's position TPOS)."""
+        hd, t0 = st.regs[Reg.HDIM], st.regs[Reg.TPOS]
+        row, exp = formats.kv_offsets(np.arange(lo - t0, hi - t0), hd, kv_page(self.cfg))
+        m = half[row[:, None] + np.arange(hd)].view(np.int8).astype(np.int64)
+        return m, np.minimum(half[exp].astype(np.int64), formats.KV_EXP_MAX)
 
     def _kvpack(self, st: MachineState, ins: Instruction) -> None:
-        hd, q0, ntok = st.regs[Reg.HDIM], st.regs[Reg.QPOS], ins["ntok"]
+        hd, q0, ntok, t0 = st.regs[Reg.HDIM], st.regs[Reg.QPOS], ins["ntok"], st.regs[Reg.TPOS]
         lines = self._token_lines(ins, ins["o"], hd // self.cfg.cols)
         m, e = block_quantize(st.obuf()[lines].astype(np.int64).reshape(ntok, hd))
-        region = self._kv_region(st)
-        k_row, v_row, k_exp, v_exp = self._kv_offsets(st, q0, q0 + ntok)
-        row, exp = (k_row, k_exp) if ins["kind"] == 0 else (v_row, v_exp)
-        region[row[:, None] + np.arange(hd)] = m.astype(np.int8).view(np.uint8)
-        region[exp] = e
+        half_lines = kv_half_lines(self.cfg, st.regs[Reg.KVMAX], hd)
+        region = self._kv_area(st, 2 * half_lines)
+        half = region[ins["kind"] * half_lines * self.cfg.wbuf_line_bits // 8:]
+        row, exp = formats.kv_offsets(np.arange(q0 - t0, q0 - t0 + ntok), hd, kv_page(self.cfg))
+        half[row[:, None] + np.arange(hd)] = m.astype(np.int8).view(np.uint8)
+        half[exp] = e
 
     def _attn(self, st: MachineState, ins: Instruction) -> None:
         cfg = self.cfg
         C, F = cfg.cols, cfg.out_frac_bits
-        hd, G, q0, T = st.regs[Reg.HDIM], st.regs[Reg.HGRP], st.regs[Reg.QPOS], ins["ntok"]
-        hl, n = hd // C, q0 + ins["ntok"]
-        lines = self._token_lines(ins, ins["q"], G * hl)                                    # [T, G*HL]
-        qm, eq = block_quantize(st.obuf()[lines].astype(np.int64).reshape(T * G, hd))
-        region = self._kv_region(st)
-        k_row, v_row, k_exp, v_exp = self._kv_offsets(st, 0, n)
-        km = region[k_row[:, None] + np.arange(hd)].view(np.int8).astype(np.int64)          # [n, hd]
-        vm = region[v_row[:, None] + np.arange(hd)].view(np.int8).astype(np.int64)
-        ek = np.minimum(region[k_exp].astype(np.int64), formats.KV_EXP_MAX)
-        ev = np.minimum(region[v_exp].astype(np.int64), formats.KV_EXP_MAX)
+        hd, G, q0, T, t0 = st.regs[Reg.HDIM], st.regs[Reg.HGRP], st.regs[Reg.QPOS], ins["ntok"], st.regs[Reg.TPOS]
+        hl, n = hd // C, q0 + T
+        tile_end = min(t0 + st.regs[Reg.KVMAX], n)
+        half_lines = kv_half_lines(cfg, st.regs[Reg.KVMAX], hd)
         visible = (np.arange(n)[None, :] <= q0 + np.repeat(np.arange(T), G)[:, None])      # [T*G, n]
-        w = attention_weights(qm, eq, km, ek, visible, F)                                  # [T*G, n] Q.30
-        o = _sat(_rshift_round(w @ (vm << ev[:, None]), formats.ATT_WEIGHT_FRAC), formats.RESID_BITS)
+        sl = score_lines(cfg, n)
+        ob = st.obuf()
+        if ins["part"] != 0:       # every row's scratch, row r = t * HGRP + g
+            scratch = ob[st.regs[Reg.SCR]:st.regs[Reg.SCR] + T * G * sl].reshape(T * G, sl * C)
+        if ins["part"] != 2:
+            lines = self._token_lines(ins, ins["q"], G * hl)                                # [T, G*HL]
+            qm, eq = block_quantize(st.obuf()[lines].astype(np.int64).reshape(T * G, hd))
+        if ins["part"] == 1:       # scores of the tile's positions into each row's scratch (0 where masked)
+            km, ek = self._kv_rows(st, self._kv_area(st, half_lines), t0, tile_end)
+            s = attention_scores(qm, eq, km, ek, F)
+            scratch[:, t0:tile_end] = np.where(visible[:, t0:tile_end], s, 0)
+            return
+        if ins["part"] == 0:
+            region = self._kv_area(st, 2 * half_lines)
+            km, ek = self._kv_rows(st, region, 0, n)
+            vm, ev = self._kv_rows(st, region[half_lines * cfg.wbuf_line_bits // 8:], 0, n)
+            w = softmax_weights(attention_scores(qm, eq, km, ek, F), visible)              # [T*G, n] Q.30
+            o = _sat(_rshift_round(w @ (vm << ev[:, None]), formats.ATT_WEIGHT_FRAC), formats.RESID_BITS)
+            row0 = np.zeros(sl * C, dtype=np.int64)
+            row0[:n] = w[-1]
+            ob[st.regs[Reg.SCR]:st.regs[Reg.SCR] + sl] = row0.reshape(sl, C)
+        else:                      # values: the softmax first (the first tile), then the tile's weighted values
+            if t0 == 0:
+                w = np.zeros((T * G, sl * C), dtype=np.int64)
+                w[:, :n] = softmax_weights(scratch[:, :n].astype(np.int64), visible)
+                scratch[:] = w
+            acc_lines = ob[st.regs[Reg.ACC]:st.regs[Reg.ACC] + T * G * 2 * hl].reshape(T * G, 2, hl * C)
+            acc = np.zeros((T * G, hd), dtype=np.uint64)
+            if t0 != 0:            # the 64-bit accumulators: low words, then high words
+                acc = (acc_lines[:, 0].view(np.uint32).astype(np.uint64)
+                       | (acc_lines[:, 1].view(np.uint32).astype(np.uint64) << np.uint64(32)))
+            vm, ev = self._kv_rows(st, self._kv_area(st, half_lines), t0, tile_end)
+            w = scratch[:, t0:tile_end].astype(np.int64)
+            acc = acc + w.astype(np.uint64) @ (vm << ev[:, None]).astype(np.uint64)          # wraps mod 2^64
+            acc_lines[:, 0] = (acc & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32)
+            acc_lines[:, 1] = (acc >> np.uint64(32)).astype(np.uint32).view(np.int32)
+            if tile_end < n:
+                return
+            a = acc.view(np.int64)   # rshift_round by 30 without the rounding add (exact for any 64-bit value)
+            o = _sat((a >> formats.ATT_WEIGHT_FRAC) + ((a >> (formats.ATT_WEIGHT_FRAC - 1)) & 1), formats.RESID_BITS)
         x = _sat(_shift_round(o, F - st.regs[Reg.XFRAC]), formats.X_BITS).reshape(T, G * hl, C)
         xl = cfg.xlines(st.regs[Reg.K])
         xb = st.xbuf()
         for t in range(T):
             xb[ins["x"] + t * xl:ins["x"] + t * xl + G * hl] = x[t]
-        sl = score_lines(cfg, n)
-        scratch = np.zeros(sl * C, dtype=np.int64)
-        scratch[:n] = w[-1]
-        st.obuf()[st.regs[Reg.SCR]:st.regs[Reg.SCR] + sl] = scratch.reshape(sl, C)
 
 
 # ---- vectorized reference arithmetic (bit-exact with bitmos.formats) --------------------------------
@@ -485,18 +518,22 @@ def _shift_round_rows(v: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.where(s >= 0, (v + half) >> right, v << np.maximum(-s, 0))
 
 
-def attention_weights(qm: np.ndarray, eq: np.ndarray, km: np.ndarray, ek: np.ndarray, visible: np.ndarray,
-                      frac: int) -> np.ndarray:
-    """formats.attention_head's weights w_t (Q.30) of each query row against n positions: qm [R, hd], eq [R],
-    km [n, hd], ek [n] (int64), ``visible`` [R, n] the causal mask; zero where masked. |dot * ATT_SCALE| < 2^40;
-    a left-shifted score is clipped to 2^31 first and shifted at most 31 (either saturates it): exact in int64."""
+def attention_scores(qm: np.ndarray, eq: np.ndarray, km: np.ndarray, ek: np.ndarray, frac: int) -> np.ndarray:
+    """formats.attention_head's scores (int32, Q.8) of each query row against n positions: qm [R, hd], eq [R],
+    km [n, hd], ek [n] (int64). |dot * ATT_SCALE| < 2^40; a left-shifted score is clipped to 2^31 first and
+    shifted at most 31 (either saturates it): exact in int64."""
     dot = (qm @ km.T) * formats.attention_scale(qm.shape[1])                            # [R, n]
     shift = 2 * frac + formats.ATT_SCALE_FRAC - formats.SCORE_FRAC - eq[:, None] - ek[None, :]
     # a left shift (large exponents) saturates whatever it shifts past 2^31: clipped first, it stays in int64
     top_bit = formats.SCORE_BITS - 1
     dot = np.where(shift < 0, np.clip(dot, -(1 << top_bit), 1 << top_bit), dot)
-    scores = _sat(_shift_round_rows(dot, np.maximum(shift, -top_bit)), formats.SCORE_BITS)
-    floor = -(1 << top_bit)
+    return _sat(_shift_round_rows(dot, np.maximum(shift, -top_bit)), formats.SCORE_BITS)
+
+
+def softmax_weights(scores: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """formats.attention_head's weights w_t (Q.30) from int32 scores [R, n] where ``visible`` [R, n] (the causal
+    mask; each row sees at least one position); zero where masked."""
+    floor = -(1 << (formats.SCORE_BITS - 1))
     top = np.where(visible, scores, floor).max(axis=1, keepdims=True)
     p = np.where(visible, exp2_weight(top - scores), 0)
     rcp = (1 << formats.ATT_RCP_SHIFT) // p.sum(axis=1, keepdims=True)                 # sum >= 2^15

@@ -108,34 +108,50 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
                     emit(Instruction.make(Op.ROPE, mode=mode, q=rng.randrange(0, dep["O"] - span + 1),
                                           s=rng.randrange(0, dep["S"] - tab + 1), ntok=ntok))
                     continue
-        if kind in ("kvpack", "attn"):   # a kv head's region somewhere in WBUF (random bytes unless packed)
+        if kind in ("kvpack", "attn"):   # a kv head's region or tile somewhere in WBUF (random bytes unless packed)
             hd = 2 * cfg.cols * rng.randrange(1, 4)
             wb = cfg.wbuf_line_bits // 8
-            kv_max = wb * rng.randrange(1, 3)
+            part = rng.randrange(3) if kind == "attn" else 0
             mode = rng.randrange(2)
-            ntok = 1 if mode else rng.randrange(1, min(R, kv_max) + 1)
             group = rng.randrange(1, 4) if kind == "attn" else 1
             hl = hd // cfg.cols
+            if part == 0:     # the whole region: positions 0 .. kv_max - 1 (kvpack: any region of pages)
+                kv_max = wb * rng.randrange(1, 3)
+                tpos = wb * rng.randrange(0, 3) if kind == "kvpack" else 0
+                ntok = 1 if mode else rng.randrange(1, min(R, kv_max) + 1)
+                qpos = tpos + rng.choice([0, kv_max - ntok, rng.randrange(0, kv_max - ntok + 1)])
+                region = 2 * kv_max * (hd + 1) // wb
+            else:             # a tile of one or two pages somewhere in the block's positions
+                ntok = 1 if mode else rng.randrange(1, R + 1)
+                qpos = rng.choice([0, rng.randrange(0, 3 * wb)])
+                tpos = wb * rng.randrange(0, -(-(qpos + ntok) // wb))
+                kv_max = wb * rng.randrange(1, 3)
+                region = kv_max * (hd + 1) // wb
             span = group * hl if mode else (group * hl - 1) * R + ntok
-            region = 2 * kv_max * (hd + 1) // wb
-            scr = -(-kv_max // cfg.cols)
+            rows, sl = ntok * group, -(-(qpos + ntok) // cfg.cols)
+            scr = sl if part == 0 else rows * sl
+            acc = rows * 2 * hl if part == 2 else 0
             x_span = (ntok - 1) * xl + group * hl
-            if region > dep["W"] or span + scr > dep["O"] or x_span > dep["X"]:
+            if region > dep["W"] or span + scr + acc > dep["O"] or x_span > dep["X"]:
                 kind = "nop"
             else:
                 emit(setr(Reg.HDIM, hd))
                 emit(setr(Reg.KVMAX, kv_max))
+                emit(setr(Reg.TPOS, tpos))
                 emit(setr(Reg.KVW, rng.randrange(0, dep["W"] - region + 1)))
-                emit(setr(Reg.QPOS, rng.choice([0, kv_max - ntok, rng.randrange(0, kv_max - ntok + 1)])))
+                emit(setr(Reg.QPOS, qpos))
                 if kind == "kvpack":
                     emit(Instruction.make(Op.KVPACK, mode=mode, o=rng.randrange(0, dep["O"] - span + 1),
                                           kind=rng.randrange(2), ntok=ntok))
                 else:
                     emit(setr(Reg.HGRP, group))
-                    q = rng.randrange(0, dep["O"] - span - scr + 1)
-                    emit(setr(Reg.SCR, rng.randrange(q + span, dep["O"] - scr + 1)))
+                    q = rng.randrange(0, dep["O"] - span - scr - acc + 1)
+                    s0 = rng.randrange(q + span, dep["O"] - scr - acc + 1)
+                    emit(setr(Reg.SCR, s0))
+                    if part == 2:
+                        emit(setr(Reg.ACC, rng.randrange(s0 + scr, dep["O"] - acc + 1)))
                     emit(Instruction.make(Op.ATTN, mode=mode, q=q, x=rng.randrange(0, dep["X"] - x_span + 1),
-                                          ntok=ntok))
+                                          ntok=ntok, part=part))
                 continue
         if kind in ("resadd", "silu", "rmsnorm", "layernorm"):
             nl = -(-K // cfg.cols)
@@ -273,12 +289,19 @@ def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
         group = regs[Reg.HGRP] if ins.op is Op.ATTN else 1
         span = group * hl if ins["mode"] == 1 else (group * hl - 1) * R + ins["ntok"]
         base = ins["q"] if ins.op is Op.ATTN else ins["o"]
-        ranges.append(("O", base, base + span))
-        ranges.append(("W", regs[Reg.KVW], regs[Reg.KVW] + 2 * regs[Reg.KVMAX] * (regs[Reg.HDIM] + 1) // wb))
+        part = ins["part"] if ins.op is Op.ATTN else 0
+        if part != 2:
+            ranges.append(("O", base, base + span))
+        half = regs[Reg.KVMAX] * (regs[Reg.HDIM] + 1) // wb
+        ranges.append(("W", regs[Reg.KVW], regs[Reg.KVW] + (2 * half if part == 0 else half)))
         if ins.op is Op.ATTN:
             n = regs[Reg.QPOS] + ins["ntok"]
-            ranges.append(("O", regs[Reg.SCR], regs[Reg.SCR] + -(-n // cfg.cols)))
-            ranges.append(("X", ins["x"], ins["x"] + (ins["ntok"] - 1) * xl + group * hl))
+            rows, sl = ins["ntok"] * group, -(-n // cfg.cols)
+            ranges.append(("O", regs[Reg.SCR], regs[Reg.SCR] + (sl if part == 0 else rows * sl)))
+            if part == 2:
+                ranges.append(("O", regs[Reg.ACC], regs[Reg.ACC] + rows * 2 * hl))
+            if part == 0 or (part == 2 and regs[Reg.TPOS] + regs[Reg.KVMAX] >= n):
+                ranges.append(("X", ins["x"], ins["x"] + (ins["ntok"] - 1) * xl + group * hl))
     elif ins.op in (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE):
         nl = -(-K // cfg.cols)
         span = nl if ins["mode"] == 1 else (nl - 1) * R + ins["ntok"]

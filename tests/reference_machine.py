@@ -41,7 +41,8 @@ from bitmos.isa import BUFFERS, Op, Reg, decode, reg_value
 
 #: The vector unit's opcodes and registers (docs/isa.md: 0x09-0x0f; registers 9-17).
 VECTOR = (Op.RESADD, Op.SILU, Op.RMSNORM, Op.LAYERNORM, Op.ROPE, Op.KVPACK, Op.ATTN)
-VECTOR_REGISTERS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.KVW, Reg.HGRP, Reg.SCR)
+VECTOR_REGISTERS = (Reg.XFRAC, Reg.GEXP, Reg.EPS, Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.KVW, Reg.HGRP, Reg.SCR,
+                    Reg.TPOS, Reg.ACC)
 
 
 #: The method that executes each instruction with a data effect (setr and wait are handled in ``run``).
@@ -161,8 +162,15 @@ class ReferenceMachine:
         if ins.op is Op.KVPACK:
             return 1 + ins["ntok"] * (2 * HL + 2) + 4
         if ins.op is Op.ATTN:
-            N, WB = self.regs[Reg.QPOS] + ins["ntok"], c.wbuf_line_bits // 8
-            t_row = 3 * HL + 2 * (-(-N * self.regs[Reg.HDIM] // WB) + -(-N // WB)) + -(-N // C) + 55
+            N, WB, T0 = self.regs[Reg.QPOS] + ins["ntok"], c.wbuf_line_bits // 8, self.regs[Reg.TPOS]
+            m = min(T0 + self.regs[Reg.KVMAX], N) - T0
+            KL, EL, SL = -(-m * self.regs[Reg.HDIM] // WB), -(-m // WB), -(-N // C)
+            if ins["part"] == 0:
+                t_row = 3 * HL + 2 * (KL + EL) + SL + 55
+            elif ins["part"] == 1:
+                t_row = 2 * HL + KL + EL + 10
+            else:
+                t_row = (3 * SL + 45 if T0 == 0 else 0) + KL + EL + 4 * HL + 8
             return 1 + ins["ntok"] * self.regs[Reg.HGRP] * t_row + 4
         return 1
 
@@ -198,8 +206,8 @@ class ReferenceMachine:
                     self.fail(pc, f"register {reg.name} on a config without the vector unit")
                 if reg is Reg.HDIM and (value % 2 or (value // 2) % self.cfg.cols):
                     self.fail(pc, f"HDIM = {value}: must be even with half of it a multiple of cols")
-                if reg is Reg.KVMAX and value % (self.cfg.wbuf_line_bits // 8):
-                    self.fail(pc, f"KVMAX = {value}: not a multiple of a WBUF line's bytes")
+                if reg in (Reg.KVMAX, Reg.TPOS) and value % (self.cfg.wbuf_line_bits // 8):
+                    self.fail(pc, f"{reg.name} = {value}: not a multiple of a WBUF line's bytes")
                 if reg is Reg.WBITS and not (value == 0 or 2 <= value <= self.cfg.weight_bits):
                     self.fail(pc, f"WBITS = {value}: allowed 0 or 2..weight_bits = {self.cfg.weight_bits}")
                 if reg is Reg.BIAS and value and self.cfg.experts < 2:
@@ -437,88 +445,138 @@ class ReferenceMachine:
         return [field(self.buf["O"][base + i // C if plane else base + (i // C) * R + t], i % C, 32)
                 for i in range(n)]
 
-    def region(self, pc: int, what: str) -> tuple[int, int, int]:
-        """(first line, WB, M) of the kv head's region (KVMAX / WB pages of 2 (HDIM + 1) lines), range-checked."""
-        WB, M, H = self.cfg.wbuf_line_bits // 8, self.regs[Reg.KVMAX], self.regs[Reg.HDIM]
-        first = self.regs[Reg.KVW]
-        self.touch("W", first, first + M // WB * 2 * (H + 1), pc, what)
-        return first, WB, M
+    def half_lines(self) -> int:
+        """Lines of one half of the region at KVW, or of a tile: KVMAX / WB pages of HDIM + 1 lines."""
+        return self.regs[Reg.KVMAX] // (self.cfg.wbuf_line_bits // 8) * (self.regs[Reg.HDIM] + 1)
 
-    def kv_byte(self, WB: int, p: int, part: str, i: int = 0) -> int:
-        """Region byte of position p (docs/isa.md: pages of P = WB positions, each [key rows P x H][value rows]
-        [key exponents P][value exponents P]): ``part`` k/v (row byte i) or ek/ev."""
-        H, P = self.regs[Reg.HDIM], WB
-        page = (p // P) * 2 * P * (H + 1)
-        j = p % P
-        return page + {"k": j * H + i, "v": P * H + j * H + i, "ek": 2 * P * H + j, "ev": 2 * P * H + P + j}[part]
+    def kv_byte(self, p: int, part: str, i: int = 0) -> int:
+        """Byte of position p (>= TPOS) in a half from its first line (docs/isa.md: pages of P = WB positions,
+        each [rows P x H][exponents P]): ``part`` "m" (row byte i) or "e"."""
+        H, P = self.regs[Reg.HDIM], self.cfg.wbuf_line_bits // 8
+        j = p - self.regs[Reg.TPOS]
+        page = (j // P) * P * (H + 1)
+        return page + (j % P) * H + i if part == "m" else page + P * H + j % P
 
-    def region_byte(self, first: int, WB: int, b: int) -> int:
+    def kv_get(self, first: int, b: int) -> int:
+        WB = self.cfg.wbuf_line_bits // 8
         return (self.buf["W"][first + b // WB] >> (8 * (b % WB))) & 0xFF
 
-    def set_region_byte(self, first: int, WB: int, b: int, value: int) -> None:
+    def kv_set(self, first: int, b: int, value: int) -> None:
+        WB = self.cfg.wbuf_line_bits // 8
         self.buf["W"][first + b // WB] = set_field(self.buf["W"][first + b // WB], b % WB, 8, value & 0xFF)
 
-    def check_positions(self, ins, pc: int) -> None:
-        self.check_ntok(ins, pc)
-        if self.regs[Reg.HDIM] == 0 or self.regs[Reg.QPOS] + ins["ntok"] > self.regs[Reg.KVMAX]:
-            self.fail(pc, f"{ins.op.name.lower()}: HDIM = {self.regs[Reg.HDIM]}, positions QPOS + ntok = "
-                          f"{self.regs[Reg.QPOS] + ins['ntok']} > KVMAX = {self.regs[Reg.KVMAX]}")
+    def kv_rows(self, first: int, lo: int, hi: int) -> list[tuple[list[int], int]]:
+        """(mantissas, exponent read as at most KV_EXP_MAX) of positions lo..hi-1 of the half at line ``first``."""
+        H = self.regs[Reg.HDIM]
+        return [([F.to_signed(self.kv_get(first, self.kv_byte(p, "m", i)), 8) for i in range(H)],
+                 min(self.kv_get(first, self.kv_byte(p, "e")), F.KV_EXP_MAX)) for p in range(lo, hi)]
 
     def kvpack(self, ins, pc: int) -> None:
-        C, R, H = self.cfg.cols, self.cfg.rows, self.regs[Reg.HDIM]
-        self.check_positions(ins, pc)
+        C, R, H, regs = self.cfg.cols, self.cfg.rows, self.regs[Reg.HDIM], self.regs
+        self.check_ntok(ins, pc)
+        if H == 0 or regs[Reg.QPOS] < regs[Reg.TPOS] or regs[Reg.QPOS] + ins["ntok"] > regs[Reg.TPOS] + regs[Reg.KVMAX]:
+            self.fail(pc, f"kvpack: HDIM = {H}, positions {regs[Reg.QPOS]}..+{ins['ntok']} outside the region "
+                          f"{regs[Reg.TPOS]}..+{regs[Reg.KVMAX]}")
         plane, HL = ins["mode"] == 1, H // C
         self.touch("O", ins["o"], ins["o"] + (HL if plane else (HL - 1) * R + ins["ntok"]), pc, "kvpack values")
-        first, WB, M = self.region(pc, "kvpack region")
-        kind = "kv"[ins["kind"]]
+        half = self.half_lines()
+        self.touch("W", regs[Reg.KVW], regs[Reg.KVW] + 2 * half, pc, "kvpack region")
+        first = regs[Reg.KVW] + ins["kind"] * half
         for t in range(ins["ntok"]):
-            p = self.regs[Reg.QPOS] + t
+            p = regs[Reg.QPOS] + t
             m, e = F.block_quantize(self.head_values(ins["o"], t, H, plane), 8)
             for i, v in enumerate(m):
-                self.set_region_byte(first, WB, self.kv_byte(WB, p, kind, i), v)
-            self.set_region_byte(first, WB, self.kv_byte(WB, p, "e" + kind), e)
+                self.kv_set(first, self.kv_byte(p, "m", i), v)
+            self.kv_set(first, self.kv_byte(p, "e"), e)
+
+    def scores(self, qh: tuple[list[int], int], keys: list[tuple[list[int], int]]) -> list[int]:
+        """attention_head's scores of one query row against ``keys``."""
+        F_, sc = self.cfg.out_frac_bits, F.attention_scale(len(qh[0]))
+        return [F.sat(F.shift_round(sum(a * b for a, b in zip(qh[0], km)) * sc, 2 * F_ + 7 - qh[1] - ek), 32)
+                for km, ek in keys]
+
+    @staticmethod
+    def weights(scores: list[int]) -> list[int]:
+        """attention_head's weights from the scores a row sees."""
+        p_ = [F.exp2_weight(max(scores) - s_) for s_ in scores]
+        rcp = (1 << 46) // sum(p_)
+        return [F.rshift_round(v * rcp, 16) for v in p_]
+
+    def write_x(self, ins, t: int, g: int, o: list[int]) -> None:
+        C, HL = self.cfg.cols, self.regs[Reg.HDIM] // self.cfg.cols
+        XL = -(-self.regs[Reg.K] // self.cfg.lanes) * self.cfg.lanes // C
+        for i, v in enumerate(o):
+            x = F.requantize(v, self.cfg.out_frac_bits, self.regs[Reg.XFRAC], F.X_BITS)
+            line = ins["x"] + t * XL + g * HL + i // C
+            self.buf["X"][line] = set_field(self.buf["X"][line], i % C, 16, F.to_unsigned(x, 16))
 
     def attn(self, ins, pc: int) -> None:
         cfg, regs = self.cfg, self.regs
         C, R, L, H, G = cfg.cols, cfg.rows, cfg.lanes, regs[Reg.HDIM], regs[Reg.HGRP]
-        self.check_positions(ins, pc)
-        if G == 0:
-            self.fail(pc, "attn: HGRP = 0")
+        part, T0, M = ins["part"], regs[Reg.TPOS], regs[Reg.KVMAX]
+        self.check_ntok(ins, pc)
         plane, HL, ntok = ins["mode"] == 1, H // C, ins["ntok"]
         N, XL = regs[Reg.QPOS] + ntok, -(-regs[Reg.K] // L) * L // C
-        SL = -(-N // C)
-        self.touch("O", ins["q"], ins["q"] + (G * HL if plane else (G * HL - 1) * R + ntok), pc, "attn queries")
-        first, WB, M = self.region(pc, "attn region")
-        self.touch("O", regs[Reg.SCR], regs[Reg.SCR] + SL, pc, "attn scratch")
-        self.touch("X", ins["x"], ins["x"] + (ntok - 1) * XL + G * HL, pc, "attn output")
-        byte = lambda b: self.region_byte(first, WB, b)   # noqa: E731
-        exp = lambda b: min(byte(b), F.KV_EXP_MAX)         # noqa: E731
-        keys = [([F.to_signed(byte(self.kv_byte(WB, p, "k", i)), 8) for i in range(H)],
-                 exp(self.kv_byte(WB, p, "ek"))) for p in range(N)]
-        vals = [([F.to_signed(byte(self.kv_byte(WB, p, "v", i)), 8) for i in range(H)],
-                 exp(self.kv_byte(WB, p, "ev"))) for p in range(N)]
+        if H == 0 or G == 0 or (part == 0 and (T0 != 0 or N > M)) or (part != 0 and T0 >= N):
+            self.fail(pc, f"attn part {part}: HDIM = {H}, HGRP = {G}, TPOS = {T0}, KVMAX = {M}, QPOS + ntok = {N}")
+        SL, end = -(-N // C), min(T0 + M, N)
+        if part != 2:
+            self.touch("O", ins["q"], ins["q"] + (G * HL if plane else (G * HL - 1) * R + ntok), pc, "attn queries")
+        half = self.half_lines()
+        self.touch("W", regs[Reg.KVW], regs[Reg.KVW] + (2 * half if part == 0 else half), pc, "attn region")
+        self.touch("O", regs[Reg.SCR], regs[Reg.SCR] + (SL if part == 0 else ntok * G * SL), pc, "attn scratch")
+        if part == 2:
+            self.touch("O", regs[Reg.ACC], regs[Reg.ACC] + ntok * G * 2 * HL, pc, "attn accumulators")
+        if part == 0 or (part == 2 and T0 + M >= N):
+            self.touch("X", ins["x"], ins["x"] + (ntok - 1) * XL + G * HL, pc, "attn output")
         F_ = cfg.out_frac_bits
-        last_w: list[int] = []
+        o_at = lambda line, j: F.to_signed(field(self.buf["O"][line], j, 32), 32)   # noqa: E731
+        if part == 0:
+            keys = self.kv_rows(regs[Reg.KVW], 0, N)
+            vals = self.kv_rows(regs[Reg.KVW] + half, 0, N)
+            last_w: list[int] = []
+            for t in range(ntok):
+                seen = regs[Reg.QPOS] + t + 1
+                q_all = self.head_values(ins["q"], t, G * H, plane)
+                for g in range(G):
+                    qh = F.block_quantize(q_all[g * H:(g + 1) * H], 8)
+                    self.write_x(ins, t, g, F.attention_head(qh, keys[:seen], vals[:seen], F_))
+                    if t == ntok - 1 and g == G - 1:   # the scratch: this row's weights
+                        last_w = self.weights(self.scores(qh, keys[:seen]))
+            last_w += [0] * (SL * C - len(last_w))
+            for j, v in enumerate(last_w):
+                self.set_o(regs[Reg.SCR] + j // C, j % C, v)
+            return
+        rows = self.kv_rows(regs[Reg.KVW], T0, end)
         for t in range(ntok):
             seen = regs[Reg.QPOS] + t + 1
-            q_all = self.head_values(ins["q"], t, G * H, plane)
+            q_all = self.head_values(ins["q"], t, G * H, plane) if part == 1 else None
             for g in range(G):
-                qh = F.block_quantize(q_all[g * H:(g + 1) * H], 8)
-                o = F.attention_head(qh, keys[:seen], vals[:seen], F_)
-                x = [F.requantize(v, F_, regs[Reg.XFRAC], F.X_BITS) for v in o]
-                for i, v in enumerate(x):
-                    line = ins["x"] + t * XL + g * HL + i // C
-                    self.buf["X"][line] = set_field(self.buf["X"][line], i % C, 16, F.to_unsigned(v, 16))
-                if t == ntok - 1 and g == G - 1:   # the scratch: this row's weights, as attention_head makes them
-                    sc = F.attention_scale(H)
-                    scores = [F.sat(F.shift_round(sum(a * b for a, b in zip(qh[0], km)) * sc,
-                                                  2 * F_ + 7 - qh[1] - ek), 32) for km, ek in keys[:seen]]
-                    p_ = [F.exp2_weight(max(scores) - s_) for s_ in scores]
-                    rcp = (1 << 46) // sum(p_)
-                    last_w = [F.rshift_round(v * rcp, 16) for v in p_]
-        last_w += [0] * (SL * C - len(last_w))
-        for j, v in enumerate(last_w):
-            self.set_o(regs[Reg.SCR] + j // C, j % C, v)
+                scr = regs[Reg.SCR] + (t * G + g) * SL
+                if part == 1:
+                    qh = F.block_quantize(q_all[g * H:(g + 1) * H], 8)
+                    for p, s_ in zip(range(T0, end), self.scores(qh, rows)):
+                        self.set_o(scr + p // C, p % C, s_ if p < seen else 0)
+                    continue
+                if T0 == 0:
+                    w = self.weights([o_at(scr + p // C, p % C) for p in range(seen)])
+                    w += [0] * (SL * C - len(w))
+                    for p, v in enumerate(w):
+                        self.set_o(scr + p // C, p % C, v)
+                acc_line = regs[Reg.ACC] + (t * G + g) * 2 * HL
+                acc = []
+                for i in range(H):
+                    a = 0 if T0 == 0 else (field(self.buf["O"][acc_line + i // C], i % C, 32, signed=False)
+                                           | field(self.buf["O"][acc_line + HL + i // C], i % C, 32, signed=False)
+                                           << 32)
+                    for p, (vm, ev) in zip(range(T0, end), rows):
+                        a += o_at(scr + p // C, p % C) * (vm[i] << ev)
+                    a %= 1 << 64
+                    self.set_o(acc_line + i // C, i % C, a & 0xFFFFFFFF)
+                    self.set_o(acc_line + HL + i // C, i % C, a >> 32)
+                    acc.append(F.to_signed(a, 64))
+                if T0 + M >= N:
+                    self.write_x(ins, t, g, [F.sat(F.rshift_round(a, 30), 32) for a in acc])
 
 
 def run(cfg: AcceleratorConfig, words: list[int], memory: bytes, **options) -> RefResult:

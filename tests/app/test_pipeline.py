@@ -176,13 +176,32 @@ def test_demo_layer_ops_leaves_rotary_and_attention_to_the_host_where_heads_do_n
     assert "RMSNorm and SwiGLU on the chip" in demo._fmt_demo(rep)
 
 
-def test_demo_layer_ops_refuses_a_kv_cache_beyond_wbuf_up_front(student_path, capsys):
-    """13 prompt tokens + 240 new: a kv head's cache of 256 positions (1,056 lines) is more than small's WBUF holds;
-    the demo says so in one line before it generates anything."""
-    assert main(["demo", "--checkpoint", str(student_path), "--layer-ops", "--tokens", "240", "--out", ""]) == 2
+def test_demo_layer_ops_reads_a_kv_cache_longer_than_wbuf_tile_by_tile(student_path, tmp_path, capsys):
+    """small with a WBUF of 3 KiB (192 lines): two kv heads' whole regions (2 x 33 lines a page of 16 positions)
+    fit up to 16 positions; past them attention reads the cache tile by tile, and the generation still matches."""
+    from bitmos.config import preset_config
+    cfg = tmp_path / "small-w3.toml"
+    cfg.write_text(dataclasses.replace(preset_config("small"), name="small-w3", wbuf_kib=3).to_toml())
+    assert main(["demo", "--checkpoint", str(student_path), "--layer-ops", "--config", str(cfg), "--tokens", "24",
+                 "--out", ""]) == 0
+    out = capsys.readouterr().out
+    assert "integer golden model: MATCHES" in out
+    # 13 prompt tokens (4 programs a layer) and 23 decode steps, 4 layers: 108 programs; the steps at positions
+    # 16..35 see more than 16 positions and are tiled
+    assert "attention: 80 of 108 programs read the KV cache tile by tile" in out
+
+
+def test_demo_layer_ops_refuses_what_does_not_fit_up_front(student_path, tmp_path, capsys):
+    """A WBUF of 1 KiB (64 lines) cannot hold a block's own page of both halves (66 lines) and a tile (33): the
+    demo says so in one line before it generates anything."""
+    from bitmos.config import preset_config
+    cfg = tmp_path / "small-w1.toml"
+    cfg.write_text(dataclasses.replace(preset_config("small"), name="small-w1", wbuf_kib=1).to_toml())
+    assert main(["demo", "--checkpoint", str(student_path), "--layer-ops", "--config", str(cfg), "--tokens", "2",
+                 "--out", ""]) == 2
     err = capsys.readouterr().err
-    assert "cache of 256 positions (1056 lines) does not fit config 'small+vector''s WBUF (1024 lines)" in err
-    assert "Traceback" not in err
+    assert err == ("bitmos demo: error: attention of one token does not fit config 'small-w1+vector': WBUF (99 lines "
+                   "needed for the block's own pages and one tile, 64 deep)\n")
 
 
 def test_demo_cli_errors(student_path, capsys):

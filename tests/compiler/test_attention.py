@@ -64,7 +64,7 @@ def test_prefill_then_decode_matches_formats_and_the_naive_machine(preset, H, Hk
     kv_max = kv_positions(cfg, sum(blocks))
     runs = generate(cfg, blocks, H=H, Hkv=Hkv, hd=hd, kv_max=kv_max, naive=True, seed=hd)
     assert runs[0][0].mode == "token" and len(runs[0][0].programs) == 2
-    assert all(ca.double_buffered for ca, _ in runs)
+    assert all(not p.tiled and p.double for ca, _ in runs for p in ca.plans)
 
 
 def test_saturating_and_zero_values_and_the_longest_context():
@@ -84,27 +84,71 @@ def test_saturating_and_zero_values_and_the_longest_context():
     assert runs[-1][0].pos0 + 1 == kv_max
 
 
-def test_plane_mode_and_single_buffering():
-    # XBUF of 1 KiB (128 lines of 4 int16): 4 tokens of K = 160 need 160 lines, so one token a program (plane
-    # mode); WBUF of 4 KiB (256 lines of 16 bytes): one region of 64 positions x 2 x 17 bytes (136 lines) fits,
-    # two do not
+def test_plane_mode():
+    # XBUF of 1 KiB (128 lines of 4 int16): 4 tokens of K = 160 need 160 lines, so one token a program
     cfg = vec("small", xbuf_kib=1, wbuf_kib=4)
     H, Hkv, hd = 10, 2, 16
     runs = generate(cfg, [4, 1], H=H, Hkv=Hkv, hd=hd, kv_max=64, naive=True)
     ca = runs[0][0]
-    assert ca.mode == "plane" and len(ca.programs) == 4 and not ca.double_buffered
+    assert ca.mode == "plane" and len(ca.programs) == 4
+
+
+def test_a_cache_longer_than_wbuf_is_read_tile_by_tile():
+    # WBUF of 1 KiB: 64 lines of 16 bytes, a page 16 positions of 9 lines a half (head_dim 8): two whole regions
+    # fit up to 16 positions; past that the block's own page is staged and the older pages read in tiles of one
+    # page, double-buffered. OBUF of 3 KiB (192 lines) keeps two query heads' scratch and accumulators for 4 tokens
+    # up to 48 positions; the prefill block at 48..51 attends each kv head's group of 2 in two passes.
+    cfg = vec("small", wbuf_kib=1, obuf_kib=3)
+    runs = generate(cfg, [16, 16, 16, 4, 1, 1], H=4, Hkv=2, hd=8, kv_max=64, naive=True, seed=3)
+    plans = [(ca.pos0 + blk.stop, p) for ca, _ in runs for blk, p in zip(ca.blocks(), ca.plans)]
+    assert all(p.tiled == (n > 16) for n, p in plans)
+    assert all(p.double and p.tile_pages == 1 for n, p in plans if p.tiled)
+    assert [(n, p.group_pass) for n, p in plans if p.tiled and p.group_pass == 1] == [(52, 1)]
+    # the last decode token (position 53): per kv head and half, the 3 old pages (9 lines each) once and of its own
+    # page the 5 rows before it (40 bytes: 3 lines) and the exponents' line
+    ca = runs[-1][0]
+    assert ca.pos0 == 53 and ca.kv_bytes["read"] == 2 * 2 * (3 * 9 + 3 + 1) * 16
+
+
+def test_operands_kv_head_by_kv_head_where_the_block_s_do_not_fit_obuf():
+    # OBUF of 3 KiB (192 lines): 4 tokens' q, k and v of 8 heads of 8 (3 x 16 lines x 4 apart) fill it, so each
+    # kv head's lines come in turn into two alternating slots (token mode kept: 4 tokens a program)
+    cfg = vec("small", obuf_kib=3)
+    runs = generate(cfg, [5, 1], H=8, Hkv=8, hd=8, kv_max=16, naive=True, seed=6)
+    assert runs[0][0].mode == "token" and not runs[0][0].plans[0].staged
+    assert runs[-1][0].plans[0].staged             # one decode token's operands (plane mode) fit whole
+
+
+def test_single_buffering_whole_and_tiled():
+    # WBUF of 1 KiB, head_dim 16 (17 lines a page of a half): one whole region of a page (34 lines) fits but not
+    # two; past 16 positions the block's own page leaves room for one tile of one page
+    cfg = vec("small", wbuf_kib=1)
+    runs = generate(cfg, [4, 4, 4, 4, 4, 1, 1], H=2, Hkv=1, hd=16, kv_max=32, naive=True, seed=4)
+    plans = [p for ca, _ in runs for p in ca.plans]
+    assert not plans[0].tiled and not plans[0].double
+    assert plans[-1].tiled and not plans[-1].double and plans[-1].tile_pages == 1
 
 
 def test_cycles_are_the_contract_formula():
     from bitmos.semantics import ATT_ROW_FIXED, ATTN_PIPELINE, KVPACK_FIXED, KVPACK_PIPELINE, compute_cycles
     from bitmos.isa import Instruction, Reg
     cfg = vec("small")                           # C = 4, WBUF lines of 16 bytes
-    regs = {Reg.HDIM: 32, Reg.HGRP: 2, Reg.QPOS: 37}
+    regs = {Reg.HDIM: 32, Reg.HGRP: 2, Reg.QPOS: 37, Reg.TPOS: 0, Reg.KVMAX: 48}
     attn = Instruction.make("attn", mode="token", q=0, x=0, ntok=3)
     N, HL = 40, 8                                # QPOS + ntok, HDIM / C
     row = 3 * HL + 2 * (N * 32 // 16 + -(-N // 16)) + N // 4 + ATT_ROW_FIXED
     assert compute_cycles(attn, cfg, 64, regs=regs) == 1 + 3 * 2 * row + ATTN_PIPELINE
     assert ATT_ROW_FIXED == 55
+    from bitmos.semantics import ATT_SOFTMAX_FIXED
+    assert ATT_SOFTMAX_FIXED == 45
+    regs.update({Reg.TPOS: 16, Reg.KVMAX: 32})   # a tile of positions 16..39 (m = 24 of its 32)
+    m, SL = 24, 10
+    scores = Instruction.make("attn", mode="token", q=0, x=0, ntok=3, part="scores")
+    assert compute_cycles(scores, cfg, 64, regs=regs) == 1 + 6 * (2 * HL + m * 32 // 16 + 2 + 10) + 4
+    values = Instruction.make("attn", mode="token", q=0, x=0, ntok=3, part="values")
+    assert compute_cycles(values, cfg, 64, regs=regs) == 1 + 6 * (m * 32 // 16 + 2 + 4 * HL + 8) + 4
+    regs.update({Reg.TPOS: 0})                   # the first tile (m = 32) runs the softmax first
+    assert compute_cycles(values, cfg, 64, regs=regs) == 1 + 6 * (3 * SL + 45 + 64 + 2 + 4 * HL + 8) + 4
     pack = Instruction.make("kvpack", mode="token", o=0, kind="v", ntok=3)
     assert compute_cycles(pack, cfg, 64, regs=regs) == 1 + 3 * (2 * HL + KVPACK_FIXED) + KVPACK_PIPELINE
 
@@ -133,8 +177,8 @@ def test_grouped_query_heads_share_their_kv_head():
     (dict(n_kv_heads=3), "3 kv heads", None),
     (dict(kv_max=24), "multiple of 16", None),
     (dict(kv_max=16, tokens=1, pos0=16), "hold positions up to 17", None),
-    (dict(kv_max=256, cfg=vec("small", wbuf_kib=4)), "WBUF", "wbuf_kib"),
-    (dict(n_heads=64, n_kv_heads=64, cfg=vec("small", obuf_kib=1)), "OBUF", "obuf_kib"),
+    (dict(cfg=vec("small", wbuf_kib=1)), "WBUF", "wbuf_kib"),
+    (dict(cfg=vec("small", obuf_kib=1)), "OBUF", "obuf_kib"),
 ])
 def test_refusals_name_what_to_change(kwargs, match, field):
     args = dict(cfg=vec("small"), tokens=2, pos0=0, n_heads=4, n_kv_heads=2, head_dim=32, kv_max=32, xfrac=9)
@@ -162,6 +206,6 @@ def test_a_mutated_cache_byte_changes_the_output():
     write_attention_operands(mem, ca1, q[:1], k[:1], v[:1])
     good = read_attention_result(sim.run(ca1.programs[0], bytearray(mem)).memory, ca1)
     bad_mem = bytearray(mem)
-    bad_mem[ca1.head_region(0) + F.kv_offsets(0, hd, 16)[3]] ^= 0x04
+    bad_mem[ca1.half_address(0, 1) + F.kv_offsets(0, hd, 16)[1]] ^= 0x04
     bad = read_attention_result(sim.run(ca1.programs[0], bad_mem).memory, ca1)
     assert (good != bad).any()

@@ -67,8 +67,8 @@ def test_decode_names_illegal_field():
     word &= ~(((1 << 16) - 1) << 24)  # nlines = 0
     with pytest.raises(DecodeError, match=r"LOAD word .*: field 'nlines' = 0 is illegal; allowed 1\.\.65535"):
         isa.decode(word)
-    word = (int(Op.SETR) << 58) | (18 << 52)
-    with pytest.raises(DecodeError, match=r"field 'reg' = 18 is illegal; allowed 0\.\.17"):
+    word = (int(Op.SETR) << 58) | (20 << 52)
+    with pytest.raises(DecodeError, match=r"field 'reg' = 20 is illegal; allowed 0\.\.19"):
         isa.decode(word)
     word = (int(Op.SETR) << 58) | (int(Reg.RSHIFT) << 52) | 64
     with pytest.raises(DecodeError, match=r"value 64 for register RSHIFT is illegal; allowed 0\.\.63"):

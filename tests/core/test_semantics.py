@@ -25,7 +25,8 @@ def _random_regs(rng: random.Random) -> dict[Reg, int]:
             Reg.HDIM: rng.choice([0, 8, 16, 64, 128, rng.randrange(0, 1025)]),
             Reg.QPOS: rng.choice([0, rng.randrange(0, 70000)]), Reg.KVMAX: rng.choice([0, 16, 256, rng.randrange(0, 70000)]),
             Reg.KVW: rng.randrange(0, 70000), Reg.HGRP: rng.choice([0, 1, 4, rng.randrange(0, 256)]),
-            Reg.SCR: rng.randrange(0, 70000)}
+            Reg.SCR: rng.randrange(0, 70000), Reg.TPOS: rng.choice([0, 16, 256, rng.randrange(0, 70000)]),
+            Reg.ACC: rng.randrange(0, 70000)}
 
 
 def _config(preset: str):

@@ -124,15 +124,20 @@ def test_a_vector_unit_config_simulates_every_layer_op():
     assert ctx["kv_bytes_per_position"] * 64 <= ctx["kv_read_bytes"] <= ctx["kv_bytes_per_position"] * 64 * 1.1
 
 
-def test_attention_beyond_what_wbuf_holds_falls_back_to_the_memory_bound():
+def test_attention_beyond_what_wbuf_holds_is_tiled_and_beyond_obuf_falls_back_to_the_memory_bound():
     import dataclasses
 
     from bitmos.explore.perf import decode_at_context
 
+    # WBUF of 64 KiB: a kv head's cache of 4,096 positions is read tile by tile, every byte of it once
     cfg = dataclasses.replace(preset_config("asic32"), vector_unit=1, wbuf_kib=64)
-    est = estimate("toy", cfg, prefill=4, decode=2)
-    ctx = decode_at_context(est, "toy", 4096)
-    assert not ctx["attention_simulated"] and "does not fit" in ctx["attention_refused"]
+    ctx = decode_at_context(estimate("toy", cfg, prefill=4, decode=2), "toy", 4096)
+    assert ctx["attention_simulated"] and list(ctx["components"]) == ["linears", "vector_unit", "attention"]
+    assert ctx["kv_read_bytes"] == ctx["kv_bytes_per_position"] * 4096
+    # OBUF of 16 KiB cannot keep one query head's 4,096 scores: the memory-bound stand-in, the refusal kept
+    cfg = dataclasses.replace(cfg, obuf_kib=16)
+    ctx = decode_at_context(estimate("toy", cfg, prefill=4, decode=2), "toy", 4096)
+    assert not ctx["attention_simulated"] and "OBUF (156 lines needed" in ctx["attention_refused"]
     assert list(ctx["components"]) == ["linears", "vector_unit", "kv_cache"]
     assert ctx["kv_read_bytes"] == ctx["kv_bytes_per_position"] * 4096
 

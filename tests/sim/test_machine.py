@@ -368,9 +368,11 @@ class TestVectorUnit(unittest.TestCase):
                     words, mem = random_program(cfg, seed=100 * i + seed, length=30, mem_bytes=1 << 12)
                     ops = {w >> 58 for w in words}
                     assert_matches_naive(self, cfg, words, mem)
-            self.assertTrue({int(op) for op in VECTOR_OPS} <= ops | {
-                w >> 58 for seed in range(4) for w in random_program(cfg, seed=100 * i + seed, length=30,
-                                                                     mem_bytes=1 << 12)[0]})
+            words = [w for seed in range(4) for w in random_program(cfg, seed=100 * i + seed, length=30,
+                                                                       mem_bytes=1 << 12)[0]]
+            self.assertTrue({int(op) for op in VECTOR_OPS} <= {w >> 58 for w in words})
+            # attn's three parts (whole; a tile's scores; a tile's values) all among them
+            self.assertEqual({decode(w)["part"] for w in words if w >> 58 == int(Op.ATTN)}, {0, 1, 2})
 
     def directed(self, cfg, K, r, y, mode, ntok, xfrac=8, gexp=14, eps=1 << 10, gains=None):
         """r, y [ntok][K] int32 in OBUF (r at line 0, y apart), gains [K] int16 in SBUF line 0..; runs
@@ -508,6 +510,44 @@ class TestVectorUnit(unittest.TestCase):
         self.assertEqual(r.counts["vector_recips"], rows)
         self.assertEqual(r.counts["w_read_bits"], rows * 2 * (n * hd // 16 + 2) * cfg.wbuf_line_bits)
         self.assertEqual(r.counts["x_write_bits"], rows * (hd // 4) * cfg.xbuf_line_bits)
+
+    def test_attention_parts_faults_and_counts(self):
+        cfg = with_vector(SMALL)          # C = 4, WBUF lines of 16 bytes: a page 16 positions
+        head = "setr K 64\nsetr HDIM 16\nsetr KVMAX 16\nsetr HGRP 2\nsetr SCR 100\nsetr ACC 200\nsetr QPOS 19\n"
+        for bad, cause, why in (
+                ("setr TPOS 8", CAUSE_ILLEGAL_FIELD, "TPOS must be a multiple of a WBUF line's 16 bytes"),
+                (head + "setr TPOS 16\nattn mode=plane q=0 x=0 ntok=1 part=whole", CAUSE_ILLEGAL_FIELD,
+                 "TPOS = 0 and QPOS + ntok <= KVMAX"),
+                (head + "setr TPOS 32\nattn mode=plane q=0 x=0 ntok=1 part=scores", CAUSE_ILLEGAL_FIELD,
+                 "TPOS < QPOS + ntok"),
+                (head + "setr TPOS 32\nkvpack mode=plane o=0 kind=k ntok=1", CAUSE_ILLEGAL_FIELD,
+                 "TPOS <= QPOS and QPOS + ntok <= TPOS + KVMAX"),
+                (head + f"setr ACC {cfg.depth('O') - 4}\nattn mode=plane q=0 x=0 ntok=1 part=values",
+                 CAUSE_BUFFER_RANGE, "OBUF accumulator lines"),
+                (head + f"setr SCR {cfg.depth('O') - 6}\nattn mode=plane q=0 x=0 ntok=1 part=scores",
+                 CAUSE_BUFFER_RANGE, "OBUF score scratch lines")):      # 2 rows of 5 lines
+            r = run_both(cfg, assemble(bad + "\nhalt"))
+            self.assertEqual(r.cause, cause, bad)
+            self.assertIn(why, r.error_message)
+        # a word whose part field is 3 is no instruction
+        word = assemble(head + "attn mode=plane q=0 x=0 ntok=1 part=values")[-1] | (3 << 16)
+        r = run_both(cfg, assemble(head) + [word] + assemble("halt"))
+        self.assertEqual(r.cause, CAUSE_ILLEGAL_FIELD)
+        # 2 query rows of one decode token at position 19 (n = 20): the scores of the tile 16..31 (m = 4 positions),
+        # then the values of the tile 0..15 (the first: the softmax over 20 positions, no output yet)
+        r = run_both(cfg, assemble(head + "setr TPOS 16\nattn mode=plane q=0 x=0 ntok=1 part=scores\nhalt"))
+        rows, n, hd, m = 2, 20, 16, 4
+        self.assertFalse(r.error, r.error_message)
+        self.assertEqual(r.counts["vector_mul8s"], rows * m * hd)
+        self.assertEqual(r.counts["w_read_bits"], rows * (m * hd // 16 + 1) * cfg.wbuf_line_bits)
+        self.assertEqual(r.counts["o_write_bits"], rows * 1 * cfg.obuf_line_bits)      # ceil(4 / 4) score lines
+        self.assertEqual((r.counts["vector_recips"], r.counts["x_write_bits"]), (0, 0))
+        r = run_both(cfg, assemble(head + "setr TPOS 0\nattn mode=plane q=0 x=0 ntok=1 part=values\nhalt"))
+        self.assertFalse(r.error, r.error_message)
+        self.assertEqual((r.counts["vector_recips"], r.counts["vector_lut_reads"]), (rows, rows * n))
+        self.assertEqual(r.counts["vector_mul16s"], rows * 16 * hd)
+        self.assertEqual(r.counts["x_write_bits"], 0)                                  # 0 + 16 < 20: not the last
+        self.assertEqual(r.counts["o_read_bits"], rows * (3 * 5 + 4 + 2 * 4) * cfg.obuf_line_bits)
 
     def test_zero_token_divides_by_k_not_zero(self):
         cfg = with_vector(preset_config("small"))
