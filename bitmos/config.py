@@ -34,7 +34,7 @@ REPORTING_FIELDS = ("name", "clock_mhz")
 #: is still whole without it, and a machine without it keeps the fingerprint it had (programs and images made for
 #: it still load). A field's line is never the last of a written config (``to_toml`` puts it mid-file), so a file
 #: cut off early still lacks later fields.
-LATER_UNITS = ("vector_unit",)
+LATER_UNITS = ("vector_unit", "attn_rows")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class AcceleratorConfig:
     acc_bits: int = 24       # PE accumulator width; the compiler refuses layers that could overflow it
     experts: int = 4         # E: scale experts (0 = plain sign + one per-layer scale, 1 = one scale set, 4 = BinaryMoS)
     vector_unit: int = 0     # 1 = the layer's vector unit (residual add, SwiGLU, norms, rotary; docs/isa.md): simulated only
+    attn_rows: int = 0       # query rows the vector unit's attention passes serve per WBUF line read (0 = 1)
     # -- on-chip buffers (KiB each; depth in lines is derived from the line widths) ------------------
     xbuf_kib: int = 8        # layer inputs, int16, cols values per line
     wbuf_kib: int = 16       # packed sign bits, cols*lanes bits per line (double-buffered by the compiler)
@@ -264,6 +265,10 @@ def _validate(c: AcceleratorConfig) -> None:
             raise ConfigError(f"field {f.name!r} must be an integer, got {v!r}", field=f.name)
     _check_range("rows", c.rows, 1, 64)
     _check_range("vector_unit", c.vector_unit, 0, 1)
+    _check_range("attn_rows", c.attn_rows, 0, 64)
+    if c.attn_rows >= 2 and not c.vector_unit:
+        raise ConfigError(f"field 'attn_rows' = {c.attn_rows} sizes the vector unit's attention; it needs "
+                          "vector_unit = 1", field="attn_rows")
     _check_range("cols", c.cols, 1, 64)
     _check_range("lanes", c.lanes, 8, 1024)
     if c.lanes % 8:

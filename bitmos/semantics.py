@@ -228,9 +228,9 @@ def attn_last_tile(f: Mapping[str, Value], regs: Mapping[Reg, Value]) -> Value:
 def _attn_footprint(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: AcceleratorConfig,
                     counts: Mapping[str, Value]) -> list[Access]:
     """attn's accesses by part (each guarded by it): the group's query lines (whole, scores); the region (whole:
-    both halves) or tile (one half) at KVW; the score scratch (whole: one row's lines, rewritten row by row; the
-    parts: every row's, row r = t * HGRP + g at SCR + r * SL); the accumulators (values: 2 HL lines a row from
-    ACC); the output (whole; the values part whose tile is the last)."""
+    both halves) or tile (one half) at KVW; the score scratch (every row's, row r = t * HGRP + g at SCR + r * SL);
+    the accumulators (values: 2 HL lines a row from ACC); the output (whole; the values part whose tile is the
+    last)."""
     hd, part = regs[Reg.HDIM], f["part"]
     hl = hd // cfg.cols
     gl = regs[Reg.HGRP] * hl
@@ -242,8 +242,7 @@ def _attn_footprint(f: Mapping[str, Value], regs: Mapping[Reg, Value], cfg: Acce
     return query + [
         Access("W", False, regs[Reg.KVW], 2 * half, when=part == 0, what="WBUF KV-cache region lines"),
         Access("W", False, regs[Reg.KVW], half, when=part != 0, what="WBUF KV-cache tile lines"),
-        Access("O", True, regs[Reg.SCR], sl, when=part == 0, what="OBUF score scratch lines"),
-        Access("O", True, regs[Reg.SCR], rows * sl, when=part != 0, what="OBUF score scratch lines"),
+        Access("O", True, regs[Reg.SCR], rows * sl, what="OBUF score scratch lines"),
         Access("O", True, regs[Reg.ACC], rows * 2 * hl, when=part == 2, what="OBUF accumulator lines"),
         Access("X", True, f["x"], gl, counts["xlines"], f["ntok"],
                when=(part == 0) | ((part == 2) & attn_last_tile(f, regs)), what="XBUF lines")]
@@ -611,15 +610,11 @@ KVPACK_FIXED = 2
 KVPACK_PIPELINE = 4
 
 
-def attn_row_cycles(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
-    """Cycles of one query row against ``positions`` cached positions: q read twice (its max, its quantize) and
-    its output written (3 HL, HL = head_dim / C lines); the key pass and the value pass, one WBUF line a cycle,
-    each over the positions' mantissa lines (ceil(positions * head_dim / WB), WB a WBUF line's bytes) and exponent
-    lines (ceil(positions / WB)), the scores written to (the weights read from) OBUF's scratch beside them; the
-    exponent pass over the scratch (ceil(positions / C) lines); and ATT_ROW_FIXED. A block's rows all cover the
-    block's positions QPOS + ntok (the causal mask zeroes the weights past each token's own), so every row of an
-    instruction costs the same."""
-    return 3 * (head_dim // cfg.cols) + 2 * _kv_lines(cfg, head_dim, positions) + score_lines(cfg, positions) + ATT_ROW_FIXED
+def attn_row_groups(cfg: AcceleratorConfig, rows: Value) -> Value:
+    """Groups of up to P = ``cfg.attn_rows`` (0 counts as 1) query rows the attention unit runs together: each
+    WBUF line a pass reads serves every row of its group (P dot products, P weighted sums beside each other)."""
+    p = max(1, cfg.attn_rows)
+    return (rows + (p - 1)) // p
 
 
 def _kv_lines(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
@@ -629,23 +624,28 @@ def _kv_lines(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Valu
     return (positions * head_dim + (wb - 1)) // wb + (positions + (wb - 1)) // wb
 
 
-def attn_scores_row_cycles(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
-    """Cycles of one query row in an attn scores part over a tile's ``positions`` positions: q read twice (2 HL),
-    the key pass (one WBUF line a cycle, the scores written to the row's scratch beside it), q's block exponent
-    and the score pass's drain."""
-    return 2 * (head_dim // cfg.cols) + _kv_lines(cfg, head_dim, positions) + ATT_Q_FIXED + ATT_SCORE_DRAIN
+def attn_cycles(cfg: AcceleratorConfig, part: Value, head_dim: Value, seen: Value, positions: Value, first: Value,
+                rows: Value, ops: Ops = PY) -> Value:
+    """Cycles of an attn's ``rows`` query rows (ntok x HGRP) over ``positions`` positions of its region or tile
+    (m; ``seen``: N = QPOS + ntok, the scratch's row length; ``first``: TPOS = 0), issue and tail excluded: a
+    part's per-row terms (through OBUF, one line a cycle) for every row, its shared terms (the passes over WBUF
+    lines and the fixed drains) once per row group (:func:`attn_row_groups`):
 
+    * whole (part 0): per row 3 HL (q read twice, its output written) + SL (the exponent pass over its scratch);
+      per group 2 (KL + EL) (the key pass, the value pass) + ATT_ROW_FIXED;
+    * scores (1): per row 2 HL (q twice); per group KL + EL + ATT_Q_FIXED + ATT_SCORE_DRAIN;
+    * values (2): per row 4 HL (the accumulators read and written) and, in the first tile, 3 SL (the max, exponent
+      and weight passes over its scratch); per group KL + EL + ATT_VALUE_DRAIN and, in the first tile,
+      ATT_SOFTMAX_FIXED (the softmax's drains and its reciprocal: a group's rows divide side by side).
 
-def attn_values_row_cycles(cfg: AcceleratorConfig, head_dim: Value, positions: Value, seen: Value,
-                           first: Value, ops: Ops = PY) -> Value:
-    """Cycles of one query row in an attn values part over a tile's ``positions`` positions: where the tile is
-    the first (``first``: TPOS = 0) the softmax over the row's scratch of ``seen`` positions first (the max pass,
-    the exponent pass writing p, the reciprocal, the weight pass writing w: 3 SL + ATT_SOFTMAX_FIXED); then the
-    value pass (one WBUF line a cycle, the weights read beside it); the row's accumulators read before it and
-    written after it (4 HL; the last tile's output written beside them); the value pass's drain."""
-    softmax = 3 * score_lines(cfg, seen) + ATT_SOFTMAX_FIXED
-    return (ops.select(first, softmax, 0) + _kv_lines(cfg, head_dim, positions) + 4 * (head_dim // cfg.cols)
-            + ATT_VALUE_DRAIN)
+    With one row a group (attn_rows 0 or 1) a row costs T_row of docs/isa.md."""
+    hl, sl, kv = head_dim // cfg.cols, score_lines(cfg, seen), _kv_lines(cfg, head_dim, positions)
+    groups = attn_row_groups(cfg, rows)
+    whole = rows * (3 * hl + score_lines(cfg, positions)) + groups * (2 * kv + ATT_ROW_FIXED)
+    scores = rows * 2 * hl + groups * (kv + ATT_Q_FIXED + ATT_SCORE_DRAIN)
+    values = (rows * (4 * hl + ops.select(first, 3 * sl, 0))
+              + groups * (kv + ATT_VALUE_DRAIN + ops.select(first, ATT_SOFTMAX_FIXED, 0)))
+    return ops.select(part == 0, whole, ops.select(part == 1, scores, values))
 
 
 def vector_token_cycles(op: Op, cfg: AcceleratorConfig, k_features: Value) -> Value:
@@ -702,13 +702,10 @@ def controller_cycles(op: Op, f: Mapping[str, Value], regs: Mapping[Reg, Value],
     (load/store/wait/halt stalls come from the DMA timeline, see :class:`Timeline`)."""
     if op not in COMPUTE_OPS:
         return 1
-    if op is Op.ATTN:        # ntok x HGRP rows, each over the region's or tile's m positions (attn_positions)
-        hd, part = regs[Reg.HDIM], f["part"]
+    if op is Op.ATTN:        # ntok x HGRP rows over the region's or tile's m positions (attn_positions)
         n, m = attn_positions(f, regs, ops)
-        row = ops.select(part == 0, attn_row_cycles(cfg, hd, m),
-                         ops.select(part == 1, attn_scores_row_cycles(cfg, hd, m),
-                                    attn_values_row_cycles(cfg, hd, m, n, regs[Reg.TPOS] == 0, ops)))
-        return 1 + f["ntok"] * regs[Reg.HGRP] * row + ATTN_PIPELINE
+        return 1 + attn_cycles(cfg, f["part"], regs[Reg.HDIM], n, m, regs[Reg.TPOS] == 0,
+                               f["ntok"] * regs[Reg.HGRP], ops) + ATTN_PIPELINE
     if op is Op.KVPACK:      # per token: its head's HL lines read twice around the block exponent
         return 1 + f["ntok"] * (2 * (regs[Reg.HDIM] // cfg.cols) + KVPACK_FIXED) + KVPACK_PIPELINE
     per_item, tail = item_cycles(op, regs[Reg.K], f["mode"], cfg, ops, w_bits=regs[Reg.WBITS])
@@ -808,6 +805,6 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "RCP_QUOTIENT_BITS", "GATES_FIXED", "SCALEOUT_PIPELINE", "DMA_OPS", "SYNC_OPS", "COMPUTE_OPS",
            "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
            "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED", "ROPE_PIPELINE", "rope_table_lines",
-           "rope_unaligned", "kv_page", "kv_half_lines", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_row_cycles",
-           "attn_scores_row_cycles", "attn_values_row_cycles", "attn_positions", "attn_last_tile", "ATT_SOFTMAX_FIXED",
+           "rope_unaligned", "kv_page", "kv_half_lines", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_cycles",
+           "attn_row_groups", "attn_positions", "attn_last_tile", "ATT_SOFTMAX_FIXED",
            "ATT_ROW_FIXED", "ATTN_PIPELINE", "KVPACK_FIXED", "KVPACK_PIPELINE"]

@@ -149,9 +149,10 @@ def _plan(cfg: AcceleratorConfig, old: int, ntok: int, head_dim: int, group: int
     whole = 2 * -(-n // page) * hp
     depth_w, depth_o = cfg.depth("W"), cfg.depth("O")
     sl, hl = score_lines(cfg, n), head_dim // cfg.cols
+    scratch = ntok * group * sl                           # every query row's scores, then weights
     whole_plan: BlockPlan | tuple[str, str] = (
-        (f"OBUF ({operand_lines + sl} lines needed, {depth_o} deep)", "obuf_kib") if operand_lines + sl > depth_o
-        else BlockPlan(False, 2 * whole <= depth_w))
+        (f"OBUF ({operand_lines + scratch} lines needed, {depth_o} deep)", "obuf_kib")
+        if operand_lines + scratch > depth_o else BlockPlan(False, 2 * whole <= depth_w))
     if whole <= depth_w and (2 * whole <= depth_w or old < page):
         return whole_plan
     own = 2 * (-(-n // page) - old // page) * hp          # both halves of the pages the block's positions are in

@@ -40,7 +40,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import ConfigError
 from bitmos.fileio import read_text_file
 from bitmos.isa import BUFFERS, Op, Reg
-from bitmos.semantics import Ops, attn_last_tile, attn_positions, olines, rope_table_lines, score_lines, weight_planes
+from bitmos.semantics import Ops, attn_last_tile, attn_positions, attn_row_groups, olines, rope_table_lines, score_lines, weight_planes
 
 try:  # Python 3.11+
     import tomllib
@@ -183,7 +183,7 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
         c["w_write_bits"] += S(ntok * (hd + 1)) * 8
         c["vector_adds"] += S(ntok * 2 * hd)                 # the max's compares, the rounding adds
     # attn, per query row (ntok x HGRP) over the m positions of its region or tile (semantics.attn_positions), by
-    # part (the passes of semantics.attn_row_cycles, attn_scores_row_cycles, attn_values_row_cycles)
+    # part (the passes of semantics.attn_cycles; a pass's WBUF lines once per row group, attn_row_groups)
     sel = op == int(Op.ATTN)
     if sel.any():
         regs = {r: dec.regs[r][:n][sel] for r in (Reg.HDIM, Reg.QPOS, Reg.KVMAX, Reg.TPOS, Reg.HGRP)}
@@ -203,7 +203,8 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
                                       + score_lines(cfg, m) * values + 2 * hl * values)) * ob_bits   # w; acc
         c["o_write_bits"] += S(rows * (2 * sl * whole + score_lines(cfg, m) * scores + 2 * sl * first
                                        + 2 * hl * values)) * ob_bits     # scores, p and w; scores; p, w; acc
-        c["w_read_bits"] += S(rows * kv * (2 * whole + scores + values))     # the key pass, the value pass
+        groups = attn_row_groups(cfg, rows)
+        c["w_read_bits"] += S(groups * kv * (2 * whole + scores + values))   # the key pass, the value pass
         c["x_write_bits"] += S(rows * hl * (whole | last)) * x_bits
         dots, sums = rows * m * hd * (whole | scores), rows * m * hd * (whole | values)
         c["vector_mul8s"] += S(dots)                                          # q . k

@@ -456,9 +456,8 @@ class Simulator:
         half_lines = kv_half_lines(cfg, st.regs[Reg.KVMAX], hd)
         visible = (np.arange(n)[None, :] <= q0 + np.repeat(np.arange(T), G)[:, None])      # [T*G, n]
         sl = score_lines(cfg, n)
-        ob = st.obuf()
-        if ins["part"] != 0:       # every row's scratch, row r = t * HGRP + g
-            scratch = ob[st.regs[Reg.SCR]:st.regs[Reg.SCR] + T * G * sl].reshape(T * G, sl * C)
+        ob = st.obuf()             # every row's scratch, row r = t * HGRP + g
+        scratch = ob[st.regs[Reg.SCR]:st.regs[Reg.SCR] + T * G * sl].reshape(T * G, sl * C)
         if ins["part"] != 2:
             lines = self._token_lines(ins, ins["q"], G * hl)                                # [T, G*HL]
             qm, eq = block_quantize(st.obuf()[lines].astype(np.int64).reshape(T * G, hd))
@@ -473,9 +472,8 @@ class Simulator:
             vm, ev = self._kv_rows(st, region[half_lines * cfg.wbuf_line_bits // 8:], 0, n)
             w = softmax_weights(attention_scores(qm, eq, km, ek, F), visible)              # [T*G, n] Q.30
             o = _sat(_rshift_round(w @ (vm << ev[:, None]), formats.ATT_WEIGHT_FRAC), formats.RESID_BITS)
-            row0 = np.zeros(sl * C, dtype=np.int64)
-            row0[:n] = w[-1]
-            ob[st.regs[Reg.SCR]:st.regs[Reg.SCR] + sl] = row0.reshape(sl, C)
+            scratch[:] = 0
+            scratch[:, :n] = w
         else:                      # values: the softmax first (the first tile), then the tile's weighted values
             if t0 == 0:
                 w = np.zeros((T * G, sl * C), dtype=np.int64)

@@ -129,7 +129,7 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
                 region = kv_max * (hd + 1) // wb
             span = group * hl if mode else (group * hl - 1) * R + ntok
             rows, sl = ntok * group, -(-(qpos + ntok) // cfg.cols)
-            scr = sl if part == 0 else rows * sl
+            scr = rows * sl
             acc = rows * 2 * hl if part == 2 else 0
             x_span = (ntok - 1) * xl + group * hl
             if region > dep["W"] or span + scr + acc > dep["O"] or x_span > dep["X"]:
@@ -297,7 +297,7 @@ def _touches(cfg: AcceleratorConfig, ins: Instruction, regs, inflight) -> bool:
         if ins.op is Op.ATTN:
             n = regs[Reg.QPOS] + ins["ntok"]
             rows, sl = ins["ntok"] * group, -(-n // cfg.cols)
-            ranges.append(("O", regs[Reg.SCR], regs[Reg.SCR] + (sl if part == 0 else rows * sl)))
+            ranges.append(("O", regs[Reg.SCR], regs[Reg.SCR] + rows * sl))
             if part == 2:
                 ranges.append(("O", regs[Reg.ACC], regs[Reg.ACC] + rows * 2 * hl))
             if part == 0 or (part == 2 and regs[Reg.TPOS] + regs[Reg.KVMAX] >= n):

@@ -165,13 +165,15 @@ class ReferenceMachine:
             N, WB, T0 = self.regs[Reg.QPOS] + ins["ntok"], c.wbuf_line_bits // 8, self.regs[Reg.TPOS]
             m = min(T0 + self.regs[Reg.KVMAX], N) - T0
             KL, EL, SL = -(-m * self.regs[Reg.HDIM] // WB), -(-m // WB), -(-N // C)
+            rows = ins["ntok"] * self.regs[Reg.HGRP]
+            groups = -(-rows // max(1, c.attn_rows))      # rows that share each WBUF line a pass reads
             if ins["part"] == 0:
-                t_row = 3 * HL + 2 * (KL + EL) + SL + 55
+                per_row, per_group = 3 * HL + -(-m // C), 2 * (KL + EL) + 55
             elif ins["part"] == 1:
-                t_row = 2 * HL + KL + EL + 10
+                per_row, per_group = 2 * HL, KL + EL + 10
             else:
-                t_row = (3 * SL + 45 if T0 == 0 else 0) + KL + EL + 4 * HL + 8
-            return 1 + ins["ntok"] * self.regs[Reg.HGRP] * t_row + 4
+                per_row, per_group = 4 * HL + (3 * SL if T0 == 0 else 0), KL + EL + 8 + (45 if T0 == 0 else 0)
+            return 1 + rows * per_row + groups * per_group + 4
         return 1
 
     def step_time(self, ins) -> None:
@@ -524,7 +526,7 @@ class ReferenceMachine:
             self.touch("O", ins["q"], ins["q"] + (G * HL if plane else (G * HL - 1) * R + ntok), pc, "attn queries")
         half = self.half_lines()
         self.touch("W", regs[Reg.KVW], regs[Reg.KVW] + (2 * half if part == 0 else half), pc, "attn region")
-        self.touch("O", regs[Reg.SCR], regs[Reg.SCR] + (SL if part == 0 else ntok * G * SL), pc, "attn scratch")
+        self.touch("O", regs[Reg.SCR], regs[Reg.SCR] + ntok * G * SL, pc, "attn scratch")
         if part == 2:
             self.touch("O", regs[Reg.ACC], regs[Reg.ACC] + ntok * G * 2 * HL, pc, "attn accumulators")
         if part == 0 or (part == 2 and T0 + M >= N):
@@ -534,18 +536,16 @@ class ReferenceMachine:
         if part == 0:
             keys = self.kv_rows(regs[Reg.KVW], 0, N)
             vals = self.kv_rows(regs[Reg.KVW] + half, 0, N)
-            last_w: list[int] = []
             for t in range(ntok):
                 seen = regs[Reg.QPOS] + t + 1
                 q_all = self.head_values(ins["q"], t, G * H, plane)
                 for g in range(G):
                     qh = F.block_quantize(q_all[g * H:(g + 1) * H], 8)
                     self.write_x(ins, t, g, F.attention_head(qh, keys[:seen], vals[:seen], F_))
-                    if t == ntok - 1 and g == G - 1:   # the scratch: this row's weights
-                        last_w = self.weights(self.scores(qh, keys[:seen]))
-            last_w += [0] * (SL * C - len(last_w))
-            for j, v in enumerate(last_w):
-                self.set_o(regs[Reg.SCR] + j // C, j % C, v)
+                    w = self.weights(self.scores(qh, keys[:seen]))     # the row's scratch: its weights
+                    w += [0] * (SL * C - len(w))
+                    for j, v in enumerate(w):
+                        self.set_o(regs[Reg.SCR] + (t * G + g) * SL + j // C, j % C, v)
             return
         rows = self.kv_rows(regs[Reg.KVW], T0, end)
         for t in range(ntok):

@@ -119,6 +119,19 @@ def test_operands_kv_head_by_kv_head_where_the_block_s_do_not_fit_obuf():
     assert runs[-1][0].plans[0].staged             # one decode token's operands (plane mode) fit whole
 
 
+def test_row_groups_share_the_cache_lines_and_change_only_cycles():
+    # attn_rows = 4: a block's 4 query heads of one kv head take each key and value line together
+    one, four = vec("small"), vec("small", attn_rows=4)
+    blocks = [5, 1]
+    by_rows = [generate(cfg, blocks, H=4, Hkv=1, hd=8, kv_max=16, naive=True, seed=8) for cfg in (one, four)]
+    for (ca1, c1), (ca4, c4) in zip(*by_rows):
+        assert c4 < c1
+    # the decode step (1 token, 4 rows): the whole attention's per-group terms once instead of four times
+    from bitmos.semantics import ATT_ROW_FIXED
+    kv = 2 * (-(-6 * 8 // 16) + 1)               # key and value pass over 6 positions of 8 bytes
+    assert by_rows[0][1][1] - by_rows[1][1][1] == 3 * (kv + ATT_ROW_FIXED)
+
+
 def test_single_buffering_whole_and_tiled():
     # WBUF of 1 KiB, head_dim 16 (17 lines a page of a half): one whole region of a page (34 lines) fits but not
     # two; past 16 positions the block's own page leaves room for one tile of one page
@@ -149,6 +162,12 @@ def test_cycles_are_the_contract_formula():
     assert compute_cycles(values, cfg, 64, regs=regs) == 1 + 6 * (m * 32 // 16 + 2 + 4 * HL + 8) + 4
     regs.update({Reg.TPOS: 0})                   # the first tile (m = 32) runs the softmax first
     assert compute_cycles(values, cfg, 64, regs=regs) == 1 + 6 * (3 * SL + 45 + 64 + 2 + 4 * HL + 8) + 4
+    # attn_rows = 4: the 6 rows in two groups, each WBUF pass and fixed drain once a group
+    cfg4 = vec("small", attn_rows=4)
+    assert compute_cycles(values, cfg4, 64, regs=regs) == 1 + 6 * (3 * SL + 4 * HL) + 2 * (45 + 64 + 2 + 8) + 4
+    regs.update({Reg.TPOS: 0, Reg.KVMAX: 48})
+    assert compute_cycles(attn, cfg4, 64, regs=regs) == (
+        1 + 6 * (3 * HL + N // 4) + 2 * (2 * (N * 32 // 16 + -(-N // 16)) + ATT_ROW_FIXED) + ATTN_PIPELINE)
     pack = Instruction.make("kvpack", mode="token", o=0, kind="v", ntok=3)
     assert compute_cycles(pack, cfg, 64, regs=regs) == 1 + 3 * (2 * HL + KVPACK_FIXED) + KVPACK_PIPELINE
 

@@ -146,6 +146,14 @@ def test_a_later_unit_absent_keeps_the_fingerprint_and_the_whole_file_rule(tmp_p
     with pytest.raises(ConfigError, match="vector_unit"):
         dataclasses.replace(a, vector_unit=2)
     assert not a.to_toml().rstrip().endswith(("vector_unit = 0", "vector_unit = 1"))
+    # attn_rows: 0 (one row) keeps the vector unit's machine as it was; 4 is another; it needs the unit
+    assert dataclasses.replace(on, attn_rows=0).fingerprint() == on.fingerprint()
+    assert dataclasses.replace(on, attn_rows=4).fingerprint() != on.fingerprint()
+    with pytest.raises(ConfigError, match="'attn_rows' = 4 sizes the vector unit's attention; it needs vector_unit"):
+        dataclasses.replace(a, attn_rows=4)
+    with pytest.raises(ConfigError, match="attn_rows"):
+        dataclasses.replace(on, attn_rows=65)
+    assert not a.to_toml().rstrip().endswith("attn_rows = 0")
 
 
 # ---- a config file cut off is an error, never a shorter config (issue 22) ------------------------------------

@@ -137,7 +137,7 @@ def test_attention_beyond_what_wbuf_holds_is_tiled_and_beyond_obuf_falls_back_to
     # OBUF of 16 KiB cannot keep one query head's 4,096 scores: the memory-bound stand-in, the refusal kept
     cfg = dataclasses.replace(cfg, obuf_kib=16)
     ctx = decode_at_context(estimate("toy", cfg, prefill=4, decode=2), "toy", 4096)
-    assert not ctx["attention_simulated"] and "OBUF (156 lines needed" in ctx["attention_refused"]
+    assert not ctx["attention_simulated"] and "OBUF (144 lines needed for one query head's scores" in ctx["attention_refused"]
     assert list(ctx["components"]) == ["linears", "vector_unit", "kv_cache"]
     assert ctx["kv_read_bytes"] == ctx["kv_bytes_per_position"] * 4096
 

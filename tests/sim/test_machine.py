@@ -361,7 +361,8 @@ class TestVectorUnit(unittest.TestCase):
 
     def test_random_programs_against_the_naive_machine(self):
         cfgs = [with_vector(preset_config("small")), with_vector(preset_config("tiny")),
-                with_vector(small_cfg(4, 1, 3, 2, 16)), with_vector(dataclasses.replace(small_cfg(8, 4), obuf_kib=4))]
+                with_vector(small_cfg(4, 1, 3, 2, 16)), with_vector(dataclasses.replace(small_cfg(8, 4), obuf_kib=4)),
+                dataclasses.replace(with_vector(preset_config("small")), attn_rows=3)]
         for i, cfg in enumerate(cfgs):
             for seed in range(4):
                 with self.subTest(cfg=i, seed=seed):
