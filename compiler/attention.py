@@ -138,8 +138,8 @@ def _page_lines(cfg: AcceleratorConfig, head_dim: int) -> int:
 TILES_PER_PASS = 8
 
 
-def _plan(cfg: AcceleratorConfig, old: int, ntok: int, head_dim: int, group: int, operand_lines: int,
-          stride: int) -> BlockPlan | tuple[str, str]:
+def _plan(cfg: AcceleratorConfig, old: int, ntok: int, head_dim: int, group: int,
+          operand_lines: int) -> BlockPlan | tuple[str, str]:
     """The plan of a block of ``ntok`` tokens after ``old`` cached positions, or (what does not fit, its field):
     whole where two regions of its pages fit WBUF (one head's load overlaps the other's attention) or its
     positions are all in its own pages; else tiled (the loads of small tiles overlap the passes), and where even
@@ -205,8 +205,8 @@ def compile_attention(cfg: AcceleratorConfig, tokens: int, pos0: int, *, n_heads
 
     def block_plan(old: int, ntok: int, stride: int) -> BlockPlan | tuple[str, str]:
         """The operands staged whole where that fits as well as (no more passes than) a slot a head."""
-        by_head = _plan(cfg, old, ntok, head_dim, G, 2 * _slot_lines(cfg, head_dim, G, stride), stride)
-        staged = _plan(cfg, old, ntok, head_dim, G, (olines(cfg, K_q) + 2 * olines(cfg, K_kv)) * stride, stride)
+        by_head = _plan(cfg, old, ntok, head_dim, G, 2 * _slot_lines(cfg, head_dim, G, stride))
+        staged = _plan(cfg, old, ntok, head_dim, G, (olines(cfg, K_q) + 2 * olines(cfg, K_kv)) * stride)
         if not isinstance(staged, tuple) and (isinstance(by_head, tuple) or staged.group_pass == by_head.group_pass):
             return dataclasses.replace(staged, staged=True)
         return by_head
