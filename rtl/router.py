@@ -1,7 +1,11 @@
 """Router: the E multiply-accumulators whose sums become the router logits (``formats.router_logits``).
 
 One XBUF line and one SBUF router line per ``accumulate`` cycle: each expert's 48-bit sum gains
-sum_j x_j * WR[e][j] over the C lanes, lanes at or past K counting 0. ``clear`` starts a token.
+sum_j x_j * WR[e][j] over the C lanes, lanes at or past K counting 0. ``clear`` starts a token: the sums start
+from ``rounding``, the rounding half of the logits' shift by RSHIFT (``formats.router_logits``' rshift_round), so
+that the logit step after them is a shift alone, not an add on a 48-bit carry chain and a shift in one cycle (the
+small chip's critical path at 68.5 MHz, docs/fpga.md). |sum| < 2^46 and the half is at most 2^46, so the start
+value costs no bit.
 Three stages: the lines are registered as they arrive from their block RAMs (so no multiplier hangs off
 a block RAM's output), then the C x E products, then their add: a line's products are in ``acc``
 ``bitmos.semantics.ROUTER_DRAIN`` = 3 cycles after its ``accumulate`` cycle.
@@ -38,7 +42,9 @@ class Router(wiring.Component):
     accumulate : In(1)
         Add this cycle's line to the sums.
     clear : In(1)
-        Zero the sums (a new token); wins over ``accumulate``.
+        Start the sums from ``rounding`` (a new token); wins over ``accumulate``.
+    rounding : In(signed(ROUTER_ACC_BITS))
+        The value the sums start from.
     acc : Out(ArrayLayout(signed(ROUTER_ACC_BITS), E))
 
     Raises
@@ -54,7 +60,7 @@ class Router(wiring.Component):
             raise ValueError(f"a router needs at least 2 experts, not {cfg.experts}")
         super().__init__({
             "x": In(cfg.xbuf_line_bits), "lane_valid": In(cfg.cols), "weights": In(cfg.sbuf_line_bits),
-            "accumulate": In(1), "clear": In(1),
+            "accumulate": In(1), "clear": In(1), "rounding": In(signed(F.ROUTER_ACC_BITS)),
             "acc": Out(data.ArrayLayout(signed(F.ROUTER_ACC_BITS), cfg.experts)),
         })
 
@@ -77,5 +83,5 @@ class Router(wiring.Component):
         with m.If(adding):
             m.d.sync += [self.acc[e].eq(self.acc[e] + sum(products[e])) for e in range(E)]
         with m.If(self.clear):
-            m.d.sync += [self.acc[e].eq(0) for e in range(E)]
+            m.d.sync += [self.acc[e].eq(self.rounding) for e in range(E)]
         return m

@@ -343,7 +343,8 @@ class ScaleExpertUnit(wiring.Component):
             readers.append(softmax)
             m.d.comb += [router.x.eq(self.xbuf.data), router.lane_valid.eq(seq.lane_valid),
                          router.weights.eq(self.sbuf.data), router.accumulate.eq(seq.router_accumulate),
-                         router.clear.eq(seq.token_start), softmax.acc.eq(router.acc),
+                         router.clear.eq(seq.token_start), router.rounding.eq(softmax.rounding),
+                         softmax.acc.eq(router.acc),
                          softmax.active.eq(seq.gates_active), softmax.step.eq(seq.gates_step),
                          gates.eq(softmax.gates)]
         elif E == 1:

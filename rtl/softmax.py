@@ -7,10 +7,12 @@ multiply. With D = ``ROUTER_DRAIN`` (3):
 * steps 0..D-1: the router takes its last line (registered, its products registered, their add);
 * step D: logits l_e = sat16(rshift_round(acc_e, RSHIFT)); under register BIAS every l_e = 0 instead (equal
   gates) and ``bias`` = sat32(rshift_round(acc_0, RSHIFT)), FBI-LLM's beta . x (else 0): the same shifter.
-  The rounding half of RSHIFT and the saturation thresholds are registers of the layer register RSHIFT
-  (:class:`ShiftSaturation`), so the step is the add and the shift beside two compares of acc_e against
-  constants, not the rounding half's decode, the add, the shift and the saturation's compares in series
-  (the small chip's critical path at 55.1 MHz, 18.1 ns, docs/fpga.md);
+  The router's sums start from ``rounding``, RSHIFT's rounding half (2^(s-1), at most 2^46: for s >= 47 every
+  sum plus 2^46 is in [0, 2^47), which any such shift takes to 0, as rshift_round does), so the step is the
+  variable shift and the saturation's AND-OR over a registered mask of the sum's high bits
+  (:class:`ShiftSaturation` ``half_added``), not a 48-bit rounding add, the shift and the compares in series
+  (the small chip's critical path at 68.5 MHz, 14.6 ns; at 55.1 MHz before the thresholds were registers,
+  docs/fpga.md);
 * step D+1: the index of the first max(l) (all pairwise compares at once), and every logit scaled,
   c_e = l_e * LOG2E_Q10, also with the rounding half added, h_e = c_e + 2^(LOG2E_FRAC-1);
 * steps D+2..E+D+1: for expert e = step - D - 2, u = (h_max - c_e) >> LOG2E_FRAC, which is
@@ -27,7 +29,7 @@ multiply. With D = ``ROUTER_DRAIN`` (3):
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -53,7 +55,9 @@ class Softmax(wiring.Component):
     Attributes
     ----------
     acc : In(ArrayLayout(signed(ROUTER_ACC_BITS), E))
-        The router sums of the token.
+        The router sums of the token, each started from ``rounding``.
+    rounding : Out(signed(ROUTER_ACC_BITS))
+        RSHIFT's rounding half, the value the router's sums start from.
     regs : In(LayerRegistersSignature)
         The softmax reads RSHIFT.
     active, step : In
@@ -74,6 +78,7 @@ class Softmax(wiring.Component):
         E = cfg.experts
         super().__init__({
             "acc": In(data.ArrayLayout(signed(F.ROUTER_ACC_BITS), E)), "regs": In(LayerRegistersSignature()),
+            "rounding": Out(signed(F.ROUTER_ACC_BITS)),
             "active": In(1), "step": In(range(E + sem.GATES_FIXED)),
             "gates": Out(data.ArrayLayout(unsigned(F.GATE_BITS), E)), "bias": Out(signed(F.OUT_BITS)),
         })
@@ -100,8 +105,12 @@ class Softmax(wiring.Component):
         assert rcp_start == E + D + 3, "GATES_FIXED does not match the softmax schedule"
 
         # RSHIFT is a layer register, steady from its SETR to the logit step, which comes cycles after the QUANT
-        logit_sat = ShiftSaturation(m, self.regs.rshift, F.ROUTER_ACC_BITS, F.LOGIT_BITS, "logit")
-        bias_sat = ShiftSaturation(m, self.regs.rshift, F.ROUTER_ACC_BITS, F.OUT_BITS, "bias")
+        rshift = self.regs.rshift
+        top = F.ROUTER_ACC_BITS - 2                                 # 2^46: the largest half that keeps 48 bits
+        m.d.comb += self.rounding.eq(Mux(rshift == 0, 0, Mux(rshift > top, 1 << top,
+                                                              (Const(1, F.ROUTER_ACC_BITS) << rshift) >> 1)))
+        logit_sat = ShiftSaturation(m, rshift, F.ROUTER_ACC_BITS, F.LOGIT_BITS, "logit", half_added=True)
+        bias_sat = ShiftSaturation(m, rshift, F.ROUTER_ACC_BITS, F.OUT_BITS, "bias", half_added=True)
 
         # c_e and h_e in registers per expert (step D+1), so the table's address is one subtract from registers
         scaled_bits = F.LOGIT_BITS + F.LOG2E_Q10.bit_length() + 1

@@ -72,9 +72,10 @@ def test_router(name):
         assert [ctx.get(dut.acc[e]) for e in range(E)] != expect or not any(lines[-1][2])
         await ctx.tick()
         assert [ctx.get(dut.acc[e]) for e in range(E)] == expect
-        ctx.set(dut.clear, 1)   # a new token: clear wins over accumulate
+        ctx.set(dut.clear, 1)   # a new token: clear wins over accumulate, the sums start from ``rounding``
+        ctx.set(dut.rounding, 1 << 45)
         await ctx.tick()
-        assert [ctx.get(dut.acc[e]) for e in range(E)] == [0] * E
+        assert [ctx.get(dut.acc[e]) for e in range(E)] == [1 << 45] * E
 
     simulate(dut, bench)
 
@@ -113,9 +114,10 @@ def test_softmax(name):
     cfg = ROUTED[name]
     E, rng = cfg.experts, random.Random(name)
     dut = Softmax(cfg)
-    big = 1 << (F.ROUTER_ACC_BITS - 1)
-    cases = [([rng.randint(-big, big - 1) for _ in range(E)], rng.randrange(0, 64)) for _ in range(20)]
-    cases += [([0] * E, 0), ([big - 1] + [-big] * (E - 1), 0), ([5 << 20] * E, 12)]   # ties, saturation
+    big = 1 << (F.ROUTER_ACC_BITS - 2)      # router sums are below 2^46 in magnitude (formats.ROUTER_ACC_BITS)
+    cases = [([rng.randint(-big + 1, big - 1) for _ in range(E)], rng.randrange(0, 64)) for _ in range(20)]
+    cases += [([rng.randint(-big + 1, big - 1) for _ in range(E)], s) for s in (45, 46, 47, 48, 63)]
+    cases += [([0] * E, 0), ([big - 1] + [-big + 1] * (E - 1), 0), ([5 << 20] * E, 12)]   # ties, saturation
     # around the last nonzero p (u >> EXP2_FRAC_BITS is 15 at d = 2,839, 16 at 2,840) and the widest d, 2^16 - 1
     edges = [0, -2839, -2840, -2841, 32767, -32768, 100, -100]
     cases += [([edges[(i + e) % len(edges)] for e in range(E)], 0) for i in range(len(edges))]
@@ -123,7 +125,7 @@ def test_softmax(name):
     # under register BIAS: router row 0 is beta . x, saturated to 32 bits, at and off its thresholds
     bias_cases = [([a] + [0] * (E - 1), s) for s in (0, 1, 9, 16, 17, 40)
                   for t in ((1 << (31 + s)) - ((1 << s) >> 1), -(1 << (31 + s)) - ((1 << s) >> 1))
-                  for a in (t - 1, t) if -big <= a < big]
+                  for a in (t - 1, t) if -big < a < big]
     bias_cases += [(acc, rshift) for acc, rshift in cases[:10]]
 
     async def bench(ctx):
@@ -131,8 +133,11 @@ def test_softmax(name):
             ctx.set(dut.regs.bias, bias_on)
             for acc, rshift in runs:
                 ctx.set(dut.regs.rshift, rshift)
+                # the router's sums start from RSHIFT's rounding half (2^(s-1), 2^46 from s = 47 on)
+                rounding = ctx.get(dut.rounding)
+                assert rounding == (0 if rshift == 0 else 1 << min(rshift - 1, 46)), rshift
                 for e, a in enumerate(acc):
-                    ctx.set(dut.acc[e], a)
+                    ctx.set(dut.acc[e], a + rounding)
                 ctx.set(dut.active, 1)
                 for step in range(E + semantics.GATES_FIXED):
                     ctx.set(dut.step, step)
