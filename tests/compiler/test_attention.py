@@ -117,6 +117,11 @@ def test_operands_kv_head_by_kv_head_where_the_block_s_do_not_fit_obuf():
     runs = generate(cfg, [5, 1], H=8, Hkv=8, hd=8, kv_max=16, naive=True, seed=6)
     assert runs[0][0].mode == "token" and not runs[0][0].plans[0].staged
     assert runs[-1][0].plans[0].staged             # one decode token's operands (plane mode) fit whole
+    # the same with a WBUF of 1 KiB: the prefill blocks past 16 positions tiled, their operands in slots
+    cfg = vec("small", obuf_kib=3, wbuf_kib=1)
+    runs = generate(cfg, [16, 16, 4, 1], H=8, Hkv=8, hd=8, kv_max=48, naive=True, seed=7)
+    plans = [p for ca, _ in runs for p in ca.plans]
+    assert any(p.tiled and not p.staged for p in plans) and any(not p.tiled and not p.staged for p in plans)
 
 
 def test_row_groups_share_the_cache_lines_and_change_only_cycles():
