@@ -617,7 +617,7 @@ def attn_row_groups(cfg: AcceleratorConfig, rows: Value) -> Value:
     return (rows + (p - 1)) // p
 
 
-def _kv_lines(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
+def kv_pass_lines(cfg: AcceleratorConfig, head_dim: Value, positions: Value) -> Value:
     """WBUF lines a pass over ``positions`` positions of a half reads: their mantissa lines (ceil(positions *
     head_dim / WB)) and exponent lines (ceil(positions / WB)), WB a WBUF line's bytes."""
     wb = cfg.wbuf_line_bits // 8
@@ -639,7 +639,7 @@ def attn_cycles(cfg: AcceleratorConfig, part: Value, head_dim: Value, seen: Valu
       ATT_SOFTMAX_FIXED (the softmax's drains and its reciprocal: a group's rows divide side by side).
 
     With one row a group (attn_rows 0 or 1) a row costs T_row of docs/isa.md."""
-    hl, sl, kv = head_dim // cfg.cols, score_lines(cfg, seen), _kv_lines(cfg, head_dim, positions)
+    hl, sl, kv = head_dim // cfg.cols, score_lines(cfg, seen), kv_pass_lines(cfg, head_dim, positions)
     groups = attn_row_groups(cfg, rows)
     whole = rows * (3 * hl + score_lines(cfg, positions)) + groups * (2 * kv + ATT_ROW_FIXED)
     scores = rows * 2 * hl + groups * (kv + ATT_Q_FIXED + ATT_SCORE_DRAIN)
@@ -806,5 +806,5 @@ __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults"
            "Timeline", "WORD_BITS", "resadd_overlap", "legal_ops", "legal_regs", "olines", "vector_token_cycles", "VECTOR_PIPELINE",
            "RESADD_PIPELINE", "SILU_PIPELINE", "NORM_PIPELINE", "NORM_TOKEN_FIXED", "NORM_MEAN_FIXED", "ROPE_PIPELINE", "rope_table_lines",
            "rope_unaligned", "kv_page", "kv_half_lines", "kv_region_lines", "kv_unaligned", "score_lines", "kv_block_outside", "attn_cycles",
-           "attn_row_groups", "attn_positions", "attn_last_tile", "ATT_SOFTMAX_FIXED",
+           "attn_row_groups", "kv_pass_lines", "attn_positions", "attn_last_tile", "ATT_SOFTMAX_FIXED",
            "ATT_ROW_FIXED", "ATTN_PIPELINE", "KVPACK_FIXED", "KVPACK_PIPELINE"]

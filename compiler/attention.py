@@ -39,7 +39,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.container import Program
 from bitmos.errors import UnsupportedError
 from bitmos.isa import REG_RANGE, Instruction, Op, Reg, encode, setr
-from bitmos.semantics import kv_page, olines, rope_unaligned, score_lines
+from bitmos.semantics import kv_half_lines, kv_page, olines, rope_unaligned, score_lines
 
 ALIGN = 64
 
@@ -128,11 +128,6 @@ def _slot_lines(cfg: AcceleratorConfig, head_dim: int, group: int, stride: int) 
     return (group + 2) * (head_dim // cfg.cols) * stride
 
 
-def _page_lines(cfg: AcceleratorConfig, head_dim: int) -> int:
-    """WBUF lines of one page of a half."""
-    return F.kv_page_bytes(kv_page(cfg), head_dim) // (cfg.wbuf_line_bits // 8)
-
-
 #: Tiles a pass over the old positions aims at: a tile loads while the one before it is used, so the pass costs
 #: about its transfers plus one tile's compute; more tiles shorten that tail, each costing a transfer's latency.
 TILES_PER_PASS = 8
@@ -144,7 +139,8 @@ def _plan(cfg: AcceleratorConfig, old: int, ntok: int, head_dim: int, group: int
     whole where two regions of its pages fit WBUF (one head's load overlaps the other's attention) or its
     positions are all in its own pages; else tiled (the loads of small tiles overlap the passes), and where even
     that does not fit, whole in one region."""
-    page, hp = kv_page(cfg), _page_lines(cfg, head_dim)
+    page = kv_page(cfg)
+    hp = kv_half_lines(cfg, page, head_dim)            # WBUF lines of one page of a half
     n = old + ntok
     whole = 2 * -(-n // page) * hp
     depth_w, depth_o = cfg.depth("W"), cfg.depth("O")
@@ -241,7 +237,8 @@ class _BlockProgram:
     def __init__(self, ca: CompiledAttention, i: int, blk: range, plan: BlockPlan):
         self.ca, self.i, self.blk, self.plan = ca, i, blk, plan
         cfg = ca.config
-        self.wb, self.page, self.hp = cfg.wbuf_line_bits // 8, kv_page(cfg), _page_lines(cfg, ca.head_dim)
+        self.wb, self.page = cfg.wbuf_line_bits // 8, kv_page(cfg)
+        self.hp = kv_half_lines(cfg, self.page, ca.head_dim)   # WBUF lines of one page of a half
         self.words: list[int] = []
 
     def emit(self, ins: Instruction) -> None:

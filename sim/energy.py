@@ -40,7 +40,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.errors import ConfigError
 from bitmos.fileio import read_text_file
 from bitmos.isa import BUFFERS, Op, Reg
-from bitmos.semantics import Ops, attn_last_tile, attn_positions, attn_row_groups, olines, rope_table_lines, score_lines, weight_planes
+from bitmos.semantics import Ops, attn_last_tile, attn_positions, attn_row_groups, kv_pass_lines, olines, rope_table_lines, score_lines, weight_planes
 
 try:  # Python 3.11+
     import tomllib
@@ -191,8 +191,7 @@ def count_actions(cfg: AcceleratorConfig, dec, n: int, *, nop_tail: int = 0, fau
         hd, part = regs[Reg.HDIM], fs["part"]
         npos, m = attn_positions(fs, regs, Ops(select=np.where))
         rows = fs["ntok"] * regs[Reg.HGRP]
-        wb = cfg.wbuf_line_bits // 8
-        kv = ((m * hd + wb - 1) // wb + (m + wb - 1) // wb) * cfg.wbuf_line_bits   # one pass over the m positions
+        kv = kv_pass_lines(cfg, hd, m) * cfg.wbuf_line_bits                  # one pass over the m positions
         sl, hl = score_lines(cfg, npos), hd // C
         whole, scores, values = part == 0, part == 1, part == 2
         first = values & (regs[Reg.TPOS] == 0)                     # the values part's softmax
