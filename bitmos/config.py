@@ -34,7 +34,7 @@ REPORTING_FIELDS = ("name", "clock_mhz")
 #: is still whole without it, and a machine without it keeps the fingerprint it had (programs and images made for
 #: it still load). A field's line is never the last of a written config (``to_toml`` puts it mid-file), so a file
 #: cut off early still lacks later fields.
-LATER_UNITS = ("vector_unit", "attn_rows")
+LATER_UNITS = ("vector_unit", "attn_rows", "dma_queue")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class AcceleratorConfig:
     # -- external memory ---------------------------------------------------------------------------
     ext_bw_bits: int = 64    # external memory bandwidth, bits per cycle
     ext_latency: int = 20    # cycles from a DMA request to its first beat
+    dma_queue: int = 0       # transfers the DMA engine keeps in flight, their latencies overlapped (0 = 1): simulated only
     ext_mem_mib: int = 64    # size of the external address space the DMA may touch
     # -- number formats ----------------------------------------------------------------------------
     x_frac_bits: int = 8     # layer inputs are int16 with this many fraction bits (Q7.8 by default)
@@ -123,6 +124,11 @@ class AcceleratorConfig:
     def plane_rows(self) -> int:
         """Rows used in plane mode (decode): one activation plane per row."""
         return min(self.act_bits, self.rows)
+
+    @property
+    def dma_slots(self) -> int:
+        """Transfers the DMA engine keeps in flight (``dma_queue``; 0 means one at a time, the v2 engine)."""
+        return max(1, self.dma_queue)
 
     @property
     def planes_per_row(self) -> int:
@@ -306,6 +312,7 @@ def _validate(c: AcceleratorConfig) -> None:
     if c.ext_bw_bits % 8:
         raise ConfigError(f"field 'ext_bw_bits' = {c.ext_bw_bits} must be a multiple of 8", field="ext_bw_bits")
     _check_range("ext_latency", c.ext_latency, 0, 10000)
+    _check_range("dma_queue", c.dma_queue, 0, 64)
     _check_range("ext_mem_mib", c.ext_mem_mib, 1, 1 << 18)
     _check_range("x_frac_bits", c.x_frac_bits, 0, 15)
     _check_range("out_frac_bits", c.out_frac_bits, 0, 31)

@@ -143,7 +143,7 @@ SPECS: dict[Op, tuple[Field, ...]] = {
               _f("ext", 23, 0)),
     Op.STORE: (_f("buf", 57, 56, enum=BUFFERS), _f("line", 55, 40), _f("nlines", 39, 24, 1),
                _f("ext", 23, 0)),
-    Op.WAIT: (),
+    Op.WAIT: (_f("keep", 5, 0),),
     Op.QUANT: (_f("mode", 57, 57, enum=MODES), _f("x", 56, 41), _f("q", 40, 25), _f("meta", 24, 15),
                _f("ntok", 14, 8, 1)),
     Op.MATMUL: (_f("mode", 57, 57, enum=MODES), _f("q", 56, 41), _f("w", 40, 25), _f("o", 24, 9),
@@ -301,6 +301,8 @@ def format_instruction(ins: Instruction) -> str:
             continue
         if ins.op is Op.SETR and f.name == "value":
             parts.append(str(reg_value(Reg(ins["reg"]), v)))
+            continue
+        if ins.op is Op.WAIT and v == 0:      # the whole drain, as ``wait`` read before the DMA queue
             continue
         if f.enum is not None:
             parts.append(f"{f.name}={f.enum[v]}")

@@ -15,7 +15,7 @@ at elaboration time, never in the datapath.
 
 Contents: :func:`footprint` (buffer accesses), :func:`faults` (the fault causes 2-4 of docs/isa.md in
 priority order), :func:`controller_cycles` / :func:`dma_busy_cycles` and the per-unit formulas, and
-:class:`Timeline`, the timing rule of an in-order controller with one DMA engine.
+:class:`Timeline`, the timing rule of an in-order controller with one DMA engine (and its queue of transfers).
 """
 
 from __future__ import annotations
@@ -364,6 +364,8 @@ def field_faults(op: Op, word: Value, f: Mapping[str, Value], cfg: AcceleratorCo
             conds.append((f["reg"] == int(Reg.HDIM)) & rope_unaligned(cfg, raw))
             conds.append((f["reg"] == int(Reg.KVMAX)) & kv_unaligned(cfg, raw))
             conds.append((f["reg"] == int(Reg.TPOS)) & kv_unaligned(cfg, raw))
+    if op is Op.WAIT:   # transfers left in flight: fewer than the engine keeps (a v2 engine: none)
+        conds.append(f["keep"] >= cfg.dma_slots)
     if op in (Op.QUANT, Op.SCALEOUT, *VECTOR_OPS):
         # plane mode handles one token; token mode up to one per array row
         conds.append(((f["mode"] == 1) & (f["ntok"] != 1)) | ((f["mode"] == 0) & (f["ntok"] > cfg.rows)))
@@ -744,25 +746,48 @@ def first_fault(ins: Instruction, word: int, regs: Mapping[Reg, int], cfg: Accel
 
 
 class Timeline:
-    """The timing rule shared by simulator and RTL: an in-order controller and one DMA engine.
+    """The timing rule shared by simulator and RTL: an in-order controller and one DMA engine with a queue of
+    ``queue`` transfers (config ``dma_queue``; 1 is the v2 engine, one transfer at a time).
 
-    ``now`` is the cycle at which the next instruction issues; ``dma_free`` the first cycle the DMA
-    engine is idle. A compute instruction holds the controller for ``controller_cycles``; LOAD/STORE
-    wait for the DMA engine, issue in one cycle and leave it busy for ``dma_busy_cycles`` more; WAIT
-    and HALT wait for the DMA engine to drain, then take one cycle. A run's cycle count is the cycle
-    after HALT. :meth:`compute`, :meth:`transfer` and :meth:`sync` are the three moves; the timing-only
+    ``now`` is the cycle at which the next instruction issues. A compute instruction holds the controller for
+    ``controller_cycles``. LOAD/STORE wait for a free queue slot (the transfer ``queue`` places back is done),
+    issue in one cycle and go on; the transfer's data phase (its beats, one per cycle) starts ``latency`` cycles
+    after its issue cycle or when the previous transfer's data phase ends, whichever is later, so transfers move
+    their data in issue order and a queued transfer's latency overlaps the transfers ahead of it; it is done when
+    its data phase ends. WAIT keep=n waits until all but the latest n transfers are done, HALT until every
+    transfer is, then one cycle. With ``queue`` = 1 a transfer waits for the previous one to be done
+    (``dma_free``) and is done ``latency`` + beats after its issue cycle, the v2 rule. A run's cycle count is the
+    cycle after HALT. :meth:`compute`, :meth:`transfer` and :meth:`sync` are the three moves; the timing-only
     simulator calls them once per synchronising instruction and once per run of compute between.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, queue: int = 1, latency: int = 0) -> None:
+        if queue < 1:
+            raise ValueError(f"a DMA queue holds at least one transfer, not {queue}")
+        self.queue, self.latency = queue, latency
         self.now = 0
-        self.dma_free = 0
+        self.done: list[int] = []   # the last ``queue`` transfers' done cycles, oldest first (they only grow)
         self.stall_cycles = 0  # cycles the controller waited for the DMA engine
 
-    def _wait_dma(self) -> None:
-        if self.dma_free > self.now:
-            self.stall_cycles += self.dma_free - self.now
-            self.now = self.dma_free
+    @classmethod
+    def of(cls, cfg: AcceleratorConfig) -> "Timeline":
+        """The timeline of ``cfg``'s DMA engine (its ``dma_slots`` and ``ext_latency``)."""
+        return cls(cfg.dma_slots, cfg.ext_latency)
+
+    @property
+    def dma_free(self) -> int:
+        """The first cycle every transfer issued so far is done (the engine is idle)."""
+        return self.done[-1] if self.done else 0
+
+    @property
+    def dma_ready(self) -> int:
+        """The first cycle the next load/store can issue: a queue slot is free."""
+        return self.done[0] if len(self.done) == self.queue else 0
+
+    def _wait_until(self, cycle: int) -> None:
+        if cycle > self.now:
+            self.stall_cycles += cycle - self.now
+            self.now = cycle
 
     def compute(self, cycles: int) -> int:
         """Hold the controller for ``cycles`` (one or more non-synchronising instructions); returns issue."""
@@ -771,16 +796,22 @@ class Timeline:
         return issue
 
     def transfer(self, busy: int) -> int:
-        """A load/store: wait for the DMA engine, issue, leave it busy ``busy`` cycles after issue."""
-        self._wait_dma()
+        """A load/store of ``busy`` - ``latency`` beats (``dma_busy_cycles``: latency + beats): wait for a slot,
+        issue; returns the issue cycle."""
+        self._wait_until(self.dma_ready)
         issue = self.now
-        self.dma_free = issue + 1 + busy
+        start = max(issue + 1 + self.latency, self.dma_free)     # its data phase, after the previous one's
+        self.done.append(start + busy - self.latency)
+        if len(self.done) > self.queue:
+            del self.done[0]
         self.now = issue + 1
         return issue
 
-    def sync(self) -> int:
-        """wait/halt: wait for the DMA engine to drain, then one cycle."""
-        self._wait_dma()
+    def sync(self, keep: int = 0) -> int:
+        """wait/halt: wait until at most ``keep`` transfers (the latest ones; ``wait keep``) are not done, then one
+        cycle (transfers are done in issue order, so that is the one ``keep`` + 1 places back)."""
+        if len(self.done) > keep:
+            self._wait_until(self.done[-1 - keep])
         issue = self.now
         self.now += 1
         return issue
@@ -792,7 +823,7 @@ class Timeline:
             busy = dma_busy_cycles(dict(ins.args), cfg)
             return self.transfer(busy), busy
         if op in (Op.WAIT, Op.HALT):
-            return self.sync(), 0
+            return self.sync(ins["keep"] if op is Op.WAIT else 0), 0
         cycles = compute_cycles(ins, cfg, k_features, w_bits)
         return self.compute(cycles), cycles - 1
 

@@ -30,10 +30,14 @@ def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
     ValueError
         ``ext_latency`` is 0 (the external port answers a request no earlier than the next cycle), or
         a DMA-reachable line width (X, W, S, O) is not a multiple of ``ext_bw_bits`` (the DMA engine
-        assembles one line from whole beats), or ``vector_unit`` is 1 (the RTL does not build that unit yet).
+        assembles one line from whole beats), or ``vector_unit`` is 1 (the RTL does not build that unit yet), or
+        ``dma_queue`` is 2 or more (its DMA engine keeps one transfer in flight).
     """
     if not isinstance(cfg, AcceleratorConfig):
         raise TypeError(f"{name} must be an AcceleratorConfig, not {cfg!r}")
+    if cfg.dma_queue >= 2:
+        raise ValueError(f"{name}.dma_queue = {cfg.dma_queue}: the RTL's DMA engine keeps one transfer in flight "
+                         "(transfers queued behind each other run on the simulator only); use dma_queue = 0 or 1")
     if cfg.vector_unit:
         raise ValueError(f"{name}.vector_unit = 1: the RTL has no vector unit yet (residual add, SiLU, RMSNorm "
                          "run on the simulator only); use a config with vector_unit = 0 for the RTL")

@@ -149,46 +149,62 @@ def _touches(cfg: AcceleratorConfig, op: Op, f, regs, buf: str, a: int, b: int) 
 
 
 def find_hazard(dec: Decoded, cfg: AcceleratorConfig, stop: int) -> tuple[int, int, str] | None:
-    """First compute instruction in [0, stop) that touches the lines of an in-flight transfer
-    (its footprint, :func:`bitmos.semantics.footprint`, meets the transfer's lines)."""
+    """First compute instruction in [0, stop) that touches the lines of a transfer that may be in flight (its
+    footprint, :func:`bitmos.semantics.footprint`, meets them), under the rule's strictest reading (docs/isa.md,
+    load/store): the last ``dma_slots`` transfers that no wait/halt has retired (``wait keep=n`` retires all but
+    the last n issued before it). -> (pc, the transfer's pc, message). Transfers never conflict with each other:
+    they move their data in issue order."""
     op = dec.op[:stop]
     n = len(op)
     if n == 0:
         return None
-    idx = np.arange(n)
     is_dma = np.isin(op, [int(o) for o in DMA_OPS])
-    is_sync = np.isin(op, [int(o) for o in SYNC_OPS])
-    last_sync = np.maximum.accumulate(np.where(is_sync, idx, -1))
-    last_dma = np.maximum.accumulate(np.where(is_dma, idx, -1))
-    # in flight: the most recent synchronising instruction is a load/store
-    cand = np.isin(op, [int(o) for o in COMPUTE_OPS]) & (last_dma >= 0) & (last_dma == last_sync)
-    if not cand.any():
+    dma_pos = np.nonzero(is_dma)[0]
+    if not len(dma_pos):
         return None
-    f = dec.f
-    hit = np.zeros(n, dtype=bool)
-    for o in COMPUTE_OPS:
-        pcs = np.nonzero(cand & (op == int(o)))[0]
-        if not len(pcs):
-            continue
-        d = last_dma[pcs]
+    drain = np.isin(op, [int(Op.WAIT), int(Op.HALT)])
+    dma_before = np.cumsum(is_dma) - is_dma            # transfers issued before each pc
+    # transfers 0, 1, ... in issue order: a wait keep=n before pc left only the last n issued before it in flight
+    retired = np.maximum.accumulate(np.where(drain, dma_before - dec.f["keep"][:n], 0))
+    is_compute = np.isin(op, [int(o) for o in COMPUTE_OPS])
+    f = {k: v[:n] for k, v in dec.f.items()}
+    found: list[tuple[int, int]] = []                  # (pc, transfer pc) of the first hit at each depth
+    for back in range(1, cfg.dma_slots + 1):
+        j = dma_before - back
+        d = dma_pos[np.maximum(j, 0)]
+        live = (j >= 0) & (j >= retired)               # no wait/halt since has retired that transfer
+        if not live.any():
+            break                                      # deeper ones are older still
         dbuf, da = f["buf"][d], f["line"][d]
         db = da + f["nlines"][d]
-        _, fs, regs = _subset(dec, pcs)
-        h = np.zeros(len(pcs), dtype=bool)
-        for acc in footprint(o, fs, regs, cfg, NP):
-            if acc.buffer in BUFFERS:  # line hull first; the strided case is checked exactly below
-                h |= (acc.when & (dbuf == BUFFERS.index(acc.buffer)) & (acc.base < db) & (acc.end > da))
-        hit[pcs] = h
-    for pc in np.nonzero(hit)[0].tolist():
-        dd = int(last_dma[pc])
-        buf = BUFFERS[int(f["buf"][dd])]
-        a = int(f["line"][dd])
-        b = a + int(f["nlines"][dd])
-        fields = {k: int(v[pc]) for k, v in f.items()}
-        regs = {r: int(v[pc]) for r, v in dec.regs.items()}
-        if _touches(cfg, Op(int(op[pc])), fields, regs, buf, a, b):
-            return pc, dd, hazard_message(pc, int(op[pc]), dd, int(op[dd]), buf, a, b)
-    return None
+        hit = np.zeros(n, dtype=bool)
+        for o in COMPUTE_OPS:
+            pcs = np.nonzero(live & is_compute & (op == int(o)))[0]
+            if not len(pcs):
+                continue
+            _, fs, regs = _subset(dec, pcs)
+            h = np.zeros(len(pcs), dtype=bool)
+            for acc in footprint(o, fs, regs, cfg, NP):
+                if acc.buffer in BUFFERS:  # line hull first; the strided case is checked exactly below
+                    h |= (acc.when & (dbuf[pcs] == BUFFERS.index(acc.buffer)) & (acc.base < db[pcs])
+                          & (acc.end > da[pcs]))
+            hit[pcs] |= h
+        for pc in np.nonzero(hit)[0].tolist():
+            dd = int(d[pc])
+            buf = BUFFERS[int(f["buf"][dd])]
+            a = int(f["line"][dd])
+            fields = {k: int(v[pc]) for k, v in f.items()}
+            regs = {r: int(v[pc]) for r, v in dec.regs.items()}
+            if not _touches(cfg, Op(int(op[pc])), fields, regs, buf, a, a + int(f["nlines"][dd])):
+                continue
+            found.append((pc, dd))
+            break
+    if not found:
+        return None
+    pc, dd = min(found, key=lambda h: (h[0], -h[1]))   # the first pc; the latest transfer it meets
+    a = int(f["line"][dd])
+    return pc, dd, hazard_message(pc, int(op[pc]), dd, int(op[dd]), BUFFERS[int(f["buf"][dd])], a,
+                                  a + int(f["nlines"][dd]))
 
 
 # ---- timing -----------------------------------------------------------------------------------------
@@ -237,15 +253,16 @@ def timeline(dec: Decoded, cfg: AcceleratorConfig, n: int) -> Timing:
     seg_start = np.concatenate(([0], sync_idx + 1))
     seg_base = np.empty(len(sync_idx) + 1, dtype=np.int64)
     seg_base[0] = 0
-    tl = Timeline()
+    tl = Timeline.of(cfg)
     S_l = S.tolist()
     sync_busy = busy[sync_idx].tolist()
     sync_dma = is_dma[sync_idx].tolist()
+    sync_keep = dec.f["keep"][sync_idx].tolist()     # wait keep (0 on halt)
     sync_issue = []
     prev = 0
     for j, p in enumerate(sync_idx.tolist()):
         tl.compute(S_l[p] - S_l[prev])
-        sync_issue.append(tl.transfer(sync_busy[j]) if sync_dma[j] else tl.sync())
+        sync_issue.append(tl.transfer(sync_busy[j]) if sync_dma[j] else tl.sync(sync_keep[j]))
         prev = p + 1
         seg_base[j + 1] = tl.now
     tl.compute(S_l[n] - S_l[prev])
@@ -314,6 +331,9 @@ def fault_message(dec: Decoded, cfg: AcceleratorConfig, pc: int, cause: int) -> 
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.RESADD and resadd_overlap(dict(ins.args), regs, cfg):
         return (f"{head}: {ins}: the addend lines from o = {ins['o']} overlap the residual lines from r = "
                 f"{ins['r']} (K={regs[Reg.K]}); they must be the same lines or apart")
+    if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.WAIT:
+        return (f"{head}: {ins}: keeps {ins['keep']} transfer(s) in flight, and this config's DMA engine keeps "
+                f"{cfg.dma_slots} (dma_queue = {cfg.dma_queue}): keep must be below that")
     if cause == CAUSE_ILLEGAL_FIELD and ins.op is Op.SETR:   # decodable, so WBITS against this config
         return (f"{head}: {ins}: WBITS = {ins['value']} is no weight format of this config (0 = sign weights"
                 + (f", 2..{cfg.weight_bits} = integer weights)" if cfg.weight_bits >= 2 else "; weight_bits = 1)"))

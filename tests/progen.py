@@ -39,17 +39,29 @@ def random_program(cfg: AcceleratorConfig, seed: int = 0, *, length: int = 40, m
     kmax = min(k_max or 4 * cfg.lanes, _k_max(cfg))
     prog: list[Instruction] = []
     regs = {r: 0 for r in Reg}
-    inflight: tuple[str, int, int] | None = None
+    inflight: list[tuple[str, int, int]] = []     # the last dma_slots transfers since the last wait
+
+    def retire(newer: int) -> None:
+        """A wait before an instruction that meets a transfer with ``newer`` transfers issued after it: keep those
+        in flight (wait keep) or, at random, none."""
+        nonlocal inflight
+        keep = rng.choice([0, newer]) if newer else 0
+        prog.append(Instruction.make(Op.WAIT, keep=keep))
+        inflight = inflight[len(inflight) - keep:] if keep else []
 
     def emit(ins: Instruction) -> None:
         nonlocal inflight
         if ins.op in (Op.LOAD, Op.STORE):
-            inflight = (BUFFERS[ins["buf"]], ins["line"], ins["line"] + ins["nlines"])
-        elif ins.op in (Op.WAIT, Op.HALT):
-            inflight = None
-        elif inflight is not None and _touches(cfg, ins, regs, inflight):
-            prog.append(Instruction.make(Op.WAIT))
-            inflight = None
+            buf, a, b = BUFFERS[ins["buf"]], ins["line"], ins["line"] + ins["nlines"]
+            inflight = (inflight + [(buf, a, b)])[-cfg.dma_slots:]
+        elif ins.op is Op.HALT:
+            inflight = []
+        elif ins.op is Op.WAIT:
+            inflight = inflight[max(0, len(inflight) - ins["keep"]):] if ins["keep"] else []
+        else:
+            hits = [i for i, t in enumerate(inflight) if _touches(cfg, ins, regs, t)]
+            if hits:
+                retire(len(inflight) - 1 - hits[-1])
         if ins.op is Op.SETR:
             r = Reg(ins["reg"])
             v = ins["value"]

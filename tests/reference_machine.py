@@ -21,10 +21,11 @@ docs/isa.md makes a fault --
 * an external address beyond ``ext_mem_mib`` (cause 4);
 * running past the end of the program or of IMEM without ``halt`` (cause 5)
 (illegal opcodes and fields raise ``bitmos.isa.DecodeError`` from the decoder), and, optionally, for
-* ``check_hazards=True`` (default): the DMA hazard rule in its strictest reading -- after a
-  load/store, until the next ``wait`` (or ``halt``), no instruction (another transfer included) may
-  touch the lines that transfer reads or writes (a compute instruction's lines taken as the whole
-  span of its range check);
+* ``check_hazards=True`` (default): the DMA hazard rule in its strictest reading -- the last Q =
+  max(1, dma_queue) transfers that no ``wait`` (``wait keep=n``: all but the last n) or ``halt`` retired
+  may be in flight: no compute instruction may touch the lines they read or write (a compute
+  instruction's lines taken as the whole span of its range check); transfers move their data in issue
+  order, so they never conflict with each other;
 * ``grow_memory=False`` (default): a transfer past the end of the memory image (a compiled layer's
   image holds every byte its programs touch). With ``grow_memory=True`` the image is the start of an
   external memory of zeros, as on the machine: loads past it read zeros and stores extend it.
@@ -86,7 +87,8 @@ class ReferenceMachine:
         self.buf = {b: [0] * self.depth[b] for b in "XWSQO"}          # each line one little-endian integer
         self.meta = [(0, [0] * cfg.experts, 0) for _ in range(cfg.meta_tokens)]   # (D, gates, bias)
         self.regs = {r: 0 for r in Reg}
-        self.inflight: list[tuple[int, str, int, int]] = []   # (pc, buf, lo, hi) of transfers since the last wait
+        self.inflight: list[tuple[int, str, int, int]] = []   # (pc, buf, lo, hi): the last Q since the last wait
+        self.slots = max(1, cfg.dma_queue)                    # Q: transfers the DMA engine keeps in flight
 
     # element access -------------------------------------------------------------------------------
     def x(self, line: int, j: int) -> int:
@@ -102,11 +104,12 @@ class ReferenceMachine:
     def fail(self, pc: int, msg: str):
         raise ReferenceMachineError(f"pc {pc}: {msg}")
 
-    def touch(self, buf: str, lo: int, hi: int, pc: int, what: str) -> None:
-        """Lines [lo, hi) of buf are about to be read or written: range check, then hazard check."""
+    def touch(self, buf: str, lo: int, hi: int, pc: int, what: str, transfer: bool = False) -> None:
+        """Lines [lo, hi) of buf are about to be read or written: range check, then (a compute instruction, not a
+        ``transfer``: transfers move their data in issue order) hazard check against the transfers in flight."""
         if lo < 0 or hi > self.depth[buf]:
             self.fail(pc, f"{what} touches {buf} lines [{lo},{hi}) beyond depth {self.depth[buf]}")
-        if self.check_hazards:
+        if self.check_hazards and not transfer:
             for ipc, b, a, z in self.inflight:
                 if b == buf and a < hi and lo < z:
                     self.fail(pc, f"hazard: {what} touches {buf} lines [{lo},{hi}) while the transfer "
@@ -177,20 +180,29 @@ class ReferenceMachine:
         return 1
 
     def step_time(self, ins) -> None:
-        """t and dma_free after ``ins`` (t_(i+1) from t_i)."""
-        if ins.op in (Op.LOAD, Op.STORE, Op.WAIT, Op.HALT):
-            s = max(self.t, self.dma_free)
-            self.stalls += s - self.t
-            self.t = s + 1
-            if ins.op in (Op.LOAD, Op.STORE):
-                bits = ins["nlines"] * self.cfg.line_bits(BUFFERS[ins["buf"]])
-                self.dma_free = s + 1 + self.cfg.ext_latency + -(-bits // self.cfg.ext_bw_bits)
+        """t and the transfers' done cycles after ``ins`` (t_(i+1) from t_i): a transfer waits for the transfer Q
+        back to be done, its beats start ext_latency after its issue cycle or when the previous transfer's end,
+        whichever is later; wait keep=n waits for all but the last n to be done, halt for all."""
+        if ins.op in (Op.LOAD, Op.STORE):
+            slot = self.done[-self.slots] if len(self.done) >= self.slots else 0
+            s = max(self.t, slot)
+            bits = ins["nlines"] * self.cfg.line_bits(BUFFERS[ins["buf"]])
+            beats = -(-bits // self.cfg.ext_bw_bits)
+            start = max([s + 1 + self.cfg.ext_latency] + self.done[-1:])   # after the previous data phase
+            self.done.append(start + beats)
+        elif ins.op in (Op.WAIT, Op.HALT):     # until at most `keep` (the latest) transfers are not done
+            keep = ins["keep"] if ins.op is Op.WAIT else 0
+            s = max([self.t] + self.done[:len(self.done) - keep])
         else:
             self.t += self.cycles(ins)
+            return
+        self.stalls += s - self.t
+        self.t = s + 1
 
     # the program ----------------------------------------------------------------------------------
     def run(self, words: list[int]) -> RefResult:
-        self.t = self.dma_free = self.stalls = 0
+        self.t = self.stalls = 0
+        self.done: list[int] = []
         pc = 0
         while True:
             if pc >= self.cfg.imem_words or pc >= len(words):
@@ -216,7 +228,9 @@ class ReferenceMachine:
                     self.fail(pc, f"BIAS = {value} on a config without a router (experts = {self.cfg.experts})")
                 self.regs[reg] = value
             elif op is Op.WAIT:
-                self.inflight.clear()
+                if ins["keep"] >= self.slots:
+                    self.fail(pc, f"wait keep={ins['keep']}: the DMA engine keeps {self.slots} transfer(s) in flight")
+                self.inflight = self.inflight[max(0, len(self.inflight) - ins["keep"]):] if ins["keep"] else []
             elif op in HANDLERS:
                 getattr(self, HANDLERS[op])(ins, pc)
             self.step_time(ins)
@@ -226,7 +240,7 @@ class ReferenceMachine:
         load = ins.op is Op.LOAD
         b = BUFFERS[ins["buf"]]
         lo, n = ins["line"], ins["nlines"]
-        self.touch(b, lo, lo + n, pc, "load" if load else "store")
+        self.touch(b, lo, lo + n, pc, "load" if load else "store", transfer=True)
         lb = self.cfg.line_bits(b) // 8
         addr = self.regs[Reg.EBASE] * 64 + ins["ext"]
         if addr + n * lb > self.cfg.ext_mem_bytes:
@@ -242,7 +256,7 @@ class ReferenceMachine:
                 if len(self.mem) < at + lb:
                     self.mem.extend(bytes(at + lb - len(self.mem)))
                 self.mem[at:at + lb] = self.buf[b][lo + a].to_bytes(lb, "little")
-        self.inflight.append((pc, b, lo, lo + n))
+        self.inflight = (self.inflight + [(pc, b, lo, lo + n)])[-self.slots:]
 
     def quant(self, ins, pc: int) -> None:
         cfg = self.cfg

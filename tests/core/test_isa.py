@@ -57,8 +57,8 @@ def test_decode_names_illegal_opcode():
 
 
 def test_decode_names_reserved_bits():
-    word = (int(Op.WAIT) << 58) | (1 << 3)
-    with pytest.raises(DecodeError, match=r"WAIT word .*: reserved bit\(s\) \[3\] must be zero"):
+    word = (int(Op.WAIT) << 58) | (1 << 9)     # above wait's keep field [5:0]
+    with pytest.raises(DecodeError, match=r"WAIT word .*: reserved bit\(s\) \[9\] must be zero"):
         isa.decode(word)
 
 

@@ -89,3 +89,17 @@ def test_timeline_moves():
     assert t.transfer(10) == 0 and t.now == 1 and t.dma_free == 11
     assert t.compute(4) == 1 and t.now == 5
     assert t.sync() == 11 and t.stall_cycles == 6 and t.now == 12
+
+
+def test_timeline_queue():
+    # latency 6, transfers of 4 beats (busy 10): each issues when the transfer `queue` places back is done; its
+    # beats start 6 after its issue cycle or when the previous transfer's end
+    t = sem.Timeline(queue=2, latency=6)
+    assert [t.transfer(10) for _ in range(3)] == [0, 1, 11]      # done 11, 15 (queued behind), 22 (latency)
+    assert t.done == [15, 22] and t.dma_ready == 15 and t.dma_free == 22 and t.stall_cycles == 9
+    assert t.sync(keep=1) == 15 and t.now == 16
+    assert t.sync() == 22 and t.now == 23
+    one = sem.Timeline(queue=1, latency=6)
+    assert [one.transfer(10) for _ in range(3)] == [0, 11, 22] and one.dma_free == 33
+    with pytest.raises(ValueError, match="at least one transfer"):
+        sem.Timeline(queue=0)

@@ -37,9 +37,9 @@ def run_both(cfg, words, mem=b"", **kw):
 def assert_matches_naive(tc, cfg, words, mem):
     r = run_both(cfg, words, mem)
     tc.assertFalse(r.error, r.error_message)
-    # the machine's memory model (the image is the start of a zero memory); no strict-hazard check: random
-    # programs rely on one DMA transfer at a time (a second load/store waits for the first)
-    nm = ReferenceMachine(cfg, mem, grow_memory=True, check_hazards=False)
+    # the machine's memory model (the image is the start of a zero memory); the hazard rule in its strictest
+    # reading (tests/progen.py waits wherever it asks)
+    nm = ReferenceMachine(cfg, mem, grow_memory=True)
     ref = nm.run(words)
     for b in "XWSQO":
         for i, line in enumerate(nm.buf[b]):
@@ -135,8 +135,13 @@ class TestErrors(unittest.TestCase):
         self.check(words, CAUSE_ILLEGAL_OPCODE, 2, 3, match=r"pc 2: illegal opcode.*0x3f")
 
     def test_reserved_bit(self):
-        words = assemble("nop") + [(int(Op.WAIT) << 58) | 1]
-        self.check(words, CAUSE_ILLEGAL_FIELD, 1, 2, match=r"reserved bit\(s\) \[0\]")
+        words = assemble("nop") + [(int(Op.WAIT) << 58) | 1 << 6]
+        self.check(words, CAUSE_ILLEGAL_FIELD, 1, 2, match=r"reserved bit\(s\) \[6\]")
+        # wait's keep field [5:0]: below the transfers the DMA engine keeps in flight (small: dma_queue = 0, one)
+        self.check(assemble("nop\nwait keep=1"), CAUSE_ILLEGAL_FIELD, 1, 2,
+                   match=r"wait keep=1: keeps 1 transfer\(s\) in flight, and this config's DMA engine keeps 1")
+        r = run_both(dataclasses.replace(SMALL, dma_queue=2), assemble("nop\nwait keep=1\nhalt"))
+        self.assertFalse(r.error)
 
     def test_zero_count_and_bad_register(self):
         self.check([int(Op.LOAD) << 58], CAUSE_ILLEGAL_FIELD, 0, 1, match="nlines")
@@ -228,6 +233,81 @@ class TestHazards(unittest.TestCase):
                 except DMAHazardError as exc:
                     res.append((exc.pc, exc.dma_pc, str(exc)))
             self.assertEqual(res[0], res[1], f"seed {seed}")
+
+
+class TestDMAQueue(unittest.TestCase):
+    """dma_queue (contract v2.4): up to Q transfers in flight, their beats in issue order, latencies overlapped."""
+    LOADS = "\n".join(f"load buf=X line={8 * i} nlines=8 ext={64 * i}" for i in range(4)) + "\nhalt"
+
+    def test_four_loads_by_hand(self):
+        # SMALL: one 64-bit beat per XBUF line, latency 20: a lone transfer of 8 lines is done 1 + 20 + 8 after
+        # its issue; queued, its beats follow the previous transfer's
+        words = assemble(self.LOADS)
+        for q, issues, cycles in ((0, [0, 29, 58, 87, 116], 117),      # v2: each waits for the last to be done
+                                  (1, [0, 29, 58, 87, 116], 117),
+                                  (2, [0, 1, 29, 37, 66], 67),          # done 29, 37, 58 (latency again), 66
+                                  (4, [0, 1, 2, 3, 53], 54)):           # beats back to back: done 29, 37, 45, 53
+            with self.subTest(dma_queue=q):
+                cfg = dataclasses.replace(SMALL, dma_queue=q)
+                r = run_both(cfg, words, bytes(4096))
+                self.assertEqual((list(r.trace.issue), r.cycles), (issues, cycles))
+                self.assertEqual(r.memory, Simulator(SMALL).run(words, bytearray(4096)).memory)
+
+    def test_fingerprint_and_rtl(self):
+        from bitmos.rtl.common import check_config
+        self.assertEqual(dataclasses.replace(SMALL, dma_queue=0).fingerprint(), SMALL.fingerprint())
+        self.assertNotEqual(dataclasses.replace(SMALL, dma_queue=2).fingerprint(), SMALL.fingerprint())
+        with self.assertRaisesRegex(ValueError, "dma_queue = 2: the RTL's DMA engine keeps one transfer"):
+            check_config(dataclasses.replace(SMALL, dma_queue=2))
+        with self.assertRaisesRegex(ConfigError, "'dma_queue' = 65 is out of range"):
+            AcceleratorConfig.from_dict({**SMALL.to_dict(), "dma_queue": 65})
+
+    def test_hazards_reach_back_q_transfers(self):
+        two = "setr K 32\nload buf=X line=0 nlines=8 ext=0\nload buf=X line=8 nlines=8 ext=64\n"
+        quant = assemble(two + "quant x=0 ntok=1\nhalt")           # reads lines 0..7 of the first load
+        # transfers on the same lines never conflict (their data moves in issue order): the store reads what the
+        # load before it brought, the last load lands after the store read its lines
+        ordered = assemble(two + "store buf=X line=0 nlines=8 ext=512\nload buf=X line=0 nlines=8 ext=128\n"
+                                 "load buf=X line=0 nlines=8 ext=192\nhalt")
+        for q in (1, 2, 4):
+            cfg = dataclasses.replace(SMALL, dma_queue=q)
+            for functional in (True, False):
+                if q == 1:       # the second load waited for the first: it is done
+                    self.assertFalse(Simulator(cfg).run(quant, bytearray(4096), functional=functional).error)
+                else:
+                    with self.assertRaisesRegex(DMAHazardError, r"quant at pc 3 .* load at pc 1 \(lines 0..7\)"):
+                        Simulator(cfg).run(quant, bytearray(4096), functional=functional)
+            r = run_both(cfg, ordered, bytes(range(256)) * 16)
+            self.assertEqual(bytes(r.memory[512:576]), bytes(range(64)))
+            ref = ReferenceMachine(cfg, bytes(range(256)) * 16).run(ordered)
+            self.assertEqual((ref.cycles, bytes(ref.memory)), (r.cycles, bytes(r.memory)))
+        # wait keep=1 retires the first load only: the quant may read it, not the second
+        cfg = dataclasses.replace(SMALL, dma_queue=4)
+        self.assertFalse(run_both(cfg, assemble(two + "wait keep=1\nquant x=0 ntok=1\nhalt"), bytes(4096)).error)
+        with self.assertRaisesRegex(DMAHazardError, r"quant at pc 4 .* load at pc 2 \(lines 8..15\)"):
+            Simulator(cfg).run(assemble(two + "wait keep=1\nquant x=8 ntok=1\nhalt"), bytearray(4096))
+        # and its timing: the wait ends when the first load is done (30), not the second (38)
+        r = run_both(cfg, assemble(two + "wait keep=1\nquant x=0 ntok=1\nhalt"), bytes(4096))
+        self.assertEqual(r.trace.issue[:5].tolist(), [0, 1, 2, 30, 31])
+
+    def test_timeline_class_and_naive_machine_agree(self):
+        for q in (2, 3, 8):
+            cfg = dataclasses.replace(SMALL, dma_queue=q)
+            for seed in range(4):
+                with self.subTest(dma_queue=q, seed=seed):
+                    words, mem = random_program(cfg, seed, length=40, mem_bytes=1 << 12)
+                    tl = Timeline.of(cfg)
+                    k = wbits = 0
+                    for w in words:
+                        ins = decode(w)
+                        k = ins["value"] if ins.op is Op.SETR and ins["reg"] == 0 else k
+                        wbits = ins["value"] if ins.op is Op.SETR and ins["reg"] == 7 else wbits
+                        tl.step(ins, cfg, k, wbits)
+                        if ins.op is Op.HALT:
+                            break
+                    r = Simulator(cfg).run(words, bytearray(mem), functional=False)
+                    self.assertEqual((r.cycles, r.stall_cycles), (tl.now, tl.stall_cycles))
+                    assert_matches_naive(self, cfg, words, mem)
 
 
 def small_cfg(k, E, R=4, C=4, L=32, **kw):
@@ -362,15 +442,15 @@ class TestVectorUnit(unittest.TestCase):
     def test_random_programs_against_the_naive_machine(self):
         cfgs = [with_vector(preset_config("small")), with_vector(preset_config("tiny")),
                 with_vector(small_cfg(4, 1, 3, 2, 16)), with_vector(dataclasses.replace(small_cfg(8, 4), obuf_kib=4)),
-                dataclasses.replace(with_vector(preset_config("small")), attn_rows=3)]
+                dataclasses.replace(with_vector(preset_config("small")), attn_rows=3),
+                dataclasses.replace(with_vector(preset_config("small")), dma_queue=4)]
         for i, cfg in enumerate(cfgs):
-            for seed in range(4):
+            seeds = [100 * i + seed for seed in range(4)] if i < 5 else range(504, 508)   # seeds with all attn parts
+            for seed in seeds:
                 with self.subTest(cfg=i, seed=seed):
-                    words, mem = random_program(cfg, seed=100 * i + seed, length=30, mem_bytes=1 << 12)
-                    ops = {w >> 58 for w in words}
+                    words, mem = random_program(cfg, seed=seed, length=30, mem_bytes=1 << 12)
                     assert_matches_naive(self, cfg, words, mem)
-            words = [w for seed in range(4) for w in random_program(cfg, seed=100 * i + seed, length=30,
-                                                                       mem_bytes=1 << 12)[0]]
+            words = [w for seed in seeds for w in random_program(cfg, seed=seed, length=30, mem_bytes=1 << 12)[0]]
             self.assertTrue({int(op) for op in VECTOR_OPS} <= {w >> 58 for w in words})
             # attn's three parts (whole; a tile's scores; a tile's values) all among them
             self.assertEqual({decode(w)["part"] for w in words if w >> 58 == int(Op.ATTN)}, {0, 1, 2})
