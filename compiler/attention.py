@@ -365,12 +365,27 @@ class _BlockProgram:
         load(0, True, True)
         self.emit(Instruction.make(Op.WAIT))
         xl = ca.config.xlines(ca.features("q"))
+        queued = ca.config.dma_slots > 1                    # a queue takes every transfer without waiting
         for h in range(ca.n_kv_heads):
             w0 = region[h % 2]
             self.emit(setr(Reg.KVW, w0))
             self.emit(setr(Reg.QPOS, old))
             self.pack(h, ntok)
             ahead = h + 1 < ca.n_kv_heads and self.plan.double
+            if ahead and queued:
+                # the next head's transfers all go out now, behind this head's; its own stores follow the
+                # attention, and the head's end waits for the loads only (wait keep: the stores stay queued)
+                n0 = len(self.words)
+                load(h + 1, True, True)
+                loads = sum(w >> 58 == int(Op.LOAD) for w in self.words[n0:])
+                self.emit(Instruction.make(Op.ATTN, mode=ca.mode, q=self.operand(h, "q"), x=h * G * hl,
+                                           ntok=ntok, part="whole"))
+                n0 = len(self.words)
+                for kind in (0, 1):
+                    self.store_rows(h, kind, w0 + kind * half, 0, old, n)
+                stores = sum(w >> 58 == int(Op.STORE) for w in self.words[n0:])
+                self.emit(Instruction.make(Op.WAIT, keep=min(stores, ca.config.dma_slots - 1)))
+                continue
             if ahead:
                 load(h + 1, True, False)
             split = ntok // 2 if ahead else 0               # tokens 0 .. split - 1, then the rest

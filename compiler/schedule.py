@@ -363,14 +363,16 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: in
     order = sorted(dmas, key=lambda d: (d.earliest, d.seq))
     # Compute-bound programs never stall the controller for a transfer that could still wait; DMA-bound
     # ones may, when the stall is shorter than the DMA idle time it avoids.
-    dma_total = sum(1 + cfg.ext_latency + -(-d.nlines * cfg.line_bits(d.buf) // cfg.ext_bw_bits) for d in dmas)
+    Q = cfg.dma_slots
+    per_transfer = cfg.ext_latency if Q == 1 else 0     # a queue overlaps the latencies: paid about once
+    dma_total = sum(1 + per_transfer + -(-d.nlines * cfg.line_bits(d.buf) // cfg.ext_bw_bits) for d in dmas)
     dma_bound = dma_total > sum(compute_cycles(c[0], cfg, K, w_bits) for c in compute)
     ready: list[tuple[int, int, _Dma]] = []
     nxt = 0
-    tl = Timeline()
+    tl = Timeline.of(cfg)
     words: list[int] = []
     comments: dict[int, str] = {}
-    since_wait: set = set()
+    since_wait: list = []       # the resource of each transfer issued since the last wait retired it, in order
     ebase = -1
     counts = {"load": 0, "store": 0, "wait": 0, "setr": 0, "quant": 0, "matmul": 0, "scaleout": 0}
     dma_busy = 0
@@ -388,11 +390,22 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: in
             compute_total += busy + 1
         counts[ins.op.name.lower()] = counts.get(ins.op.name.lower(), 0) + 1
 
+    def retire(res, live: int) -> None:
+        """Before an instruction on ``res``: if one of the last ``live`` transfers may touch them, wait for it,
+        keeping the transfers issued after it in flight (``wait keep``)."""
+        recent = since_wait[max(0, len(since_wait) - live):]
+        hits = [i for i, r in enumerate(recent) if r in res]
+        if hits:
+            keep = len(recent) - 1 - hits[-1]
+            emit(Instruction.make(Op.WAIT, keep=keep))
+            del since_wait[:len(since_wait) - keep]
+
     def issue(d: _Dma) -> None:
         nonlocal ebase
-        if since_wait:
+        if Q == 1 and since_wait:
             # A DMA instruction waits for the engine anyway; an explicit wait first costs one cycle and
-            # retires the outstanding transfer for the hazard rule's strictest reading too.
+            # retires the outstanding transfer for the hazard rule's strictest reading too. (A queue takes the
+            # transfer behind the others: their data moves in issue order.)
             emit(Instruction.make(Op.WAIT))
             since_wait.clear()
         lb = cfg.line_bits(d.buf) // 8
@@ -407,8 +420,8 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: in
                 emit(setr(Reg.EBASE, ebase), f"external window at {ebase * 64:#x}")
             op = Op.STORE if d.store else Op.LOAD
             emit(Instruction.make(op, buf=d.buf, line=d.line + done, nlines=nl, ext=off), d.note)
+            since_wait.append(d.res)
             done += nl
-        since_wait.add(d.res)
 
     for i in range(n + 1):
         while nxt < len(order) and order[nxt].earliest <= i:
@@ -424,16 +437,14 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: in
         # (a) transfers whose deadline is this instruction: issue now, whatever the stall
         while ready and ready[0][0] <= i:
             issue(heapq.heappop(ready)[2])
-        # (b) drain transfers this instruction depends on (before issuing more, or the wait would
-        #     also drain those)
-        if since_wait and any(r in since_wait for r in res):
-            emit(Instruction.make(Op.WAIT))
-            since_wait.clear()
+        # (b) wait for the transfers this instruction depends on (before issuing more, or a wait with one
+        #     transfer in flight would also drain those)
+        retire(res, Q)
         # (c) prefetch / write back while it pays: the DMA is idle, or the stall is shorter than the idle
         #     gap the DMA engine would otherwise have during this instruction
         while ready:
-            stall = tl.dma_free - tl.now
-            if stall > 0 and (not dma_bound or stall >= tl.now + c_i - tl.dma_free):
+            stall = tl.dma_ready - tl.now
+            if stall > 0 and (not dma_bound or stall >= tl.now + c_i - tl.dma_ready):
                 break
             issue(heapq.heappop(ready)[2])
         emit(ins, note)

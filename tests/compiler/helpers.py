@@ -56,7 +56,7 @@ def run_programs(cfg: AcceleratorConfig, programs, memory: bytearray, *, use_sim
 
 
 def timeline_cycles(cfg: AcceleratorConfig, words: list[int], K: int) -> int:
-    tl = Timeline()
+    tl = Timeline.of(cfg)
     k = wbits = 0
     for w in words:
         ins = decode(w)

@@ -57,9 +57,11 @@ def generate(cfg, blocks, *, H, Hkv, hd, kv_max, xfrac=9, scale=(20, 20, 22), na
     return out
 
 
-@pytest.mark.parametrize("preset,H,Hkv,hd", [("small", 4, 4, 32), ("small", 4, 2, 8), ("tiny", 2, 1, 4)])
-def test_prefill_then_decode_matches_formats_and_the_naive_machine(preset, H, Hkv, hd):
-    cfg = vec(preset)
+@pytest.mark.parametrize("preset,H,Hkv,hd,queue", [("small", 4, 4, 32, 0), ("small", 4, 2, 8, 0), ("tiny", 2, 1, 4, 0),
+                                                   ("small", 4, 4, 32, 4), ("tiny", 2, 1, 4, 8)])
+def test_prefill_then_decode_matches_formats_and_the_naive_machine(preset, H, Hkv, hd, queue):
+    # queue: dma_queue, the next kv head's transfers all queued while this one attends (wait keep: its stores not)
+    cfg = vec(preset, dma_queue=queue)
     blocks = [cfg.rows + 1, 1, 1, 2]            # a prefill of two programs (masked positions), then decode
     kv_max = kv_positions(cfg, sum(blocks))
     runs = generate(cfg, blocks, H=H, Hkv=Hkv, hd=hd, kv_max=kv_max, naive=True, seed=hd)
@@ -122,6 +124,18 @@ def test_operands_kv_head_by_kv_head_where_the_block_s_do_not_fit_obuf():
     runs = generate(cfg, [16, 16, 4, 1], H=8, Hkv=8, hd=8, kv_max=48, naive=True, seed=7)
     plans = [p for ca, _ in runs for p in ca.plans]
     assert any(p.tiled and not p.staged for p in plans) and any(not p.tiled and not p.staged for p in plans)
+
+
+def test_a_dma_queue_overlaps_the_transfers_and_changes_only_cycles():
+    # dma_queue = 4 (four transfers in flight): the tiled cache of the test above, every block against formats and
+    # the naive machine under the queue's hazard rule; a decode step's small transfers (a new position's rows and
+    # exponent lines, per kv head) overlap their latencies
+    blocks = [16, 16, 16, 4, 1, 1]
+    one = generate(vec("small", wbuf_kib=1, obuf_kib=3), blocks, H=4, Hkv=2, hd=8, kv_max=64, naive=True, seed=3)
+    four = generate(vec("small", wbuf_kib=1, obuf_kib=3, dma_queue=4), blocks, H=4, Hkv=2, hd=8, kv_max=64,
+                    naive=True, seed=3)
+    assert all(c4 <= c1 for (_, c1), (_, c4) in zip(one, four))
+    assert four[-1][1] < one[-1][1]
 
 
 def test_row_groups_share_the_cache_lines_and_change_only_cycles():

@@ -225,6 +225,20 @@ def test_streamed_weights_and_sout_and_token_blocks():
     assert til.ngroups > til.groups_per_block   # several token blocks (META holds 4 tokens)
 
 
+@pytest.mark.parametrize("queue", [2, 8])
+def test_a_dma_queue_is_exact_and_overlaps_the_decode_transfers(queue):
+    # the streamed layer above with transfers queued (dma_queue): exact against golden and the naive machine under
+    # the queue's hazard rule (check_layer); decode, where the DMA engine is the bottleneck, takes fewer cycles
+    rng = np.random.default_rng(1)
+    lin = random_layer(rng, 100, 200, 2, 4)
+    for T in (1, 13):
+        one = check_layer(lin, _cfg(), T, rng)
+        queued = check_layer(lin, _cfg(dma_queue=queue), T, rng)
+        assert queued.cycles <= one.cycles, (T, queued.cycles, one.cycles)
+        if T == 1:
+            assert queued.cycles < one.cycles
+
+
 def test_imem_split_into_several_programs():
     cfg = _cfg(imem_words=40)
     rng = np.random.default_rng(2)
