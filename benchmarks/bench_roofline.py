@@ -14,6 +14,10 @@ token, at the memory bound: these configs have no vector unit, so their attentio
 * prefill array utilization (useful binary ops over the array's peak in the prefill's cycles) against 1.
   Goal >= 0.90.
 
+The asic32 cases run twice: with the preset's DMA engine (one transfer in flight, each paying the memory latency)
+and with ``dma_queue`` = 8 (``--dma-queue``: up to 8 transfers in flight, their beats back to back, contract
+v2.4), so the table shows what the queue is worth in one run.
+
 The bounds count weights only: the scale, router and activation traffic a token also moves is part of the gap
 this benchmark shows, not of the bound. To tell the two parts of the gap apart, the table also sets decode
 beside the bandwidth over every byte a token actually reads (weights, scales, router, activations): that
@@ -44,12 +48,17 @@ def shipped_student_shape() -> dict:
             "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim}
 
 
-def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = None) -> dict:
+def measure(shape, config: str, prefill: int, decode: int, scheme: str | None = None, dma_queue: int = 0) -> dict:
+    """One row; ``dma_queue`` >= 2: the config's DMA engine keeps that many transfers in flight (contract v2.4)."""
+    import dataclasses
+
     from bitmos.config import AcceleratorConfig
     from bitmos.explore.perf import context_sweep, estimate
     from bitmos.sim.energy import EnergyTable
 
     cfg = AcceleratorConfig.load(config)
+    if dma_queue:
+        cfg = dataclasses.replace(cfg, dma_queue=dma_queue, name=f"{cfg.name} + dma_queue {dma_queue}")
     est = estimate(shape, cfg, prefill=prefill, decode=decode, scheme=scheme)
     sweep = context_sweep(est, shape, KV_CONTEXTS)
     table = EnergyTable.load(est["energy_table"])
@@ -128,13 +137,17 @@ def main(argv=None) -> int:
     ap.add_argument("--decode", type=int, default=128, help="decode tokens of every case (default 128)")
     ap.add_argument("--student-prefill", type=int, default=256,
                     help="prefill tokens of the shipped student's case (default 256, its context)")
+    ap.add_argument("--dma-queue", type=int, default=8,
+                    help="the asic32 cases again with this many transfers in flight (config dma_queue; 0: not)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     from bitmos.errors import BitmosUserError
     try:
-        rows = [measure("llama-2-7b", "asic32", args.prefill, args.decode),
-                measure("bitnet-b1.58-2b", "asic32", args.prefill, args.decode, scheme="ternary"),
-                measure(shipped_student_shape(), "small", args.student_prefill, args.decode)]
+        queues = [0] + ([args.dma_queue] if args.dma_queue >= 2 else [])
+        rows = [measure("llama-2-7b", "asic32", args.prefill, args.decode, dma_queue=q) for q in queues]
+        rows += [measure("bitnet-b1.58-2b", "asic32", args.prefill, args.decode, scheme="ternary", dma_queue=q)
+                 for q in queues]
+        rows.append(measure(shipped_student_shape(), "small", args.student_prefill, args.decode))
     except BitmosUserError as exc:
         print(f"bench_roofline: error: {exc}", file=sys.stderr)
         return 2

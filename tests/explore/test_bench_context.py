@@ -21,3 +21,14 @@ def test_rows_are_below_their_bound_and_attention_is_simulated_whole_or_tiled(ca
     assert 32 * 32 * 2 * 32768 * 129 <= long["kv_mb_read"] * 1e6 <= 1.001 * 32 * 32 * 2 * 32768 * 129
     assert by[("bitnet-b1.58-2b", 128)]["attention"] == "simulated"
     assert all(r["tokens_per_s"] < r["bound_tokens_per_s"] for r in rows)
+
+
+def test_a_dma_queue_reads_the_same_bytes_in_fewer_cycles():
+    bench = load_benchmark("bench_context")
+    rows = bench.measure([2048], dma_queues=(1, 8))
+    assert [(r["model"], r["dma_queue"]) for r in rows] == [("llama-2-7b", 1), ("llama-2-7b", 8),
+                                                            ("bitnet-b1.58-2b", 1), ("bitnet-b1.58-2b", 8)]
+    for one, eight in (rows[0:2], rows[2:4]):
+        assert (eight["ext_mb_per_token"], eight["kv_mb_read"]) == (one["ext_mb_per_token"], one["kv_mb_read"])
+        assert eight["bound_tokens_per_s"] == one["bound_tokens_per_s"]
+        assert one["tokens_per_s"] < eight["tokens_per_s"] < eight["bound_tokens_per_s"]
