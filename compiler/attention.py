@@ -433,6 +433,7 @@ class _BlockProgram:
                     steps += [(part, h, s, t0, t1, bufs[j % 2], kind) for j, (t0, t1) in enumerate(old_tiles)]
                     steps.append((part, h, s, first, first + own * self.page, kind * half, None))
         issued: set[int] = set()
+        queued = ca.config.dma_slots if ca.config.dma_slots > 1 else 0
 
         def load(i: int) -> None:
             _, h, _, t0, t1, w0, kind = steps[i]
@@ -477,7 +478,15 @@ class _BlockProgram:
             self.emit(setr(Reg.KVMAX, -(-(t1 - t0) // self.page) * self.page))
             self.emit(Instruction.make(Op.ATTN, mode=ca.mode, q=self.operand(h, "q") + s * hl * ca.stride,
                                        x=(h * G + s) * hl, ntok=ntok, part=part))
-            self.emit(Instruction.make(Op.WAIT))
+            if queued and j + 1 < len(steps):
+                # the tile after next goes out into the buffer this step read before the wait, which then
+                # leaves it in flight (wait keep): the port streams one tile behind the other
+                n0 = len(self.words)
+                prefetch(j + 1)
+                new = sum(w >> 58 in (int(Op.LOAD), int(Op.STORE)) for w in self.words[n0:])
+                self.emit(Instruction.make(Op.WAIT, keep=min(new, queued - 1)))
+            else:
+                self.emit(Instruction.make(Op.WAIT))
 
 
 def write_attention_operands(memory: bytearray, ca: CompiledAttention, q, k, v) -> None:
