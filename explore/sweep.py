@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bitmos.config import AcceleratorConfig
+from bitmos.config import LATER_UNITS, AcceleratorConfig
 from bitmos.errors import BitmosUserError, ConfigError
 from bitmos.fileio import write_json_atomic, write_text_atomic
 
@@ -101,7 +101,7 @@ OBJECTIVE_METRICS = frozenset(
     + ["decode_bound_tokens_per_s", "prefill_tokens", "luts", "ffs", "brams", "dsps", "fmax_mhz",
        "binary_ops_per_cycle", "seconds"]
     + ["rows", "cols", "lanes", "act_bits", "acc_bits", "experts", "ext_bw_bits", "clock_mhz",
-       "xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib"])
+       "xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib", *LATER_UNITS])
 
 
 def _unique(values: list[Any]) -> list[Any]:
@@ -478,7 +478,7 @@ CSV_METRICS = ("feasible", "decode_tokens_per_s", "decode_uj_per_token", "prefil
                "decode_bound_tokens_per_s", "luts", "ffs", "brams", "dsps", "fmax_mhz", "area_source",
                "binary_ops_per_cycle", "backend", "energy_table", "seconds", "reason")
 CONFIG_COLS = ("rows", "cols", "lanes", "act_bits", "acc_bits", "experts", "ext_bw_bits", "clock_mhz",
-               "xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib")
+               "xbuf_kib", "wbuf_kib", "sbuf_kib", "qbuf_kib", "obuf_kib", *LATER_UNITS)
 
 
 def fill_area(rows: list[dict[str, Any]], target: str) -> None:

@@ -87,3 +87,16 @@ def test_a_shipped_spec_loads_by_name_from_any_folder(tmp_path, monkeypatch):
         SweepSpec.load("nosuch")
     (tmp_path / "llama7b").write_text('name = "mine"\nbase = "tiny"\n')   # a file of that name wins
     assert SweepSpec.load("llama7b").name == "mine"
+
+
+def test_a_dma_queue_axis_is_a_column_and_an_objective(tmp_path):
+    """Fields added after contract v2 (here dma_queue) sweep like the others: a CSV column, an objective name."""
+    import csv
+
+    out = tmp_path / "s"
+    s = spec(grid={"dma_queue": [0, 4]}, objectives=["max:decode_tokens_per_s", "min:dma_queue"])
+    assert run_sweep(s, out=out)["computed"] == 2
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["dma_queue"] for r in rows) == ["0", "4"]
+    by = {r["dma_queue"]: float(r["decode_tokens_per_s"]) for r in rows}
+    assert by["4"] > by["0"]          # small's decode overlaps its transfers' latencies
