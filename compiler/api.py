@@ -131,9 +131,16 @@ def choose_tiling(spec: LayerSpec, cfg: AcceleratorConfig, tokens: int) -> Tilin
             least_bytes = end if least_bytes is None else min(least_bytes, end)
             continue
         # Judge on at most two token blocks: the schedule repeats per token block.
-        groups = range(min(til.ngroups, 2 * til.groups_per_block))
+        gpb = til.groups_per_block
+        groups = range(min(til.ngroups, 2 * gpb))
         parts = _split_programs(spec, cfg, til, regions, groups, range(til.NT))
         cycles = sum(p[2].cycles for p in parts)
+        blocks = -(-til.ngroups // gpb)
+        if cfg.dma_slots > 1 and blocks > 2:
+            # With a DMA queue the first block's transfers all go out at once, so two blocks understate a long
+            # prompt's steady state: add the second block's cost for each block beyond them.
+            first = sum(p[2].cycles for p in _split_programs(spec, cfg, til, regions, range(gpb), range(til.NT)))
+            cycles += (blocks - 2) * (cycles - first)
         if best_cycles is None or cycles < best_cycles:
             best, best_cycles = til, cycles
     if best is None and least_bytes is not None:

@@ -345,7 +345,19 @@ def build_program(spec: LayerSpec, cfg: AcceleratorConfig, til: Tiling, regions:
 
 
 def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: int, home: int = 0) -> Schedule:
-    """Turn the logical program into instructions: DMA windows, EDF placement, waits, halt."""
+    """Turn the logical program into instructions: DMA windows, EDF placement, waits, halt. With a DMA queue,
+    both placements (:func:`_place_with`: transfers queued, and each transfer after a drain as for one in flight)
+    are built and the one of fewer cycles kept, so a queue never makes a program slower than its v2 placement
+    would run on the same machine."""
+    if cfg.dma_slots == 1:
+        return _place_with(compute, dmas, cfg, K, w_bits, home, queued=False)
+    return min((_place_with(compute, dmas, cfg, K, w_bits, home, queued=q) for q in (True, False)),
+               key=lambda sch: sch.cycles)
+
+
+def _place_with(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: int, home: int,
+                queued: bool) -> Schedule:
+    """:func:`_place` with transfers queued behind each other (``queued``) or each issued after a drain."""
     n = len(compute)
     touches: dict[tuple, list[int]] = {}
     for i, (_, res, _) in enumerate(compute):
@@ -363,7 +375,7 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: in
     order = sorted(dmas, key=lambda d: (d.earliest, d.seq))
     # Compute-bound programs never stall the controller for a transfer that could still wait; DMA-bound
     # ones may, when the stall is shorter than the DMA idle time it avoids.
-    Q = cfg.dma_slots
+    Q = cfg.dma_slots if queued else 1                  # the transfers the placement keeps in flight
     per_transfer = cfg.ext_latency if Q == 1 else 0     # a queue overlaps the latencies: paid about once
     dma_total = sum(1 + per_transfer + -(-d.nlines * cfg.line_bits(d.buf) // cfg.ext_bw_bits) for d in dmas)
     dma_bound = dma_total > sum(compute_cycles(c[0], cfg, K, w_bits) for c in compute)
@@ -442,10 +454,16 @@ def _place(compute, dmas: list[_Dma], cfg: AcceleratorConfig, K: int, w_bits: in
         retire(res, Q)
         # (c) prefetch / write back while it pays: the DMA is idle, or the stall is shorter than the idle
         #     gap the DMA engine would otherwise have during this instruction
+        #     (queued: while a slot is free; in a compute-bound program only while the port would fall idle
+        #     before this instruction ends, so no backlog builds up in front of a store the compute waits for)
         while ready:
-            stall = tl.dma_ready - tl.now
-            if stall > 0 and (not dma_bound or stall >= tl.now + c_i - tl.dma_ready):
-                break
+            if queued:
+                if tl.dma_ready > tl.now or (not dma_bound and tl.dma_free > tl.now + c_i):
+                    break
+            else:
+                stall = tl.dma_free - tl.now
+                if stall > 0 and (not dma_bound or stall >= tl.now + c_i - tl.dma_free):
+                    break
             issue(heapq.heappop(ready)[2])
         emit(ins, note)
     assert nxt == len(order) and not ready
