@@ -243,3 +243,19 @@ def test_verify_fails_when_the_expected_cycles_are_off(student_path, tmp_path, m
     assert not rep["passed"]
     (row,) = rep["calls"]
     assert row["rtl_cycles"] == row["sim_cycles"] - 1 and not row["ok"]
+
+
+def test_demo_layer_ops_with_a_dma_queue_matches_golden_in_fewer_cycles(student_path, tmp_path):
+    """small with the vector unit and dma_queue = 4 (contract v2.4): every layer op of a generation bit for bit
+    against the golden model, the same external bytes, fewer decode cycles than with one transfer in flight."""
+    cfg = tmp_path / "smallq.toml"
+    runs = {}
+    for q in (0, 4):
+        cfg.write_text(f'dma_queue = {q}\nvector_unit = 1\npreset = "small"\n')
+        runs[q] = demo.run_demo(checkpoint=str(student_path), config=str(cfg), prompt="x = ", tokens=3,
+                                out_dir=None, layer_ops=True, progress=lambda *a: None)
+        assert runs[q]["matches_golden"] and not runs[q]["layer_mismatches"], runs[q]["layer_mismatches"]
+    for phase in ("prefill", "decode"):
+        a, b = runs[0][phase], runs[4][phase]
+        assert (b["ext_bytes_read"], b["ext_bytes_written"]) == (a["ext_bytes_read"], a["ext_bytes_written"])
+    assert runs[4]["decode"]["cycles"] < runs[0]["decode"]["cycles"]
