@@ -240,6 +240,7 @@ class _BlockProgram:
         self.wb, self.page = cfg.wbuf_line_bits // 8, kv_page(cfg)
         self.hp = kv_half_lines(cfg, self.page, ca.head_dim)   # WBUF lines of one page of a half
         self.words: list[int] = []
+        self.transfers = 0      # loads and stores emitted so far (a wait keep counts the newest of them)
 
     def emit(self, ins: Instruction) -> None:
         self.words.append(encode(ins))
@@ -247,6 +248,7 @@ class _BlockProgram:
     def dma(self, kind: Op, buf: str, line: int, nlines: int, addr: int) -> None:
         self.emit(setr(Reg.EBASE, addr // ALIGN))
         self.emit(Instruction.make(kind, buf=buf, line=line, nlines=nlines, ext=addr % ALIGN))
+        self.transfers += 1
         if buf == "W":
             self.ca.kv_bytes["read" if kind is Op.LOAD else "written"] += nlines * self.wb
 
@@ -365,26 +367,23 @@ class _BlockProgram:
         load(0, True, True)
         self.emit(Instruction.make(Op.WAIT))
         xl = ca.config.xlines(ca.features("q"))
-        queued = ca.config.dma_slots > 1                    # a queue takes every transfer without waiting
+        slots = ca.config.dma_slots                         # a queue (> 1) takes every transfer without waiting
         for h in range(ca.n_kv_heads):
             w0 = region[h % 2]
             self.emit(setr(Reg.KVW, w0))
             self.emit(setr(Reg.QPOS, old))
             self.pack(h, ntok)
             ahead = h + 1 < ca.n_kv_heads and self.plan.double
-            if ahead and queued:
+            if ahead and slots > 1:
                 # the next head's transfers all go out now, behind this head's; its own stores follow the
                 # attention, and the head's end waits for the loads only (wait keep: the stores stay queued)
-                n0 = len(self.words)
                 load(h + 1, True, True)
-                loads = sum(w >> 58 == int(Op.LOAD) for w in self.words[n0:])
                 self.emit(Instruction.make(Op.ATTN, mode=ca.mode, q=self.operand(h, "q"), x=h * G * hl,
                                            ntok=ntok, part="whole"))
-                n0 = len(self.words)
+                before = self.transfers
                 for kind in (0, 1):
                     self.store_rows(h, kind, w0 + kind * half, 0, old, n)
-                stores = sum(w >> 58 == int(Op.STORE) for w in self.words[n0:])
-                self.emit(Instruction.make(Op.WAIT, keep=min(stores, ca.config.dma_slots - 1)))
+                self.emit(Instruction.make(Op.WAIT, keep=min(self.transfers - before, slots - 1)))
                 continue
             if ahead:
                 load(h + 1, True, False)
@@ -433,7 +432,7 @@ class _BlockProgram:
                     steps += [(part, h, s, t0, t1, bufs[j % 2], kind) for j, (t0, t1) in enumerate(old_tiles)]
                     steps.append((part, h, s, first, first + own * self.page, kind * half, None))
         issued: set[int] = set()
-        queued = ca.config.dma_slots if ca.config.dma_slots > 1 else 0
+        slots = ca.config.dma_slots
 
         def load(i: int) -> None:
             _, h, _, t0, t1, w0, kind = steps[i]
@@ -478,13 +477,12 @@ class _BlockProgram:
             self.emit(setr(Reg.KVMAX, -(-(t1 - t0) // self.page) * self.page))
             self.emit(Instruction.make(Op.ATTN, mode=ca.mode, q=self.operand(h, "q") + s * hl * ca.stride,
                                        x=(h * G + s) * hl, ntok=ntok, part=part))
-            if queued and j + 1 < len(steps):
+            if slots > 1 and j + 1 < len(steps):
                 # the tile after next goes out into the buffer this step read before the wait, which then
                 # leaves it in flight (wait keep): the port streams one tile behind the other
-                n0 = len(self.words)
+                before = self.transfers
                 prefetch(j + 1)
-                new = sum(w >> 58 in (int(Op.LOAD), int(Op.STORE)) for w in self.words[n0:])
-                self.emit(Instruction.make(Op.WAIT, keep=min(new, queued - 1)))
+                self.emit(Instruction.make(Op.WAIT, keep=min(self.transfers - before, slots - 1)))
             else:
                 self.emit(Instruction.make(Op.WAIT))
 

@@ -162,12 +162,12 @@ def find_hazard(dec: Decoded, cfg: AcceleratorConfig, stop: int) -> tuple[int, i
     dma_pos = np.nonzero(is_dma)[0]
     if not len(dma_pos):
         return None
+    f = {k: v[:n] for k, v in dec.f.items()}
     drain = np.isin(op, [int(Op.WAIT), int(Op.HALT)])
     dma_before = np.cumsum(is_dma) - is_dma            # transfers issued before each pc
     # transfers 0, 1, ... in issue order: a wait keep=n before pc left only the last n issued before it in flight
-    retired = np.maximum.accumulate(np.where(drain, dma_before - dec.f["keep"][:n], 0))
+    retired = np.maximum.accumulate(np.where(drain, dma_before - f["keep"], 0))
     is_compute = np.isin(op, [int(o) for o in COMPUTE_OPS])
-    f = {k: v[:n] for k, v in dec.f.items()}
     found: list[tuple[int, int]] = []                  # (pc, transfer pc) of the first hit at each depth
     for back in range(1, cfg.dma_slots + 1):
         j = dma_before - back

@@ -88,7 +88,7 @@ class ReferenceMachine:
         self.meta = [(0, [0] * cfg.experts, 0) for _ in range(cfg.meta_tokens)]   # (D, gates, bias)
         self.regs = {r: 0 for r in Reg}
         self.inflight: list[tuple[int, str, int, int]] = []   # (pc, buf, lo, hi): the last Q since the last wait
-        self.slots = max(1, cfg.dma_queue)                    # Q: transfers the DMA engine keeps in flight
+        self.slots = cfg.dma_slots                            # Q: transfers the DMA engine keeps in flight
 
     # element access -------------------------------------------------------------------------------
     def x(self, line: int, j: int) -> int:
