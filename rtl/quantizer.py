@@ -8,7 +8,8 @@ products of v * RQ, s5 their sum, s6 writes the round/clamped q bits of lane gro
 bank ``bank``. So m is final 5 cycles after the last tracked line arrives
 (``bitmos.semantics.MIX_LATENCY`` counts the read too) and a gathered line is in its bank 7 cycles
 after it arrives (``GATHER_LATENCY``).
-``rq_start`` registers D = rshift_round(m * INVQ_k, INVQ_SHIFT) and, for k >= 2, starts the
+D = rshift_round(m * INVQ_k, INVQ_SHIFT) follows m three cycles behind (final before the META write
+reads it); ``rq_start`` starts, for k >= 2, the
 :class:`~bitmos.rtl.divider.SequentialDivider` for RQ = floor(Q * 2^RQ_SHIFT / m), ready
 ``rq_cycles`` later. The two banks let the sequencer write one chunk's plane words (``line``, from
 bank ``write_bank``) while it gathers the next chunk into the other bank.
@@ -57,7 +58,7 @@ class Quantizer(wiring.Component):
         replicated into every slot; plane mode, planes ``write_index*R`` .. ``+R-1`` in slots 0..R-1
         (0 past k).
     d : Out(D_BITS)
-        D of the token (from the cycle after ``rq_start``).
+        D of the token (from the third cycle after ``rq_start``; the META write reads it much later).
     line : Out(qbuf_line_bits)
 
     Raises
@@ -155,11 +156,16 @@ class Quantizer(wiring.Component):
         return vmax
 
     def _reciprocal(self, m, vmax):
-        """D (registered at ``rq_start``) and RQ (the divider's quotient; unused for k = 1)."""
+        """D (pipelined behind m) and RQ (the divider's quotient; unused for k = 1)."""
         cfg = self._cfg
         k, Q = cfg.act_bits, cfg.act_qmax
-        with m.If(self.rq_start):
-            m.d.sync += self.d.eq((vmax * F.inv_q(k) + (1 << (F.INVQ_SHIFT - 1))) >> F.INVQ_SHIFT)
+        # D follows m through a three-stage pipeline (limb products, their sum, the rounding shift) rather
+        # than one registered product at rq_start: m is final from rq_start on and D is read only by the
+        # META write, at least GATHER_LATENCY cycles later (a token with K = 0 has m = 0 from its clear,
+        # MIX_LATENCY + rq_cycles >= 3 cycles before its META write), so the stages cost no cycle. In one
+        # stage the product was the whole accelerator's longest path on an ECP5 (docs/fpga.md).
+        d_product = pipelined_product(m, vmax, Const(F.inv_q(k)), "d_product")
+        m.d.sync += self.d.eq((d_product + (1 << (F.INVQ_SHIFT - 1))) >> F.INVQ_SHIFT)
         if k == 1:
             return Const(0, 1)
         # Q * 2^RQ_SHIFT < 2^39: the quotient for m = 1 needs all 39 bits (m = 0 divides by 1; q is 0 then)

@@ -169,7 +169,8 @@ def quant_token(cfg, rng, K, xmax):
 def test_quantizer(name, extra):
     """Drive the pipeline as the sequencer does: track every line, wait MIX_LATENCY - 1 cycles (the
     read is not here), start RQ, wait rq_cycles, gather chunk c into bank c mod 2, and check each
-    chunk's plane words GATHER_LATENCY - 1 cycles after its last line, from its bank."""
+    chunk's plane words GATHER_LATENCY - 1 cycles after its last line, from its bank, and D where the
+    META write reads it."""
     cfg = CONFIGS[name]
     R, C, L, k, P = cfg.rows, cfg.cols, cfg.lanes, cfg.act_bits, cfg.planes_per_row
     G, rng = L // C, random.Random(f"{name}{extra}")
@@ -214,7 +215,6 @@ def test_quantizer(name, extra):
             ctx.set(dut.rq_start, 1)
             await ctx.tick()
             ctx.set(dut.rq_start, 0)
-            assert ctx.get(dut.d) == d
             for _ in range(semantics.rq_cycles(cfg) - 1):   # 0 for k = 1
                 await ctx.tick()
             pending = {}   # chunk -> cycles until its last line is in its bank
@@ -237,6 +237,7 @@ def test_quantizer(name, extra):
                 for n in [n for n, t in pending.items() if t <= 0]:
                     check(n)
                     del pending[n]
+            assert ctx.get(dut.d) == d   # by the cycle of the META write, which follows the last plane word
 
     simulate(dut, bench)
 
