@@ -14,6 +14,7 @@ bitmos). Per-program results go to the job's report file. Two benches, same job 
   model that is awaited on every clock edge (the original bench; 20-100x slower on Verilator).
 """
 
+import collections
 import json
 import os
 import time
@@ -21,7 +22,7 @@ import time
 import cocotb
 from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, ReadOnly, ReadWrite, RisingEdge
 
 from bitmos.rtl.native_bench import check_case
 
@@ -51,42 +52,55 @@ def _finish(job, dut, failures, results, total_cycles, elapsed, sim_cycles=None,
 
 
 class ExtMemory:
-    """Byte-addressed external memory on the ExtMemSignature port (fixed latency, no back-pressure)."""
+    """Byte-addressed external memory on the ExtMemSignature port (fixed latency, no back-pressure).
+
+    Requests are served in order: a read's beat b, due ``latency + b`` cycles after its request, carries
+    the bytes as they are in its cycle, a write beat of that cycle included (the signals are read
+    once the cycle has settled, then the beat is driven); write beats go to the oldest write request
+    with beats left."""
 
     def __init__(self, dut, latency, bw_bits, image: bytearray):
         self.dut, self.lat, self.bw = dut, latency, bw_bits // 8
         self.mem = image
-        self.beats = {}      # cycle -> data
-        self.wptr = None
+        self.reads = collections.deque()    # [first beat's cycle, address, beats] in request order
+        self.writes = collections.deque()   # [address, beats left]
         self.cycle = 0
 
-    def _read(self, a, n):
-        if a + n > len(self.mem):
-            self.mem.extend(bytes(a + n - len(self.mem)))
-        return int.from_bytes(self.mem[a:a + n], "little")
+    def _grow(self, end):
+        if end > len(self.mem):
+            self.mem.extend(bytes(end - len(self.mem)))
 
     async def run(self):
         d = self.dut
         while True:
             await RisingEdge(d.clk)
             self.cycle += 1
-            beat = self.beats.pop(self.cycle, None)
+            await ReadWrite()    # this cycle's register outputs (a store's beat) have settled
+            if int(d.ext__wvalid.value):
+                w = self.writes[0]
+                self._grow(w[0] + self.bw)
+                self.mem[w[0]:w[0] + self.bw] = int(d.ext__wdata.value).to_bytes(self.bw, "little")
+                w[0] += self.bw
+                w[1] -= 1
+                if w[1] == 0:
+                    self.writes.popleft()
+            beat = None
+            if self.reads and self.reads[0][0] <= self.cycle:
+                r = self.reads[0]
+                self._grow(r[1] + self.bw)
+                beat = int.from_bytes(self.mem[r[1]:r[1] + self.bw], "little")
+                r[0], r[1], r[2] = r[0] + 1, r[1] + self.bw, r[2] - 1
+                if r[2] == 0:
+                    self.reads.popleft()
             d.ext__rvalid.value = beat is not None
             d.ext__rdata.value = beat or 0
             await ReadOnly()
-            if int(d.ext__wvalid.value):
-                a = self.wptr
-                if a + self.bw > len(self.mem):
-                    self.mem.extend(bytes(a + self.bw - len(self.mem)))
-                self.mem[a:a + self.bw] = int(d.ext__wdata.value).to_bytes(self.bw, "little")
-                self.wptr += self.bw
             if int(d.ext__req.value):
                 addr, n = int(d.ext__req_addr.value), int(d.ext__req_len.value)
                 if int(d.ext__req_we.value):
-                    self.wptr = addr
+                    self.writes.append([addr, n // self.bw])
                 else:
-                    for b in range(n // self.bw):
-                        self.beats[self.cycle + self.lat + b] = self._read(addr + b * self.bw, self.bw)
+                    self.reads.append([self.cycle + self.lat, addr, n // self.bw])
 
 
 async def wait_idle(dut):
@@ -124,7 +138,8 @@ async def run_programs(dut):
             await RisingEdge(dut.clk)
         dut.host__imem_we.value = 0
         mem.mem = bytearray(bytes.fromhex(case["memory"]))
-        mem.beats.clear()
+        mem.reads.clear()
+        mem.writes.clear()
         dut.host__start.value = 1
         await RisingEdge(dut.clk)
         dut.host__start.value = 0

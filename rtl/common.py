@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value
-from amaranth.lib import wiring
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -11,7 +11,7 @@ from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
-__all__ = ["Countdown", "ShiftSaturation", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
+__all__ = ["Countdown", "RecordQueue", "ShiftSaturation", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
            "pipelined_mix_scale", "pipelined_product", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes",
            "first_max_onehot", "onehot_select"]
 
@@ -30,14 +30,10 @@ def check_config(cfg, name: str = "cfg") -> AcceleratorConfig:
     ValueError
         ``ext_latency`` is 0 (the external port answers a request no earlier than the next cycle), or
         a DMA-reachable line width (X, W, S, O) is not a multiple of ``ext_bw_bits`` (the DMA engine
-        assembles one line from whole beats), or ``vector_unit`` is 1 (the RTL does not build that unit yet), or
-        ``dma_queue`` is 2 or more (its DMA engine keeps one transfer in flight).
+        assembles one line from whole beats), or ``vector_unit`` is 1 (the RTL does not build that unit yet).
     """
     if not isinstance(cfg, AcceleratorConfig):
         raise TypeError(f"{name} must be an AcceleratorConfig, not {cfg!r}")
-    if cfg.dma_queue >= 2:
-        raise ValueError(f"{name}.dma_queue = {cfg.dma_queue}: the RTL's DMA engine keeps one transfer in flight "
-                         "(transfers queued behind each other run on the simulator only); use dma_queue = 0 or 1")
     if cfg.vector_unit:
         raise ValueError(f"{name}.vector_unit = 1: the RTL has no vector unit yet (residual add, SiLU, RMSNorm "
                          "run on the simulator only); use a config with vector_unit = 0 for the RTL")
@@ -236,6 +232,47 @@ def signed_lanes(line: Value, count: int, width: int) -> list[Value]:
 def expert_lanes(line: Value, experts: int, cols: int) -> list[list[Value]]:
     """An SBUF line as ``[e][j]``: expert (or router row) e's int16 for lane j is element ``e*cols + j``."""
     return [signed_lanes(line, experts * cols, F.SCALE_BITS)[e * cols:(e + 1) * cols] for e in range(experts)]
+
+
+class RecordQueue(wiring.Component):
+    """First in, first out: up to ``depth`` records of ``layout`` in registers.
+
+    ``w`` takes a record in a cycle with ``w.valid`` and ``w.ready`` (not full); the oldest is on
+    ``r.payload`` while ``r.valid`` and leaves in a cycle ``r.ready`` is high. A record written in a
+    cycle is readable from the next, as in ``amaranth.lib.fifo.SyncFIFO``, whose pointers are zero
+    bits wide at depth 1 (a ``[-1:0]`` wire in the Verilog); these are one bit at least.
+
+    Parameters
+    ----------
+    layout : data.Layout
+    depth : int
+    """
+
+    def __init__(self, layout: data.Layout, depth: int):
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"a record queue holds at least one record, not {depth!r}")
+        self._layout, self._depth = data.Layout.cast(layout), depth
+        super().__init__({"w": In(stream.Signature(layout)), "r": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        depth, bits = self._depth, self._layout.size
+        entries = Array(Signal(bits, name=f"entry{i}") for i in range(depth))
+        head, tail = Signal(max(1, ceil_log2(depth))), Signal(max(1, ceil_log2(depth)))
+        level = Signal(range(depth + 1))
+        put = self.w.valid & self.w.ready
+        take = self.r.valid & self.r.ready
+        m.d.comb += [self.w.ready.eq(level != depth), self.r.valid.eq(level != 0),
+                     self.r.payload.eq(entries[head])]
+        with m.If(put):
+            m.d.sync += [entries[tail].eq(self.w.payload), tail.eq(Mux(tail == depth - 1, 0, tail + 1))]
+        with m.If(take):
+            m.d.sync += head.eq(Mux(head == depth - 1, 0, head + 1))
+        with m.If(put & ~take):
+            m.d.sync += level.eq(level + 1)
+        with m.Elif(take & ~put):
+            m.d.sync += level.eq(level - 1)
+        return m
 
 
 class Countdown(wiring.Component):

@@ -4,10 +4,12 @@ One instruction is looked at per cycle when no compute instruction is in flight.
 controller checks it (docs/isa.md "Errors", causes 1-5 in that priority, before any DMA stall); the
 fault conditions and the busy cycles are the contract's definitions in :mod:`bitmos.semantics`,
 elaborated here on Amaranth values, the same text the simulator evaluates on integers and arrays; a fault sets ``done``, ``error`` and ``cause`` and the run's cycle count is
-that cycle + 1. ``load``/``store``/``wait``/``halt`` then wait until the DMA engine is idle. Issuing
-a compute instruction starts its unit and holds the controller for exactly ``compute_cycles - 1``
-more cycles (the units are built to finish inside that window); issuing a ``load``/``store`` starts
-the DMA engine and marks it busy for exactly ``dma_cycles``.
+that cycle + 1. A ``load``/``store`` then waits until the transfer Q back is done (a queue slot is
+free), ``wait keep=n`` until the transfer n + 1 back is, ``halt`` until the last one is
+(:class:`TransferSlots`, the contract's ``Timeline``). Issuing a compute instruction starts its unit
+and holds the controller for exactly ``compute_cycles - 1`` more cycles (the units are built to
+finish inside that window); issuing a ``load``/``store`` starts the DMA engine and counts the cycles
+until that transfer is done.
 
 Three choices keep the block RAM and the multipliers off the issue path (contract v2, docs/fpga.md),
 none of them visible in the contract's cycles: the instruction issues from an instruction register
@@ -26,7 +28,7 @@ the operands are taken).
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
@@ -39,9 +41,74 @@ from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.layouts import INSTRUCTION
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, REGISTERS, LayerRegistersSignature
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "TransferSlots"]
 
 Op = isa.Op
+
+
+class TransferSlots(wiring.Component):
+    """The DMA engine's timeline as the controller keeps it (``bitmos.semantics.Timeline``): one countdown
+    per queue slot, counting the cycles until that slot's transfer is done; transfer j takes slot j mod Q.
+
+    A transfer issued while the previous one has ``prev`` cycles left is done ``max(latency, prev - 1) +
+    beats`` cycles after its issue cycle's next (its data phase starts ``latency`` after its issue or
+    when the previous one's ends, whichever is later), which is ``busy_cycles + max(0, prev - 1 -
+    latency)`` with ``busy_cycles = latency + beats`` (``bitmos.semantics.dma_busy_cycles``).
+
+    Parameters
+    ----------
+    queue : int
+        Transfers in flight at most (``AcceleratorConfig.dma_slots``).
+    latency : int
+        ``ext_latency``.
+
+    Attributes
+    ----------
+    reset : In(1)
+        Every slot done (the start of a run).
+    issue : In(1)
+        A transfer issues this cycle, busy ``busy_cycles`` (In(32)) cycles after it when nothing is ahead.
+    back : In(range(1, queue + 1))
+        Which transfer ``done`` is about: the one ``back`` places before the next to issue.
+    done : Out(1)
+    """
+
+    def __init__(self, queue: int, latency: int):
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 1:
+            raise ValueError(f"queue must be a positive integer, not {queue!r}")
+        if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+            raise ValueError(f"latency must be a non-negative integer, not {latency!r}")
+        self._queue, self._latency = queue, latency
+        super().__init__({"reset": In(1), "issue": In(1), "busy_cycles": In(32),
+                          "back": In(range(1, queue + 1)), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        q, lat = self._queue, self._latency
+        counts = [Countdown(32) for _ in range(q)]
+        for i, c in enumerate(counts):
+            m.submodules[f"slot{i}"] = c
+        if q == 1:
+            slot, before = Const(0, 1), Const(0, 1)
+        else:
+            slot = Signal(range(q))   # the next transfer's
+            before = Signal(range(q))  # the previous transfer's
+            m.d.comb += before.eq(Mux(slot == 0, q - 1, slot - 1))
+        prev = Array(c.count for c in counts)[before]
+        carry = Mux(prev > lat + 1, prev - (lat + 1), 0)   # the previous phase outlasting this latency
+        for i, c in enumerate(counts):
+            m.d.comb += [c.load.eq(self.reset | (self.issue & (slot == i))),
+                         c.value.eq(Mux(self.reset, 0, self.busy_cycles + carry))]
+        if q > 1:
+            with m.If(self.reset):
+                m.d.sync += slot.eq(0)
+            with m.Elif(self.issue):
+                m.d.sync += slot.eq(Mux(slot == q - 1, 0, slot + 1))
+        which = Signal(range(q)) if q > 1 else Const(0, 1)
+        if q > 1:
+            m.d.comb += which.eq(Mux(slot >= self.back, slot - self.back, slot + q - self.back))
+        m.d.comb += self.done.eq(Array(c.zero for c in counts)[which])
+        return m
 
 
 class Controller(wiring.Component):
@@ -102,7 +169,7 @@ class Controller(wiring.Component):
         priming = Signal(3)      # the four cycles after start fill the instruction queue
         now = Signal(CYCLE_BITS)
         m.submodules.busy_count = busy = Countdown(32)   # cycles the issued compute instruction still holds
-        m.submodules.dma_count = dma = Countdown(32)   # cycles the DMA engine is still busy
+        m.submodules.dma_slots = slots = TransferSlots(cfg.dma_slots, cfg.ext_latency)
         pc = self.pc
         ir = Signal(64)          # the instruction at pc: issued this cycle if legal and not stalled
         ir_next = Signal(64)     # pc + 1: its staged legality values are compared this cycle
@@ -122,7 +189,11 @@ class Controller(wiring.Component):
         head = running & busy.zero
         dma_op = is_op[Op.LOAD] | is_op[Op.STORE] | is_op[Op.WAIT] | is_op[Op.HALT]
         fault = head & (bad_pc | (cause != 0))
-        stall = head & ~fault & dma_op & ~dma.zero
+        # the transfer a synchronising instruction waits for: for a load/store the one Q back (its slot is
+        # reused), for wait keep=n the one n + 1 back, for halt the last one (transfers finish in order)
+        m.d.comb += slots.back.eq(Mux(is_op[Op.LOAD] | is_op[Op.STORE], cfg.dma_slots,
+                                      Mux(is_op[Op.WAIT], word.wait.keep + 1, 1)))
+        stall = head & ~fault & dma_op & ~slots.done
         issue = head & ~fault & ~stall
         advance = issue & ~is_op[Op.HALT]
         m.d.comb += [
@@ -190,7 +261,8 @@ class Controller(wiring.Component):
             m.d.sync += [counts_for2[name].eq(v) for name, v in counts_of(after2).items()]
 
         with m.If(self.start & ~running & (priming == 0)):
-            m.d.comb += [busy.load.eq(1), dma.load.eq(1)]   # both to 0 (value's default)
+            m.d.comb += busy.load.eq(1)   # to 0 (value's default)
+            m.d.comb += slots.reset.eq(1)
             m.d.sync += [priming.eq(1), pc.eq(0), now.eq(0), deferred.eq(0),
                          self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
                          ir.eq(0), ir_next.eq(0), ir_next2.eq(0), ir_next3.eq(0)]   # NOPs: nothing stale is forwarded
@@ -216,7 +288,7 @@ class Controller(wiring.Component):
                 m.d.sync += deferred.eq(0)
                 m.d.comb += [busy.load.eq(1), busy.value.eq(product + tail_of - 3)]
             with m.If(self.dma_start):
-                m.d.comb += [dma.load.eq(1), dma.value.eq(dma_busy)]
+                m.d.comb += [slots.issue.eq(1), slots.busy_cycles.eq(dma_busy)]
             with m.If(fault):
                 m.d.sync += [running.eq(0), self.done.eq(1), self.error.eq(1),
                              self.cause.eq(Mux(bad_pc, isa.CAUSE_PC_RANGE, cause)), self.cycles.eq(now + 1)]

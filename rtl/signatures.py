@@ -45,8 +45,12 @@ class ExtMemSignature(wiring.Signature):
       ``req_addr + b*data_bits/8`` onward, little-endian) on ``rdata`` with ``rvalid`` high in cycle
       ``r + latency + b``, for ``req_len*8/data_bits`` beats. ``latency >= 1``.
     * Write (``req_we = 1``): the accelerator drives consecutive beats on ``wdata`` with ``wvalid``
-      high, in order, starting at ``req_addr``; the memory stores each beat in the cycle it is
-      valid.
+      high, in order, starting at ``req_addr``, each no earlier than the cycle after its request; the
+      memory stores each beat in the cycle it is valid.
+    * Several requests may be outstanding (the DMA engine's queue); their beats come in request
+      order, a read's beats never overlapping another read's, a write's beats going to the oldest
+      write request with beats left. The memory is ordered as requested: a read beat carries every
+      byte an earlier-requested write beat stored, one in the read beat's own cycle included.
 
     Parameters
     ----------

@@ -16,14 +16,14 @@ test needs, not ``ext_mem_mib``) and use only the top's public ports (``host``, 
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 from amaranth.utils import ceil_log2, exact_log2
 
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import addr_bits, check_config
+from bitmos.rtl.common import RecordQueue, addr_bits, check_config
 from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, ExtMemSignature
 from bitmos.rtl.top import Accelerator
@@ -56,13 +56,17 @@ class ExtMemoryModel(wiring.Component):
     is even, row ``a // row_bytes // 2``, byte ``a % row_bytes`` (little-endian within a row).
 
     Timing (``ExtMemSignature``): a read request in cycle r returns beat b in cycle
-    ``r + latency + b``; the row read for a beat is issued one cycle before it is due (synchronous
-    read ports). Write beats are stored in the cycle they are valid, from the request address on.
+    ``r + latency + b``, read from the memory as it is in that cycle (asynchronous read ports), a
+    write beat of the same cycle included: requests are served in order, so a read requested after a
+    write sees its bytes even where their beats meet. Write beats are stored in the cycle they are
+    valid, each request's from its address on, requests in order. Up to ``queue`` requests of each
+    direction wait (the DMA engine's transfers in flight).
 
     Checks (sticky until ``clear_status``): ``range_fault`` if a request reaches beyond
     ``mem_bytes`` (the model is smaller than the contract's address space: the test must size it),
-    ``protocol_fault`` if a request arrives while a transfer is outstanding, ``req_len`` is not a
-    whole number of beats, or a write beat arrives that no write request announced.
+    ``protocol_fault`` if a request finds its direction's queue full, ``req_len`` is not a whole,
+    non-zero number of beats, a read's beats fall due while another read's are being served, or a
+    write beat arrives that no write request announced.
     ``written_lo``/``written_hi`` bound the bytes written since ``clear_status`` (lo > hi: none), so
     a bench reads back only those rows.
 
@@ -78,17 +82,21 @@ class ExtMemoryModel(wiring.Component):
         Width of the port's ``req_addr``.
     row_bytes : int
         Backdoor row width in bytes, a power of two.
+    queue : int
+        Requests of each direction that may wait (the config's ``dma_slots``).
     """
 
     def __init__(self, *, mem_bytes: int, data_bits: int, latency: int, addr_bits: int,
-                 row_bytes: int = DEFAULT_ROW_BYTES):
+                 row_bytes: int = DEFAULT_ROW_BYTES, queue: int = 1):
         _check_pow2("row_bytes", row_bytes, 1)
         _check_pow2("mem_bytes", mem_bytes, 2 * row_bytes)
         if isinstance(latency, bool) or not isinstance(latency, int) or latency < 1:
             raise ValueError(f"latency must be an integer >= 1, not {latency!r}")
         if not isinstance(data_bits, int) or data_bits % 8 or not 8 <= data_bits <= 8 * row_bytes:
             raise ValueError(f"data_bits must be a multiple of 8 between 8 and 8*row_bytes, not {data_bits!r}")
-        self._mem_bytes, self._data_bits, self._latency = mem_bytes, data_bits, latency
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 1:
+            raise ValueError(f"queue must be an integer >= 1, not {queue!r}")
+        self._mem_bytes, self._data_bits, self._latency, self._queue = mem_bytes, data_bits, latency, queue
         self._row_bytes = row_bytes
         self.even = Memory(shape=8 * row_bytes, depth=mem_bytes // row_bytes // 2, init=[])
         self.odd = Memory(shape=8 * row_bytes, depth=mem_bytes // row_bytes // 2, init=[])
@@ -120,68 +128,56 @@ class ExtMemoryModel(wiring.Component):
             row = addr >> row_shift
             return (row + 1) >> 1, row >> 1, row[0], addr[:row_shift] if row_shift else Const(0, 1)
 
-        # --- request checks
-        req_rd = ext.req & ~ext.req_we
-        req_wr = ext.req & ext.req_we
-        fetch_left = Signal(len(ext.req_len) + 1)   # read beats still to fetch
-        delay = Signal(range(max(lat, 2)))         # cycles until the first fetch of a read
-        write_left = Signal(len(ext.req_len) + 1)   # write beats announced, not yet received
-        whole_beats = ext.req_len[:exact_log2(nb)] == 0 if nb > 1 else Const(1)
-        with m.If(self.clear_status):
-            m.d.sync += [self.range_fault.eq(0), self.protocol_fault.eq(0),
-                         self.written_lo.eq(self._mem_bytes), self.written_hi.eq(0)]
-        with m.Else():
-            with m.If(ext.req & (ext.req_addr + ext.req_len > self._mem_bytes)):
-                m.d.sync += self.range_fault.eq(1)
-            with m.If((ext.req & ((fetch_left != 0) | (write_left != 0) | ~whole_beats))
-                      | (ext.wvalid & (write_left == 0))):
-                m.d.sync += self.protocol_fault.eq(1)
-
-        # --- read: fetch beat b in cycle r + lat + b - 1; its data is on rdata one cycle later
-        fetch_addr = Signal(alen)
+        # --- requests: each direction's wait in a queue of ``queue`` (the DMA engine's transfers in flight)
+        tick = Signal((lat + 1).bit_length() + 1)   # a read's first beat is at most ``lat`` cycles ahead
+        m.d.sync += tick.eq(tick + 1)
         nbeats = ext.req_len >> exact_log2(nb)
-        fetching = Signal()
-        rd_addr = Signal(alen)
-        if lat == 1:   # the first beat is fetched in the request cycle itself
-            m.d.comb += [fetching.eq(req_rd | (fetch_left != 0)),
-                         rd_addr.eq(Mux(req_rd, ext.req_addr, fetch_addr))]
-            with m.If(req_rd):
-                m.d.sync += [fetch_addr.eq(ext.req_addr + nb), fetch_left.eq(nbeats - 1)]
-            with m.Elif(fetching):
-                m.d.sync += [fetch_addr.eq(fetch_addr + nb), fetch_left.eq(fetch_left - 1)]
-        else:
-            m.d.comb += [fetching.eq((fetch_left != 0) & (delay == 0)), rd_addr.eq(fetch_addr)]
-            with m.If(req_rd):
-                m.d.sync += [fetch_addr.eq(ext.req_addr), fetch_left.eq(nbeats), delay.eq(lat - 2)]
-            with m.Elif(delay != 0):
-                m.d.sync += delay.eq(delay - 1)
-            with m.Elif(fetching):
-                m.d.sync += [fetch_addr.eq(fetch_addr + nb), fetch_left.eq(fetch_left - 1)]
-        even_rd = self.even.read_port(transparent_for=())
-        odd_rd = self.odd.read_port(transparent_for=())
-        e_row, o_row, parity, offset = window(rd_addr)
-        parity_q, offset_q = Signal(), Signal(len(offset))
-        m.d.comb += [even_rd.addr.eq(e_row), odd_rd.addr.eq(o_row), even_rd.en.eq(fetching),
-                     odd_rd.en.eq(fetching)]
-        m.d.sync += [ext.rvalid.eq(fetching), parity_q.eq(parity), offset_q.eq(offset)]
-        # the row holding the beat's first byte comes first
-        pair = Mux(parity_q, Cat(odd_rd.data, even_rd.data), Cat(even_rd.data, odd_rd.data))
-        m.d.comb += ext.rdata.eq(pair.bit_select(offset_q * 8, 8 * nb))
+        read_layout = data.StructLayout({"addr": alen, "beats": len(nbeats), "due": len(tick)})
+        write_layout = data.StructLayout({"addr": alen, "beats": len(nbeats)})
+        m.submodules.reads = reads = RecordQueue(read_layout, self._queue)
+        m.submodules.writes = writes = RecordQueue(write_layout, self._queue)
+        m.d.comb += [reads.w.payload.addr.eq(ext.req_addr), reads.w.payload.beats.eq(nbeats),
+                     reads.w.payload.due.eq(tick + lat), reads.w.valid.eq(ext.req & ~ext.req_we),
+                     writes.w.payload.addr.eq(ext.req_addr), writes.w.payload.beats.eq(nbeats),
+                     writes.w.valid.eq(ext.req & ext.req_we)]
+        read_head, write_head = reads.r.payload, writes.r.payload
 
-        # --- write: store each beat at the running pointer, byte enables over the two rows
-        wptr = Signal(alen)
-        with m.If(req_wr):
-            m.d.sync += [wptr.eq(ext.req_addr), write_left.eq(nbeats)]
-        with m.Elif(ext.wvalid & (write_left != 0)):
-            m.d.sync += [wptr.eq(wptr + nb), write_left.eq(write_left - 1)]
+        # --- read: beat b of a request in cycle r is served in cycle r + lat + b, read from the memory as
+        # it is in that cycle (comb read ports) with a write beat of the same cycle forwarded
+        read_ptr, read_left = Signal(alen), Signal(len(nbeats))
+        first = reads.r.valid & (read_head.due == tick)
+        serving = (read_left != 0) | first
+        rd_addr = Signal(alen)
+        m.d.comb += [rd_addr.eq(Mux(read_left != 0, read_ptr, read_head.addr)), ext.rvalid.eq(serving),
+                     reads.r.ready.eq(first & (read_left == 0))]
+        with m.If(read_left != 0):
+            m.d.sync += [read_ptr.eq(read_ptr + nb), read_left.eq(read_left - 1)]
+        with m.Elif(first):
+            m.d.sync += [read_ptr.eq(read_head.addr + nb), read_left.eq(read_head.beats - 1)]
+        even_rd, odd_rd = self.even.read_port(domain="comb"), self.odd.read_port(domain="comb")
+        e_row, o_row, parity, offset = window(rd_addr)
+        m.d.comb += [even_rd.addr.eq(e_row), odd_rd.addr.eq(o_row)]
+        # the row holding the beat's first byte comes first
+        pair = Mux(parity, Cat(odd_rd.data, even_rd.data), Cat(even_rd.data, odd_rd.data))
+        stored = pair.bit_select(offset * 8, 8 * nb)
+
+        # --- write: each beat at its request's running pointer, byte enables over the two rows
+        write_ptr, write_left = Signal(alen), Signal(len(nbeats))
+        write = ext.wvalid & ((write_left != 0) | writes.r.valid)
+        wr_addr = Signal(alen)
+        m.d.comb += [wr_addr.eq(Mux(write_left != 0, write_ptr, write_head.addr)),
+                     writes.r.ready.eq(ext.wvalid & (write_left == 0))]
+        with m.If(ext.wvalid & (write_left != 0)):
+            m.d.sync += [write_ptr.eq(write_ptr + nb), write_left.eq(write_left - 1)]
+        with m.Elif(write):
+            m.d.sync += [write_ptr.eq(write_head.addr + nb), write_left.eq(write_head.beats - 1)]
         even_wr = self.even.write_port(granularity=8)
         odd_wr = self.odd.write_port(granularity=8)
-        e_row, o_row, parity, offset = window(wptr)
-        data = Signal(16 * rb)
+        e_row, o_row, parity, offset = window(wr_addr)
+        wide = Signal(16 * rb)
         lanes = Signal(2 * rb)
-        m.d.comb += [data.eq(ext.wdata << (offset * 8)), lanes.eq(Const((1 << nb) - 1, 2 * rb) << offset)]
-        write = ext.wvalid & (write_left != 0)
-        lo_data, hi_data = data[:8 * rb], data[8 * rb:]
+        m.d.comb += [wide.eq(ext.wdata << (offset * 8)), lanes.eq(Const((1 << nb) - 1, 2 * rb) << offset)]
+        lo_data, hi_data = wide[:8 * rb], wide[8 * rb:]
         lo_en, hi_en = lanes[:rb], lanes[rb:]
         m.d.comb += [
             even_wr.addr.eq(e_row), odd_wr.addr.eq(o_row),
@@ -189,11 +185,35 @@ class ExtMemoryModel(wiring.Component):
             even_wr.en.eq(Mux(write, Mux(parity, hi_en, lo_en), 0)),
             odd_wr.en.eq(Mux(write, Mux(parity, lo_en, hi_en), 0)),
         ]
-        with m.If(write & ~self.clear_status):
-            with m.If(wptr < self.written_lo):
-                m.d.sync += self.written_lo.eq(wptr)
-            with m.If(wptr + nb > self.written_hi):
-                m.d.sync += self.written_hi.eq(wptr + nb)
+        # a read beat overlapping the write beat of its cycle carries the written bytes (requests are
+        # ordered: the write was requested first, else their beats could not share a cycle)
+        shift = Signal(signed(alen + 2))   # byte i of the read beat is byte i + shift of the write beat
+        m.d.comb += shift.eq(rd_addr - wr_addr)
+        wbytes = Array(ext.wdata.word_select(i, 8) for i in range(nb))
+        merged = []
+        for i in range(nb):
+            j = shift + i
+            hit = write & (j >= 0) & (j < nb)
+            merged.append(Mux(hit, wbytes[j[:max(1, ceil_log2(nb))]], stored.word_select(i, 8)))
+        m.d.comb += ext.rdata.eq(Cat(*merged))
+
+        # --- checks
+        whole_beats = ext.req_len[:exact_log2(nb)] == 0 if nb > 1 else Const(1)
+        with m.If(self.clear_status):
+            m.d.sync += [self.range_fault.eq(0), self.protocol_fault.eq(0),
+                         self.written_lo.eq(self._mem_bytes), self.written_hi.eq(0)]
+        with m.Else():
+            with m.If(ext.req & (ext.req_addr + ext.req_len > self._mem_bytes)):
+                m.d.sync += self.range_fault.eq(1)
+            overlap = (read_left != 0) & reads.r.valid & (read_head.due == tick)   # a read's beats due mid-read
+            full = Mux(ext.req_we, ~writes.w.ready, ~reads.w.ready)
+            with m.If((ext.req & (full | ~whole_beats | (nbeats == 0))) | (ext.wvalid & ~write) | overlap):
+                m.d.sync += self.protocol_fault.eq(1)
+            with m.If(write):
+                with m.If(wr_addr < self.written_lo):
+                    m.d.sync += self.written_lo.eq(wr_addr)
+                with m.If(wr_addr + nb > self.written_hi):
+                    m.d.sync += self.written_hi.eq(wr_addr + nb)
         return m
 
 
@@ -237,7 +257,7 @@ class ProgramTestbed(wiring.Component):
         self._cfg = cfg = check_config(cfg)
         self.accel = Accelerator(cfg)
         self.memory = ExtMemoryModel(mem_bytes=mem_bytes, data_bits=cfg.ext_bw_bits, latency=cfg.ext_latency,
-                                     addr_bits=ext_addr_bits(cfg), row_bytes=row_bytes)
+                                     addr_bits=ext_addr_bits(cfg), row_bytes=row_bytes, queue=cfg.dma_slots)
         self.progmem = Memory(shape=64, depth=cfg.imem_words, init=[])
         wa = ceil_log2(mem_bytes) + 1
         super().__init__({

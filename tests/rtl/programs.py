@@ -83,3 +83,32 @@ def error_programs(cfg: AcceleratorConfig) -> list[tuple[str, list[int], bytes]]
     # LOAD has no reserved bits below the opcode except none: use WAIT with a reserved bit instead
     cases["reserved bit of wait while DMA busy"] = [load, enc(I(Op.WAIT)) | (1 << 5)]
     return [(name, words, b"") for name, words in cases.items()]
+
+
+def queue_programs(cfg: AcceleratorConfig, seed: int = 1) -> list[tuple[str, list[int], bytes]]:
+    """Transfers queued behind each other that touch the same bytes (``dma_queue`` >= 2): the contract
+    runs them in issue order, so each must see what the one before it did. The first case's load starts
+    on the bytes of the store ahead of it, its first beat in the store's last beat's cycle (the memory
+    must order them); the others reuse a buffer line a queued transfer reads or writes."""
+    rng = random.Random(seed)
+    xb, wb, ob = (cfg.line_bits(b) // 8 for b in "XWO")
+    nb = cfg.ext_bw_bits // 8
+    src, dst = 0, 1 << 13
+    mem = bytes(rng.getrandbits(8) for _ in range(1 << 14))
+    load, store = (lambda buf, line, n, ext: I(Op.LOAD, buf=buf, line=line, nlines=n, ext=ext),
+                   lambda buf, line, n, ext: I(Op.STORE, buf=buf, line=line, nlines=n, ext=ext))
+    cases = {
+        "store, then load its last beat's bytes": [
+            load("X", 0, 2, src), I(Op.WAIT),
+            store("X", 0, 1, dst), load("X", 2, 1, dst + xb - nb), load("X", 3, 1, dst + 1),
+            store("X", 1, 1, dst + xb - 2 * nb), load("X", 4, 2, dst),
+            I(Op.WAIT), store("X", 2, 3, dst + 4 * xb), I(Op.HALT)],
+        "load, then store the same line": [
+            load("W", 5, 1, src), store("W", 5, 1, dst), load("O", 1, 2, src + 3 * nb), store("O", 1, 2, dst + ob),
+            load("W", 6, 1, dst), I(Op.WAIT), store("W", 6, 1, dst + 4 * wb), I(Op.HALT)],
+        "store, then load the same line": [
+            load("X", 0, 1, src), I(Op.WAIT), store("X", 0, 1, dst), load("X", 0, 1, src + xb),
+            store("X", 0, 1, dst + xb), I(Op.WAIT, keep=1), load("X", 0, 1, dst), I(Op.WAIT),
+            store("X", 0, 1, dst + 2 * xb), I(Op.HALT)],
+    }
+    return [(name, [isa.encode(i) for i in prog], mem) for name, prog in cases.items()]

@@ -118,11 +118,66 @@ def test_writes_are_byte_exact_and_bounded():
     sim.run()
 
 
+def test_queued_requests_are_served_in_order_and_a_read_sees_a_write_of_its_cycle():
+    """Two reads requested back to back (beat times r + latency + b, the second's after the first's), a
+    write whose last beat shares its cycle with a read beat of the same bytes (the read carries the new
+    bytes, the byte past them the old one), and a third read request while two wait (a protocol fault)."""
+    lat, nb = 3, 4
+    dut = ExtMemoryModel(mem_bytes=MEM, data_bits=32, latency=lat, addr_bits=16, row_bytes=ROW, queue=2)
+    got = {}
+
+    def old(a):
+        return int.from_bytes(bytes(_byte(a + i) for i in range(nb)), "little")
+
+    async def bench(ctx):
+        _fill(ctx, dut)
+        ctx.set(dut.clear_status, 1)
+        await ctx.tick()
+        ctx.set(dut.clear_status, 0)
+        # cycle 0: read 2 beats at 9; cycle 2: read 1 beat at 30; cycle 3: write 2 beats at 40
+        # cycle 4: read 1 beat at 42, due in cycle 7: bytes 42, 43 from the write's first beat (cycle 6),
+        # 44, 45 from its last beat, in the read's own cycle
+        requests = {0: (0, 9, 8), 2: (0, 30, 4), 3: (1, 40, 8), 4: (0, 42, 4)}
+        writes = {6: 0x11223344, 7: 0x55667788}
+        for cycle in range(12):
+            we, addr, n = requests.get(cycle, (0, 0, 0))
+            ctx.set(dut.ext.req, cycle in requests)
+            ctx.set(dut.ext.req_we, we)
+            ctx.set(dut.ext.req_addr, addr)
+            ctx.set(dut.ext.req_len, n)
+            ctx.set(dut.ext.wvalid, cycle in writes)
+            ctx.set(dut.ext.wdata, writes.get(cycle, 0))
+            if ctx.get(dut.ext.rvalid):
+                got[cycle] = ctx.get(dut.ext.rdata)
+            await ctx.tick()
+        ctx.set(dut.ext.req, 0)
+        ctx.set(dut.ext.wvalid, 0)
+        assert not ctx.get(dut.protocol_fault) and not ctx.get(dut.range_fault)
+        for a in range(MEM):
+            want = (0x55667788 >> 8 * (a - 44)) & 0xFF if 44 <= a < 48 else \
+                (0x11223344 >> 8 * (a - 40)) & 0xFF if 40 <= a < 44 else _byte(a)
+            assert _peek(ctx, dut, a) == want, a
+        for cycle in (0, 1, 2):   # three reads waiting with a queue of two
+            ctx.set(dut.ext.req, 1)
+            ctx.set(dut.ext.req_addr, 8 * cycle)
+            ctx.set(dut.ext.req_len, 4)
+            await ctx.tick()
+        ctx.set(dut.ext.req, 0)
+        assert ctx.get(dut.protocol_fault)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == {lat: old(9), lat + 1: old(13), 2 + lat: old(30), 4 + lat: 0x77881122}
+
+
 @pytest.mark.parametrize("kwargs, err", [
     (dict(mem_bytes=100), "mem_bytes must be a power of two"),
     (dict(row_bytes=12), "row_bytes must be a power of two"),
     (dict(latency=0), "latency must be an integer >= 1"),
     (dict(data_bits=12), "data_bits must be a multiple of 8"),
+    (dict(queue=0), "queue must be an integer >= 1"),
 ])
 def test_model_parameters_are_checked(kwargs, err):
     args = dict(mem_bytes=MEM, data_bits=32, latency=2, addr_bits=16, row_bytes=ROW) | kwargs

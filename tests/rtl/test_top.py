@@ -13,6 +13,9 @@ Expected memory, cycles, error and cause come from ``bitmos.sim``. ``BITMOS_WAVE
 (FST on Verilator, VCD on Icarus). The benches are ``bitmos.rtl.cocotb_bench``, run through
 ``bitmos.rtl.runner`` (shared with ``bitmos verify`` and ``benchmarks/bench_rtl.py``).
 
+Configs: the presets, and tiny with a DMA queue of three transfers (``"tiny q3"``), whose hand programs
+add transfers queued behind others on the same bytes and lines (``queue_programs``).
+
 Random programs: ``BITMOS_RTL_PROGRAMS`` per config (default 1,000 on Verilator; 16 on Icarus, whose
 own speed bounds the run); ``-m slow`` runs 10,000
 (``BITMOS_RTL_PROGRAMS_SLOW``) on tiny and small and the hand and random programs on medium. The
@@ -22,6 +25,7 @@ tests/rtl/test_native.py), on the fast bench on Icarus; the default cases keep t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -33,7 +37,7 @@ from bitmos.rtl.runner import Case
 from bitmos.rtl.tools import available_simulators
 from bitmos.sim import Simulator
 
-from .programs import error_programs, layer_program
+from .programs import error_programs, layer_program, queue_programs
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "tmp" / "sim_build"
@@ -89,20 +93,28 @@ def random_cases(cfg, n, seed0=0, *, length=12, mem_bytes=1 << 13):
     return cases
 
 
+def config(name):
+    """A preset, or ``"<preset> q<Q>"``: the preset with a DMA queue of Q transfers (contract v2.4)."""
+    preset, _, queue = name.partition(" q")
+    cfg = preset_config(preset)
+    return dataclasses.replace(cfg, dma_queue=int(queue)) if queue else cfg
+
+
 # medium's Verilator C++ build takes 10+ minutes on 2 cores: it runs with -m slow (docs/rtl.md has its results).
-PRESETS = ["tiny", "small", pytest.param("medium", marks=pytest.mark.slow)]
+# tiny q3: three transfers in flight, a queue length that is no power of two (the controller's slot ring wraps).
+PRESETS = ["tiny", "small", "tiny q3", pytest.param("medium", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_hand_programs(preset, sim, tmp_path):
-    cfg = preset_config(preset)
-    cases = layer_program(cfg, seed=1) + error_programs(cfg)
+    cfg = config(preset)
+    cases = layer_program(cfg, seed=1) + error_programs(cfg) + (queue_programs(cfg) if cfg.dma_slots > 1 else [])
     run_cases(cfg, cases, tmp_path, sim, mode=preset_mode(preset, sim))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_random_programs(preset, sim, tmp_path):
-    cfg = preset_config(preset)
+    cfg = config(preset)
     default = 1000 if sim == "verilator" else 16   # Icarus is bound by its own speed (docs/rtl.md, Speed)
     n = int(os.environ.get("BITMOS_RTL_PROGRAMS", default))
     mode = preset_mode(preset, sim)
@@ -136,9 +148,9 @@ def test_fast_bench_catches_a_wrong_expectation(sim, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "tiny q3", "small q8"])
 def test_random_programs_many(preset, sim, tmp_path):
-    cfg = preset_config(preset)
+    cfg = config(preset)
     n = int(os.environ.get("BITMOS_RTL_PROGRAMS_SLOW", "10000"))
     if sim == "icarus":
         n //= 100   # Icarus runs ~100x slower than Verilator here
