@@ -433,22 +433,33 @@ def faults(op: Op, word: Value, f: Mapping[str, Value], regs: Mapping[Reg, Value
 # ---- cycles ------------------------------------------------------------------------------------
 
 
-def dma_cycles(nlines: Value, line_bits: int, cfg: AcceleratorConfig) -> Value:
-    """Cycles the DMA engine is busy for one load/store of ``nlines`` lines of ``line_bits`` bits after
-    its issue cycle: ext_latency + ceil(nlines * line_bits / ext_bw_bits)."""
+def dma_beats(nlines: Value, line_bits: int, cfg: AcceleratorConfig) -> Value:
+    """Beats of one load/store of ``nlines`` lines of ``line_bits`` bits: ceil(nlines * line_bits /
+    ext_bw_bits), the cycles of its data phase."""
     bw = cfg.ext_bw_bits
     if line_bits % bw == 0:  # whole beats per line (every preset): no divider in the RTL
-        return cfg.ext_latency + nlines * (line_bits // bw)
-    return cfg.ext_latency + (nlines * line_bits + (bw - 1)) // bw
+        return nlines * (line_bits // bw)
+    return (nlines * line_bits + (bw - 1)) // bw
+
+
+def dma_cycles(nlines: Value, line_bits: int, cfg: AcceleratorConfig) -> Value:
+    """Cycles the DMA engine is busy for one load/store of ``nlines`` lines of ``line_bits`` bits after
+    its issue cycle when nothing is ahead of it: ext_latency + :func:`dma_beats`."""
+    return cfg.ext_latency + dma_beats(nlines, line_bits, cfg)
+
+
+def transfer_beats(f: Mapping[str, Value], cfg: AcceleratorConfig, ops: Ops = PY) -> Value:
+    """:func:`dma_beats` of a load/store's fields (the buffer it names sets the line width)."""
+    out = None
+    for i in range(len(BUFFERS) - 1, -1, -1):
+        c = dma_beats(f["nlines"], cfg.line_bits(BUFFERS[i]), cfg)
+        out = c if out is None else ops.select(f["buf"] == i, c, out)
+    return out
 
 
 def dma_busy_cycles(f: Mapping[str, Value], cfg: AcceleratorConfig, ops: Ops = PY) -> Value:
-    """:func:`dma_cycles` of a load/store's fields (the buffer it names sets the line width)."""
-    out = None
-    for i in range(len(BUFFERS) - 1, -1, -1):
-        c = dma_cycles(f["nlines"], cfg.line_bits(BUFFERS[i]), cfg)
-        out = c if out is None else ops.select(f["buf"] == i, c, out)
-    return out
+    """:func:`dma_cycles` of a load/store's fields: ext_latency + :func:`transfer_beats`."""
+    return cfg.ext_latency + transfer_beats(f, cfg, ops)
 
 
 # ---- the scale-expert unit's pipeline (contract v2: every long arithmetic path is registered) ----
@@ -829,7 +840,7 @@ class Timeline:
 
 
 __all__ = ["Ops", "PY", "Access", "Fault", "footprint", "faults", "field_faults", "first_fault", "ext_end",
-           "depth", "lookup", "nchunks", "xlines", "plane_lines", "register_counts", "weight_planes", "times_weight_planes", "matmul_steps", "dma_busy_cycles", "dma_cycles",
+           "depth", "lookup", "nchunks", "xlines", "plane_lines", "register_counts", "weight_planes", "times_weight_planes", "matmul_steps", "dma_busy_cycles", "dma_cycles", "dma_beats", "transfer_beats",
            "quant_token_cycles", "matmul_tile_cycles", "matmul_drain_cycles", "matmul_drain_rows",
            "ARRAY_OPERAND_REGISTER", "ARRAY_PE_PIPELINE", "ARRAY_DRAIN_PIPELINE", "controller_cycles", "compute_items", "item_cycles", "compute_cycles",
            "rq_cycles", "chunk_period", "SCALE_LINE_REGISTER", "ROUTER_DRAIN", "MIX_LATENCY", "GATHER_LATENCY", "RQ_QUOTIENT_BITS",

@@ -136,6 +136,9 @@ class Controller(wiring.Component):
         Issue strobes (unit_op: 0 quant, 1 scaleout).
     dma_addr : Out
         EBASE*64 + ext of the issuing load/store.
+    dma_beats : Out(32)
+        Its beat count (nlines x beats per line), registered a cycle ahead like the address, so no
+        multiply hangs off the issue decision in the DMA engine.
     regs : Out(LayerRegistersSignature)
         The layer registers (reset by ``start``, written by SETR).
 
@@ -153,7 +156,7 @@ class Controller(wiring.Component):
             "start": In(1), "running": Out(1), "done": Out(1), "error": Out(1), "cause": Out(CAUSE_BITS),
             "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(INSTRUCTION),
             "array_start": Out(1), "unit_start": Out(1), "unit_op": Out(1), "dma_start": Out(1),
-            "dma_addr": Out(ext_addr_bits(cfg)),
+            "dma_addr": Out(ext_addr_bits(cfg)), "dma_beats": Out(32),
             "regs": Out(LayerRegistersSignature()),
         })
 
@@ -220,12 +223,12 @@ class Controller(wiring.Component):
                        for name, v in counts_of(regs_for2).items()}
         next_cause = Signal(CAUSE_BITS)
         self._legality(m, word_next2, regs_for2, counts_for2, next_cause, take)
-        dma_busy, dma_addr = Signal(32), Signal.like(self.dma_addr)
+        dma_busy, dma_addr, dma_beats = Signal(32), Signal.like(self.dma_addr), Signal(32)
         fl_next = word_next[Op.LOAD.name.lower()]   # load and store share field positions
-        next_busy, next_addr = Signal(32), Signal.like(self.dma_addr)
-        m.d.comb += [next_busy.eq(sem.dma_busy_cycles(fl_next, cfg, AMARANTH_OPS)),
+        next_beats, next_addr = Signal(32), Signal.like(self.dma_addr)
+        m.d.comb += [next_beats.eq(sem.transfer_beats(fl_next, cfg, AMARANTH_OPS)),
                      next_addr.eq((regs_after[isa.Reg.EBASE] << 6) + fl_next["ext"]),
-                     self.dma_addr.eq(dma_addr)]
+                     self.dma_addr.eq(dma_addr), self.dma_beats.eq(dma_beats)]
 
         # a compute instruction's busy count, built in the three cycles after its issue from ``issued``
         # and the per-item and tail cycles of each op and mode, registered from the committed K
@@ -254,7 +257,8 @@ class Controller(wiring.Component):
         m.d.comb += take.eq((priming != 0) | (running & advance))
         with m.If(take):   # the queue moves: ir <- ir_next (with its cause), ..., ir_next3 <- IMEM
             m.d.sync += [ir.eq(ir_next), ir_next.eq(ir_next2), ir_next2.eq(ir_next3), ir_next3.eq(self.imem.data),
-                         cause.eq(next_cause), dma_busy.eq(next_busy), dma_addr.eq(next_addr)]
+                         cause.eq(next_cause), dma_addr.eq(next_addr), dma_beats.eq(next_beats),
+                         dma_busy.eq(cfg.ext_latency + next_beats)]   # sem.dma_busy_cycles
             # ir_next3 moves up: it will see the registers as ir_next2 leaves them
             after2 = self._after_setr(word_next2, regs_for2)
             m.d.sync += [regs_for2[r].eq(after2[r]) for r in regs]

@@ -82,10 +82,11 @@ class DMAEngine(wiring.Component):
     ----------
     start : In(1)
         Pulse in the issue cycle of a ``load``/``store``; the fields are sampled with it.
-    store, buf, line, nlines, addr : In
+    store, buf, line, nlines, addr, beats : In
         Direction (1 = store), buffer code (0 X, 1 W, 2 S, 3 O), first line, line count (the
         ``load``/``store`` fields, shaped as ``bitmos.isa.SPECS`` says), external byte address
-        (EBASE*64 + ext, range-checked by the controller).
+        (EBASE*64 + ext, range-checked by the controller), beat count (nlines x line bits /
+        ``ext_bw_bits``: the controller has it ready in a register).
     ext : Out(ExtMemSignature)
     x_rd, x_wr, w_rd, w_wr, s_rd, s_wr, o_rd, o_wr : In(ReadPort/WritePort.Signature)
         The buffers' DMA ports.
@@ -102,7 +103,7 @@ class DMAEngine(wiring.Component):
         self._cfg = cfg = check_config(cfg)
         members = {
             "start": In(1), "store": In(1), **{name: In(shape) for name, shape in _fields(cfg).items()},
-            "addr": In(ext_addr_bits(cfg)),
+            "addr": In(ext_addr_bits(cfg)), "beats": In(BEATS_BITS),
             "ext": Out(ExtMemSignature(addr_bits=ext_addr_bits(cfg), data_bits=cfg.ext_bw_bits)),
             "busy": Out(1),
         }
@@ -156,9 +157,8 @@ class DMAEngine(wiring.Component):
         cfg = self._cfg
         layout = transfer_layout(cfg)
         incoming = Signal(layout)
-        beats = self.nlines * Array(self._bpl)[self.buf]
         m.d.comb += [incoming.store.eq(self.store), incoming.buf.eq(self.buf), incoming.line.eq(self.line),
-                     incoming.nlines.eq(self.nlines), incoming.addr.eq(self.addr), incoming.beats.eq(beats)]
+                     incoming.nlines.eq(self.nlines), incoming.addr.eq(self.addr), incoming.beats.eq(self.beats)]
         self._pending = pending = m.submodules.pending = RecordQueue(layout, queue)
         m.submodules.pace = pace = Countdown(BEATS_BITS)   # cycles until the next request may go out
         request = data.View(layout, Mux(pending.r.valid, pending.r.payload.as_value(), incoming.as_value()))

@@ -111,6 +111,6 @@ class Accelerator(wiring.Component):
         ]
         # load and store have the same fields; the engine takes them from the load view
         m.d.comb += [dma.start.eq(ctl.dma_start), dma.store.eq(word.opcode == int(Op.STORE)),
-                     dma.addr.eq(ctl.dma_addr)]
+                     dma.addr.eq(ctl.dma_addr), dma.beats.eq(ctl.dma_beats)]
         m.d.comb += [getattr(dma, name).eq(load[name]) for name in DMA_FIELDS]
         return m
