@@ -16,7 +16,8 @@ done_(j-1))``, and it is done when the phase ends (``done_j``), the cycle the co
   leaves in ``done_j - 1``.
 
 The DMA side of each of X, W, S, O is one read-write port (one line address for both directions:
-docs/fpga.md), so a load's line write and a store's line read must never fall in one cycle: a store
+docs/fpga.md; the load's write strobe chooses it, so a store's start decision drives only the read
+enables), so a load's line write and a store's line read must never fall in one cycle: a store
 reads only inside ``[start - 1, done - 1)`` of its own phase and a load writes only inside ``[start -
 1, done - 1)`` of its own, and phases do not overlap. A store's last beat can share its cycle with the
 next load's first beat: the external port carries both (the memory orders them: ``ExtMemSignature``).
@@ -139,9 +140,10 @@ class DMAEngine(wiring.Component):
 
         load_line, load_write, load_buf, load_data = self._load_stage(m, load_q.r)
         store_read, store_line, store_buf, storing = self._store_stage(m, store_q.r, tick)
-        # one line address for both directions (see the module docstring: they never fall in one cycle)
+        # one line address for both directions (see the module docstring: they never fall in one cycle),
+        # chosen by the load's write, which depends on registers and rvalid only
         line = Signal(17)
-        m.d.comb += line.eq(Mux(store_read, store_line, load_line))
+        m.d.comb += line.eq(Mux(load_write, load_line, store_line))
         for i, b in enumerate(BUFFERS):
             wr, rd = getattr(self, f"{b.lower()}_wr"), getattr(self, f"{b.lower()}_rd")
             m.d.comb += [wr.addr.eq(line), wr.data.eq(load_data[:cfg.line_bits(b)]),
@@ -178,17 +180,25 @@ class DMAEngine(wiring.Component):
         bw = cfg.ext_bw_bits
         head = loads.payload
         beat = Signal(range(max(self._bpl) + 1))
-        offset = Signal(len(head.nlines))   # line of the transfer
+        # the first line of a load is the record's; the next ones count on in registers, so no adder sits
+        # between the record and the buffers' address
+        started = Signal()                   # a line of the head load is written
+        later = Signal(len(head.line) + 1)   # then: the line its next beats fill
+        left = Signal.like(head.nlines)      # and the lines after that one
+        line = Mux(started, later, head.line)
+        last_line = Mux(started, left == 0, head.nlines == 1)
         assembled = Signal(max(cfg.line_bits(b) for b in BUFFERS) - bw)   # the line's beats before its last
         last_beat = beat == Array(self._bpl)[head.buf] - 1
         with m.If(self.ext.rvalid):
             if len(assembled):
                 m.d.sync += assembled.word_select(beat, bw).eq(self.ext.rdata)
             with m.If(last_beat):
-                m.d.sync += [beat.eq(0), offset.eq(offset + 1)]
-                with m.If(offset == head.nlines - 1):
-                    m.d.sync += offset.eq(0)
+                m.d.sync += beat.eq(0)
+                with m.If(last_line):
+                    m.d.sync += started.eq(0)
                     m.d.comb += loads.ready.eq(1)
+                with m.Else():
+                    m.d.sync += [started.eq(1), later.eq(line + 1), left.eq(Mux(started, left - 1, head.nlines - 2))]
             with m.Else():
                 m.d.sync += beat.eq(beat + 1)
         line_data = Signal(max(cfg.line_bits(b) for b in BUFFERS))
@@ -197,31 +207,35 @@ class DMAEngine(wiring.Component):
             with m.If(head.buf == i):
                 width = cfg.line_bits(b)
                 m.d.comb += line_data.eq(Cat(assembled[:width - bw], self.ext.rdata))
-        return head.line + offset, self.ext.rvalid & last_beat, head.buf, line_data
+        return line, self.ext.rvalid & last_beat, head.buf, line_data
 
     def _store_stage(self, m, stores, tick):
         """The oldest requested store (``head``) starts in the cycle ``tick`` reaches its ``due``: its first
         line is read and its registers taken; its beats then leave one per cycle from the read data.
-        Returns (read strobe, read line address, read buffer code, busy)."""
+        Returns (read strobe, the line the next read would take, read buffer code, busy). That line does
+        not depend on whether a read happens (only the strobe does), so the start decision stays off
+        the buffers' address path."""
         cfg = self._cfg
         bw = cfg.ext_bw_bits
         head = stores.payload
         active = Signal()
         buf = Signal.like(head.buf)
-        cur = Signal(len(head.line) + 1)    # line whose beats leave now
-        left = Signal.like(head.nlines)     # lines of the store from ``cur`` on
+        nxt = Signal(len(head.line) + 1)    # the line after the one whose beats leave now
+        last_line = Signal()                # the line whose beats leave now is the store's last
+        left = Signal.like(head.nlines)     # lines of the store after the one whose beats leave now
         beat = Signal(range(max(self._bpl) + 1))
         last_beat = beat == Array(self._bpl)[buf] - 1
-        finishing = active & last_beat & (left == 1)
+        finishing = active & last_beat & last_line
         begin = stores.valid & (head.due == tick) & (~active | finishing)
-        next_line = active & last_beat & (left != 1)
+        next_line = active & last_beat & ~last_line
         m.d.comb += stores.ready.eq(begin)
         with m.If(begin):
-            m.d.sync += [active.eq(1), buf.eq(head.buf), cur.eq(head.line), left.eq(head.nlines), beat.eq(0)]
+            m.d.sync += [active.eq(1), buf.eq(head.buf), nxt.eq(head.line + 1), left.eq(head.nlines - 1),
+                         last_line.eq(head.nlines == 1), beat.eq(0)]
         with m.Elif(finishing):
             m.d.sync += active.eq(0)
         with m.Elif(next_line):
-            m.d.sync += [cur.eq(cur + 1), left.eq(left - 1), beat.eq(0)]
+            m.d.sync += [nxt.eq(nxt + 1), left.eq(left - 1), last_line.eq(left == 1), beat.eq(0)]
         with m.Elif(active):
             m.d.sync += beat.eq(beat + 1)
         with m.Switch(buf):
@@ -230,6 +244,8 @@ class DMAEngine(wiring.Component):
                     sel = beat[:max(1, ceil_log2(self._bpl[i]))] if self._bpl[i] > 1 else 0
                     m.d.comb += self.ext.wdata.eq(getattr(self, f"{b.lower()}_rd").data.word_select(sel, bw))
         m.d.comb += self.ext.wvalid.eq(active)
-        read_line = Mux(begin, head.line, cur + 1)
-        read_buf = Mux(begin, head.buf, buf)
+        # the next read is of the store's next line while it has one, else of the next store's first
+        reading_on = active & ~last_line
+        read_line = Mux(reading_on, nxt, head.line)
+        read_buf = Mux(reading_on, buf, head.buf)
         return begin | next_line, read_line, read_buf, active
