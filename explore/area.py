@@ -17,7 +17,9 @@ Array and PE (``--top array`` / ``pe``):
 
 The whole accelerator (``--top accelerator``) is the array model (fitted on the array records) plus
 the scale-expert unit, buffers and control, fitted on the accelerator records over C*(E+1) (the
-scale unit's C lanes x E router/mixing products, plus its quantize and scale-out multipliers) and 1;
+scale unit's C lanes x E router/mixing products, plus its quantize and scale-out multipliers), the DMA
+queue's slots beyond the first (``max(1, dma_queue) - 1``: per slot a descriptor in each of the
+engine's three queues and a countdown in the controller) and 1;
 multipliers (DSP blocks) are fitted on C*(E+1), C and 1 (measured: they do not grow with R or L).
 
 FF uses the same features as LUT. The fit is non-negative least squares (a few dozen records make
@@ -41,7 +43,7 @@ from bitmos.config import AcceleratorConfig
 from bitmos.fileio import write_json_atomic
 
 FEATURES = ("rcl", "rc_acc", "rc_wlog", "rc_klog", "edge_l", "one")
-ACCEL_FEATURES = ("scale_lanes", "one")   # on top of the array model (see fit)
+ACCEL_FEATURES = ("scale_lanes", "queue_slots", "one")   # on top of the array model (see fit)
 DSP_FEATURES = ("scale_lanes", "cols", "one")
 
 
@@ -61,6 +63,7 @@ def features(cfg: AcceleratorConfig | dict[str, Any], component: str = "array",
     wlog = math.log2(d.get("weight_bits", 1))   # records made before weight_bits existed are sign-only arrays
     values = {"rcl": R * C * L, "rc_acc": R * C * d["acc_bits"], "rc_wlog": R * C * wlog, "rc_klog": R * C * klog,
               "edge_l": (R + C) * L if component != "pe" else 0, "scale_lanes": C * (d["experts"] + 1),
+              "queue_slots": max(1, d.get("dma_queue", 0)) - 1,   # records made before dma_queue: one transfer
               "cols": C, "one": 1.0}
     return [float(values[n]) for n in feature_names(component, resource)]
 

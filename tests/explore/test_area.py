@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,22 @@ def test_accelerator_model_matches_its_records():
 def test_fit_without_records_is_an_error():
     with pytest.raises(ValueError, match="no synthesis records"):
         A.fit([], "ice40", "array")
+
+
+def test_the_dma_queue_is_an_area_term():
+    """A config's DMA queue slots beyond the first are a feature of the accelerator model (0 for one
+    transfer in flight and for records made before the field), fitted on the queued records shipped."""
+    small = AcceleratorConfig.load("small")
+    names = A.feature_names("accelerator", "luts")
+    slots = {q: A.features(dataclasses.replace(small, dma_queue=q), "accelerator")[names.index("queue_slots")]
+             for q in (0, 1, 2, 8)}
+    assert slots == {0: 0, 1: 0, 2: 1, 8: 7}
+    assert A.features({k: v for k, v in small.to_dict().items() if k != "dma_queue"}, "accelerator") == \
+        A.features(small, "accelerator")
+    recs = A.load_records()
+    queued = [r for r in recs if r.get("component") == "accelerator" and r["config"].get("dma_queue", 0) >= 2]
+    assert queued, "no queued accelerator record shipped"
+    model = A.fit(recs, "ecp5", "accelerator")
+    assert model.coef["luts"]["queue_slots"] > 0 and model.coef["ffs"]["queue_slots"] > 0
+    one, eight = model.predict(small), model.predict(dataclasses.replace(small, dma_queue=8))
+    assert eight["luts"] > one["luts"] and eight["ffs"] > one["ffs"]
