@@ -265,8 +265,7 @@ class Controller(wiring.Component):
             m.d.sync += [counts_for2[name].eq(v) for name, v in counts_of(after2).items()]
 
         with m.If(self.start & ~running & (priming == 0)):
-            m.d.comb += busy.load.eq(1)   # to 0 (value's default)
-            m.d.comb += slots.reset.eq(1)
+            m.d.comb += [busy.load.eq(1), slots.reset.eq(1)]   # the busy count to 0 (value's default), every slot done
             m.d.sync += [priming.eq(1), pc.eq(0), now.eq(0), deferred.eq(0),
                          self.done.eq(0), self.error.eq(0), self.cause.eq(0), self.cycles.eq(0),
                          ir.eq(0), ir_next.eq(0), ir_next2.eq(0), ir_next3.eq(0)]   # NOPs: nothing stale is forwarded

@@ -55,7 +55,8 @@ def ext_addr_bits(cfg: AcceleratorConfig) -> int:
     return max(1, ceil_log2(cfg.ext_mem_bytes))
 
 
-def _fields(cfg: AcceleratorConfig) -> dict:
+def _fields() -> dict:
+    """The shapes of the ``load``/``store`` fields the engine takes."""
     fields = instruction_layout(isa.Op.LOAD)   # STORE has the same fields (a test checks it)
     return {name: fields[name].shape for name in DMA_FIELDS}
 
@@ -63,7 +64,7 @@ def _fields(cfg: AcceleratorConfig) -> dict:
 def transfer_layout(cfg: AcceleratorConfig) -> data.StructLayout:
     """An issued load/store: direction (1 = store), the instruction's fields, its external byte
     address and its beat count."""
-    return data.StructLayout({"store": 1, **_fields(cfg), "addr": ext_addr_bits(cfg), "beats": BEATS_BITS})
+    return data.StructLayout({"store": 1, **_fields(), "addr": ext_addr_bits(cfg), "beats": BEATS_BITS})
 
 
 def _tick_bits(cfg: AcceleratorConfig) -> int:
@@ -102,8 +103,9 @@ class DMAEngine(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig):
         self._cfg = cfg = check_config(cfg)
+        self._bpl = [cfg.line_bits(b) // cfg.ext_bw_bits for b in BUFFERS]   # beats per line
         members = {
-            "start": In(1), "store": In(1), **{name: In(shape) for name, shape in _fields(cfg).items()},
+            "start": In(1), "store": In(1), **{name: In(shape) for name, shape in _fields().items()},
             "addr": In(ext_addr_bits(cfg)), "beats": In(BEATS_BITS),
             "ext": Out(ExtMemSignature(addr_bits=ext_addr_bits(cfg), data_bits=cfg.ext_bw_bits)),
             "busy": Out(1),
@@ -121,12 +123,11 @@ class DMAEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        self._bpl = [cfg.line_bits(b) // cfg.ext_bw_bits for b in BUFFERS]   # beats per line
-        queue, fields = cfg.dma_slots, _fields(cfg)
+        queue, fields = cfg.dma_slots, _fields()
         tick = Signal(_tick_bits(cfg))   # free-running: a store starts when it equals the store's ``due``
         m.d.sync += tick.eq(tick + 1)
 
-        request, fire = self._requests(m, queue)
+        pending, request, fire = self._requests(m, queue)
         # a requested load waits in ``loads`` for its beats; a requested store in ``stores`` for its first
         # read, due ``ext_latency`` cycles after its request (the cycle before its phase)
         load_layout = data.StructLayout(fields)
@@ -149,19 +150,19 @@ class DMAEngine(wiring.Component):
             m.d.comb += [wr.addr.eq(line), wr.data.eq(load_data[:cfg.line_bits(b)]),
                          wr.en.eq(load_write & (load_buf == i)),
                          rd.addr.eq(line), rd.en.eq(store_read & (store_buf == i))]
-        m.d.comb += self.busy.eq(self._pending.r.valid | load_q.r.valid | store_q.r.valid | storing)
+        m.d.comb += self.busy.eq(pending.r.valid | load_q.r.valid | store_q.r.valid | storing)
         return m
 
     def _requests(self, m, queue):
         """The request stage: a transfer's request goes out when it is the oldest not sent and the
-        previous request's beats are paced out (``pace``). Returns the request (a view of
-        ``transfer_layout``) and its strobe."""
+        previous request's beats are paced out (``pace``). Returns the queue of issued transfers not
+        yet requested, the request (a view of ``transfer_layout``) and its strobe."""
         cfg = self._cfg
         layout = transfer_layout(cfg)
         incoming = Signal(layout)
         m.d.comb += [incoming.store.eq(self.store), incoming.buf.eq(self.buf), incoming.line.eq(self.line),
                      incoming.nlines.eq(self.nlines), incoming.addr.eq(self.addr), incoming.beats.eq(self.beats)]
-        self._pending = pending = m.submodules.pending = RecordQueue(layout, queue)
+        pending = m.submodules.pending = RecordQueue(layout, queue)
         m.submodules.pace = pace = Countdown(BEATS_BITS)   # cycles until the next request may go out
         request = data.View(layout, Mux(pending.r.valid, pending.r.payload.as_value(), incoming.as_value()))
         fire = (pending.r.valid | self.start) & pace.zero
@@ -170,7 +171,7 @@ class DMAEngine(wiring.Component):
                      pace.load.eq(fire), pace.value.eq(request.beats - 1)]
         m.d.comb += [self.ext.req.eq(fire), self.ext.req_we.eq(request.store), self.ext.req_addr.eq(request.addr),
                      self.ext.req_len.eq(request.beats * (cfg.ext_bw_bits // 8))]
-        return request, fire
+        return pending, request, fire
 
     def _load_stage(self, m, loads):
         """Beats arriving on ``rdata`` belong to the oldest requested load (``head``): assemble each line,
