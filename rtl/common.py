@@ -11,7 +11,7 @@ from bitmos import formats as F
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 
-__all__ = ["Countdown", "RecordQueue", "ShiftSaturation", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
+__all__ = ["Countdown", "RecordQueue", "due_counter_bits", "ShiftSaturation", "AMARANTH_OPS", "check_config", "rshift_round", "sat", "mix_scale", "mix_sum", "registered",
            "pipelined_mix_scale", "pipelined_product", "rounding_half", "addr_bits", "signed_lanes", "expert_lanes",
            "first_max_onehot", "onehot_select"]
 
@@ -232,6 +232,13 @@ def signed_lanes(line: Value, count: int, width: int) -> list[Value]:
 def expert_lanes(line: Value, experts: int, cols: int) -> list[list[Value]]:
     """An SBUF line as ``[e][j]``: expert (or router row) e's int16 for lane j is element ``e*cols + j``."""
     return [signed_lanes(line, experts * cols, F.SCALE_BITS)[e * cols:(e + 1) * cols] for e in range(experts)]
+
+
+def due_counter_bits(latency: int) -> int:
+    """Width of a free-running cycle counter against which an event due at most ``latency`` cycles ahead
+    is matched by equality (a store's start in the DMA engine, a read's first beat in the memory model):
+    ``2^bits > latency + 1`` makes "the counter equals it" unambiguous."""
+    return (latency + 1).bit_length() + 1
 
 
 class RecordQueue(wiring.Component):

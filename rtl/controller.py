@@ -37,7 +37,7 @@ from bitmos import isa
 from bitmos import semantics as sem
 from bitmos.config import AcceleratorConfig
 from bitmos.rtl.common import AMARANTH_OPS, Countdown, addr_bits, check_config, registered
-from bitmos.rtl.dma import ext_addr_bits
+from bitmos.rtl.dma import BEATS_BITS, ext_addr_bits
 from bitmos.rtl.layouts import INSTRUCTION
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, REGISTERS, LayerRegistersSignature
 
@@ -88,25 +88,23 @@ class TransferSlots(wiring.Component):
         counts = [Countdown(32) for _ in range(q)]
         for i, c in enumerate(counts):
             m.submodules[f"slot{i}"] = c
-        if q == 1:
-            slot, before = Const(0, 1), Const(0, 1)
+        if q == 1:   # one slot: every transfer, the previous and the one waited for are slot 0
+            slot = before = which = Const(0, 1)
         else:
-            slot = Signal(range(q))   # the next transfer's
+            slot = Signal(range(q))    # the next transfer's
             before = Signal(range(q))  # the previous transfer's
-            m.d.comb += before.eq(Mux(slot == 0, q - 1, slot - 1))
+            which = Signal(range(q))   # the one ``back`` places before the next
+            m.d.comb += [before.eq(Mux(slot == 0, q - 1, slot - 1)),
+                         which.eq(Mux(slot >= self.back, slot - self.back, slot + q - self.back))]
+            with m.If(self.reset):
+                m.d.sync += slot.eq(0)
+            with m.Elif(self.issue):
+                m.d.sync += slot.eq(Mux(slot == q - 1, 0, slot + 1))
         prev = Array(c.count for c in counts)[before]
         carry = Mux(prev > lat + 1, prev - (lat + 1), 0)   # the previous phase outlasting this latency
         for i, c in enumerate(counts):
             m.d.comb += [c.load.eq(self.reset | (self.issue & (slot == i))),
                          c.value.eq(Mux(self.reset, 0, self.busy_cycles + carry))]
-        if q > 1:
-            with m.If(self.reset):
-                m.d.sync += slot.eq(0)
-            with m.Elif(self.issue):
-                m.d.sync += slot.eq(Mux(slot == q - 1, 0, slot + 1))
-        which = Signal(range(q)) if q > 1 else Const(0, 1)
-        if q > 1:
-            m.d.comb += which.eq(Mux(slot >= self.back, slot - self.back, slot + q - self.back))
         m.d.comb += self.done.eq(Array(c.zero for c in counts)[which])
         return m
 
@@ -136,7 +134,7 @@ class Controller(wiring.Component):
         Issue strobes (unit_op: 0 quant, 1 scaleout).
     dma_addr : Out
         EBASE*64 + ext of the issuing load/store.
-    dma_beats : Out(32)
+    dma_beats : Out(BEATS_BITS)
         Its beat count (nlines x beats per line), registered a cycle ahead like the address, so no
         multiply hangs off the issue decision in the DMA engine.
     regs : Out(LayerRegistersSignature)
@@ -156,7 +154,7 @@ class Controller(wiring.Component):
             "start": In(1), "running": Out(1), "done": Out(1), "error": Out(1), "cause": Out(CAUSE_BITS),
             "cycles": Out(CYCLE_BITS), "pc": Out(ia + 1), "word": Out(INSTRUCTION),
             "array_start": Out(1), "unit_start": Out(1), "unit_op": Out(1), "dma_start": Out(1),
-            "dma_addr": Out(ext_addr_bits(cfg)), "dma_beats": Out(32),
+            "dma_addr": Out(ext_addr_bits(cfg)), "dma_beats": Out(BEATS_BITS),
             "regs": Out(LayerRegistersSignature()),
         })
 
@@ -223,9 +221,9 @@ class Controller(wiring.Component):
                        for name, v in counts_of(regs_for2).items()}
         next_cause = Signal(CAUSE_BITS)
         self._legality(m, word_next2, regs_for2, counts_for2, next_cause, take)
-        dma_busy, dma_addr, dma_beats = Signal(32), Signal.like(self.dma_addr), Signal(32)
+        dma_busy, dma_addr, dma_beats = Signal(32), Signal.like(self.dma_addr), Signal(BEATS_BITS)
         fl_next = word_next[Op.LOAD.name.lower()]   # load and store share field positions
-        next_beats, next_addr = Signal(32), Signal.like(self.dma_addr)
+        next_beats, next_addr = Signal(BEATS_BITS), Signal.like(self.dma_addr)
         m.d.comb += [next_beats.eq(sem.transfer_beats(fl_next, cfg, AMARANTH_OPS)),
                      next_addr.eq((regs_after[isa.Reg.EBASE] << 6) + fl_next["ext"]),
                      self.dma_addr.eq(dma_addr), self.dma_beats.eq(dma_beats)]

@@ -38,7 +38,7 @@ from amaranth.utils import ceil_log2
 from bitmos import isa
 from bitmos.config import AcceleratorConfig
 from bitmos.isa import BUFFERS
-from bitmos.rtl.common import Countdown, RecordQueue, addr_bits, check_config
+from bitmos.rtl.common import Countdown, RecordQueue, addr_bits, check_config, due_counter_bits
 from bitmos.rtl.layouts import instruction_layout
 from bitmos.rtl.signatures import ExtMemSignature
 
@@ -65,12 +65,6 @@ def transfer_layout(cfg: AcceleratorConfig) -> data.StructLayout:
     """An issued load/store: direction (1 = store), the instruction's fields, its external byte
     address and its beat count."""
     return data.StructLayout({"store": 1, **_fields(), "addr": ext_addr_bits(cfg), "beats": BEATS_BITS})
-
-
-def _tick_bits(cfg: AcceleratorConfig) -> int:
-    """Width of the engine's cycle counter: a store's start cycle is at most ``ext_latency`` ahead, so
-    ``2^bits > ext_latency`` makes "the counter equals it" unambiguous."""
-    return (cfg.ext_latency + 1).bit_length() + 1
 
 
 class DMAEngine(wiring.Component):
@@ -124,7 +118,7 @@ class DMAEngine(wiring.Component):
         m = Module()
         cfg = self._cfg
         queue, fields = cfg.dma_slots, _fields()
-        tick = Signal(_tick_bits(cfg))   # free-running: a store starts when it equals the store's ``due``
+        tick = Signal(due_counter_bits(cfg.ext_latency))   # free-running: a store starts when it equals the store's ``due``
         m.d.sync += tick.eq(tick + 1)
 
         pending, request, fire = self._requests(m, queue)

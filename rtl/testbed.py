@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out, connect
 from amaranth.utils import ceil_log2, exact_log2
 
 from bitmos.config import AcceleratorConfig
-from bitmos.rtl.common import RecordQueue, addr_bits, check_config
+from bitmos.rtl.common import RecordQueue, addr_bits, check_config, due_counter_bits
 from bitmos.rtl.dma import ext_addr_bits
 from bitmos.rtl.signatures import CAUSE_BITS, CYCLE_BITS, ExtMemSignature
 from bitmos.rtl.top import Accelerator
@@ -129,7 +129,7 @@ class ExtMemoryModel(wiring.Component):
             return (row + 1) >> 1, row >> 1, row[0], addr[:row_shift] if row_shift else Const(0, 1)
 
         # --- requests: each direction's wait in a queue of ``queue`` (the DMA engine's transfers in flight)
-        tick = Signal((lat + 1).bit_length() + 1)   # a read's first beat is at most ``lat`` cycles ahead
+        tick = Signal(due_counter_bits(lat))   # a read's first beat is at most ``lat`` cycles ahead
         m.d.sync += tick.eq(tick + 1)
         nbeats = ext.req_len >> exact_log2(nb)
         read_layout = data.StructLayout({"addr": alen, "beats": len(nbeats), "due": len(tick)})
@@ -142,18 +142,26 @@ class ExtMemoryModel(wiring.Component):
                      writes.w.valid.eq(ext.req & ext.req_we)]
         read_head, write_head = reads.r.payload, writes.r.payload
 
+        def running(beat, head, queue, name):
+            """The address of a direction's beat in a cycle ``beat`` is high: its request's running pointer,
+            or the next request's address when no beats are left (that request then leaves its queue).
+            Returns (address, beats left of the current request)."""
+            ptr, left = Signal(alen, name=f"{name}_ptr"), Signal(len(nbeats), name=f"{name}_left")
+            addr = Signal(alen, name=f"{name}_addr")
+            m.d.comb += [addr.eq(Mux(left != 0, ptr, head.addr)), queue.r.ready.eq(beat & (left == 0))]
+            with m.If(beat):
+                with m.If(left != 0):
+                    m.d.sync += [ptr.eq(ptr + nb), left.eq(left - 1)]
+                with m.Else():
+                    m.d.sync += [ptr.eq(head.addr + nb), left.eq(head.beats - 1)]
+            return addr, left
+
         # --- read: beat b of a request in cycle r is served in cycle r + lat + b, read from the memory as
         # it is in that cycle (comb read ports) with a write beat of the same cycle forwarded
-        read_ptr, read_left = Signal(alen), Signal(len(nbeats))
-        first = reads.r.valid & (read_head.due == tick)
-        serving = (read_left != 0) | first
-        rd_addr = Signal(alen)
-        m.d.comb += [rd_addr.eq(Mux(read_left != 0, read_ptr, read_head.addr)), ext.rvalid.eq(serving),
-                     reads.r.ready.eq(first & (read_left == 0))]
-        with m.If(read_left != 0):
-            m.d.sync += [read_ptr.eq(read_ptr + nb), read_left.eq(read_left - 1)]
-        with m.Elif(first):
-            m.d.sync += [read_ptr.eq(read_head.addr + nb), read_left.eq(read_head.beats - 1)]
+        first = reads.r.valid & (read_head.due == tick)   # the oldest read's first beat is due
+        serving = Signal()
+        rd_addr, read_left = running(serving, read_head, reads, "read")
+        m.d.comb += [serving.eq((read_left != 0) | first), ext.rvalid.eq(serving)]
         even_rd, odd_rd = self.even.read_port(domain="comb"), self.odd.read_port(domain="comb")
         e_row, o_row, parity, offset = window(rd_addr)
         m.d.comb += [even_rd.addr.eq(e_row), odd_rd.addr.eq(o_row)]
@@ -162,15 +170,9 @@ class ExtMemoryModel(wiring.Component):
         stored = pair.bit_select(offset * 8, 8 * nb)
 
         # --- write: each beat at its request's running pointer, byte enables over the two rows
-        write_ptr, write_left = Signal(alen), Signal(len(nbeats))
-        write = ext.wvalid & ((write_left != 0) | writes.r.valid)
-        wr_addr = Signal(alen)
-        m.d.comb += [wr_addr.eq(Mux(write_left != 0, write_ptr, write_head.addr)),
-                     writes.r.ready.eq(ext.wvalid & (write_left == 0))]
-        with m.If(ext.wvalid & (write_left != 0)):
-            m.d.sync += [write_ptr.eq(write_ptr + nb), write_left.eq(write_left - 1)]
-        with m.Elif(write):
-            m.d.sync += [write_ptr.eq(write_head.addr + nb), write_left.eq(write_head.beats - 1)]
+        write = Signal()
+        wr_addr, write_left = running(write, write_head, writes, "write")
+        m.d.comb += write.eq(ext.wvalid & ((write_left != 0) | writes.r.valid))
         even_wr = self.even.write_port(granularity=8)
         odd_wr = self.odd.write_port(granularity=8)
         e_row, o_row, parity, offset = window(wr_addr)
@@ -205,7 +207,7 @@ class ExtMemoryModel(wiring.Component):
         with m.Else():
             with m.If(ext.req & (ext.req_addr + ext.req_len > self._mem_bytes)):
                 m.d.sync += self.range_fault.eq(1)
-            overlap = (read_left != 0) & reads.r.valid & (read_head.due == tick)   # a read's beats due mid-read
+            overlap = first & (read_left != 0)   # a read's beats due while another read's are served
             full = Mux(ext.req_we, ~writes.w.ready, ~reads.w.ready)
             with m.If((ext.req & (full | ~whole_beats | (nbeats == 0))) | (ext.wvalid & ~write) | overlap):
                 m.d.sync += self.protocol_fault.eq(1)
